@@ -1,0 +1,306 @@
+//! Shared fixtures for the integration and end-to-end tests: the local environment that
+//! `cargo xtask env up` starts, and clients for it.
+//!
+//! A test that needs the environment and finds it down fails with a message naming the
+//! command to run; nothing is skipped silently.
+#![deny(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_config::{BehaviorVersion, Region};
+use serde::Deserialize;
+
+/// The command that brings the environment up, named in every "environment down" error.
+pub const ENV_UP: &str = "cargo xtask env up";
+
+/// Why the environment cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    /// No environment file: the environment was never brought up (or was taken down).
+    #[error(
+        "the test environment is not up ({path} is missing): run `{ENV_UP}` (as root), or `cargo xtask test` which does it for you"
+    )]
+    Missing {
+        /// The file looked for.
+        path: String,
+    },
+    /// The file exists but cannot be read as an environment description.
+    #[error(
+        "{path} is not a valid environment file ({reason}): run `cargo xtask env down && {ENV_UP}`"
+    )]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The parse error.
+        reason: String,
+    },
+    /// A server of the environment does not answer.
+    #[error(
+        "{what} at {address} is not answering ({reason}): the environment is down or broken; `cargo xtask env status` shows what runs, `{ENV_UP}` restarts what is missing"
+    )]
+    NotAnswering {
+        /// Which server.
+        what: &'static str,
+        /// Where it should be.
+        address: String,
+        /// The connection error.
+        reason: String,
+    },
+}
+
+/// Endpoints and files of the running environment (`env.json`, written by `env up`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct TestEnv {
+    /// Admin kubeconfig of the test cluster.
+    pub kubeconfig: PathBuf,
+    /// kubectl matching the cluster's version.
+    pub kubectl: PathBuf,
+    /// Helm 3 binary.
+    pub helm: PathBuf,
+    /// The node's containerd socket.
+    pub containerd_socket: PathBuf,
+    /// The node's name.
+    pub node_name: String,
+    /// The node's address: servers on it are reachable from the host and from pods.
+    pub node_ip: String,
+    /// Kinesis (kinesis-mock), reachable from the host and from pods.
+    pub kinesis_endpoint: String,
+    /// DynamoDB (moto), reachable from the host and from pods.
+    pub dynamodb_endpoint: String,
+    /// The region the emulators are addressed as.
+    pub region: String,
+}
+
+/// The environment file: `$KINESIS_OPERATOR_ENV_FILE`, else `env.json` in the environment
+/// folder of `cargo xtask env up` (same rules as the xtask: `$KINESIS_OPERATOR_ENV_DIR`,
+/// `$KINESIS_OPERATOR_CACHE/env`, `$XDG_CACHE_HOME/kinesis-operator/env`,
+/// `~/.cache/kinesis-operator/env`).
+pub fn env_file() -> PathBuf {
+    if let Some(f) = std::env::var_os("KINESIS_OPERATOR_ENV_FILE") {
+        return PathBuf::from(f);
+    }
+    let dir = if let Some(d) = std::env::var_os("KINESIS_OPERATOR_ENV_DIR") {
+        PathBuf::from(d)
+    } else if let Some(c) = std::env::var_os("KINESIS_OPERATOR_CACHE") {
+        PathBuf::from(c).join("env")
+    } else if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
+        PathBuf::from(x).join("kinesis-operator/env")
+    } else {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+            .join(".cache/kinesis-operator/env")
+    };
+    dir.join("env.json")
+}
+
+fn host_port(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+fn probe(what: &'static str, address: &str) -> Result<(), EnvError> {
+    let not_answering = |reason: String| EnvError::NotAnswering {
+        what,
+        address: address.to_string(),
+        reason,
+    };
+    let addr: std::net::SocketAddr = address.parse().map_err(|e| not_answering(format!("{e}")))?;
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map(drop)
+        .map_err(|e| not_answering(e.to_string()))
+}
+
+impl TestEnv {
+    /// Reads the environment file at `path` without contacting anything.
+    ///
+    /// # Errors
+    /// [`EnvError::Missing`] or [`EnvError::Invalid`], naming the command that fixes it.
+    pub fn from_file(path: &Path) -> Result<Self, EnvError> {
+        let bytes = std::fs::read(path).map_err(|_| EnvError::Missing {
+            path: path.display().to_string(),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| EnvError::Invalid {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Reads the environment file and checks that every server answers a TCP connect.
+    ///
+    /// # Errors
+    /// An [`EnvError`] naming what is down and the command that brings it up.
+    pub fn load() -> Result<Self, EnvError> {
+        let env = Self::from_file(&env_file())?;
+        probe("the Kubernetes apiserver", &format!("{}:6443", env.node_ip))?;
+        probe("Kinesis (kinesis-mock)", host_port(&env.kinesis_endpoint))?;
+        probe("DynamoDB (moto)", host_port(&env.dynamodb_endpoint))?;
+        Ok(env)
+    }
+
+    /// [`TestEnv::load`], panicking with its message: the first line of every test that
+    /// needs the environment.
+    #[allow(clippy::panic)]
+    pub fn require() -> Self {
+        match Self::load() {
+            Ok(env) => env,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    async fn sdk_config(&self) -> aws_config::SdkConfig {
+        // Static dummy credentials: the emulators accept any, and the SDK must never fall
+        // back to the instance metadata service (a network address outside this machine).
+        let creds = aws_sdk_kinesis::config::Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "kinesis-operator-tests",
+        );
+        aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(self.region.clone()))
+            .credentials_provider(creds)
+            .load()
+            .await
+    }
+
+    /// A Kinesis client for the local Kinesis server.
+    pub async fn kinesis(&self) -> aws_sdk_kinesis::Client {
+        let sdk = self.sdk_config().await;
+        let conf = aws_sdk_kinesis::config::Builder::from(&sdk)
+            .endpoint_url(&self.kinesis_endpoint)
+            .build();
+        aws_sdk_kinesis::Client::from_conf(conf)
+    }
+
+    /// A DynamoDB client for the local DynamoDB server.
+    pub async fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        let sdk = self.sdk_config().await;
+        let conf = aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .endpoint_url(&self.dynamodb_endpoint)
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(conf)
+    }
+
+    /// A Kubernetes client with the admin kubeconfig.
+    ///
+    /// # Errors
+    /// The kubeconfig cannot be read or is invalid.
+    pub async fn kube(&self) -> Result<kube::Client, kube::Error> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)
+            .map_err(kube::Error::InferKubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .map_err(kube::Error::InferKubeconfig)?;
+        kube::Client::try_from(config)
+    }
+
+    /// Environment variables that point a `kinesis-worker` in a pod at the local servers.
+    pub fn worker_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_REGION".into(), self.region.clone()),
+            ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+            ("KINESIS_ENDPOINT".into(), self.kinesis_endpoint.clone()),
+            ("DYNAMODB_ENDPOINT".into(), self.dynamodb_endpoint.clone()),
+        ]
+    }
+}
+
+/// The image reference of a project program built by `cargo xtask images`.
+pub fn image(program: &str) -> String {
+    format!("localhost/{program}:dev")
+}
+
+/// A name no other test run uses: `prefix-<hex>`, valid for streams, tables and
+/// Kubernetes objects.
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{prefix}-{:x}{n:x}",
+        (nanos as u64) ^ u64::from(std::process::id()) << 32
+    )
+}
+
+/// Polls `check` every `every` until it yields `Some`, or fails after `timeout` with
+/// `what` in the message. For conditions on servers that offer no watch.
+///
+/// # Errors
+/// The condition did not hold within `timeout`.
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: F,
+) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("{what}: not within {timeout:?}"));
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_environment_names_the_command() {
+        let err = TestEnv::from_file(Path::new("/nonexistent/kinesis-operator/env.json"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("cargo xtask env up"), "{err}");
+        assert!(
+            err.contains("/nonexistent/kinesis-operator/env.json"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn dead_server_names_the_command() {
+        // Port 1 on loopback: nothing listens there.
+        let err = probe("Kinesis (kinesis-mock)", "127.0.0.1:1")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("Kinesis (kinesis-mock) at 127.0.0.1:1"),
+            "{err}"
+        );
+        assert!(err.contains("cargo xtask env up"), "{err}");
+    }
+
+    #[test]
+    fn unique_names_differ_and_are_valid() {
+        let a = unique_name("smoke");
+        let b = unique_name("smoke");
+        assert_ne!(a, b);
+        assert!(
+            a.len() < 64
+                && a.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn host_port_strips_scheme_and_path() {
+        assert_eq!(host_port("http://10.250.0.1:4567"), "10.250.0.1:4567");
+        assert_eq!(host_port("http://10.250.0.1:4567/x"), "10.250.0.1:4567");
+    }
+}
