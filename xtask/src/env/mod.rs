@@ -161,7 +161,31 @@ pub fn up(paths: &Paths) -> Result<()> {
 
     step("network: node bridge");
     host::ensure_node_bridge(NODE_BRIDGE, NODE_IP)?;
+    let env_dir = &layout.dir;
 
+    // The emulators need only the node address; they start while the cluster comes up.
+    step("Kinesis (kinesis-mock) and DynamoDB (moto)");
+    let kinesis_pkg = paths.kinesis_mock();
+    Daemon::new("kinesis-mock", "node")
+        .args([kinesis_pkg.join("main.js").display().to_string()])
+        .cwd(&kinesis_pkg)
+        // Started outside its package folder it cannot find its certificate without this.
+        .env(
+            "KINESIS_MOCK_CERT_PATH",
+            kinesis_pkg.join("server.json").display().to_string(),
+        )
+        .env("KINESIS_MOCK_PLAIN_PORT", KINESIS_PORT.to_string())
+        .env("KINESIS_MOCK_TLS_PORT", KINESIS_TLS_PORT.to_string())
+        .env("LOG_LEVEL", "WARN")
+        .start(env_dir)?;
+    Daemon::new("moto", paths.moto_venv().join("bin/moto_server"))
+        .args([
+            "-H".to_string(),
+            NODE_IP.to_string(),
+            "-p".into(),
+            DYNAMODB_PORT.to_string(),
+        ])
+        .start(env_dir)?;
     step("control plane");
     let tokens = pki::ensure(&layout.p("pki"), NODE_IP, NODE_NAME)?;
     let server = format!("https://{NODE_IP}:{APISERVER_PORT}");
@@ -181,7 +205,6 @@ pub fn up(paths: &Paths) -> Result<()> {
     )?;
     write_configs(&layout)?;
     let bin = paths.kubernetes_bin();
-    let env_dir = &layout.dir;
 
     Daemon::new("etcd", "/usr/bin/etcd")
         .args([
@@ -287,7 +310,6 @@ pub fn up(paths: &Paths) -> Result<()> {
             "--container-runtime=remote".into(),
             format!("--container-runtime-endpoint=unix://{}", sock.display()),
             format!("--image-service-endpoint=unix://{}", sock.display()),
-            format!("--pod-infra-container-image={PAUSE_IMAGE}"),
         ])
         .start(env_dir)?;
     wait_until(
@@ -306,28 +328,6 @@ pub fn up(paths: &Paths) -> Result<()> {
         },
     )?;
 
-    step("Kinesis (kinesis-mock) and DynamoDB (moto)");
-    let kinesis_pkg = paths.kinesis_mock();
-    Daemon::new("kinesis-mock", "/usr/bin/node")
-        .args([kinesis_pkg.join("main.js").display().to_string()])
-        .cwd(&kinesis_pkg)
-        // Started outside its package folder it cannot find its certificate without this.
-        .env(
-            "KINESIS_MOCK_CERT_PATH",
-            kinesis_pkg.join("server.json").display().to_string(),
-        )
-        .env("KINESIS_MOCK_PLAIN_PORT", KINESIS_PORT.to_string())
-        .env("KINESIS_MOCK_TLS_PORT", KINESIS_TLS_PORT.to_string())
-        .env("LOG_LEVEL", "WARN")
-        .start(env_dir)?;
-    Daemon::new("moto", paths.moto_venv().join("bin/moto_server"))
-        .args([
-            "-H".to_string(),
-            NODE_IP.to_string(),
-            "-p".into(),
-            DYNAMODB_PORT.to_string(),
-        ])
-        .start(env_dir)?;
     let kinesis_addr = format!("{NODE_IP}:{KINESIS_PORT}");
     let moto_addr = format!("{NODE_IP}:{DYNAMODB_PORT}");
     wait_until(

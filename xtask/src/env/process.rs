@@ -157,9 +157,13 @@ pub fn wait_gone(pid: u32, grace: Duration) {
 /// Stops daemon `name` (SIGTERM, then SIGKILL after `grace`) and removes its pid file.
 pub fn stop(env_dir: &Path, name: &str, grace: Duration) {
     if let Some(pid) = running(env_dir, name) {
-        eprintln!("    stopping {name} (pid {pid})");
+        let start = Instant::now();
         signal(pid, "TERM");
         wait_gone(pid, grace);
+        eprintln!(
+            "    stopped {name} (pid {pid}) in {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
     }
     let _ = std::fs::remove_file(pid_file(env_dir, name));
 }
