@@ -8,4 +8,5 @@
 #![deny(missing_docs)]
 
 pub mod aws;
+pub mod lease;
 pub mod preflight;

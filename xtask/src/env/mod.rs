@@ -178,11 +178,12 @@ pub fn up(paths: &Paths) -> Result<()> {
         .env("KINESIS_MOCK_TLS_PORT", KINESIS_TLS_PORT.to_string())
         .env("LOG_LEVEL", "WARN")
         .start(env_dir)?;
-    Daemon::new("moto", paths.moto_venv().join("bin/moto_server"))
+    let moto_script = layout.p("moto_server.py");
+    write_atomic(&moto_script, include_str!("moto_server.py"))?;
+    Daemon::new("moto", paths.moto_venv().join("bin/python"))
         .args([
-            "-H".to_string(),
+            moto_script.display().to_string(),
             NODE_IP.to_string(),
-            "-p".into(),
             DYNAMODB_PORT.to_string(),
         ])
         .start(env_dir)?;

@@ -1,0 +1,113 @@
+//! Running project binaries as separate processes (as they run in pods), with their stdout
+//! collected line by line and their stderr kept in a log file.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+
+fn workspace_root() -> PathBuf {
+    let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    tests.parent().map(Path::to_path_buf).unwrap_or(tests)
+}
+
+/// The path of a workspace binary, built (once per test process) with the same cargo that
+/// runs the tests, so a test never runs a stale binary.
+///
+/// # Errors
+/// The build failed.
+pub fn binary(package: &str, bin: &str) -> Result<PathBuf, String> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let root = workspace_root();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .current_dir(&root)
+                .args(["build", "--quiet", "--package", package, "--bin", bin])
+                .status()
+                .map_err(|e| format!("cargo build: {e}"))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!("cargo build -p {package} --bin {bin} failed"))
+            }
+        })
+        .clone()?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("debug").join(bin))
+}
+
+/// A running child process; killed (SIGKILL) when dropped, so no test leaves one behind.
+pub struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout collected and stderr appended to `log`.
+    ///
+    /// # Errors
+    /// It could not be started.
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> std::io::Result<Self> {
+        let err = std::fs::File::create(&log)?;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        if let Some(out) = child.stdout.take() {
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = sink.lock() {
+                        l.push(line);
+                    }
+                }
+            });
+        }
+        Ok(Self { child, lines, log })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every stdout line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Sends a signal (`KILL`, `TERM`, `STOP`, `CONT`).
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Has it exited? With its exit code.
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        self.child.try_wait().ok().flatten().map(|s| s.code())
+    }
+
+    /// The last lines of its stderr log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,410 @@
+//! The lease table against the real (local) DynamoDB server: creation and schema checks,
+//! fenced takes and checkpoints, hand-overs, heartbeats, and items exactly as KCL writes
+//! them.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+use kinesis_operator_tests::{TestEnv, unique_name};
+use kinesis_worker::lease::checkpoint::{Checkpoint, SequenceNumber};
+use kinesis_worker::lease::model::{Heartbeat, Lease};
+use kinesis_worker::lease::table::{LeaseError, LeaseTable};
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+async fn table() -> Result<(LeaseTable, aws_sdk_dynamodb::Client)> {
+    let env = TestEnv::require();
+    let client = env.dynamodb().await;
+    let t = LeaseTable::open(client.clone(), &unique_name("leases"), true).await?;
+    Ok((t, client))
+}
+
+fn seq(s: &str, sub: u64) -> Result<Checkpoint> {
+    Ok(Checkpoint::Sequence {
+        sequence: SequenceNumber::parse(s)?,
+        sub_sequence: sub,
+    })
+}
+
+async fn lease_of(t: &LeaseTable, shard: &str) -> Result<Lease> {
+    let snap = t.scan().await?;
+    Ok(snap
+        .leases
+        .into_iter()
+        .find(|l| l.shard_id == shard)
+        .ok_or("lease not found")?)
+}
+
+#[tokio::test]
+async fn open_creates_the_table_once_and_refuses_a_foreign_schema() -> Result<()> {
+    let (t, client) = table().await?;
+    // Opening again finds it.
+    LeaseTable::open(client.clone(), t.name(), true).await?;
+
+    let foreign = unique_name("foreign");
+    client
+        .create_table()
+        .table_name(&foreign)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(ScalarAttributeType::N)
+                .build()?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(KeyType::Hash)
+                .build()?,
+        )
+        .send()
+        .await?;
+    let err = LeaseTable::open(client.clone(), &foreign, true)
+        .await
+        .err()
+        .ok_or("a foreign table must be refused")?;
+    assert!(matches!(err, LeaseError::WrongKeySchema { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&foreign) && text.contains("HASH id (N)") && text.contains("leaseKey"),
+        "{text}"
+    );
+
+    let missing = LeaseTable::open(client, &unique_name("missing"), false)
+        .await
+        .err()
+        .ok_or("missing table without create")?;
+    assert!(missing.to_string().contains("does not exist"), "{missing}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn creating_a_lease_is_idempotent() -> Result<()> {
+    let (t, _) = table().await?;
+    let mut lease = Lease::new(
+        "shardId-000000000002",
+        Checkpoint::TrimHorizon,
+        vec!["shardId-000000000000".into()],
+    );
+    lease.hash_range = Some(("0".into(), "170141183460469231731687303715884105727".into()));
+    assert!(t.create_lease(&lease).await?);
+    assert!(
+        !t.create_lease(&lease).await?,
+        "a second create changes nothing"
+    );
+    let read = lease_of(&t, "shardId-000000000002").await?;
+    assert_eq!(read, lease);
+    Ok(())
+}
+
+#[tokio::test]
+async fn of_two_workers_taking_one_lease_exactly_one_wins_and_the_loser_is_fenced() -> Result<()> {
+    let (t, _) = table().await?;
+    t.create_lease(&Lease::new(
+        "shardId-000000000000",
+        Checkpoint::TrimHorizon,
+        Vec::new(),
+    ))
+    .await?;
+    let scanned = lease_of(&t, "shardId-000000000000").await?;
+    let (a, b) = tokio::join!(t.take(&scanned, "worker-a"), t.take(&scanned, "worker-b"));
+    assert!(
+        a.is_ok() != b.is_ok(),
+        "exactly one take succeeds: {a:?} {b:?}"
+    );
+    let (mut winner, winner_id, loser) = match (a, b) {
+        (Ok(h), Err(e)) => (h, "worker-a", e),
+        (Err(e), Ok(h)) => (h, "worker-b", e),
+        _ => return Err("both or neither took".into()),
+    };
+    assert!(matches!(loser, LeaseError::LeaseLost { .. }), "{loser}");
+    t.checkpoint(&mut winner, winner_id, seq("100", 0)?).await?;
+
+    // Another worker takes it over (as after a failover); the old owner is fenced.
+    let now = lease_of(&t, "shardId-000000000000").await?;
+    assert_eq!(now.owner.as_deref(), Some(winner_id));
+    assert_eq!(
+        now.owner_switches_since_checkpoint, 0,
+        "a checkpoint resets the switch count"
+    );
+    let mut thief = t.take(&now, "worker-c").await?;
+    let err = t
+        .checkpoint(&mut winner, winner_id, seq("200", 0)?)
+        .await
+        .err()
+        .ok_or("fenced")?;
+    assert!(matches!(err, LeaseError::LeaseLost { .. }), "{err}");
+    let err = t
+        .release(&winner, winner_id)
+        .await
+        .err()
+        .ok_or("fenced release")?;
+    assert!(matches!(err, LeaseError::LeaseLost { .. }), "{err}");
+
+    // The new owner resumes from the checkpoint and can never move it backwards.
+    assert_eq!(thief.checkpoint, seq("100", 0)?);
+    let err = t
+        .checkpoint(&mut thief, "worker-c", seq("99", 5)?)
+        .await
+        .err()
+        .ok_or("backwards")?;
+    assert!(
+        matches!(err, LeaseError::CheckpointBackwards { .. }),
+        "{err}"
+    );
+    t.checkpoint(&mut thief, "worker-c", seq("100", 3)?).await?;
+    t.checkpoint(&mut thief, "worker-c", Checkpoint::ShardEnd)
+        .await?;
+    let end = lease_of(&t, "shardId-000000000000").await?;
+    assert_eq!(end.checkpoint, Checkpoint::ShardEnd);
+    assert!(end.is_finished());
+    Ok(())
+}
+
+#[tokio::test]
+async fn release_lets_anyone_take_at_once() -> Result<()> {
+    let (t, _) = table().await?;
+    t.create_lease(&Lease::new(
+        "shardId-000000000001",
+        Checkpoint::Latest,
+        Vec::new(),
+    ))
+    .await?;
+    let held = t
+        .take(&lease_of(&t, "shardId-000000000001").await?, "worker-a")
+        .await?;
+    t.release(&held, "worker-a").await?;
+    let free = lease_of(&t, "shardId-000000000001").await?;
+    assert_eq!(free.owner, None);
+    assert_eq!(free.counter, held.counter + 1);
+    let again = t.take(&free, "worker-b").await?;
+    assert_eq!(again.counter, held.counter + 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_handoff_request_is_answered_by_the_owner_or_taken_after_the_timeout() -> Result<()> {
+    let (t, _) = table().await?;
+    for shard in [
+        "shardId-000000000010",
+        "shardId-000000000011",
+        "shardId-000000000012",
+    ] {
+        t.create_lease(&Lease::new(shard, Checkpoint::TrimHorizon, Vec::new()))
+            .await?;
+    }
+    let mut held = HashMap::new();
+    for shard in [
+        "shardId-000000000010",
+        "shardId-000000000011",
+        "shardId-000000000012",
+    ] {
+        held.insert(shard, t.take(&lease_of(&t, shard).await?, "owner").await?);
+    }
+
+    // Granted: the owner hands over; the request does not disturb the owner's checkpoints.
+    let l = lease_of(&t, "shardId-000000000010").await?;
+    assert!(t.request_handoff(&l, "joiner").await?);
+    assert!(
+        !t.request_handoff(&l, "other").await?,
+        "one request at a time"
+    );
+    let h = held.get_mut("shardId-000000000010").ok_or("held")?;
+    t.checkpoint(h, "owner", seq("7", 0)?).await?;
+    t.hand_over(h, "owner", "joiner").await?;
+    let after = lease_of(&t, "shardId-000000000010").await?;
+    assert_eq!(
+        (after.owner.as_deref(), after.handoff_to.as_deref()),
+        (Some("joiner"), None)
+    );
+    assert_eq!(after.checkpoint, seq("7", 0)?);
+
+    // Declined: the request is cleared and a timeout take is then refused.
+    let l = lease_of(&t, "shardId-000000000011").await?;
+    assert!(t.request_handoff(&l, "joiner").await?);
+    t.decline_handoff(held.get("shardId-000000000011").ok_or("held")?, "owner")
+        .await?;
+    let err = t
+        .take_after_handoff_timeout(&l, "joiner")
+        .await
+        .err()
+        .ok_or("declined")?;
+    assert!(matches!(err, LeaseError::LeaseLost { .. }), "{err}");
+
+    // Unanswered: taken after the timeout, and the silent owner is fenced.
+    let l = lease_of(&t, "shardId-000000000012").await?;
+    assert!(t.request_handoff(&l, "joiner").await?);
+    t.take_after_handoff_timeout(&l, "joiner").await?;
+    let mut old = held.get("shardId-000000000012").ok_or("held")?.clone();
+    let err = t
+        .checkpoint(&mut old, "owner", seq("9", 0)?)
+        .await
+        .err()
+        .ok_or("fenced")?;
+    assert!(matches!(err, LeaseError::LeaseLost { .. }), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn heartbeats_are_items_of_their_own() -> Result<()> {
+    let (t, _) = table().await?;
+    t.create_lease(&Lease::new(
+        "shardId-000000000000",
+        Checkpoint::TrimHorizon,
+        Vec::new(),
+    ))
+    .await?;
+    t.heartbeat(&Heartbeat {
+        worker_id: "pod-a".into(),
+        counter: 1,
+        draining: false,
+    })
+    .await?;
+    t.heartbeat(&Heartbeat {
+        worker_id: "pod-a".into(),
+        counter: 2,
+        draining: true,
+    })
+    .await?;
+    let snap = t.scan().await?;
+    assert_eq!(snap.leases.len(), 1, "heartbeats are not leases");
+    assert_eq!(
+        snap.heartbeats,
+        vec![Heartbeat {
+            worker_id: "pod-a".into(),
+            counter: 2,
+            draining: true
+        }]
+    );
+    t.remove_heartbeat("pod-a").await?;
+    assert!(t.scan().await?.heartbeats.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn items_written_as_kcl_writes_them_are_read_exactly() -> Result<()> {
+    let (t, client) = table().await?;
+    // Attribute names and DynamoDB types as KCL for Java's DynamoDBLeaseSerializer writes
+    // them: a closed parent at SHARD_END with children, and a child mid-way through an
+    // aggregated record with a prepared checkpoint.
+    let parent = [
+        ("leaseKey", AttributeValue::S("shardId-000000000000".into())),
+        ("leaseOwner", AttributeValue::S("kcl-worker-1".into())),
+        ("leaseCounter", AttributeValue::N("4711".into())),
+        ("checkpoint", AttributeValue::S("SHARD_END".into())),
+        ("checkpointSubSequenceNumber", AttributeValue::N("0".into())),
+        (
+            "ownerSwitchesSinceCheckpoint",
+            AttributeValue::N("0".into()),
+        ),
+        (
+            "childShardIds",
+            AttributeValue::Ss(vec![
+                "shardId-000000000001".into(),
+                "shardId-000000000002".into(),
+            ]),
+        ),
+        ("startingHashKey", AttributeValue::S("0".into())),
+        (
+            "endingHashKey",
+            AttributeValue::S("340282366920938463463374607431768211455".into()),
+        ),
+    ];
+    let child = [
+        ("leaseKey", AttributeValue::S("shardId-000000000001".into())),
+        ("leaseOwner", AttributeValue::S("kcl-worker-2".into())),
+        ("leaseCounter", AttributeValue::N("12".into())),
+        (
+            "checkpoint",
+            AttributeValue::S("49590338271490256608559692538361571095921575989136588898".into()),
+        ),
+        ("checkpointSubSequenceNumber", AttributeValue::N("3".into())),
+        (
+            "ownerSwitchesSinceCheckpoint",
+            AttributeValue::N("2".into()),
+        ),
+        (
+            "parentShardId",
+            AttributeValue::Ss(vec!["shardId-000000000000".into()]),
+        ),
+        (
+            "pendingCheckpoint",
+            AttributeValue::S("49590338271490256608559692540925702759324208523137515618".into()),
+        ),
+        (
+            "pendingCheckpointSubSequenceNumber",
+            AttributeValue::N("0".into()),
+        ),
+        (
+            "pendingCheckpointState",
+            AttributeValue::B(Blob::new(b"app-state".to_vec())),
+        ),
+        ("startingHashKey", AttributeValue::S("0".into())),
+        (
+            "endingHashKey",
+            AttributeValue::S("170141183460469231731687303715884105727".into()),
+        ),
+    ];
+    for item in [&parent[..], &child[..]] {
+        let mut put = client.put_item().table_name(t.name());
+        for (k, v) in item {
+            put = put.item(*k, v.clone());
+        }
+        put.send().await?;
+    }
+    let p = lease_of(&t, "shardId-000000000000").await?;
+    assert_eq!(p.checkpoint, Checkpoint::ShardEnd);
+    assert_eq!(p.counter, 4711);
+    assert_eq!(
+        p.child_shard_ids,
+        vec![
+            "shardId-000000000001".to_string(),
+            "shardId-000000000002".to_string()
+        ]
+    );
+    let c = lease_of(&t, "shardId-000000000001").await?;
+    assert_eq!(c.owner.as_deref(), Some("kcl-worker-2"));
+    assert_eq!(
+        c.checkpoint,
+        seq(
+            "49590338271490256608559692538361571095921575989136588898",
+            3
+        )?
+    );
+    assert_eq!(
+        c.pending_checkpoint,
+        Some(seq(
+            "49590338271490256608559692540925702759324208523137515618",
+            0
+        )?)
+    );
+    assert_eq!(
+        c.pending_checkpoint_state.as_deref(),
+        Some(&b"app-state"[..])
+    );
+    assert_eq!(c.owner_switches_since_checkpoint, 2);
+    assert_eq!(c.parent_shard_ids, vec!["shardId-000000000000".to_string()]);
+    assert_eq!(
+        c.hash_range,
+        Some((
+            "0".to_string(),
+            "170141183460469231731687303715884105727".to_string()
+        ))
+    );
+
+    // Taken over by one of ours, it resumes from exactly KCL's checkpoint.
+    let held = t.take(&c, "pod-a").await?;
+    assert_eq!(
+        held.checkpoint,
+        seq(
+            "49590338271490256608559692538361571095921575989136588898",
+            3
+        )?
+    );
+    Ok(())
+}

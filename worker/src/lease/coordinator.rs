@@ -1,0 +1,720 @@
+//! The lease coordinator: one task per worker that keeps the worker's heartbeat, discovers
+//! shards, takes, hands over and releases leases, and tells the record pipeline what it owns.
+//!
+//! Every `scan_interval` it scans the table, updates its liveness observations, decides with
+//! [`super::balance`] and acts; every `heartbeat_interval` it rewrites its heartbeat item;
+//! every `shard_sync_interval` (and when a shard ends) it lists the stream's shards.
+//!
+//! # Guarantees
+//! - A lease is held by at most one worker at a time as far as writes go: every write that
+//!   depends on ownership is fenced by the lease counter (see [`super::table`]).
+//! - A worker that cannot confirm its own heartbeat within `failover_time` minus one
+//!   `scan_interval` revokes all its leases by itself ([`ShardLease::is_valid`] turns false
+//!   and [`LeaseEvent::Lost`] is sent), before any other worker may consider it dead.
+//! - A transient DynamoDB failure never drops a lease: only a failed ownership condition does.
+//! - On [`CoordinatorHandle::shutdown`], in-flight work is asked to finish
+//!   ([`LeaseEvent::ShutdownRequested`]), then every lease is released and the heartbeat
+//!   removed, so other workers take the shards on their next scan.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::balance::{self, Fleet};
+use super::checkpoint::Checkpoint;
+use super::discovery::{self, StreamRef};
+use super::liveness::Observer;
+use super::model::{Heartbeat, Lease, TableSnapshot};
+use super::table::{HeldLease, LeaseError, LeaseTable};
+
+/// Settings of the coordinator.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// This worker's id: unique in the fleet (in Kubernetes, the pod name).
+    pub worker_id: String,
+    /// A worker whose heartbeat has not changed for this long is dead (KCL default 10 s).
+    pub failover_time: Duration,
+    /// How often the table is scanned: bounds how fast released or requested leases move.
+    pub scan_interval: Duration,
+    /// How often the heartbeat is written (default `failover_time / 3`, as KCL renews).
+    pub heartbeat_interval: Duration,
+    /// How long a hand-over request waits for the owner before the lease is taken anyway.
+    pub handoff_timeout: Duration,
+    /// Hand-over requests per round at most.
+    pub max_handoffs_per_round: usize,
+    /// How often the stream's shards are listed.
+    pub shard_sync_interval: Duration,
+    /// Where a new lease starts.
+    pub initial_position: Checkpoint,
+    /// How long shutdown waits for in-flight work before releasing anyway.
+    pub shutdown_timeout: Duration,
+}
+
+impl CoordinatorConfig {
+    /// Defaults: failover 10 s, scan 1 s, heartbeat every failover/3, hand-over timeout 5 s,
+    /// 16 hand-overs per round, shard sync 30 s, start at `TRIM_HORIZON`, shutdown 20 s.
+    pub fn new(worker_id: impl Into<String>) -> Self {
+        let failover_time = Duration::from_secs(10);
+        Self {
+            worker_id: worker_id.into(),
+            failover_time,
+            scan_interval: Duration::from_secs(1),
+            heartbeat_interval: failover_time / 3,
+            handoff_timeout: Duration::from_secs(5),
+            max_handoffs_per_round: 16,
+            shard_sync_interval: Duration::from_secs(30),
+            initial_position: Checkpoint::TrimHorizon,
+            shutdown_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// When this worker last confirmed it is alive (the send time of its last successful
+/// heartbeat), shared by the coordinator and every [`ShardLease`].
+#[derive(Debug)]
+struct SelfLiveness {
+    confirmed_at: Mutex<Instant>,
+    /// `failover_time` minus a margin: past it, this worker must stop.
+    valid_for: Duration,
+}
+
+impl SelfLiveness {
+    fn confirm(&self, sent_at: Instant) {
+        if let Ok(mut at) = self.confirmed_at.lock()
+            && sent_at > *at
+        {
+            *at = sent_at;
+        }
+    }
+
+    fn is_alive(&self, now: Instant) -> bool {
+        self.confirmed_at
+            .lock()
+            .map(|at| now.saturating_duration_since(*at) < self.valid_for)
+            .unwrap_or(false)
+    }
+}
+
+#[derive(Debug)]
+struct LeaseHandle {
+    table: LeaseTable,
+    worker_id: String,
+    held: tokio::sync::Mutex<HeldLease>,
+    revoked: AtomicBool,
+    liveness: Arc<SelfLiveness>,
+}
+
+/// A shard this worker owns, handed to the record pipeline.
+#[derive(Debug, Clone)]
+pub struct ShardLease {
+    /// The shard.
+    pub shard_id: String,
+    /// Resume after this checkpoint (or start at this initial position).
+    pub checkpoint: Checkpoint,
+    /// KCL's prepared checkpoint, if the previous owner left one.
+    pub pending_checkpoint: Option<Checkpoint>,
+    /// The shard's hash key range, when known (to drop KPL sub-records of other shards).
+    pub hash_range: Option<(String, String)>,
+    inner: Arc<LeaseHandle>,
+}
+
+impl ShardLease {
+    /// May records of this shard still be delivered? False once the lease is lost, handed
+    /// over or released, and whenever this worker has not confirmed its own heartbeat
+    /// recently enough (a paused or cut-off worker stops by itself).
+    pub fn is_valid(&self) -> bool {
+        !self.inner.revoked.load(Ordering::SeqCst) && self.inner.liveness.is_alive(Instant::now())
+    }
+
+    /// Writes a checkpoint.
+    ///
+    /// # Guarantees
+    /// Lands only while this worker still owns the lease (fenced by the counter) and never
+    /// moves the checkpoint backwards.
+    ///
+    /// # Errors
+    /// [`LeaseError::LeaseLost`] when the lease is no longer ours (then it is revoked);
+    /// [`LeaseError::CheckpointBackwards`]; [`LeaseError::Dynamo`] (transient: retry).
+    pub async fn checkpoint(&self, to: Checkpoint) -> Result<(), LeaseError> {
+        let mut held = self.inner.held.lock().await;
+        if !self.is_valid() {
+            return Err(LeaseError::LeaseLost {
+                shard_id: held.shard_id.clone(),
+                counter: held.counter,
+            });
+        }
+        let res = self
+            .inner
+            .table
+            .checkpoint(&mut held, &self.inner.worker_id, to)
+            .await;
+        if matches!(res, Err(LeaseError::LeaseLost { .. })) {
+            self.inner.revoked.store(true, Ordering::SeqCst);
+        }
+        res
+    }
+
+    /// Records the shard's children when it ended.
+    ///
+    /// # Errors
+    /// As [`ShardLease::checkpoint`].
+    pub async fn set_children(&self, children: &[String]) -> Result<(), LeaseError> {
+        let held = self.inner.held.lock().await;
+        self.inner
+            .table
+            .set_children(&held, &self.inner.worker_id, children)
+            .await
+    }
+
+    /// The checkpoint as of the last write or take.
+    pub async fn current_checkpoint(&self) -> Checkpoint {
+        self.inner.held.lock().await.checkpoint.clone()
+    }
+}
+
+/// What the coordinator tells the record pipeline.
+#[derive(Debug)]
+pub enum LeaseEvent {
+    /// This worker now owns the shard: resume after `lease.checkpoint`.
+    Acquired(ShardLease),
+    /// The shard is no longer ours: stop at once, do not checkpoint.
+    Lost {
+        /// The shard.
+        shard_id: String,
+    },
+    /// Finish the batch in flight, checkpoint if wanted, then answer on `done`; the lease is
+    /// then handed over or released (also when `done` is not answered in time).
+    ShutdownRequested {
+        /// The shard.
+        shard_id: String,
+        /// Answer when done.
+        done: oneshot::Sender<()>,
+    },
+}
+
+enum Command {
+    Shutdown(oneshot::Sender<()>),
+    ShardEnded,
+    HandoffFinished(String),
+}
+
+/// Controls a running coordinator.
+#[derive(Debug, Clone)]
+pub struct CoordinatorHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Shutdown(_) => "Shutdown",
+            Self::ShardEnded => "ShardEnded",
+            Self::HandoffFinished(_) => "HandoffFinished",
+        })
+    }
+}
+
+impl CoordinatorHandle {
+    /// Drains: asks the pipeline to finish, releases every lease, removes the heartbeat, and
+    /// returns when done.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// A shard reached its end: list the shards now, so its children get leases.
+    pub async fn shard_ended(&self) {
+        let _ = self.commands.send(Command::ShardEnded).await;
+    }
+}
+
+struct Held {
+    handle: Arc<LeaseHandle>,
+    handing_over: bool,
+}
+
+/// The coordinator's state; see the module docs.
+pub struct Coordinator {
+    table: LeaseTable,
+    stream: Option<(aws_sdk_kinesis::Client, StreamRef)>,
+    config: CoordinatorConfig,
+    events: mpsc::Sender<LeaseEvent>,
+    commands_tx: mpsc::Sender<Command>,
+    commands: mpsc::Receiver<Command>,
+    held: HashMap<String, Held>,
+    /// shard → (counter when we asked, when)
+    pending: HashMap<String, (u64, Instant)>,
+    observer: Observer,
+    heartbeat_counter: u64,
+    draining: bool,
+    liveness: Arc<SelfLiveness>,
+    last_snapshot: TableSnapshot,
+}
+
+fn heartbeat_key(worker: &str) -> String {
+    Heartbeat::key(worker)
+}
+
+fn lease_key(shard: &str) -> String {
+    format!("lease:{shard}")
+}
+
+impl Coordinator {
+    /// A coordinator for `table`; with `stream` it also discovers shards. Events go to
+    /// `events`.
+    pub fn new(
+        table: LeaseTable,
+        stream: Option<(aws_sdk_kinesis::Client, StreamRef)>,
+        config: CoordinatorConfig,
+        events: mpsc::Sender<LeaseEvent>,
+    ) -> (Self, CoordinatorHandle) {
+        let (commands_tx, commands) = mpsc::channel(64);
+        let valid_for = config.failover_time.saturating_sub(config.scan_interval);
+        let liveness = Arc::new(SelfLiveness {
+            // Not alive until the first heartbeat lands.
+            confirmed_at: Mutex::new(
+                Instant::now()
+                    .checked_sub(valid_for * 2)
+                    .unwrap_or_else(Instant::now),
+            ),
+            valid_for,
+        });
+        let handle = CoordinatorHandle {
+            commands: commands_tx.clone(),
+        };
+        (
+            Self {
+                table,
+                stream,
+                config,
+                events,
+                commands_tx,
+                commands,
+                held: HashMap::new(),
+                pending: HashMap::new(),
+                observer: Observer::new(),
+                heartbeat_counter: 0,
+                draining: false,
+                liveness,
+                last_snapshot: TableSnapshot::default(),
+            },
+            handle,
+        )
+    }
+
+    /// Runs until [`CoordinatorHandle::shutdown`] completes.
+    pub async fn run(mut self) {
+        self.heartbeat().await;
+        // A scan first, so discovery writes only the leases that are missing.
+        self.round().await;
+        self.sync_shards().await;
+        let mut scan = tokio::time::interval(self.config.scan_interval);
+        let mut beat = tokio::time::interval(self.config.heartbeat_interval);
+        let mut sync = tokio::time::interval(self.config.shard_sync_interval);
+        for t in [&mut scan, &mut beat, &mut sync] {
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        // The first tick of an interval is immediate: heartbeat and sync just ran.
+        beat.tick().await;
+        sync.tick().await;
+        loop {
+            tokio::select! {
+                _ = scan.tick() => self.round().await,
+                _ = beat.tick() => self.heartbeat().await,
+                _ = sync.tick() => self.sync_shards().await,
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Shutdown(reply)) => {
+                        self.shutdown().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(Command::ShardEnded) => self.sync_shards().await,
+                    Some(Command::HandoffFinished(shard)) => {
+                        self.held.remove(&shard);
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+
+    async fn heartbeat(&mut self) {
+        // After a pause (or a run of failed heartbeats) past the failover time, others may
+        // have taken our leases: drop them all *before* the next heartbeat makes us look
+        // alive again. Those still ours are taken back by the next round.
+        self.fence_self().await;
+        self.heartbeat_counter += 1;
+        let sent_at = Instant::now();
+        let beat = Heartbeat {
+            worker_id: self.config.worker_id.clone(),
+            counter: self.heartbeat_counter,
+            draining: self.draining,
+        };
+        match self.table.heartbeat(&beat).await {
+            Ok(()) => self.liveness.confirm(sent_at),
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying on the next interval"),
+        }
+    }
+
+    /// Revokes everything if our own heartbeat is too old (see the module guarantees).
+    async fn fence_self(&mut self) {
+        if self.held.is_empty() || self.liveness.is_alive(Instant::now()) {
+            return;
+        }
+        tracing::warn!(
+            leases = self.held.len(),
+            "heartbeat not confirmed within failover time: stopping all shards"
+        );
+        for (shard, held) in self.held.drain() {
+            held.handle.revoked.store(true, Ordering::SeqCst);
+            let _ = self.events.send(LeaseEvent::Lost { shard_id: shard }).await;
+        }
+    }
+
+    async fn sync_shards(&mut self) {
+        let Some((client, stream)) = &self.stream else {
+            return;
+        };
+        let shards = match discovery::list_shards(client, stream).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "shard discovery failed; retrying later");
+                return;
+            }
+        };
+        let existing: HashSet<&str> = self
+            .last_snapshot
+            .leases
+            .iter()
+            .map(|l| l.shard_id.as_str())
+            .collect();
+        for lease in discovery::new_leases(&shards, &existing, &self.config.initial_position) {
+            match self.table.create_lease(&lease).await {
+                Ok(true) => tracing::info!(shard = %lease.shard_id, "lease created"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(shard = %lease.shard_id, error = %e, "creating lease failed")
+                }
+            }
+        }
+    }
+
+    fn grant(
+        &self,
+        shard: String,
+        lease_handle: Arc<LeaseHandle>,
+        to: String,
+    ) -> oneshot::Sender<()> {
+        let (done_tx, done_rx) = oneshot::channel();
+        let table = self.table.clone();
+        let commands = self.commands_tx.clone();
+        let wait = self.config.handoff_timeout / 2;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(wait, done_rx).await;
+            lease_handle.revoked.store(true, Ordering::SeqCst);
+            let held = lease_handle.held.lock().await.clone();
+            match table.hand_over(&held, &lease_handle.worker_id, &to).await {
+                Ok(()) => tracing::info!(shard = %shard, to = %to, "lease handed over"),
+                Err(e) => {
+                    tracing::warn!(shard = %shard, error = %e, "hand-over failed; the requester takes it after its timeout")
+                }
+            }
+            let _ = commands.send(Command::HandoffFinished(shard)).await;
+        });
+        done_tx
+    }
+
+    async fn round(&mut self) {
+        let snapshot = match self.table.scan().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "lease table scan failed; keeping current leases");
+                self.fence_self().await;
+                return;
+            }
+        };
+        let now = Instant::now();
+        let me = self.config.worker_id.clone();
+        let failover = self.config.failover_time;
+        for hb in &snapshot.heartbeats {
+            self.observer
+                .observe(&heartbeat_key(&hb.worker_id), hb.counter, now);
+        }
+        for l in &snapshot.leases {
+            self.observer
+                .observe(&lease_key(&l.shard_id), l.counter, now);
+        }
+        let present: HashSet<String> = snapshot
+            .heartbeats
+            .iter()
+            .map(|h| heartbeat_key(&h.worker_id))
+            .chain(snapshot.leases.iter().map(|l| lease_key(&l.shard_id)))
+            .collect();
+        self.observer.retain(|k| present.contains(k));
+
+        if !self.liveness.is_alive(now) {
+            // Our own heartbeat is not confirmed: we may be the one considered dead. Take
+            // nothing until it is.
+            self.last_snapshot = snapshot;
+            self.fence_self().await;
+            return;
+        }
+
+        let heartbeats: HashMap<&str, &Heartbeat> = snapshot
+            .heartbeats
+            .iter()
+            .map(|h| (h.worker_id.as_str(), h))
+            .collect();
+        let observer = &self.observer;
+        let worker_alive = |w: &str| {
+            heartbeats
+                .get(w)
+                .is_some_and(|_| !observer.is_stale(&heartbeat_key(w), now, failover))
+        };
+        let mut live: BTreeSet<String> = snapshot
+            .heartbeats
+            .iter()
+            .filter(|h| !h.draining && worker_alive(&h.worker_id))
+            .map(|h| h.worker_id.clone())
+            .collect();
+        if self.draining {
+            live.remove(&me);
+        } else {
+            live.insert(me.clone());
+        }
+        let alive = |lease: &Lease, owner: &str| {
+            owner == me
+                || if heartbeats.contains_key(owner) {
+                    worker_alive(owner)
+                } else {
+                    // An owner without a heartbeat item (a KCL worker): KCL's rule on the
+                    // lease counter itself.
+                    !observer.is_stale(&lease_key(&lease.shard_id), now, failover)
+                }
+        };
+        let states = balance::classify(&snapshot.leases, alive);
+        let by_shard: HashMap<&str, &Lease> = snapshot
+            .leases
+            .iter()
+            .map(|l| (l.shard_id.as_str(), l))
+            .collect();
+
+        // 1. Leases we hold that changed under us are lost.
+        let mut lost = Vec::new();
+        for (shard, held) in &self.held {
+            if held.handing_over {
+                continue;
+            }
+            let counter = held.handle.held.lock().await.counter;
+            let ours = by_shard
+                .get(shard.as_str())
+                .is_some_and(|l| l.owner.as_deref() == Some(me.as_str()) && l.counter == counter);
+            if !ours {
+                lost.push(shard.clone());
+            }
+        }
+        for shard in lost {
+            if let Some(h) = self.held.remove(&shard) {
+                h.handle.revoked.store(true, Ordering::SeqCst);
+                tracing::info!(shard = %shard, "lease lost");
+                let _ = self.events.send(LeaseEvent::Lost { shard_id: shard }).await;
+            }
+        }
+
+        // 2. Decide.
+        let held_ids: HashSet<String> = self.held.keys().cloned().collect();
+        let pending_ids: HashSet<String> = self.pending.keys().cloned().collect();
+        let plan = balance::plan(
+            &snapshot.leases,
+            &states,
+            &Fleet {
+                me: &me,
+                live: &live,
+                draining: self.draining,
+                held: &held_ids,
+                pending_handoffs: &pending_ids,
+                max_handoffs_per_round: self.config.max_handoffs_per_round,
+            },
+        );
+
+        // 3. Hand-over requests on our leases: grant what we can spare, decline the rest.
+        let requests: Vec<(&str, &str)> = snapshot
+            .leases
+            .iter()
+            .filter(|l| l.owner.as_deref() == Some(me.as_str()))
+            .filter(|l| self.held.get(&l.shard_id).is_some_and(|h| !h.handing_over))
+            .filter_map(|l| l.handoff_to.as_deref().map(|to| (l.shard_id.as_str(), to)))
+            .collect();
+        if !requests.is_empty() {
+            let mut counts: HashMap<&str, usize> = HashMap::new();
+            for (l, s) in snapshot.leases.iter().zip(&states) {
+                if let (balance::LeaseState::Owned(o), Some(_)) = (s, l.owner.as_deref()) {
+                    *counts.entry(o).or_insert(0) += 1;
+                }
+            }
+            let holding = self.held.values().filter(|h| !h.handing_over).count();
+            let (grant, decline) =
+                balance::grant_handoffs(&requests, holding, plan.target, &live, |w| {
+                    counts.get(w).copied().unwrap_or(0)
+                });
+            for (shard, to) in grant {
+                let handle = self.held.get_mut(shard).map(|h| {
+                    h.handing_over = true;
+                    h.handle.clone()
+                });
+                if let Some(handle) = handle {
+                    let done = self.grant(shard.to_string(), handle, to.to_string());
+                    let _ = self
+                        .events
+                        .send(LeaseEvent::ShutdownRequested {
+                            shard_id: shard.to_string(),
+                            done,
+                        })
+                        .await;
+                }
+            }
+            for shard in decline {
+                if let Some(h) = self.held.get(shard) {
+                    let held = h.handle.held.lock().await.clone();
+                    if let Err(e) = self.table.decline_handoff(&held, &me).await {
+                        tracing::debug!(shard = %shard, error = %e, "declining a hand-over failed");
+                    }
+                }
+            }
+        }
+
+        // 4. Take free leases.
+        for shard in &plan.take {
+            if let Some(lease) = by_shard.get(shard.as_str()) {
+                match self.table.take(lease, &me).await {
+                    Ok(held) => self.acquired(lease, held).await,
+                    Err(LeaseError::LeaseLost { .. }) => {}
+                    Err(e) => tracing::warn!(shard = %shard, error = %e, "take failed"),
+                }
+            }
+        }
+
+        // 5. Ask for hand-overs; follow up on earlier requests.
+        for (shard, _owner) in &plan.request_handoff {
+            if let Some(lease) = by_shard.get(shard.as_str()) {
+                match self.table.request_handoff(lease, &me).await {
+                    Ok(true) => {
+                        self.pending.insert(shard.clone(), (lease.counter, now));
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(shard = %shard, error = %e, "hand-over request failed")
+                    }
+                }
+            }
+        }
+        let mut done = Vec::new();
+        let mut timed_out: Vec<Lease> = Vec::new();
+        for (shard, (counter, asked)) in &self.pending {
+            let Some(lease) = by_shard.get(shard.as_str()) else {
+                done.push(shard.clone());
+                continue;
+            };
+            let still_ours_to_wait =
+                lease.counter == *counter && lease.handoff_to.as_deref() == Some(me.as_str());
+            if !still_ours_to_wait {
+                done.push(shard.clone());
+            } else if now.saturating_duration_since(*asked) > self.config.handoff_timeout {
+                done.push(shard.clone());
+                timed_out.push((*lease).clone());
+            }
+        }
+        for shard in done {
+            self.pending.remove(&shard);
+        }
+        for lease in timed_out {
+            match self.table.take_after_handoff_timeout(&lease, &me).await {
+                Ok(held) => {
+                    tracing::info!(shard = %lease.shard_id, "owner did not answer the hand-over request: taken");
+                    self.acquired(&lease, held).await;
+                }
+                Err(e) => {
+                    tracing::debug!(shard = %lease.shard_id, error = %e, "take after hand-over timeout failed")
+                }
+            }
+        }
+        self.last_snapshot = snapshot;
+    }
+
+    async fn acquired(&mut self, lease: &Lease, held: HeldLease) {
+        tracing::info!(shard = %lease.shard_id, checkpoint = %held.checkpoint, "lease acquired");
+        let handle = Arc::new(LeaseHandle {
+            table: self.table.clone(),
+            worker_id: self.config.worker_id.clone(),
+            held: tokio::sync::Mutex::new(held.clone()),
+            revoked: AtomicBool::new(false),
+            liveness: self.liveness.clone(),
+        });
+        self.held.insert(
+            lease.shard_id.clone(),
+            Held {
+                handle: handle.clone(),
+                handing_over: false,
+            },
+        );
+        let event = LeaseEvent::Acquired(ShardLease {
+            shard_id: lease.shard_id.clone(),
+            checkpoint: held.checkpoint,
+            pending_checkpoint: lease.pending_checkpoint.clone(),
+            hash_range: lease.hash_range.clone(),
+            inner: handle,
+        });
+        let _ = self.events.send(event).await;
+    }
+
+    async fn shutdown(&mut self) {
+        tracing::info!(leases = self.held.len(), "shutting down: releasing leases");
+        self.draining = true;
+        self.heartbeat().await;
+        let mut waits = Vec::new();
+        for (shard, held) in &self.held {
+            if held.handing_over {
+                continue;
+            }
+            let (done, rx) = oneshot::channel();
+            let _ = self
+                .events
+                .send(LeaseEvent::ShutdownRequested {
+                    shard_id: shard.clone(),
+                    done,
+                })
+                .await;
+            waits.push(rx);
+        }
+        let _ = tokio::time::timeout(self.config.shutdown_timeout, futures_join_all(waits)).await;
+        let me = self.config.worker_id.clone();
+        for (shard, held) in self.held.drain() {
+            if held.handing_over {
+                continue;
+            }
+            held.handle.revoked.store(true, Ordering::SeqCst);
+            let h = held.handle.held.lock().await.clone();
+            match self.table.release(&h, &me).await {
+                Ok(()) => tracing::info!(shard = %shard, "lease released"),
+                Err(e) => {
+                    tracing::warn!(shard = %shard, error = %e, "release failed; others take it after failover time")
+                }
+            }
+        }
+        if let Err(e) = self.table.remove_heartbeat(&me).await {
+            tracing::warn!(error = %e, "removing the heartbeat failed");
+        }
+    }
+}
+
+/// Waits for every receiver (answered or dropped).
+async fn futures_join_all(waits: Vec<oneshot::Receiver<()>>) {
+    for w in waits {
+        let _ = w.await;
+    }
+}

@@ -1,0 +1,185 @@
+//! Shard discovery: the stream's shards (ListShards, every page) become leases, once each.
+//!
+//! Every shard still in the stream gets a lease — open and closed ones alike — with its
+//! parents recorded, so that [`super::balance::classify`] holds a child back until every
+//! parent lease reached `SHARD_END`. A new lease starts at the application's initial
+//! position; at `TRIM_HORIZON` that means ancestors are read before descendants and nothing
+//! is skipped. A parent that has left the stream (past retention) has no lease and blocks
+//! nothing.
+
+use std::collections::HashSet;
+
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::error::DisplayErrorContext;
+
+use super::checkpoint::Checkpoint;
+use super::model::Lease;
+
+/// Which stream: by name or by ARN (cross-account access needs the ARN).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamRef {
+    /// The stream's name, in the client's account and region.
+    Name(String),
+    /// The stream's ARN.
+    Arn(String),
+}
+
+impl std::fmt::Display for StreamRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Name(n) | Self::Arn(n) => f.write_str(n),
+        }
+    }
+}
+
+/// A shard as ListShards describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// The shard id.
+    pub shard_id: String,
+    /// Its parents: none, one (split) or two (merge).
+    pub parents: Vec<String>,
+    /// Its hash key range (decimal strings).
+    pub hash_range: (String, String),
+    /// Closed shards have an ending sequence number.
+    pub closed: bool,
+}
+
+/// Listing the stream's shards failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// The stream does not exist (or is not visible with these credentials).
+    #[error(
+        "stream `{stream}` not found: create it, or fix the stream name/ARN and region ({detail})"
+    )]
+    StreamNotFound {
+        /// The stream.
+        stream: String,
+        /// Kinesis's message.
+        detail: String,
+    },
+    /// Any other failure (transient: try again).
+    #[error("ListShards on stream `{stream}` failed: {detail}")]
+    Kinesis {
+        /// The stream.
+        stream: String,
+        /// The SDK error with its causes.
+        detail: String,
+    },
+}
+
+/// Every shard of the stream, all pages.
+///
+/// # Errors
+/// [`DiscoveryError::StreamNotFound`]; [`DiscoveryError::Kinesis`].
+pub async fn list_shards(
+    client: &Client,
+    stream: &StreamRef,
+) -> Result<Vec<ShardInfo>, DiscoveryError> {
+    let mut shards = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let mut req = client.list_shards();
+        req = match (&next, stream) {
+            // With a token, the stream must not be named again.
+            (Some(token), _) => req.next_token(token),
+            (None, StreamRef::Name(n)) => req.stream_name(n),
+            (None, StreamRef::Arn(a)) => req.stream_arn(a),
+        };
+        let out = req.send().await.map_err(|e| {
+            let not_found = e
+                .as_service_error()
+                .is_some_and(|se| se.is_resource_not_found_exception());
+            let detail = DisplayErrorContext(e).to_string();
+            if not_found {
+                DiscoveryError::StreamNotFound {
+                    stream: stream.to_string(),
+                    detail,
+                }
+            } else {
+                DiscoveryError::Kinesis {
+                    stream: stream.to_string(),
+                    detail,
+                }
+            }
+        })?;
+        for s in out.shards() {
+            let mut parents: Vec<String> = [s.parent_shard_id(), s.adjacent_parent_shard_id()]
+                .into_iter()
+                .flatten()
+                .map(String::from)
+                .collect();
+            parents.sort();
+            let range = s.hash_key_range();
+            shards.push(ShardInfo {
+                shard_id: s.shard_id().to_string(),
+                parents,
+                hash_range: (
+                    range
+                        .map(|r| r.starting_hash_key().to_string())
+                        .unwrap_or_default(),
+                    range
+                        .map(|r| r.ending_hash_key().to_string())
+                        .unwrap_or_default(),
+                ),
+                closed: s
+                    .sequence_number_range()
+                    .and_then(|r| r.ending_sequence_number())
+                    .is_some(),
+            });
+        }
+        match out.next_token() {
+            Some(t) if !t.is_empty() => next = Some(t.to_string()),
+            _ => break,
+        }
+    }
+    Ok(shards)
+}
+
+/// The leases to create for shards that have none yet, starting at `initial`.
+pub fn new_leases(
+    shards: &[ShardInfo],
+    existing: &HashSet<&str>,
+    initial: &Checkpoint,
+) -> Vec<Lease> {
+    shards
+        .iter()
+        .filter(|s| !existing.contains(s.shard_id.as_str()))
+        .map(|s| {
+            let mut lease = Lease::new(&s.shard_id, initial.clone(), s.parents.clone());
+            lease.hash_range = Some(s.hash_range.clone());
+            lease
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(id: &str, parents: &[&str], closed: bool) -> ShardInfo {
+        ShardInfo {
+            shard_id: id.into(),
+            parents: parents.iter().map(|p| (*p).to_string()).collect(),
+            hash_range: ("0".into(), "1".into()),
+            closed,
+        }
+    }
+
+    #[test]
+    fn only_shards_without_a_lease_get_one_with_their_parents() {
+        let shards = vec![
+            shard("s0", &[], true),
+            shard("s1", &["s0"], false),
+            shard("s2", &["s0"], false),
+        ];
+        let existing: HashSet<&str> = ["s0"].into_iter().collect();
+        let made = new_leases(&shards, &existing, &Checkpoint::TrimHorizon);
+        assert_eq!(made.len(), 2);
+        assert_eq!(made[0].shard_id, "s1");
+        assert_eq!(made[0].parent_shard_ids, vec!["s0".to_string()]);
+        assert_eq!(made[0].checkpoint, Checkpoint::TrimHorizon);
+        assert_eq!(made[0].owner, None);
+        assert_eq!(made[0].hash_range, Some(("0".into(), "1".into())));
+    }
+}

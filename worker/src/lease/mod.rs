@@ -1,0 +1,18 @@
+//! Shard leases in DynamoDB: which worker processes which shard, and where each shard's
+//! processing has got to.
+//!
+//! - [`checkpoint`]: positions in a shard, in KCL's representation.
+//! - [`model`]: the table's items (leases with KCL's attributes, worker heartbeats).
+//! - [`liveness`]: "is this worker still alive?" without trusting clocks across machines.
+//! - [`balance`]: which leases to take or ask for, and which hand-overs to grant.
+//! - [`coordinator`]: the loop that runs it all and tells the record pipeline what it owns.
+//! - [`discovery`]: the stream's shards become leases.
+//! - [`table`]: the DynamoDB I/O, every ownership-dependent write fenced by the counter.
+
+pub mod balance;
+pub mod checkpoint;
+pub mod coordinator;
+pub mod discovery;
+pub mod liveness;
+pub mod model;
+pub mod table;

@@ -1,0 +1,128 @@
+//! The items of the lease table: one lease per shard (KCL's attributes and meanings, so an
+//! application moving from KCL keeps its checkpoints) and one heartbeat per worker (ours).
+
+use super::checkpoint::Checkpoint;
+
+/// KCL's attribute names. Ours are the `ko*` ones below.
+pub mod attr {
+    /// Hash key: the shard id for a lease, `kinesis-operator:worker:<id>` for a heartbeat.
+    pub const LEASE_KEY: &str = "leaseKey";
+    /// The worker holding the lease.
+    pub const LEASE_OWNER: &str = "leaseOwner";
+    /// Fencing token (N): every ownership change increments it, every ownership-dependent
+    /// write is conditional on it.
+    pub const LEASE_COUNTER: &str = "leaseCounter";
+    /// Checkpoint (S): sequence number or sentinel.
+    pub const CHECKPOINT: &str = "checkpoint";
+    /// Sub-sequence number of the checkpoint (N).
+    pub const CHECKPOINT_SUB: &str = "checkpointSubSequenceNumber";
+    /// Owner changes since the last checkpoint (N).
+    pub const OWNER_SWITCHES: &str = "ownerSwitchesSinceCheckpoint";
+    /// Parent shards (SS): one after a split, two after a merge.
+    pub const PARENT_SHARD_IDS: &str = "parentShardId";
+    /// Child shards (SS), known once the shard ended.
+    pub const CHILD_SHARD_IDS: &str = "childShardIds";
+    /// The shard's hash key range (S, decimal).
+    pub const STARTING_HASH_KEY: &str = "startingHashKey";
+    /// The shard's hash key range (S, decimal).
+    pub const ENDING_HASH_KEY: &str = "endingHashKey";
+    /// KCL's prepared (two-phase) checkpoint (S).
+    pub const PENDING_CHECKPOINT: &str = "pendingCheckpoint";
+    /// Its sub-sequence number (N).
+    pub const PENDING_CHECKPOINT_SUB: &str = "pendingCheckpointSubSequenceNumber";
+    /// Opaque application state stored with the prepared checkpoint (B).
+    pub const PENDING_CHECKPOINT_STATE: &str = "pendingCheckpointState";
+    /// Ours: a worker asks the owner to hand the lease over (S, the asking worker's id).
+    pub const HANDOFF_TO: &str = "koHandoffTo";
+    /// Ours: a heartbeat's counter (N), incremented on every heartbeat.
+    pub const HEARTBEAT: &str = "koHeartbeat";
+    /// Ours: the heartbeat's worker id (S).
+    pub const WORKER_ID: &str = "koWorkerId";
+    /// Ours: the worker is shutting down and takes no leases (BOOL).
+    pub const DRAINING: &str = "koDraining";
+}
+
+/// Prefix of heartbeat items' keys; no shard id starts with it.
+pub const HEARTBEAT_KEY_PREFIX: &str = "kinesis-operator:worker:";
+
+/// One shard's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The shard id (`leaseKey`).
+    pub shard_id: String,
+    /// The worker holding it, if any.
+    pub owner: Option<String>,
+    /// The fencing counter.
+    pub counter: u64,
+    /// Where processing has got to (or where it starts).
+    pub checkpoint: Checkpoint,
+    /// KCL's prepared checkpoint, if one is pending.
+    pub pending_checkpoint: Option<Checkpoint>,
+    /// State stored with the prepared checkpoint.
+    pub pending_checkpoint_state: Option<Vec<u8>>,
+    /// Owner changes since the last checkpoint.
+    pub owner_switches_since_checkpoint: u64,
+    /// Parent shards, which must reach `SHARD_END` before this one starts.
+    pub parent_shard_ids: Vec<String>,
+    /// Child shards, once known.
+    pub child_shard_ids: Vec<String>,
+    /// The shard's hash key range (decimal strings), when known.
+    pub hash_range: Option<(String, String)>,
+    /// A worker that asked the owner to hand this lease over.
+    pub handoff_to: Option<String>,
+}
+
+impl Lease {
+    /// A new, unowned lease for a shard that starts at `initial`.
+    pub fn new(
+        shard_id: impl Into<String>,
+        initial: Checkpoint,
+        parent_shard_ids: Vec<String>,
+    ) -> Self {
+        Self {
+            shard_id: shard_id.into(),
+            owner: None,
+            counter: 0,
+            checkpoint: initial,
+            pending_checkpoint: None,
+            pending_checkpoint_state: None,
+            owner_switches_since_checkpoint: 0,
+            parent_shard_ids,
+            child_shard_ids: Vec::new(),
+            hash_range: None,
+            handoff_to: None,
+        }
+    }
+
+    /// Is every record of the shard processed?
+    pub fn is_finished(&self) -> bool {
+        self.checkpoint == Checkpoint::ShardEnd
+    }
+}
+
+/// A worker's heartbeat item: proves the worker alive while its counter keeps changing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The worker.
+    pub worker_id: String,
+    /// Incremented on every heartbeat.
+    pub counter: u64,
+    /// The worker is shutting down: it takes nothing and counts for no fair share.
+    pub draining: bool,
+}
+
+impl Heartbeat {
+    /// The item's `leaseKey`.
+    pub fn key(worker_id: &str) -> String {
+        format!("{HEARTBEAT_KEY_PREFIX}{worker_id}")
+    }
+}
+
+/// Everything one scan of the lease table found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableSnapshot {
+    /// One per shard.
+    pub leases: Vec<Lease>,
+    /// One per worker that ever started (until it removes its own on shutdown).
+    pub heartbeats: Vec<Heartbeat>,
+}

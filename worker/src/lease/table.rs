@@ -1,0 +1,876 @@
+//! The lease table in DynamoDB: one item per shard (KCL's layout) and one heartbeat item
+//! per worker. Every write that depends on ownership is conditional on the lease's owner and
+//! counter, so a worker that lost a lease cannot change it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, TableStatus,
+};
+
+use super::checkpoint::Checkpoint;
+use super::model::{HEARTBEAT_KEY_PREFIX, Heartbeat, Lease, TableSnapshot, attr};
+
+/// How long a new table may take to become ACTIVE.
+const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What can go wrong with the lease table.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The table exists with another key schema.
+    #[error(
+        "lease table `{table}` has key schema {found}, but a lease table has one hash key `leaseKey` (string): \
+         choose another application name, or delete the table if it is not a lease table"
+    )]
+    WrongKeySchema {
+        /// The table.
+        table: String,
+        /// Its key schema, as DynamoDB described it.
+        found: String,
+    },
+    /// DynamoDB refused for lack of permission.
+    #[error(
+        "not allowed to {action} on lease table `{table}`: grant dynamodb:{action} on it to this worker's role ({detail})"
+    )]
+    AccessDenied {
+        /// The table.
+        table: String,
+        /// The DynamoDB action, e.g. `CreateTable`.
+        action: &'static str,
+        /// DynamoDB's message.
+        detail: String,
+    },
+    /// The table did not become ACTIVE in time.
+    #[error(
+        "lease table `{table}` is not ACTIVE after {0:?}; check it in the DynamoDB console",
+        TABLE_ACTIVE_TIMEOUT
+    )]
+    NotActive {
+        /// The table.
+        table: String,
+    },
+    /// The lease changed under us: another worker owns it now, or its counter moved.
+    #[error(
+        "lease on shard {shard_id} lost: another worker took it (or it changed) since counter {counter}"
+    )]
+    LeaseLost {
+        /// The shard.
+        shard_id: String,
+        /// The counter this worker held it at.
+        counter: u64,
+    },
+    /// A checkpoint would move backwards.
+    #[error(
+        "checkpoint for shard {shard_id} refused: {to} is before the current checkpoint {from}"
+    )]
+    CheckpointBackwards {
+        /// The shard.
+        shard_id: String,
+        /// The current checkpoint.
+        from: Checkpoint,
+        /// The refused one.
+        to: Checkpoint,
+    },
+    /// An item that is not a valid lease or heartbeat.
+    #[error("lease table `{table}`: item `{key}` is malformed: {reason}")]
+    BadItem {
+        /// The table.
+        table: String,
+        /// The item's `leaseKey`.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Any other DynamoDB failure (network, throttling after the SDK's retries, …):
+    /// transient, try again; it says nothing about ownership.
+    #[error("DynamoDB {op} on lease table `{table}` failed: {detail}")]
+    Dynamo {
+        /// The operation.
+        op: &'static str,
+        /// The table.
+        table: String,
+        /// The SDK error with its causes.
+        detail: String,
+    },
+}
+
+impl LeaseError {
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::WrongKeySchema { .. } => "wrong_key_schema",
+            Self::AccessDenied { .. } => "access_denied",
+            Self::NotActive { .. } => "not_active",
+            Self::LeaseLost { .. } => "lease_lost",
+            Self::CheckpointBackwards { .. } => "checkpoint_backwards",
+            Self::BadItem { .. } => "bad_item",
+            Self::Dynamo { .. } => "dynamodb",
+        }
+    }
+}
+
+/// A lease this worker holds: the shard and the counter it took it at (its fencing token),
+/// and the last checkpoint it wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldLease {
+    /// The shard.
+    pub shard_id: String,
+    /// The counter value after our take: every write of ours is conditional on it.
+    pub counter: u64,
+    /// The checkpoint in the table as of our last read or write.
+    pub checkpoint: Checkpoint,
+}
+
+/// Requests this process made to the lease table, counted at the client (for metrics and
+/// the cost benchmark).
+#[derive(Debug, Default)]
+pub struct TableCounters {
+    /// Read requests (Scan pages, DescribeTable).
+    pub reads: AtomicU64,
+    /// Items returned by scans.
+    pub items_read: AtomicU64,
+    /// Write requests (PutItem, UpdateItem, DeleteItem), failed conditional ones included.
+    pub writes: AtomicU64,
+    /// Of those, heartbeat writes.
+    pub heartbeat_writes: AtomicU64,
+    /// Of those, checkpoint writes.
+    pub checkpoint_writes: AtomicU64,
+}
+
+impl TableCounters {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The lease table of one application.
+#[derive(Debug, Clone)]
+pub struct LeaseTable {
+    client: Client,
+    name: String,
+    counters: Arc<TableCounters>,
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_string())
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn is_conditional_failure<E, R>(e: &SdkError<E, R>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    e.as_service_error()
+        .and_then(|se| se.code())
+        .is_some_and(|c| c == "ConditionalCheckFailedException")
+}
+
+fn is_access_denied<E, R>(e: &SdkError<E, R>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    e.as_service_error()
+        .and_then(|se| se.code())
+        .is_some_and(|c| c == "AccessDeniedException" || c == "UnauthorizedOperation")
+}
+
+impl LeaseTable {
+    /// The table's name (the application name).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Requests made through this table (shared by its clones).
+    pub fn counters(&self) -> &TableCounters {
+        &self.counters
+    }
+
+    fn dynamo<E, R>(&self, op: &'static str, e: SdkError<E, R>) -> LeaseError
+    where
+        E: std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        LeaseError::Dynamo {
+            op,
+            table: self.name.clone(),
+            detail: DisplayErrorContext(e).to_string(),
+        }
+    }
+
+    /// Opens the lease table `name`, creating it (on-demand billing) if it does not exist
+    /// and `create` is true, and waiting until it is ACTIVE.
+    ///
+    /// # Errors
+    /// [`LeaseError::WrongKeySchema`] if the table exists with another key;
+    /// [`LeaseError::AccessDenied`] naming the missing permission; [`LeaseError::NotActive`]
+    /// if it does not become ACTIVE within two minutes; [`LeaseError::Dynamo`] otherwise.
+    pub async fn open(client: Client, name: &str, create: bool) -> Result<Self, LeaseError> {
+        let table = Self {
+            client,
+            name: name.to_string(),
+            counters: Arc::default(),
+        };
+        let described = table.client.describe_table().table_name(name).send().await;
+        match described {
+            Ok(out) => {
+                if let Some(t) = out.table() {
+                    table.check_schema(t.key_schema(), t.attribute_definitions())?;
+                }
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_resource_not_found_exception())
+                    && create =>
+            {
+                table.create().await?;
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_resource_not_found_exception()) =>
+            {
+                return Err(LeaseError::Dynamo {
+                    op: "DescribeTable",
+                    table: name.to_string(),
+                    detail: "the table does not exist (the operator creates it; or start the worker with table creation enabled)".into(),
+                });
+            }
+            Err(e) if is_access_denied(&e) => {
+                return Err(LeaseError::AccessDenied {
+                    table: name.to_string(),
+                    action: "DescribeTable",
+                    detail: DisplayErrorContext(e).to_string(),
+                });
+            }
+            Err(e) => return Err(table.dynamo("DescribeTable", e)),
+        }
+        table.wait_active().await?;
+        Ok(table)
+    }
+
+    fn check_schema(
+        &self,
+        keys: &[KeySchemaElement],
+        defs: &[AttributeDefinition],
+    ) -> Result<(), LeaseError> {
+        let hash_is_lease_key = keys.len() == 1
+            && keys[0].attribute_name() == attr::LEASE_KEY
+            && keys[0].key_type() == &KeyType::Hash
+            && defs.iter().any(|d| {
+                d.attribute_name() == attr::LEASE_KEY
+                    && d.attribute_type() == &ScalarAttributeType::S
+            });
+        if hash_is_lease_key {
+            return Ok(());
+        }
+        let found = keys
+            .iter()
+            .map(|k| {
+                let ty = defs
+                    .iter()
+                    .find(|d| d.attribute_name() == k.attribute_name())
+                    .map(|d| d.attribute_type().as_str().to_string())
+                    .unwrap_or_default();
+                format!("{} {} ({ty})", k.key_type().as_str(), k.attribute_name())
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(LeaseError::WrongKeySchema {
+            table: self.name.clone(),
+            found: format!("[{found}]"),
+        })
+    }
+
+    async fn create(&self) -> Result<(), LeaseError> {
+        let def = AttributeDefinition::builder()
+            .attribute_name(attr::LEASE_KEY)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(|e| LeaseError::Dynamo {
+                op: "CreateTable",
+                table: self.name.clone(),
+                detail: e.to_string(),
+            })?;
+        let key = KeySchemaElement::builder()
+            .attribute_name(attr::LEASE_KEY)
+            .key_type(KeyType::Hash)
+            .build()
+            .map_err(|e| LeaseError::Dynamo {
+                op: "CreateTable",
+                table: self.name.clone(),
+                detail: e.to_string(),
+            })?;
+        let res = self
+            .client
+            .create_table()
+            .table_name(&self.name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(def)
+            .key_schema(key)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            // Another worker (or the operator) created it at the same moment.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_resource_in_use_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) if is_access_denied(&e) => Err(LeaseError::AccessDenied {
+                table: self.name.clone(),
+                action: "CreateTable",
+                detail: DisplayErrorContext(e).to_string(),
+            }),
+            Err(e) => Err(self.dynamo("CreateTable", e)),
+        }
+    }
+
+    async fn wait_active(&self) -> Result<(), LeaseError> {
+        let deadline = tokio::time::Instant::now() + TABLE_ACTIVE_TIMEOUT;
+        loop {
+            let out = self
+                .client
+                .describe_table()
+                .table_name(&self.name)
+                .send()
+                .await
+                .map_err(|e| self.dynamo("DescribeTable", e))?;
+            if let Some(t) = out.table() {
+                self.check_schema(t.key_schema(), t.attribute_definitions())?;
+                if t.table_status() == Some(&TableStatus::Active) {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LeaseError::NotActive {
+                    table: self.name.clone(),
+                });
+            }
+            // DynamoDB offers no notification for table status: poll, as its own waiter does.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Reads every item (strongly consistent, all pages).
+    ///
+    /// # Errors
+    /// [`LeaseError::Dynamo`] on a failed page; [`LeaseError::BadItem`] for an item that is
+    /// neither a lease nor a heartbeat (it names the item, so it can be fixed by hand).
+    pub async fn scan(&self) -> Result<TableSnapshot, LeaseError> {
+        let mut snapshot = TableSnapshot::default();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            TableCounters::add(&self.counters.reads);
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.name)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| self.dynamo("Scan", e))?;
+            self.counters
+                .items_read
+                .fetch_add(out.items().len() as u64, Ordering::Relaxed);
+            for item in out.items() {
+                let key = item
+                    .get(attr::LEASE_KEY)
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default();
+                if key.starts_with(HEARTBEAT_KEY_PREFIX) {
+                    snapshot.heartbeats.push(self.parse_heartbeat(&key, item)?);
+                } else {
+                    snapshot.leases.push(self.parse_lease(&key, item)?);
+                }
+            }
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        Ok(snapshot)
+    }
+
+    fn bad(&self, key: &str, reason: impl Into<String>) -> LeaseError {
+        LeaseError::BadItem {
+            table: self.name.clone(),
+            key: key.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    fn parse_heartbeat(
+        &self,
+        key: &str,
+        item: &HashMap<String, AttributeValue>,
+    ) -> Result<Heartbeat, LeaseError> {
+        let worker_id = key.trim_start_matches(HEARTBEAT_KEY_PREFIX).to_string();
+        Ok(Heartbeat {
+            worker_id,
+            counter: num(item, attr::HEARTBEAT)
+                .map_err(|r| self.bad(key, r))?
+                .unwrap_or(0),
+            draining: item
+                .get(attr::DRAINING)
+                .and_then(|v| v.as_bool().ok())
+                .copied()
+                .unwrap_or(false),
+        })
+    }
+
+    /// Parses a lease item written by us or by KCL (any version since 1.x).
+    fn parse_lease(
+        &self,
+        key: &str,
+        item: &HashMap<String, AttributeValue>,
+    ) -> Result<Lease, LeaseError> {
+        if key.is_empty() {
+            return Err(self.bad(key, "no leaseKey string"));
+        }
+        let checkpoint_of = |cp: &str, sub: &str| -> Result<Option<Checkpoint>, LeaseError> {
+            match item.get(cp).and_then(|v| v.as_s().ok()) {
+                None => Ok(None),
+                Some(text) => {
+                    let sub = num(item, sub).map_err(|r| self.bad(key, r))?.unwrap_or(0);
+                    Checkpoint::from_kcl(text, sub)
+                        .map(Some)
+                        .map_err(|e| self.bad(key, e.to_string()))
+                }
+            }
+        };
+        // KCL always writes a checkpoint; an item without one starts from the oldest record,
+        // which skips nothing.
+        let checkpoint = checkpoint_of(attr::CHECKPOINT, attr::CHECKPOINT_SUB)?
+            .unwrap_or(Checkpoint::TrimHorizon);
+        let strings = |a: &str| -> Vec<String> {
+            match item.get(a) {
+                Some(AttributeValue::Ss(v)) => {
+                    let mut v = v.clone();
+                    v.sort();
+                    v
+                }
+                // Older KCL versions wrote a single parent as a string.
+                Some(AttributeValue::S(v)) => vec![v.clone()],
+                _ => Vec::new(),
+            }
+        };
+        let hash_range = match (
+            item.get(attr::STARTING_HASH_KEY)
+                .and_then(|v| v.as_s().ok()),
+            item.get(attr::ENDING_HASH_KEY).and_then(|v| v.as_s().ok()),
+        ) {
+            (Some(a), Some(b)) => Some((a.clone(), b.clone())),
+            _ => None,
+        };
+        Ok(Lease {
+            shard_id: key.to_string(),
+            owner: item
+                .get(attr::LEASE_OWNER)
+                .and_then(|v| v.as_s().ok())
+                .cloned(),
+            counter: num(item, attr::LEASE_COUNTER)
+                .map_err(|r| self.bad(key, r))?
+                .unwrap_or(0),
+            checkpoint,
+            pending_checkpoint: checkpoint_of(
+                attr::PENDING_CHECKPOINT,
+                attr::PENDING_CHECKPOINT_SUB,
+            )?,
+            pending_checkpoint_state: item
+                .get(attr::PENDING_CHECKPOINT_STATE)
+                .and_then(|v| v.as_b().ok())
+                .map(|b| b.as_ref().to_vec()),
+            owner_switches_since_checkpoint: num(item, attr::OWNER_SWITCHES)
+                .map_err(|r| self.bad(key, r))?
+                .unwrap_or(0),
+            parent_shard_ids: strings(attr::PARENT_SHARD_IDS),
+            child_shard_ids: strings(attr::CHILD_SHARD_IDS),
+            hash_range,
+            handoff_to: item
+                .get(attr::HANDOFF_TO)
+                .and_then(|v| v.as_s().ok())
+                .cloned(),
+        })
+    }
+
+    /// Creates the lease for a new shard unless one exists (idempotent).
+    /// Returns whether it created it.
+    ///
+    /// # Errors
+    /// [`LeaseError::Dynamo`].
+    pub async fn create_lease(&self, lease: &Lease) -> Result<bool, LeaseError> {
+        let (cp, sub) = lease.checkpoint.to_kcl();
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.name)
+            .item(attr::LEASE_KEY, s(&lease.shard_id))
+            .item(attr::LEASE_COUNTER, n(lease.counter))
+            .item(attr::CHECKPOINT, s(cp))
+            .item(attr::CHECKPOINT_SUB, n(sub))
+            .item(attr::OWNER_SWITCHES, n(0))
+            .condition_expression("attribute_not_exists(#k)")
+            .expression_attribute_names("#k", attr::LEASE_KEY);
+        if !lease.parent_shard_ids.is_empty() {
+            put = put.item(
+                attr::PARENT_SHARD_IDS,
+                AttributeValue::Ss(lease.parent_shard_ids.clone()),
+            );
+        }
+        if let Some((start, end)) = &lease.hash_range {
+            put = put
+                .item(attr::STARTING_HASH_KEY, s(start))
+                .item(attr::ENDING_HASH_KEY, s(end));
+        }
+        TableCounters::add(&self.counters.writes);
+        match put.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(self.dynamo("PutItem", e)),
+        }
+    }
+
+    /// Takes `lease` for `worker` if it is still as scanned (same counter): the owner is
+    /// set, the counter and `ownerSwitchesSinceCheckpoint` go up by one, any hand-over
+    /// request is cleared.
+    ///
+    /// # Guarantees
+    /// Of several workers taking the same lease at once, exactly one succeeds; from then on
+    /// every write of the previous owner fails with [`LeaseError::LeaseLost`].
+    ///
+    /// # Errors
+    /// [`LeaseError::LeaseLost`] if the lease changed since the scan (someone else took it);
+    /// [`LeaseError::Dynamo`] otherwise (the lease may or may not be ours: the next scan
+    /// tells).
+    pub async fn take(&self, lease: &Lease, worker: &str) -> Result<HeldLease, LeaseError> {
+        TableCounters::add(&self.counters.writes);
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .key(attr::LEASE_KEY, s(&lease.shard_id))
+            .update_expression(
+                "SET #o = :me, #c = :next, #sw = if_not_exists(#sw, :zero) + :one REMOVE #h",
+            )
+            .condition_expression("#c = :expected")
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_names("#sw", attr::OWNER_SWITCHES)
+            .expression_attribute_names("#h", attr::HANDOFF_TO)
+            .expression_attribute_values(":me", s(worker))
+            .expression_attribute_values(":next", n(lease.counter + 1))
+            .expression_attribute_values(":expected", n(lease.counter))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(HeldLease {
+                shard_id: lease.shard_id.clone(),
+                counter: lease.counter + 1,
+                checkpoint: lease.checkpoint.clone(),
+            }),
+            Err(e) if is_conditional_failure(&e) => Err(LeaseError::LeaseLost {
+                shard_id: lease.shard_id.clone(),
+                counter: lease.counter,
+            }),
+            Err(e) => Err(self.dynamo("UpdateItem", e)),
+        }
+    }
+
+    /// A fenced update of a lease `worker` holds: `update` runs only if the item's owner is
+    /// `worker` and its counter is `held.counter`.
+    async fn fenced(
+        &self,
+        held: &HeldLease,
+        worker: &str,
+        update: &str,
+        values: Vec<(&str, AttributeValue)>,
+        names: Vec<(&str, &str)>,
+    ) -> Result<(), LeaseError> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .key(attr::LEASE_KEY, s(&held.shard_id))
+            .update_expression(update)
+            .condition_expression("#o = :me AND #c = :held")
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_values(":me", s(worker))
+            .expression_attribute_values(":held", n(held.counter));
+        for (k, v) in values {
+            req = req.expression_attribute_values(k, v);
+        }
+        for (k, v) in names {
+            req = req.expression_attribute_names(k, v);
+        }
+        TableCounters::add(&self.counters.writes);
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Err(LeaseError::LeaseLost {
+                shard_id: held.shard_id.clone(),
+                counter: held.counter,
+            }),
+            Err(e) => Err(self.dynamo("UpdateItem", e)),
+        }
+    }
+
+    /// Writes a checkpoint for a lease `worker` holds.
+    ///
+    /// # Guarantees
+    /// The checkpoint lands only while `worker` still owns the lease at the counter it took
+    /// it at, and never moves backwards (see [`Checkpoint::may_advance_to`]). It clears a
+    /// prepared checkpoint and resets `ownerSwitchesSinceCheckpoint`, as KCL does.
+    ///
+    /// # Errors
+    /// [`LeaseError::CheckpointBackwards`] (nothing written); [`LeaseError::LeaseLost`] if
+    /// the lease moved; [`LeaseError::Dynamo`] on other failures (retry: the checkpoint is
+    /// idempotent).
+    pub async fn checkpoint(
+        &self,
+        held: &mut HeldLease,
+        worker: &str,
+        to: Checkpoint,
+    ) -> Result<(), LeaseError> {
+        if !held.checkpoint.may_advance_to(&to) {
+            return Err(LeaseError::CheckpointBackwards {
+                shard_id: held.shard_id.clone(),
+                from: held.checkpoint.clone(),
+                to,
+            });
+        }
+        let (cp, sub) = to.to_kcl();
+        TableCounters::add(&self.counters.checkpoint_writes);
+        self.fenced(
+            held,
+            worker,
+            "SET #cp = :cp, #sub = :sub, #sw = :zero REMOVE #p, #ps, #pst",
+            vec![(":cp", s(cp)), (":sub", n(sub)), (":zero", n(0))],
+            vec![
+                ("#cp", attr::CHECKPOINT),
+                ("#sub", attr::CHECKPOINT_SUB),
+                ("#sw", attr::OWNER_SWITCHES),
+                ("#p", attr::PENDING_CHECKPOINT),
+                ("#ps", attr::PENDING_CHECKPOINT_SUB),
+                ("#pst", attr::PENDING_CHECKPOINT_STATE),
+            ],
+        )
+        .await?;
+        held.checkpoint = to;
+        Ok(())
+    }
+
+    /// Records a shard's children once it ended (KCL's `childShardIds`).
+    ///
+    /// # Errors
+    /// [`LeaseError::LeaseLost`]; [`LeaseError::Dynamo`].
+    pub async fn set_children(
+        &self,
+        held: &HeldLease,
+        worker: &str,
+        children: &[String],
+    ) -> Result<(), LeaseError> {
+        if children.is_empty() {
+            return Ok(());
+        }
+        self.fenced(
+            held,
+            worker,
+            "SET #ch = :ch",
+            vec![(":ch", AttributeValue::Ss(children.to_vec()))],
+            vec![("#ch", attr::CHILD_SHARD_IDS)],
+        )
+        .await
+    }
+
+    /// Gives a lease up: no owner, counter up by one, so any worker may take it at once.
+    ///
+    /// # Errors
+    /// [`LeaseError::LeaseLost`] if it was no longer ours (nothing to release);
+    /// [`LeaseError::Dynamo`].
+    pub async fn release(&self, held: &HeldLease, worker: &str) -> Result<(), LeaseError> {
+        self.fenced(
+            held,
+            worker,
+            "SET #c = :next REMOVE #o, #h",
+            vec![(":next", n(held.counter + 1))],
+            vec![("#h", attr::HANDOFF_TO)],
+        )
+        .await
+    }
+
+    /// Hands a lease straight to the worker that asked for it.
+    ///
+    /// # Errors
+    /// [`LeaseError::LeaseLost`]; [`LeaseError::Dynamo`].
+    pub async fn hand_over(
+        &self,
+        held: &HeldLease,
+        worker: &str,
+        to: &str,
+    ) -> Result<(), LeaseError> {
+        self.fenced(
+            held,
+            worker,
+            "SET #o = :to, #c = :next, #sw = if_not_exists(#sw, :zero) + :one REMOVE #h",
+            vec![
+                (":to", s(to)),
+                (":next", n(held.counter + 1)),
+                (":zero", n(0)),
+                (":one", n(1)),
+            ],
+            vec![("#h", attr::HANDOFF_TO), ("#sw", attr::OWNER_SWITCHES)],
+        )
+        .await
+    }
+
+    /// Clears a hand-over request on a lease `worker` holds (the owner declines it).
+    ///
+    /// # Errors
+    /// [`LeaseError::LeaseLost`]; [`LeaseError::Dynamo`].
+    pub async fn decline_handoff(&self, held: &HeldLease, worker: &str) -> Result<(), LeaseError> {
+        self.fenced(
+            held,
+            worker,
+            "REMOVE #h",
+            Vec::new(),
+            vec![("#h", attr::HANDOFF_TO)],
+        )
+        .await
+    }
+
+    /// Asks the owner of `lease` to hand it to `worker`. Does not change the counter, so the
+    /// owner keeps checkpointing until it hands over. Returns `false` if the lease changed
+    /// since the scan or somebody asked first.
+    ///
+    /// # Errors
+    /// [`LeaseError::Dynamo`].
+    pub async fn request_handoff(&self, lease: &Lease, worker: &str) -> Result<bool, LeaseError> {
+        TableCounters::add(&self.counters.writes);
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .key(attr::LEASE_KEY, s(&lease.shard_id))
+            .update_expression("SET #h = :me")
+            .condition_expression("#c = :expected AND attribute_not_exists(#h)")
+            .expression_attribute_names("#h", attr::HANDOFF_TO)
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_values(":me", s(worker))
+            .expression_attribute_values(":expected", n(lease.counter))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(self.dynamo("UpdateItem", e)),
+        }
+    }
+
+    /// Takes a lease whose owner did not answer a hand-over request in time: only if the
+    /// request is still ours and the counter unchanged.
+    ///
+    /// # Errors
+    /// [`LeaseError::LeaseLost`] if the owner declined, handed it over, or it moved;
+    /// [`LeaseError::Dynamo`].
+    pub async fn take_after_handoff_timeout(
+        &self,
+        lease: &Lease,
+        worker: &str,
+    ) -> Result<HeldLease, LeaseError> {
+        TableCounters::add(&self.counters.writes);
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .key(attr::LEASE_KEY, s(&lease.shard_id))
+            .update_expression(
+                "SET #o = :me, #c = :next, #sw = if_not_exists(#sw, :zero) + :one REMOVE #h",
+            )
+            .condition_expression("#c = :expected AND #h = :me")
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_names("#sw", attr::OWNER_SWITCHES)
+            .expression_attribute_names("#h", attr::HANDOFF_TO)
+            .expression_attribute_values(":me", s(worker))
+            .expression_attribute_values(":next", n(lease.counter + 1))
+            .expression_attribute_values(":expected", n(lease.counter))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(HeldLease {
+                shard_id: lease.shard_id.clone(),
+                counter: lease.counter + 1,
+                checkpoint: lease.checkpoint.clone(),
+            }),
+            Err(e) if is_conditional_failure(&e) => Err(LeaseError::LeaseLost {
+                shard_id: lease.shard_id.clone(),
+                counter: lease.counter,
+            }),
+            Err(e) => Err(self.dynamo("UpdateItem", e)),
+        }
+    }
+
+    /// Writes this worker's heartbeat: one unconditional put, whatever the number of leases
+    /// the worker holds.
+    ///
+    /// # Errors
+    /// [`LeaseError::Dynamo`].
+    pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), LeaseError> {
+        TableCounters::add(&self.counters.writes);
+        TableCounters::add(&self.counters.heartbeat_writes);
+        self.client
+            .put_item()
+            .table_name(&self.name)
+            .item(attr::LEASE_KEY, s(&Heartbeat::key(&beat.worker_id)))
+            .item(attr::WORKER_ID, s(&beat.worker_id))
+            .item(attr::HEARTBEAT, n(beat.counter))
+            .item(attr::DRAINING, AttributeValue::Bool(beat.draining))
+            .send()
+            .await
+            .map_err(|e| self.dynamo("PutItem", e))?;
+        Ok(())
+    }
+
+    /// Deletes this worker's heartbeat (on shutdown, after releasing its leases).
+    ///
+    /// # Errors
+    /// [`LeaseError::Dynamo`].
+    pub async fn remove_heartbeat(&self, worker_id: &str) -> Result<(), LeaseError> {
+        TableCounters::add(&self.counters.writes);
+        self.client
+            .delete_item()
+            .table_name(&self.name)
+            .key(attr::LEASE_KEY, s(&Heartbeat::key(worker_id)))
+            .send()
+            .await
+            .map_err(|e| self.dynamo("DeleteItem", e))?;
+        Ok(())
+    }
+}
+
+fn num(item: &HashMap<String, AttributeValue>, a: &str) -> Result<Option<u64>, String> {
+    match item.get(a) {
+        None => Ok(None),
+        Some(AttributeValue::N(v)) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{a} = {v} is not a whole number")),
+        Some(other) => Err(format!("{a} is {other:?}, expected a number")),
+    }
+}
