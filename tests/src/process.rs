@@ -12,25 +12,37 @@ fn workspace_root() -> PathBuf {
 }
 
 /// The path of a workspace binary, built (once per test process) with the same cargo that
-/// runs the tests, so a test never runs a stale binary.
+/// runs the tests, so a test never runs a stale binary. It builds every binary of the
+/// workspace: building one package alone resolves features differently and would rebuild
+/// shared dependencies twice.
 ///
 /// # Errors
 /// The build failed.
-pub fn binary(package: &str, bin: &str) -> Result<PathBuf, String> {
+pub fn binary(bin: &str) -> Result<PathBuf, String> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let root = workspace_root();
     BUILT
         .get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
+            let mut cmd = Command::new(cargo);
+            // The variables cargo sets for a running test (CARGO_PKG_*, CARGO_MANIFEST_DIR,
+            // …) would leak into the build scripts of this build and make cargo rebuild the
+            // workspace: the build gets the environment cargo itself was started with.
+            for (k, _) in std::env::vars_os() {
+                let k = k.to_string_lossy();
+                if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
+                    cmd.env_remove(&*k);
+                }
+            }
+            let status = cmd
                 .current_dir(&root)
-                .args(["build", "--quiet", "--package", package, "--bin", bin])
+                .args(["build", "--quiet", "--workspace", "--bins"])
                 .status()
                 .map_err(|e| format!("cargo build: {e}"))?;
             if status.success() {
                 Ok(())
             } else {
-                Err(format!("cargo build -p {package} --bin {bin} failed"))
+                Err("cargo build --workspace --bins failed".to_string())
             }
         })
         .clone()?;

@@ -31,6 +31,7 @@ struct Fleet {
 
 impl Fleet {
     async fn new(shards: i32) -> Result<Self> {
+        let t = Instant::now();
         let env = TestEnv::require();
         let kinesis = env.kinesis().await;
         let stream = unique_name("fleet");
@@ -53,6 +54,7 @@ impl Fleet {
         .await?;
         let app = unique_name("app");
         let table = LeaseTable::open(env.dynamodb().await, &app, true).await?;
+        eprintln!("fleet setup: {:?}", t.elapsed());
         Ok(Self {
             env,
             app,
@@ -62,7 +64,7 @@ impl Fleet {
     }
 
     fn worker(&self, id: &str) -> Result<Proc> {
-        let mut cmd = Command::new(binary("kinesis-worker", "kinesis-worker")?);
+        let mut cmd = Command::new(binary("kinesis-worker")?);
         for (k, v) in self.env.worker_env() {
             cmd.env(k, v);
         }
@@ -85,6 +87,26 @@ impl Fleet {
             cmd,
             std::env::temp_dir().join(format!("{}-{id}.log", self.app)),
         )?)
+    }
+
+    /// Deletes the stream and the lease table (kinesis-mock limits the shards of all
+    /// streams together).
+    async fn cleanup(self) -> Result<()> {
+        self.env
+            .kinesis()
+            .await
+            .delete_stream()
+            .stream_name(&self.stream)
+            .send()
+            .await?;
+        self.env
+            .dynamodb()
+            .await
+            .delete_table()
+            .table_name(&self.app)
+            .send()
+            .await?;
+        Ok(())
     }
 
     async fn snapshot(&self) -> Option<TableSnapshot> {
@@ -112,6 +134,7 @@ impl Fleet {
             check(&owners, &counts).then_some(snap)
         })
         .await?;
+        eprintln!("{what}: {:?}", start.elapsed());
         Ok((start.elapsed(), snap))
     }
 }
@@ -157,7 +180,7 @@ async fn every_shard_gets_one_live_owner_and_a_killed_workers_shards_move() -> R
         )
         .await?;
     eprintln!("after SIGKILL, shards resumed in {t:?} (failover time {FAILOVER_MS} ms)");
-    Ok(())
+    fleet.cleanup().await
 }
 
 #[tokio::test]
@@ -190,7 +213,7 @@ async fn sigterm_releases_every_lease_for_the_others_to_take_at_once() -> Result
         "w1 removed its heartbeat: {:?}",
         snap.heartbeats
     );
-    Ok(())
+    fleet.cleanup().await
 }
 
 #[tokio::test]
@@ -217,6 +240,7 @@ async fn a_joining_worker_reaches_its_fair_share_and_then_nothing_moves() -> Res
         .iter()
         .map(|h| (h.worker_id.clone(), h.counter))
         .collect();
+    let t_beats = Instant::now();
     let later = wait_for(
         "three more heartbeats from everyone",
         DEADLINE,
@@ -230,6 +254,7 @@ async fn a_joining_worker_reaches_its_fair_share_and_then_nothing_moves() -> Res
         },
     )
     .await?;
+    eprintln!("three heartbeats: {:?}", t_beats.elapsed());
     let counters = |s: &TableSnapshot| -> BTreeMap<String, u64> {
         s.leases
             .iter()
@@ -241,7 +266,7 @@ async fn a_joining_worker_reaches_its_fair_share_and_then_nothing_moves() -> Res
         counters(&later),
         "a balanced fleet makes no ownership change"
     );
-    Ok(())
+    fleet.cleanup().await
 }
 
 #[tokio::test]
@@ -280,5 +305,5 @@ async fn a_paused_worker_loses_its_shards_and_stops_by_itself() -> Result<()> {
             shared_by(4, &["w1", "w2"], 2, 2),
         )
         .await?;
-    Ok(())
+    fleet.cleanup().await
 }

@@ -588,9 +588,25 @@ impl Coordinator {
             }
         }
 
-        // 4. Take free leases.
+        // 4. Take free leases. A lease handed to us in answer to our request is ours already:
+        // the previous owner's fenced hand-over bumped the counter, so no second write.
         for shard in &plan.take {
             if let Some(lease) = by_shard.get(shard.as_str()) {
+                let handed_to_us = lease.owner.as_deref() == Some(me.as_str())
+                    && self
+                        .pending
+                        .get(shard)
+                        .is_some_and(|(asked_at, _)| lease.counter == asked_at + 1);
+                if handed_to_us {
+                    self.pending.remove(shard);
+                    let held = HeldLease {
+                        shard_id: lease.shard_id.clone(),
+                        counter: lease.counter,
+                        checkpoint: lease.checkpoint.clone(),
+                    };
+                    self.acquired(lease, held).await;
+                    continue;
+                }
                 match self.table.take(lease, &me).await {
                     Ok(held) => self.acquired(lease, held).await,
                     Err(LeaseError::LeaseLost { .. }) => {}
@@ -599,20 +615,7 @@ impl Coordinator {
             }
         }
 
-        // 5. Ask for hand-overs; follow up on earlier requests.
-        for (shard, _owner) in &plan.request_handoff {
-            if let Some(lease) = by_shard.get(shard.as_str()) {
-                match self.table.request_handoff(lease, &me).await {
-                    Ok(true) => {
-                        self.pending.insert(shard.clone(), (lease.counter, now));
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!(shard = %shard, error = %e, "hand-over request failed")
-                    }
-                }
-            }
-        }
+        // 5. Follow up on earlier hand-over requests: answered, declined, or timed out.
         let mut done = Vec::new();
         let mut timed_out: Vec<Lease> = Vec::new();
         for (shard, (counter, asked)) in &self.pending {
@@ -640,6 +643,20 @@ impl Coordinator {
                 }
                 Err(e) => {
                     tracing::debug!(shard = %lease.shard_id, error = %e, "take after hand-over timeout failed")
+                }
+            }
+        }
+        // 6. Ask for hand-overs (after the follow-up, which judges requests by this scan).
+        for (shard, _owner) in &plan.request_handoff {
+            if let Some(lease) = by_shard.get(shard.as_str()) {
+                match self.table.request_handoff(lease, &me).await {
+                    Ok(true) => {
+                        self.pending.insert(shard.clone(), (lease.counter, now));
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(shard = %shard, error = %e, "hand-over request failed")
+                    }
                 }
             }
         }

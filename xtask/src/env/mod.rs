@@ -177,6 +177,9 @@ pub fn up(paths: &Paths) -> Result<()> {
         .env("KINESIS_MOCK_PLAIN_PORT", KINESIS_PORT.to_string())
         .env("KINESIS_MOCK_TLS_PORT", KINESIS_TLS_PORT.to_string())
         .env("LOG_LEVEL", "WARN")
+        // Its default account-wide limit of 50 open shards is reached by a few test runs
+        // against a long-lived environment (AWS's own default is 500 per region or more).
+        .env("SHARD_LIMIT", "10000")
         .start(env_dir)?;
     let moto_script = layout.p("moto_server.py");
     write_atomic(&moto_script, include_str!("moto_server.py"))?;
