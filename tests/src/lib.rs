@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub mod faults;
+pub mod fleet;
 pub mod process;
 
 use aws_config::{BehaviorVersion, Region};

@@ -73,6 +73,9 @@ struct LeaseArgs {
     /// How long a hand-over request waits for the owner (milliseconds).
     #[arg(long, env = "HANDOFF_TIMEOUT_MS", default_value_t = 5_000)]
     handoff_timeout_ms: u64,
+    /// How often the stream's shards are listed (milliseconds).
+    #[arg(long, env = "SHARD_SYNC_INTERVAL_MS", default_value_t = 30_000)]
+    shard_sync_interval_ms: u64,
     /// Where new leases start.
     #[arg(long, env = "INITIAL_POSITION", value_enum, default_value_t = InitialPosition::TrimHorizon)]
     initial_position: InitialPosition,
@@ -114,6 +117,7 @@ async fn run_leases(settings: &AwsSettings, args: LeaseArgs) -> anyhow::Result<(
     config.heartbeat_interval = config.failover_time / 3;
     config.scan_interval = Duration::from_millis(args.scan_interval_ms);
     config.handoff_timeout = Duration::from_millis(args.handoff_timeout_ms);
+    config.shard_sync_interval = Duration::from_millis(args.shard_sync_interval_ms);
     config.initial_position = match args.initial_position {
         InitialPosition::TrimHorizon => Checkpoint::TrimHorizon,
         InitialPosition::Latest => Checkpoint::Latest,

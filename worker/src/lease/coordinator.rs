@@ -710,19 +710,25 @@ impl Coordinator {
         }
         let _ = tokio::time::timeout(self.config.shutdown_timeout, futures_join_all(waits)).await;
         let me = self.config.worker_id.clone();
+        // Released concurrently: the fleet's wait for our shards is one write long, not one
+        // write per lease.
+        let mut releases = tokio::task::JoinSet::new();
         for (shard, held) in self.held.drain() {
             if held.handing_over {
                 continue;
             }
             held.handle.revoked.store(true, Ordering::SeqCst);
             let h = held.handle.held.lock().await.clone();
-            match self.table.release(&h, &me).await {
-                Ok(()) => tracing::info!(shard = %shard, "lease released"),
-                Err(e) => {
-                    tracing::warn!(shard = %shard, error = %e, "release failed; others take it after failover time")
+            let table = self.table.clone();
+            let me = me.clone();
+            releases.spawn(async move {
+                match table.release(&h, &me).await {
+                    Ok(()) => tracing::info!(shard = %shard, "lease released"),
+                    Err(e) => tracing::warn!(shard = %shard, error = %e, "release failed; others take it after failover time"),
                 }
-            }
+            });
         }
+        while releases.join_next().await.is_some() {}
         if let Err(e) = self.table.remove_heartbeat(&me).await {
             tracing::warn!(error = %e, "removing the heartbeat failed");
         }
