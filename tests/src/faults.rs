@@ -137,7 +137,7 @@ async fn serve(
     };
     let n = seen.fetch_add(1, Ordering::SeqCst);
     let fail = match mode.load(Ordering::SeqCst) {
-        1 => n % 2 == 0,
+        1 => n.is_multiple_of(2),
         2 => true,
         _ => false,
     };
