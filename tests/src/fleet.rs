@@ -103,9 +103,15 @@ impl Fleet {
             "500",
         ]);
         cmd.args(extra);
+        // Logs go with the environment's own (moved to last-env-logs/ by `env down`).
+        let logs = crate::env_file()
+            .parent()
+            .map(|d| d.join("logs/test-workers"))
+            .unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&logs)?;
         Ok(Proc::spawn(
             cmd,
-            std::env::temp_dir().join(format!("{}-{id}.log", self.app)),
+            logs.join(format!("{}-{id}.log", self.app)),
         )?)
     }
 

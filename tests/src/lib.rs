@@ -216,6 +216,34 @@ pub fn image(program: &str) -> String {
     format!("localhost/{program}:dev")
 }
 
+impl TestEnv {
+    /// The image of `program`, after checking that the node has it (pods use
+    /// `imagePullPolicy: Never`, so a missing image would only show as a pod that never
+    /// starts).
+    ///
+    /// # Errors
+    /// The node's containerd cannot be asked, or lacks the image: the message says to run
+    /// `cargo xtask images`.
+    pub fn require_image(&self, program: &str) -> Result<String, String> {
+        let reference = image(program);
+        let out = std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(&self.containerd_socket)
+            .args(["--namespace", "k8s.io", "images", "ls", "-q"])
+            .output()
+            .map_err(|e| format!("cannot run ctr to list the node's images: {e}"))?;
+        let listed = String::from_utf8_lossy(&out.stdout);
+        if listed.lines().any(|l| l.trim() == reference) {
+            Ok(reference)
+        } else {
+            Err(format!(
+                "image {reference} is not on the test node (env up starts with none): run `cargo xtask images`, \
+                 or `cargo xtask test` which does it for you"
+            ))
+        }
+    }
+}
+
 /// A name no other test run uses: `prefix-<hex>`, valid for streams, tables and
 /// Kubernetes objects.
 pub fn unique_name(prefix: &str) -> String {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
-use kinesis_operator_tests::{TestEnv, image, unique_name, wait_for};
+use kinesis_operator_tests::{TestEnv, unique_name, wait_for};
 use kube::api::{DeleteParams, LogParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
@@ -65,7 +65,7 @@ fn worker_pod(
             "terminationGracePeriodSeconds": 0,
             "containers": [{
                 "name": "worker",
-                "image": image("kinesis-worker"),
+                "image": env.require_image("kinesis-worker")?,
                 "imagePullPolicy": "Never",
                 "args": args,
                 "env": vars,

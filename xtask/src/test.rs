@@ -25,6 +25,15 @@ fn workspace_root() -> PathBuf {
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(workspace_root());
+    // `cargo xtask` runs us with cargo's per-package variables (CARGO_PKG_*, …); passed on,
+    // they change what build scripts see and make cargo rebuild when the tests call it
+    // without them (tests/src/process.rs strips them the same way).
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
+            c.env_remove(&*k);
+        }
+    }
     c
 }
 

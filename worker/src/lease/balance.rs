@@ -38,6 +38,9 @@ pub struct Fleet<'a> {
 pub struct Plan {
     /// Free leases to take now (conditional on their counter).
     pub take: Vec<String>,
+    /// More free leases, in order of preference, to try in place of any of `take` that
+    /// another worker takes first (so a race costs a write, not a round).
+    pub take_instead: Vec<String>,
     /// (shard, current owner): ask the owner to hand the lease over.
     pub request_handoff: Vec<(String, String)>,
     /// The fair share this round was computed with.
@@ -145,6 +148,11 @@ pub fn plan(leases: &[Lease], states: &[LeaseState<'_>], fleet: &Fleet<'_>) -> P
     free.sort_by_key(|s| spread(fleet.me, s));
     take.extend(free.iter().take(need).map(|s| (*s).to_string()));
     let taken_free = need.min(free.len());
+    let take_instead: Vec<String> = free
+        .iter()
+        .skip(taken_free)
+        .map(|s| (*s).to_string())
+        .collect();
     need -= taken_free;
 
     let mut request_handoff = Vec::new();
@@ -183,6 +191,7 @@ pub fn plan(leases: &[Lease], states: &[LeaseState<'_>], fleet: &Fleet<'_>) -> P
         }
     }
     Plan {
+        take_instead,
         take,
         request_handoff,
         target,

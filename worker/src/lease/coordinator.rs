@@ -589,8 +589,11 @@ impl Coordinator {
         }
 
         // 4. Take free leases. A lease handed to us in answer to our request is ours already:
-        // the previous owner's fenced hand-over bumped the counter, so no second write.
-        for shard in &plan.take {
+        // the previous owner's fenced hand-over bumped the counter, so no second write. A take
+        // lost to a faster worker is replaced by the next free lease of `take_instead`.
+        let mut instead = plan.take_instead.iter();
+        let mut queue: std::collections::VecDeque<&String> = plan.take.iter().collect();
+        while let Some(shard) = queue.pop_front() {
             if let Some(lease) = by_shard.get(shard.as_str()) {
                 let handed_to_us = lease.owner.as_deref() == Some(me.as_str())
                     && self
@@ -609,7 +612,11 @@ impl Coordinator {
                 }
                 match self.table.take(lease, &me).await {
                     Ok(held) => self.acquired(lease, held).await,
-                    Err(LeaseError::LeaseLost { .. }) => {}
+                    Err(LeaseError::LeaseLost { .. }) => {
+                        if let Some(next) = instead.next() {
+                            queue.push_back(next);
+                        }
+                    }
                     Err(e) => tracing::warn!(shard = %shard, error = %e, "take failed"),
                 }
             }

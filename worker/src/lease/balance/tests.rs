@@ -109,6 +109,18 @@ fn free_leases_are_shared_up_to_the_target() {
     let p = plan_for(&leases, "w1", &live(&["w1", "w2", "w3"]));
     assert_eq!(p.target, 4);
     assert_eq!(p.take.len(), 4);
+    // The other free leases are the fallbacks for takes lost to a faster worker.
+    assert_eq!(p.take_instead.len(), 6);
+    assert!(p.take_instead.iter().all(|s| !p.take.contains(s)));
+}
+
+#[test]
+fn workers_prefer_different_free_leases() {
+    let leases: Vec<Lease> = shards(12).iter().map(|s| lease(s, None)).collect();
+    let l = live(&["w1", "w2", "w3"]);
+    let a = plan_for(&leases, "w1", &l).take;
+    let b = plan_for(&leases, "w2", &l).take;
+    assert_ne!(a, b, "the same first choices would make every take a race");
 }
 
 #[test]
