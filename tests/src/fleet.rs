@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::types::StreamStatus;
 use kinesis_worker::lease::model::TableSnapshot;
 use kinesis_worker::lease::table::LeaseTable;
 
@@ -45,25 +44,8 @@ impl Fleet {
     pub async fn new(shards: i32) -> Result<Self> {
         let t = Instant::now();
         let env = TestEnv::require();
-        let kinesis = env.kinesis().await;
         let stream = unique_name("fleet");
-        kinesis
-            .create_stream()
-            .stream_name(&stream)
-            .shard_count(shards)
-            .send()
-            .await?;
-        wait_for("stream ACTIVE", Duration::from_secs(30), POLL, || async {
-            let out = kinesis
-                .describe_stream_summary()
-                .stream_name(&stream)
-                .send()
-                .await
-                .ok()?;
-            (out.stream_description_summary()?.stream_status() == &StreamStatus::Active)
-                .then_some(())
-        })
-        .await?;
+        env.create_stream(&stream, shards).await?;
         let app = unique_name("app");
         let table = LeaseTable::open(env.dynamodb().await, &app, true).await?;
         eprintln!("fleet setup: {:?}", t.elapsed());

@@ -177,6 +177,51 @@ impl TestEnv {
         aws_sdk_kinesis::Client::from_conf(conf)
     }
 
+    /// Creates stream `name` with `shards` shards and waits until it is ACTIVE.
+    ///
+    /// # Errors
+    /// The create failed, or the stream was not ACTIVE within 60 s.
+    pub async fn create_stream(
+        &self,
+        name: &str,
+        shards: i32,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let kinesis = self.kinesis().await;
+        kinesis
+            .create_stream()
+            .stream_name(name)
+            .shard_count(shards)
+            .send()
+            .await?;
+        self.wait_stream_active(name).await
+    }
+
+    /// Waits until stream `name` is ACTIVE (after a create or a reshard).
+    ///
+    /// # Errors
+    /// Not ACTIVE within 60 s.
+    pub async fn wait_stream_active(&self, name: &str) -> Result<(), Box<dyn std::error::Error>> {
+        let kinesis = self.kinesis().await;
+        wait_for(
+            &format!("stream {name} ACTIVE"),
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || async {
+                let out = kinesis
+                    .describe_stream_summary()
+                    .stream_name(name)
+                    .send()
+                    .await
+                    .ok()?;
+                (out.stream_description_summary()?.stream_status()
+                    == &aws_sdk_kinesis::types::StreamStatus::Active)
+                    .then_some(())
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
     /// A DynamoDB client for the local DynamoDB server.
     pub async fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
         let sdk = self.sdk_config().await;

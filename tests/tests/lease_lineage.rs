@@ -2,10 +2,7 @@
 //! children of a split or a merge start only after every parent reached `SHARD_END`, and a
 //! table written by KCL is taken over at exactly its checkpoints.
 
-use std::time::Duration;
-
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_kinesis::types::StreamStatus;
 use kinesis_operator_tests::fleet::{DEADLINE, Fleet, POLL};
 use kinesis_operator_tests::wait_for;
 use kinesis_worker::lease::checkpoint::Checkpoint;
@@ -18,18 +15,7 @@ type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 const MIDDLE: &str = "170141183460469231731687303715884105728";
 
 async fn wait_active(fleet: &Fleet) -> Result<()> {
-    let kinesis = fleet.env.kinesis().await;
-    wait_for("stream ACTIVE", Duration::from_secs(30), POLL, || async {
-        let out = kinesis
-            .describe_stream_summary()
-            .stream_name(&fleet.stream)
-            .send()
-            .await
-            .ok()?;
-        (out.stream_description_summary()?.stream_status() == &StreamStatus::Active).then_some(())
-    })
-    .await?;
-    Ok(())
+    fleet.env.wait_stream_active(&fleet.stream).await
 }
 
 async fn lease(fleet: &Fleet, shard: &str) -> Result<Lease> {

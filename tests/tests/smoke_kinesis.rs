@@ -3,39 +3,17 @@
 //! shard with `aws-sdk-kinesis`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamStatus};
-use kinesis_operator_tests::{TestEnv, unique_name, wait_for};
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
+use kinesis_operator_tests::{TestEnv, unique_name};
 
 #[tokio::test]
 async fn records_put_are_read_back_in_order_per_key() -> Result<(), Box<dyn std::error::Error>> {
     let env = TestEnv::require();
     let kinesis = env.kinesis().await;
     let stream = unique_name("smoke");
-    kinesis
-        .create_stream()
-        .stream_name(&stream)
-        .shard_count(2)
-        .send()
-        .await?;
-    wait_for(
-        "stream ACTIVE",
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        || async {
-            let out = kinesis
-                .describe_stream_summary()
-                .stream_name(&stream)
-                .send()
-                .await
-                .ok()?;
-            let summary = out.stream_description_summary()?;
-            (summary.stream_status() == &StreamStatus::Active).then_some(())
-        },
-    )
-    .await?;
+    env.create_stream(&stream, 2).await?;
 
     // 4 keys × 5 records, put in two batches so order across calls matters too.
     let keys = ["alpha", "bravo", "charlie", "delta"];

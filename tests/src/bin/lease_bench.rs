@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::types::StreamStatus;
 use kinesis_operator_tests::{TestEnv, unique_name, wait_for};
 use kinesis_worker::lease::coordinator::{
     Coordinator, CoordinatorConfig, CoordinatorHandle, LeaseEvent,
@@ -115,28 +114,7 @@ async fn main() -> Result<()> {
     let kinesis = env.kinesis().await;
     let stream = unique_name("bench");
     let app = unique_name("bench-app");
-    kinesis
-        .create_stream()
-        .stream_name(&stream)
-        .shard_count(o.shards)
-        .send()
-        .await?;
-    wait_for(
-        "stream ACTIVE",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || async {
-            let out = kinesis
-                .describe_stream_summary()
-                .stream_name(&stream)
-                .send()
-                .await
-                .ok()?;
-            (out.stream_description_summary()?.stream_status() == &StreamStatus::Active)
-                .then_some(())
-        },
-    )
-    .await?;
+    env.create_stream(&stream, o.shards).await?;
     let observer = LeaseTable::open(env.dynamodb().await, &app, true).await?;
     let shards = o.shards as usize;
     println!(

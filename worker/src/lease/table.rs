@@ -555,6 +555,17 @@ impl LeaseTable {
     /// [`LeaseError::Dynamo`] otherwise (the lease may or may not be ours: the next scan
     /// tells).
     pub async fn take(&self, lease: &Lease, worker: &str) -> Result<HeldLease, LeaseError> {
+        self.take_if(lease, worker, "#c = :expected").await
+    }
+
+    /// Sets `worker` as owner, bumps the counter and the owner-switch count, clears any
+    /// hand-over request, if `condition` (over `#c`/`:expected`, `#h`/`:me`) holds.
+    async fn take_if(
+        &self,
+        lease: &Lease,
+        worker: &str,
+        condition: &str,
+    ) -> Result<HeldLease, LeaseError> {
         TableCounters::add(&self.counters.writes);
         let res = self
             .client
@@ -564,7 +575,7 @@ impl LeaseTable {
             .update_expression(
                 "SET #o = :me, #c = :next, #sw = if_not_exists(#sw, :zero) + :one REMOVE #h",
             )
-            .condition_expression("#c = :expected")
+            .condition_expression(condition)
             .expression_attribute_names("#o", attr::LEASE_OWNER)
             .expression_attribute_names("#c", attr::LEASE_COUNTER)
             .expression_attribute_names("#sw", attr::OWNER_SWITCHES)
@@ -791,39 +802,8 @@ impl LeaseTable {
         lease: &Lease,
         worker: &str,
     ) -> Result<HeldLease, LeaseError> {
-        TableCounters::add(&self.counters.writes);
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.name)
-            .key(attr::LEASE_KEY, s(&lease.shard_id))
-            .update_expression(
-                "SET #o = :me, #c = :next, #sw = if_not_exists(#sw, :zero) + :one REMOVE #h",
-            )
-            .condition_expression("#c = :expected AND #h = :me")
-            .expression_attribute_names("#o", attr::LEASE_OWNER)
-            .expression_attribute_names("#c", attr::LEASE_COUNTER)
-            .expression_attribute_names("#sw", attr::OWNER_SWITCHES)
-            .expression_attribute_names("#h", attr::HANDOFF_TO)
-            .expression_attribute_values(":me", s(worker))
-            .expression_attribute_values(":next", n(lease.counter + 1))
-            .expression_attribute_values(":expected", n(lease.counter))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":one", n(1))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(HeldLease {
-                shard_id: lease.shard_id.clone(),
-                counter: lease.counter + 1,
-                checkpoint: lease.checkpoint.clone(),
-            }),
-            Err(e) if is_conditional_failure(&e) => Err(LeaseError::LeaseLost {
-                shard_id: lease.shard_id.clone(),
-                counter: lease.counter,
-            }),
-            Err(e) => Err(self.dynamo("UpdateItem", e)),
-        }
+        self.take_if(lease, worker, "#c = :expected AND #h = :me")
+            .await
     }
 
     /// Writes this worker's heartbeat: one unconditional put, whatever the number of leases

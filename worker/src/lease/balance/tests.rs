@@ -17,13 +17,26 @@ fn live(ws: &[&str]) -> BTreeSet<String> {
     ws.iter().map(|w| (*w).to_string()).collect()
 }
 
-/// Every lease's owner is alive when it is in `live`.
+/// Every lease's owner is alive when it is in `live`; `me` holds all its leases.
 fn plan_for(leases: &[Lease], me: &str, live_set: &BTreeSet<String>) -> Plan {
     let held: HashSet<String> = leases
         .iter()
         .filter(|l| l.owner.as_deref() == Some(me))
         .map(|l| l.shard_id.clone())
         .collect();
+    plan_with(leases, me, live_set, &held, &HashSet::new(), 16, false)
+}
+
+/// One round for `me` with everything spelled out; owners alive when in `live`.
+fn plan_with(
+    leases: &[Lease],
+    me: &str,
+    live_set: &BTreeSet<String>,
+    held: &HashSet<String>,
+    pending: &HashSet<String>,
+    max_handoffs_per_round: usize,
+    draining: bool,
+) -> Plan {
     let states = classify(leases, |_, o| live_set.contains(o));
     plan(
         leases,
@@ -31,10 +44,10 @@ fn plan_for(leases: &[Lease], me: &str, live_set: &BTreeSet<String>) -> Plan {
         &Fleet {
             me,
             live: live_set,
-            draining: false,
-            held: &held,
-            pending_handoffs: &HashSet::new(),
-            max_handoffs_per_round: 16,
+            draining,
+            held,
+            pending_handoffs: pending,
+            max_handoffs_per_round,
         },
     )
 }
@@ -193,18 +206,14 @@ fn handoffs_per_round_are_bounded() {
     let mut leases: Vec<Lease> = shards(20).iter().map(|s| lease(s, Some("w1"))).collect();
     leases.truncate(20);
     let live_set = live(&["w1", "w2"]);
-    let states = classify(&leases, |_, o| live_set.contains(o));
-    let p = plan(
+    let p = plan_with(
         &leases,
-        &states,
-        &Fleet {
-            me: "w2",
-            live: &live_set,
-            draining: false,
-            held: &HashSet::new(),
-            pending_handoffs: &HashSet::new(),
-            max_handoffs_per_round: 3,
-        },
+        "w2",
+        &live_set,
+        &HashSet::new(),
+        &HashSet::new(),
+        3,
+        false,
     );
     assert_eq!(p.request_handoff.len(), 3);
     assert!(p.request_handoff.iter().all(|(_, o)| o == "w1"));
@@ -214,19 +223,15 @@ fn handoffs_per_round_are_bounded() {
 fn pending_handoffs_count_against_what_is_still_needed() {
     let leases: Vec<Lease> = shards(4).iter().map(|s| lease(s, Some("w1"))).collect();
     let live_set = live(&["w1", "w2"]);
-    let states = classify(&leases, |_, o| live_set.contains(o));
     let pending: HashSet<String> = leases.iter().map(|l| l.shard_id.clone()).collect();
-    let p = plan(
+    let p = plan_with(
         &leases,
-        &states,
-        &Fleet {
-            me: "w2",
-            live: &live_set,
-            draining: false,
-            held: &HashSet::new(),
-            pending_handoffs: &pending,
-            max_handoffs_per_round: 16,
-        },
+        "w2",
+        &live_set,
+        &HashSet::new(),
+        &pending,
+        16,
+        false,
     );
     assert!(p.request_handoff.is_empty(), "{p:?}");
 }
@@ -235,18 +240,14 @@ fn pending_handoffs_count_against_what_is_still_needed() {
 fn a_draining_worker_takes_nothing_and_does_not_count() {
     let leases: Vec<Lease> = shards(6).iter().map(|s| lease(s, None)).collect();
     let live_set = live(&["w1"]);
-    let states = classify(&leases, |_, _| true);
-    let p = plan(
+    let p = plan_with(
         &leases,
-        &states,
-        &Fleet {
-            me: "w2",
-            live: &live_set,
-            draining: true,
-            held: &HashSet::new(),
-            pending_handoffs: &HashSet::new(),
-            max_handoffs_per_round: 16,
-        },
+        "w2",
+        &live_set,
+        &HashSet::new(),
+        &HashSet::new(),
+        16,
+        true,
     );
     assert!(p.take.is_empty() && p.request_handoff.is_empty());
     assert_eq!(
@@ -313,18 +314,14 @@ fn children_wait_for_every_parent_to_finish() {
 fn leases_of_an_earlier_run_of_the_same_worker_are_taken_back() {
     let leases: Vec<Lease> = shards(3).iter().map(|s| lease(s, Some("w1"))).collect();
     let live_set = live(&["w1", "w2"]);
-    let states = classify(&leases, |_, o| live_set.contains(o));
-    let p = plan(
+    let p = plan_with(
         &leases,
-        &states,
-        &Fleet {
-            me: "w1",
-            live: &live_set,
-            draining: false,
-            held: &HashSet::new(),
-            pending_handoffs: &HashSet::new(),
-            max_handoffs_per_round: 16,
-        },
+        "w1",
+        &live_set,
+        &HashSet::new(),
+        &HashSet::new(),
+        16,
+        false,
     );
     assert_eq!(p.take.len(), 3);
 }
