@@ -10,3 +10,4 @@
 pub mod aws;
 pub mod lease;
 pub mod preflight;
+pub mod records;

@@ -1,0 +1,4 @@
+//! Records as the app sees them: Kinesis records, with KPL-aggregated ones split into their
+//! user records.
+
+pub mod aggregation;
