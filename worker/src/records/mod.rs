@@ -2,3 +2,4 @@
 //! user records.
 
 pub mod aggregation;
+pub mod reader;

@@ -1,0 +1,146 @@
+//! The polling shard reader against the local Kinesis server: plain and KPL-aggregated
+//! records in order, resuming after a checkpoint inside an aggregated record without a
+//! duplicate or a gap, and the end of a split parent with its children.
+
+use aws_sdk_kinesis::primitives::Blob;
+use kinesis_operator_tests::{TestEnv, unique_name};
+use kinesis_worker::lease::checkpoint::{Checkpoint, SequenceNumber};
+use kinesis_worker::lease::discovery::StreamRef;
+use kinesis_worker::records::aggregation::{UserRecord, aggregate};
+use kinesis_worker::records::reader::{Batch, ReaderConfig, ShardReader};
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+const SHARD: &str = "shardId-000000000000";
+
+/// Reads until the tip (an empty read with no lag) or the shard's end.
+async fn read_all(reader: &mut ShardReader) -> Result<(Vec<UserRecord>, Option<Vec<String>>)> {
+    let mut out = Vec::new();
+    for _ in 0..100 {
+        match reader.next_batch().await? {
+            Batch::Records {
+                records,
+                millis_behind_latest,
+            } => {
+                let at_tip = records.is_empty() && millis_behind_latest == Some(0);
+                out.extend(records);
+                if at_tip {
+                    return Ok((out, None));
+                }
+            }
+            Batch::ShardEnd { child_shard_ids } => return Ok((out, Some(child_shard_ids))),
+        }
+    }
+    Err("the reader never reached the tip in 100 reads".into())
+}
+
+fn texts(records: &[UserRecord]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn reads_in_order_and_resumes_inside_an_aggregated_record() -> Result<()> {
+    let env = TestEnv::require();
+    let kinesis = env.kinesis().await;
+    let stream = unique_name("reader");
+    env.create_stream(&stream, 1).await?;
+    let put = |data: Vec<u8>, key: &str| {
+        kinesis
+            .put_record()
+            .stream_name(&stream)
+            .partition_key(key)
+            .data(Blob::new(data))
+            .send()
+    };
+    let r0 = put(b"r0".to_vec(), "k").await?;
+    let agg = aggregate(&[
+        ("k1".into(), None, b"a0".to_vec()),
+        ("k2".into(), None, b"a1".to_vec()),
+        ("k1".into(), None, b"a2".to_vec()),
+    ]);
+    let a = put(agg, "k").await?;
+    put(b"r4".to_vec(), "k").await?;
+    let reader = |cp: Checkpoint| {
+        ShardReader::new(
+            kinesis.clone(),
+            StreamRef::Name(stream.clone()),
+            SHARD,
+            cp,
+            None,
+            ReaderConfig::default(),
+        )
+    };
+
+    let (all, end) = read_all(&mut reader(Checkpoint::TrimHorizon)).await?;
+    assert_eq!(texts(&all), ["r0", "a0", "a1", "a2", "r4"]);
+    assert_eq!(end, None);
+    let subs: Vec<u64> = all.iter().map(|r| r.sub_sequence_number).collect();
+    assert_eq!(subs, [0, 0, 1, 2, 0]);
+    assert_eq!(
+        all[2].partition_key, "k2",
+        "a user record keeps its own partition key"
+    );
+
+    // A checkpoint at sub-record 1 of the aggregated record: a2 is next.
+    let cp = Checkpoint::Sequence {
+        sequence: SequenceNumber::parse(a.sequence_number())?,
+        sub_sequence: 1,
+    };
+    let (rest, _) = read_all(&mut reader(cp)).await?;
+    assert_eq!(texts(&rest), ["a2", "r4"]);
+
+    // A checkpoint at a plain record: the next record is next.
+    let cp = Checkpoint::Sequence {
+        sequence: SequenceNumber::parse(r0.sequence_number())?,
+        sub_sequence: 0,
+    };
+    let (rest, _) = read_all(&mut reader(cp)).await?;
+    assert_eq!(texts(&rest), ["a0", "a1", "a2", "r4"]);
+
+    kinesis.delete_stream().stream_name(&stream).send().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_split_parent_ends_after_its_last_record_with_its_children() -> Result<()> {
+    let env = TestEnv::require();
+    let kinesis = env.kinesis().await;
+    let stream = unique_name("reader");
+    env.create_stream(&stream, 1).await?;
+    kinesis
+        .put_record()
+        .stream_name(&stream)
+        .partition_key("k")
+        .data(Blob::new(b"before".to_vec()))
+        .send()
+        .await?;
+    kinesis
+        .split_shard()
+        .stream_name(&stream)
+        .shard_to_split(SHARD)
+        .new_starting_hash_key("170141183460469231731687303715884105728")
+        .send()
+        .await?;
+    env.wait_stream_active(&stream).await?;
+
+    let mut reader = ShardReader::new(
+        kinesis.clone(),
+        StreamRef::Name(stream.clone()),
+        SHARD,
+        Checkpoint::TrimHorizon,
+        None,
+        ReaderConfig::default(),
+    );
+    let (records, end) = read_all(&mut reader).await?;
+    assert_eq!(texts(&records), ["before"]);
+    let mut children = end.ok_or("the closed parent must end")?;
+    children.sort();
+    assert_eq!(children, ["shardId-000000000001", "shardId-000000000002"]);
+    // And it stays ended.
+    assert!(matches!(reader.next_batch().await?, Batch::ShardEnd { .. }));
+    kinesis.delete_stream().stream_name(&stream).send().await?;
+    Ok(())
+}
