@@ -49,7 +49,7 @@ async fn sigterm_releases_every_lease_for_the_others_to_take_at_once() -> Result
         .await?;
 
     w1.signal("TERM");
-    let (t, snap) = fleet
+    let (t, _) = fleet
         .until("w1's shards taken by w2", shared_by(6, &["w2"], 6, 6))
         .await?;
     eprintln!("after SIGTERM, shards resumed in {t:?} (failover time {FAILOVER_MS} ms)");
@@ -64,6 +64,8 @@ async fn sigterm_releases_every_lease_for_the_others_to_take_at_once() -> Result
         "{:?}",
         w1.lines()
     );
+    // It exits only after removing its heartbeat: a scan now must not find it.
+    let snap = fleet.snapshot().await.ok_or("scan")?;
     assert!(
         !snap.heartbeats.iter().any(|h| h.worker_id == "w1"),
         "w1 removed its heartbeat: {:?}",
