@@ -309,23 +309,25 @@ impl Coordinator {
 
     /// Runs until [`CoordinatorHandle::shutdown`] completes.
     pub async fn run(mut self) {
-        self.heartbeat().await;
+        let first = self.heartbeat().await;
+        let mut next_beat = self.next_heartbeat(first);
         // A scan first, so discovery writes only the leases that are missing.
         self.round().await;
         self.sync_shards().await;
         let mut scan = tokio::time::interval(self.config.scan_interval);
-        let mut beat = tokio::time::interval(self.config.heartbeat_interval);
         let mut sync = tokio::time::interval(self.config.shard_sync_interval);
-        for t in [&mut scan, &mut beat, &mut sync] {
+        for t in [&mut scan, &mut sync] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
-        // The first tick of an interval is immediate: heartbeat and sync just ran.
-        beat.tick().await;
+        // The first tick of an interval is immediate: sync just ran.
         sync.tick().await;
         loop {
             tokio::select! {
                 _ = scan.tick() => self.round().await,
-                _ = beat.tick() => self.heartbeat().await,
+                _ = tokio::time::sleep_until(next_beat) => {
+                    let ok = self.heartbeat().await;
+                    next_beat = self.next_heartbeat(ok);
+                }
                 _ = sync.tick() => self.sync_shards().await,
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Shutdown(reply)) => {
@@ -343,7 +345,22 @@ impl Coordinator {
         }
     }
 
-    async fn heartbeat(&mut self) {
+    /// After a failed heartbeat the next try comes soon (half a scan interval, at least
+    /// 100 ms), not a whole heartbeat interval later: under throttling a worker gets many
+    /// tries before its own failover deadline instead of two or three.
+    fn next_heartbeat(&self, succeeded: bool) -> tokio::time::Instant {
+        let wait = if succeeded {
+            self.config.heartbeat_interval
+        } else {
+            (self.config.scan_interval / 2)
+                .max(Duration::from_millis(100))
+                .min(self.config.heartbeat_interval)
+        };
+        tokio::time::Instant::now() + wait
+    }
+
+    /// Writes the heartbeat; `true` if it landed.
+    async fn heartbeat(&mut self) -> bool {
         // After a pause (or a run of failed heartbeats) past the failover time, others may
         // have taken our leases: drop them all *before* the next heartbeat makes us look
         // alive again. Those still ours are taken back by the next round.
@@ -356,8 +373,14 @@ impl Coordinator {
             draining: self.draining,
         };
         match self.table.heartbeat(&beat).await {
-            Ok(()) => self.liveness.confirm(sent_at),
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying on the next interval"),
+            Ok(()) => {
+                self.liveness.confirm(sent_at);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed; retrying shortly");
+                false
+            }
         }
     }
 
@@ -699,7 +722,7 @@ impl Coordinator {
     async fn shutdown(&mut self) {
         tracing::info!(leases = self.held.len(), "shutting down: releasing leases");
         self.draining = true;
-        self.heartbeat().await;
+        let _ = self.heartbeat().await;
         let mut waits = Vec::new();
         for (shard, held) in &self.held {
             if held.handing_over {
