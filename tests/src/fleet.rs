@@ -42,13 +42,11 @@ impl Fleet {
     /// # Errors
     /// The stream or table could not be created.
     pub async fn new(shards: i32) -> Result<Self> {
-        let t = Instant::now();
         let env = TestEnv::require();
         let stream = unique_name("fleet");
         env.create_stream(&stream, shards).await?;
         let app = unique_name("app");
         let table = LeaseTable::open(env.dynamodb().await, &app, true).await?;
-        eprintln!("fleet setup: {:?}", t.elapsed());
         Ok(Self {
             env,
             app,

@@ -290,24 +290,21 @@ impl LeaseTable {
     }
 
     async fn create(&self) -> Result<(), LeaseError> {
+        let invalid = |e: aws_sdk_dynamodb::error::BuildError| LeaseError::Dynamo {
+            op: "CreateTable",
+            table: self.name.clone(),
+            detail: e.to_string(),
+        };
         let def = AttributeDefinition::builder()
             .attribute_name(attr::LEASE_KEY)
             .attribute_type(ScalarAttributeType::S)
             .build()
-            .map_err(|e| LeaseError::Dynamo {
-                op: "CreateTable",
-                table: self.name.clone(),
-                detail: e.to_string(),
-            })?;
+            .map_err(invalid)?;
         let key = KeySchemaElement::builder()
             .attribute_name(attr::LEASE_KEY)
             .key_type(KeyType::Hash)
             .build()
-            .map_err(|e| LeaseError::Dynamo {
-                op: "CreateTable",
-                table: self.name.clone(),
-                detail: e.to_string(),
-            })?;
+            .map_err(invalid)?;
         let res = self
             .client
             .create_table()
