@@ -1,7 +1,8 @@
-//! A fault-injecting HTTP proxy for the DynamoDB endpoint: the emulators never throttle or
-//! fail, so tests put this between a worker and the server. It listens on 127.0.0.1 and
-//! forwards each request on a fresh upstream connection, or answers it with a DynamoDB
-//! throttling error, as its mode says.
+//! A fault-injecting HTTP proxy for the DynamoDB or Kinesis endpoint: the emulators never
+//! throttle or fail, so tests put this between a worker and the server. It listens on
+//! 127.0.0.1 and forwards each request on a fresh upstream connection, or answers it with the
+//! service's throttling error (told apart by the `X-Amz-Target` header) or a 500, as its mode
+//! says.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -19,6 +20,8 @@ pub enum Mode {
     ThrottleHalf = 1,
     /// Throttle everything (an outage: calls fail after the SDK's retries).
     ThrottleAll = 2,
+    /// Answer every second request with HTTP 500 InternalFailure.
+    ServerErrorHalf = 3,
 }
 
 /// A running proxy; stops when dropped.
@@ -31,9 +34,27 @@ pub struct FaultProxy {
     task: tokio::task::JoinHandle<()>,
 }
 
-const THROTTLED: &str = "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.0\r\n\
+const REPLY: &str = "HTTP/1.1 {status}\r\nContent-Type: application/x-amz-json-{json}\r\n\
 x-amzn-RequestId: fault-proxy\r\nConnection: close\r\nContent-Length: {len}\r\n\r\n{body}";
-const THROTTLE_BODY: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException","message":"Rate of requests exceeds the allowed throughput (injected by the test proxy)"}"#;
+const DYNAMODB_THROTTLE: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException","message":"Rate of requests exceeds the allowed throughput (injected by the test proxy)"}"#;
+const KINESIS_THROTTLE: &str = r#"{"__type":"ProvisionedThroughputExceededException","message":"Rate exceeded for shard (injected by the test proxy)"}"#;
+const SERVER_ERROR: &str = r#"{"__type":"InternalFailure","message":"injected by the test proxy"}"#;
+
+/// The error reply for a request whose lowercased head is `head`.
+fn fault_reply(head: &str, server_error: bool) -> String {
+    let kinesis = head.contains("x-amz-target: kinesis_");
+    let json = if kinesis { "1.1" } else { "1.0" };
+    let (status, body) = match (server_error, kinesis) {
+        (true, _) => ("500 Internal Server Error", SERVER_ERROR),
+        (false, true) => ("400 Bad Request", KINESIS_THROTTLE),
+        (false, false) => ("400 Bad Request", DYNAMODB_THROTTLE),
+    };
+    REPLY
+        .replace("{status}", status)
+        .replace("{json}", json)
+        .replace("{len}", &body.len().to_string())
+        .replace("{body}", body)
+}
 
 impl FaultProxy {
     /// Starts a proxy in front of `upstream` (`host:port`).
@@ -136,16 +157,16 @@ async fn serve(
         return Ok(());
     };
     let n = seen.fetch_add(1, Ordering::SeqCst);
-    let fail = match mode.load(Ordering::SeqCst) {
-        1 => n.is_multiple_of(2),
+    let m = mode.load(Ordering::SeqCst);
+    let fail = match m {
+        1 | 3 => n.is_multiple_of(2),
         2 => true,
         _ => false,
     };
     if fail {
         injected.fetch_add(1, Ordering::SeqCst);
-        let reply = THROTTLED
-            .replace("{len}", &THROTTLE_BODY.len().to_string())
-            .replace("{body}", THROTTLE_BODY);
+        let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
+        let reply = fault_reply(&head, m == Mode::ServerErrorHalf as u8);
         client.write_all(reply.as_bytes()).await?;
         return client.shutdown().await;
     }

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub mod faults;
 pub mod fleet;
+pub mod pipeline;
 pub mod process;
 
 use aws_config::{BehaviorVersion, Region};

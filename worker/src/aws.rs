@@ -3,6 +3,8 @@
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
+use crate::metrics::AwsCallCounter;
+
 /// Connection settings shared by every AWS client of the worker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AwsSettings {
@@ -26,18 +28,42 @@ impl AwsSettings {
 
     /// A Kinesis client honouring the endpoint override.
     pub fn kinesis(&self, sdk: &SdkConfig) -> aws_sdk_kinesis::Client {
+        self.kinesis_counted(sdk, None)
+    }
+
+    /// A Kinesis client whose calls are counted in the worker's metrics.
+    pub fn kinesis_counted(
+        &self,
+        sdk: &SdkConfig,
+        counter: Option<&AwsCallCounter>,
+    ) -> aws_sdk_kinesis::Client {
         let mut b = aws_sdk_kinesis::config::Builder::from(sdk);
         if let Some(url) = &self.kinesis_endpoint {
             b = b.endpoint_url(url);
+        }
+        if let Some(c) = counter {
+            b = b.interceptor(c.clone());
         }
         aws_sdk_kinesis::Client::from_conf(b.build())
     }
 
     /// A DynamoDB client honouring the endpoint override.
     pub fn dynamodb(&self, sdk: &SdkConfig) -> aws_sdk_dynamodb::Client {
+        self.dynamodb_counted(sdk, None)
+    }
+
+    /// A DynamoDB client whose calls are counted in the worker's metrics.
+    pub fn dynamodb_counted(
+        &self,
+        sdk: &SdkConfig,
+        counter: Option<&AwsCallCounter>,
+    ) -> aws_sdk_dynamodb::Client {
         let mut b = aws_sdk_dynamodb::config::Builder::from(sdk);
         if let Some(url) = &self.dynamodb_endpoint {
             b = b.endpoint_url(url);
+        }
+        if let Some(c) = counter {
+            b = b.interceptor(c.clone());
         }
         aws_sdk_dynamodb::Client::from_conf(b.build())
     }

@@ -1,13 +1,14 @@
 //! kinesis-worker: the KCL part of kinesis-operator. It runs as a sidecar next to the user's
-//! app container (or on its own), holds shard leases in DynamoDB, reads shards and hands
-//! record batches to the app over gRPC.
-//!
-//! Today it holds the AWS connection settings ([`aws`]) and the preflight check
-//! ([`preflight`]) that proves the Kinesis and DynamoDB endpoints answer; leases, shard
-//! readers and delivery come with their issues.
+//! app container (or on its own), holds shard leases in DynamoDB ([`lease`]), reads shards
+//! ([`records`]) and hands record batches to the app over gRPC ([`pipeline`]); its admin HTTP
+//! port ([`admin`]) serves metrics, health, readiness and the drain used during rollouts.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod aws;
+pub mod backoff;
 pub mod lease;
+pub mod metrics;
+pub mod pipeline;
 pub mod preflight;
 pub mod records;

@@ -3,13 +3,19 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use kinesis_processor::Address;
+use kinesis_worker::admin::{self, Drain};
 use kinesis_worker::aws::AwsSettings;
 use kinesis_worker::lease::checkpoint::Checkpoint;
 use kinesis_worker::lease::coordinator::{Coordinator, CoordinatorConfig, LeaseEvent};
 use kinesis_worker::lease::discovery::StreamRef;
 use kinesis_worker::lease::table::LeaseTable;
+use kinesis_worker::metrics::{AwsCallCounter, Metrics};
+use kinesis_worker::pipeline::{App, Pipeline, PipelineConfig};
 use kinesis_worker::preflight;
+use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 
 /// kinesis-worker: the KCL part of kinesis-operator.
@@ -40,9 +46,56 @@ enum Command {
         #[arg(long, default_value_t = preflight::DEFAULT_TIMEOUT.as_secs())]
         timeout: u64,
     },
+    /// Run the worker: hold shard leases, read the shards and deliver their records to the
+    /// app's record processor over gRPC (the sidecar's job; also usable on its own).
+    ///
+    /// Minimal: `kinesis-worker run --stream Pageviews --application counter
+    /// --app-address unix:///tmp/processor.sock`. Credentials come from the standard AWS
+    /// chain (environment, profile, IRSA web identity, instance role).
+    Run(RunArgs),
     /// Hold and balance the stream's shard leases without reading records: a dry run of a
     /// fleet's lease coordination, printing `acquired|lost|shutdown-requested SHARD` lines.
     Leases(LeaseArgs),
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+#[value(rename_all = "lowercase")]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    leases: LeaseArgs,
+    /// Where the app serves the record processor: unix:///path/to.sock or http://127.0.0.1:PORT.
+    #[arg(long, env = "APP_ADDRESS", default_value = kinesis_processor::DEFAULT_SOCKET)]
+    app_address: String,
+    /// Admin HTTP address (/metrics, /healthz, /readyz, /drain).
+    #[arg(long, env = "ADMIN_ADDRESS", default_value = "0.0.0.0:8080")]
+    admin_address: std::net::SocketAddr,
+    /// Records per GetRecords call (1-10000).
+    #[arg(long, env = "MAX_RECORDS", default_value_t = 10_000, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    max_records: i32,
+    /// Sleep between reads of a shard at its tip (milliseconds).
+    #[arg(long, env = "IDLE_TIME_MS", default_value_t = 250)]
+    idle_time_ms: u64,
+    /// At most one checkpoint write per shard per this interval (milliseconds); flushed on
+    /// hand-over and shutdown anyway.
+    #[arg(long, env = "CHECKPOINT_INTERVAL_MS", default_value_t = 5_000)]
+    checkpoint_interval_ms: u64,
+    /// Skip a batch (logged) after this many failed deliveries; 0 retries forever and skips
+    /// nothing.
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 0)]
+    max_attempts: u32,
+    /// Most record data read ahead of delivery across all shards (MiB).
+    #[arg(long, env = "MAX_BUFFERED_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    max_buffered_mib: u32,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 /// Where a new lease starts.
@@ -51,6 +104,7 @@ enum Command {
 enum InitialPosition {
     TrimHorizon,
     Latest,
+    AtTimestamp,
 }
 
 #[derive(clap::Args, Debug)]
@@ -79,6 +133,10 @@ struct LeaseArgs {
     /// Where new leases start.
     #[arg(long, env = "INITIAL_POSITION", value_enum, default_value_t = InitialPosition::TrimHorizon)]
     initial_position: InitialPosition,
+    /// With AT_TIMESTAMP: the time to start at, RFC 3339 (2026-11-26T00:00:00Z) or epoch
+    /// milliseconds.
+    #[arg(long, env = "INITIAL_TIMESTAMP", value_parser = parse_timestamp, required_if_eq("initial_position", "AT_TIMESTAMP"))]
+    initial_timestamp: Option<i64>,
     /// Create the lease table if it does not exist (needs dynamodb:CreateTable).
     #[arg(long, env = "CREATE_LEASE_TABLE", default_value_t = true, action = clap::ArgAction::Set)]
     create_table: bool,
@@ -99,20 +157,30 @@ fn default_worker_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-async fn run_leases(settings: &AwsSettings, args: LeaseArgs) -> anyhow::Result<()> {
-    let sdk = settings.sdk_config().await;
-    let table = LeaseTable::open(
-        settings.dynamodb(&sdk),
-        &args.application,
-        args.create_table,
-    )
-    .await?;
-    let stream = if args.stream.starts_with("arn:") {
-        StreamRef::Arn(args.stream.clone())
+fn parse_timestamp(s: &str) -> Result<i64, String> {
+    use aws_sdk_kinesis::primitives::{DateTime, DateTimeFormat};
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    DateTime::from_str(s, DateTimeFormat::DateTime)
+        .ok()
+        .and_then(|t| t.to_millis().ok())
+        .ok_or_else(|| {
+            format!("`{s}` is neither RFC 3339 (2026-11-26T00:00:00Z) nor epoch milliseconds")
+        })
+}
+
+fn stream_ref(s: &str) -> StreamRef {
+    if s.starts_with("arn:") {
+        StreamRef::Arn(s.to_string())
     } else {
-        StreamRef::Name(args.stream.clone())
-    };
-    let mut config = CoordinatorConfig::new(args.worker_id.unwrap_or_else(default_worker_id));
+        StreamRef::Name(s.to_string())
+    }
+}
+
+fn coordinator_config(args: &LeaseArgs) -> CoordinatorConfig {
+    let mut config =
+        CoordinatorConfig::new(args.worker_id.clone().unwrap_or_else(default_worker_id));
     config.failover_time = Duration::from_millis(args.failover_time_ms);
     config.heartbeat_interval = config.failover_time / 3;
     config.scan_interval = Duration::from_millis(args.scan_interval_ms);
@@ -121,7 +189,21 @@ async fn run_leases(settings: &AwsSettings, args: LeaseArgs) -> anyhow::Result<(
     config.initial_position = match args.initial_position {
         InitialPosition::TrimHorizon => Checkpoint::TrimHorizon,
         InitialPosition::Latest => Checkpoint::Latest,
+        InitialPosition::AtTimestamp => Checkpoint::AtTimestamp,
     };
+    config
+}
+
+async fn run_leases(settings: &AwsSettings, args: LeaseArgs) -> anyhow::Result<()> {
+    let sdk = settings.sdk_config().await;
+    let table = LeaseTable::open(
+        settings.dynamodb(&sdk),
+        &args.application,
+        args.create_table,
+    )
+    .await?;
+    let stream = stream_ref(&args.stream);
+    let config = coordinator_config(&args);
     tracing::info!(worker = %config.worker_id, table = %args.application, stream = %stream, "lease coordinator starting");
     let (events_tx, mut events) = mpsc::channel(1024);
     let (coordinator, handle) = Coordinator::new(
@@ -155,6 +237,97 @@ async fn run_leases(settings: &AwsSettings, args: LeaseArgs) -> anyhow::Result<(
     Ok(())
 }
 
+async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let counter = AwsCallCounter::new(metrics.clone());
+    let app_address: Address = args.app_address.parse()?;
+    let app = App::new(&app_address, metrics.clone())?;
+    let (drain, drained) = Drain::new();
+    let sdk = settings.sdk_config().await;
+    let lease_args = &args.leases;
+    let config = coordinator_config(lease_args);
+    let worker_id = config.worker_id.clone();
+    let stream = stream_ref(&lease_args.stream);
+    let kinesis = settings.kinesis_counted(&sdk, Some(&counter));
+    let dynamodb = settings.dynamodb_counted(&sdk, Some(&counter));
+
+    // The admin port first: probes and /metrics answer while the worker waits.
+    let table = LeaseTable::open(dynamodb, &lease_args.application, lease_args.create_table)
+        .await
+        .with_context(|| {
+            format!(
+                "opening lease table `{}` (application name)",
+                lease_args.application
+            )
+        })?;
+    let admin = admin::serve(
+        args.admin_address,
+        metrics.clone(),
+        Some(table.clone()),
+        Some(app.clone()),
+        drain.clone(),
+    )
+    .await
+    .with_context(|| format!("binding the admin port {}", args.admin_address))?;
+    tracing::info!(admin = %args.admin_address, app = %app_address, "admin port listening");
+
+    // Take no lease before the app answers: another worker may serve the shards meanwhile.
+    let mut waited = 0u64;
+    loop {
+        if app.is_ready().await {
+            break;
+        }
+        if waited.is_multiple_of(10) {
+            tracing::info!(app = %app_address, "waiting for the app to answer its gRPC health check (grpc.health.v1)");
+        }
+        waited += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown_signal() => { admin.abort(); return Ok(()); }
+        }
+    }
+
+    let mut pipeline_config = PipelineConfig::new(
+        stream.clone(),
+        lease_args.application.clone(),
+        worker_id.clone(),
+    );
+    pipeline_config.reader.max_records = args.max_records;
+    pipeline_config.reader.initial_timestamp_ms = lease_args.initial_timestamp;
+    pipeline_config.idle_time = Duration::from_millis(args.idle_time_ms);
+    pipeline_config.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
+    pipeline_config.max_attempts = (args.max_attempts > 0).then_some(args.max_attempts);
+    pipeline_config.max_buffered_kib = args.max_buffered_mib.saturating_mul(1024);
+    pipeline_config.shutdown_call_timeout = config.handoff_timeout / 2;
+
+    tracing::info!(worker = %worker_id, table = %lease_args.application, stream = %stream, app = %app_address, "worker starting");
+    let (events_tx, events) = mpsc::channel(1024);
+    let (coordinator, handle) =
+        Coordinator::new(table, Some((kinesis.clone(), stream)), config, events_tx);
+    let pipeline = Pipeline::new(pipeline_config, app, kinesis, handle.clone(), metrics);
+    let draining = pipeline.draining_flag();
+    let coordinating = tokio::spawn(coordinator.run());
+    let delivering = tokio::spawn(pipeline.run(events));
+
+    let by_signal = tokio::select! {
+        _ = shutdown_signal() => true,
+        _ = drain.requested() => false,
+    };
+    tracing::info!(by_signal, "draining: handing over every lease");
+    draining.store(true, Ordering::SeqCst);
+    handle.shutdown().await;
+    coordinating.await?;
+    delivering.await?;
+    let _ = drained.send(true);
+    tracing::info!("drained");
+    if !by_signal {
+        // Drained through /drain (a preStop hook): stay up, unready, until told to stop.
+        shutdown_signal().await;
+    }
+    admin.abort();
+    Ok(())
+}
+
 /// SIGTERM (Kubernetes) or SIGINT (a terminal).
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -174,14 +347,18 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let json = matches!(&cli.command, Command::Run(a) if matches!(a.log_format, LogFormat::Json));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        .with_env_filter(filter);
+    if json {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let settings = AwsSettings {
         region: cli.region,
         kinesis_endpoint: cli.kinesis_endpoint,
@@ -200,6 +377,14 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Run(args) => match run_worker(&settings, args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Leases(args) => match run_leases(&settings, args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

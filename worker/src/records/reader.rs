@@ -18,6 +18,7 @@ use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 
 use super::aggregation::{HashRange, KinesisRecord, UserRecord, deaggregate};
+use crate::backoff::Backoff;
 use crate::lease::checkpoint::Checkpoint;
 use crate::lease::discovery::StreamRef;
 
@@ -119,7 +120,7 @@ pub struct ShardReader {
     iterator: Option<String>,
     ended: bool,
     children: Vec<String>,
-    failures: u32,
+    backoff: Backoff,
 }
 
 impl ShardReader {
@@ -133,6 +134,7 @@ impl ShardReader {
         config: ReaderConfig,
     ) -> Self {
         let ended = checkpoint == Checkpoint::ShardEnd;
+        let backoff = Backoff::new(config.backoff_base, config.backoff_max);
         Self {
             client,
             stream,
@@ -143,7 +145,7 @@ impl ShardReader {
             iterator: None,
             ended,
             children: Vec::new(),
-            failures: 0,
+            backoff,
         }
     }
 
@@ -174,19 +176,7 @@ impl ShardReader {
     }
 
     async fn backoff(&mut self) {
-        self.failures = self.failures.saturating_add(1);
-        let exp = self
-            .config
-            .backoff_base
-            .saturating_mul(1u32 << self.failures.min(16));
-        let cap = exp.min(self.config.backoff_max);
-        // Full jitter from the clock's sub-second nanos: no RNG dependency, spread enough.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let delay = cap.mul_f64(f64::from(nanos % 1000) / 1000.0);
-        tokio::time::sleep(delay).await;
+        self.backoff.wait().await;
     }
 
     async fn new_iterator(&mut self) -> Result<(), ReadError> {
@@ -226,7 +216,7 @@ impl ShardReader {
         loop {
             match req.clone().send().await {
                 Ok(out) => {
-                    self.failures = 0;
+                    self.backoff.reset();
                     self.iterator = out.shard_iterator().map(String::from);
                     if self.iterator.is_none() {
                         self.ended = true;
@@ -301,7 +291,7 @@ impl ShardReader {
                     continue;
                 }
             };
-            self.failures = 0;
+            self.backoff.reset();
             let resume = self.resume_at();
             let mut records = Vec::new();
             for r in out.records() {

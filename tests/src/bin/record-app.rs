@@ -1,0 +1,186 @@
+//! A record processor for the tests and benchmarks: appends every delivered record as a JSON
+//! line to a file (or discards it), prints its lifecycle calls on stdout, and fails on demand.
+//!
+//! ```text
+//! record-app --address unix:///tmp/x.sock [--out records.jsonl] [--fail-first N]
+//!            [--crash-at-batch N] [--checkpoint all|none|first]
+//! ```
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kinesis_processor::tonic::{Request, Response, Status};
+use kinesis_processor::v1;
+
+struct RecordApp {
+    out: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
+    fail_first: u64,
+    crash_at: Option<u64>,
+    checkpoint: String,
+    calls: AtomicU64,
+}
+
+fn say(line: String) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+#[kinesis_processor::tonic::async_trait]
+impl v1::record_processor_server::RecordProcessor for RecordApp {
+    async fn initialize(
+        &self,
+        r: Request<v1::InitializeRequest>,
+    ) -> Result<Response<v1::InitializeResponse>, Status> {
+        let r = r.into_inner();
+        let start = match r.starting_position.and_then(|p| p.position) {
+            Some(v1::starting_position::Position::After(p)) => {
+                format!("after:{}/{}", p.sequence_number, p.sub_sequence_number)
+            }
+            Some(v1::starting_position::Position::Initial(i)) => i,
+            None => "none".into(),
+        };
+        say(format!("initialize {} {start}", r.shard_id));
+        Ok(Response::new(v1::InitializeResponse {}))
+    }
+
+    async fn process_records(
+        &self,
+        r: Request<v1::ProcessRecordsRequest>,
+    ) -> Result<Response<v1::ProcessRecordsResponse>, Status> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.crash_at == Some(n) {
+            say(format!("crash at batch {n}"));
+            std::process::exit(3);
+        }
+        if n <= self.fail_first {
+            return Err(Status::unavailable(format!("failing call {n} on purpose")));
+        }
+        let r = r.into_inner();
+        let recv = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        if let Some(out) = &self.out {
+            let mut out = out
+                .lock()
+                .map_err(|_| Status::internal("output lock poisoned"))?;
+            for rec in &r.records {
+                let line = serde_json::json!({
+                    "shard": r.shard_id,
+                    "key": rec.partition_key,
+                    "seq": rec.sequence_number,
+                    "sub": rec.sub_sequence_number,
+                    "agg": rec.aggregated,
+                    "ehk": rec.explicit_hash_key,
+                    "arrival": rec.approximate_arrival_timestamp_ms,
+                    "data": String::from_utf8_lossy(&rec.data),
+                    "attempt": r.attempt,
+                    "recv": recv.to_string(),
+                });
+                writeln!(out, "{line}").map_err(|e| Status::internal(e.to_string()))?;
+            }
+            out.flush().map_err(|e| Status::internal(e.to_string()))?;
+        }
+        let checkpoint = match self.checkpoint.as_str() {
+            "none" => None,
+            // Only the first record: exercises `up_to`.
+            "first" => r.records.first().map(|f| v1::Checkpoint {
+                target: Some(v1::checkpoint::Target::UpTo(v1::RecordPosition {
+                    sequence_number: f.sequence_number.clone(),
+                    sub_sequence_number: f.sub_sequence_number,
+                })),
+            }),
+            // Beyond the batch: must be refused by the worker.
+            "beyond" => Some(v1::Checkpoint {
+                target: Some(v1::checkpoint::Target::UpTo(v1::RecordPosition {
+                    sequence_number: "9".repeat(60),
+                    sub_sequence_number: 0,
+                })),
+            }),
+            _ => Some(v1::Checkpoint {
+                target: Some(v1::checkpoint::Target::AllDelivered(v1::AllDelivered {})),
+            }),
+        };
+        Ok(Response::new(v1::ProcessRecordsResponse { checkpoint }))
+    }
+
+    async fn lease_lost(
+        &self,
+        r: Request<v1::LeaseLostRequest>,
+    ) -> Result<Response<v1::LeaseLostResponse>, Status> {
+        say(format!("lease-lost {}", r.into_inner().shard_id));
+        Ok(Response::new(v1::LeaseLostResponse {}))
+    }
+
+    async fn shard_ended(
+        &self,
+        r: Request<v1::ShardEndedRequest>,
+    ) -> Result<Response<v1::ShardEndedResponse>, Status> {
+        let r = r.into_inner();
+        say(format!(
+            "shard-ended {} {}",
+            r.shard_id,
+            r.child_shard_ids.join(",")
+        ));
+        Ok(Response::new(v1::ShardEndedResponse {}))
+    }
+
+    async fn shutdown_requested(
+        &self,
+        r: Request<v1::ShutdownRequestedRequest>,
+    ) -> Result<Response<v1::ShutdownRequestedResponse>, Status> {
+        let r = r.into_inner();
+        say(format!(
+            "shutdown-requested {} {}",
+            r.shard_id,
+            r.reason().as_str_name()
+        ));
+        let checkpoint = (self.checkpoint != "none").then(|| v1::Checkpoint {
+            target: Some(v1::checkpoint::Target::AllDelivered(v1::AllDelivered {})),
+        });
+        Ok(Response::new(v1::ShutdownRequestedResponse { checkpoint }))
+    }
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let address: kinesis_processor::Address = arg(&args, "--address")
+        .ok_or("--address unix:///path.sock or http://127.0.0.1:PORT is required")?
+        .parse()?;
+    let out = match arg(&args, "--out") {
+        Some(p) => Some(Mutex::new(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        ))),
+        None => None,
+    };
+    let app = RecordApp {
+        out,
+        fail_first: arg(&args, "--fail-first").map_or(Ok(0), |v| v.parse())?,
+        crash_at: arg(&args, "--crash-at-batch")
+            .map(|v| v.parse())
+            .transpose()?,
+        checkpoint: arg(&args, "--checkpoint").unwrap_or_else(|| "all".into()),
+        calls: AtomicU64::new(0),
+    };
+    say(format!("serving {address}"));
+    let shutdown = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            term.recv().await;
+        }
+    };
+    kinesis_processor::serve(&address, app, shutdown).await?;
+    Ok(())
+}

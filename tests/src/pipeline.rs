@@ -1,0 +1,344 @@
+//! Workers (`kinesis-worker run`) and test apps (`record-app`) as separate processes on one
+//! stream, as they run in pods, and what the apps received.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::fleet::SCAN_MS;
+use crate::process::{Proc, binary};
+use crate::{TestEnv, unique_name, wait_for};
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+/// One record as a test app received it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Received {
+    /// Shard.
+    pub shard: String,
+    /// Partition key.
+    pub key: String,
+    /// Sequence number.
+    pub seq: String,
+    /// Sub-sequence number.
+    pub sub: u64,
+    /// A KPL sub-record?
+    pub agg: bool,
+    /// Explicit hash key of a KPL sub-record.
+    pub ehk: String,
+    /// The data (UTF-8, lossy).
+    pub data: String,
+    /// Delivery attempt of its batch.
+    pub attempt: u32,
+    /// When the app received it (ns since the epoch, as a string).
+    pub recv: String,
+}
+
+impl Received {
+    /// Receive time in ns.
+    pub fn recv_ns(&self) -> u128 {
+        self.recv.parse().unwrap_or(0)
+    }
+}
+
+/// A stream, an application name, and a folder for sockets and app output.
+pub struct Pipeline {
+    /// The environment.
+    pub env: TestEnv,
+    /// Stream name.
+    pub stream: String,
+    /// Application name (lease table).
+    pub app: String,
+    /// Sockets, outputs and logs.
+    pub dir: PathBuf,
+}
+
+/// A running worker and its admin address.
+pub struct Worker {
+    /// The process.
+    pub proc: Proc,
+    /// `127.0.0.1:PORT` of its admin HTTP port.
+    pub admin: String,
+}
+
+/// A running test app.
+pub struct App {
+    /// The process.
+    pub proc: Proc,
+    /// Its socket (`unix://…`).
+    pub address: String,
+    /// Where it writes what it received.
+    pub out: PathBuf,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Pipeline {
+    /// Creates a stream with `shards` shards.
+    ///
+    /// # Errors
+    /// The stream could not be created.
+    pub async fn new(shards: i32) -> Result<Self> {
+        let env = TestEnv::require();
+        let stream = unique_name("pipe");
+        env.create_stream(&stream, shards).await?;
+        // Short: Unix socket paths are limited to 108 bytes.
+        let dir = std::env::temp_dir().join(unique_name("ko"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            env,
+            app: unique_name("app"),
+            stream,
+            dir,
+        })
+    }
+
+    /// Starts a test app `name` with `extra` arguments (`--fail-first N`, …).
+    ///
+    /// # Errors
+    /// It could not be built or started, or did not create its socket in time.
+    pub async fn app(&self, name: &str, extra: &[&str]) -> Result<App> {
+        let socket = self.dir.join(format!("{name}.sock"));
+        let address = format!("unix://{}", socket.display());
+        let out = self.dir.join(format!("{name}.jsonl"));
+        let mut cmd = Command::new(binary("record-app")?);
+        cmd.args(["--address", &address, "--out"])
+            .arg(&out)
+            .args(extra);
+        let _ = std::fs::remove_file(&socket);
+        let proc = Proc::spawn(cmd, self.dir.join(format!("{name}.log")))?;
+        wait_for(
+            "the app's socket",
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            || async { socket.exists().then_some(()) },
+        )
+        .await?;
+        Ok(App { proc, address, out })
+    }
+
+    /// Starts `kinesis-worker run` as worker `id` delivering to `app_address`.
+    ///
+    /// # Errors
+    /// It could not be built or started.
+    pub fn worker(&self, id: &str, app_address: &str, extra: &[&str]) -> Result<Worker> {
+        let admin = format!("127.0.0.1:{}", free_port()?);
+        let mut cmd = Command::new(binary("kinesis-worker")?);
+        for (k, v) in self.env.worker_env() {
+            cmd.env(k, v);
+        }
+        cmd.env("LOG_LEVEL", "info,kinesis_worker=debug").args([
+            "run",
+            "--application",
+            &self.app,
+            "--stream",
+            &self.stream,
+            "--worker-id",
+            id,
+            "--app-address",
+            app_address,
+            "--admin-address",
+            &admin,
+            "--failover-time-ms",
+            "3000",
+            "--scan-interval-ms",
+            &SCAN_MS.to_string(),
+            "--handoff-timeout-ms",
+            "2000",
+            "--shard-sync-interval-ms",
+            "500",
+            "--idle-time-ms",
+            "100",
+            "--checkpoint-interval-ms",
+            "1000",
+        ]);
+        cmd.args(extra);
+        let proc = Proc::spawn(cmd, self.dir.join(format!("worker-{id}.log")))?;
+        Ok(Worker { proc, admin })
+    }
+
+    /// Puts `data` with partition `key`; returns its sequence number.
+    ///
+    /// # Errors
+    /// The put failed.
+    pub async fn put(
+        &self,
+        kinesis: &aws_sdk_kinesis::Client,
+        key: &str,
+        data: &[u8],
+    ) -> Result<String> {
+        let out = kinesis
+            .put_record()
+            .stream_name(&self.stream)
+            .partition_key(key)
+            .data(aws_sdk_kinesis::primitives::Blob::new(data))
+            .send()
+            .await?;
+        Ok(out.sequence_number().to_string())
+    }
+
+    /// Puts `n` records per key for `keys` keys, data `key:index` (index from `from`),
+    /// round-robin over the keys.
+    ///
+    /// # Errors
+    /// A put failed.
+    pub async fn put_sequence(&self, keys: usize, from: usize, n: usize) -> Result<()> {
+        let kinesis = self.env.kinesis().await;
+        let entries: Vec<_> = (from..from + n)
+            .flat_map(|i| (0..keys).map(move |k| (format!("key-{k}"), i)))
+            .collect();
+        for batch in entries.chunks(100) {
+            let mut req = kinesis.put_records().stream_name(&self.stream);
+            for (key, i) in batch {
+                req = req.records(
+                    aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                        .partition_key(key)
+                        .data(aws_sdk_kinesis::primitives::Blob::new(format!("{key}:{i}")))
+                        .build()?,
+                );
+            }
+            let out = req.send().await?;
+            if out.failed_record_count().unwrap_or(0) > 0 {
+                return Err(format!(
+                    "{} records failed to put",
+                    out.failed_record_count().unwrap_or(0)
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the stream, the lease table and the folder.
+    ///
+    /// # Errors
+    /// A delete failed.
+    pub async fn cleanup(self) -> Result<()> {
+        self.env
+            .kinesis()
+            .await
+            .delete_stream()
+            .stream_name(&self.stream)
+            .send()
+            .await?;
+        let _ = self
+            .env
+            .dynamodb()
+            .await
+            .delete_table()
+            .table_name(&self.app)
+            .send()
+            .await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(())
+    }
+}
+
+/// Every record in the apps' output files, merged in the order the apps received them.
+pub fn received(outs: &[&Path]) -> Vec<Received> {
+    let mut all: Vec<(u128, usize, Received)> = Vec::new();
+    for out in outs {
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        for line in text.lines() {
+            if let Ok(r) = serde_json::from_str::<Received>(line) {
+                let n = all.len();
+                all.push((r.recv_ns(), n, r));
+            }
+        }
+    }
+    all.sort_by_key(|(t, n, _)| (*t, *n));
+    all.into_iter().map(|(_, _, r)| r).collect()
+}
+
+/// For data `key:index` records: every index of `0..per_key` for each of `keys` keys seen,
+/// and per key in increasing order (a retry may repeat the last ones). Returns the
+/// duplicates (records seen more than once).
+///
+/// # Errors
+/// A record is missing or out of order, with the first offender named.
+pub fn check_sequence(records: &[Received], keys: usize, per_key: usize) -> Result<usize, String> {
+    let mut seen: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut dups = 0;
+    let mut unique = std::collections::HashSet::new();
+    for r in records {
+        let Some((key, i)) = r.data.split_once(':') else {
+            return Err(format!("unexpected record data {:?}", r.data));
+        };
+        let i: usize = i
+            .parse()
+            .map_err(|_| format!("bad index in {:?}", r.data))?;
+        if !unique.insert((r.seq.clone(), r.sub)) {
+            dups += 1;
+            continue;
+        }
+        let list = seen.entry(key.to_string()).or_default();
+        if let Some(last) = list.last()
+            && i <= *last
+        {
+            return Err(format!(
+                "key {key}: index {i} (shard {}, seq {}) after {last}: out of order",
+                r.shard, r.seq
+            ));
+        }
+        list.push(i);
+    }
+    for k in 0..keys {
+        let key = format!("key-{k}");
+        let got = seen.get(&key).map_or(0, Vec::len);
+        if got != per_key {
+            let missing: Vec<usize> = (0..per_key)
+                .filter(|i| !seen.get(&key).is_some_and(|l| l.contains(i)))
+                .take(5)
+                .collect();
+            return Err(format!(
+                "key {key}: {got} of {per_key} records, missing e.g. {missing:?}"
+            ));
+        }
+    }
+    Ok(dups)
+}
+
+/// `GET http://{addr}{path}`: the status and body.
+///
+/// # Errors
+/// The connection failed or the answer was not HTTP.
+pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not HTTP: {text:.100}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of metric `name` (the sum over its label sets) in a `/metrics` page.
+pub fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (n, v) = l.rsplit_once(' ')?;
+            let base = n.split('{').next()?;
+            (base == name).then(|| v.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}

@@ -1,0 +1,321 @@
+//! The record pipeline end to end on the local servers: `kinesis-worker run` processes
+//! delivering to `record-app` processes over Unix sockets.
+
+use kinesis_operator_tests::fleet::{DEADLINE, POLL};
+use kinesis_operator_tests::pipeline::{
+    Pipeline, Received, check_sequence, http_get, metric, received,
+};
+use kinesis_operator_tests::wait_for;
+use kinesis_worker::lease::table::LeaseTable;
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+/// Waits until the apps' outputs hold `n` distinct records.
+async fn until_received(outs: &[&std::path::Path], n: usize) -> Result<Vec<Received>> {
+    let start = std::time::Instant::now();
+    let res = wait_for(&format!("{n} records received"), DEADLINE, POLL, || async {
+        let all = received(outs);
+        let distinct: std::collections::HashSet<_> =
+            all.iter().map(|r| (r.seq.clone(), r.sub)).collect();
+        (distinct.len() >= n).then_some(all)
+    })
+    .await;
+    match res {
+        Ok(all) => {
+            eprintln!("{n} records received in {:?}", start.elapsed());
+            Ok(all)
+        }
+        Err(e) => {
+            let got = received(outs).len();
+            Err(format!("{e} (got {got})").into())
+        }
+    }
+}
+
+/// Owners of the stream's leases, by shard.
+async fn owners(p: &Pipeline) -> Result<std::collections::BTreeMap<String, Option<String>>> {
+    let table = LeaseTable::open(p.env.dynamodb().await, &p.app, false).await?;
+    let snap = table.scan().await?;
+    Ok(snap
+        .leases
+        .into_iter()
+        .map(|l| (l.shard_id, l.owner))
+        .collect())
+}
+
+async fn until_owned(p: &Pipeline, what: &str, check: impl Fn(&[String]) -> bool) -> Result<()> {
+    wait_for(what, DEADLINE, POLL, || async {
+        let o = owners(p).await.ok()?;
+        let list: Vec<String> = o.values().map(|v| v.clone().unwrap_or_default()).collect();
+        (!list.is_empty() && check(&list)).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_record_reaches_the_apps_in_key_order_and_a_restart_resumes_from_the_checkpoint()
+-> Result<()> {
+    let p = Pipeline::new(4).await?;
+    let a1 = p.app("a1", &[]).await?;
+    let a2 = p.app("a2", &[]).await?;
+    let w1 = p.worker("w1", &a1.address, &[])?;
+    let w2 = p.worker("w2", &a2.address, &[])?;
+    until_owned(&p, "4 shards shared by w1 and w2", |o| {
+        o.len() == 4
+            && o.iter().filter(|w| *w == "w1").count() == 2
+            && o.iter().filter(|w| *w == "w2").count() == 2
+    })
+    .await?;
+
+    // Phase 1: 20 keys x 10 records.
+    p.put_sequence(20, 0, 10).await?;
+    let outs = [a1.out.as_path(), a2.out.as_path()];
+    let got = until_received(&outs, 200).await?;
+    assert_eq!(check_sequence(&got, 20, 10)?, 0, "no record twice");
+    let (status, page) = http_get(&w1.admin, "/metrics").await?;
+    assert_eq!(status, 200);
+    let (_, page2) = http_get(&w2.admin, "/metrics").await?;
+    let delivered = metric(&page, "kinesis_worker_records_delivered_total")
+        + metric(&page2, "kinesis_worker_records_delivered_total");
+    assert_eq!(delivered, 200.0, "records_delivered_total of both workers");
+    assert!(
+        metric(&page, "kinesis_worker_aws_calls_total") > 0.0,
+        "{page}"
+    );
+
+    // Phase 2: w1 stops gracefully (SIGTERM): its shards go to w2 after its final
+    // checkpoints; records put meanwhile are all delivered, none twice.
+    w1.proc.signal("TERM");
+    p.put_sequence(20, 10, 10).await?;
+    until_owned(&p, "w2 owns every shard", |o| {
+        o.len() == 4 && o.iter().all(|w| w == "w2")
+    })
+    .await?;
+    let lines = a1.proc.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("shutdown-requested") && l.ends_with("REASON_WORKER_SHUTDOWN")),
+        "a1 was told the worker shuts down: {lines:?}"
+    );
+
+    // Phase 3: w1 comes back and takes its share again (hand-over from w2).
+    let w1b = p.worker("w1", &a1.address, &[])?;
+    until_owned(&p, "w1 back with 2 shards", |o| {
+        o.iter().filter(|w| *w == "w1").count() == 2
+    })
+    .await?;
+    p.put_sequence(20, 20, 10).await?;
+    let got = until_received(&outs, 600).await?;
+    let dups = check_sequence(&got, 20, 30)?;
+    assert_eq!(
+        dups, 0,
+        "graceful stops and hand-overs checkpoint first: no record is delivered twice"
+    );
+    let a2_lines = a2.proc.lines();
+    assert!(
+        a2_lines
+            .iter()
+            .any(|l| l.starts_with("shutdown-requested") && l.ends_with("REASON_HANDOFF")),
+        "w2 handed shards back to w1 through ShutdownRequested: {a2_lines:?}"
+    );
+    // Restarted processors resumed after a checkpoint, not from the start.
+    assert!(
+        a2_lines
+            .iter()
+            .any(|l| l.starts_with("initialize") && l.contains(" after:")),
+        "{a2_lines:?}"
+    );
+    drop((w1b, w2));
+    p.cleanup().await
+}
+
+#[tokio::test]
+async fn a_failing_and_a_crashing_app_lose_nothing() -> Result<()> {
+    let p = Pipeline::new(2).await?;
+    // The first 3 calls fail with UNAVAILABLE; call 6 crashes the app process.
+    let app = p
+        .app("a", &["--fail-first", "3", "--crash-at-batch", "6"])
+        .await?;
+    let w = p.worker("w", &app.address, &["--max-records", "5"])?;
+    until_owned(&p, "w owns both shards", |o| {
+        o.len() == 2 && o.iter().all(|w| w == "w")
+    })
+    .await?;
+    p.put_sequence(4, 0, 10).await?;
+    let mut app = app;
+    wait_for("the app crashed", DEADLINE, POLL, || {
+        let exited = app.proc.exited().is_some();
+        async move { exited.then_some(()) }
+    })
+    .await?;
+    // The worker keeps retrying the batch the crash swallowed until the app is back.
+    let app2 = p.app("a", &[]).await?;
+    let got = until_received(&[app2.out.as_path()], 40).await?;
+    check_sequence(&got, 4, 10)?;
+    assert!(
+        got.iter().any(|r| r.attempt > 1),
+        "a batch was delivered again after failures"
+    );
+    let (_, page) = http_get(&w.admin, "/metrics").await?;
+    assert!(
+        metric(&page, "kinesis_worker_batch_retries_total") >= 3.0,
+        "{page}"
+    );
+    assert!(
+        metric(&page, "kinesis_worker_app_call_errors_total") >= 3.0,
+        "{page}"
+    );
+    drop(w);
+    p.cleanup().await
+}
+
+#[tokio::test]
+async fn kpl_aggregated_records_arrive_as_their_sub_records() -> Result<()> {
+    use kinesis_worker::records::aggregation::aggregate;
+    let p = Pipeline::new(1).await?;
+    let app = p.app("a", &[]).await?;
+    let _w = p.worker("w", &app.address, &[])?;
+    let kinesis = p.env.kinesis().await;
+    let mut expected = Vec::new();
+    for batch in 0..3 {
+        let subs: Vec<(String, Option<String>, Vec<u8>)> = (0..5)
+            .map(|i| {
+                (
+                    format!("user-{i}"),
+                    (i == 2).then(|| "12345".to_string()),
+                    format!("agg-{batch}-{i}").into_bytes(),
+                )
+            })
+            .collect();
+        let blob = aggregate(&subs);
+        let seq = p.put(&kinesis, "aggregate", &blob).await?;
+        for (i, s) in subs.iter().enumerate() {
+            expected.push((
+                seq.clone(),
+                i as u64,
+                s.0.clone(),
+                String::from_utf8_lossy(&s.2).to_string(),
+            ));
+        }
+    }
+    // A plain record after them passes through unchanged.
+    let plain = p.put(&kinesis, "plain", b"not aggregated").await?;
+    let got = until_received(&[app.out.as_path()], 16).await?;
+    let agg: Vec<(String, u64, String, String)> = got
+        .iter()
+        .filter(|r| r.agg)
+        .map(|r| (r.seq.clone(), r.sub, r.key.clone(), r.data.clone()))
+        .collect();
+    assert_eq!(
+        agg, expected,
+        "sub-records in order with their sub-sequence numbers"
+    );
+    let ehk: Vec<&str> = got
+        .iter()
+        .filter(|r| r.agg && r.sub == 2)
+        .map(|r| r.ehk.as_str())
+        .collect();
+    assert_eq!(
+        ehk,
+        vec!["12345"; 3],
+        "explicit hash keys travel with the sub-records"
+    );
+    let last = got.last().ok_or("no records")?;
+    assert_eq!(
+        (last.seq.as_str(), last.agg, last.data.as_str()),
+        (plain.as_str(), false, "not aggregated")
+    );
+    p.cleanup().await
+}
+
+#[tokio::test]
+async fn an_unready_app_holds_the_worker_back_and_drain_hands_everything_over() -> Result<()> {
+    let p = Pipeline::new(2).await?;
+    let socket = p.dir.join("late.sock");
+    let address = format!("unix://{}", socket.display());
+    let w = p.worker("w", &address, &[])?;
+    let (status, body) = wait_for("the admin port", DEADLINE, POLL, || async {
+        http_get(&w.admin, "/readyz").await.ok()
+    })
+    .await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains(&address) && body.contains("grpc.health.v1"),
+        "{body}"
+    );
+    let (status, _) = http_get(&w.admin, "/healthz").await?;
+    assert_eq!(status, 200);
+
+    let app = p.app("late", &[]).await?;
+    until_owned(&p, "w owns both shards once the app answers", |o| {
+        o.len() == 2 && o.iter().all(|w| w == "w")
+    })
+    .await?;
+    let (status, _) = http_get(&w.admin, "/readyz").await?;
+    assert_eq!(status, 200);
+    p.put_sequence(2, 0, 5).await?;
+    until_received(&[app.out.as_path()], 10).await?;
+
+    // /drain answers once every lease is released, with the app told first.
+    let (status, body) = http_get(&w.admin, "/drain").await?;
+    assert_eq!(status, 200, "{body}");
+    let o = owners(&p).await?;
+    assert!(o.values().all(Option::is_none), "released: {o:?}");
+    let lines = app.proc.lines();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("shutdown-requested"))
+            .count(),
+        2,
+        "{lines:?}"
+    );
+    let (status, body) = http_get(&w.admin, "/readyz").await?;
+    assert_eq!((status, body.as_str()), (503, "drained\n"));
+    // The final checkpoints cover everything delivered.
+    let table = LeaseTable::open(p.env.dynamodb().await, &p.app, false).await?;
+    let snap = table.scan().await?;
+    assert!(
+        snap.leases.iter().all(|l| l.checkpoint.is_progress()),
+        "{:?}",
+        snap.leases
+    );
+    drop(w);
+    p.cleanup().await
+}
+
+#[tokio::test]
+async fn checkpoints_beyond_what_was_delivered_are_refused() -> Result<()> {
+    let p = Pipeline::new(1).await?;
+    let app = p.app("a", &["--checkpoint", "beyond"]).await?;
+    let w = p.worker("w", &app.address, &[])?;
+    p.put_sequence(1, 0, 5).await?;
+    until_received(&[app.out.as_path()], 5).await?;
+    let (_, page) = wait_for("a refused checkpoint counted", DEADLINE, POLL, || async {
+        let (s, page) = http_get(&w.admin, "/metrics").await.ok()?;
+        (s == 200 && metric(&page, "kinesis_worker_checkpoints_refused_total") >= 1.0)
+            .then_some((s, page))
+    })
+    .await?;
+    assert_eq!(
+        metric(&page, "kinesis_worker_checkpoints_written_total"),
+        0.0
+    );
+    let log = std::fs::read_to_string(&w.proc.log)?;
+    assert!(
+        log.contains("is beyond the last delivered record"),
+        "the error names the problem: {}",
+        w.proc.log_tail()
+    );
+    let table = LeaseTable::open(p.env.dynamodb().await, &p.app, false).await?;
+    let snap = table.scan().await?;
+    assert!(
+        snap.leases.iter().all(|l| !l.checkpoint.is_progress()),
+        "{:?}",
+        snap.leases
+    );
+    drop(w);
+    p.cleanup().await
+}

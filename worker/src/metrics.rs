@@ -1,0 +1,302 @@
+//! The worker's Prometheus metrics (served on the admin port at `/metrics`). Every metric is
+//! listed with its meaning in docs/OPERATIONS.md.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::lease::table::TableCounters;
+
+/// Labels naming one app call (`Initialize`, `ProcessRecords`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// The RPC.
+    pub call: &'static str,
+}
+
+/// Labels naming a shard.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabels {
+    /// The shard id.
+    pub shard: String,
+}
+
+/// Labels naming a lease event.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// `acquired`, `lost`, `shutdown_requested` or `shard_ended`.
+    pub event: &'static str,
+}
+
+/// Labels naming an AWS API call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AwsLabels {
+    /// `kinesis` or `dynamodb`.
+    pub service: String,
+    /// The operation, e.g. `GetRecords`.
+    pub api: String,
+}
+
+/// Labels naming a failed AWS API call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AwsErrorLabels {
+    /// `kinesis` or `dynamodb`.
+    pub service: String,
+    /// The operation.
+    pub api: String,
+    /// The HTTP status, or `none` when no response came (connection refused, timeout).
+    pub status: String,
+}
+
+fn app_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ]
+    .into_iter()
+}
+
+/// Every metric of the worker.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// User records delivered to the app (acknowledged by it).
+    pub records_delivered: Counter,
+    /// Bytes of record data delivered to the app.
+    pub bytes_delivered: Counter,
+    /// Batches delivered to the app.
+    pub batches_delivered: Counter,
+    /// Deliveries of a batch that failed and were retried.
+    pub batch_retries: Counter,
+    /// Batches skipped after `max_attempts` failures.
+    pub batches_skipped: Counter,
+    /// App call latency by RPC.
+    pub app_call_seconds: Family<CallLabels, Histogram>,
+    /// Failed app calls by RPC.
+    pub app_call_errors: Family<CallLabels, Counter>,
+    /// 1 while the app answers its health check.
+    pub app_ready: Gauge,
+    /// How far behind the tip each held shard's last read was.
+    pub millis_behind_latest: Family<ShardLabels, Gauge>,
+    /// Leases held.
+    pub leases_held: Gauge,
+    /// Lease events seen by the record pipeline.
+    pub lease_events: Family<EventLabels, Counter>,
+    /// Checkpoints written to the lease table.
+    pub checkpoints_written: Counter,
+    /// Checkpoints the app asked for that were refused (beyond what was delivered, or
+    /// backwards).
+    pub checkpoints_refused: Counter,
+    /// Checkpoint writes that failed (retried at the next interval).
+    pub checkpoint_errors: Counter,
+    /// AWS API calls by service and operation.
+    pub aws_calls: Family<AwsLabels, Counter>,
+    /// Failed AWS API calls (after the SDK's own retries) by service, operation and status.
+    pub aws_errors: Family<AwsErrorLabels, Counter>,
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("kinesis_worker");
+        let m = Self {
+            records_delivered: Counter::default(),
+            bytes_delivered: Counter::default(),
+            batches_delivered: Counter::default(),
+            batch_retries: Counter::default(),
+            batches_skipped: Counter::default(),
+            app_call_seconds: Family::new_with_constructor(|| Histogram::new(app_buckets())),
+            app_call_errors: Family::default(),
+            app_ready: Gauge::default(),
+            millis_behind_latest: Family::default(),
+            leases_held: Gauge::default(),
+            lease_events: Family::default(),
+            checkpoints_written: Counter::default(),
+            checkpoints_refused: Counter::default(),
+            checkpoint_errors: Counter::default(),
+            aws_calls: Family::default(),
+            aws_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "records_delivered",
+            "User records delivered to and acknowledged by the app",
+            m.records_delivered.clone(),
+        );
+        r.register(
+            "bytes_delivered",
+            "Bytes of record data delivered to the app",
+            m.bytes_delivered.clone(),
+        );
+        r.register(
+            "batches_delivered",
+            "Batches delivered to the app",
+            m.batches_delivered.clone(),
+        );
+        r.register(
+            "batch_retries",
+            "Failed batch deliveries that were retried",
+            m.batch_retries.clone(),
+        );
+        r.register(
+            "batches_skipped",
+            "Batches skipped after the configured maximum attempts",
+            m.batches_skipped.clone(),
+        );
+        r.register(
+            "app_call_duration_seconds",
+            "Latency of calls to the app by RPC",
+            m.app_call_seconds.clone(),
+        );
+        r.register(
+            "app_call_errors",
+            "Failed calls to the app by RPC",
+            m.app_call_errors.clone(),
+        );
+        r.register(
+            "app_ready",
+            "1 while the app answers its gRPC health check",
+            m.app_ready.clone(),
+        );
+        r.register(
+            "millis_behind_latest",
+            "How far behind the tip of the shard the last read was (milliseconds)",
+            m.millis_behind_latest.clone(),
+        );
+        r.register("leases_held", "Shard leases held", m.leases_held.clone());
+        r.register(
+            "lease_events",
+            "Lease events: acquired, lost, shutdown_requested, shard_ended",
+            m.lease_events.clone(),
+        );
+        r.register(
+            "checkpoints_written",
+            "Checkpoints written to the lease table",
+            m.checkpoints_written.clone(),
+        );
+        r.register(
+            "checkpoints_refused",
+            "Checkpoints asked for by the app and refused (beyond delivered, or backwards)",
+            m.checkpoints_refused.clone(),
+        );
+        r.register(
+            "checkpoint_errors",
+            "Checkpoint writes that failed and will be retried",
+            m.checkpoint_errors.clone(),
+        );
+        r.register(
+            "aws_calls",
+            "AWS API calls by service and operation",
+            m.aws_calls.clone(),
+        );
+        r.register(
+            "aws_errors",
+            "Failed AWS API calls by service, operation and HTTP status",
+            m.aws_errors.clone(),
+        );
+        Arc::new(Self { registry, ..m })
+    }
+
+    /// The text exposition of every metric, with the lease table's request counters.
+    pub fn encode(&self, table: Option<&TableCounters>) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
+            return String::new();
+        }
+        if let Some(t) = table {
+            for (name, help, v) in [
+                (
+                    "lease_table_reads",
+                    "Lease table read requests (Scan pages, DescribeTable)",
+                    &t.reads,
+                ),
+                (
+                    "lease_table_items_read",
+                    "Items returned by lease table scans",
+                    &t.items_read,
+                ),
+                (
+                    "lease_table_writes",
+                    "Lease table write requests",
+                    &t.writes,
+                ),
+                (
+                    "lease_table_heartbeat_writes",
+                    "Heartbeat writes",
+                    &t.heartbeat_writes,
+                ),
+            ] {
+                out.push_str(&format!(
+                    "# HELP kinesis_worker_{name} {help}.\n# TYPE kinesis_worker_{name} counter\nkinesis_worker_{name}_total {}\n",
+                    v.load(Ordering::Relaxed)
+                ));
+            }
+        }
+        out.push_str("# EOF\n");
+        out
+    }
+}
+
+/// Counts every AWS call and failure of the clients it is attached to (by operation).
+#[derive(Debug, Clone)]
+pub struct AwsCallCounter {
+    metrics: Arc<Metrics>,
+}
+
+impl AwsCallCounter {
+    /// Counts into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl Intercept for AwsCallCounter {
+    fn name(&self) -> &'static str {
+        "kinesis-worker-metrics"
+    }
+
+    fn read_after_execution(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let (service, api) = cfg
+            .load::<Metadata>()
+            .map(|m| (m.service().to_ascii_lowercase(), m.name().to_string()))
+            .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+        self.metrics
+            .aws_calls
+            .get_or_create(&AwsLabels {
+                service: service.clone(),
+                api: api.clone(),
+            })
+            .inc();
+        if let Some(Err(_)) = context.output_or_error() {
+            let status = context
+                .response()
+                .map_or_else(|| "none".to_string(), |r| r.status().as_u16().to_string());
+            self.metrics
+                .aws_errors
+                .get_or_create(&AwsErrorLabels {
+                    service,
+                    api,
+                    status,
+                })
+                .inc();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,208 @@
+//! The record pipeline: for every shard lease the coordinator grants, a record processor that
+//! reads the shard and delivers its records to the app over gRPC.
+//!
+//! # Guarantees
+//! - Per shard one batch is in flight at a time, in shard order, so the records of one
+//!   partition key reach the app in order. The next batch is read meanwhile (prefetch), within
+//!   a worker-wide byte budget. Shards are processed concurrently.
+//! - A batch the app fails is delivered again, with backoff, until the app acknowledges it
+//!   (or, only when `max_attempts` is set, until it is logged and skipped).
+//! - Nothing beyond what the app acknowledged and asked to checkpoint is checkpointed;
+//!   checkpoint writes are coalesced to one per shard per `checkpoint_interval` and flushed
+//!   before a lease is handed over or released. A restart therefore redelivers at most what
+//!   was acknowledged since the last write, never less than everything unacknowledged.
+//! - Records are delivered only while [`ShardLease::is_valid`] holds: a worker that lost its
+//!   lease (or cannot confirm its own heartbeat) stops before anyone else may take over.
+//! - A shard's end is checkpointed as `SHARD_END` only after the app answered `ShardEnded`;
+//!   its children start after that.
+
+mod app;
+pub mod position;
+mod shard;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+pub use app::App;
+use kinesis_processor::v1::shutdown_requested_request::Reason;
+use shard::{Control, ShardTask};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::lease::coordinator::{CoordinatorHandle, LeaseEvent, ShardLease};
+use crate::lease::discovery::StreamRef;
+use crate::metrics::{EventLabels, Metrics, ShardLabels};
+use crate::records::reader::ReaderConfig;
+
+/// Settings of the record pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// The stream.
+    pub stream: StreamRef,
+    /// The application (lease table), told to the app at `Initialize`.
+    pub application: String,
+    /// This worker, told to the app at `Initialize`.
+    pub worker_id: String,
+    /// GetRecords settings.
+    pub reader: ReaderConfig,
+    /// Sleep between reads when a shard is at its tip.
+    pub idle_time: Duration,
+    /// The least time between two GetRecords calls on one shard (Kinesis allows 5 per second).
+    pub min_read_interval: Duration,
+    /// At most one checkpoint write per shard per this interval.
+    pub checkpoint_interval: Duration,
+    /// Give up on a batch after this many failed deliveries (log and skip it); `None`: retry
+    /// forever, skipping nothing.
+    pub max_attempts: Option<u32>,
+    /// First retry delay of a failed app call.
+    pub retry_base: Duration,
+    /// Longest retry delay of a failed app call.
+    pub retry_max: Duration,
+    /// Most record bytes in one `ProcessRecords` call (a GetRecords page is split to fit).
+    pub max_call_bytes: usize,
+    /// Most record data, in KiB, read ahead of delivery across all shards.
+    pub max_buffered_kib: u32,
+    /// How long the app may take to answer `ShutdownRequested`.
+    pub shutdown_call_timeout: Duration,
+}
+
+impl PipelineConfig {
+    /// Defaults for `stream`.
+    pub fn new(
+        stream: StreamRef,
+        application: impl Into<String>,
+        worker_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            stream,
+            application: application.into(),
+            worker_id: worker_id.into(),
+            reader: ReaderConfig::default(),
+            idle_time: Duration::from_millis(250),
+            min_read_interval: Duration::from_millis(200),
+            checkpoint_interval: Duration::from_secs(5),
+            max_attempts: None,
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(10),
+            max_call_bytes: 3 * 1024 * 1024,
+            max_buffered_kib: 64 * 1024,
+            shutdown_call_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Runs record processors for the leases the coordinator grants.
+pub struct Pipeline {
+    config: Arc<PipelineConfig>,
+    app: App,
+    kinesis: aws_sdk_kinesis::Client,
+    coordinator: CoordinatorHandle,
+    metrics: Arc<Metrics>,
+    budget: Arc<Semaphore>,
+    shards: HashMap<String, mpsc::Sender<Control>>,
+    draining: Arc<AtomicBool>,
+}
+
+impl Pipeline {
+    /// A pipeline delivering to `app`.
+    pub fn new(
+        config: PipelineConfig,
+        app: App,
+        kinesis: aws_sdk_kinesis::Client,
+        coordinator: CoordinatorHandle,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let budget = Arc::new(Semaphore::new(config.max_buffered_kib as usize));
+        Self {
+            config: Arc::new(config),
+            app,
+            kinesis,
+            coordinator,
+            metrics,
+            budget,
+            shards: HashMap::new(),
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn event(&self, event: &'static str) {
+        self.metrics
+            .lease_events
+            .get_or_create(&EventLabels { event })
+            .inc();
+    }
+
+    /// Follows the coordinator's events until its channel closes.
+    pub async fn run(mut self, mut events: mpsc::Receiver<LeaseEvent>) {
+        while let Some(event) = events.recv().await {
+            self.shards.retain(|_, tx| !tx.is_closed());
+            match event {
+                LeaseEvent::Acquired(lease) => {
+                    self.event("acquired");
+                    self.start(lease);
+                }
+                LeaseEvent::Lost { shard_id } => {
+                    self.event("lost");
+                    if let Some(tx) = self.shards.remove(&shard_id) {
+                        let _ = tx.send(Control::Lost).await;
+                    }
+                }
+                LeaseEvent::ShutdownRequested { shard_id, done } => {
+                    self.event("shutdown_requested");
+                    let reason = if self.draining.load(Ordering::SeqCst) {
+                        Reason::WorkerShutdown
+                    } else {
+                        Reason::Handoff
+                    };
+                    match self.shards.remove(&shard_id) {
+                        Some(tx) => {
+                            // A task that already finished drops `done`: answered too.
+                            let _ = tx.send(Control::Shutdown { done, reason }).await;
+                        }
+                        None => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            }
+            self.metrics.leases_held.set(self.shards.len() as i64);
+        }
+        for (shard, tx) in self.shards.drain() {
+            let _ = tx.send(Control::Lost).await;
+            self.metrics
+                .millis_behind_latest
+                .remove(&ShardLabels { shard });
+        }
+        self.metrics.leases_held.set(0);
+    }
+
+    /// Set it before [`CoordinatorHandle::shutdown`]: from then on shutdown requests are
+    /// reported to the app as `REASON_WORKER_SHUTDOWN` rather than a hand-over.
+    pub fn draining_flag(&self) -> Arc<AtomicBool> {
+        self.draining.clone()
+    }
+
+    fn start(&mut self, lease: ShardLease) {
+        let (tx, rx) = mpsc::channel(4);
+        let shard = lease.shard_id.clone();
+        let task = ShardTask {
+            lease,
+            app: self.app.clone(),
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+            coordinator: self.coordinator.clone(),
+            budget: self.budget.clone(),
+            kinesis: self.kinesis.clone(),
+        };
+        let metrics = self.metrics.clone();
+        let label = ShardLabels {
+            shard: shard.clone(),
+        };
+        tokio::spawn(async move {
+            task.run(rx).await;
+            metrics.millis_behind_latest.remove(&label);
+        });
+        self.shards.insert(shard, tx);
+    }
+}

@@ -1,0 +1,628 @@
+//! One shard's record processor: a reading task that prefetches, and the delivery loop that
+//! calls the app one batch at a time and coalesces its checkpoints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kinesis_processor::v1;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::PipelineConfig;
+use super::app::App;
+use super::position::{Position, Wanted, resolve};
+use crate::backoff::Backoff;
+use crate::lease::checkpoint::{Checkpoint, SequenceNumber};
+use crate::lease::coordinator::{CoordinatorHandle, ShardLease};
+use crate::lease::table::LeaseError;
+use crate::metrics::{EventLabels, Metrics, ShardLabels};
+use crate::records::aggregation::UserRecord;
+use crate::records::reader::{Batch, ShardReader};
+
+/// What the dispatcher tells a shard task.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// The lease is gone: stop now, nothing may be checkpointed.
+    Lost,
+    /// Finish the batch in flight, let the app checkpoint, answer `done`.
+    Shutdown {
+        done: oneshot::Sender<()>,
+        reason: v1::shutdown_requested_request::Reason,
+    },
+}
+
+/// Read ahead of delivery, holding its share of the worker's prefetch budget.
+enum Item {
+    Records {
+        records: Vec<UserRecord>,
+        millis_behind_latest: i64,
+        _budget: Option<OwnedSemaphorePermit>,
+    },
+    End {
+        children: Vec<String>,
+    },
+}
+
+/// How a delivery ended.
+enum Flow {
+    Continue,
+    /// The lease is gone (lost or revoked).
+    Lost,
+}
+
+pub(crate) struct ShardTask {
+    pub(crate) lease: ShardLease,
+    pub(crate) app: App,
+    pub(crate) config: Arc<PipelineConfig>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) coordinator: CoordinatorHandle,
+    pub(crate) budget: Arc<Semaphore>,
+    pub(crate) kinesis: aws_sdk_kinesis::Client,
+}
+
+/// Delivery state of one shard.
+struct Delivery {
+    shard: String,
+    /// The last checkpoint written.
+    committed: Checkpoint,
+    /// The furthest position the app asked to checkpoint, not written yet.
+    wanted: Option<Position>,
+    /// The last record delivered to (and acknowledged by) the app.
+    delivered: Option<Position>,
+    last_write: Option<Instant>,
+    deferred: Option<Control>,
+}
+
+impl Delivery {
+    /// The furthest checkpoint written or asked for.
+    fn floor(&self) -> Checkpoint {
+        self.wanted
+            .as_ref()
+            .map_or_else(|| self.committed.clone(), Position::checkpoint)
+    }
+}
+
+fn to_proto(r: UserRecord) -> v1::Record {
+    v1::Record {
+        data: r.data,
+        partition_key: r.partition_key,
+        sequence_number: r.sequence_number,
+        sub_sequence_number: r.sub_sequence_number,
+        approximate_arrival_timestamp_ms: r.approximate_arrival_ms.unwrap_or(0),
+        explicit_hash_key: r.explicit_hash_key.unwrap_or_default(),
+        aggregated: r.aggregated,
+    }
+}
+
+fn wanted_of(c: Option<v1::Checkpoint>) -> Wanted {
+    match c.and_then(|c| c.target) {
+        None => Wanted::Nothing,
+        Some(v1::checkpoint::Target::AllDelivered(_)) => Wanted::AllDelivered,
+        Some(v1::checkpoint::Target::UpTo(p)) => {
+            Wanted::UpTo(p.sequence_number, p.sub_sequence_number)
+        }
+    }
+}
+
+fn starting_position(c: &Checkpoint) -> v1::StartingPosition {
+    use v1::starting_position::Position as P;
+    let position = match c {
+        Checkpoint::Sequence {
+            sequence,
+            sub_sequence,
+        } => P::After(v1::RecordPosition {
+            sequence_number: sequence.as_str().to_string(),
+            sub_sequence_number: *sub_sequence,
+        }),
+        other => P::Initial(other.to_kcl().0.to_string()),
+    };
+    v1::StartingPosition {
+        position: Some(position),
+    }
+}
+
+/// Splits a batch into calls of at most `max_bytes` of record data (at least one record
+/// each), keeping the order.
+fn chunks(records: Vec<UserRecord>, max_bytes: usize) -> Vec<Vec<UserRecord>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut bytes = 0;
+    for r in records {
+        let size = r.data.len() + r.partition_key.len() + 64;
+        if !cur.is_empty() && bytes + size > max_bytes {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        bytes += size;
+        cur.push(r);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Reads the shard ahead of delivery: one batch waits in the channel, the next is read
+/// meanwhile; the worker-wide byte budget bounds what all shards hold.
+async fn read_ahead(
+    mut reader: ShardReader,
+    tx: mpsc::Sender<Item>,
+    config: Arc<PipelineConfig>,
+    metrics: Arc<Metrics>,
+    budget: Arc<Semaphore>,
+) {
+    let shard = reader.shard_id().to_string();
+    let gauge = metrics
+        .millis_behind_latest
+        .get_or_create(&ShardLabels {
+            shard: shard.clone(),
+        })
+        .clone();
+    let mut errors = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut last_call: Option<Instant> = None;
+    loop {
+        // Kinesis allows 5 GetRecords calls per second per shard.
+        if let Some(t) = last_call {
+            tokio::time::sleep_until(t + config.min_read_interval).await;
+        }
+        last_call = Some(Instant::now());
+        match reader.next_batch().await {
+            Ok(Batch::Records {
+                records,
+                millis_behind_latest,
+            }) => {
+                errors.reset();
+                let behind = millis_behind_latest.unwrap_or(0);
+                gauge.set(behind);
+                if records.is_empty() {
+                    if behind == 0 {
+                        tokio::time::sleep(config.idle_time).await;
+                    }
+                    continue;
+                }
+                let bytes: usize = records.iter().map(|r| r.data.len()).sum();
+                let kib = u32::try_from(bytes.div_ceil(1024))
+                    .unwrap_or(u32::MAX)
+                    .min(config.max_buffered_kib);
+                let permit = budget.clone().acquire_many_owned(kib).await.ok();
+                let item = Item::Records {
+                    records,
+                    millis_behind_latest: behind,
+                    _budget: permit,
+                };
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Batch::ShardEnd { child_shard_ids }) => {
+                let _ = tx
+                    .send(Item::End {
+                        children: child_shard_ids,
+                    })
+                    .await;
+                return;
+            }
+            Err(e) => {
+                let delay = errors.next_delay().max(Duration::from_secs(1));
+                tracing::error!(shard = %shard, error = %e, retry_in = ?delay, "reading the shard failed");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+impl ShardTask {
+    /// Runs until the lease is lost, handed over, released or the shard ended.
+    pub(crate) async fn run(self, mut control: mpsc::Receiver<Control>) {
+        let shard = self.lease.shard_id.clone();
+        let reader = ShardReader::new(
+            self.kinesis.clone(),
+            self.config.stream.clone(),
+            shard.clone(),
+            self.lease.checkpoint.clone(),
+            self.lease
+                .hash_range
+                .as_ref()
+                .and_then(|(s, e)| crate::records::aggregation::HashRange::parse(s, e)),
+            self.config.reader.clone(),
+        );
+        let mut d = Delivery {
+            shard: shard.clone(),
+            committed: self.lease.checkpoint.clone(),
+            wanted: None,
+            delivered: None,
+            last_write: None,
+            deferred: None,
+        };
+        if !self.initialize(&mut d, &mut control).await {
+            self.finish_lost(&mut d, false).await;
+            return;
+        }
+        let (tx, mut rx) = mpsc::channel(1);
+        let reading = tokio::spawn(read_ahead(
+            reader,
+            tx,
+            self.config.clone(),
+            self.metrics.clone(),
+            self.budget.clone(),
+        ));
+        let _abort = AbortOnDrop(reading);
+        let mut tick = tokio::time::interval(self.config.checkpoint_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if let Some(c) = d.deferred.take() {
+                match c {
+                    Control::Lost => return self.finish_lost(&mut d, true).await,
+                    Control::Shutdown { done, reason } => {
+                        return self.finish_shutdown(&mut d, done, reason).await;
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                c = control.recv() => {
+                    d.deferred = Some(c.unwrap_or(Control::Lost));
+                }
+                item = rx.recv() => match item {
+                    Some(Item::Records { records, millis_behind_latest, _budget }) => {
+                        if let Flow::Lost = self.deliver(&mut d, records, millis_behind_latest, &mut control).await {
+                            return self.finish_lost(&mut d, true).await;
+                        }
+                        if let Flow::Lost = self.flush(&mut d, false).await {
+                            return self.finish_lost(&mut d, true).await;
+                        }
+                    }
+                    Some(Item::End { children }) => return self.finish_end(&mut d, children, &mut control).await,
+                    None => return self.finish_lost(&mut d, true).await,
+                },
+                _ = tick.tick() => {
+                    if let Flow::Lost = self.flush(&mut d, false).await {
+                        return self.finish_lost(&mut d, true).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for `delay` unless a control message comes first (kept for later; `Lost` ends
+    /// the wait at once). Returns false when the lease is lost.
+    async fn pause(
+        &self,
+        d: &mut Delivery,
+        delay: Duration,
+        control: &mut mpsc::Receiver<Control>,
+    ) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return self.lease.is_valid(),
+                c = control.recv(), if d.deferred.is_none() => {
+                    let c = c.unwrap_or(Control::Lost);
+                    let lost = matches!(c, Control::Lost);
+                    d.deferred = Some(c);
+                    if lost {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Calls `Initialize` until it succeeds. False when the lease went away meanwhile.
+    async fn initialize(&self, d: &mut Delivery, control: &mut mpsc::Receiver<Control>) -> bool {
+        let req = v1::InitializeRequest {
+            shard_id: d.shard.clone(),
+            starting_position: Some(starting_position(&self.lease.checkpoint)),
+            stream: self.config.stream.to_string(),
+            application: self.config.application.clone(),
+            worker_id: self.config.worker_id.clone(),
+        };
+        let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
+        loop {
+            if !self.lease.is_valid() || d.deferred.is_some() {
+                return false;
+            }
+            match self.app.initialize(req.clone()).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(shard = %d.shard, error = %e.message(), code = ?e.code(), attempt = backoff.failures(), retry_in = ?delay, "app Initialize failed");
+                    if !self.pause(d, delay, control).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Delivers one batch, a call at a time, each retried until the app acknowledges it (or
+    /// `max_attempts` is reached and it is skipped).
+    async fn deliver(
+        &self,
+        d: &mut Delivery,
+        records: Vec<UserRecord>,
+        millis_behind_latest: i64,
+        control: &mut mpsc::Receiver<Control>,
+    ) -> Flow {
+        for chunk in chunks(records, self.config.max_call_bytes) {
+            let Some(last) = chunk.last() else {
+                continue;
+            };
+            let last = match SequenceNumber::parse(&last.sequence_number) {
+                Ok(sequence) => Position {
+                    sequence,
+                    sub_sequence: last.sub_sequence_number,
+                },
+                Err(e) => {
+                    // Kinesis never sends this; nothing to checkpoint against if it did.
+                    tracing::error!(shard = %d.shard, error = %e, "record with a malformed sequence number");
+                    return Flow::Lost;
+                }
+            };
+            let count = chunk.len() as u64;
+            let bytes: u64 = chunk.iter().map(|r| r.data.len() as u64).sum();
+            let mut req = v1::ProcessRecordsRequest {
+                shard_id: d.shard.clone(),
+                records: chunk.into_iter().map(to_proto).collect(),
+                millis_behind_latest,
+                attempt: 0,
+            };
+            let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
+            let answer = loop {
+                if !self.lease.is_valid() {
+                    return Flow::Lost;
+                }
+                req.attempt = backoff.failures() + 1;
+                let call = self.app.process_records(req.clone());
+                tokio::pin!(call);
+                let res = loop {
+                    tokio::select! {
+                        r = &mut call => break r,
+                        c = control.recv(), if d.deferred.is_none() => {
+                            match c.unwrap_or(Control::Lost) {
+                                // Cancels the call: the new owner gets these records again.
+                                Control::Lost => { d.deferred = Some(Control::Lost); return Flow::Lost; }
+                                // Finish the batch in flight first.
+                                c @ Control::Shutdown { .. } => d.deferred = Some(c),
+                            }
+                        }
+                    }
+                };
+                match res {
+                    Ok(resp) => break Some(resp),
+                    Err(e) => {
+                        self.metrics.batch_retries.inc();
+                        let attempts = backoff.failures() + 1;
+                        if self.config.max_attempts.is_some_and(|m| attempts >= m) {
+                            self.metrics.batches_skipped.inc();
+                            tracing::error!(shard = %d.shard, error = %e.message(), code = ?e.code(), attempts, records = count, first = %req.records.first().map(|r| r.sequence_number.as_str()).unwrap_or(""), last = %last, "batch skipped after max attempts");
+                            break None;
+                        }
+                        let delay = backoff.next_delay();
+                        tracing::warn!(shard = %d.shard, error = %e.message(), code = ?e.code(), attempt = attempts, retry_in = ?delay, "app ProcessRecords failed; retrying the same batch");
+                        if d.deferred.is_some() {
+                            // Shutting down: the next owner retries this batch.
+                            return Flow::Continue;
+                        }
+                        if !self.pause(d, delay, control).await {
+                            return Flow::Lost;
+                        }
+                    }
+                }
+            };
+            d.delivered = Some(last);
+            self.metrics.records_delivered.inc_by(count);
+            self.metrics.bytes_delivered.inc_by(bytes);
+            self.metrics.batches_delivered.inc();
+            let wanted = answer.map_or(Wanted::AllDelivered, |a| wanted_of(a.checkpoint));
+            self.want(d, &wanted);
+            if d.deferred.is_some() {
+                return Flow::Continue;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Records what the app asked to checkpoint (refusing what it may not).
+    fn want(&self, d: &mut Delivery, wanted: &Wanted) {
+        match resolve(&d.shard, wanted, d.delivered.as_ref(), &d.floor()) {
+            Ok(Some(p)) => d.wanted = Some(p),
+            Ok(None) => {}
+            Err(refused) => {
+                self.metrics.checkpoints_refused.inc();
+                tracing::error!(shard = %d.shard, error = %refused, "checkpoint refused");
+            }
+        }
+    }
+
+    /// Writes the wanted checkpoint if the interval has passed (or `now`).
+    async fn flush(&self, d: &mut Delivery, now: bool) -> Flow {
+        let Some(p) = d.wanted.clone() else {
+            return Flow::Continue;
+        };
+        if !now
+            && d.last_write
+                .is_some_and(|t| t.elapsed() < self.config.checkpoint_interval)
+        {
+            return Flow::Continue;
+        }
+        match self.lease.checkpoint(p.checkpoint()).await {
+            Ok(()) => {
+                self.metrics.checkpoints_written.inc();
+                d.committed = p.checkpoint();
+                d.wanted = None;
+                d.last_write = Some(Instant::now());
+                Flow::Continue
+            }
+            Err(LeaseError::LeaseLost { .. }) => Flow::Lost,
+            Err(e) => {
+                self.metrics.checkpoint_errors.inc();
+                tracing::warn!(shard = %d.shard, error = %e, "checkpoint write failed; retrying at the next interval");
+                d.last_write = Some(Instant::now());
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn finish_lost(&self, d: &mut Delivery, initialized: bool) {
+        tracing::info!(shard = %d.shard, "lease lost: processor stopped");
+        if initialized
+            && let Err(e) =
+                tokio::time::timeout(self.config.retry_max, self.app.lease_lost(&d.shard))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(kinesis_processor::tonic::Status::deadline_exceeded(
+                            "LeaseLost timed out",
+                        ))
+                    })
+        {
+            tracing::warn!(shard = %d.shard, error = %e.message(), "app LeaseLost failed");
+        }
+    }
+
+    async fn finish_shutdown(
+        &self,
+        d: &mut Delivery,
+        done: oneshot::Sender<()>,
+        reason: v1::shutdown_requested_request::Reason,
+    ) {
+        let req = v1::ShutdownRequestedRequest {
+            shard_id: d.shard.clone(),
+            reason: reason as i32,
+        };
+        match tokio::time::timeout(
+            self.config.shutdown_call_timeout,
+            self.app.shutdown_requested(req),
+        )
+        .await
+        {
+            Ok(Ok(resp)) => self.want(d, &wanted_of(resp.checkpoint)),
+            Ok(Err(e)) => {
+                tracing::warn!(shard = %d.shard, error = %e.message(), "app ShutdownRequested failed; checkpointing what it acknowledged before")
+            }
+            Err(_) => {
+                tracing::warn!(shard = %d.shard, "app ShutdownRequested timed out; checkpointing what it acknowledged before")
+            }
+        }
+        if let Flow::Lost = self.flush(d, true).await {
+            tracing::warn!(shard = %d.shard, "lease lost before the final checkpoint");
+        }
+        tracing::info!(shard = %d.shard, checkpoint = %d.committed, "processor shut down");
+        let _ = done.send(());
+    }
+
+    async fn finish_end(
+        &self,
+        d: &mut Delivery,
+        children: Vec<String>,
+        control: &mut mpsc::Receiver<Control>,
+    ) {
+        let req = v1::ShardEndedRequest {
+            shard_id: d.shard.clone(),
+            child_shard_ids: children.clone(),
+        };
+        let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
+        loop {
+            if let Some(Control::Shutdown { .. }) = &d.deferred {
+                // Not finished: the next owner reads to the end again (from the checkpoint).
+                if let Some(Control::Shutdown { done, reason }) = d.deferred.take() {
+                    return self.finish_shutdown(d, done, reason).await;
+                }
+            }
+            if !self.lease.is_valid() {
+                return self.finish_lost(d, true).await;
+            }
+            match self.app.shard_ended(req.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(shard = %d.shard, error = %e.message(), retry_in = ?delay, "app ShardEnded failed; retrying");
+                    if !self.pause(d, delay, control).await {
+                        return self.finish_lost(d, true).await;
+                    }
+                }
+            }
+        }
+        let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
+        loop {
+            let res = async {
+                if !children.is_empty() {
+                    self.lease.set_children(&children).await?;
+                }
+                self.lease.checkpoint(Checkpoint::ShardEnd).await
+            }
+            .await;
+            match res {
+                Ok(()) => break,
+                Err(LeaseError::LeaseLost { .. }) => return self.finish_lost(d, false).await,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(shard = %d.shard, error = %e, retry_in = ?delay, "writing SHARD_END failed; retrying");
+                    if !self.pause(d, delay, control).await {
+                        return self.finish_lost(d, false).await;
+                    }
+                }
+            }
+        }
+        self.metrics.checkpoints_written.inc();
+        self.metrics
+            .lease_events
+            .get_or_create(&EventLabels {
+                event: "shard_ended",
+            })
+            .inc();
+        tracing::info!(shard = %d.shard, children = ?children, "shard ended: SHARD_END checkpointed");
+        self.coordinator.shard_ended().await;
+        // A hand-over or shutdown asked meanwhile needs its answer.
+        if let Some(Control::Shutdown { done, .. }) = d.deferred.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64, bytes: usize) -> UserRecord {
+        UserRecord {
+            data: vec![0; bytes],
+            partition_key: "k".into(),
+            explicit_hash_key: None,
+            sequence_number: seq.to_string(),
+            sub_sequence_number: 0,
+            approximate_arrival_ms: None,
+            aggregated: false,
+        }
+    }
+
+    #[test]
+    fn chunks_keep_order_and_the_byte_bound() {
+        let records: Vec<_> = (0..100).map(|i| rec(i, 1000)).collect();
+        let out = chunks(records, 10_000);
+        assert!(out.len() > 1);
+        let flat: Vec<String> = out
+            .iter()
+            .flatten()
+            .map(|r| r.sequence_number.clone())
+            .collect();
+        let want: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        assert_eq!(flat, want);
+        for c in &out {
+            let size: usize = c.iter().map(|r| r.data.len() + 65).sum();
+            assert!(size <= 10_000, "{size}");
+        }
+        // A record larger than the bound travels alone.
+        let out = chunks(vec![rec(1, 50_000), rec(2, 10)], 10_000);
+        assert_eq!(out.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1]);
+        assert!(chunks(Vec::new(), 10).is_empty());
+    }
+}
