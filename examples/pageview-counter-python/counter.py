@@ -47,6 +47,8 @@ class ShardCounts:
     def __init__(self):
         self.counts = {}
         self.last = None  # (sequence_number, sub_sequence_number) of the last record counted
+        self.written = None  # the last record whose count is written
+        self.reported = None  # the last position handed to the worker as a checkpoint
         self.last_flush = None
         self.malformed = 0
         self.lock = threading.Lock()
@@ -78,7 +80,21 @@ def make_counter(pb, pb_grpc, dynamodb, table, flush_interval):
             if s.counts:
                 log.info("shard %s: counts of %d clients written", shard_id, len(s.counts))
             s.counts = {}
+            s.written = s.last
             s.last_flush = time.monotonic()
+
+        def flush_due(self):
+            """Writes the counts of every shard whose interval has passed (the timer)."""
+            with self.shards_lock:
+                shards = list(self.shards.items())
+            for shard_id, s in shards:
+                with s.lock:
+                    due = s.last_flush is None or time.monotonic() - s.last_flush >= flush_interval
+                    if due and s.counts:
+                        try:
+                            self.flush(shard_id, s)
+                        except Exception as e:  # retried at the next round
+                            log.warning("shard %s: writing counts failed: %s", shard_id, e)
 
         def Initialize(self, request, context):
             log.info("counting shard %s", request.shard_id)
@@ -100,14 +116,17 @@ def make_counter(pb, pb_grpc, dynamodb, table, flush_interval):
                     last = request.records[-1]
                     s.last = (last.sequence_number, last.sub_sequence_number)
                 due = s.last_flush is None or time.monotonic() - s.last_flush >= flush_interval
-                if not due or s.last is None:
+                if due:
+                    try:
+                        self.flush(request.shard_id, s)
+                    except Exception as e:  # retried later; nothing new checkpointed
+                        log.warning("shard %s: writing counts failed: %s", request.shard_id, e)
+                # Checkpoint up to the last record whose count is written (here or by the timer).
+                if s.written is None or s.written == s.reported:
                     return pb.ProcessRecordsResponse()
-                try:
-                    self.flush(request.shard_id, s)
-                except Exception as e:  # retried at the next batch; nothing checkpointed
-                    log.warning("shard %s: writing counts failed: %s", request.shard_id, e)
-                    return pb.ProcessRecordsResponse()
-                up_to = pb.RecordPosition(sequence_number=s.last[0], sub_sequence_number=s.last[1])
+                s.reported = s.written
+                up_to = pb.RecordPosition(sequence_number=s.written[0],
+                                          sub_sequence_number=s.written[1])
                 return pb.ProcessRecordsResponse(checkpoint=pb.Checkpoint(up_to=up_to))
 
         def LeaseLost(self, request, context):
@@ -185,8 +204,8 @@ def main():
             os.remove(path)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32),
                          options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
-    pb_grpc.add_RecordProcessorServicer_to_server(
-        make_counter(pb, pb_grpc, dynamodb, table, flush_interval), server)
+    counter = make_counter(pb, pb_grpc, dynamodb, table, flush_interval)
+    pb_grpc.add_RecordProcessorServicer_to_server(counter, server)
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -200,7 +219,10 @@ def main():
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
+    # Counts reach the table on time even when a shard goes quiet; the checkpoint follows
+    # with the shard's next batch (or its hand-over).
+    while not stop.wait(max(flush_interval, 0.1)):
+        counter.flush_due()
     server.stop(grace=5).wait()
 
 

@@ -9,11 +9,26 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::fleet::SCAN_MS;
 use crate::process::{Proc, binary};
 use crate::{TestEnv, unique_name, wait_for};
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+/// Worker settings that keep tests short.
+const TEST_TIMINGS: &[&str] = &[
+    "--failover-time-ms",
+    "3000",
+    "--scan-interval-ms",
+    "250",
+    "--handoff-timeout-ms",
+    "2000",
+    "--shard-sync-interval-ms",
+    "500",
+    "--idle-time-ms",
+    "100",
+    "--checkpoint-interval-ms",
+    "1000",
+];
 
 /// One record as a test app received it.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +70,9 @@ pub struct Pipeline {
     pub app: String,
     /// Sockets, outputs and logs.
     pub dir: PathBuf,
+    /// Start workers with short test timings (failover 3 s, idle 100 ms, checkpoint 1 s);
+    /// false: the worker's production defaults (benchmarks).
+    pub test_timings: bool,
 }
 
 /// A running worker and its admin address.
@@ -98,6 +116,7 @@ impl Pipeline {
             app: unique_name("app"),
             stream,
             dir,
+            test_timings: true,
         })
     }
 
@@ -106,13 +125,24 @@ impl Pipeline {
     /// # Errors
     /// It could not be built or started, or did not create its socket in time.
     pub async fn app(&self, name: &str, extra: &[&str]) -> Result<App> {
+        self.app_with(name, true, extra).await
+    }
+
+    /// Starts a test app that writes what it receives (`record`) or acknowledges and drops
+    /// every batch (a do-nothing app, for benchmarks).
+    ///
+    /// # Errors
+    /// As [`Pipeline::app`].
+    pub async fn app_with(&self, name: &str, record: bool, extra: &[&str]) -> Result<App> {
         let socket = self.dir.join(format!("{name}.sock"));
         let address = format!("unix://{}", socket.display());
         let out = self.dir.join(format!("{name}.jsonl"));
         let mut cmd = Command::new(binary("record-app")?);
-        cmd.args(["--address", &address, "--out"])
-            .arg(&out)
-            .args(extra);
+        cmd.args(["--address", &address]);
+        if record {
+            cmd.arg("--out").arg(&out);
+        }
+        cmd.args(extra);
         let _ = std::fs::remove_file(&socket);
         let proc = Proc::spawn(cmd, self.dir.join(format!("{name}.log")))?;
         wait_for(
@@ -149,7 +179,12 @@ impl Pipeline {
         for (k, v) in self.env.worker_env() {
             cmd.env(k, v);
         }
-        cmd.env("LOG_LEVEL", "info,kinesis_worker=debug").args([
+        let level = if self.test_timings {
+            "info,kinesis_worker=debug"
+        } else {
+            "info"
+        };
+        cmd.env("LOG_LEVEL", level).args([
             "run",
             "--application",
             application,
@@ -161,19 +196,10 @@ impl Pipeline {
             app_address,
             "--admin-address",
             &admin,
-            "--failover-time-ms",
-            "3000",
-            "--scan-interval-ms",
-            &SCAN_MS.to_string(),
-            "--handoff-timeout-ms",
-            "2000",
-            "--shard-sync-interval-ms",
-            "500",
-            "--idle-time-ms",
-            "100",
-            "--checkpoint-interval-ms",
-            "1000",
         ]);
+        if self.test_timings {
+            cmd.args(TEST_TIMINGS);
+        }
         cmd.args(extra);
         let proc = Proc::spawn(cmd, self.dir.join(format!("worker-{application}-{id}.log")))?;
         Ok(Worker { proc, admin })

@@ -11,10 +11,18 @@ fn workspace_root() -> PathBuf {
     tests.parent().map(Path::to_path_buf).unwrap_or(tests)
 }
 
+/// Is this process a release build (a benchmark run with `--release`)? Then the binaries it
+/// starts are release builds too.
+fn release() -> bool {
+    std::env::current_exe()
+        .ok()
+        .is_some_and(|p| p.components().any(|c| c.as_os_str() == "release"))
+}
+
 /// The path of a workspace binary, built (once per test process) with the same cargo that
 /// runs the tests, so a test never runs a stale binary. It builds every binary of the
 /// workspace: building one package alone resolves features differently and would rebuild
-/// shared dependencies twice.
+/// shared dependencies twice. A release-built caller gets release binaries.
 ///
 /// # Errors
 /// The build failed.
@@ -34,11 +42,12 @@ pub fn binary(bin: &str) -> Result<PathBuf, String> {
                     cmd.env_remove(&*k);
                 }
             }
-            let status = cmd
-                .current_dir(&root)
-                .args(["build", "--quiet", "--workspace", "--bins"])
-                .status()
-                .map_err(|e| format!("cargo build: {e}"))?;
+            cmd.current_dir(&root)
+                .args(["build", "--quiet", "--workspace", "--bins"]);
+            if release() {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().map_err(|e| format!("cargo build: {e}"))?;
             if status.success() {
                 Ok(())
             } else {
@@ -49,7 +58,8 @@ pub fn binary(bin: &str) -> Result<PathBuf, String> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    Ok(target.join("debug").join(bin))
+    let profile = if release() { "release" } else { "debug" };
+    Ok(target.join(profile).join(bin))
 }
 
 /// A running child process; killed (SIGKILL) when dropped, so no test leaves one behind.

@@ -45,11 +45,43 @@ struct ShardCounts {
     counts: HashMap<String, u64>,
     /// The last record counted.
     last: Option<v1::RecordPosition>,
+    /// The last record whose count is written (may be checkpointed).
+    written: Option<v1::RecordPosition>,
+    /// The last position handed to the worker as a checkpoint.
+    reported: Option<v1::RecordPosition>,
     last_flush: Option<Instant>,
     malformed: u64,
 }
 
+impl ShardCounts {
+    /// A checkpoint up to what was written, if not asked for yet.
+    fn checkpoint(&mut self) -> Option<v1::Checkpoint> {
+        if self.written == self.reported {
+            return None;
+        }
+        self.reported = self.written.clone();
+        self.written.clone().map(|p| v1::Checkpoint {
+            target: Some(v1::checkpoint::Target::UpTo(p)),
+        })
+    }
+}
+
+/// The processor served to the worker; a background task shares its state to write counts
+/// on time even when no more records come.
+#[derive(Clone)]
 struct Counter {
+    inner: Arc<Inner>,
+}
+
+impl std::ops::Deref for Counter {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+struct Inner {
     dynamodb: aws_sdk_dynamodb::Client,
     table: String,
     flush_interval: Duration,
@@ -67,7 +99,7 @@ fn all_delivered() -> Option<v1::Checkpoint> {
     })
 }
 
-impl Counter {
+impl Inner {
     fn shard(&self, id: &str) -> Arc<Mutex<ShardCounts>> {
         let mut map = match self.shards.lock() {
             Ok(m) => m,
@@ -110,8 +142,27 @@ impl Counter {
             );
         }
         s.counts.clear();
+        s.written = s.last.clone();
         s.last_flush = Some(Instant::now());
         Ok(())
+    }
+
+    /// Writes the counts of every shard whose interval has passed (errors are retried at the
+    /// next round; they were logged by `flush`).
+    async fn flush_due(&self) {
+        let shards: Vec<(String, Arc<Mutex<ShardCounts>>)> = match self.shards.lock() {
+            Ok(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            Err(_) => return,
+        };
+        for (id, shard) in shards {
+            let mut s = shard.lock().await;
+            let due = s
+                .last_flush
+                .is_none_or(|t| t.elapsed() >= self.flush_interval);
+            if due && !s.counts.is_empty() {
+                let _ = self.flush(&id, &mut s).await;
+            }
+        }
     }
 }
 
@@ -153,13 +204,12 @@ impl v1::record_processor_server::RecordProcessor for Counter {
         let due = s
             .last_flush
             .is_none_or(|t| t.elapsed() >= self.flush_interval);
-        let mut checkpoint = None;
-        if due && self.flush(&r.shard_id, &mut s).await.is_ok() {
-            // Everything counted so far is written: checkpoint up to the last record.
-            checkpoint = s.last.clone().map(|p| v1::Checkpoint {
-                target: Some(v1::checkpoint::Target::UpTo(p)),
-            });
+        if due {
+            // A failed write is retried later; nothing new is checkpointed meanwhile.
+            let _ = self.flush(&r.shard_id, &mut s).await;
         }
+        // Checkpoint up to the last record whose count is written (here or by the timer).
+        let checkpoint = s.checkpoint();
         Ok(Response::new(v1::ProcessRecordsResponse { checkpoint }))
     }
 
@@ -268,11 +318,23 @@ async fn main() -> anyhow::Result<()> {
     let dynamodb = aws_sdk_dynamodb::Client::from_conf(conf.build());
     ensure_table(&dynamodb, &args.table).await?;
     let counter = Counter {
-        dynamodb,
-        table: args.table.clone(),
-        flush_interval: Duration::from_millis(args.flush_interval_ms),
-        shards: std::sync::Mutex::new(HashMap::new()),
+        inner: Arc::new(Inner {
+            dynamodb,
+            table: args.table.clone(),
+            flush_interval: Duration::from_millis(args.flush_interval_ms),
+            shards: std::sync::Mutex::new(HashMap::new()),
+        }),
     };
+    // Counts reach the table on time even when a shard goes quiet; the checkpoint follows
+    // with the shard's next batch (or its hand-over).
+    let timer = counter.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(timer.flush_interval.max(Duration::from_millis(100)));
+        loop {
+            tick.tick().await;
+            timer.flush_due().await;
+        }
+    });
     tracing::info!(%address, table = %args.table, "pageview-counter serving");
     let shutdown = async {
         use tokio::signal::unix::{SignalKind, signal};

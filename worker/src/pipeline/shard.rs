@@ -84,7 +84,7 @@ impl Delivery {
 
 fn to_proto(r: UserRecord) -> v1::Record {
     v1::Record {
-        data: r.data,
+        data: r.data.into(),
         partition_key: r.partition_key,
         sequence_number: r.sequence_number,
         sub_sequence_number: r.sub_sequence_number,

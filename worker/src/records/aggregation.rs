@@ -119,8 +119,15 @@ pub fn hash_key_of(partition_key: &str) -> u128 {
     u128::from_be_bytes(digest.into())
 }
 
-fn passthrough(record: KinesisRecord) -> Vec<UserRecord> {
-    vec![UserRecord {
+/// Does `data` start with the KPL magic (and so needs [`deaggregate`])? A record that does
+/// not is delivered as it is ([`plain`]).
+pub fn looks_aggregated(data: &[u8]) -> bool {
+    data.len() >= MAGIC.len() + MD5_LEN && data[..MAGIC.len()] == MAGIC
+}
+
+/// A record that is not aggregated, as the app receives it.
+pub fn plain(record: KinesisRecord) -> UserRecord {
+    UserRecord {
         data: record.data,
         partition_key: record.partition_key,
         explicit_hash_key: None,
@@ -128,12 +135,16 @@ fn passthrough(record: KinesisRecord) -> Vec<UserRecord> {
         sub_sequence_number: 0,
         approximate_arrival_ms: record.approximate_arrival_ms,
         aggregated: false,
-    }]
+    }
+}
+
+fn passthrough(record: KinesisRecord) -> Vec<UserRecord> {
+    vec![plain(record)]
 }
 
 /// Parses an intact aggregated record, or `None`.
 fn parse(data: &[u8]) -> Option<AggregatedRecord> {
-    if data.len() < MAGIC.len() + MD5_LEN || data[..MAGIC.len()] != MAGIC {
+    if !looks_aggregated(data) {
         return None;
     }
     let (body, digest) = data[MAGIC.len()..].split_at(data.len() - MAGIC.len() - MD5_LEN);

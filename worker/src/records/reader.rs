@@ -267,7 +267,7 @@ impl ShardReader {
                 .limit(self.config.max_records.clamp(1, MAX_RECORDS_LIMIT))
                 .send()
                 .await;
-            let out = match res {
+            let mut out = match res {
                 Ok(out) => out,
                 Err(e) => {
                     let se = e.as_service_error();
@@ -293,20 +293,29 @@ impl ShardReader {
             };
             self.backoff.reset();
             let resume = self.resume_at();
-            let mut records = Vec::new();
-            for r in out.records() {
+            if let Some(last) = out.records.last() {
+                self.position = Position::After(last.sequence_number.clone());
+            }
+            let raw_records = std::mem::take(&mut out.records);
+            let mut records = Vec::with_capacity(raw_records.len());
+            for r in raw_records {
+                // Moved, not copied: the data is the bulk of the worker's memory traffic.
                 let raw = KinesisRecord {
-                    data: r.data().as_ref().to_vec(),
-                    partition_key: r.partition_key().unwrap_or_default().to_string(),
-                    sequence_number: r.sequence_number().to_string(),
+                    data: r.data.into_inner(),
+                    partition_key: r.partition_key.unwrap_or_default(),
+                    sequence_number: r.sequence_number,
                     approximate_arrival_ms: r
-                        .approximate_arrival_timestamp()
+                        .approximate_arrival_timestamp
                         .and_then(|t| t.to_millis().ok()),
                 };
                 let after = resume
                     .as_ref()
                     .filter(|(seq, _)| *seq == raw.sequence_number)
                     .map(|(_, sub)| *sub);
+                if after.is_none() && !super::aggregation::looks_aggregated(&raw.data) {
+                    records.push(super::aggregation::plain(raw));
+                    continue;
+                }
                 let users = deaggregate(raw, self.hash_range, after);
                 // The checkpointed record itself, when it is a plain one, is done.
                 records.extend(
@@ -315,10 +324,7 @@ impl ShardReader {
                         .filter(|u| after.is_none() || u.aggregated),
                 );
             }
-            if let Some(last) = out.records().last() {
-                self.position = Position::After(last.sequence_number().to_string());
-            }
-            self.iterator = out.next_shard_iterator().map(String::from);
+            self.iterator = out.next_shard_iterator.take();
             if self.iterator.is_none() {
                 self.ended = true;
                 self.children = out

@@ -24,9 +24,56 @@ struct Args {
     /// Pageviews per second (0: as fast as possible).
     #[arg(long, default_value_t = 100)]
     rate: u64,
+    /// Create the stream with this many shards if it does not exist (and wait until ACTIVE).
+    #[arg(long)]
+    create_shards: Option<i32>,
     /// Kinesis endpoint override (local servers).
     #[arg(long, env = "KINESIS_ENDPOINT")]
     kinesis_endpoint: Option<String>,
+}
+
+/// Creates `stream` unless it exists, and waits until it is ACTIVE.
+async fn create_stream(
+    kinesis: &aws_sdk_kinesis::Client,
+    stream: &str,
+    shards: i32,
+) -> anyhow::Result<()> {
+    let exists = kinesis
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
+        .await
+        .is_ok();
+    if !exists {
+        kinesis
+            .create_stream()
+            .stream_name(stream)
+            .shard_count(shards)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "creating stream `{stream}`: {}",
+                    aws_sdk_kinesis::error::DisplayErrorContext(e)
+                )
+            })?;
+        eprintln!("created stream {stream} with {shards} shards");
+    }
+    for _ in 0..600 {
+        let active = kinesis
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await
+            .ok()
+            .and_then(|o| o.stream_description_summary)
+            .is_some_and(|s| s.stream_status == aws_sdk_kinesis::types::StreamStatus::Active);
+        if active {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("stream `{stream}` is not ACTIVE after 60 s")
 }
 
 const PAGES: [&str; 5] = ["/", "/pricing", "/docs", "/blog", "/signup"];
@@ -40,6 +87,9 @@ async fn main() -> anyhow::Result<()> {
         conf = conf.endpoint_url(url);
     }
     let kinesis = aws_sdk_kinesis::Client::from_conf(conf.build());
+    if let Some(shards) = args.create_shards {
+        create_stream(&kinesis, &args.stream, shards).await?;
+    }
     let clients = args.clients.max(1);
     let mut per_client: BTreeMap<String, u64> = BTreeMap::new();
     let batch = 100u64;
