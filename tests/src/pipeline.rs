@@ -267,6 +267,8 @@ impl Pipeline {
             .await
             .delete_stream()
             .stream_name(&self.stream)
+            // Fan-out tests register consumers.
+            .enforce_consumer_deletion(true)
             .send()
             .await?;
         let _ = self

@@ -453,3 +453,68 @@ async fn throttling_and_server_errors_lose_nothing_and_crash_nothing() -> Result
     );
     p.cleanup().await
 }
+
+#[tokio::test]
+async fn enhanced_fan_out_delivers_every_record_and_follows_a_split() -> Result<()> {
+    let p = Pipeline::new(2).await?;
+    let app = p.app("a", &[]).await?;
+    let w = p.worker("w", &app.address, &["--consumer-mode", "enhanced-fan-out"])?;
+    until_owned(&p, "w owns both shards", |o| {
+        o.len() == 2 && o.iter().all(|w| w == "w")
+    })
+    .await?;
+    let keys = 8;
+    p.put_sequence(keys, 0, 10).await?;
+    until_received(&[app.out.as_path()], keys * 10).await?;
+    let middle = middle_of(&p, "shardId-000000000000").await?;
+    let kinesis = p.env.kinesis().await;
+    kinesis
+        .split_shard()
+        .stream_name(&p.stream)
+        .shard_to_split("shardId-000000000000")
+        .new_starting_hash_key(middle)
+        .send()
+        .await?;
+    p.env.wait_stream_active(&p.stream).await?;
+    p.put_sequence(keys, 10, 10).await?;
+    let got = until_received(&[app.out.as_path()], keys * 20).await?;
+    check_sequence(&got, keys, 20)?;
+    let shards: std::collections::BTreeSet<&str> = got.iter().map(|r| r.shard.as_str()).collect();
+    assert!(
+        shards.contains("shardId-000000000002") || shards.contains("shardId-000000000003"),
+        "records from the split's children: {shards:?}"
+    );
+    let lines = app.proc.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("shard-ended shardId-000000000000")),
+        "{lines:?}"
+    );
+    let (_, page) = http_get(&w.admin, "/metrics").await?;
+    assert!(page.contains(r#"api="SubscribeToShard""#), "{page}");
+    assert!(!page.contains(r#"api="GetRecords""#), "no polling: {page}");
+    let consumers = kinesis
+        .list_stream_consumers()
+        .stream_arn(
+            kinesis
+                .describe_stream_summary()
+                .stream_name(&p.stream)
+                .send()
+                .await?
+                .stream_description_summary
+                .ok_or("no summary")?
+                .stream_arn,
+        )
+        .send()
+        .await?;
+    assert!(
+        consumers
+            .consumers()
+            .iter()
+            .any(|c| c.consumer_name() == p.app),
+        "consumer registered under the application name"
+    );
+    drop(w);
+    p.cleanup().await
+}

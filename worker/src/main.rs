@@ -58,6 +58,15 @@ enum Command {
     Leases(LeaseArgs),
 }
 
+/// How records are read.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum ConsumerMode {
+    /// GetRecords in a loop (shares the shard's 2 MB/s with other consumers).
+    Polling,
+    /// SubscribeToShard through a registered stream consumer (2 MB/s per shard of its own).
+    EnhancedFanOut,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 #[value(rename_all = "lowercase")]
@@ -76,6 +85,13 @@ struct RunArgs {
     /// Admin HTTP address (/metrics, /healthz, /readyz, /drain).
     #[arg(long, env = "ADMIN_ADDRESS", default_value = "0.0.0.0:8080")]
     admin_address: std::net::SocketAddr,
+    /// Polling (GetRecords) or enhanced-fan-out (SubscribeToShard; needs
+    /// kinesis:RegisterStreamConsumer, DescribeStreamConsumer, SubscribeToShard).
+    #[arg(long, env = "CONSUMER_MODE", value_enum, default_value_t = ConsumerMode::Polling)]
+    consumer_mode: ConsumerMode,
+    /// Name of the fan-out consumer (default: the application name).
+    #[arg(long, env = "CONSUMER_NAME")]
+    consumer_name: Option<String>,
     /// Records per GetRecords call (1-10000).
     #[arg(long, env = "MAX_RECORDS", default_value_t = 10_000, value_parser = clap::value_parser!(i32).range(1..=10_000))]
     max_records: i32,
@@ -299,6 +315,17 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
     pipeline_config.max_attempts = (args.max_attempts > 0).then_some(args.max_attempts);
     pipeline_config.max_buffered_kib = args.max_buffered_mib.saturating_mul(1024);
     pipeline_config.shutdown_call_timeout = config.handoff_timeout / 2;
+    if args.consumer_mode == ConsumerMode::EnhancedFanOut {
+        let name = args
+            .consumer_name
+            .clone()
+            .unwrap_or_else(|| lease_args.application.clone());
+        let arn = kinesis_worker::records::fanout::register_consumer(&kinesis, &stream, &name)
+            .await
+            .with_context(|| format!("registering the fan-out consumer `{name}`"))?;
+        tracing::info!(consumer = %arn, "reading by enhanced fan-out");
+        pipeline_config.fan_out_consumer = Some(arn);
+    }
 
     tracing::info!(worker = %worker_id, table = %lease_args.application, stream = %stream, app = %app_address, "worker starting");
     let (events_tx, events) = mpsc::channel(1024);

@@ -46,6 +46,8 @@ pub struct PipelineConfig {
     pub worker_id: String,
     /// GetRecords settings.
     pub reader: ReaderConfig,
+    /// Read by enhanced fan-out through this registered consumer (its ARN); `None`: poll.
+    pub fan_out_consumer: Option<String>,
     /// Sleep between reads when a shard is at its tip.
     pub idle_time: Duration,
     /// The least time between two GetRecords calls on one shard (Kinesis allows 5 per second).
@@ -79,6 +81,7 @@ impl PipelineConfig {
             application: application.into(),
             worker_id: worker_id.into(),
             reader: ReaderConfig::default(),
+            fan_out_consumer: None,
             idle_time: Duration::from_millis(250),
             min_read_interval: Duration::from_millis(200),
             checkpoint_interval: Duration::from_secs(5),

@@ -16,7 +16,9 @@ use crate::lease::checkpoint::{Checkpoint, SequenceNumber};
 use crate::lease::coordinator::{CoordinatorHandle, ShardLease};
 use crate::lease::table::LeaseError;
 use crate::metrics::{EventLabels, Metrics, ShardLabels};
+use crate::records::ShardSource;
 use crate::records::aggregation::UserRecord;
+use crate::records::fanout::FanOutReader;
 use crate::records::reader::{Batch, ShardReader};
 
 /// What the dispatcher tells a shard task.
@@ -145,7 +147,7 @@ fn chunks(records: Vec<UserRecord>, max_bytes: usize) -> Vec<Vec<UserRecord>> {
 /// Reads the shard ahead of delivery: one batch waits in the channel, the next is read
 /// meanwhile; the worker-wide byte budget bounds what all shards hold.
 async fn read_ahead(
-    mut reader: ShardReader,
+    mut reader: ShardSource,
     tx: mpsc::Sender<Item>,
     config: Arc<PipelineConfig>,
     metrics: Arc<Metrics>,
@@ -161,8 +163,10 @@ async fn read_ahead(
     let mut errors = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let mut last_call: Option<Instant> = None;
     loop {
-        // Kinesis allows 5 GetRecords calls per second per shard.
-        if let Some(t) = last_call {
+        // Kinesis allows 5 GetRecords calls per second per shard (fan-out pushes).
+        if let Some(t) = last_call
+            && !reader.pushes()
+        {
             tokio::time::sleep_until(t + config.min_read_interval).await;
         }
         last_call = Some(Instant::now());
@@ -175,7 +179,7 @@ async fn read_ahead(
                 let behind = millis_behind_latest.unwrap_or(0);
                 gauge.set(behind);
                 if records.is_empty() {
-                    if behind == 0 {
+                    if behind == 0 && !reader.pushes() {
                         tokio::time::sleep(config.idle_time).await;
                     }
                     continue;
@@ -215,17 +219,30 @@ impl ShardTask {
     /// Runs until the lease is lost, handed over, released or the shard ended.
     pub(crate) async fn run(self, mut control: mpsc::Receiver<Control>) {
         let shard = self.lease.shard_id.clone();
-        let reader = ShardReader::new(
-            self.kinesis.clone(),
-            self.config.stream.clone(),
-            shard.clone(),
-            self.lease.checkpoint.clone(),
-            self.lease
-                .hash_range
-                .as_ref()
-                .and_then(|(s, e)| crate::records::aggregation::HashRange::parse(s, e)),
-            self.config.reader.clone(),
-        );
+        let hash_range = self
+            .lease
+            .hash_range
+            .as_ref()
+            .and_then(|(s, e)| crate::records::aggregation::HashRange::parse(s, e));
+        let reader = match &self.config.fan_out_consumer {
+            None => ShardSource::Polling(Box::new(ShardReader::new(
+                self.kinesis.clone(),
+                self.config.stream.clone(),
+                shard.clone(),
+                self.lease.checkpoint.clone(),
+                hash_range,
+                self.config.reader.clone(),
+            ))),
+            Some(consumer_arn) => ShardSource::FanOut(Box::new(FanOutReader::new(
+                self.kinesis.clone(),
+                self.config.stream.clone(),
+                consumer_arn.clone(),
+                shard.clone(),
+                self.lease.checkpoint.clone(),
+                hash_range,
+                self.config.reader.clone(),
+            ))),
+        };
         let mut d = Delivery {
             shard: shard.clone(),
             committed: self.lease.checkpoint.clone(),

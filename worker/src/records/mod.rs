@@ -1,5 +1,43 @@
 //! Records as the app sees them: Kinesis records, with KPL-aggregated ones split into their
-//! user records.
+//! user records, read by polling ([`reader`]) or pushed by enhanced fan-out ([`fanout`]).
 
 pub mod aggregation;
+pub mod fanout;
 pub mod reader;
+
+use reader::{Batch, ReadError};
+
+/// A shard's reader, polling or fan-out.
+#[derive(Debug)]
+pub enum ShardSource {
+    /// GetRecords in a loop.
+    Polling(Box<reader::ShardReader>),
+    /// SubscribeToShard.
+    FanOut(Box<fanout::FanOutReader>),
+}
+
+impl ShardSource {
+    /// The shard.
+    pub fn shard_id(&self) -> &str {
+        match self {
+            Self::Polling(r) => r.shard_id(),
+            Self::FanOut(r) => r.shard_id(),
+        }
+    }
+
+    /// Does the stream push records (no polling pace to keep)?
+    pub fn pushes(&self) -> bool {
+        matches!(self, Self::FanOut(_))
+    }
+
+    /// The next batch.
+    ///
+    /// # Errors
+    /// [`ReadError`] for what retrying cannot fix.
+    pub async fn next_batch(&mut self) -> Result<Batch, ReadError> {
+        match self {
+            Self::Polling(r) => r.next_batch().await,
+            Self::FanOut(r) => r.next_batch().await,
+        }
+    }
+}

@@ -101,11 +101,48 @@ pub enum ReadError {
 
 /// Where the next read starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Position {
+pub(crate) enum Position {
     /// The lease's checkpoint (or initial position).
     Start(Checkpoint),
     /// After this Kinesis record, all of whose user records were delivered.
     After(String),
+}
+
+/// The user records of a page of Kinesis records (KPL records split into their sub-records,
+/// sub-records of other shards dropped). `resume` = `(sequence, sub)` of a checkpoint: that
+/// record's user records up to `sub` are skipped.
+pub(crate) fn user_records(
+    raw_records: Vec<aws_sdk_kinesis::types::Record>,
+    resume: Option<&(String, u64)>,
+    hash_range: Option<HashRange>,
+) -> Vec<UserRecord> {
+    let mut records = Vec::with_capacity(raw_records.len());
+    for r in raw_records {
+        // Moved, not copied: the data is the bulk of the worker's memory traffic.
+        let raw = KinesisRecord {
+            data: r.data.into_inner(),
+            partition_key: r.partition_key.unwrap_or_default(),
+            sequence_number: r.sequence_number,
+            approximate_arrival_ms: r
+                .approximate_arrival_timestamp
+                .and_then(|t| t.to_millis().ok()),
+        };
+        let after = resume
+            .filter(|(seq, _)| *seq == raw.sequence_number)
+            .map(|(_, sub)| *sub);
+        if after.is_none() && !super::aggregation::looks_aggregated(&raw.data) {
+            records.push(super::aggregation::plain(raw));
+            continue;
+        }
+        let users = deaggregate(raw, hash_range, after);
+        // The checkpointed record itself, when it is a plain one, is done.
+        records.extend(
+            users
+                .into_iter()
+                .filter(|u| after.is_none() || u.aggregated),
+        );
+    }
+    records
 }
 
 /// Reads one shard.
@@ -296,34 +333,11 @@ impl ShardReader {
             if let Some(last) = out.records.last() {
                 self.position = Position::After(last.sequence_number.clone());
             }
-            let raw_records = std::mem::take(&mut out.records);
-            let mut records = Vec::with_capacity(raw_records.len());
-            for r in raw_records {
-                // Moved, not copied: the data is the bulk of the worker's memory traffic.
-                let raw = KinesisRecord {
-                    data: r.data.into_inner(),
-                    partition_key: r.partition_key.unwrap_or_default(),
-                    sequence_number: r.sequence_number,
-                    approximate_arrival_ms: r
-                        .approximate_arrival_timestamp
-                        .and_then(|t| t.to_millis().ok()),
-                };
-                let after = resume
-                    .as_ref()
-                    .filter(|(seq, _)| *seq == raw.sequence_number)
-                    .map(|(_, sub)| *sub);
-                if after.is_none() && !super::aggregation::looks_aggregated(&raw.data) {
-                    records.push(super::aggregation::plain(raw));
-                    continue;
-                }
-                let users = deaggregate(raw, self.hash_range, after);
-                // The checkpointed record itself, when it is a plain one, is done.
-                records.extend(
-                    users
-                        .into_iter()
-                        .filter(|u| after.is_none() || u.aggregated),
-                );
-            }
+            let records = user_records(
+                std::mem::take(&mut out.records),
+                resume.as_ref(),
+                self.hash_range,
+            );
             self.iterator = out.next_shard_iterator.take();
             if self.iterator.is_none() {
                 self.ended = true;
