@@ -1,5 +1,21 @@
 //! kinesis-operator: reconciles `KinesisApplication` resources into worker Deployments.
 //!
-//! The CRD types and the reconciler arrive with the operator issue; this crate is the
-//! place for them.
+//! The pure decisions live here, each in its own module and tested without a server: the
+//! resource ([`crd`]), its cross-field rules ([`validate`]), how many workers a stream calls
+//! for ([`sizing`]) and how the worker Deployment looks ([`deployment`]). The reconciler that
+//! applies them to a cluster is the next step (see the operator issue).
 #![deny(missing_docs)]
+
+pub mod crd;
+pub mod deployment;
+pub mod sizing;
+pub mod validate;
+
+/// The CRD as YAML, as `crdgen` prints it and `crds/` holds it.
+///
+/// # Errors
+/// Serialization failed (never for these types).
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&crd::KinesisApplication::crd())
+}

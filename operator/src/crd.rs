@@ -1,0 +1,370 @@
+//! The `KinesisApplication` custom resource (`kinesis-operator.io/v1alpha1`): what users
+//! write, and the status the operator reports. Field docs become `kubectl explain` text.
+//!
+//! Kubernetes 1.20 has no CEL (`x-kubernetes-validations`): the schema carries enums,
+//! minimums, patterns and required fields; cross-field rules are checked by
+//! [`crate::validate`] and reported as `Ready=False`, reason `InvalidSpec`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{PodTemplateSpec, ResourceRequirements};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A Kinesis consumer application: the worker Deployment that reads `stream` with the app
+/// containers of `template`, sized to the stream's shard count.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kinesis-operator.io",
+    version = "v1alpha1",
+    kind = "KinesisApplication",
+    plural = "kinesisapplications",
+    shortname = "kapp",
+    namespaced,
+    status = "KinesisApplicationStatus",
+    scale = r#"{"specReplicasPath":".spec.replicas","statusReplicasPath":".status.workers.ready","labelSelectorPath":".status.selector"}"#,
+    printcolumn = r#"{"name":"Stream","type":"string","jsonPath":".status.stream"}"#,
+    printcolumn = r#"{"name":"Shards","type":"integer","jsonPath":".status.shards.open"}"#,
+    printcolumn = r#"{"name":"Workers","type":"string","jsonPath":".status.workers.summary"}"#,
+    printcolumn = r#"{"name":"Lag","type":"string","jsonPath":".status.maxLag"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KinesisApplicationSpec {
+    /// The stream to consume.
+    pub stream: StreamSpec,
+    /// Name of the application: the DynamoDB lease table, and the fan-out consumer name.
+    /// Defaults to metadata.name. Cannot change once set (the leases and checkpoints live
+    /// under it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 255), regex(pattern = r"^[a-zA-Z0-9_.-]+$"))]
+    pub application_name: Option<String>,
+    /// Where shards without a checkpoint start: LATEST, TRIM_HORIZON (default) or
+    /// AT_TIMESTAMP (then initialTimestamp is required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_position: Option<InitialPosition>,
+    /// With initialPosition AT_TIMESTAMP: the time to start at (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
+    ))]
+    pub initial_timestamp: Option<String>,
+    /// Fixed number of workers, set by `kubectl scale` or an autoscaler through the scale
+    /// subresource. Unset: the operator sizes the Deployment to the shard count (scaling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub replicas: Option<i32>,
+    /// How many workers the shard count calls for.
+    #[serde(default)]
+    pub scaling: ScalingSpec,
+    /// How records are read and checkpointed.
+    #[serde(default)]
+    pub consumer: ConsumerSpec,
+    /// The pod template holding the app container(s): image, env, resources, service
+    /// account. The operator adds the worker container, the shared socket volume and the
+    /// preStop drain hook.
+    pub template: PodTemplateSpec,
+    /// How the worker reaches the app's record processor.
+    #[serde(default)]
+    pub processor: ProcessorSpec,
+    /// The injected worker container.
+    #[serde(default)]
+    pub worker: WorkerSpec,
+    /// The DynamoDB lease table.
+    #[serde(default)]
+    pub lease_table: LeaseTableSpec,
+    /// AWS access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsSpec>,
+}
+
+/// The stream: by name (with region) or by ARN.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamSpec {
+    /// Stream name (one of name or arn).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[a-zA-Z0-9_.-]+$"))]
+    pub name: Option<String>,
+    /// Stream ARN, arn:aws:kinesis:REGION:ACCOUNT:stream/NAME (one of name or arn; for
+    /// another account's stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^arn:aws[a-z-]*:kinesis:[a-z0-9-]+:\d{12}:stream/[a-zA-Z0-9_.-]+$"
+    ))]
+    pub arn: Option<String>,
+    /// AWS region of the stream (default: the region in the ARN, else the operator's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z]{2}(-[a-z]+)+-\d$"))]
+    pub region: Option<String>,
+    /// Endpoint override for Kinesis and DynamoDB (local servers, VPC endpoints), e.g.
+    /// http://10.250.0.1:4567. dynamoDbEndpoint overrides DynamoDB's separately.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub endpoint: Option<String>,
+    /// DynamoDB endpoint override (default: endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub dynamo_db_endpoint: Option<String>,
+}
+
+/// Where a shard without a checkpoint starts.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InitialPosition {
+    /// At the newest record.
+    Latest,
+    /// At the oldest record still in the stream.
+    TrimHorizon,
+    /// At initialTimestamp.
+    AtTimestamp,
+}
+
+/// Workers per shard count.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingSpec {
+    /// Open shards per worker (default 1): workers = ceil(open shards / shardsPerWorker).
+    #[serde(default = "one")]
+    #[schemars(range(min = 1))]
+    pub shards_per_worker: i32,
+    /// Fewest workers (default 1).
+    #[serde(default = "one")]
+    #[schemars(range(min = 0))]
+    pub min_workers: i32,
+    /// Most workers (default: no limit but the open shard count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_workers: Option<i32>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+impl Default for ScalingSpec {
+    fn default() -> Self {
+        Self {
+            shards_per_worker: 1,
+            min_workers: 1,
+            max_workers: None,
+        }
+    }
+}
+
+/// How records are read.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ConsumerMode {
+    /// GetRecords in a loop (default).
+    #[default]
+    Polling,
+    /// SubscribeToShard through a registered consumer: 2 MB/s per shard of its own.
+    EnhancedFanOut,
+}
+
+/// Reading and checkpointing.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerSpec {
+    /// Polling (default) or EnhancedFanOut.
+    #[serde(default)]
+    pub mode: ConsumerMode,
+    /// Records per GetRecords call (1-10000, default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_records: Option<i32>,
+    /// Sleep between reads of a shard at its tip, in milliseconds (default 250).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 60000))]
+    pub idle_time_between_reads_ms: Option<i64>,
+    /// A worker silent this long is dead and its shards are taken, in milliseconds
+    /// (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1000, max = 600000))]
+    pub failover_time_ms: Option<i64>,
+    /// At most one checkpoint write per shard per this interval, in milliseconds (default
+    /// 5000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600000))]
+    pub checkpoint_interval_ms: Option<i64>,
+    /// Skip (and log) a batch after this many failed deliveries; unset retries forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_attempts: Option<i32>,
+}
+
+/// How the worker reaches the app.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessorSpec {
+    /// The app listens on a Unix socket at this path in a volume shared with the worker
+    /// (default /var/run/kinesis/processor.sock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/[^\s]+$"))]
+    pub socket: Option<String>,
+    /// The app listens on TCP at 127.0.0.1:port instead of a socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    /// The app container that serves the processor and gets the preStop drain hook
+    /// (default: the first container of the template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+/// The injected worker container.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerSpec {
+    /// Worker image (default: the operator's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Worker resources (default: requests 10m CPU / 32Mi, limit 128Mi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Worker log filter (default info).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9_=,:]+$"))]
+    pub log_level: Option<String>,
+}
+
+/// What happens to the lease table.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep the table (and its checkpoints) when the KinesisApplication is deleted (default).
+    #[default]
+    Retain,
+    /// Delete the table with the KinesisApplication.
+    Delete,
+}
+
+/// The lease table.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseTableSpec {
+    /// Retain (default) or Delete.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// AWS access.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsSpec {
+    /// An IAM role for the pods: the operator creates a ServiceAccount annotated for IRSA
+    /// (eks.amazonaws.com/role-arn) and runs the pods under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$"))]
+    pub role_arn: Option<String>,
+}
+
+/// What the operator observed.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KinesisApplicationStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The stream's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// The application name in use (the lease table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_name: Option<String>,
+    /// Shard counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardCounts>,
+    /// Workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<WorkerCounts>,
+    /// Label selector of the worker pods (for the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Per shard: owner, checkpoint, lag.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shard_status: Vec<ShardStatus>,
+    /// The largest lag of any shard, e.g. "1.2s".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag: Option<String>,
+    /// When the worker count last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    /// Ready, StreamReady, LeaseTableReady, Progressing, Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Shard counts.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardCounts {
+    /// Open shards (receiving records).
+    pub open: i32,
+    /// Closed shards whose records are not all processed yet.
+    pub draining: i32,
+    /// All shards the stream lists.
+    pub total: i32,
+}
+
+/// Worker counts.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerCounts {
+    /// Workers the shard count calls for.
+    pub desired: i32,
+    /// Worker pods ready.
+    pub ready: i32,
+    /// "ready/desired", for kubectl get.
+    pub summary: String,
+}
+
+/// One shard.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardStatus {
+    /// Shard id.
+    pub shard_id: String,
+    /// Worker holding its lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Its checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    /// How far behind the tip its worker last read, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub millis_behind_latest: Option<i64>,
+}
+
+/// A condition, as in Kubernetes' own types.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Ready, StreamReady, LeaseTableReady, Progressing or Degraded.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: String,
+    /// CamelCase reason, e.g. InvalidSpec, StreamNotFound.
+    pub reason: String,
+    /// What happened and what to do.
+    pub message: String,
+    /// When the status last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// The generation it describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Labels the operator puts on what it creates.
+pub fn labels(app: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".into(),
+            "kinesis-operator".into(),
+        ),
+        ("kinesis-operator.io/application".into(), app.into()),
+    ])
+}

@@ -1,0 +1,361 @@
+//! The worker Deployment of a `KinesisApplication`: the template's app containers plus the
+//! injected `kinesis-worker`, a shared socket volume, the app's preStop drain hook, and a
+//! termination grace period that covers the drain. A pure function of the resource.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{ConsumerMode, InitialPosition, KinesisApplication, labels};
+use crate::validate::{SOCKET_VOLUME, WORKER_CONTAINER, application_name, arn_region};
+
+/// The worker's admin port (metrics, probes, drain).
+pub const ADMIN_PORT: i32 = 8080;
+/// Default socket of the record processor.
+pub const DEFAULT_SOCKET: &str = "/var/run/kinesis/processor.sock";
+
+/// What the operator knows beyond the resource.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Default worker image.
+    pub image: String,
+    /// Image pull policy of the worker.
+    pub pull_policy: Option<String>,
+    /// Region when the resource names none (the operator's own).
+    pub default_region: Option<String>,
+    /// The API server supports native sidecars (Kubernetes ≥ 1.29): the worker becomes a
+    /// restartable init container, started before and stopped after the app.
+    pub native_sidecar: bool,
+}
+
+/// The Deployment's name: the resource's.
+pub fn name(app: &KinesisApplication) -> String {
+    app.name_any()
+}
+
+/// The ServiceAccount created for `aws.roleArn`.
+pub fn service_account_name(app: &KinesisApplication) -> String {
+    format!("{}-kinesis", app.name_any())
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn http_get(path: &str) -> HTTPGetAction {
+    HTTPGetAction {
+        path: Some(path.into()),
+        port: IntOrString::Int(ADMIN_PORT),
+        ..Default::default()
+    }
+}
+
+/// The stream's region: spec, ARN, else the operator's.
+pub fn region(app: &KinesisApplication, settings: &WorkerSettings) -> Option<String> {
+    app.spec
+        .stream
+        .region
+        .clone()
+        .or_else(|| {
+            app.spec
+                .stream
+                .arn
+                .as_deref()
+                .and_then(arn_region)
+                .map(String::from)
+        })
+        .or_else(|| settings.default_region.clone())
+}
+
+fn worker_env(
+    app: &KinesisApplication,
+    settings: &WorkerSettings,
+    app_address: &str,
+) -> Vec<EnvVar> {
+    let spec = &app.spec;
+    let stream = spec
+        .stream
+        .arn
+        .clone()
+        .or_else(|| spec.stream.name.clone())
+        .unwrap_or_default();
+    let mut out = vec![
+        env("KINESIS_STREAM", stream),
+        env("KINESIS_APPLICATION", application_name(app)),
+        EnvVar {
+            name: "WORKER_ID".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        env("APP_ADDRESS", app_address),
+        env("ADMIN_ADDRESS", format!("0.0.0.0:{ADMIN_PORT}")),
+        // The operator creates the table: workers need no CreateTable permission.
+        env("CREATE_LEASE_TABLE", "false"),
+        env("LOG_FORMAT", "json"),
+        env(
+            "LOG_LEVEL",
+            spec.worker
+                .log_level
+                .clone()
+                .unwrap_or_else(|| "info".into()),
+        ),
+    ];
+    if let Some(r) = region(app, settings) {
+        out.push(env("AWS_REGION", r));
+    }
+    if let Some(e) = &spec.stream.endpoint {
+        out.push(env("KINESIS_ENDPOINT", e.clone()));
+    }
+    if let Some(e) = spec
+        .stream
+        .dynamo_db_endpoint
+        .as_ref()
+        .or(spec.stream.endpoint.as_ref())
+    {
+        out.push(env("DYNAMODB_ENDPOINT", e.clone()));
+    }
+    if let Some(p) = spec.initial_position {
+        let v = match p {
+            InitialPosition::Latest => "LATEST",
+            InitialPosition::TrimHorizon => "TRIM_HORIZON",
+            InitialPosition::AtTimestamp => "AT_TIMESTAMP",
+        };
+        out.push(env("INITIAL_POSITION", v));
+    }
+    if let Some(t) = &spec.initial_timestamp {
+        out.push(env("INITIAL_TIMESTAMP", t.clone()));
+    }
+    let c = &spec.consumer;
+    if c.mode == ConsumerMode::EnhancedFanOut {
+        out.push(env("CONSUMER_MODE", "enhanced-fan-out"));
+    }
+    for (name, v) in [
+        ("MAX_RECORDS", c.max_records.map(i64::from)),
+        ("IDLE_TIME_MS", c.idle_time_between_reads_ms),
+        ("FAILOVER_TIME_MS", c.failover_time_ms),
+        ("CHECKPOINT_INTERVAL_MS", c.checkpoint_interval_ms),
+        ("MAX_ATTEMPTS", c.max_attempts.map(i64::from)),
+    ] {
+        if let Some(v) = v {
+            out.push(env(name, v.to_string()));
+        }
+    }
+    out
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".into(), Quantity("10m".into())),
+            ("memory".into(), Quantity("32Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".into(),
+            Quantity("128Mi".into()),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// Seconds a pod may take to stop: the worker's drain (hand-over timeout, final
+/// checkpoints) with margin, or the template's own if longer.
+pub fn grace_period(app: &KinesisApplication) -> i64 {
+    let failover_s = app.spec.consumer.failover_time_ms.unwrap_or(10_000) / 1000;
+    let drain = 30 + failover_s;
+    app.spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.termination_grace_period_seconds)
+        .map_or(drain, |t| t.max(drain))
+}
+
+/// The Deployment for `app` with `replicas` workers.
+pub fn deployment(
+    app: &KinesisApplication,
+    replicas: i32,
+    settings: &WorkerSettings,
+) -> Deployment {
+    let spec = &app.spec;
+    let app_name = app.name_any();
+    let selector = labels(&app_name);
+    let (app_address, socket_dir) = match (&spec.processor.port, &spec.processor.socket) {
+        (Some(port), _) => (format!("http://127.0.0.1:{port}"), None),
+        (None, socket) => {
+            let path = socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into());
+            let dir = path
+                .rsplit_once('/')
+                .map(|(d, _)| {
+                    if d.is_empty() {
+                        "/".to_string()
+                    } else {
+                        d.to_string()
+                    }
+                })
+                .unwrap_or_else(|| "/".into());
+            (format!("unix://{path}"), Some(dir))
+        }
+    };
+    let mount = socket_dir.as_ref().map(|dir| VolumeMount {
+        name: SOCKET_VOLUME.into(),
+        mount_path: dir.clone(),
+        ..Default::default()
+    });
+
+    let mut template: PodTemplateSpec = spec.template.clone();
+    let mut meta = template.metadata.take().unwrap_or_default();
+    let mut pod_labels = meta.labels.take().unwrap_or_default();
+    pod_labels.extend(selector.clone());
+    meta.labels = Some(pod_labels);
+    let mut pod: PodSpec = template.spec.take().unwrap_or_default();
+    let processor_container = spec
+        .processor
+        .container
+        .clone()
+        .or_else(|| pod.containers.first().map(|c| c.name.clone()));
+    for c in &mut pod.containers {
+        if Some(&c.name) != processor_container.as_ref() {
+            continue;
+        }
+        if let Some(m) = &mount {
+            c.volume_mounts.get_or_insert_with(Vec::new).push(m.clone());
+        }
+        let env_list = c.env.get_or_insert_with(Vec::new);
+        if !env_list.iter().any(|e| e.name == "APP_ADDRESS") {
+            env_list.push(env("APP_ADDRESS", app_address.clone()));
+        }
+        // The app keeps serving while the worker hands its shards over.
+        let lifecycle = c.lifecycle.get_or_insert_with(Lifecycle::default);
+        if lifecycle.pre_stop.is_none() {
+            lifecycle.pre_stop = Some(LifecycleHandler {
+                http_get: Some(http_get("/drain")),
+                ..Default::default()
+            });
+        }
+    }
+    if socket_dir.is_some() {
+        pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: SOCKET_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        });
+    }
+    let mut worker = Container {
+        name: WORKER_CONTAINER.into(),
+        image: Some(
+            spec.worker
+                .image
+                .clone()
+                .unwrap_or_else(|| settings.image.clone()),
+        ),
+        image_pull_policy: settings.pull_policy.clone(),
+        args: Some(vec!["run".into()]),
+        env: Some(worker_env(app, settings, &app_address)),
+        ports: Some(vec![ContainerPort {
+            name: Some("admin".into()),
+            container_port: ADMIN_PORT,
+            ..Default::default()
+        }]),
+        liveness_probe: Some(Probe {
+            http_get: Some(http_get("/healthz")),
+            period_seconds: Some(10),
+            failure_threshold: Some(3),
+            ..Default::default()
+        }),
+        readiness_probe: Some(Probe {
+            http_get: Some(http_get("/readyz")),
+            period_seconds: Some(5),
+            ..Default::default()
+        }),
+        resources: Some(
+            spec.worker
+                .resources
+                .clone()
+                .unwrap_or_else(default_resources),
+        ),
+        volume_mounts: mount.clone().map(|m| vec![m]),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    if settings.native_sidecar {
+        worker.restart_policy = Some("Always".into());
+        pod.init_containers
+            .get_or_insert_with(Vec::new)
+            .push(worker);
+    } else {
+        pod.containers.push(worker);
+    }
+    pod.termination_grace_period_seconds = Some(grace_period(app));
+    if spec
+        .aws
+        .as_ref()
+        .and_then(|a| a.role_arn.as_ref())
+        .is_some()
+    {
+        pod.service_account_name = Some(service_account_name(app));
+    }
+    template.metadata = Some(meta);
+    template.spec = Some(pod);
+
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some(name(app)),
+            namespace: app.namespace(),
+            labels: Some(selector.clone()),
+            owner_references: app.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            },
+            // One new pod before an old one stops: shards move by hand-over, not failover.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template,
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

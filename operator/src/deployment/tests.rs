@@ -1,0 +1,211 @@
+use serde_json::json;
+
+use super::*;
+
+fn app(spec: serde_json::Value) -> KinesisApplication {
+    let mut obj = json!({
+        "apiVersion": "kinesis-operator.io/v1alpha1",
+        "kind": "KinesisApplication",
+        "metadata": {"name": "counter", "namespace": "shop", "uid": "0000-1111"},
+        "spec": {
+            "stream": {"name": "Pageviews", "region": "us-east-1", "endpoint": "http://10.250.0.1:4567"},
+            "template": {
+                "metadata": {"labels": {"team": "web"}},
+                "spec": {"containers": [{"name": "app", "image": "pageview-counter:dev"}]}
+            }
+        }
+    });
+    if let (Some(base), Some(patch)) = (obj["spec"].as_object_mut(), spec.as_object()) {
+        for (k, v) in patch {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::from_value(obj).unwrap_or_else(|e| panic!("test spec: {e}"))
+}
+
+fn settings(native_sidecar: bool) -> WorkerSettings {
+    WorkerSettings {
+        image: "localhost/kinesis-worker:dev".into(),
+        pull_policy: Some("Never".into()),
+        default_region: Some("eu-west-1".into()),
+        native_sidecar,
+    }
+}
+
+fn pod(d: &Deployment) -> PodSpec {
+    d.spec.template.spec.clone().unwrap_or_default()
+}
+
+fn env_of(c: &Container) -> BTreeMap<String, String> {
+    c.env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect()
+}
+
+#[test]
+fn the_worker_joins_the_app_with_a_shared_socket_and_a_drain_hook() {
+    let d = deployment(&app(json!({})), 4, &settings(false));
+    assert_eq!(d.metadata.name.as_deref(), Some("counter"));
+    assert_eq!(d.metadata.namespace.as_deref(), Some("shop"));
+    let owner = d.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(owner.len(), 1);
+    assert_eq!(owner[0].kind, "KinesisApplication");
+    assert_eq!(owner[0].controller, Some(true));
+    let spec = d.spec.clone();
+    assert_eq!(spec.replicas, Some(4));
+    let labels = spec
+        .template
+        .metadata
+        .clone()
+        .unwrap_or_default()
+        .labels
+        .unwrap_or_default();
+    assert_eq!(
+        labels.get("team").map(String::as_str),
+        Some("web"),
+        "user labels kept"
+    );
+    for (k, v) in spec.selector.match_labels.clone().unwrap_or_default() {
+        assert_eq!(labels.get(&k), Some(&v), "the selector matches the pods");
+    }
+
+    let p = pod(&d);
+    assert_eq!(p.containers.len(), 2);
+    let (app_c, worker) = (&p.containers[0], &p.containers[1]);
+    assert_eq!(worker.name, WORKER_CONTAINER);
+    assert_eq!(
+        worker.image.as_deref(),
+        Some("localhost/kinesis-worker:dev")
+    );
+    assert_eq!(worker.args, Some(vec!["run".to_string()]));
+    let env = env_of(worker);
+    assert_eq!(
+        env.get("KINESIS_STREAM").map(String::as_str),
+        Some("Pageviews")
+    );
+    assert_eq!(
+        env.get("KINESIS_APPLICATION").map(String::as_str),
+        Some("counter")
+    );
+    assert_eq!(env.get("AWS_REGION").map(String::as_str), Some("us-east-1"));
+    assert_eq!(
+        env.get("KINESIS_ENDPOINT").map(String::as_str),
+        Some("http://10.250.0.1:4567")
+    );
+    assert_eq!(
+        env.get("DYNAMODB_ENDPOINT").map(String::as_str),
+        Some("http://10.250.0.1:4567")
+    );
+    assert_eq!(
+        env.get("CREATE_LEASE_TABLE").map(String::as_str),
+        Some("false")
+    );
+    assert_eq!(
+        env.get("APP_ADDRESS").map(String::as_str),
+        Some("unix:///var/run/kinesis/processor.sock")
+    );
+    let worker_id = worker.env.iter().flatten().find(|e| e.name == "WORKER_ID");
+    assert_eq!(
+        worker_id
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str()),
+        Some("metadata.name"),
+        "the worker id is the pod name"
+    );
+    // The app gets the socket folder, its address and the preStop drain.
+    assert_eq!(
+        env_of(app_c).get("APP_ADDRESS").map(String::as_str),
+        Some("unix:///var/run/kinesis/processor.sock")
+    );
+    let mounts = |c: &Container| -> Vec<String> {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| format!("{}:{}", m.name, m.mount_path))
+            .collect()
+    };
+    assert_eq!(mounts(app_c), vec!["kinesis-processor:/var/run/kinesis"]);
+    assert_eq!(mounts(worker), vec!["kinesis-processor:/var/run/kinesis"]);
+    let pre_stop = app_c
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.http_get.as_ref())
+        .map(|g| (g.path.clone(), g.port.clone()));
+    assert_eq!(
+        pre_stop,
+        Some((Some("/drain".into()), IntOrString::Int(ADMIN_PORT)))
+    );
+    assert!(
+        p.volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name == SOCKET_VOLUME && v.empty_dir.is_some())
+    );
+    assert_eq!(p.termination_grace_period_seconds, Some(40));
+    assert!(p.init_containers.is_none());
+    let sc = worker.security_context.clone().unwrap_or_default();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+}
+
+#[test]
+fn settings_reach_the_worker_and_servers_from_1_29_get_a_native_sidecar() {
+    let a = app(json!({
+        "initialPosition": "AT_TIMESTAMP",
+        "initialTimestamp": "2026-11-26T00:00:00Z",
+        "consumer": {"mode": "EnhancedFanOut", "maxRecords": 500, "failoverTimeMs": 20000, "checkpointIntervalMs": 1000},
+        "processor": {"port": 50051},
+        "worker": {"image": "registry.example/kinesis-worker:1.2", "logLevel": "debug"},
+        "aws": {"roleArn": "arn:aws:iam::123456789012:role/counter"},
+        "template": {"spec": {"terminationGracePeriodSeconds": 120, "containers": [{"name": "app"}]}}
+    }));
+    let d = deployment(&a, 2, &settings(true));
+    let p = pod(&d);
+    assert_eq!(
+        p.containers.len(),
+        1,
+        "the worker is not a regular container"
+    );
+    let init = p.init_containers.clone().unwrap_or_default();
+    assert_eq!(init.len(), 1);
+    assert_eq!(init[0].restart_policy.as_deref(), Some("Always"));
+    let env = env_of(&init[0]);
+    for (k, v) in [
+        ("INITIAL_POSITION", "AT_TIMESTAMP"),
+        ("INITIAL_TIMESTAMP", "2026-11-26T00:00:00Z"),
+        ("CONSUMER_MODE", "enhanced-fan-out"),
+        ("MAX_RECORDS", "500"),
+        ("FAILOVER_TIME_MS", "20000"),
+        ("CHECKPOINT_INTERVAL_MS", "1000"),
+        ("APP_ADDRESS", "http://127.0.0.1:50051"),
+        ("LOG_LEVEL", "debug"),
+    ] {
+        assert_eq!(env.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    assert_eq!(
+        init[0].image.as_deref(),
+        Some("registry.example/kinesis-worker:1.2")
+    );
+    assert!(p.volumes.is_none(), "no socket volume with a TCP processor");
+    assert_eq!(p.service_account_name.as_deref(), Some("counter-kinesis"));
+    assert_eq!(
+        p.termination_grace_period_seconds,
+        Some(120),
+        "the longer grace period wins"
+    );
+}
+
+#[test]
+fn the_region_comes_from_the_spec_the_arn_or_the_operator() {
+    let s = settings(false);
+    assert_eq!(region(&app(json!({})), &s).as_deref(), Some("us-east-1"));
+    let by_arn =
+        app(json!({"stream": {"arn": "arn:aws:kinesis:ap-south-1:123456789012:stream/P"}}));
+    assert_eq!(region(&by_arn, &s).as_deref(), Some("ap-south-1"));
+    let bare = app(json!({"stream": {"name": "P"}}));
+    assert_eq!(region(&bare, &s).as_deref(), Some("eu-west-1"));
+}

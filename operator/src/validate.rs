@@ -1,0 +1,183 @@
+//! Cross-field rules of a `KinesisApplication` spec that the schema cannot express
+//! (Kubernetes 1.20 has no CEL). A violation becomes `Ready=False`, reason `InvalidSpec`, and
+//! a Warning Event whose message names the field and the fix.
+
+use crate::crd::{InitialPosition, KinesisApplication};
+
+/// Name of the container the operator injects.
+pub const WORKER_CONTAINER: &str = "kinesis-worker";
+/// Name of the volume holding the processor socket.
+pub const SOCKET_VOLUME: &str = "kinesis-processor";
+
+/// One violated rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// The field, as a path: `spec.stream.name`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The region in a stream ARN (`arn:aws:kinesis:REGION:ACCOUNT:stream/NAME`).
+pub fn arn_region(arn: &str) -> Option<&str> {
+    arn.split(':').nth(3).filter(|r| !r.is_empty())
+}
+
+/// The stream name in a stream ARN.
+pub fn arn_stream_name(arn: &str) -> Option<&str> {
+    arn.rsplit_once(":stream/")
+        .map(|(_, n)| n)
+        .filter(|n| !n.is_empty())
+}
+
+/// The application name: `spec.applicationName`, else `metadata.name`.
+pub fn application_name(app: &KinesisApplication) -> String {
+    app.spec
+        .application_name
+        .clone()
+        .or_else(|| app.metadata.name.clone())
+        .unwrap_or_default()
+}
+
+/// Every rule `app` breaks (empty: valid).
+pub fn validate(app: &KinesisApplication) -> Vec<Invalid> {
+    let spec = &app.spec;
+    let mut out = Vec::new();
+    match (&spec.stream.name, &spec.stream.arn) {
+        (None, None) => out.push(invalid(
+            "spec.stream",
+            "no stream: set spec.stream.name (with spec.stream.region) or spec.stream.arn",
+        )),
+        (Some(_), Some(_)) => out.push(invalid(
+            "spec.stream",
+            "both name and arn are set: keep one (arn for a stream in another account)",
+        )),
+        (None, Some(arn)) => {
+            if arn_stream_name(arn).is_none() || arn_region(arn).is_none() {
+                out.push(invalid(
+                    "spec.stream.arn",
+                    format!("`{arn}` is not a stream ARN: use arn:aws:kinesis:REGION:ACCOUNT:stream/NAME"),
+                ));
+            } else if let (Some(region), Some(arn_region)) = (&spec.stream.region, arn_region(arn))
+                && region != arn_region
+            {
+                out.push(invalid(
+                    "spec.stream.region",
+                    format!("`{region}` differs from the ARN's region `{arn_region}`: remove spec.stream.region or fix it"),
+                ));
+            }
+        }
+        (Some(_), None) => {}
+    }
+    match (spec.initial_position, &spec.initial_timestamp) {
+        (Some(InitialPosition::AtTimestamp), None) => out.push(invalid(
+            "spec.initialTimestamp",
+            "initialPosition AT_TIMESTAMP needs initialTimestamp (RFC 3339, e.g. 2026-11-26T00:00:00Z)",
+        )),
+        (Some(InitialPosition::Latest | InitialPosition::TrimHorizon) | None, Some(_)) => {
+            out.push(invalid(
+                "spec.initialTimestamp",
+                "initialTimestamp is only used with initialPosition AT_TIMESTAMP: set that, or remove initialTimestamp",
+            ))
+        }
+        _ => {}
+    }
+    let s = &spec.scaling;
+    if s.shards_per_worker < 1 {
+        out.push(invalid(
+            "spec.scaling.shardsPerWorker",
+            format!(
+                "{} is less than 1: a worker serves at least one shard",
+                s.shards_per_worker
+            ),
+        ));
+    }
+    if let Some(max) = s.max_workers
+        && s.min_workers > max
+    {
+        out.push(invalid(
+            "spec.scaling.minWorkers",
+            format!("minWorkers {} is greater than maxWorkers {max}: lower minWorkers or raise maxWorkers", s.min_workers),
+        ));
+    }
+    let containers = spec
+        .template
+        .spec
+        .as_ref()
+        .map(|p| p.containers.as_slice())
+        .unwrap_or_default();
+    if containers.is_empty() {
+        out.push(invalid(
+            "spec.template.spec.containers",
+            "no app container: add the container that serves the record processor (docs/PROCESSOR.md)",
+        ));
+    }
+    if containers.iter().any(|c| c.name == WORKER_CONTAINER) {
+        out.push(invalid(
+            "spec.template.spec.containers",
+            format!("a container is named `{WORKER_CONTAINER}`, the name of the injected worker: rename it"),
+        ));
+    }
+    if let Some(name) = &spec.processor.container
+        && !containers.iter().any(|c| &c.name == name)
+    {
+        out.push(invalid(
+            "spec.processor.container",
+            format!(
+                "no container `{name}` in spec.template: name one of {:?}",
+                containers
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+            ),
+        ));
+    }
+    if spec.processor.socket.is_some() && spec.processor.port.is_some() {
+        out.push(invalid(
+            "spec.processor",
+            "both socket and port are set: the app serves on one of them",
+        ));
+    }
+    let volumes = spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.volumes.as_ref())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if volumes.iter().any(|v| v.name == SOCKET_VOLUME) {
+        out.push(invalid(
+            "spec.template.spec.volumes",
+            format!("a volume is named `{SOCKET_VOLUME}`, the operator's socket volume: rename it"),
+        ));
+    }
+    let current = application_name(app);
+    if let Some(previous) = app
+        .status
+        .as_ref()
+        .and_then(|s| s.application_name.as_ref())
+        && *previous != current
+    {
+        out.push(invalid(
+            "spec.applicationName",
+            format!("changed from `{previous}` to `{current}`: the leases and checkpoints live under `{previous}`; set it back (a new application needs a new KinesisApplication)"),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

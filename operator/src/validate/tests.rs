@@ -1,0 +1,136 @@
+use serde_json::{Value, json};
+
+use super::*;
+use crate::crd::{KinesisApplication, KinesisApplicationStatus};
+
+fn app(spec: Value) -> KinesisApplication {
+    let mut obj = json!({
+        "apiVersion": "kinesis-operator.io/v1alpha1",
+        "kind": "KinesisApplication",
+        "metadata": {"name": "counter", "namespace": "default"},
+        "spec": {
+            "stream": {"name": "Pageviews", "region": "us-east-1"},
+            "template": {"spec": {"containers": [{"name": "app", "image": "pageview-counter"}]}}
+        }
+    });
+    if let (Some(base), Some(patch)) = (obj["spec"].as_object_mut(), spec.as_object()) {
+        for (k, v) in patch {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::from_value(obj).unwrap_or_else(|e| panic!("test spec does not parse: {e}"))
+}
+
+/// The single violation of `spec`, as "field: message".
+fn one(a: &KinesisApplication) -> String {
+    let v = validate(a);
+    assert_eq!(v.len(), 1, "{v:?}");
+    v[0].to_string()
+}
+
+#[test]
+fn a_minimal_spec_is_valid() {
+    assert_eq!(validate(&app(json!({}))), vec![]);
+    assert_eq!(application_name(&app(json!({}))), "counter");
+}
+
+#[test]
+fn every_cross_field_rule_names_the_field_and_the_fix() {
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (
+            json!({"stream": {}}),
+            "spec.stream:",
+            "set spec.stream.name",
+        ),
+        (
+            json!({"stream": {"name": "a", "arn": "arn:aws:kinesis:us-east-1:123456789012:stream/a"}}),
+            "spec.stream:",
+            "keep one",
+        ),
+        (
+            json!({"stream": {"arn": "arn:aws:kinesis:us-east-1:123456789012:table/a"}}),
+            "spec.stream.arn:",
+            "arn:aws:kinesis:REGION:ACCOUNT:stream/NAME",
+        ),
+        (
+            json!({"stream": {"arn": "arn:aws:kinesis:eu-west-1:123456789012:stream/a", "region": "us-east-1"}}),
+            "spec.stream.region:",
+            "differs from the ARN's region `eu-west-1`",
+        ),
+        (
+            json!({"initialPosition": "AT_TIMESTAMP"}),
+            "spec.initialTimestamp:",
+            "needs initialTimestamp",
+        ),
+        (
+            json!({"initialTimestamp": "2026-11-26T00:00:00Z"}),
+            "spec.initialTimestamp:",
+            "only used with initialPosition AT_TIMESTAMP",
+        ),
+        (
+            json!({"scaling": {"shardsPerWorker": 0}}),
+            "spec.scaling.shardsPerWorker:",
+            "at least one shard",
+        ),
+        (
+            json!({"scaling": {"minWorkers": 5, "maxWorkers": 2}}),
+            "spec.scaling.minWorkers:",
+            "lower minWorkers or raise maxWorkers",
+        ),
+        (
+            json!({"template": {"spec": {"containers": []}}}),
+            "spec.template.spec.containers:",
+            "add the container",
+        ),
+        (
+            json!({"template": {"spec": {"containers": [{"name": "kinesis-worker"}]}}}),
+            "spec.template.spec.containers:",
+            "rename it",
+        ),
+        (
+            json!({"processor": {"container": "nope"}}),
+            "spec.processor.container:",
+            "no container `nope`",
+        ),
+        (
+            json!({"processor": {"socket": "/var/run/x.sock", "port": 50051}}),
+            "spec.processor:",
+            "one of them",
+        ),
+        (
+            json!({"template": {"spec": {"containers": [{"name": "app"}], "volumes": [{"name": "kinesis-processor", "emptyDir": {}}]}}}),
+            "spec.template.spec.volumes:",
+            "rename it",
+        ),
+    ];
+    for (spec, field, fix) in cases {
+        let msg = one(&app(spec.clone()));
+        assert!(msg.starts_with(field), "{spec}: {msg}");
+        assert!(msg.contains(fix), "{spec}: {msg}");
+    }
+}
+
+#[test]
+fn the_application_name_cannot_change_once_set() {
+    let mut a = app(json!({"applicationName": "counter-v2"}));
+    a.status = Some(KinesisApplicationStatus {
+        application_name: Some("counter".into()),
+        ..Default::default()
+    });
+    let msg = one(&a);
+    assert!(
+        msg.starts_with("spec.applicationName:") && msg.contains("from `counter` to `counter-v2`"),
+        "{msg}"
+    );
+    // Unchanged: fine.
+    a.spec.application_name = Some("counter".into());
+    assert_eq!(validate(&a), vec![]);
+}
+
+#[test]
+fn arn_parts() {
+    let arn = "arn:aws:kinesis:eu-west-1:123456789012:stream/Pageviews";
+    assert_eq!(arn_region(arn), Some("eu-west-1"));
+    assert_eq!(arn_stream_name(arn), Some("Pageviews"));
+    assert_eq!(arn_stream_name("arn:aws:kinesis:eu-west-1:1:stream/"), None);
+}

@@ -1,0 +1,17 @@
+//! `crds/kinesisapplications.yaml` is generated from the Rust types: this fails when the
+//! checked-in file is stale.
+
+#[test]
+fn the_checked_in_crd_matches_the_types() -> Result<(), Box<dyn std::error::Error>> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/kinesisapplications.yaml");
+    let checked_in =
+        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let generated = kinesis_operator::crd_yaml()?;
+    assert!(
+        checked_in == generated,
+        "{} is stale: run `cargo run -p kinesis-operator --bin crdgen > crds/kinesisapplications.yaml`",
+        path.display()
+    );
+    Ok(())
+}

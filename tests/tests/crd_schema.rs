@@ -1,0 +1,125 @@
+//! The generated CRD on the real (1.20) API server: it is accepted and established, a valid
+//! KinesisApplication is stored, and what the schema can check (enums, ranges, patterns,
+//! required fields) is rejected by the API server with the field named. Cross-field rules
+//! are the operator's (`operator/src/validate.rs`).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kinesis_operator::crd::KinesisApplication;
+use kinesis_operator_tests::{TestEnv, unique_name};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, CustomResourceExt};
+use serde_json::{Value, json};
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+fn resource(name: &str, spec: Value) -> Value {
+    let mut base = json!({
+        "stream": {"name": "Pageviews", "region": "us-east-1"},
+        "template": {"spec": {"containers": [{"name": "app", "image": "pageview-counter:dev"}]}}
+    });
+    if let (Some(b), Some(p)) = (base.as_object_mut(), spec.as_object()) {
+        for (k, v) in p {
+            if v.is_null() {
+                b.remove(k);
+            } else {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    json!({
+        "apiVersion": "kinesis-operator.io/v1alpha1",
+        "kind": "KinesisApplication",
+        "metadata": {"name": name},
+        "spec": base
+    })
+}
+
+#[tokio::test]
+async fn the_crd_is_established_and_its_schema_rejects_bad_fields() -> Result<()> {
+    let env = TestEnv::require();
+    let client = env.kube().await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = KinesisApplication::crd();
+    let name = crd.metadata.name.clone().ok_or("crd name")?;
+    crds.patch(
+        &name,
+        &PatchParams::apply("kinesis-operator-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(crds.clone(), &name, conditions::is_crd_established()),
+    )
+    .await??;
+
+    let ns = unique_name("crd");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+        )
+        .await?;
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+    let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &kube::discovery::ApiResource::erase::<KinesisApplication>(&()),
+    );
+
+    // A valid resource is stored, with the defaults filled in when read back.
+    let ok: kube::api::DynamicObject = serde_json::from_value(resource("counter", json!({})))?;
+    raw.create(&PostParams::default(), &ok).await?;
+    let stored = apps.get("counter").await?;
+    assert_eq!(stored.spec.scaling.shards_per_worker, 1);
+
+    let bad: Vec<(Value, &str)> = vec![
+        (
+            json!({"initialPosition": "SOMETIME"}),
+            "spec.initialPosition",
+        ),
+        (
+            json!({"scaling": {"shardsPerWorker": 0}}),
+            "spec.scaling.shardsPerWorker",
+        ),
+        (
+            json!({"stream": {"arn": "arn:aws:s3:::bucket"}}),
+            "spec.stream.arn",
+        ),
+        (json!({"template": null}), "spec.template"),
+        (json!({"stream": null}), "spec.stream"),
+        (
+            json!({"consumer": {"maxRecords": 20000}}),
+            "spec.consumer.maxRecords",
+        ),
+        (json!({"processor": {"port": 70000}}), "spec.processor.port"),
+        (json!({"consumer": {"mode": "Push"}}), "spec.consumer.mode"),
+        (json!({"applicationName": "a b"}), "spec.applicationName"),
+        (
+            json!({"leaseTable": {"deletionPolicy": "Sometimes"}}),
+            "spec.leaseTable.deletionPolicy",
+        ),
+    ];
+    for (i, (spec, field)) in bad.into_iter().enumerate() {
+        let obj: kube::api::DynamicObject =
+            serde_json::from_value(resource(&format!("bad-{i}"), spec.clone()))?;
+        match raw.create(&PostParams::default(), &obj).await {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 422, "{spec}: {e:?}");
+                assert!(
+                    e.message.contains(field),
+                    "{spec}: the message names {field}: {}",
+                    e.message
+                );
+            }
+            other => return Err(format!("{spec} was not rejected: {other:?}").into()),
+        }
+    }
+    namespaces.delete(&ns, &DeleteParams::default()).await?;
+    Ok(())
+}
