@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{PodTemplateSpec, ResourceRequirements};
+use k8s_openapi::api::core::v1::{EnvVar, PodTemplateSpec, ResourceRequirements};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -224,6 +224,10 @@ pub struct WorkerSpec {
     /// Worker resources (default: requests 10m CPU / 32Mi, limit 128Mi).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Extra environment of the worker container (e.g. AWS_STS_REGIONAL_ENDPOINTS, a proxy,
+    /// or credentials from a Secret where IRSA is not available).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<EnvVar>>,
     /// Worker log filter (default info).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-zA-Z0-9_=,:]+$"))]

@@ -127,6 +127,8 @@ fn worker_env(
     if let Some(e) = &spec.stream.endpoint {
         out.push(env("KINESIS_ENDPOINT", e.clone()));
     }
+    // The user's own settings last: they win over the operator's.
+    let user_env = spec.worker.env.clone().unwrap_or_default();
     if let Some(e) = spec
         .stream
         .dynamo_db_endpoint
@@ -161,6 +163,8 @@ fn worker_env(
             out.push(env(name, v.to_string()));
         }
     }
+    out.retain(|e| !user_env.iter().any(|u| u.name == e.name));
+    out.extend(user_env);
     out
 }
 

@@ -2,12 +2,15 @@
 //!
 //! The pure decisions live here, each in its own module and tested without a server: the
 //! resource ([`crd`]), its cross-field rules ([`validate`]), how many workers a stream calls
-//! for ([`sizing`]) and how the worker Deployment looks ([`deployment`]). The reconciler that
-//! applies them to a cluster is the next step (see the operator issue).
+//! for ([`sizing`]) and how the worker Deployment looks ([`deployment`]). The reconciler
+//! ([`controller`]) applies them to a cluster; [`leader`] elects the active replica.
 #![deny(missing_docs)]
 
+pub mod controller;
 pub mod crd;
 pub mod deployment;
+pub mod leader;
+pub mod metrics;
 pub mod sizing;
 pub mod validate;
 

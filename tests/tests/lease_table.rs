@@ -263,12 +263,14 @@ async fn heartbeats_are_items_of_their_own() -> Result<()> {
         worker_id: "pod-a".into(),
         counter: 1,
         draining: false,
+        lag: Default::default(),
     })
     .await?;
     t.heartbeat(&Heartbeat {
         worker_id: "pod-a".into(),
         counter: 2,
         draining: true,
+        lag: [("shardId-000000000001".to_string(), 1500)].into(),
     })
     .await?;
     let snap = t.scan().await?;
@@ -278,7 +280,8 @@ async fn heartbeats_are_items_of_their_own() -> Result<()> {
         vec![Heartbeat {
             worker_id: "pod-a".into(),
             counter: 2,
-            draining: true
+            draining: true,
+            lag: [("shardId-000000000001".to_string(), 1500)].into(),
         }]
     );
     t.remove_heartbeat("pod-a").await?;

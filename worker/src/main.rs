@@ -315,6 +315,7 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
     pipeline_config.max_attempts = (args.max_attempts > 0).then_some(args.max_attempts);
     pipeline_config.max_buffered_kib = args.max_buffered_mib.saturating_mul(1024);
     pipeline_config.shutdown_call_timeout = config.handoff_timeout / 2;
+    pipeline_config.lag = config.lag.clone();
     if args.consumer_mode == ConsumerMode::EnhancedFanOut {
         let name = args
             .consumer_name

@@ -51,6 +51,34 @@ pub struct CoordinatorConfig {
     pub initial_position: Checkpoint,
     /// How long shutdown waits for in-flight work before releasing anyway.
     pub shutdown_timeout: Duration,
+    /// Per-shard lag the record pipeline reports, written with every heartbeat.
+    pub lag: LagBoard,
+}
+
+/// Milliseconds behind the tip per shard, shared by the record pipeline (writer) and the
+/// coordinator (which publishes it in the heartbeat item).
+#[derive(Debug, Clone, Default)]
+pub struct LagBoard(Arc<std::sync::Mutex<std::collections::BTreeMap<String, i64>>>);
+
+impl LagBoard {
+    /// Records `shard`'s lag.
+    pub fn set(&self, shard: &str, millis: i64) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(shard.to_string(), millis);
+        }
+    }
+
+    /// Forgets `shard` (no longer processed here).
+    pub fn remove(&self, shard: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(shard);
+        }
+    }
+
+    /// Every shard's lag.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, i64> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
 }
 
 impl CoordinatorConfig {
@@ -68,6 +96,7 @@ impl CoordinatorConfig {
             shard_sync_interval: Duration::from_secs(30),
             initial_position: Checkpoint::TrimHorizon,
             shutdown_timeout: Duration::from_secs(20),
+            lag: LagBoard::default(),
         }
     }
 }
@@ -371,6 +400,7 @@ impl Coordinator {
             worker_id: self.config.worker_id.clone(),
             counter: self.heartbeat_counter,
             draining: self.draining,
+            lag: self.config.lag.snapshot(),
         };
         match self.table.heartbeat(&beat).await {
             Ok(()) => {

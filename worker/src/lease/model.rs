@@ -40,6 +40,9 @@ pub mod attr {
     pub const WORKER_ID: &str = "koWorkerId";
     /// Ours: the worker is shutting down and takes no leases (BOOL).
     pub const DRAINING: &str = "koDraining";
+    /// Ours, on heartbeat items: how far behind the tip each shard of the worker is (a map
+    /// shard → milliseconds), for the operator's status.
+    pub const LAG: &str = "koLag";
 }
 
 /// Prefix of heartbeat items' keys; no shard id starts with it.
@@ -109,6 +112,8 @@ pub struct Heartbeat {
     pub counter: u64,
     /// The worker is shutting down: it takes nothing and counts for no fair share.
     pub draining: bool,
+    /// Milliseconds behind the tip of each shard it processes, as of its last reads.
+    pub lag: std::collections::BTreeMap<String, i64>,
 }
 
 impl Heartbeat {

@@ -424,6 +424,15 @@ impl LeaseTable {
                 .and_then(|v| v.as_bool().ok())
                 .copied()
                 .unwrap_or(false),
+            lag: item
+                .get(attr::LAG)
+                .and_then(|v| v.as_m().ok())
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_n().ok()?.parse().ok()?)))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 
@@ -818,6 +827,15 @@ impl LeaseTable {
             .item(attr::WORKER_ID, s(&beat.worker_id))
             .item(attr::HEARTBEAT, n(beat.counter))
             .item(attr::DRAINING, AttributeValue::Bool(beat.draining))
+            .item(
+                attr::LAG,
+                AttributeValue::M(
+                    beat.lag
+                        .iter()
+                        .map(|(shard, ms)| (shard.clone(), AttributeValue::N(ms.to_string())))
+                        .collect(),
+                ),
+            )
             .send()
             .await
             .map_err(|e| self.dynamo("PutItem", e))?;

@@ -30,7 +30,7 @@ use kinesis_processor::v1::shutdown_requested_request::Reason;
 use shard::{Control, ShardTask};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::lease::coordinator::{CoordinatorHandle, LeaseEvent, ShardLease};
+use crate::lease::coordinator::{CoordinatorHandle, LagBoard, LeaseEvent, ShardLease};
 use crate::lease::discovery::StreamRef;
 use crate::metrics::{EventLabels, Metrics, ShardLabels};
 use crate::records::reader::ReaderConfig;
@@ -48,6 +48,8 @@ pub struct PipelineConfig {
     pub reader: ReaderConfig,
     /// Read by enhanced fan-out through this registered consumer (its ARN); `None`: poll.
     pub fan_out_consumer: Option<String>,
+    /// Where each shard's lag is published (the coordinator's heartbeat carries it).
+    pub lag: LagBoard,
     /// Sleep between reads when a shard is at its tip.
     pub idle_time: Duration,
     /// The least time between two GetRecords calls on one shard (Kinesis allows 5 per second).
@@ -82,6 +84,7 @@ impl PipelineConfig {
             worker_id: worker_id.into(),
             reader: ReaderConfig::default(),
             fan_out_consumer: None,
+            lag: LagBoard::default(),
             idle_time: Duration::from_millis(250),
             min_read_interval: Duration::from_millis(200),
             checkpoint_interval: Duration::from_secs(5),
@@ -199,11 +202,13 @@ impl Pipeline {
             kinesis: self.kinesis.clone(),
         };
         let metrics = self.metrics.clone();
+        let lag = self.config.lag.clone();
         let label = ShardLabels {
             shard: shard.clone(),
         };
         tokio::spawn(async move {
             task.run(rx).await;
+            lag.remove(&label.shard);
             metrics.millis_behind_latest.remove(&label);
         });
         self.shards.insert(shard, tx);

@@ -178,6 +178,7 @@ async fn read_ahead(
                 errors.reset();
                 let behind = millis_behind_latest.unwrap_or(0);
                 gauge.set(behind);
+                config.lag.set(&shard, behind);
                 if records.is_empty() {
                     if behind == 0 && !reader.pushes() {
                         tokio::time::sleep(config.idle_time).await;

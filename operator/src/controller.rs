@@ -1,0 +1,691 @@
+//! The reconciler: validate the spec, read the stream, make sure the lease table exists,
+//! size and apply the worker Deployment (server-side apply), and report status, conditions
+//! and Events. Failures become conditions and a requeue with backoff; the Deployment is never
+//! deleted because of one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_kinesis::primitives::{DateTime, DateTimeFormat};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kinesis_worker::lease::checkpoint::Checkpoint;
+use kinesis_worker::lease::discovery::{DiscoveryError, StreamRef, list_shards};
+use kinesis_worker::lease::table::{LeaseError, LeaseTable};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalize, finalizer};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::crd::{
+    Condition, ConsumerMode, DeletionPolicy, KinesisApplication, KinesisApplicationStatus,
+    ShardCounts, ShardStatus, WorkerCounts, labels,
+};
+use crate::deployment::{WorkerSettings, deployment, region, service_account_name};
+use crate::metrics::Metrics;
+use crate::sizing::desired_workers;
+use crate::validate::{application_name, arn_stream_name, validate};
+
+/// Field manager of everything the operator applies.
+pub const MANAGER: &str = "kinesis-operator";
+/// The finalizer that lets the operator clean up (the lease table with
+/// `deletionPolicy: Delete`).
+pub const FINALIZER: &str = "kinesis-operator.io/cleanup";
+
+/// Why a reconcile failed (it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The finalizer machinery failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// A status that cannot be serialized (never expected).
+    #[error("status: {0}")]
+    Serde(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// A short label for the errors metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::Finalizer(_) => "finalizer",
+            Self::Serde(_) => "serde",
+        }
+    }
+}
+
+/// AWS clients for one (region, endpoints) combination.
+#[derive(Clone, Debug)]
+struct AwsClients {
+    kinesis: aws_sdk_kinesis::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: kube::Client,
+    /// Worker image and defaults.
+    pub settings: WorkerSettings,
+    /// How often each application is reconciled anyway (resharding is noticed this fast).
+    pub resync: Duration,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Event reporter.
+    pub reporter: Reporter,
+    aws: Mutex<HashMap<AwsKey, AwsClients>>,
+}
+
+/// (region, Kinesis endpoint, DynamoDB endpoint).
+type AwsKey = (Option<String>, Option<String>, Option<String>);
+
+impl Context {
+    /// A context with an empty AWS client cache.
+    pub fn new(
+        client: kube::Client,
+        settings: WorkerSettings,
+        resync: Duration,
+        metrics: Arc<Metrics>,
+        reporter: Reporter,
+    ) -> Self {
+        Self {
+            client,
+            settings,
+            resync,
+            metrics,
+            reporter,
+            aws: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn aws(&self, app: &KinesisApplication) -> AwsClients {
+        let key = (
+            region(app, &self.settings),
+            app.spec.stream.endpoint.clone(),
+            app.spec
+                .stream
+                .dynamo_db_endpoint
+                .clone()
+                .or_else(|| app.spec.stream.endpoint.clone()),
+        );
+        if let Some(c) = self.aws.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return c;
+        }
+        let settings = kinesis_worker::aws::AwsSettings {
+            region: key.0.clone(),
+            kinesis_endpoint: key.1.clone(),
+            dynamodb_endpoint: key.2.clone(),
+        };
+        let sdk = settings.sdk_config().await;
+        let clients = AwsClients {
+            kinesis: settings.kinesis(&sdk),
+            dynamodb: settings.dynamodb(&sdk),
+        };
+        if let Ok(mut m) = self.aws.lock() {
+            m.insert(key, clients.clone());
+        }
+        clients
+    }
+}
+
+fn now() -> String {
+    DateTime::from(SystemTime::now())
+        .fmt(DateTimeFormat::DateTime)
+        .unwrap_or_default()
+}
+
+/// Sets condition `type_` in `conditions`, keeping its transition time when the status did
+/// not change.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) {
+    let status = if ok { "True" } else { "False" };
+    let message = message.into();
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = Some(now());
+            }
+            c.status = status.into();
+            c.reason = reason.into();
+            c.message = message;
+            c.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: Some(now()),
+            observed_generation: generation,
+        }),
+    }
+}
+
+/// "1.2s", "350ms", "3m4s": a lag for humans.
+pub fn human_lag(ms: i64) -> String {
+    match ms {
+        ..1_000 => format!("{}ms", ms.max(0)),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        _ => format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000),
+    }
+}
+
+/// Entry point for the controller: finalizer first, then apply or clean up.
+///
+/// # Errors
+/// [`Error`] when the API server fails; the controller retries with backoff.
+pub async fn reconcile(app: Arc<KinesisApplication>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let ns = app.namespace().unwrap_or_default();
+    let api: Api<KinesisApplication> = Api::namespaced(ctx.client.clone(), &ns);
+    let res = finalizer(&api, FINALIZER, app, |event| async {
+        match event {
+            Finalize::Apply(app) => apply(&app, &ctx).await,
+            Finalize::Cleanup(app) => cleanup(&app, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(
+        started.elapsed(),
+        res.as_ref().err().map(Error::metric_label),
+    );
+    res
+}
+
+/// Requeue after a failed reconcile.
+pub fn error_policy(app: Arc<KinesisApplication>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(application = %app.name_any(), namespace = ?app.namespace(), error = %error, "reconcile failed; retrying");
+    Action::requeue(ctx.resync.min(Duration::from_secs(10)))
+}
+
+async fn event(
+    ctx: &Context,
+    app: &KinesisApplication,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &app.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "publishing an Event failed");
+    }
+}
+
+async fn patch_status(
+    ctx: &Context,
+    app: &KinesisApplication,
+    status: &KinesisApplicationStatus,
+) -> Result<(), Error> {
+    let api: Api<KinesisApplication> =
+        Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+    let patch = json!({ "status": status });
+    api.patch_status(
+        &app.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+fn stream_ref(app: &KinesisApplication) -> StreamRef {
+    match (&app.spec.stream.arn, &app.spec.stream.name) {
+        (Some(arn), _) => StreamRef::Arn(arn.clone()),
+        (None, name) => StreamRef::Name(name.clone().unwrap_or_default()),
+    }
+}
+
+/// A problem reaching the stream or the table, as a condition reason and message.
+fn aws_problem(detail: &str) -> &'static str {
+    if detail.contains("AccessDenied") || detail.contains("not authorized") {
+        "AccessDenied"
+    } else if detail.contains("Throttl") || detail.contains("LimitExceeded") {
+        "Throttled"
+    } else {
+        "Unavailable"
+    }
+}
+
+async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error> {
+    let generation = app.metadata.generation;
+    let name = app.name_any();
+    let previous = app.status.clone().unwrap_or_default();
+    let mut status = previous.clone();
+    status.observed_generation = generation;
+    let stream_name = app.spec.stream.name.clone().or_else(|| {
+        app.spec
+            .stream
+            .arn
+            .as_deref()
+            .and_then(arn_stream_name)
+            .map(String::from)
+    });
+    status.stream = stream_name.clone();
+
+    // 1. The spec.
+    let invalid = validate(app);
+    if !invalid.is_empty() {
+        let message = invalid
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let already = previous
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == "InvalidSpec" && c.message == message);
+        set_condition(
+            &mut status.conditions,
+            "Ready",
+            false,
+            "InvalidSpec",
+            message.clone(),
+            generation,
+        );
+        patch_status(ctx, app, &status).await?;
+        if !already {
+            event(ctx, app, EventType::Warning, "InvalidSpec", message).await;
+        }
+        // A spec change triggers the next reconcile.
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
+    let app_name = application_name(app);
+    status.application_name = Some(app_name.clone());
+    let aws = ctx.aws(app).await;
+    let stream = stream_ref(app);
+    let region = region(app, &ctx.settings).unwrap_or_else(|| "the operator's region".into());
+
+    // 2. The stream.
+    let shards = match list_shards(&aws.kinesis, &stream).await {
+        Ok(s) => s,
+        Err(e) => {
+            let (reason, message) = match &e {
+                DiscoveryError::StreamNotFound { .. } => (
+                    "StreamNotFound",
+                    format!(
+                        "stream `{stream}` not found in {region}: create it, or fix spec.stream.name / spec.stream.arn / spec.stream.region"
+                    ),
+                ),
+                DiscoveryError::Kinesis { detail, .. } => (
+                    aws_problem(detail),
+                    format!("reading stream `{stream}` in {region} failed: {detail}"),
+                ),
+            };
+            return degrade(ctx, app, status, "StreamReady", reason, message).await;
+        }
+    };
+    set_condition(
+        &mut status.conditions,
+        "StreamReady",
+        true,
+        "StreamFound",
+        format!("stream `{stream}` has {} shards", shards.len()),
+        generation,
+    );
+
+    // 3. The lease table (the operator creates it: workers need no CreateTable permission).
+    let table = match LeaseTable::open(aws.dynamodb.clone(), &app_name, true).await {
+        Ok(t) => t,
+        Err(e) => {
+            let reason = match &e {
+                LeaseError::AccessDenied { .. } => "AccessDenied",
+                LeaseError::WrongKeySchema { .. } => "WrongKeySchema",
+                _ => aws_problem(&e.to_string()),
+            };
+            let message = format!("lease table `{app_name}` in {region}: {e}");
+            return degrade(ctx, app, status, "LeaseTableReady", reason, message).await;
+        }
+    };
+    set_condition(
+        &mut status.conditions,
+        "LeaseTableReady",
+        true,
+        "TableActive",
+        format!("lease table `{app_name}` is active"),
+        generation,
+    );
+    let snapshot = table.scan().await.ok();
+
+    // 4. Size and apply.
+    let open = shards.iter().filter(|s| !s.closed).count() as i32;
+    let leases: HashMap<&str, &kinesis_worker::lease::model::Lease> = snapshot
+        .iter()
+        .flat_map(|s| s.leases.iter())
+        .map(|l| (l.shard_id.as_str(), l))
+        .collect();
+    let draining = shards
+        .iter()
+        .filter(|s| s.closed)
+        .filter(|s| {
+            leases
+                .get(s.shard_id.as_str())
+                .is_some_and(|l| l.checkpoint != Checkpoint::ShardEnd)
+        })
+        .count() as i32;
+    let desired = desired_workers(&app.spec, open);
+    let ns = app.namespace().unwrap_or_default();
+    let params = PatchParams::apply(MANAGER).force();
+    if let Some(role) = app.spec.aws.as_ref().and_then(|a| a.role_arn.clone()) {
+        let sa: ServiceAccount = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {
+                "name": service_account_name(app),
+                "namespace": ns,
+                "labels": labels(&name),
+                "annotations": {"eks.amazonaws.com/role-arn": role},
+                "ownerReferences": app.controller_owner_ref(&()).map(|o| vec![o]),
+            }
+        }))?;
+        Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns)
+            .patch(&service_account_name(app), &params, &Patch::Apply(&sa))
+            .await?;
+    }
+    let mut d = deployment(app, desired, &ctx.settings);
+    // Server-side apply needs the kind on the object.
+    d.metadata.managed_fields = None;
+    let mut body = serde_json::to_value(&d)?;
+    if let Some(o) = body.as_object_mut() {
+        o.insert("apiVersion".into(), json!("apps/v1"));
+        o.insert("kind".into(), json!("Deployment"));
+    }
+    let applied = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+        .patch(&name, &params, &Patch::Apply(&body))
+        .await?;
+    let ready = applied
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+
+    // 5. Status.
+    let lag: BTreeMap<String, i64> = snapshot
+        .iter()
+        .flat_map(|s| s.heartbeats.iter())
+        .filter(|h| !h.draining)
+        .flat_map(|h| h.lag.clone())
+        .collect();
+    status.shard_status = shards
+        .iter()
+        .filter(|s| {
+            !s.closed
+                || leases
+                    .get(s.shard_id.as_str())
+                    .is_some_and(|l| l.checkpoint != Checkpoint::ShardEnd)
+        })
+        .map(|s| {
+            let lease = leases.get(s.shard_id.as_str());
+            ShardStatus {
+                shard_id: s.shard_id.clone(),
+                owner: lease.and_then(|l| l.owner.clone()),
+                checkpoint: lease.map(|l| l.checkpoint.to_string()),
+                millis_behind_latest: lease
+                    .and_then(|l| l.owner.as_ref())
+                    .and_then(|_| lag.get(&s.shard_id).copied()),
+            }
+        })
+        .collect();
+    let max_lag = status
+        .shard_status
+        .iter()
+        .filter_map(|s| s.millis_behind_latest)
+        .max();
+    status.max_lag = max_lag.map(human_lag);
+    status.shards = Some(ShardCounts {
+        open,
+        draining,
+        total: shards.len() as i32,
+    });
+    let previous_workers = previous.workers.as_ref().map(|w| w.desired);
+    status.workers = Some(WorkerCounts {
+        desired,
+        ready,
+        summary: format!("{ready}/{desired}"),
+    });
+    status.selector = Some(
+        labels(&name)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    if previous_workers != Some(desired) {
+        status.last_scale_time = Some(now());
+    }
+    let owned = status
+        .shard_status
+        .iter()
+        .filter(|s| s.owner.is_some())
+        .count();
+    let progressing = ready < desired;
+    set_condition(
+        &mut status.conditions,
+        "Progressing",
+        progressing,
+        if progressing {
+            "WorkersStarting"
+        } else {
+            "WorkersReady"
+        },
+        format!("{ready} of {desired} workers ready"),
+        generation,
+    );
+    set_condition(
+        &mut status.conditions,
+        "Degraded",
+        false,
+        "AsExpected",
+        "",
+        generation,
+    );
+    let all_ready = ready >= desired && desired > 0;
+    set_condition(
+        &mut status.conditions,
+        "Ready",
+        all_ready,
+        if all_ready {
+            "WorkersReady"
+        } else {
+            "WorkersStarting"
+        },
+        format!(
+            "{ready}/{desired} workers ready, {owned} of {} shards leased, {open} open",
+            status.shard_status.len()
+        ),
+        generation,
+    );
+    patch_status(ctx, app, &status).await?;
+    ctx.metrics
+        .application(&ns, &name, open, desired, ready, max_lag.unwrap_or(0));
+
+    // 6. Events for what changed.
+    let previous_open = previous.shards.as_ref().map(|s| s.open);
+    if let Some(before) = previous_open
+        && before != open
+    {
+        event(
+            ctx,
+            app,
+            EventType::Normal,
+            "Resharded",
+            format!("open shards {before} → {open}"),
+        )
+        .await;
+    }
+    if let Some(before) = previous_workers
+        && before != desired
+    {
+        event(
+            ctx,
+            app,
+            EventType::Normal,
+            "Scaled",
+            format!(
+                "workers {before} → {desired} ({open} open shards, shardsPerWorker {})",
+                app.spec.scaling.shards_per_worker
+            ),
+        )
+        .await;
+    }
+    Ok(Action::requeue(ctx.resync))
+}
+
+/// Reports a failure to reach the stream or the table: the condition, Ready=False,
+/// Degraded=True, a Warning Event when new; the Deployment stays as it is.
+async fn degrade(
+    ctx: &Context,
+    app: &KinesisApplication,
+    mut status: KinesisApplicationStatus,
+    condition: &str,
+    reason: &str,
+    message: String,
+) -> Result<Action, Error> {
+    let generation = app.metadata.generation;
+    let already = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == condition && c.reason == reason && c.message == message);
+    set_condition(
+        &mut status.conditions,
+        condition,
+        false,
+        reason,
+        message.clone(),
+        generation,
+    );
+    set_condition(
+        &mut status.conditions,
+        "Ready",
+        false,
+        reason,
+        message.clone(),
+        generation,
+    );
+    set_condition(
+        &mut status.conditions,
+        "Degraded",
+        true,
+        reason,
+        message.clone(),
+        generation,
+    );
+    patch_status(ctx, app, &status).await?;
+    if !already {
+        event(ctx, app, EventType::Warning, reason, message).await;
+    }
+    Ok(Action::requeue(ctx.resync))
+}
+
+async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error> {
+    let app_name = application_name(app);
+    let aws = ctx.aws(app).await;
+    if app.spec.consumer.mode == ConsumerMode::EnhancedFanOut {
+        // The stream consumer costs money while registered.
+        let stream_arn = match &app.spec.stream.arn {
+            Some(a) => Some(a.clone()),
+            None => aws
+                .kinesis
+                .describe_stream_summary()
+                .stream_name(app.spec.stream.name.clone().unwrap_or_default())
+                .send()
+                .await
+                .ok()
+                .and_then(|o| o.stream_description_summary)
+                .map(|s| s.stream_arn),
+        };
+        if let Some(arn) = stream_arn {
+            let _ = aws
+                .kinesis
+                .deregister_stream_consumer()
+                .stream_arn(arn)
+                .consumer_name(&app_name)
+                .send()
+                .await;
+        }
+    }
+    if app.spec.lease_table.deletion_policy == DeletionPolicy::Delete {
+        match aws
+            .dynamodb
+            .delete_table()
+            .table_name(&app_name)
+            .send()
+            .await
+        {
+            Ok(_) => {
+                event(
+                    ctx,
+                    app,
+                    EventType::Normal,
+                    "LeaseTableDeleted",
+                    format!("lease table `{app_name}` deleted (deletionPolicy: Delete)"),
+                )
+                .await;
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) => {}
+            Err(e) => {
+                let detail = aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string();
+                event(
+                    ctx,
+                    app,
+                    EventType::Warning,
+                    "LeaseTableNotDeleted",
+                    format!("deleting lease table `{app_name}` failed: {detail}"),
+                )
+                .await;
+                // Retried: the finalizer stays until the table is gone.
+                return Err(Error::Kube(kube::Error::Service(detail.into())));
+            }
+        }
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_reads_well() {
+        assert_eq!(human_lag(0), "0ms");
+        assert_eq!(human_lag(350), "350ms");
+        assert_eq!(human_lag(1234), "1.2s");
+        assert_eq!(human_lag(184_000), "3m4s");
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_while_its_status_holds() {
+        let mut c = Vec::new();
+        set_condition(&mut c, "Ready", false, "WorkersStarting", "0/4", Some(1));
+        let t0 = c[0].last_transition_time.clone();
+        c[0].last_transition_time = Some("earlier".into());
+        set_condition(&mut c, "Ready", false, "WorkersStarting", "2/4", Some(1));
+        assert_eq!(c[0].last_transition_time.as_deref(), Some("earlier"));
+        assert_eq!(c[0].message, "2/4");
+        set_condition(&mut c, "Ready", true, "WorkersReady", "4/4", Some(2));
+        assert_ne!(c[0].last_transition_time.as_deref(), Some("earlier"));
+        assert!(t0.is_some());
+        assert_eq!((c.len(), c[0].status.as_str()), (1, "True"));
+    }
+}

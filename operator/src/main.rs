@@ -1,0 +1,207 @@
+//! The `kinesis-operator` binary: watches KinesisApplications (and the Deployments it owns)
+//! and reconciles them; one active replica by leader election.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use clap::{Parser, ValueEnum};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kinesis_operator::controller::{Context, error_policy, reconcile};
+use kinesis_operator::crd::KinesisApplication;
+use kinesis_operator::deployment::WorkerSettings;
+use kinesis_operator::leader::Election;
+use kinesis_operator::metrics::Metrics;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::Reporter;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+#[value(rename_all = "lowercase")]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// kinesis-operator: runs KinesisApplication consumers as worker Deployments sized to their
+/// stream's shard count.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Worker image injected into every application's pods.
+    #[arg(
+        long,
+        env = "WORKER_IMAGE",
+        default_value = "ghcr.io/kinesis-operator/kinesis-worker:0.1.0"
+    )]
+    worker_image: String,
+    /// Pull policy of the worker image (Always, IfNotPresent, Never).
+    #[arg(long, env = "WORKER_IMAGE_PULL_POLICY")]
+    worker_image_pull_policy: Option<String>,
+    /// Region for applications whose spec names none.
+    #[arg(long, env = "AWS_REGION")]
+    region: Option<String>,
+    /// Every application is reconciled at least this often (seconds): how fast resharding
+    /// is followed.
+    #[arg(long, env = "RESYNC_SECONDS", default_value_t = 15)]
+    resync_seconds: u64,
+    /// Admin HTTP address: /metrics, /healthz, /readyz.
+    #[arg(long, env = "ADMIN_ADDRESS", default_value = "0.0.0.0:8080")]
+    admin_address: std::net::SocketAddr,
+    /// Elect one active replica on a Lease.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the leader Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_NAME",
+        default_value = "kinesis-operator-leader"
+    )]
+    lease_name: String,
+    /// A leader that stops renewing loses the Lease after this long (seconds).
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// This replica's identity (default: POD_NAME, else HOSTNAME-PID).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+    let client = Client::try_default().await?;
+    let version = client.apiserver_version().await?;
+    let minor: u32 = version.minor.trim_end_matches('+').parse().unwrap_or(0);
+    let native_sidecar = version.major == "1" && minor >= 29;
+    tracing::info!(server = %version.git_version, native_sidecar, "connected to the API server");
+
+    let metrics = Metrics::new();
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "operator".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let page = metrics.clone();
+    let router = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = page.clone();
+                async move { m.encode() }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ok\n" }));
+    let listener = tokio::net::TcpListener::bind(args.admin_address).await?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+
+    if args.leader_election {
+        let election = Election {
+            api: Api::namespaced(client.clone(), &args.lease_namespace),
+            name: args.lease_name.clone(),
+            identity: identity.clone(),
+            duration: Duration::from_secs(args.lease_duration_seconds),
+        };
+        let every = election.duration / 3;
+        tracing::info!(identity = %identity, lease = %args.lease_name, "waiting to lead");
+        loop {
+            if election.try_acquire().await {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown_signal() => return Ok(()),
+            }
+        }
+        metrics.set_leader(true);
+        tracing::info!(identity = %identity, "leading");
+        // Keep renewing; a leader that cannot renew for a whole lease duration stops, so it
+        // never acts beside a new leader (its restart makes it a standby).
+        tokio::spawn(async move {
+            let mut last = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(every).await;
+                if election.try_acquire().await {
+                    last = tokio::time::Instant::now();
+                } else if last.elapsed() >= election.duration.saturating_sub(every) {
+                    tracing::error!("lost the leader Lease: stopping");
+                    std::process::exit(1);
+                }
+            }
+        });
+    } else {
+        metrics.set_leader(true);
+    }
+
+    let settings = WorkerSettings {
+        image: args.worker_image.clone(),
+        pull_policy: args.worker_image_pull_policy.clone(),
+        default_region: args.region.clone(),
+        native_sidecar,
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        settings,
+        Duration::from_secs(args.resync_seconds.max(1)),
+        metrics,
+        Reporter {
+            controller: "kinesis-operator".into(),
+            instance: Some(identity),
+        },
+    ));
+    let apps: Api<KinesisApplication> = Api::all(client.clone());
+    let deployments: Api<Deployment> = Api::all(client.clone());
+    Controller::new(apps, watcher::Config::default())
+        .owns(
+            deployments,
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=kinesis-operator"),
+        )
+        .graceful_shutdown_on(shutdown_signal())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(application = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+    tracing::info!("stopped");
+    Ok(())
+}

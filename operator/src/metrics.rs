@@ -1,0 +1,143 @@
+//! The operator's Prometheus metrics (`/metrics` on its admin port).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels naming a failed reconcile's cause.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `kube`, `finalizer`, …
+    pub error: String,
+}
+
+/// Labels naming an application.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabels {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub application: String,
+}
+
+/// Every metric of the operator.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Counter,
+    errors: Family<ErrorLabels, Counter>,
+    duration: Histogram,
+    open_shards: Family<AppLabels, Gauge>,
+    workers_desired: Family<AppLabels, Gauge>,
+    workers_ready: Family<AppLabels, Gauge>,
+    lag: Family<AppLabels, Gauge>,
+    leader: Gauge,
+}
+
+impl Metrics {
+    /// A registry with every metric.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("kinesis_operator");
+        let m = Self {
+            registry: Registry::default(),
+            reconciles: Counter::default(),
+            errors: Family::default(),
+            duration: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            open_shards: Family::default(),
+            workers_desired: Family::default(),
+            workers_ready: Family::default(),
+            lag: Family::default(),
+            leader: Gauge::default(),
+        };
+        registry.register("reconciles", "Reconciles run", m.reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by cause",
+            m.errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration",
+            m.duration.clone(),
+        );
+        registry.register(
+            "open_shards",
+            "Open shards of each application's stream",
+            m.open_shards.clone(),
+        );
+        registry.register(
+            "workers_desired",
+            "Workers each application's shard count calls for",
+            m.workers_desired.clone(),
+        );
+        registry.register(
+            "workers_ready",
+            "Ready worker pods of each application",
+            m.workers_ready.clone(),
+        );
+        registry.register(
+            "max_millis_behind_latest",
+            "The largest lag of any shard of each application (ms)",
+            m.lag.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica is the active one",
+            m.leader.clone(),
+        );
+        Arc::new(Self { registry, ..m })
+    }
+
+    /// A reconcile finished (`error`: its cause, if it failed).
+    pub fn reconciled(&self, took: Duration, error: Option<&str>) {
+        self.reconciles.inc();
+        self.duration.observe(took.as_secs_f64());
+        if let Some(e) = error {
+            self.errors
+                .get_or_create(&ErrorLabels { error: e.into() })
+                .inc();
+        }
+    }
+
+    /// An application's figures.
+    pub fn application(
+        &self,
+        namespace: &str,
+        application: &str,
+        open: i32,
+        desired: i32,
+        ready: i32,
+        lag_ms: i64,
+    ) {
+        let l = AppLabels {
+            namespace: namespace.into(),
+            application: application.into(),
+        };
+        self.open_shards.get_or_create(&l).set(i64::from(open));
+        self.workers_desired
+            .get_or_create(&l)
+            .set(i64::from(desired));
+        self.workers_ready.get_or_create(&l).set(i64::from(ready));
+        self.lag.get_or_create(&l).set(lag_ms);
+    }
+
+    /// Whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            return String::new();
+        }
+        out
+    }
+}
