@@ -490,12 +490,14 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
         format!("{ready} of {desired} workers ready"),
         generation,
     );
+    // Never an empty message: the API server (1.20) turns "" into null in a merge patch and
+    // then rejects it as not a string.
     set_condition(
         &mut status.conditions,
         "Degraded",
         false,
         "AsExpected",
-        "",
+        "stream and lease table reachable",
         generation,
     );
     let all_ready = ready >= desired && desired > 0;

@@ -74,6 +74,9 @@ struct Args {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
 }
 
 async fn shutdown_signal() {
@@ -186,8 +189,14 @@ async fn main() -> anyhow::Result<()> {
             instance: Some(identity),
         },
     ));
-    let apps: Api<KinesisApplication> = Api::all(client.clone());
-    let deployments: Api<Deployment> = Api::all(client.clone());
+    let (apps, deployments): (Api<KinesisApplication>, Api<Deployment>) =
+        match &args.watch_namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
     Controller::new(apps, watcher::Config::default())
         .owns(
             deployments,

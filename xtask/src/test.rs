@@ -12,7 +12,11 @@ use crate::paths::Paths;
 use crate::sh::{run, step};
 
 /// The project's programs and the image each is packed into.
-pub const PROGRAMS: &[(&str, &str)] = &[("kinesis-worker", "localhost/kinesis-worker:dev")];
+pub const PROGRAMS: &[(&str, &str)] = &[
+    ("kinesis-worker", "localhost/kinesis-worker:dev"),
+    ("kinesis-operator", "localhost/kinesis-operator:dev"),
+    ("pageview-counter", "localhost/pageview-counter:dev"),
+];
 
 /// Debian's CA bundle (package ca-certificates), copied into every program image.
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";

@@ -1,0 +1,490 @@
+//! The operator on the real cluster: a KinesisApplication becomes a Deployment of worker +
+//! pageview-counter pods (locally built images) that count records end to end, follows
+//! resharding 4 → 8 → 4 with no lost records, and reports status; bad specs and a missing
+//! stream become conditions and Warning Events, never a Deployment.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::events::v1::Event;
+use kinesis_operator::crd::KinesisApplication;
+use kinesis_operator_tests::cluster::{delete_namespace, install_crd, namespace, operator};
+use kinesis_operator_tests::process::binary;
+use kinesis_operator_tests::{TestEnv, unique_name, wait_for};
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+const POLL: Duration = Duration::from_millis(500);
+
+fn application(
+    name: &str,
+    env: &TestEnv,
+    stream: &str,
+    counts_table: &str,
+) -> Result<KinesisApplication> {
+    let aws_env = json!([
+        {"name": "AWS_ACCESS_KEY_ID", "value": "test"},
+        {"name": "AWS_SECRET_ACCESS_KEY", "value": "test"},
+    ]);
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "kinesis-operator.io/v1alpha1",
+        "kind": "KinesisApplication",
+        "metadata": {"name": name},
+        "spec": {
+            "stream": {
+                "name": stream,
+                "region": env.region,
+                "endpoint": env.kinesis_endpoint,
+                "dynamoDbEndpoint": env.dynamodb_endpoint,
+            },
+            "applicationName": unique_name("counter"),
+            "leaseTable": {"deletionPolicy": "Delete"},
+            "consumer": {"failoverTimeMs": 5000, "idleTimeBetweenReadsMs": 100, "checkpointIntervalMs": 1000},
+            "worker": {"env": aws_env},
+            "template": {"spec": {
+                "terminationGracePeriodSeconds": 30,
+                "containers": [{
+                    "name": "counter",
+                    "image": kinesis_operator_tests::image("pageview-counter"),
+                    "imagePullPolicy": "Never",
+                    "env": [
+                        {"name": "AWS_ACCESS_KEY_ID", "value": "test"},
+                        {"name": "AWS_SECRET_ACCESS_KEY", "value": "test"},
+                        {"name": "AWS_REGION", "value": env.region},
+                        {"name": "DYNAMODB_ENDPOINT", "value": env.dynamodb_endpoint},
+                        {"name": "COUNTS_TABLE", "value": counts_table},
+                        {"name": "FLUSH_INTERVAL_MS", "value": "500"},
+                    ],
+                }]
+            }}
+        }
+    }))?)
+}
+
+/// Puts `count` pageviews; returns the count per client.
+fn produce(env: &TestEnv, stream: &str, count: u32) -> Result<BTreeMap<String, u64>> {
+    let out = Command::new(binary("pageview-producer")?)
+        .envs(env.worker_env())
+        .args([
+            "--stream",
+            stream,
+            "--count",
+            &count.to_string(),
+            "--clients",
+            "8",
+            "--rate",
+            "0",
+        ])
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("producer: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (c, n) = l.split_once(' ')?;
+            Some((c.to_string(), n.parse().ok()?))
+        })
+        .collect())
+}
+
+async fn counts(env: &TestEnv, table: &str) -> Option<BTreeMap<String, u64>> {
+    let out = env
+        .dynamodb()
+        .await
+        .scan()
+        .table_name(table)
+        .send()
+        .await
+        .ok()?;
+    Some(
+        out.items()
+            .iter()
+            .filter_map(|i| {
+                Some((
+                    i.get("client_id")?.as_s().ok()?.clone(),
+                    i.get("pageviews")?.as_n().ok()?.parse().ok()?,
+                ))
+            })
+            .collect(),
+    )
+}
+
+async fn until_counts(
+    env: &TestEnv,
+    table: &str,
+    expected: &BTreeMap<String, u64>,
+    logs: &str,
+) -> Result<()> {
+    let res = wait_for(
+        "pageview counts",
+        Duration::from_secs(120),
+        POLL,
+        || async { (counts(env, table).await.as_ref() == Some(expected)).then_some(()) },
+    )
+    .await;
+    match res {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let got = counts(env, table).await;
+            Err(format!("{e}: got {got:?}, expected {expected:?}\n{logs}").into())
+        }
+    }
+}
+
+fn add(total: &mut BTreeMap<String, u64>, more: BTreeMap<String, u64>) {
+    for (k, v) in more {
+        *total.entry(k).or_insert(0) += v;
+    }
+}
+
+async fn until_replicas(
+    deployments: &Api<Deployment>,
+    name: &str,
+    n: i32,
+    ready: bool,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    wait_for(
+        &format!("deployment {name} with {n} replicas (ready: {ready})"),
+        Duration::from_secs(240),
+        POLL,
+        || async {
+            let d = deployments.get_opt(name).await.ok()??;
+            let spec = d.spec.replicas == Some(n);
+            let status = d.status.unwrap_or_default();
+            let ok = if ready {
+                status.ready_replicas == Some(n) && status.replicas == Some(n)
+            } else {
+                spec
+            };
+            (spec && ok).then_some(())
+        },
+    )
+    .await?;
+    eprintln!(
+        "deployment {name}: {n} replicas (ready: {ready}) after {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+async fn reshard(env: &TestEnv, stream: &str, to: i32) -> Result<()> {
+    env.kinesis()
+        .await
+        .update_shard_count()
+        .stream_name(stream)
+        .target_shard_count(to)
+        .scaling_type(aws_sdk_kinesis::types::ScalingType::UniformScaling)
+        .send()
+        .await?;
+    env.wait_stream_active(stream).await
+}
+
+#[tokio::test]
+async fn an_application_counts_end_to_end_and_follows_resharding() -> Result<()> {
+    let env = TestEnv::require();
+    env.require_image("kinesis-worker")?;
+    env.require_image("pageview-counter")?;
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "e2e").await?;
+    let stream = unique_name("pageviews");
+    env.create_stream(&stream, 4).await?;
+    let table = unique_name("counts");
+    let op = operator(&env, &ns, 3)?;
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let app = application("counter", &env, &stream, &table)?;
+    apps.create(&PostParams::default(), &app).await?;
+
+    until_replicas(&deployments, "counter", 4, true)
+        .await
+        .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    let mut expected = produce(&env, &stream, 400)?;
+    until_counts(&env, &table, &expected, &op.log_tail()).await?;
+
+    // Status: 4 open shards, each leased, with lag; the printer columns.
+    let status = wait_for(
+        "status with 4 leased shards",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            let s = apps.get("counter").await.ok()?.status?;
+            let leased = s
+                .shard_status
+                .iter()
+                .filter(|x| x.owner.is_some() && x.millis_behind_latest.is_some())
+                .count();
+            (s.shards.as_ref()?.open == 4 && leased == 4 && s.max_lag.is_some()).then_some(s)
+        },
+    )
+    .await?;
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True"),
+        "{:?}",
+        status.conditions
+    );
+    let out = Command::new(&env.kubectl)
+        .env("KUBECONFIG", &env.kubeconfig)
+        .args(["get", "kapp", "-n", &ns])
+        .output()?;
+    let table_text = String::from_utf8_lossy(&out.stdout);
+    for col in ["NAME", "STREAM", "SHARDS", "WORKERS", "LAG", "READY", "AGE"] {
+        assert!(table_text.contains(col), "{col} in:\n{table_text}");
+    }
+    assert!(
+        table_text.contains(&stream) && table_text.contains("4/4"),
+        "{table_text}"
+    );
+    eprintln!("{table_text}");
+
+    // 4 → 8: the workers follow within the resync interval, and every record counts.
+    reshard(&env, &stream, 8).await?;
+    until_replicas(&deployments, "counter", 8, false).await?;
+    add(&mut expected, produce(&env, &stream, 400)?);
+    until_replicas(&deployments, "counter", 8, true).await?;
+    until_counts(&env, &table, &expected, &op.log_tail()).await?;
+
+    // 8 → 4: the workers shrink, leases move through /drain, nothing is lost.
+    reshard(&env, &stream, 4).await?;
+    until_replicas(&deployments, "counter", 4, true).await?;
+    add(&mut expected, produce(&env, &stream, 400)?);
+    until_counts(&env, &table, &expected, &op.log_tail()).await?;
+    let s = apps.get("counter").await?.status.ok_or("status")?;
+    assert_eq!(s.shards.as_ref().map(|x| x.open), Some(4));
+    assert_eq!(s.workers.as_ref().map(|w| w.desired), Some(4));
+
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default()
+            )
+        })
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("Scaled: workers 4 → 8")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("Scaled: workers 8 → 4")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.starts_with("Resharded")),
+        "{reasons:?}"
+    );
+
+    // deletionPolicy Delete: the finalizer deletes the lease table.
+    let lease_table = s
+        .application_name
+        .clone()
+        .ok_or("applicationName in status")?;
+    delete_all(&apps).await?;
+    let gone = env
+        .dynamodb()
+        .await
+        .describe_table()
+        .table_name(&lease_table)
+        .send()
+        .await;
+    assert!(gone.is_err(), "lease table {lease_table} deleted");
+    drop(op);
+    delete_namespace(&client, &ns).await?;
+    let _ = env
+        .kinesis()
+        .await
+        .delete_stream()
+        .stream_name(&stream)
+        .send()
+        .await;
+    let _ = env
+        .dynamodb()
+        .await
+        .delete_table()
+        .table_name(&table)
+        .send()
+        .await;
+    Ok(())
+}
+
+/// Deletes every KinesisApplication of the namespace while the operator still runs (its
+/// finalizer cleans up), and waits until they are gone.
+async fn delete_all(apps: &Api<KinesisApplication>) -> Result<()> {
+    apps.delete_collection(&kube::api::DeleteParams::default(), &ListParams::default())
+        .await?;
+    wait_for(
+        "applications deleted",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            apps.list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Patches `spec` into KinesisApplication `name` (JSON merge patch).
+async fn patch_spec(apps: &Api<KinesisApplication>, name: &str, spec: Value) -> Result<()> {
+    apps.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": spec})),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_specs_and_a_missing_stream_become_conditions_and_events() -> Result<()> {
+    let env = TestEnv::require();
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "bad").await?;
+    let op = operator(&env, &ns, 3)?;
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+
+    let cases: Vec<(&str, Value, &str, &str)> = vec![
+        (
+            "min-over-max",
+            json!({"scaling": {"minWorkers": 3, "maxWorkers": 2}}),
+            "InvalidSpec",
+            "spec.scaling.minWorkers",
+        ),
+        (
+            "no-timestamp",
+            json!({"initialPosition": "AT_TIMESTAMP"}),
+            "InvalidSpec",
+            "spec.initialTimestamp",
+        ),
+        (
+            "no-containers",
+            json!({"template": {"spec": {"containers": []}}}),
+            "InvalidSpec",
+            "spec.template.spec.containers",
+        ),
+        (
+            "both-name-and-arn",
+            json!({"stream": {"arn": "arn:aws:kinesis:us-east-1:123456789012:stream/x"}}),
+            "InvalidSpec",
+            "spec.stream",
+        ),
+        (
+            "unknown-stream",
+            json!({}),
+            "StreamNotFound",
+            "not found in",
+        ),
+    ];
+    for (name, patch, _, _) in &cases {
+        let mut app =
+            serde_json::to_value(application(name, &env, &unique_name("missing"), "unused")?)?;
+        if let (Some(spec), Some(p)) = (app["spec"].as_object_mut(), patch.as_object()) {
+            for (k, v) in p {
+                // Merge one level down (stream gets an arn beside its name).
+                match (spec.get_mut(k), v) {
+                    (Some(Value::Object(old)), Value::Object(new)) if k == "stream" => {
+                        old.extend(new.clone())
+                    }
+                    _ => {
+                        spec.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        apps.create(&PostParams::default(), &serde_json::from_value(app)?)
+            .await?;
+    }
+    for (name, _, reason, text) in &cases {
+        let ready = wait_for(
+            &format!("{name}: Ready=False {reason}"),
+            Duration::from_secs(60),
+            POLL,
+            || async {
+                let s = apps.get(name).await.ok()?.status?;
+                s.conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Ready" && c.status == "False" && c.reason == *reason)
+            },
+        )
+        .await
+        .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+        assert!(ready.message.contains(text), "{name}: {}", ready.message);
+        assert!(
+            deployments.get_opt(name).await?.is_none(),
+            "{name}: no Deployment for a bad spec"
+        );
+    }
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let warnings: Vec<(String, String)> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect();
+    for (_, _, reason, text) in &cases {
+        assert!(
+            warnings
+                .iter()
+                .any(|(r, n)| r == reason && n.contains(text)),
+            "a Warning Event {reason} naming {text}: {warnings:?}"
+        );
+    }
+    // The application name cannot change once set.
+    patch_spec(
+        &apps,
+        "unknown-stream",
+        json!({"applicationName": "another-name"}),
+    )
+    .await?;
+    let c = wait_for(
+        "changed applicationName refused",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            let s = apps.get("unknown-stream").await.ok()?.status?;
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready" && c.reason == "InvalidSpec")
+        },
+    )
+    .await?;
+    assert!(
+        c.message.contains("spec.applicationName: changed from"),
+        "{}",
+        c.message
+    );
+
+    delete_all(&apps).await?;
+    drop(op);
+    delete_namespace(&client, &ns).await?;
+    Ok(())
+}
