@@ -68,7 +68,36 @@ pub async fn delete_namespace(client: &Client, ns: &str) -> Result<()> {
 ///
 /// # Errors
 /// It could not be built or started.
-pub fn operator(env: &TestEnv, ns: &str, resync_seconds: u64) -> Result<Proc> {
+pub fn operator(env: &TestEnv, ns: &str, resync_seconds: u64) -> Result<Operator> {
+    operator_with(env, ns, resync_seconds, "operator", &[])
+}
+
+/// A running operator process and its admin address.
+pub struct Operator {
+    /// The process.
+    pub proc: Proc,
+    /// `127.0.0.1:PORT` of its admin port.
+    pub admin: String,
+}
+
+impl Operator {
+    /// The last lines of its log.
+    pub fn log_tail(&self) -> String {
+        self.proc.log_tail()
+    }
+}
+
+/// As [`operator`], named `name` (its log file and leader identity), with `extra` arguments.
+///
+/// # Errors
+/// It could not be built or started.
+pub fn operator_with(
+    env: &TestEnv,
+    ns: &str,
+    resync_seconds: u64,
+    name: &str,
+    extra: &[&str],
+) -> Result<Operator> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -83,11 +112,16 @@ pub fn operator(env: &TestEnv, ns: &str, resync_seconds: u64) -> Result<Proc> {
         .args(["--resync-seconds", &resync_seconds.to_string()])
         .args(["--admin-address", &format!("127.0.0.1:{port}")])
         .args(["--watch-namespace", ns, "--lease-namespace", ns])
-        .args(["--log-format", "text"]);
+        .args(["--log-format", "text", "--identity", name])
+        .args(extra);
     let logs = crate::env_file()
         .parent()
         .map(|d| d.join("logs/test-operators"))
         .unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&logs)?;
-    Ok(Proc::spawn(cmd, logs.join(format!("{ns}.log")))?)
+    let proc = Proc::spawn(cmd, logs.join(format!("{ns}-{name}.log")))?;
+    Ok(Operator {
+        proc,
+        admin: format!("127.0.0.1:{port}"),
+    })
 }

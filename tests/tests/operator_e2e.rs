@@ -488,3 +488,76 @@ async fn bad_specs_and_a_missing_stream_become_conditions_and_events() -> Result
     delete_namespace(&client, &ns).await?;
     Ok(())
 }
+
+/// The value of `name` on an operator's /metrics page.
+async fn metric(op: &kinesis_operator_tests::cluster::Operator, name: &str) -> Option<f64> {
+    let (status, page) = kinesis_operator_tests::pipeline::http_get(&op.admin, "/metrics")
+        .await
+        .ok()?;
+    (status == 200).then(|| kinesis_operator_tests::pipeline::metric(&page, name))
+}
+
+#[tokio::test]
+async fn one_of_two_operators_leads_and_the_other_takes_over() -> Result<()> {
+    use kinesis_operator_tests::cluster::operator_with;
+    let env = TestEnv::require();
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "leader").await?;
+    let lease = ["--lease-duration-seconds", "4"];
+    let a = operator_with(&env, &ns, 3, "op-a", &lease)?;
+    let b = operator_with(&env, &ns, 3, "op-b", &lease)?;
+    let leaders = wait_for("one leader", Duration::from_secs(60), POLL, || async {
+        let (la, lb) = (
+            metric(&a, "kinesis_operator_leader").await?,
+            metric(&b, "kinesis_operator_leader").await?,
+        );
+        (la + lb == 1.0).then_some((la, lb))
+    })
+    .await?;
+    // The leader keeps renewing (renewTime moves), and the standby does not take the live
+    // lease meanwhile.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &ns);
+    let renew_time = || async {
+        let l = leases.get("kinesis-operator-leader").await.ok()?;
+        serde_json::to_string(&l.spec?.renew_time?).ok()
+    };
+    let first = wait_for("a renewTime", Duration::from_secs(30), POLL, renew_time).await?;
+    wait_for("two renewals", Duration::from_secs(30), POLL, || async {
+        let now = renew_time().await?;
+        (now != first).then_some(())
+    })
+    .await?;
+    let (la, lb) = (
+        metric(&a, "kinesis_operator_leader").await.unwrap_or(-1.0),
+        metric(&b, "kinesis_operator_leader").await.unwrap_or(-1.0),
+    );
+    assert_eq!((la, lb), leaders, "the same single leader after renewals");
+    let (leader, standby) = if leaders.0 == 1.0 { (a, b) } else { (b, a) };
+    // The leader dies without a word: the standby takes over once the lease expires.
+    leader.proc.signal("KILL");
+    let started = std::time::Instant::now();
+    wait_for(
+        "the standby leads",
+        Duration::from_secs(60),
+        POLL,
+        || async { (metric(&standby, "kinesis_operator_leader").await? == 1.0).then_some(()) },
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "{e}
+{}",
+            standby.log_tail()
+        )
+    })?;
+    eprintln!(
+        "standby took over {:?} after the leader was killed (lease 4 s)",
+        started.elapsed()
+    );
+    drop(standby);
+    drop(leader);
+    delete_namespace(&client, &ns).await?;
+    Ok(())
+}
