@@ -79,21 +79,6 @@ struct Args {
     watch_namespace: Option<String>,
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -150,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
-                _ = shutdown_signal() => return Ok(()),
+                _ = kinesis_processor::shutdown_signal() => return Ok(()),
             }
         }
         metrics.set_leader(true);
@@ -202,7 +187,7 @@ async fn main() -> anyhow::Result<()> {
             deployments,
             watcher::Config::default().labels("app.kubernetes.io/managed-by=kinesis-operator"),
         )
-        .graceful_shutdown_on(shutdown_signal())
+        .graceful_shutdown_on(kinesis_processor::shutdown_signal())
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             match res {

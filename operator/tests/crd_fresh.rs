@@ -15,3 +15,13 @@ fn the_checked_in_crd_matches_the_types() -> Result<(), Box<dyn std::error::Erro
     );
     Ok(())
 }
+
+#[test]
+fn the_example_manifests_parse_and_are_valid() -> Result<(), Box<dyn std::error::Error>> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/pageview-counter/deploy/kinesisapplication.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let app: kinesis_operator::crd::KinesisApplication = serde_yaml::from_str(&text)?;
+    assert_eq!(kinesis_operator::validate::validate(&app), vec![]);
+    Ok(())
+}

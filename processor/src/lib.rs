@@ -194,6 +194,23 @@ where
     Ok(())
 }
 
+/// Completes on SIGTERM (Kubernetes stopping the container) or SIGINT (Ctrl-C): the
+/// `shutdown` future for [`serve`], and what the project's binaries wait on.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

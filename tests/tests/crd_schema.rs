@@ -3,15 +3,11 @@
 //! required fields) is rejected by the API server with the field named. Cross-field rules
 //! are the operator's (`operator/src/validate.rs`).
 
-use std::time::Duration;
-
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kinesis_operator::crd::KinesisApplication;
-use kinesis_operator_tests::{TestEnv, unique_name};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Api, CustomResourceExt};
+use kinesis_operator_tests::TestEnv;
+use kinesis_operator_tests::cluster::{delete_namespace, install_crd, namespace};
+use kube::Api;
+use kube::api::PostParams;
 use serde_json::{Value, json};
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
@@ -42,29 +38,8 @@ fn resource(name: &str, spec: Value) -> Value {
 async fn the_crd_is_established_and_its_schema_rejects_bad_fields() -> Result<()> {
     let env = TestEnv::require();
     let client = env.kube().await?;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = KinesisApplication::crd();
-    let name = crd.metadata.name.clone().ok_or("crd name")?;
-    crds.patch(
-        &name,
-        &PatchParams::apply("kinesis-operator-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await?;
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        await_condition(crds.clone(), &name, conditions::is_crd_established()),
-    )
-    .await??;
-
-    let ns = unique_name("crd");
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
-        )
-        .await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "crd").await?;
     let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
     let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
         client.clone(),
@@ -120,6 +95,6 @@ async fn the_crd_is_established_and_its_schema_rejects_bad_fields() -> Result<()
             other => return Err(format!("{spec} was not rejected: {other:?}").into()),
         }
     }
-    namespaces.delete(&ns, &DeleteParams::default()).await?;
+    delete_namespace(&client, &ns).await?;
     Ok(())
 }

@@ -245,7 +245,7 @@ async fn run_leases(settings: &AwsSettings, args: LeaseArgs) -> anyhow::Result<(
             }
         }
     });
-    shutdown_signal().await;
+    kinesis_processor::shutdown_signal().await;
     handle.shutdown().await;
     running.await?;
     printer.abort();
@@ -299,7 +299,7 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
         waited += 1;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown_signal() => { admin.abort(); return Ok(()); }
+            _ = kinesis_processor::shutdown_signal() => { admin.abort(); return Ok(()); }
         }
     }
 
@@ -338,7 +338,7 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
     let delivering = tokio::spawn(pipeline.run(events));
 
     let by_signal = tokio::select! {
-        _ = shutdown_signal() => true,
+        _ = kinesis_processor::shutdown_signal() => true,
         _ = drain.requested() => false,
     };
     tracing::info!(by_signal, "draining: handing over every lease");
@@ -350,26 +350,10 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
     tracing::info!("drained");
     if !by_signal {
         // Drained through /drain (a preStop hook): stay up, unready, until told to stop.
-        shutdown_signal().await;
+        kinesis_processor::shutdown_signal().await;
     }
     admin.abort();
     Ok(())
-}
-
-/// SIGTERM (Kubernetes) or SIGINT (a terminal).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 #[tokio::main]

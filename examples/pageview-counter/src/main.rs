@@ -336,20 +336,6 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     tracing::info!(%address, table = %args.table, "pageview-counter serving");
-    let shutdown = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    };
-    kinesis_processor::serve(&address, counter, shutdown).await?;
+    kinesis_processor::serve(&address, counter, kinesis_processor::shutdown_signal()).await?;
     Ok(())
 }

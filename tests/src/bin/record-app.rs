@@ -175,12 +175,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         calls: AtomicU64::new(0),
     };
     say(format!("serving {address}"));
-    let shutdown = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            term.recv().await;
-        }
-    };
-    kinesis_processor::serve(&address, app, shutdown).await?;
+    kinesis_processor::serve(&address, app, kinesis_processor::shutdown_signal()).await?;
     Ok(())
 }
