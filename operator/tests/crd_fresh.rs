@@ -13,6 +13,16 @@ fn the_checked_in_crd_matches_the_types() -> Result<(), Box<dyn std::error::Erro
         "{} is stale: run `cargo run -p kinesis-operator --bin crdgen > crds/kinesisapplications.yaml`",
         path.display()
     );
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../charts/kinesis-operator/files/kinesisapplications.yaml");
+    let in_chart =
+        std::fs::read_to_string(&chart).map_err(|e| format!("{}: {e}", chart.display()))?;
+    assert!(
+        in_chart == generated,
+        "{} is stale: run `cargo run -p kinesis-operator --bin crdgen > {}`",
+        chart.display(),
+        chart.display()
+    );
     Ok(())
 }
 

@@ -11,10 +11,17 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, CustomResourceExt};
 
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
 use crate::process::{Proc, binary};
+use crate::wait_for;
 use crate::{TestEnv, unique_name};
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+const POLL: Duration = Duration::from_millis(500);
 
 /// Applies the generated CRD (server-side) and waits until it is established.
 ///
@@ -124,4 +131,132 @@ pub fn operator_with(
         proc,
         admin: format!("127.0.0.1:{port}"),
     })
+}
+
+/// The pageview-counter KinesisApplication `name` on `stream`, counting into `counts_table`.
+///
+/// # Errors
+/// Never for these literals.
+pub fn application(
+    name: &str,
+    env: &TestEnv,
+    stream: &str,
+    counts_table: &str,
+) -> Result<KinesisApplication> {
+    let aws_env = json!([
+        {"name": "AWS_ACCESS_KEY_ID", "value": "test"},
+        {"name": "AWS_SECRET_ACCESS_KEY", "value": "test"},
+    ]);
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "kinesis-operator.io/v1alpha1",
+        "kind": "KinesisApplication",
+        "metadata": {"name": name},
+        "spec": {
+            "stream": {
+                "name": stream,
+                "region": env.region,
+                "endpoint": env.kinesis_endpoint,
+                "dynamoDbEndpoint": env.dynamodb_endpoint,
+            },
+            "applicationName": unique_name("counter"),
+            "leaseTable": {"deletionPolicy": "Delete"},
+            "consumer": {"failoverTimeMs": 5000, "idleTimeBetweenReadsMs": 100, "checkpointIntervalMs": 1000},
+            "worker": {"env": aws_env},
+            "template": {"spec": {
+                "terminationGracePeriodSeconds": 30,
+                "containers": [{
+                    "name": "counter",
+                    "image": crate::image("pageview-counter"),
+                    "imagePullPolicy": "Never",
+                    "env": [
+                        {"name": "AWS_ACCESS_KEY_ID", "value": "test"},
+                        {"name": "AWS_SECRET_ACCESS_KEY", "value": "test"},
+                        {"name": "AWS_REGION", "value": env.region},
+                        {"name": "DYNAMODB_ENDPOINT", "value": env.dynamodb_endpoint},
+                        {"name": "COUNTS_TABLE", "value": counts_table},
+                        {"name": "FLUSH_INTERVAL_MS", "value": "500"},
+                    ],
+                }]
+            }}
+        }
+    }))?)
+}
+
+/// Puts `count` pageviews; returns the count per client.
+///
+/// # Errors
+/// The producer failed.
+pub fn produce(env: &TestEnv, stream: &str, count: u32) -> Result<BTreeMap<String, u64>> {
+    let out = Command::new(binary("pageview-producer")?)
+        .envs(env.worker_env())
+        .args([
+            "--stream",
+            stream,
+            "--count",
+            &count.to_string(),
+            "--clients",
+            "8",
+            "--rate",
+            "0",
+        ])
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("producer: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (c, n) = l.split_once(' ')?;
+            Some((c.to_string(), n.parse().ok()?))
+        })
+        .collect())
+}
+
+/// client id → pageviews in a counts table.
+pub async fn counts(env: &TestEnv, table: &str) -> Option<BTreeMap<String, u64>> {
+    let out = env
+        .dynamodb()
+        .await
+        .scan()
+        .table_name(table)
+        .send()
+        .await
+        .ok()?;
+    Some(
+        out.items()
+            .iter()
+            .filter_map(|i| {
+                Some((
+                    i.get("client_id")?.as_s().ok()?.clone(),
+                    i.get("pageviews")?.as_n().ok()?.parse().ok()?,
+                ))
+            })
+            .collect(),
+    )
+}
+
+/// Waits until the counts table holds `expected`.
+///
+/// # Errors
+/// Not within 120 s (with what was there and `logs`).
+pub async fn until_counts(
+    env: &TestEnv,
+    table: &str,
+    expected: &BTreeMap<String, u64>,
+    logs: &str,
+) -> Result<()> {
+    let res = wait_for(
+        "pageview counts",
+        Duration::from_secs(120),
+        POLL,
+        || async { (counts(env, table).await.as_ref() == Some(expected)).then_some(()) },
+    )
+    .await;
+    match res {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let got = counts(env, table).await;
+            Err(format!("{e}: got {got:?}, expected {expected:?}\n{logs}").into())
+        }
+    }
 }

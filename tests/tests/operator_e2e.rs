@@ -10,8 +10,9 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::events::v1::Event;
 use kinesis_operator::crd::KinesisApplication;
-use kinesis_operator_tests::cluster::{delete_namespace, install_crd, namespace, operator};
-use kinesis_operator_tests::process::binary;
+use kinesis_operator_tests::cluster::{
+    application, delete_namespace, install_crd, namespace, operator, produce, until_counts,
+};
 use kinesis_operator_tests::{TestEnv, unique_name, wait_for};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -20,122 +21,6 @@ use serde_json::{Value, json};
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
 const POLL: Duration = Duration::from_millis(500);
-
-fn application(
-    name: &str,
-    env: &TestEnv,
-    stream: &str,
-    counts_table: &str,
-) -> Result<KinesisApplication> {
-    let aws_env = json!([
-        {"name": "AWS_ACCESS_KEY_ID", "value": "test"},
-        {"name": "AWS_SECRET_ACCESS_KEY", "value": "test"},
-    ]);
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "kinesis-operator.io/v1alpha1",
-        "kind": "KinesisApplication",
-        "metadata": {"name": name},
-        "spec": {
-            "stream": {
-                "name": stream,
-                "region": env.region,
-                "endpoint": env.kinesis_endpoint,
-                "dynamoDbEndpoint": env.dynamodb_endpoint,
-            },
-            "applicationName": unique_name("counter"),
-            "leaseTable": {"deletionPolicy": "Delete"},
-            "consumer": {"failoverTimeMs": 5000, "idleTimeBetweenReadsMs": 100, "checkpointIntervalMs": 1000},
-            "worker": {"env": aws_env},
-            "template": {"spec": {
-                "terminationGracePeriodSeconds": 30,
-                "containers": [{
-                    "name": "counter",
-                    "image": kinesis_operator_tests::image("pageview-counter"),
-                    "imagePullPolicy": "Never",
-                    "env": [
-                        {"name": "AWS_ACCESS_KEY_ID", "value": "test"},
-                        {"name": "AWS_SECRET_ACCESS_KEY", "value": "test"},
-                        {"name": "AWS_REGION", "value": env.region},
-                        {"name": "DYNAMODB_ENDPOINT", "value": env.dynamodb_endpoint},
-                        {"name": "COUNTS_TABLE", "value": counts_table},
-                        {"name": "FLUSH_INTERVAL_MS", "value": "500"},
-                    ],
-                }]
-            }}
-        }
-    }))?)
-}
-
-/// Puts `count` pageviews; returns the count per client.
-fn produce(env: &TestEnv, stream: &str, count: u32) -> Result<BTreeMap<String, u64>> {
-    let out = Command::new(binary("pageview-producer")?)
-        .envs(env.worker_env())
-        .args([
-            "--stream",
-            stream,
-            "--count",
-            &count.to_string(),
-            "--clients",
-            "8",
-            "--rate",
-            "0",
-        ])
-        .output()?;
-    if !out.status.success() {
-        return Err(format!("producer: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (c, n) = l.split_once(' ')?;
-            Some((c.to_string(), n.parse().ok()?))
-        })
-        .collect())
-}
-
-async fn counts(env: &TestEnv, table: &str) -> Option<BTreeMap<String, u64>> {
-    let out = env
-        .dynamodb()
-        .await
-        .scan()
-        .table_name(table)
-        .send()
-        .await
-        .ok()?;
-    Some(
-        out.items()
-            .iter()
-            .filter_map(|i| {
-                Some((
-                    i.get("client_id")?.as_s().ok()?.clone(),
-                    i.get("pageviews")?.as_n().ok()?.parse().ok()?,
-                ))
-            })
-            .collect(),
-    )
-}
-
-async fn until_counts(
-    env: &TestEnv,
-    table: &str,
-    expected: &BTreeMap<String, u64>,
-    logs: &str,
-) -> Result<()> {
-    let res = wait_for(
-        "pageview counts",
-        Duration::from_secs(120),
-        POLL,
-        || async { (counts(env, table).await.as_ref() == Some(expected)).then_some(()) },
-    )
-    .await;
-    match res {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let got = counts(env, table).await;
-            Err(format!("{e}: got {got:?}, expected {expected:?}\n{logs}").into())
-        }
-    }
-}
 
 fn add(total: &mut BTreeMap<String, u64>, more: BTreeMap<String, u64>) {
     for (k, v) in more {
