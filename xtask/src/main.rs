@@ -4,7 +4,9 @@
 //!   Kubernetes 1.20.2 cluster, kinesis-mock, moto, Helm).
 //! - `images`: builds the project's binaries and imports them as OCI images into the node.
 //! - `test`: brings the environment up, builds the images, runs every check and test.
+//! - `demo`: the whole system on this machine (README's first command).
 
+mod demo;
 mod env;
 mod images;
 mod install;
@@ -17,6 +19,9 @@ use anyhow::{Result, bail};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
+  demo           the whole system on this machine: environment, images, the operator
+                 (helm), a 4-shard stream, the Counter application, pageviews; then a
+                 reshard to 8 shards
   env install    install and build what the environment needs (cached), start nothing
   env up         install what is missing and start the environment (idempotent)
   env down       stop what `env up` started and undo its changes to the machine
@@ -39,6 +44,7 @@ fn real_main() -> Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let paths = paths::Paths::discover()?;
     match args.as_slice() {
+        ["demo"] => demo::demo(&paths),
         ["env", "install"] => env::install_all(&paths),
         ["env", "up"] => env::up(&paths),
         ["env", "down"] => env::down(&paths),
