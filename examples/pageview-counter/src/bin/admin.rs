@@ -29,6 +29,15 @@ enum Cmd {
         #[arg(long, default_value = "pageview-counts")]
         table: String,
     },
+    /// Delete the stream and the counts table (a fresh start), waiting until both are gone.
+    Reset {
+        /// The stream.
+        #[arg(long, default_value = "Pageviews")]
+        stream: String,
+        /// The counts table.
+        #[arg(long, default_value = "pageview-counts")]
+        table: String,
+    },
     /// Change the stream's shard count.
     Reshard {
         /// The stream.
@@ -71,6 +80,46 @@ async fn main() -> anyhow::Result<()> {
             let line: Vec<String> = rows.iter().map(|(c, n)| format!("{c}={n}")).collect();
             let total: u64 = rows.iter().map(|(_, n)| n).sum();
             println!("counts: {} | total {total}", line.join(" "));
+        }
+        Cmd::Reset { stream, table } => {
+            let mut k = aws_sdk_kinesis::config::Builder::from(&sdk);
+            if let Some(url) = &args.kinesis_endpoint {
+                k = k.endpoint_url(url);
+            }
+            let kinesis = aws_sdk_kinesis::Client::from_conf(k.build());
+            let mut d = aws_sdk_dynamodb::config::Builder::from(&sdk);
+            if let Some(url) = &args.dynamodb_endpoint {
+                d = d.endpoint_url(url);
+            }
+            let dynamodb = aws_sdk_dynamodb::Client::from_conf(d.build());
+            // Missing already is fine: the point is that they are gone.
+            let _ = kinesis
+                .delete_stream()
+                .stream_name(&stream)
+                .enforce_consumer_deletion(true)
+                .send()
+                .await;
+            let _ = dynamodb.delete_table().table_name(&table).send().await;
+            for _ in 0..600 {
+                let stream_gone = kinesis
+                    .describe_stream_summary()
+                    .stream_name(&stream)
+                    .send()
+                    .await
+                    .is_err();
+                let table_gone = dynamodb
+                    .describe_table()
+                    .table_name(&table)
+                    .send()
+                    .await
+                    .is_err();
+                if stream_gone && table_gone {
+                    println!("stream {stream} and table {table} removed");
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            anyhow::bail!("`{stream}` or `{table}` still there after 60 s");
         }
         Cmd::Reshard { stream, shards } => {
             let mut conf = aws_sdk_kinesis::config::Builder::from(&sdk);
