@@ -196,6 +196,14 @@ pub fn demo(paths: &Paths) -> Result<()> {
     step(format!(
         "4/6 stream {STREAM} (4 shards), the Counter application, pageviews"
     ));
+    // A fresh start when the demo ran before: the old application (its finalizer deletes the
+    // lease table), stream and counts go first.
+    run(d
+        .kubectl()
+        .args(["delete", "kapp", "--all", "-n", NAMESPACE, "--wait=true"]))?;
+    run(d
+        .example("pageview-admin")
+        .args(["reset", "--stream", STREAM]))?;
     run(d
         .example("pageview-producer")
         .args([
