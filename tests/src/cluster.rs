@@ -160,7 +160,7 @@ pub fn application(
             },
             "applicationName": unique_name("counter"),
             "leaseTable": {"deletionPolicy": "Delete"},
-            "consumer": {"failoverTimeMs": 5000, "idleTimeBetweenReadsMs": 100, "checkpointIntervalMs": 1000},
+            "consumer": {"idleTimeBetweenReadsMs": 100, "checkpointIntervalMs": 1000},
             "worker": {"env": aws_env},
             "template": {"spec": {
                 "terminationGracePeriodSeconds": 30,
