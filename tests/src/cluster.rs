@@ -45,6 +45,31 @@ pub async fn install_crd(client: &Client) -> Result<()> {
     Ok(())
 }
 
+/// Deletes every KinesisApplication behind `apps` while an operator still runs (its finalizer
+/// cleans up), and waits until they are gone.
+///
+/// # Errors
+/// The delete failed, or they were not gone within 60 s.
+pub async fn delete_all(apps: &Api<KinesisApplication>) -> Result<()> {
+    apps.delete_collection(&DeleteParams::default(), &kube::api::ListParams::default())
+        .await?;
+    wait_for(
+        "applications deleted",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            apps.list(&kube::api::ListParams::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 /// Creates a namespace named after `prefix`.
 ///
 /// # Errors

@@ -226,6 +226,25 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Best-effort cleanup at the end of a passing test: deletes `stream` (with its fan-out
+    /// consumers) and `tables`; what is already gone is fine.
+    pub async fn remove(&self, stream: Option<&str>, tables: &[&str]) {
+        if let Some(stream) = stream {
+            let _ = self
+                .kinesis()
+                .await
+                .delete_stream()
+                .stream_name(stream)
+                .enforce_consumer_deletion(true)
+                .send()
+                .await;
+        }
+        let dynamodb = self.dynamodb().await;
+        for t in tables {
+            let _ = dynamodb.delete_table().table_name(*t).send().await;
+        }
+    }
+
     /// A DynamoDB client for the local DynamoDB server.
     pub async fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
         let sdk = self.sdk_config().await;

@@ -142,13 +142,15 @@ async fn the_rust_and_the_python_counter_count_every_pageview() -> Result<()> {
             app.log_tail()
         );
     }
-    for t in [
-        &rust_table,
-        &python_table,
-        &rust_application,
-        &python_application,
-    ] {
-        let _ = dynamodb.delete_table().table_name(t.as_str()).send().await;
-    }
+    env.remove(
+        None,
+        &[
+            &rust_table,
+            &python_table,
+            &rust_application,
+            &python_application,
+        ],
+    )
+    .await;
     p.cleanup().await
 }

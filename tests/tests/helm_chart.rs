@@ -5,17 +5,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kinesis_operator::crd::KinesisApplication;
 use kinesis_operator_tests::cluster::{
-    application, delete_namespace, install_crd, namespace, produce, until_counts,
+    application, delete_all, delete_namespace, install_crd, namespace, produce, until_counts,
 };
-use kinesis_operator_tests::{TestEnv, unique_name, wait_for};
+use kinesis_operator_tests::{TestEnv, unique_name};
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
@@ -264,22 +263,7 @@ async fn the_chart_runs_the_operator_under_its_own_rbac_upgrades_and_keeps_the_c
     );
 
     // Uninstall (applications first, while the operator runs its finalizer): the CRD stays.
-    apps.delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await?;
-    wait_for(
-        "applications deleted",
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-        || async {
-            apps.list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .is_empty()
-                .then_some(())
-        },
-    )
-    .await?;
+    delete_all(&apps).await?;
     ok(
         run(
             &env,
@@ -300,19 +284,6 @@ async fn the_chart_runs_the_operator_under_its_own_rbac_upgrades_and_keeps_the_c
     );
 
     delete_namespace(&client, &ns).await?;
-    let _ = env
-        .kinesis()
-        .await
-        .delete_stream()
-        .stream_name(&stream)
-        .send()
-        .await;
-    let _ = env
-        .dynamodb()
-        .await
-        .delete_table()
-        .table_name(&table)
-        .send()
-        .await;
+    env.remove(Some(&stream), &[&table]).await;
     Ok(())
 }

@@ -11,7 +11,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::events::v1::Event;
 use kinesis_operator::crd::KinesisApplication;
 use kinesis_operator_tests::cluster::{
-    application, delete_namespace, install_crd, namespace, operator, produce, until_counts,
+    application, delete_all, delete_namespace, install_crd, namespace, operator, produce,
+    until_counts,
 };
 use kinesis_operator_tests::{TestEnv, unique_name, wait_for};
 use kube::Api;
@@ -195,42 +196,7 @@ async fn an_application_counts_end_to_end_and_follows_resharding() -> Result<()>
     assert!(gone.is_err(), "lease table {lease_table} deleted");
     drop(op);
     delete_namespace(&client, &ns).await?;
-    let _ = env
-        .kinesis()
-        .await
-        .delete_stream()
-        .stream_name(&stream)
-        .send()
-        .await;
-    let _ = env
-        .dynamodb()
-        .await
-        .delete_table()
-        .table_name(&table)
-        .send()
-        .await;
-    Ok(())
-}
-
-/// Deletes every KinesisApplication of the namespace while the operator still runs (its
-/// finalizer cleans up), and waits until they are gone.
-async fn delete_all(apps: &Api<KinesisApplication>) -> Result<()> {
-    apps.delete_collection(&kube::api::DeleteParams::default(), &ListParams::default())
-        .await?;
-    wait_for(
-        "applications deleted",
-        Duration::from_secs(60),
-        POLL,
-        || async {
-            apps.list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .is_empty()
-                .then_some(())
-        },
-    )
-    .await?;
+    env.remove(Some(&stream), &[&table]).await;
     Ok(())
 }
 

@@ -335,6 +335,21 @@ async fn middle_of(p: &Pipeline, shard: &str) -> Result<String> {
     Ok((start + (end - start) / 2).to_string())
 }
 
+/// Splits `shard` at the middle of its hash key range and waits until the stream is ACTIVE.
+async fn split_in_half(p: &Pipeline, shard: &str) -> Result<()> {
+    let middle = middle_of(p, shard).await?;
+    p.env
+        .kinesis()
+        .await
+        .split_shard()
+        .stream_name(&p.stream)
+        .shard_to_split(shard)
+        .new_starting_hash_key(middle)
+        .send()
+        .await?;
+    p.env.wait_stream_active(&p.stream).await
+}
+
 #[tokio::test]
 async fn split_and_merge_mid_stream_deliver_every_record_parents_first() -> Result<()> {
     let p = Pipeline::new(2).await?;
@@ -348,15 +363,7 @@ async fn split_and_merge_mid_stream_deliver_every_record_parents_first() -> Resu
     let keys = 16;
     // Phase 1, then split shard 0 while its records are still being read.
     p.put_sequence(keys, 0, 20).await?;
-    let middle = middle_of(&p, "shardId-000000000000").await?;
-    kinesis
-        .split_shard()
-        .stream_name(&p.stream)
-        .shard_to_split("shardId-000000000000")
-        .new_starting_hash_key(middle)
-        .send()
-        .await?;
-    p.env.wait_stream_active(&p.stream).await?;
+    split_in_half(&p, "shardId-000000000000").await?;
     p.put_sequence(keys, 20, 20).await?;
     // Merge the split's upper child with the other original shard (adjacent ranges).
     kinesis
@@ -466,16 +473,8 @@ async fn enhanced_fan_out_delivers_every_record_and_follows_a_split() -> Result<
     let keys = 8;
     p.put_sequence(keys, 0, 10).await?;
     until_received(&[app.out.as_path()], keys * 10).await?;
-    let middle = middle_of(&p, "shardId-000000000000").await?;
+    split_in_half(&p, "shardId-000000000000").await?;
     let kinesis = p.env.kinesis().await;
-    kinesis
-        .split_shard()
-        .stream_name(&p.stream)
-        .shard_to_split("shardId-000000000000")
-        .new_starting_hash_key(middle)
-        .send()
-        .await?;
-    p.env.wait_stream_active(&p.stream).await?;
     p.put_sequence(keys, 10, 10).await?;
     let got = until_received(&[app.out.as_path()], keys * 20).await?;
     check_sequence(&got, keys, 20)?;

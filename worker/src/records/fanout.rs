@@ -21,7 +21,7 @@ use aws_sdk_kinesis::types::{
 };
 
 use super::aggregation::HashRange;
-use super::reader::{Batch, Position, ReadError, ReaderConfig, user_records};
+use super::reader::{Batch, Position, ReadError, ReaderConfig, permanent_error, user_records};
 use crate::backoff::Backoff;
 use crate::lease::checkpoint::Checkpoint;
 use crate::lease::discovery::{StreamRef, list_shards};
@@ -215,18 +215,8 @@ impl FanOutReader {
                     return Ok(());
                 }
                 Err(e) => {
-                    let se = e.as_service_error();
-                    if se.is_some_and(|s| s.is_resource_not_found_exception()) {
-                        return Err(ReadError::NotFound {
-                            stream: self.stream.to_string(),
-                            shard_id: self.shard_id.clone(),
-                            detail: DisplayErrorContext(e).to_string(),
-                        });
-                    }
-                    if se.is_some_and(|s| {
-                        s.is_access_denied_exception() || s.is_invalid_argument_exception()
-                    }) {
-                        return Err(self.error(DisplayErrorContext(e).to_string()));
+                    if let Some(err) = permanent_error(&self.stream, &self.shard_id, &e) {
+                        return Err(err);
                     }
                     // ResourceInUse (the previous owner's subscription is still open),
                     // throttling, transient errors.

@@ -145,6 +145,34 @@ pub(crate) fn user_records(
     records
 }
 
+/// The error of a Kinesis call that retrying cannot fix (stream or shard not found, access
+/// denied, invalid argument), or `None` when it is worth retrying (throttling, transient).
+pub(crate) fn permanent_error<E, R>(
+    stream: &StreamRef,
+    shard_id: &str,
+    e: &aws_sdk_kinesis::error::SdkError<E, R>,
+) -> Option<ReadError>
+where
+    E: aws_sdk_kinesis::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let code = e.as_service_error().and_then(|s| s.code())?;
+    let detail = DisplayErrorContext(e).to_string();
+    match code {
+        "ResourceNotFoundException" => Some(ReadError::NotFound {
+            stream: stream.to_string(),
+            shard_id: shard_id.to_string(),
+            detail,
+        }),
+        "AccessDeniedException" | "InvalidArgumentException" => Some(ReadError::Kinesis {
+            stream: stream.to_string(),
+            shard_id: shard_id.to_string(),
+            detail,
+        }),
+        _ => None,
+    }
+}
+
 /// Reads one shard.
 #[derive(Debug)]
 pub struct ShardReader {
@@ -189,14 +217,6 @@ impl ShardReader {
     /// The shard.
     pub fn shard_id(&self) -> &str {
         &self.shard_id
-    }
-
-    fn kinesis_error(&self, detail: String) -> ReadError {
-        ReadError::Kinesis {
-            stream: self.stream.to_string(),
-            shard_id: self.shard_id.clone(),
-            detail,
-        }
     }
 
     /// A checkpoint `(sequence, sub)`: reading restarts AT that record, and its user records
@@ -261,18 +281,8 @@ impl ShardReader {
                     return Ok(());
                 }
                 Err(e) => {
-                    let se = e.as_service_error();
-                    if se.is_some_and(|s| s.is_resource_not_found_exception()) {
-                        return Err(ReadError::NotFound {
-                            stream: self.stream.to_string(),
-                            shard_id: self.shard_id.clone(),
-                            detail: DisplayErrorContext(e).to_string(),
-                        });
-                    }
-                    if se.is_some_and(|s| {
-                        s.is_invalid_argument_exception() || s.is_access_denied_exception()
-                    }) {
-                        return Err(self.kinesis_error(DisplayErrorContext(e).to_string()));
+                    if let Some(err) = permanent_error(&self.stream, &self.shard_id, &e) {
+                        return Err(err);
                     }
                     tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&e), "GetShardIterator failed; backing off");
                     self.backoff().await;
@@ -313,15 +323,8 @@ impl ShardReader {
                         self.iterator = None;
                         continue;
                     }
-                    if se.is_some_and(|s| s.is_resource_not_found_exception()) {
-                        return Err(ReadError::NotFound {
-                            stream: self.stream.to_string(),
-                            shard_id: self.shard_id.clone(),
-                            detail: DisplayErrorContext(e).to_string(),
-                        });
-                    }
-                    if se.is_some_and(|s| s.is_access_denied_exception()) {
-                        return Err(self.kinesis_error(DisplayErrorContext(e).to_string()));
+                    if let Some(err) = permanent_error(&self.stream, &self.shard_id, &e) {
+                        return Err(err);
                     }
                     tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&e), "GetRecords failed; backing off");
                     self.backoff().await;
