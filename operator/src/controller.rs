@@ -20,12 +20,14 @@ use kube::runtime::finalizer::{Event as Finalize, finalizer};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
+use crate::claims::{self, ClaimOutcome};
 use crate::crd::{
-    Condition, ConsumerMode, DeletionPolicy, KinesisApplication, KinesisApplicationStatus,
+    Condition, ConsumerMode, FanOutConsumer, KinesisApplication, KinesisApplicationStatus,
     ShardCounts, ShardStatus, WorkerCounts, labels,
 };
 use crate::deployment::{WorkerSettings, deployment, region, service_account_name};
 use crate::metrics::Metrics;
+use crate::ownership::{Owner, TableCleanup, table_cleanup};
 use crate::sizing::desired_workers;
 use crate::validate::{application_name, arn_stream_name, validate};
 
@@ -79,6 +81,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Event reporter.
     pub reporter: Reporter,
+    /// This cluster's name, recorded as the owner of what the operator creates (unique per
+    /// cluster that shares an AWS account).
+    pub cluster: String,
     aws: Mutex<HashMap<AwsKey, AwsClients>>,
 }
 
@@ -93,6 +98,7 @@ impl Context {
         resync: Duration,
         metrics: Arc<Metrics>,
         reporter: Reporter,
+        cluster: String,
     ) -> Self {
         Self {
             client,
@@ -100,7 +106,18 @@ impl Context {
             resync,
             metrics,
             reporter,
+            cluster,
             aws: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The owner record of `app` in this cluster.
+    pub fn owner(&self, app: &KinesisApplication) -> Owner {
+        Owner {
+            cluster: self.cluster.clone(),
+            namespace: app.namespace().unwrap_or_default(),
+            name: app.name_any(),
+            uid: app.uid().unwrap_or_default(),
         }
     }
 
@@ -343,9 +360,12 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
         generation,
     );
 
-    // 3. The lease table (the operator creates it: workers need no CreateTable permission).
-    let table = match LeaseTable::open(aws.dynamodb.clone(), &app_name, true).await {
-        Ok(t) => t,
+    // 3. The lease table (the operator creates it: workers need no CreateTable permission),
+    // tagged as this object's, and claimed by this object before anything else uses it.
+    let owner = ctx.owner(app);
+    let tags = crate::ownership::resource_tags(&owner);
+    let table = match LeaseTable::open_tagged(aws.dynamodb.clone(), &app_name, Some(tags)).await {
+        Ok((t, _created)) => t,
         Err(e) => {
             let reason = match &e {
                 LeaseError::AccessDenied { .. } => "AccessDenied",
@@ -356,14 +376,88 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
             return degrade(ctx, app, status, "LeaseTableReady", reason, message).await;
         }
     };
+    let claim = match claims::claim(&aws.dynamodb, &app_name, &owner).await {
+        Ok(ClaimOutcome::Ours(c)) => c,
+        Ok(ClaimOutcome::Theirs(other)) => {
+            let message = format!(
+                "lease table `{app_name}` is claimed by {}: two applications must not share a lease table (their checkpoints would mix); set spec.applicationName to a name of this application's own",
+                other.owner
+            );
+            return degrade(
+                ctx,
+                app,
+                status,
+                "LeaseTableReady",
+                "LeaseTableConflict",
+                message,
+            )
+            .await;
+        }
+        Err(detail) => {
+            let message = format!("claiming lease table `{app_name}` in {region}: {detail}");
+            return degrade(
+                ctx,
+                app,
+                status,
+                "LeaseTableReady",
+                aws_problem(&detail),
+                message,
+            )
+            .await;
+        }
+    };
     set_condition(
         &mut status.conditions,
         "LeaseTableReady",
         true,
         "TableActive",
-        format!("lease table `{app_name}` is active"),
+        format!("lease table `{app_name}` is active and claimed by this application"),
         generation,
     );
+
+    // The fan-out consumer: registered once, here, not by every pod.
+    let consumer_arn = if app.spec.consumer.mode == ConsumerMode::EnhancedFanOut {
+        let consumer = match stream_arn_of(app, &aws.kinesis).await {
+            Ok(arn) => {
+                claims::ensure_consumer(
+                    &aws.kinesis,
+                    &aws.dynamodb,
+                    &app_name,
+                    &claim,
+                    &arn,
+                    &app_name,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        match consumer {
+            Ok(c) => {
+                status.consumer = Some(FanOutConsumer {
+                    name: app_name.clone(),
+                    arn: c.arn.clone(),
+                    registered_by_operator: c.registered_by_operator,
+                });
+                Some(c.arn)
+            }
+            Err(detail) => {
+                let message =
+                    format!("fan-out consumer `{app_name}` of stream `{stream}`: {detail}");
+                return degrade(
+                    ctx,
+                    app,
+                    status,
+                    "StreamReady",
+                    aws_problem(&detail),
+                    message,
+                )
+                .await;
+            }
+        }
+    } else {
+        status.consumer = None;
+        None
+    };
     let snapshot = table.scan().await.ok();
 
     // 4. Size and apply.
@@ -401,7 +495,7 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
             .patch(&service_account_name(app), &params, &Patch::Apply(&sa))
             .await?;
     }
-    let mut d = deployment(app, desired, &ctx.settings);
+    let mut d = deployment(app, desired, &ctx.settings, consumer_arn.as_deref());
     // Server-side apply needs the kind on the object.
     d.metadata.managed_fields = None;
     let mut body = serde_json::to_value(&d)?;
@@ -598,35 +692,92 @@ async fn degrade(
     Ok(Action::requeue(ctx.resync))
 }
 
+async fn stream_arn_of(
+    app: &KinesisApplication,
+    kinesis: &aws_sdk_kinesis::Client,
+) -> Result<String, String> {
+    match (&app.spec.stream.arn, &app.spec.stream.name) {
+        (Some(arn), _) => Ok(arn.clone()),
+        (None, Some(name)) => claims::stream_arn(kinesis, name).await,
+        (None, None) => Err("no stream".into()),
+    }
+}
+
+/// A failed cleanup step: the finalizer stays and the cleanup is retried.
+fn retry(detail: String) -> Error {
+    Error::Kube(kube::Error::Service(detail.into()))
+}
+
+/// Deletes what this object owns, and only that (see [`crate::ownership`]): the fan-out
+/// consumer the operator registered for it, and the lease table the operator created for it
+/// when `deletionPolicy` is `Delete`. Everything else is left, with a Warning Event that
+/// says why.
 async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error> {
     let app_name = application_name(app);
     let aws = ctx.aws(app).await;
-    if app.spec.consumer.mode == ConsumerMode::EnhancedFanOut {
-        // The stream consumer costs money while registered.
-        let stream_arn = match &app.spec.stream.arn {
-            Some(a) => Some(a.clone()),
-            None => aws
-                .kinesis
-                .describe_stream_summary()
-                .stream_name(app.spec.stream.name.clone().unwrap_or_default())
-                .send()
-                .await
-                .ok()
-                .and_then(|o| o.stream_description_summary)
-                .map(|s| s.stream_arn),
-        };
-        if let Some(arn) = stream_arn {
-            let _ = aws
-                .kinesis
-                .deregister_stream_consumer()
-                .stream_arn(arn)
-                .consumer_name(&app_name)
-                .send()
-                .await;
-        }
+    let owner = ctx.owner(app);
+    let info = claims::table_info(&aws.dynamodb, &app_name)
+        .await
+        .map_err(retry)?;
+    let Some(info) = info else {
+        // No table: nothing of this object's can exist (the claim lives in the table).
+        return Ok(Action::await_change());
+    };
+    // A table with another key (not a lease table) holds no claim: it is never ours.
+    let claim = if info.lease_table {
+        claims::read_claim(&aws.dynamodb, &app_name, true)
+            .await
+            .map_err(retry)?
+    } else {
+        None
+    };
+    let holds_claim = claim.as_ref().is_some_and(|c| c.owner.uid == owner.uid);
+
+    // The fan-out consumer (it costs money while registered).
+    if let Some(c) = claim.as_ref().filter(|_| holds_claim)
+        && let Some(consumer) = &c.consumer
+    {
+        let arn = stream_arn_of(app, &aws.kinesis).await.map_err(retry)?;
+        claims::deregister_consumer(&aws.kinesis, &arn, consumer)
+            .await
+            .map_err(retry)?;
+        event(
+            ctx,
+            app,
+            EventType::Normal,
+            "ConsumerDeregistered",
+            format!("fan-out consumer `{consumer}` deregistered (the operator registered it for this application)"),
+        )
+        .await;
+    } else if app.spec.consumer.mode == ConsumerMode::EnhancedFanOut {
+        event(
+            ctx,
+            app,
+            EventType::Warning,
+            "ConsumerKept",
+            format!("fan-out consumer `{app_name}` is kept: the operator did not register it for this application"),
+        )
+        .await;
     }
-    if app.spec.lease_table.deletion_policy == DeletionPolicy::Delete {
-        match aws
+
+    match table_cleanup(
+        app.spec.lease_table.deletion_policy,
+        &app_name,
+        &info.tags,
+        claim.as_ref(),
+        &owner,
+    ) {
+        TableCleanup::Keep { reason, warn } => {
+            if warn {
+                event(ctx, app, EventType::Warning, "LeaseTableKept", reason).await;
+            }
+        }
+        TableCleanup::KeepAndRelease => {
+            claims::release(&aws.dynamodb, &app_name, &owner)
+                .await
+                .map_err(retry)?;
+        }
+        TableCleanup::Delete => match aws
             .dynamodb
             .delete_table()
             .table_name(&app_name)
@@ -639,7 +790,7 @@ async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Erro
                     app,
                     EventType::Normal,
                     "LeaseTableDeleted",
-                    format!("lease table `{app_name}` deleted (deletionPolicy: Delete)"),
+                    format!("lease table `{app_name}` deleted (deletionPolicy: Delete; the operator created it for this application)"),
                 )
                 .await;
             }
@@ -656,10 +807,9 @@ async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Erro
                     format!("deleting lease table `{app_name}` failed: {detail}"),
                 )
                 .await;
-                // Retried: the finalizer stays until the table is gone.
-                return Err(Error::Kube(kube::Error::Service(detail.into())));
+                return Err(retry(detail));
             }
-        }
+        },
     }
     Ok(Action::await_change())
 }

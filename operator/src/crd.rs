@@ -36,8 +36,9 @@ pub struct KinesisApplicationSpec {
     /// The stream to consume.
     pub stream: StreamSpec,
     /// Name of the application: the DynamoDB lease table, and the fan-out consumer name.
-    /// Defaults to metadata.name. Cannot change once set (the leases and checkpoints live
-    /// under it).
+    /// Defaults to NAMESPACE.NAME (objects created before 0.2 keep metadata.name). Cannot
+    /// change once set (the leases and checkpoints live under it). A table claimed by another
+    /// KinesisApplication (any namespace or cluster) is refused with LeaseTableConflict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 3, max = 255), regex(pattern = r"^[a-zA-Z0-9_.-]+$"))]
     pub application_name: Option<String>,
@@ -248,7 +249,9 @@ pub enum DeletionPolicy {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaseTableSpec {
-    /// Retain (default) or Delete.
+    /// Retain (default) or Delete. Delete removes only a table the operator created for
+    /// this very object (tagged kinesis-operator.io/managed); an adopted table is kept, with
+    /// a Warning Event.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }
@@ -277,6 +280,9 @@ pub struct KinesisApplicationStatus {
     /// The application name in use (the lease table).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application_name: Option<String>,
+    /// The enhanced fan-out consumer in use (consumer.mode EnhancedFanOut).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<FanOutConsumer>,
     /// Shard counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<ShardCounts>,
@@ -298,6 +304,19 @@ pub struct KinesisApplicationStatus {
     /// Ready, StreamReady, LeaseTableReady, Progressing, Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// The enhanced fan-out consumer of an application.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FanOutConsumer {
+    /// Consumer name (the application name).
+    pub name: String,
+    /// Consumer ARN, passed to the workers (they register nothing).
+    pub arn: String,
+    /// The operator registered it for this object and deregisters it when the object is
+    /// deleted; false for a consumer that existed before (it is left alone).
+    pub registered_by_operator: bool,
 }
 
 /// Shard counts.

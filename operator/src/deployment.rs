@@ -1,6 +1,14 @@
 //! The worker Deployment of a `KinesisApplication`: the template's app containers plus the
-//! injected `kinesis-worker`, a shared socket volume, the app's preStop drain hook, and a
+//! injected `kinesis-worker`, a shared socket volume, the app's preStop hook, and a
 //! termination grace period that covers the drain. A pure function of the resource.
+//!
+//! Stopping a pod: the worker gets SIGTERM at once and hands its leases over; the app's
+//! preStop hook (`GET /drained` on the worker's admin port) waits until that is done, so the
+//! app serves (and may checkpoint on `ShutdownRequested`) until the worker has released every
+//! lease, and only then gets its own SIGTERM. The worker is a regular container, not a native
+//! sidecar (Kubernetes ≥ 1.29): a native sidecar is stopped *after* the app, the wrong order
+//! for a hand-over that needs the app serving. `/drained` starts nothing, so no request from
+//! outside the pod can stop consumption.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +18,7 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSpec, PodTemplateSpec,
-    Probe, ResourceRequirements, SecurityContext, Volume, VolumeMount,
+    Probe, ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -34,9 +42,6 @@ pub struct WorkerSettings {
     pub pull_policy: Option<String>,
     /// Region when the resource names none (the operator's own).
     pub default_region: Option<String>,
-    /// The API server supports native sidecars (Kubernetes ≥ 1.29): the worker becomes a
-    /// restartable init container, started before and stopped after the app.
-    pub native_sidecar: bool,
 }
 
 /// The Deployment's name: the resource's.
@@ -86,6 +91,7 @@ fn worker_env(
     app: &KinesisApplication,
     settings: &WorkerSettings,
     app_address: &str,
+    consumer_arn: Option<&str>,
 ) -> Vec<EnvVar> {
     let spec = &app.spec;
     let stream = spec
@@ -151,6 +157,10 @@ fn worker_env(
     let c = &spec.consumer;
     if c.mode == ConsumerMode::EnhancedFanOut {
         out.push(env("CONSUMER_MODE", "enhanced-fan-out"));
+        // Registered by the operator, once: the pods register nothing.
+        if let Some(arn) = consumer_arn {
+            out.push(env("CONSUMER_ARN", arn));
+        }
     }
     for (name, v) in [
         ("MAX_RECORDS", c.max_records.map(i64::from)),
@@ -195,11 +205,13 @@ pub fn grace_period(app: &KinesisApplication) -> i64 {
         .map_or(drain, |t| t.max(drain))
 }
 
-/// The Deployment for `app` with `replicas` workers.
+/// The Deployment for `app` with `replicas` workers; in fan-out mode `consumer_arn` is the
+/// consumer the operator registered.
 pub fn deployment(
     app: &KinesisApplication,
     replicas: i32,
     settings: &WorkerSettings,
+    consumer_arn: Option<&str>,
 ) -> Deployment {
     let spec = &app.spec;
     let app_name = app.name_any();
@@ -249,11 +261,12 @@ pub fn deployment(
         if !env_list.iter().any(|e| e.name == "APP_ADDRESS") {
             env_list.push(env("APP_ADDRESS", app_address.clone()));
         }
-        // The app keeps serving while the worker hands its shards over.
+        // The app keeps serving while the worker hands its shards over (it drains on its
+        // own SIGTERM; /drained only waits for that).
         let lifecycle = c.lifecycle.get_or_insert_with(Lifecycle::default);
         if lifecycle.pre_stop.is_none() {
             lifecycle.pre_stop = Some(LifecycleHandler {
-                http_get: Some(http_get("/drain")),
+                http_get: Some(http_get("/drained")),
                 ..Default::default()
             });
         }
@@ -265,7 +278,7 @@ pub fn deployment(
             ..Default::default()
         });
     }
-    let mut worker = Container {
+    let worker = Container {
         name: WORKER_CONTAINER.into(),
         image: Some(
             spec.worker
@@ -275,7 +288,7 @@ pub fn deployment(
         ),
         image_pull_policy: settings.pull_policy.clone(),
         args: Some(vec!["run".into()]),
-        env: Some(worker_env(app, settings, &app_address)),
+        env: Some(worker_env(app, settings, &app_address, consumer_arn)),
         ports: Some(vec![ContainerPort {
             name: Some("admin".into()),
             container_port: ADMIN_PORT,
@@ -308,18 +321,16 @@ pub fn deployment(
                 drop: Some(vec!["ALL".into()]),
                 ..Default::default()
             }),
+            // Pod Security "restricted" asks for it on every container.
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
     };
-    if settings.native_sidecar {
-        worker.restart_policy = Some("Always".into());
-        pod.init_containers
-            .get_or_insert_with(Vec::new)
-            .push(worker);
-    } else {
-        pod.containers.push(worker);
-    }
+    pod.containers.push(worker);
     pod.termination_grace_period_seconds = Some(grace_period(app));
     if spec
         .aws

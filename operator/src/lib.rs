@@ -3,14 +3,17 @@
 //! The pure decisions live here, each in its own module and tested without a server: the
 //! resource ([`crd`]), its cross-field rules ([`validate`]), how many workers a stream calls
 //! for ([`sizing`]) and how the worker Deployment looks ([`deployment`]). The reconciler
-//! ([`controller`]) applies them to a cluster; [`leader`] elects the active replica.
+//! ([`controller`]) applies them to a cluster; [`leader`] elects the active replica. What an
+//! object may touch in AWS is decided in [`ownership`] and read and written by [`claims`].
 #![deny(missing_docs)]
 
+pub mod claims;
 pub mod controller;
 pub mod crd;
 pub mod deployment;
 pub mod leader;
 pub mod metrics;
+pub mod ownership;
 pub mod sizing;
 pub mod validate;
 

@@ -77,6 +77,10 @@ struct Args {
     /// Watch only this namespace (default: all).
     #[arg(long, env = "WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// This cluster's name, recorded (tags, claim items) as the owner of the lease tables and
+    /// consumers the operator creates: give every cluster that shares an AWS account its own.
+    #[arg(long, env = "CLUSTER_NAME", default_value = "kubernetes")]
+    cluster_name: String,
 }
 
 #[tokio::main]
@@ -93,9 +97,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let client = Client::try_default().await?;
     let version = client.apiserver_version().await?;
-    let minor: u32 = version.minor.trim_end_matches('+').parse().unwrap_or(0);
-    let native_sidecar = version.major == "1" && minor >= 29;
-    tracing::info!(server = %version.git_version, native_sidecar, "connected to the API server");
+    tracing::info!(server = %version.git_version, cluster = %args.cluster_name, "connected to the API server");
 
     let metrics = Metrics::new();
     let identity = args.identity.clone().unwrap_or_else(|| {
@@ -162,7 +164,6 @@ async fn main() -> anyhow::Result<()> {
         image: args.worker_image.clone(),
         pull_policy: args.worker_image_pull_policy.clone(),
         default_region: args.region.clone(),
-        native_sidecar,
     };
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -173,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
             controller: "kinesis-operator".into(),
             instance: Some(identity),
         },
+        args.cluster_name.clone(),
     ));
     let (apps, deployments): (Api<KinesisApplication>, Api<Deployment>) =
         match &args.watch_namespace {

@@ -43,13 +43,22 @@ pub fn arn_stream_name(arn: &str) -> Option<&str> {
         .filter(|n| !n.is_empty())
 }
 
-/// The application name: `spec.applicationName`, else `metadata.name`.
+/// The application name (the lease table, the fan-out consumer): `spec.applicationName`;
+/// else the one already in use (`status.applicationName`, so objects made before the default
+/// changed keep their table); else `NAMESPACE.NAME`, so `team-a/counter` and `team-b/counter`
+/// never share a table by accident (a namespace holds no dot, so the name is unambiguous).
 pub fn application_name(app: &KinesisApplication) -> String {
     app.spec
         .application_name
         .clone()
-        .or_else(|| app.metadata.name.clone())
-        .unwrap_or_default()
+        .or_else(|| app.status.as_ref()?.application_name.clone())
+        .unwrap_or_else(|| {
+            format!(
+                "{}.{}",
+                app.metadata.namespace.as_deref().unwrap_or("default"),
+                app.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
 }
 
 /// Every rule `app` breaks (empty: valid).

@@ -81,6 +81,8 @@ pub struct Worker {
     pub proc: Proc,
     /// `127.0.0.1:PORT` of its admin HTTP port.
     pub admin: String,
+    /// `127.0.0.1:PORT` of its local admin port (`POST /drain`).
+    pub local: String,
 }
 
 /// A running test app.
@@ -175,6 +177,7 @@ impl Pipeline {
         extra: &[&str],
     ) -> Result<Worker> {
         let admin = format!("127.0.0.1:{}", free_port()?);
+        let local = format!("127.0.0.1:{}", free_port()?);
         let mut cmd = Command::new(binary("kinesis-worker")?);
         for (k, v) in self.env.worker_env() {
             cmd.env(k, v);
@@ -196,13 +199,15 @@ impl Pipeline {
             app_address,
             "--admin-address",
             &admin,
+            "--local-admin-address",
+            &local,
         ]);
         if self.test_timings {
             cmd.args(TEST_TIMINGS);
         }
         cmd.args(extra);
         let proc = Proc::spawn(cmd, self.dir.join(format!("worker-{application}-{id}.log")))?;
-        Ok(Worker { proc, admin })
+        Ok(Worker { proc, admin, local })
     }
 
     /// Puts `data` with partition `key`; returns its sequence number.
@@ -368,9 +373,20 @@ pub fn check_sequence(records: &[Received], keys: usize, per_key: usize) -> Resu
 /// # Errors
 /// The connection failed or the answer was not HTTP.
 pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    http_request(addr, "GET", path).await
+}
+
+/// `METHOD path` on `addr` (HTTP/1.1, no body): status and body.
+///
+/// # Errors
+/// The connection failed or the answer is not HTTP.
+pub async fn http_request(addr: &str, method: &str, path: &str) -> Result<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .await?;
     let mut buf = Vec::new();

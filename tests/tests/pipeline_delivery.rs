@@ -3,7 +3,7 @@
 
 use kinesis_operator_tests::fleet::{DEADLINE, POLL};
 use kinesis_operator_tests::pipeline::{
-    Pipeline, Received, check_sequence, http_get, metric, received,
+    Pipeline, Received, check_sequence, http_get, http_request, metric, received,
 };
 use kinesis_operator_tests::wait_for;
 use kinesis_worker::lease::table::LeaseTable;
@@ -258,9 +258,51 @@ async fn an_unready_app_holds_the_worker_back_and_drain_hands_everything_over() 
     p.put_sequence(2, 0, 5).await?;
     until_received(&[app.out.as_path()], 10).await?;
 
-    // /drain answers once every lease is released, with the app told first.
-    let (status, body) = http_get(&w.admin, "/drain").await?;
-    assert_eq!(status, 200, "{body}");
+    // The admin port (reachable from other pods) cannot start a drain.
+    for path in ["/drain", "/drain?now=1"] {
+        let (status, body) = http_get(&w.admin, path).await?;
+        assert_eq!(status, 404, "GET {path} on the admin port: {body}");
+    }
+    let (status, _) = http_request(&w.admin, "POST", "/drain").await?;
+    assert_eq!(status, 404, "POST /drain on the admin port");
+    assert_eq!(
+        owners(&p).await?.values().flatten().count(),
+        2,
+        "still owned"
+    );
+    // The app's preStop hook waits on /drained, which starts nothing by itself...
+    let waiting = {
+        let admin = w.admin.clone();
+        tokio::spawn(async move {
+            http_get(&admin, "/drained")
+                .await
+                .map_err(|e| e.to_string())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "/drained waits for a drain");
+    assert_eq!(
+        owners(&p).await?.values().flatten().count(),
+        2,
+        "still owned"
+    );
+    // ...and answers once the worker drained, here through the local port from inside the
+    // "pod" (`kinesis-worker drain`), with the app told first.
+    let out =
+        std::process::Command::new(kinesis_operator_tests::process::binary("kinesis-worker")?)
+            .args(["drain", "--address", &w.local])
+            .output()?;
+    assert!(
+        out.status.success(),
+        "kinesis-worker drain: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("drained"));
+    let (status, body) = waiting.await??;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "drained: every lease handed over or released\n")
+    );
     let o = owners(&p).await?;
     assert!(o.values().all(Option::is_none), "released: {o:?}");
     let lines = app.proc.lines();
@@ -272,8 +314,20 @@ async fn an_unready_app_holds_the_worker_back_and_drain_hands_everything_over() 
         2,
         "{lines:?}"
     );
-    let (status, body) = http_get(&w.admin, "/readyz").await?;
-    assert_eq!((status, body.as_str()), (503, "drained\n"));
+    // A drained worker exits (in a pod, the container restarts and rejoins).
+    let mut w = w;
+    let started = std::time::Instant::now();
+    let code = loop {
+        if let Some(code) = w.proc.exited() {
+            break code;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the drained worker did not exit"
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    assert_eq!(code, Some(0), "{}", w.proc.log_tail());
     // The final checkpoints cover everything delivered.
     let table = LeaseTable::open(p.env.dynamodb().await, &p.app, false).await?;
     let snap = table.scan().await?;

@@ -1,7 +1,16 @@
-//! The admin HTTP port: `/metrics`, `/healthz`, `/readyz` and `/drain`.
+//! The worker's two HTTP listeners.
 //!
-//! In a pod, `/drain` is the app container's preStop hook: the worker hands its leases over
-//! (letting the app checkpoint) while the app still serves, and answers when done.
+//! - The **admin port** (`--admin-address`, `0.0.0.0:8080` by default): `/metrics`, `/healthz`,
+//!   `/readyz` and `/drained`. Nothing on it changes what the worker does: `/drained` only
+//!   *waits* for a drain that something else started, so a request from another pod cannot
+//!   stop consumption.
+//! - The **local port** (`--local-admin-address`, `127.0.0.1:8081`; loopback only, the pod's
+//!   own network namespace): `POST /drain` starts a drain and answers when it is done. Used by
+//!   `kinesis-worker drain` (an exec preStop hook, or by hand) from inside the pod.
+//!
+//! In a pod the worker drains on SIGTERM; the app container's preStop hook is `GET /drained`,
+//! which keeps the app serving until the worker has handed every lease over (the app gets
+//! `ShutdownRequested` and may checkpoint). After a drain the worker exits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +19,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::sync::{Notify, watch};
 
 use crate::lease::table::LeaseTable;
@@ -37,15 +46,20 @@ impl Drain {
         )
     }
 
-    /// Completes once a drain was requested (by `/drain`).
+    /// Completes once a drain was requested (by the local `POST /drain`).
     pub async fn requested(&self) {
         self.requested.notified().await;
     }
 
-    async fn request_and_wait(&self) {
-        self.requested.notify_one();
+    /// Completes once a drain (however started) has finished.
+    pub async fn finished(&self) {
         let mut done = self.done.clone();
         let _ = done.wait_for(|d| *d).await;
+    }
+
+    async fn request_and_wait(&self) {
+        self.requested.notify_one();
+        self.finished().await;
     }
 }
 
@@ -89,38 +103,143 @@ async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
     }
 }
 
+/// Waits for a drain started elsewhere (SIGTERM, the local `/drain`); starts nothing.
+async fn drained(State(s): State<AdminState>) -> &'static str {
+    s.drain.finished().await;
+    "drained: every lease handed over or released\n"
+}
+
 async fn drain(State(s): State<AdminState>) -> &'static str {
     s.drain.request_and_wait().await;
     "drained: every lease handed over or released\n"
 }
 
-/// Serves the admin endpoints on `address` until the process ends.
+/// The running listeners; [`Admin::stop`] lets answers in flight (a waiting `/drained`)
+/// finish first.
+#[derive(Debug)]
+pub struct Admin {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Admin {
+    /// Stops both listeners after the requests in flight are answered.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Why the listeners could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The local port must stay inside the host (or pod): it can stop consumption.
+    #[error(
+        "the local admin address {0} is not a loopback address: /drain stops consumption, so it listens on 127.0.0.1 or [::1] only"
+    )]
+    NotLoopback(SocketAddr),
+    /// An address could not be bound.
+    #[error("binding {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn spawn(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "admin HTTP server failed");
+        }
+    })
+}
+
+async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, AdminError> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| AdminError::Bind { address, source })
+}
+
+/// Serves the admin port on `address` and the local drain port on `local` (which must be a
+/// loopback address) until [`Admin::stop`].
 ///
 /// # Errors
-/// When the address cannot be bound.
+/// [`AdminError::NotLoopback`] for a `local` address others could reach;
+/// [`AdminError::Bind`] when an address cannot be bound.
 pub async fn serve(
     address: SocketAddr,
+    local: SocketAddr,
     metrics: Arc<Metrics>,
     table: Option<LeaseTable>,
     app: Option<App>,
     drain_switch: Drain,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+) -> Result<Admin, AdminError> {
+    if !local.ip().is_loopback() {
+        return Err(AdminError::NotLoopback(local));
+    }
     let state = AdminState {
         metrics,
         table,
         app,
         drain: drain_switch,
     };
-    let router = Router::new()
+    let public = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/drain", get(drain).post(drain))
-        .with_state(state);
-    let listener = tokio::net::TcpListener::bind(address).await?;
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(error = %e, "admin HTTP server failed");
-        }
-    }))
+        .route("/drained", get(drained))
+        .with_state(state.clone());
+    let private = Router::new().route("/drain", post(drain)).with_state(state);
+    let (stop, stopped) = watch::channel(false);
+    let public_listener = bind(address).await?;
+    let local_listener = bind(local).await?;
+    Ok(Admin {
+        stop,
+        tasks: vec![
+            spawn(public_listener, public, stopped.clone()),
+            spawn(local_listener, private, stopped),
+        ],
+    })
+}
+
+/// Asks the worker whose local admin port is `address` to drain (`POST /drain`) and waits
+/// for its answer: the `kinesis-worker drain` command.
+///
+/// # Errors
+/// The worker could not be reached, or answered with an error status.
+pub async fn request_drain(address: SocketAddr) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    use http_body_util::{BodyExt, Empty};
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .with_context(|| format!("connecting to the worker's local admin port {address}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let request = hyper::Request::post("/drain")
+        .header(hyper::header::HOST, address.to_string())
+        .body(Empty::<prost::bytes::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    if !status.is_success() {
+        anyhow::bail!("{address} answered {status}: {text}");
+    }
+    Ok(text)
 }

@@ -56,6 +56,13 @@ enum Command {
     /// Hold and balance the stream's shard leases without reading records: a dry run of a
     /// fleet's lease coordination, printing `acquired|lost|shutdown-requested SHARD` lines.
     Leases(LeaseArgs),
+    /// Ask the worker running beside this command to hand every lease over and exit
+    /// (`POST /drain` on its local admin port); answers once it has drained.
+    Drain {
+        /// The worker's local admin address.
+        #[arg(long, env = "LOCAL_ADMIN_ADDRESS", default_value = "127.0.0.1:8081")]
+        address: std::net::SocketAddr,
+    },
 }
 
 /// How records are read.
@@ -82,9 +89,12 @@ struct RunArgs {
     /// Where the app serves the record processor: unix:///path/to.sock or http://127.0.0.1:PORT.
     #[arg(long, env = "APP_ADDRESS", default_value = kinesis_processor::DEFAULT_SOCKET)]
     app_address: String,
-    /// Admin HTTP address (/metrics, /healthz, /readyz, /drain).
+    /// Admin HTTP address (/metrics, /healthz, /readyz, /drained); changes nothing.
     #[arg(long, env = "ADMIN_ADDRESS", default_value = "0.0.0.0:8080")]
     admin_address: std::net::SocketAddr,
+    /// Local admin address for `POST /drain` (loopback only: it stops consumption).
+    #[arg(long, env = "LOCAL_ADMIN_ADDRESS", default_value = "127.0.0.1:8081")]
+    local_admin_address: std::net::SocketAddr,
     /// Polling (GetRecords) or enhanced-fan-out (SubscribeToShard; needs
     /// kinesis:RegisterStreamConsumer, DescribeStreamConsumer, SubscribeToShard).
     #[arg(long, env = "CONSUMER_MODE", value_enum, default_value_t = ConsumerMode::Polling)]
@@ -92,6 +102,10 @@ struct RunArgs {
     /// Name of the fan-out consumer (default: the application name).
     #[arg(long, env = "CONSUMER_NAME")]
     consumer_name: Option<String>,
+    /// ARN of a fan-out consumer registered already (the operator registers it and passes
+    /// it in): the worker only waits for it to be ACTIVE and registers nothing.
+    #[arg(long, env = "CONSUMER_ARN")]
+    consumer_arn: Option<String>,
     /// Records per GetRecords call (1-10000).
     #[arg(long, env = "MAX_RECORDS", default_value_t = 10_000, value_parser = clap::value_parser!(i32).range(1..=10_000))]
     max_records: i32,
@@ -278,14 +292,15 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
         })?;
     let admin = admin::serve(
         args.admin_address,
+        args.local_admin_address,
         metrics.clone(),
         Some(table.clone()),
         Some(app.clone()),
         drain.clone(),
     )
     .await
-    .with_context(|| format!("binding the admin port {}", args.admin_address))?;
-    tracing::info!(admin = %args.admin_address, app = %app_address, "admin port listening");
+    .context("starting the admin port")?;
+    tracing::info!(admin = %args.admin_address, local = %args.local_admin_address, app = %app_address, "admin port listening");
 
     // Take no lease before the app answers: another worker may serve the shards meanwhile.
     let mut waited = 0u64;
@@ -299,7 +314,7 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
         waited += 1;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = kinesis_processor::shutdown_signal() => { admin.abort(); return Ok(()); }
+            _ = kinesis_processor::shutdown_signal() => { admin.stop().await; return Ok(()); }
         }
     }
 
@@ -317,13 +332,22 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
     pipeline_config.shutdown_call_timeout = config.handoff_timeout / 2;
     pipeline_config.lag = config.lag.clone();
     if args.consumer_mode == ConsumerMode::EnhancedFanOut {
-        let name = args
-            .consumer_name
-            .clone()
-            .unwrap_or_else(|| lease_args.application.clone());
-        let arn = kinesis_worker::records::fanout::register_consumer(&kinesis, &stream, &name)
-            .await
-            .with_context(|| format!("registering the fan-out consumer `{name}`"))?;
+        let arn = match &args.consumer_arn {
+            // Registered once by the operator: RegisterStreamConsumer allows 5 calls per
+            // second per account, far fewer than a rollout of pods would make.
+            Some(arn) => kinesis_worker::records::fanout::wait_consumer_active(&kinesis, arn)
+                .await
+                .with_context(|| format!("waiting for the fan-out consumer `{arn}`"))?,
+            None => {
+                let name = args
+                    .consumer_name
+                    .clone()
+                    .unwrap_or_else(|| lease_args.application.clone());
+                kinesis_worker::records::fanout::register_consumer(&kinesis, &stream, &name)
+                    .await
+                    .with_context(|| format!("registering the fan-out consumer `{name}`"))?
+            }
+        };
         tracing::info!(consumer = %arn, "reading by enhanced fan-out");
         pipeline_config.fan_out_consumer = Some(arn);
     }
@@ -347,12 +371,9 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
     coordinating.await?;
     delivering.await?;
     let _ = drained.send(true);
-    tracing::info!("drained");
-    if !by_signal {
-        // Drained through /drain (a preStop hook): stay up, unready, until told to stop.
-        kinesis_processor::shutdown_signal().await;
-    }
-    admin.abort();
+    tracing::info!("drained: every lease handed over or released; exiting");
+    // Answers in flight (the app's preStop waiting on /drained) finish before the exit.
+    admin.stop().await;
     Ok(())
 }
 
@@ -393,6 +414,16 @@ async fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e:#}");
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Drain { address } => match admin::request_drain(address).await {
+            Ok(answer) => {
+                println!("{answer}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE
             }

@@ -23,12 +23,11 @@ fn app(spec: serde_json::Value) -> KinesisApplication {
     serde_json::from_value(obj).unwrap_or_else(|e| panic!("test spec: {e}"))
 }
 
-fn settings(native_sidecar: bool) -> WorkerSettings {
+fn settings() -> WorkerSettings {
     WorkerSettings {
         image: "localhost/kinesis-worker:dev".into(),
         pull_policy: Some("Never".into()),
         default_region: Some("eu-west-1".into()),
-        native_sidecar,
     }
 }
 
@@ -46,7 +45,7 @@ fn env_of(c: &Container) -> BTreeMap<String, String> {
 
 #[test]
 fn the_worker_joins_the_app_with_a_shared_socket_and_a_drain_hook() {
-    let d = deployment(&app(json!({})), 4, &settings(false));
+    let d = deployment(&app(json!({})), 4, &settings(), None);
     assert_eq!(d.metadata.name.as_deref(), Some("counter"));
     assert_eq!(d.metadata.namespace.as_deref(), Some("shop"));
     let owner = d.metadata.owner_references.clone().unwrap_or_default();
@@ -87,7 +86,8 @@ fn the_worker_joins_the_app_with_a_shared_socket_and_a_drain_hook() {
     );
     assert_eq!(
         env.get("KINESIS_APPLICATION").map(String::as_str),
-        Some("counter")
+        Some("shop.counter"),
+        "the default application name holds the namespace"
     );
     assert_eq!(env.get("AWS_REGION").map(String::as_str), Some("us-east-1"));
     assert_eq!(
@@ -137,7 +137,8 @@ fn the_worker_joins_the_app_with_a_shared_socket_and_a_drain_hook() {
         .map(|g| (g.path.clone(), g.port.clone()));
     assert_eq!(
         pre_stop,
-        Some((Some("/drain".into()), IntOrString::Int(ADMIN_PORT)))
+        Some((Some("/drained".into()), IntOrString::Int(ADMIN_PORT))),
+        "the app's preStop waits for the worker's drain and starts nothing"
     );
     assert!(
         p.volumes
@@ -153,7 +154,7 @@ fn the_worker_joins_the_app_with_a_shared_socket_and_a_drain_hook() {
 }
 
 #[test]
-fn settings_reach_the_worker_and_servers_from_1_29_get_a_native_sidecar() {
+fn settings_reach_the_worker_and_the_operator_s_consumer_arn_too() {
     let a = app(json!({
         "initialPosition": "AT_TIMESTAMP",
         "initialTimestamp": "2026-11-26T00:00:00Z",
@@ -163,17 +164,14 @@ fn settings_reach_the_worker_and_servers_from_1_29_get_a_native_sidecar() {
         "aws": {"roleArn": "arn:aws:iam::123456789012:role/counter"},
         "template": {"spec": {"terminationGracePeriodSeconds": 120, "containers": [{"name": "app"}]}}
     }));
-    let d = deployment(&a, 2, &settings(true));
+    let arn = "arn:aws:kinesis:us-east-1:123456789012:stream/Pageviews/consumer/counter:1";
+    let d = deployment(&a, 2, &settings(), Some(arn));
     let p = pod(&d);
-    assert_eq!(
-        p.containers.len(),
-        1,
-        "the worker is not a regular container"
-    );
-    let init = p.init_containers.clone().unwrap_or_default();
-    assert_eq!(init.len(), 1);
-    assert_eq!(init[0].restart_policy.as_deref(), Some("Always"));
+    assert_eq!(p.containers.len(), 2, "the worker is a regular container");
+    assert!(p.init_containers.is_none());
+    let init = [p.containers[1].clone()];
     let env = env_of(&init[0]);
+    assert_eq!(env.get("CONSUMER_ARN").map(String::as_str), Some(arn));
     for (k, v) in [
         ("INITIAL_POSITION", "AT_TIMESTAMP"),
         ("INITIAL_TIMESTAMP", "2026-11-26T00:00:00Z"),
@@ -201,11 +199,54 @@ fn settings_reach_the_worker_and_servers_from_1_29_get_a_native_sidecar() {
 
 #[test]
 fn the_region_comes_from_the_spec_the_arn_or_the_operator() {
-    let s = settings(false);
+    let s = settings();
     assert_eq!(region(&app(json!({})), &s).as_deref(), Some("us-east-1"));
     let by_arn =
         app(json!({"stream": {"arn": "arn:aws:kinesis:ap-south-1:123456789012:stream/P"}}));
     assert_eq!(region(&by_arn, &s).as_deref(), Some("ap-south-1"));
     let bare = app(json!({"stream": {"name": "P"}}));
     assert_eq!(region(&bare, &s).as_deref(), Some("eu-west-1"));
+}
+
+/// Every field Pod Security's "restricted" profile checks, on the injected worker: the
+/// 1.20 test cluster has no Pod Security admission, so the rendered spec is checked here.
+#[test]
+fn the_worker_passes_the_restricted_pod_security_profile() {
+    let d = deployment(&app(json!({})), 1, &settings(), None);
+    let p = pod(&d);
+    let worker = p
+        .containers
+        .iter()
+        .find(|c| c.name == WORKER_CONTAINER)
+        .cloned()
+        .unwrap_or_default();
+    let sc = worker.security_context.clone().unwrap_or_default();
+    let pod_sc = p.security_context.clone().unwrap_or_default();
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_ne!(sc.privileged, Some(true));
+    assert_eq!(
+        sc.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_string()]),
+        "drop ALL, add nothing"
+    );
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_ne!(sc.run_as_user, Some(0));
+    let seccomp = sc
+        .seccomp_profile
+        .or(pod_sc.seccomp_profile)
+        .map(|s| s.type_);
+    assert!(
+        matches!(seccomp.as_deref(), Some("RuntimeDefault" | "Localhost")),
+        "{seccomp:?}"
+    );
+    // Nothing the operator adds uses the host.
+    assert_ne!(p.host_network, Some(true));
+    assert_ne!(p.host_pid, Some(true));
+    assert_ne!(p.host_ipc, Some(true));
+    for v in p.volumes.iter().flatten() {
+        assert!(v.host_path.is_none(), "{}", v.name);
+    }
+    for port in worker.ports.iter().flatten() {
+        assert!(port.host_port.is_none());
+    }
 }

@@ -31,7 +31,23 @@ fn one(a: &KinesisApplication) -> String {
 #[test]
 fn a_minimal_spec_is_valid() {
     assert_eq!(validate(&app(json!({}))), vec![]);
-    assert_eq!(application_name(&app(json!({}))), "counter");
+    assert_eq!(application_name(&app(json!({}))), "default.counter");
+}
+
+#[test]
+fn the_default_application_name_holds_the_namespace_and_an_old_one_is_kept() {
+    let mut a = app(json!({}));
+    a.metadata.namespace = Some("team-b".into());
+    assert_eq!(application_name(&a), "team-b.counter");
+    // An object made before the default included the namespace keeps its table.
+    a.status = Some(KinesisApplicationStatus {
+        application_name: Some("counter".into()),
+        ..Default::default()
+    });
+    assert_eq!(application_name(&a), "counter");
+    assert_eq!(validate(&a), vec![]);
+    a.spec.application_name = Some("explicit".into());
+    assert_eq!(application_name(&a), "explicit");
 }
 
 #[test]

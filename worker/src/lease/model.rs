@@ -48,6 +48,10 @@ pub mod attr {
 /// Prefix of heartbeat items' keys; no shard id starts with it.
 pub const HEARTBEAT_KEY_PREFIX: &str = "kinesis-operator:worker:";
 
+/// Prefix of every item of ours that is not a lease (heartbeats, the operator's claim item);
+/// no shard id starts with it, and a scan skips what it does not know under it.
+pub const RESERVED_KEY_PREFIX: &str = "kinesis-operator:";
+
 /// One shard's lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {

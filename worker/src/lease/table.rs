@@ -15,7 +15,9 @@ use aws_sdk_dynamodb::types::{
 };
 
 use super::checkpoint::Checkpoint;
-use super::model::{HEARTBEAT_KEY_PREFIX, Heartbeat, Lease, TableSnapshot, attr};
+use super::model::{
+    HEARTBEAT_KEY_PREFIX, Heartbeat, Lease, RESERVED_KEY_PREFIX, TableSnapshot, attr,
+};
 
 /// How long a new table may take to become ACTIVE.
 const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -214,11 +216,26 @@ impl LeaseTable {
     /// [`LeaseError::AccessDenied`] naming the missing permission; [`LeaseError::NotActive`]
     /// if it does not become ACTIVE within two minutes; [`LeaseError::Dynamo`] otherwise.
     pub async fn open(client: Client, name: &str, create: bool) -> Result<Self, LeaseError> {
+        let create = create.then(Vec::new);
+        Ok(Self::open_tagged(client, name, create).await?.0)
+    }
+
+    /// As [`LeaseTable::open`], creating a missing table with `tags` when `create` is `Some`;
+    /// also returns whether this call created it (so its creator can mark it as its own).
+    ///
+    /// # Errors
+    /// As [`LeaseTable::open`].
+    pub async fn open_tagged(
+        client: Client,
+        name: &str,
+        create: Option<Vec<(String, String)>>,
+    ) -> Result<(Self, bool), LeaseError> {
         let table = Self {
             client,
             name: name.to_string(),
             counters: Arc::default(),
         };
+        let mut created = false;
         let described = table.client.describe_table().table_name(name).send().await;
         match described {
             Ok(out) => {
@@ -229,9 +246,9 @@ impl LeaseTable {
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|se| se.is_resource_not_found_exception())
-                    && create =>
+                    && create.is_some() =>
             {
-                table.create().await?;
+                created = table.create(create.unwrap_or_default()).await?;
             }
             Err(e)
                 if e.as_service_error()
@@ -253,7 +270,7 @@ impl LeaseTable {
             Err(e) => return Err(table.dynamo("DescribeTable", e)),
         }
         table.wait_active().await?;
-        Ok(table)
+        Ok((table, created))
     }
 
     fn check_schema(
@@ -289,7 +306,8 @@ impl LeaseTable {
         })
     }
 
-    async fn create(&self) -> Result<(), LeaseError> {
+    /// Creates the table; `false` when someone else created it at the same moment.
+    async fn create(&self, tags: Vec<(String, String)>) -> Result<bool, LeaseError> {
         let invalid = |e: aws_sdk_dynamodb::error::BuildError| LeaseError::Dynamo {
             op: "CreateTable",
             table: self.name.clone(),
@@ -312,16 +330,31 @@ impl LeaseTable {
             .billing_mode(BillingMode::PayPerRequest)
             .attribute_definitions(def)
             .key_schema(key)
+            .set_tags(if tags.is_empty() {
+                None
+            } else {
+                Some(
+                    tags.into_iter()
+                        .map(|(k, v)| {
+                            aws_sdk_dynamodb::types::Tag::builder()
+                                .key(k)
+                                .value(v)
+                                .build()
+                                .map_err(invalid)
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                )
+            })
             .send()
             .await;
         match res {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             // Another worker (or the operator) created it at the same moment.
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|se| se.is_resource_in_use_exception()) =>
             {
-                Ok(())
+                Ok(false)
             }
             Err(e) if is_access_denied(&e) => Err(LeaseError::AccessDenied {
                 table: self.name.clone(),
@@ -388,6 +421,9 @@ impl LeaseTable {
                     .unwrap_or_default();
                 if key.starts_with(HEARTBEAT_KEY_PREFIX) {
                     snapshot.heartbeats.push(self.parse_heartbeat(&key, item)?);
+                } else if key.starts_with(RESERVED_KEY_PREFIX) {
+                    // The operator's claim item, and any later item of ours: not a lease.
+                    continue;
                 } else {
                     snapshot.leases.push(self.parse_lease(&key, item)?);
                 }

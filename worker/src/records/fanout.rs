@@ -80,12 +80,46 @@ pub async fn register_consumer(
             ));
         }
     }
+    wait_active(client, stream, |r| {
+        r.stream_arn(&stream_arn).consumer_name(name)
+    })
+    .await
+}
+
+/// Waits until the registered consumer `consumer_arn` is ACTIVE (registered by someone else:
+/// the operator); returns its ARN.
+///
+/// # Errors
+/// [`ReadError::Kinesis`] when it cannot be described (deregistered, access denied:
+/// `kinesis:DescribeStreamConsumer`) or is not ACTIVE within two minutes.
+pub async fn wait_consumer_active(
+    client: &Client,
+    consumer_arn: &str,
+) -> Result<String, ReadError> {
+    let stream = StreamRef::Arn(
+        consumer_arn
+            .split_once("/consumer/")
+            .map_or(consumer_arn, |(s, _)| s)
+            .to_string(),
+    );
+    wait_active(client, &stream, |r| r.consumer_arn(consumer_arn)).await
+}
+
+async fn wait_active(
+    client: &Client,
+    stream: &StreamRef,
+    which: impl Fn(
+        aws_sdk_kinesis::operation::describe_stream_consumer::builders::DescribeStreamConsumerFluentBuilder,
+    ) -> aws_sdk_kinesis::operation::describe_stream_consumer::builders::DescribeStreamConsumerFluentBuilder,
+) -> Result<String, ReadError> {
+    let fail = |what: &str, detail: String| ReadError::Kinesis {
+        stream: stream.to_string(),
+        shard_id: "-".into(),
+        detail: format!("{what}: {detail}"),
+    };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     for _ in 0..120 {
-        let out = client
-            .describe_stream_consumer()
-            .stream_arn(&stream_arn)
-            .consumer_name(name)
+        let out = which(client.describe_stream_consumer())
             .send()
             .await
             .map_err(|e| fail("DescribeStreamConsumer", DisplayErrorContext(e).to_string()))?;
@@ -98,7 +132,7 @@ pub async fn register_consumer(
     }
     Err(fail(
         "DescribeStreamConsumer",
-        format!("consumer `{name}` not ACTIVE after 2 minutes"),
+        "the consumer is not ACTIVE after 2 minutes".into(),
     ))
 }
 

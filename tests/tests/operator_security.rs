@@ -1,0 +1,658 @@
+//! A shared cluster, tried as an attacker would: every `KinesisApplication` is a request to
+//! act with the operator's AWS identity, so each test points one at something it does not
+//! own and checks that the operator refuses, with a condition and an Event, and deletes
+//! nothing that is not the object's own.
+//!
+//! Operators run as processes watching one namespace each; `--cluster-name` stands in for a
+//! second cluster sharing the AWS account.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use kinesis_operator::crd::{Condition, KinesisApplication};
+use kinesis_operator_tests::cluster::{
+    Operator, application, delete_all, delete_namespace, install_crd, namespace, operator_with,
+    produce, until_counts,
+};
+use kinesis_operator_tests::{TestEnv, unique_name, wait_for};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use serde_json::{Value, json};
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+const POLL: Duration = Duration::from_millis(500);
+
+/// The test application `name`, patched with `spec` (merged one level down).
+fn app(
+    name: &str,
+    env: &TestEnv,
+    stream: &str,
+    counts: &str,
+    spec: Value,
+) -> Result<KinesisApplication> {
+    let mut v = serde_json::to_value(application(name, env, stream, counts)?)?;
+    if let (Some(base), Some(patch)) = (v["spec"].as_object_mut(), spec.as_object()) {
+        for (k, val) in patch {
+            match (base.get_mut(k), val) {
+                (Some(Value::Object(old)), Value::Object(new)) => old.extend(new.clone()),
+                (_, Value::Null) => {
+                    base.remove(k);
+                }
+                _ => {
+                    base.insert(k.clone(), val.clone());
+                }
+            }
+        }
+    }
+    Ok(serde_json::from_value(v)?)
+}
+
+/// Waits until condition `type_` of `name` has `status` and `reason`.
+async fn until_condition(
+    apps: &Api<KinesisApplication>,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    op: &Operator,
+) -> Result<Condition> {
+    let c = wait_for(
+        &format!("{name}: {type_}={status} {reason}"),
+        Duration::from_secs(90),
+        POLL,
+        || async {
+            let s = apps.get(name).await.ok()?.status?;
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == type_ && c.status == status && c.reason == reason)
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    Ok(c)
+}
+
+/// Every Event in `ns`: (type, reason, note).
+async fn events(client: &kube::Client, ns: &str) -> Result<Vec<(String, String, String)>> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+async fn table_exists(env: &TestEnv, table: &str) -> bool {
+    env.dynamodb()
+        .await
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .is_ok()
+}
+
+async fn create_table(env: &TestEnv, table: &str, key: &str) -> Result<()> {
+    env.dynamodb()
+        .await
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(key)
+                .attribute_type(ScalarAttributeType::S)
+                .build()?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(key)
+                .key_type(KeyType::Hash)
+                .build()?,
+        )
+        .send()
+        .await?;
+    Ok(())
+}
+
+async fn tags(env: &TestEnv, table: &str) -> Result<HashMap<String, String>> {
+    let d = env.dynamodb().await;
+    let arn = d
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await?
+        .table
+        .and_then(|t| t.table_arn)
+        .ok_or("table arn")?;
+    Ok(d.list_tags_of_resource()
+        .resource_arn(arn)
+        .send()
+        .await?
+        .tags()
+        .iter()
+        .map(|t| (t.key().to_string(), t.value().to_string()))
+        .collect())
+}
+
+/// Deletes one application while its operator runs, and waits until it is gone.
+async fn delete_app(apps: &Api<KinesisApplication>, name: &str) -> Result<()> {
+    apps.delete(name, &DeleteParams::default()).await?;
+    wait_for(
+        &format!("{name} deleted"),
+        Duration::from_secs(60),
+        POLL,
+        || async { apps.get_opt(name).await.ok()?.is_none().then_some(()) },
+    )
+    .await?;
+    Ok(())
+}
+
+/// The attack of the issue: a tenant names somebody else's table (not even a lease table)
+/// with `deletionPolicy: Delete` and deletes its KinesisApplication. The table and its data
+/// stay. An adopted lease table stays too; only a table the operator created for this very
+/// object is deleted, and it carries the owner's tags.
+#[tokio::test]
+async fn deleting_an_application_deletes_only_what_the_operator_created_for_it() -> Result<()> {
+    let env = TestEnv::require();
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "tenant-b").await?;
+    let op = operator_with(&env, &ns, 3, "operator", &["--cluster-name", "c1"])?;
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let stream = unique_name("orders");
+    env.create_stream(&stream, 1).await?;
+
+    // Somebody's order table, with data.
+    let precious = unique_name("precious-orders");
+    create_table(&env, &precious, "orderId").await?;
+    env.dynamodb()
+        .await
+        .put_item()
+        .table_name(&precious)
+        .item("orderId", AttributeValue::S("o-1".into()))
+        .send()
+        .await?;
+    // A KCL lease table of another team, adopted by name.
+    let kcl = unique_name("kcl-app");
+    create_table(&env, &kcl, "leaseKey").await?;
+
+    let zero = |table: &str| json!({"applicationName": table, "replicas": 0, "leaseTable": {"deletionPolicy": "Delete"}});
+    let own = unique_name("own");
+    for (name, spec) in [
+        ("thief", zero(&precious)),
+        ("adopter", zero(&kcl)),
+        ("owner", zero(&own)),
+    ] {
+        apps.create(
+            &PostParams::default(),
+            &app(name, &env, &stream, "unused", spec)?,
+        )
+        .await?;
+    }
+    until_condition(&apps, "thief", "Ready", "False", "WrongKeySchema", &op).await?;
+    until_condition(
+        &apps,
+        "adopter",
+        "LeaseTableReady",
+        "True",
+        "TableActive",
+        &op,
+    )
+    .await?;
+    until_condition(
+        &apps,
+        "owner",
+        "LeaseTableReady",
+        "True",
+        "TableActive",
+        &op,
+    )
+    .await?;
+    assert!(deployments.get_opt("thief").await?.is_none());
+
+    // The table the operator created is marked as this object's.
+    let owner_uid = apps
+        .get("owner")
+        .await?
+        .metadata
+        .uid
+        .ok_or("uid of owner")?;
+    let t = tags(&env, &own).await?;
+    for (k, v) in [
+        ("kinesis-operator.io/managed", "true"),
+        ("kinesis-operator.io/cluster", "c1"),
+        ("kinesis-operator.io/namespace", ns.as_str()),
+        ("kinesis-operator.io/name", "owner"),
+        ("kinesis-operator.io/uid", owner_uid.as_str()),
+    ] {
+        assert_eq!(
+            t.get(k).map(String::as_str),
+            Some(v),
+            "tag {k} of {own}: {t:?}"
+        );
+    }
+    assert!(
+        tags(&env, &kcl).await?.is_empty(),
+        "an adopted table is not tagged"
+    );
+
+    delete_all(&apps).await?;
+    assert!(
+        table_exists(&env, &precious).await,
+        "the operator deleted `{precious}`, a table it did not create\n{}",
+        op.log_tail()
+    );
+    let item = env
+        .dynamodb()
+        .await
+        .get_item()
+        .table_name(&precious)
+        .key("orderId", AttributeValue::S("o-1".into()))
+        .send()
+        .await?;
+    assert!(item.item.is_some(), "its data is untouched");
+    assert!(
+        table_exists(&env, &kcl).await,
+        "an adopted lease table is kept despite deletionPolicy Delete"
+    );
+    assert!(!table_exists(&env, &own).await, "its own table is deleted");
+    let ev = events(&client, &ns).await?;
+    for table in [&precious, &kcl] {
+        assert!(
+            ev.iter().any(|(t, r, n)| t == "Warning"
+                && r == "LeaseTableKept"
+                && n.contains(table.as_str())),
+            "a Warning Event says why `{table}` was kept: {ev:?}"
+        );
+    }
+    assert!(
+        ev.iter()
+            .any(|(_, r, n)| r == "LeaseTableDeleted" && n.contains(&own)),
+        "{ev:?}"
+    );
+    drop(op);
+    delete_namespace(&client, &ns).await?;
+    env.remove(Some(&stream), &[&precious, &kcl]).await;
+    Ok(())
+}
+
+/// Two namespaces' objects of one name get two tables; an object that names a table another
+/// object claims (same cluster, or another cluster in the account) is refused with
+/// `LeaseTableConflict` and gets no Deployment; once the owner is deleted (Retain) the table
+/// may be adopted.
+#[tokio::test]
+async fn two_applications_never_share_a_lease_table() -> Result<()> {
+    let env = TestEnv::require();
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let stream = unique_name("shared");
+    env.create_stream(&stream, 1).await?;
+    let ns_a = namespace(&client, "team-a").await?;
+    let ns_b = namespace(&client, "team-b").await?;
+    let ns_c = namespace(&client, "other-cluster").await?;
+    let op_a = operator_with(&env, &ns_a, 3, "op-a", &["--cluster-name", "c1"])?;
+    let op_b = operator_with(&env, &ns_b, 3, "op-b", &["--cluster-name", "c1"])?;
+    let op_c = operator_with(&env, &ns_c, 3, "op-c", &["--cluster-name", "c2"])?;
+    let api = |ns: &str| -> Api<KinesisApplication> { Api::namespaced(client.clone(), ns) };
+    let (apps_a, apps_b, apps_c) = (api(&ns_a), api(&ns_b), api(&ns_c));
+
+    // The default names differ per namespace.
+    let default_spec = json!({"applicationName": null, "replicas": 0});
+    for apps in [&apps_a, &apps_b] {
+        apps.create(
+            &PostParams::default(),
+            &app("counter", &env, &stream, "unused", default_spec.clone())?,
+        )
+        .await?;
+    }
+    until_condition(
+        &apps_a,
+        "counter",
+        "LeaseTableReady",
+        "True",
+        "TableActive",
+        &op_a,
+    )
+    .await?;
+    until_condition(
+        &apps_b,
+        "counter",
+        "LeaseTableReady",
+        "True",
+        "TableActive",
+        &op_b,
+    )
+    .await?;
+    let name_of = |a: KinesisApplication| a.status.and_then(|s| s.application_name);
+    let (table_a, table_b) = (
+        name_of(apps_a.get("counter").await?).ok_or("name a")?,
+        name_of(apps_b.get("counter").await?).ok_or("name b")?,
+    );
+    assert_eq!(table_a, format!("{ns_a}.counter"));
+    assert_eq!(table_b, format!("{ns_b}.counter"));
+
+    // team-b, then a second cluster, point at team-a's table.
+    let intrude = json!({"applicationName": table_a, "replicas": 0});
+    apps_b
+        .create(
+            &PostParams::default(),
+            &app("intruder", &env, &stream, "unused", intrude.clone())?,
+        )
+        .await?;
+    apps_c
+        .create(
+            &PostParams::default(),
+            &app("counter", &env, &stream, "unused", intrude)?,
+        )
+        .await?;
+    for (apps, name, ns, op) in [
+        (&apps_b, "intruder", &ns_b, &op_b),
+        (&apps_c, "counter", &ns_c, &op_c),
+    ] {
+        let c = until_condition(apps, name, "Ready", "False", "LeaseTableConflict", op).await?;
+        assert!(
+            c.message.contains(&format!("{ns_a}/counter"))
+                && c.message.contains("cluster `c1`")
+                && c.message.contains("spec.applicationName"),
+            "the message names the owner and the fix: {}",
+            c.message
+        );
+        let d: Api<Deployment> = Api::namespaced(client.clone(), ns);
+        assert!(d.get_opt(name).await?.is_none(), "{name}: no Deployment");
+        let ev = events(&client, ns).await?;
+        assert!(
+            ev.iter()
+                .any(|(t, r, _)| t == "Warning" && r == "LeaseTableConflict"),
+            "{ev:?}"
+        );
+    }
+    // Deleting a refused object deletes nothing (it never owned the table).
+    delete_app(&apps_c, "counter").await?;
+    assert!(table_exists(&env, &table_a).await);
+
+    // The owner goes (Retain): its claim is released and team-b may adopt the table.
+    let retain = json!({"leaseTable": {"deletionPolicy": "Retain"}});
+    apps_a
+        .patch(
+            "counter",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": retain})),
+        )
+        .await?;
+    wait_for("Retain observed", Duration::from_secs(30), POLL, || async {
+        let a = apps_a.get("counter").await.ok()?;
+        (a.status?.observed_generation == a.metadata.generation).then_some(())
+    })
+    .await?;
+    delete_app(&apps_a, "counter").await?;
+    assert!(table_exists(&env, &table_a).await, "Retain keeps the table");
+    until_condition(
+        &apps_b,
+        "intruder",
+        "LeaseTableReady",
+        "True",
+        "TableActive",
+        &op_b,
+    )
+    .await?;
+
+    delete_all(&apps_b).await?;
+    drop((op_a, op_b, op_c));
+    for ns in [&ns_a, &ns_b, &ns_c] {
+        delete_namespace(&client, ns).await?;
+    }
+    env.remove(Some(&stream), &[&table_a, &table_b]).await;
+    Ok(())
+}
+
+/// The worker's admin port is reachable from every pod: another pod's drain request is
+/// refused (the drain listens on the pod's loopback only) and the worker keeps its lease.
+/// In fan-out mode the operator registers the consumer once and the pods get its ARN; the
+/// records still count, and deleting the application deregisters the consumer the operator
+/// registered, and only that one.
+#[tokio::test]
+async fn another_pod_cannot_drain_a_worker_and_fan_out_consumers_are_the_operator_s() -> Result<()>
+{
+    let env = TestEnv::require();
+    env.require_image("kinesis-worker")?;
+    env.require_image("pageview-counter")?;
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "drain").await?;
+    let op = operator_with(&env, &ns, 3, "operator", &["--cluster-name", "c1"])?;
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let stream = unique_name("fanout");
+    env.create_stream(&stream, 1).await?;
+    let kinesis = env.kinesis().await;
+    let stream_arn = kinesis
+        .describe_stream_summary()
+        .stream_name(&stream)
+        .send()
+        .await?
+        .stream_description_summary
+        .map(|s| s.stream_arn)
+        .ok_or("stream arn")?;
+    // A consumer somebody registered before, under the name a second application will use.
+    let foreign = unique_name("foreign");
+    kinesis
+        .register_stream_consumer()
+        .stream_arn(&stream_arn)
+        .consumer_name(&foreign)
+        .send()
+        .await?;
+
+    let counts = unique_name("counts");
+    let efo = json!({"consumer": {"mode": "EnhancedFanOut", "idleTimeBetweenReadsMs": 100, "checkpointIntervalMs": 1000}});
+    apps.create(
+        &PostParams::default(),
+        &app("counter", &env, &stream, &counts, efo)?,
+    )
+    .await?;
+    apps.create(
+        &PostParams::default(),
+        &app(
+            "reuser",
+            &env,
+            &stream,
+            "unused",
+            json!({"applicationName": foreign, "replicas": 0, "consumer": {"mode": "EnhancedFanOut"}}),
+        )?,
+    )
+    .await?;
+
+    // Registered by the operator, passed to the pods.
+    let status = wait_for(
+        "a consumer in status",
+        Duration::from_secs(90),
+        POLL,
+        || async { apps.get("counter").await.ok()?.status?.consumer },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    assert!(status.registered_by_operator, "{status:?}");
+    let reused = wait_for(
+        "the reused consumer",
+        Duration::from_secs(90),
+        POLL,
+        || async { apps.get("reuser").await.ok()?.status?.consumer },
+    )
+    .await?;
+    assert!(!reused.registered_by_operator, "{reused:?}");
+    let d: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let deployment = d.get("counter").await?;
+    let env_arn = deployment
+        .spec
+        .template
+        .spec
+        .and_then(|p| {
+            p.containers
+                .into_iter()
+                .find(|c| c.name == "kinesis-worker")
+        })
+        .and_then(|c| c.env)
+        .and_then(|e| e.into_iter().find(|v| v.name == "CONSUMER_ARN"))
+        .and_then(|v| v.value);
+    assert_eq!(env_arn.as_deref(), Some(status.arn.as_str()));
+
+    // The pod reads through it.
+    let pod = wait_for(
+        "a ready worker pod",
+        Duration::from_secs(180),
+        POLL,
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("kinesis-operator.io/application=counter"))
+                .await
+                .ok()?;
+            list.items.into_iter().find(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    let mut expected = produce(&env, &stream, 100)?;
+    until_counts(&env, &counts, &expected, &op.log_tail()).await?;
+    let pod_name = pod.metadata.name.clone().ok_or("pod name")?;
+    let pod_ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .ok_or("pod ip")?;
+    let lease_table = apps
+        .get("counter")
+        .await?
+        .status
+        .and_then(|s| s.application_name)
+        .ok_or("application name")?;
+    let owner = || async {
+        let table = kinesis_worker::lease::table::LeaseTable::open(
+            env.dynamodb().await,
+            &lease_table,
+            false,
+        )
+        .await
+        .ok()?;
+        let snap = table.scan().await.ok()?;
+        snap.leases.first().and_then(|l| l.owner.clone())
+    };
+    assert_eq!(owner().await.as_deref(), Some(pod_name.as_str()));
+
+    // Another pod tries both ports.
+    let attacker: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "attacker"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {"name": "local-port", "image": kinesis_operator_tests::image("kinesis-worker"),
+                 "imagePullPolicy": "Never", "args": ["drain", "--address", format!("{pod_ip}:8081")]},
+                {"name": "admin-port", "image": kinesis_operator_tests::image("kinesis-worker"),
+                 "imagePullPolicy": "Never", "args": ["drain", "--address", format!("{pod_ip}:8080")]},
+            ]
+        }
+    }))?;
+    pods.create(&PostParams::default(), &attacker).await?;
+    let exits = wait_for(
+        "the attacker pod ends",
+        Duration::from_secs(120),
+        POLL,
+        || async {
+            let p = pods.get("attacker").await.ok()?;
+            let statuses = p.status?.container_statuses?;
+            let codes: Vec<(String, i32)> = statuses
+                .iter()
+                .filter_map(|s| {
+                    Some((
+                        s.name.clone(),
+                        s.state.as_ref()?.terminated.as_ref()?.exit_code,
+                    ))
+                })
+                .collect();
+            (codes.len() == 2).then_some(codes)
+        },
+    )
+    .await?;
+    for (container, code) in &exits {
+        assert_ne!(*code, 0, "{container}: the drain request was refused");
+    }
+    // The worker still holds the lease, never restarted, and still counts.
+    assert_eq!(owner().await.as_deref(), Some(pod_name.as_str()));
+    let p = pods.get(&pod_name).await?;
+    let restarts: i32 = p
+        .status
+        .and_then(|s| s.container_statuses)
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.restart_count)
+        .sum();
+    assert_eq!(restarts, 0);
+    let more = produce(&env, &stream, 100)?;
+    for (k, v) in more {
+        *expected.entry(k).or_insert(0) += v;
+    }
+    until_counts(&env, &counts, &expected, &op.log_tail()).await?;
+
+    // Deleting: the operator's consumer goes, the foreign one stays.
+    delete_all(&apps).await?;
+    let listed = || async {
+        let out = kinesis
+            .list_stream_consumers()
+            .stream_arn(&stream_arn)
+            .send()
+            .await
+            .ok()?;
+        Some(
+            out.consumers()
+                .iter()
+                .filter(|c| {
+                    c.consumer_status() != &aws_sdk_kinesis::types::ConsumerStatus::Deleting
+                })
+                .map(|c| c.consumer_name().to_string())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let names = wait_for(
+        "the operator's consumer deregistered",
+        Duration::from_secs(30),
+        POLL,
+        || async { listed().await.filter(|n| !n.contains(&status.name)) },
+    )
+    .await?;
+    assert!(
+        names.contains(&foreign),
+        "the foreign consumer stays: {names:?}"
+    );
+    let ev = events(&client, &ns).await?;
+    assert!(
+        ev.iter()
+            .any(|(t, r, _)| t == "Warning" && r == "ConsumerKept"),
+        "{ev:?}"
+    );
+    drop(op);
+    delete_namespace(&client, &ns).await?;
+    env.remove(Some(&stream), &[&counts, &lease_table, &foreign])
+        .await;
+    Ok(())
+}
