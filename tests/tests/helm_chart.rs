@@ -85,6 +85,164 @@ async fn lint_is_clean_and_bad_values_are_rejected() -> Result<()> {
     Ok(())
 }
 
+/// Every document `helm template` renders with `sets`.
+fn render(env: &TestEnv, sets: &[&str]) -> Result<Vec<serde_json::Value>> {
+    let chart = chart();
+    let chart = chart.to_string_lossy();
+    let mut args = vec!["template", "ko", &chart, "--namespace", "ops"];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    let text = ok(run(env, &env.helm, &args)?, "helm template")?;
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    Ok(docs)
+}
+
+fn kinds(docs: &[serde_json::Value]) -> Vec<(String, String)> {
+    docs.iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap_or_default().to_string(),
+                d["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The rendered chart: RBAC scoped by watchNamespace with only the verbs the operator uses,
+/// aggregated roles for namespace users, and an operator pod that passes Pod Security's
+/// "restricted" profile field by field (the 1.20 test cluster has no Pod Security admission).
+#[tokio::test]
+async fn the_rendered_chart_is_least_privilege_and_restricted() -> Result<()> {
+    let env = TestEnv::require();
+    let cluster_wide = kinds(&render(&env, &[])?);
+    assert!(cluster_wide.contains(&("ClusterRole".into(), "ko-kinesis-operator".into())));
+    assert!(cluster_wide.contains(&("ClusterRoleBinding".into(), "ko-kinesis-operator".into())));
+    let docs = render(&env, &["watchNamespace=team-a"])?;
+    let scoped = kinds(&docs);
+    assert!(
+        scoped.contains(&("Role".into(), "ko-kinesis-operator".into())),
+        "{scoped:?}"
+    );
+    assert!(scoped.contains(&("RoleBinding".into(), "ko-kinesis-operator".into())));
+    assert!(
+        !scoped.contains(&("ClusterRole".into(), "ko-kinesis-operator".into()))
+            && !scoped.iter().any(|(k, _)| k == "ClusterRoleBinding"),
+        "no cluster-wide grant with watchNamespace: {scoped:?}"
+    );
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "ko-kinesis-operator")
+        .ok_or("role")?;
+    assert_eq!(role["metadata"]["namespace"], "team-a");
+    let mut verbs = Vec::new();
+    for rule in role["rules"].as_array().into_iter().flatten() {
+        for r in rule["resources"].as_array().into_iter().flatten() {
+            for v in rule["verbs"].as_array().into_iter().flatten() {
+                verbs.push(format!(
+                    "{} {}",
+                    v.as_str().unwrap_or_default(),
+                    r.as_str().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    verbs.sort();
+    assert_eq!(
+        verbs,
+        [
+            "create deployments",
+            "create events",
+            "create serviceaccounts",
+            "list deployments",
+            "list kinesisapplications",
+            "patch deployments",
+            "patch events",
+            "patch kinesisapplications",
+            "patch kinesisapplications/status",
+            "patch serviceaccounts",
+            "update kinesisapplications/finalizers",
+            "watch deployments",
+            "watch kinesisapplications",
+        ],
+        "only what the operator uses"
+    );
+    for (name, label) in [
+        (
+            "ko-kinesis-operator-view",
+            "rbac.authorization.k8s.io/aggregate-to-view",
+        ),
+        (
+            "ko-kinesis-operator-edit",
+            "rbac.authorization.k8s.io/aggregate-to-edit",
+        ),
+    ] {
+        let r = docs
+            .iter()
+            .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == name)
+            .ok_or(name)?;
+        assert_eq!(r["metadata"]["labels"][label], "true", "{name}");
+    }
+    let off = kinds(&render(&env, &["rbac.aggregateToDefaultRoles=false"])?);
+    assert!(
+        !off.iter()
+            .any(|(_, n)| n.ends_with("-view") || n.ends_with("-edit"))
+    );
+
+    // Pod Security "restricted", on the operator's pod.
+    let d = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .ok_or("deployment")?;
+    let pod = &d["spec"]["template"]["spec"];
+    for key in ["hostNetwork", "hostPID", "hostIPC"] {
+        assert!(pod[key].is_null() || pod[key] == false, "{key}");
+    }
+    for v in pod["volumes"].as_array().into_iter().flatten() {
+        assert!(v["hostPath"].is_null(), "{v}");
+    }
+    for c in pod["containers"].as_array().into_iter().flatten() {
+        let sc = &c["securityContext"];
+        let name = &c["name"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+        assert!(sc["privileged"].is_null() || sc["privileged"] == false);
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{name}");
+        assert!(sc["capabilities"]["add"].is_null(), "{name}");
+        let non_root = sc["runAsNonRoot"] == true || pod["securityContext"]["runAsNonRoot"] == true;
+        assert!(non_root, "{name}: runAsNonRoot");
+        assert_ne!(sc["runAsUser"], 0, "{name}");
+        let seccomp = if sc["seccompProfile"].is_null() {
+            &pod["securityContext"]["seccompProfile"]["type"]
+        } else {
+            &sc["seccompProfile"]["type"]
+        };
+        assert!(
+            seccomp == "RuntimeDefault" || seccomp == "Localhost",
+            "{name}: {seccomp}"
+        );
+        for p in c["ports"].as_array().into_iter().flatten() {
+            assert!(p["hostPort"].is_null(), "{name}: hostPort");
+        }
+    }
+    let env_names: Vec<&str> = pod["containers"][0]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(env_names.contains(&"CLUSTER_NAME"), "{env_names:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_chart_runs_the_operator_under_its_own_rbac_upgrades_and_keeps_the_crd() -> Result<()> {
     let env = TestEnv::require();
@@ -169,33 +327,98 @@ async fn the_chart_runs_the_operator_under_its_own_rbac_upgrades_and_keeps_the_c
     assert_eq!(sa.as_deref(), Some(name.as_str()));
     let who = format!("system:serviceaccount:{ns}:{name}");
     let kubectl = env.kubectl.clone();
-    let can = |verb: &str, resource: &str| -> Result<String> {
-        let out = run(
-            &env,
-            &kubectl,
-            &[
-                "auth",
-                "can-i",
-                verb,
-                resource,
-                "--as",
-                &who,
-                "--all-namespaces",
-            ],
-        )?;
+    let can = |verb: &str, resource: &str, ns: Option<&str>| -> Result<String> {
+        let mut args = vec!["auth", "can-i", verb, "--as", &who];
+        match resource.split_once('/') {
+            Some((r, sub)) => args.extend([r, "--subresource", sub]),
+            None => args.push(resource),
+        }
+        match ns {
+            Some(ns) => args.extend(["-n", ns]),
+            None => args.push("--all-namespaces"),
+        }
+        let out = run(&env, &kubectl, &args)?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
     assert_eq!(
-        can("get", "secrets")?,
+        can("get", "secrets", None)?,
         "no",
         "the operator may not read Secrets"
     );
-    assert_eq!(can("list", "pods")?, "no");
-    assert_eq!(can("patch", "deployments.apps")?, "yes");
+    assert_eq!(can("list", "pods", Some(&ns))?, "no");
+    assert_eq!(can("patch", "deployments.apps", Some(&ns))?, "yes");
     assert_eq!(
-        can("patch", "kinesisapplications.kinesis-operator.io/status")?,
+        can(
+            "patch",
+            "kinesisapplications.kinesis-operator.io/status",
+            Some(&ns)
+        )?,
         "yes"
     );
+    // watchNamespace set: a Role in that namespace, nothing cluster-wide.
+    assert_eq!(
+        can("patch", "deployments.apps", None)?,
+        "no",
+        "with watchNamespace the operator acts in its namespace only"
+    );
+    assert_eq!(
+        can(
+            "list",
+            "kinesisapplications.kinesis-operator.io",
+            Some("default")
+        )?,
+        "no"
+    );
+    // Namespace users get KinesisApplications through the built-in roles: a user bound to
+    // `edit` here may create them, but not write their status; `view` may only read.
+    for (user, role) in [("tenant-editor", "edit"), ("tenant-viewer", "view")] {
+        ok(
+            run(
+                &env,
+                &kubectl,
+                &[
+                    "create",
+                    "rolebinding",
+                    user,
+                    "-n",
+                    &ns,
+                    "--clusterrole",
+                    role,
+                    "--user",
+                    user,
+                ],
+            )?,
+            "create rolebinding",
+        )?;
+    }
+    let user_can = |user: &str, verb: &str, resource: &str| -> Result<String> {
+        // `can-i VERB RESOURCE/SUB` reads SUB as an object's name: use --subresource.
+        let mut args = vec!["auth", "can-i", verb, "--as", user, "-n", &ns];
+        match resource.split_once('/') {
+            Some((r, sub)) => args.extend([r, "--subresource", sub]),
+            None => args.push(resource),
+        }
+        let out = run(&env, &kubectl, &args)?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let kapps = "kinesisapplications.kinesis-operator.io";
+    kinesis_operator_tests::wait_for(
+        "KinesisApplication rules aggregated into edit and view",
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_millis(500),
+        || async {
+            (user_can("tenant-editor", "create", kapps).ok()? == "yes"
+                && user_can("tenant-viewer", "list", kapps).ok()? == "yes")
+                .then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(user_can("tenant-editor", "delete", kapps)?, "yes");
+    assert_eq!(
+        user_can("tenant-editor", "patch", &format!("{kapps}/status"))?,
+        "no"
+    );
+    assert_eq!(user_can("tenant-viewer", "create", kapps)?, "no");
 
     // And it does its job with that: an application counts records.
     let stream = unique_name("pageviews");
