@@ -289,6 +289,47 @@ async fn heartbeats_are_items_of_their_own() -> Result<()> {
     Ok(())
 }
 
+/// The operator's claim item, and any other item of ours under `kinesis-operator:`, is not a
+/// lease: a scan skips it instead of failing or handing it out.
+#[tokio::test]
+async fn the_operators_claim_item_is_not_a_lease() -> Result<()> {
+    let (t, client) = table().await?;
+    t.create_lease(&Lease::new(
+        "shardId-000000000000",
+        Checkpoint::TrimHorizon,
+        Vec::new(),
+    ))
+    .await?;
+    let owner = kinesis_operator::ownership::Owner {
+        cluster: "c1".into(),
+        namespace: "team-a".into(),
+        name: "counter".into(),
+        uid: "u-1".into(),
+    };
+    client
+        .put_item()
+        .table_name(t.name())
+        .set_item(Some(kinesis_operator::ownership::claim_item(&owner)))
+        .send()
+        .await?;
+    // A later item of ours that this version does not know, with no lease attributes.
+    client
+        .put_item()
+        .table_name(t.name())
+        .item(
+            "leaseKey",
+            AttributeValue::S("kinesis-operator:future".into()),
+        )
+        .item("leaseCounter", AttributeValue::S("not a number".into()))
+        .send()
+        .await?;
+    let snap = t.scan().await?;
+    let keys: Vec<&str> = snap.leases.iter().map(|l| l.shard_id.as_str()).collect();
+    assert_eq!(keys, ["shardId-000000000000"]);
+    assert!(snap.heartbeats.is_empty());
+    Ok(())
+}
+
 #[tokio::test]
 async fn items_written_as_kcl_writes_them_are_read_exactly() -> Result<()> {
     let (t, client) = table().await?;
