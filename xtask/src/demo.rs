@@ -4,6 +4,7 @@
 //! and shows counts next to `kubectl get kapp`; then reshards to 8 and shows the workers and
 //! leases follow. Ends with where to look and how to tear down.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -71,51 +72,192 @@ impl Demo {
         c
     }
 
+    /// The per-client counts the pods wrote (empty while the table does not exist).
+    fn counts(&self) -> BTreeMap<String, u64> {
+        let text = output(self.example("pageview-admin").args(["counts"])).unwrap_or_default();
+        parse_counts(&text)
+    }
+
+    /// `kubectl get kapp counter` fields: Ready status, workers "ready/desired", open shards.
+    fn app_state(&self) -> (String, String, String) {
+        let out = output(self.kubectl().args([
+            "get",
+            CRD,
+            "counter",
+            "-n",
+            NAMESPACE,
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.workers.summary} {.status.shards.open}"#,
+        ]))
+        .unwrap_or_default();
+        let mut f = out.split_whitespace().map(String::from);
+        (
+            f.next().unwrap_or_default(),
+            f.next().unwrap_or_default(),
+            f.next().unwrap_or_default(),
+        )
+    }
+
     /// Prints `kubectl get kapp`, the shard owners and the counts.
-    fn show(&self) -> Result<()> {
-        let kapp = output(self.kubectl().args(["get", "kapp", "-n", NAMESPACE]))?;
+    fn show(&self) {
+        let kapp = output(self.kubectl().args(["get", CRD, "-n", NAMESPACE]))
+            .unwrap_or_else(|e| format!("{e:#}"));
         let owners = output(self.kubectl().args([
             "get",
-            "kapp",
+            CRD,
             "counter",
             "-n",
             NAMESPACE,
             "-o",
             r#"jsonpath={range .status.shardStatus[*]}{.shardId}={.owner} {end}"#,
-        ]))?;
-        let counts = output(self.example("pageview-admin").args(["counts"]))
-            .unwrap_or_else(|_| "counts: (no table yet)".into());
+        ]))
+        .unwrap_or_default();
+        let counts = self.counts();
         println!("\n{}", kapp.trim_end());
         let owners: Vec<String> = owners
             .split_whitespace()
             .map(|o| o.replace("shardId-", "").replace("counter-", ""))
             .collect();
         println!("leases: {}", owners.join(" "));
-        println!("{}", counts.trim_end());
-        Ok(())
+        println!("counts: {}", line(&counts));
     }
 
-    fn watch(&self, secs: u64) -> Result<()> {
-        let until = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < until {
-            self.show()?;
-            std::thread::sleep(Duration::from_secs(5));
+    /// Shows the state every 5 s until `done` holds (checked every second); fails after
+    /// `timeout` naming `what`.
+    fn until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&Self) -> bool,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let mut shown = None::<Instant>;
+        loop {
+            if done(self) {
+                self.show();
+                eprintln!("    ✓ {what} ({:.0} s)", started.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                self.show();
+                bail!(
+                    "{what}: not within {timeout:?}; see `kubectl describe kapp counter -n {NAMESPACE}` and `kubectl get pods -n {NAMESPACE}`"
+                );
+            }
+            if shown.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                self.show();
+                shown = Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_secs(1));
         }
-        Ok(())
+    }
+
+    /// Starts the producer: `count` pageviews at `rate` per second (0: at once).
+    fn produce(&self, count: u64, rate: u64, create_shards: Option<u32>) -> Result<Child> {
+        let mut c = self.example("pageview-producer");
+        c.args([
+            "--stream",
+            STREAM,
+            "--count",
+            &count.to_string(),
+            "--rate",
+            &rate.to_string(),
+        ]);
+        if let Some(n) = create_shards {
+            c.args(["--create-shards", &n.to_string()]);
+        }
+        c.stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the producer")
+    }
+
+    /// Fails unless the pods are all gone (a previous run's pods still flush their counts
+    /// while they stop).
+    fn until_no_pods(&self) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let pods = output(self.kubectl().args([
+                "get",
+                "pods",
+                "-n",
+                NAMESPACE,
+                "-l",
+                "kinesis-operator.io/application=counter",
+                "-o",
+                "name",
+            ]))
+            .unwrap_or_default();
+            if pods.trim().is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(180) {
+                bail!("the previous run's pods are still there after 180 s: {pods}");
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
     }
 }
 
-struct KillOnDrop(Child);
+/// The producer's output (`client-k N` lines) as counts.
+fn finish(producer: Child) -> Result<BTreeMap<String, u64>> {
+    let out = producer
+        .wait_with_output()
+        .context("waiting for the producer")?;
+    if !out.status.success() {
+        bail!("the producer failed ({})", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (c, n) = l.split_once(' ')?;
+            Some((c.to_string(), n.parse().ok()?))
+        })
+        .collect())
+}
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// `counts: client-0=270 client-1=270 | total 540` as a map.
+fn parse_counts(text: &str) -> BTreeMap<String, u64> {
+    let body = text.trim().trim_start_matches("counts:");
+    let body = body.split('|').next().unwrap_or_default();
+    body.split_whitespace()
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn line(counts: &BTreeMap<String, u64>) -> String {
+    if counts.is_empty() {
+        return "(none yet)".into();
+    }
+    let parts: Vec<String> = counts.iter().map(|(c, n)| format!("{c}={n}")).collect();
+    format!(
+        "{} | total {}",
+        parts.join(" "),
+        counts.values().sum::<u64>()
+    )
+}
+
+fn add(total: &mut BTreeMap<String, u64>, more: BTreeMap<String, u64>) {
+    for (k, v) in more {
+        *total.entry(k).or_insert(0) += v;
     }
 }
 
-/// Runs the demo.
-pub fn demo(paths: &Paths) -> Result<()> {
+/// How much the demo does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Everything, with a reshard, watched at a human pace; keeps running at the end.
+    Full,
+    /// The same steps with fewer records and no reshard, then torn down: run by `cargo
+    /// xtask test` so the front door cannot break unnoticed.
+    Short,
+}
+
+/// Runs the demo: the environment and images first.
+pub fn demo(paths: &Paths, mode: Mode) -> Result<()> {
     let started = Instant::now();
     step(
         "1/6 the environment: Kubernetes, Kinesis and DynamoDB servers (the first run builds Kubernetes: ~12 min)",
@@ -123,8 +265,12 @@ pub fn demo(paths: &Paths) -> Result<()> {
     env::up(paths)?;
     step("2/6 building the programs and loading their images into the node");
     test::images(paths, false)?;
-    let d = Demo::load(paths)?;
+    run_demo(paths, mode, started)
+}
 
+/// Steps 3–6 (the environment is up and the images are loaded).
+pub fn run_demo(paths: &Paths, mode: Mode, started: Instant) -> Result<()> {
+    let d = Demo::load(paths)?;
     step(format!(
         "3/6 helm install {RELEASE} (namespace {NAMESPACE})"
     ));
@@ -192,59 +338,131 @@ pub fn demo(paths: &Paths) -> Result<()> {
         ])
         .arg("--set-json")
         .arg(format!("extraEnv={extra_env}")))?;
+    // The CRD is a chart template: served only once Established.
+    run(d.kubectl().args([
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout",
+        "60s",
+        &format!("crd/{CRD}"),
+    ]))?;
 
+    let (count, rate) = match mode {
+        Mode::Full => (2000, 100),
+        Mode::Short => (200, 0),
+    };
     step(format!(
-        "4/6 stream {STREAM} (4 shards), the Counter application, pageviews"
+        "4/6 stream {STREAM} (4 shards), the Counter application, {count} pageviews"
     ));
     // A fresh start when the demo ran before: the old application (its finalizer deletes the
-    // lease table), stream and counts go first.
+    // lease table the operator created for it) and its pods (they flush counts while they
+    // stop), then the stream and the counts.
     run(d
         .kubectl()
-        .args(["delete", "kapp", "--all", "-n", NAMESPACE, "--wait=true"]))?;
+        .args(["delete", CRD, "--all", "-n", NAMESPACE, "--wait=true"]))?;
+    d.until_no_pods()?;
     run(d
         .example("pageview-admin")
         .args(["reset", "--stream", STREAM]))?;
-    run(d
-        .example("pageview-producer")
-        .args([
-            "--stream",
-            STREAM,
-            "--create-shards",
-            "4",
-            "--count",
-            "200",
-            "--rate",
-            "0",
-        ])
-        .stdout(Stdio::null()))?;
+    let mut expected = finish(d.produce(100, 0, Some(4))?)?;
     run(d.kubectl().args(["apply", "-n", NAMESPACE, "-f"]).arg(
         d.root
             .join("examples/pageview-counter/deploy/kinesisapplication.yaml"),
     ))?;
-    let producer = KillOnDrop(
-        d.example("pageview-producer")
-            .args(["--stream", STREAM, "--count", "0", "--rate", "50"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the producer")?,
-    );
-    d.watch(40)?;
+    d.until("4 of 4 workers ready", Duration::from_secs(240), |d| {
+        let (ready, workers, open) = d.app_state();
+        ready == "True" && workers == "4/4" && open == "4"
+    })?;
+    let mut producer = d.produce(count, rate, None)?;
+    d.until(
+        &format!("{count} pageviews put"),
+        Duration::from_secs(300),
+        |_| matches!(producer.try_wait(), Ok(Some(_))),
+    )?;
+    add(&mut expected, finish(producer)?);
+    let total: u64 = expected.values().sum();
+    d.until(
+        &format!("every one of the {total} pageviews counted once"),
+        Duration::from_secs(180),
+        |d| d.counts() == expected,
+    )?;
 
-    step(
-        "5/6 resharding Pageviews 4 → 8: the operator scales the workers, leases move to the new pods",
-    );
-    run(d
-        .example("pageview-admin")
-        .args(["reshard", "--stream", STREAM, "--shards", "8"]))?;
-    d.watch(45)?;
-    drop(producer);
-    d.show()?;
+    if mode == Mode::Full {
+        step(
+            "5/6 resharding Pageviews 4 → 8 while pageviews keep coming: the operator scales the workers, leases move to the new pods",
+        );
+        let mut producer = d.produce(count, rate, None)?;
+        let resharded = run(d
+            .example("pageview-admin")
+            .args(["reshard", "--stream", STREAM, "--shards", "8"]))
+        .and_then(|()| {
+            d.until(
+                "8 of 8 workers ready on 8 open shards",
+                Duration::from_secs(300),
+                |d| {
+                    let (ready, workers, open) = d.app_state();
+                    ready == "True" && workers == "8/8" && open == "8"
+                },
+            )
+        })
+        .and_then(|()| {
+            d.until(
+                &format!("{count} more pageviews put"),
+                Duration::from_secs(300),
+                |_| matches!(producer.try_wait(), Ok(Some(_))),
+            )
+        });
+        if let Err(e) = resharded {
+            let _ = producer.kill();
+            let _ = producer.wait();
+            return Err(e);
+        }
+        add(&mut expected, finish(producer)?);
+        let total: u64 = expected.values().sum();
+        d.until(
+            &format!("every one of the {total} pageviews counted once"),
+            Duration::from_secs(180),
+            |d| d.counts() == expected,
+        )?;
+    } else {
+        step("5/6 (short demo: no reshard)");
+    }
 
+    let counted = d.counts();
     step(format!(
-        "6/6 done in {:.0} s; the demo keeps running. Look around:",
-        started.elapsed().as_secs_f64()
+        "6/6 done in {:.0} s: {} pageviews produced, {} counted by the pods, per client:",
+        started.elapsed().as_secs_f64(),
+        expected.values().sum::<u64>(),
+        counted.values().sum::<u64>(),
     ));
+    for (client, n) in &expected {
+        let got = counted.get(client).copied().unwrap_or(0);
+        println!(
+            "    {client}: produced {n}, counted {got} {}",
+            if got == *n { "✓" } else { "✗" }
+        );
+    }
+    if counted != expected {
+        bail!("the counts differ from what was produced");
+    }
+    if mode == Mode::Short {
+        step("tearing the short demo down");
+        run(d
+            .kubectl()
+            .args(["delete", CRD, "--all", "-n", NAMESPACE, "--wait=true"]))?;
+        d.until_no_pods()?;
+        run(Command::new(&d.helm)
+            .env("KUBECONFIG", &d.kubeconfig)
+            .args(["uninstall", RELEASE, "--namespace", NAMESPACE, "--wait"]))?;
+        run(d
+            .example("pageview-admin")
+            .args(["reset", "--stream", STREAM]))?;
+        run(d
+            .kubectl()
+            .args(["delete", "namespace", NAMESPACE, "--wait=false"]))?;
+        return Ok(());
+    }
     let kubectl = d.kubectl.display();
     let kubeconfig = d.kubeconfig.display();
     let pod_ip = output(d.kubectl().args([
@@ -260,6 +478,7 @@ pub fn demo(paths: &Paths) -> Result<()> {
     .unwrap_or_default();
     println!(
         "
+  Every pageview was counted exactly once, through a reshard. The demo keeps running; look around:
     export KUBECONFIG={kubeconfig}
     export AWS_REGION={region} AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
     alias kubectl={kubectl}
@@ -272,14 +491,27 @@ pub fn demo(paths: &Paths) -> Result<()> {
                                                     # and watch the workers shrink
 
   Tear down:
-    helm uninstall {RELEASE} -n {NAMESPACE}   # after `kubectl delete kapp --all -n {NAMESPACE}`
+    kubectl delete kapp --all -n {NAMESPACE} && helm uninstall {RELEASE} -n {NAMESPACE}
     cargo xtask env down                              # everything, machine restored",
         dynamodb = d.dynamodb,
         kinesis = d.kinesis,
         region = d.region,
     );
-    if pod_ip.is_empty() {
-        bail!("no counter pod is running: see `kubectl get pods -n {NAMESPACE}`");
-    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_lines_read_back() {
+        let m = parse_counts("counts: client-0=270 client-1=30 | total 300\n");
+        assert_eq!(
+            m,
+            BTreeMap::from([("client-0".to_string(), 270), ("client-1".to_string(), 30)])
+        );
+        assert_eq!(line(&m), "client-0=270 client-1=30 | total 300");
+        assert!(parse_counts("").is_empty());
+    }
 }

@@ -19,9 +19,9 @@ use anyhow::{Result, bail};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  demo           the whole system on this machine: environment, images, the operator
+  demo [--short] the whole system on this machine: environment, images, the operator
                  (helm), a 4-shard stream, the Counter application, pageviews; then a
-                 reshard to 8 shards
+                 reshard to 8 shards (--short: fewer records, no reshard, torn down after)
   env install    install and build what the environment needs (cached), start nothing
   env up         install what is missing and start the environment (idempotent)
   env down       stop what `env up` started and undo its changes to the machine
@@ -44,7 +44,8 @@ fn real_main() -> Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let paths = paths::Paths::discover()?;
     match args.as_slice() {
-        ["demo"] => demo::demo(&paths),
+        ["demo"] => demo::demo(&paths, demo::Mode::Full),
+        ["demo", "--short"] => demo::demo(&paths, demo::Mode::Short),
         ["env", "install"] => env::install_all(&paths),
         ["env", "up"] => env::up(&paths),
         ["env", "down"] => env::down(&paths),

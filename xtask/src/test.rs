@@ -107,6 +107,10 @@ pub fn test(paths: &Paths, keep_env: bool) -> Result<()> {
             "-D",
             "warnings",
         ]))?;
+        // The front door: the README's first command, short, then torn down again so the
+        // tests have the node to themselves.
+        step("cargo xtask demo --short");
+        crate::demo::run_demo(paths, crate::demo::Mode::Short, Instant::now())?;
         step("cargo test");
         run(cargo()
             .env("KINESIS_OPERATOR_ENV_FILE", paths.env_file())

@@ -92,13 +92,24 @@ async fn main() -> anyhow::Result<()> {
                 d = d.endpoint_url(url);
             }
             let dynamodb = aws_sdk_dynamodb::Client::from_conf(d.build());
-            // Missing already is fine: the point is that they are gone.
-            let _ = kinesis
-                .delete_stream()
+            // DeleteStream only for a stream that exists: kinesis-mock (0.6.2) removes the
+            // stream of that name 500 ms after *any* DeleteStream call, even one answered
+            // ResourceNotFound, so deleting a missing stream would remove the one the demo
+            // creates right after. Missing already is fine: the point is that they are gone.
+            let exists = kinesis
+                .describe_stream_summary()
                 .stream_name(&stream)
-                .enforce_consumer_deletion(true)
                 .send()
-                .await;
+                .await
+                .is_ok();
+            if exists {
+                let _ = kinesis
+                    .delete_stream()
+                    .stream_name(&stream)
+                    .enforce_consumer_deletion(true)
+                    .send()
+                    .await;
+            }
             let _ = dynamodb.delete_table().table_name(&table).send().await;
             for _ in 0..600 {
                 let stream_gone = kinesis
