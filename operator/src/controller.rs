@@ -3,7 +3,7 @@
 //! and Events. Failures become conditions and a requeue with backoff; the Deployment is never
 //! deleted because of one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kinesis_worker::lease::checkpoint::Checkpoint;
 use kinesis_worker::lease::discovery::{DiscoveryError, StreamRef, list_shards};
 use kinesis_worker::lease::table::{LeaseError, LeaseTable};
+use kinesis_worker::status::ShardState;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -192,11 +193,7 @@ pub fn set_condition(
 
 /// "1.2s", "350ms", "3m4s": a lag for humans.
 pub fn human_lag(ms: i64) -> String {
-    match ms {
-        ..1_000 => format!("{}ms", ms.max(0)),
-        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
-        _ => format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000),
-    }
+    kinesis_worker::status::human_lag(ms)
 }
 
 /// Entry point for the controller: finalizer first, then apply or clean up.
@@ -511,32 +508,27 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
         .as_ref()
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
+    let current = applied
+        .status
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(0);
 
     // 5. Status.
-    let lag: BTreeMap<String, i64> = snapshot
+    // Lag only from each shard's current owner (a dead owner's heartbeat may linger).
+    let views = snapshot
+        .as_ref()
+        .map(|snap| kinesis_worker::status::shard_views(&shards, snap))
+        .unwrap_or_default();
+    status.shard_status = views
         .iter()
-        .flat_map(|s| s.heartbeats.iter())
-        .filter(|h| !h.draining)
-        .flat_map(|h| h.lag.clone())
-        .collect();
-    status.shard_status = shards
-        .iter()
-        .filter(|s| {
-            !s.closed
-                || leases
-                    .get(s.shard_id.as_str())
-                    .is_some_and(|l| l.checkpoint != Checkpoint::ShardEnd)
-        })
-        .map(|s| {
-            let lease = leases.get(s.shard_id.as_str());
-            ShardStatus {
-                shard_id: s.shard_id.clone(),
-                owner: lease.and_then(|l| l.owner.clone()),
-                checkpoint: lease.map(|l| l.checkpoint.to_string()),
-                millis_behind_latest: lease
-                    .and_then(|l| l.owner.as_ref())
-                    .and_then(|_| lag.get(&s.shard_id).copied()),
-            }
+        .zip(&shards)
+        .filter(|(v, s)| !s.closed || (v.checkpoint.is_some() && v.state != ShardState::Finished))
+        .map(|(v, _)| ShardStatus {
+            shard_id: v.shard_id.clone(),
+            owner: v.owner.clone(),
+            checkpoint: v.checkpoint.as_ref().map(ToString::to_string),
+            millis_behind_latest: v.lag_ms,
         })
         .collect();
     let max_lag = status
@@ -554,6 +546,7 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
     status.workers = Some(WorkerCounts {
         desired,
         ready,
+        replicas: current,
         summary: format!("{ready}/{desired}"),
     });
     status.selector = Some(

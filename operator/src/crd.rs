@@ -23,13 +23,17 @@ use serde::{Deserialize, Serialize};
     shortname = "kapp",
     namespaced,
     status = "KinesisApplicationStatus",
-    scale = r#"{"specReplicasPath":".spec.replicas","statusReplicasPath":".status.workers.ready","labelSelectorPath":".status.selector"}"#,
+    doc = "A Kinesis consumer application: the operator runs it as a Deployment of pods, each the app container(s) of spec.template plus an injected kinesis-worker that holds the shard leases (DynamoDB), reads the shards of spec.stream and delivers their records to the app over gRPC; sized to the stream's open shards.",
+    scale = r#"{"specReplicasPath":".spec.replicas","statusReplicasPath":".status.workers.replicas","labelSelectorPath":".status.selector"}"#,
     printcolumn = r#"{"name":"Stream","type":"string","jsonPath":".status.stream"}"#,
     printcolumn = r#"{"name":"Shards","type":"integer","jsonPath":".status.shards.open"}"#,
     printcolumn = r#"{"name":"Workers","type":"string","jsonPath":".status.workers.summary"}"#,
     printcolumn = r#"{"name":"Lag","type":"string","jsonPath":".status.maxLag"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Application","type":"string","priority":1,"jsonPath":".status.applicationName"}"#,
+    printcolumn = r#"{"name":"Draining","type":"integer","priority":1,"jsonPath":".status.shards.draining"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KinesisApplicationSpec {
@@ -339,6 +343,10 @@ pub struct WorkerCounts {
     pub desired: i32,
     /// Worker pods ready.
     pub ready: i32,
+    /// Worker pods that exist now (the Deployment's status.replicas; the scale
+    /// subresource's status).
+    #[serde(default)]
+    pub replicas: i32,
     /// "ready/desired", for kubectl get.
     pub summary: String,
 }

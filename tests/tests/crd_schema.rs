@@ -98,3 +98,51 @@ async fn the_crd_is_established_and_its_schema_rejects_bad_fields() -> Result<()
     delete_namespace(&client, &ns).await?;
     Ok(())
 }
+
+/// The README's install command for the CRD: `kubectl apply --server-side`. (A client-side
+/// `kubectl apply` cannot work: the CRD is larger than the 256 KiB annotation it would
+/// write.) `--force-conflicts` because the tests' own field manager owns it here.
+#[tokio::test]
+async fn the_readme_s_crd_install_command_works() -> Result<()> {
+    let env = TestEnv::require();
+    let file =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/kinesisapplications.yaml");
+    let size = std::fs::metadata(&file)?.len();
+    assert!(
+        size > 256 * 1024,
+        "{size} bytes: the reason for --server-side"
+    );
+    let kubectl = |args: &[&str]| -> Result<std::process::Output> {
+        Ok(std::process::Command::new(&env.kubectl)
+            .env("KUBECONFIG", &env.kubeconfig)
+            .args(args)
+            .output()?)
+    };
+    let file = file.to_string_lossy();
+    let out = kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &file])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout",
+        "60s",
+        "crd/kinesisapplications.kinesis-operator.io",
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kubectl(&["explain", "kinesisapplication"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("A Kinesis consumer application"),
+        "kubectl explain shows the resource's description: {text}"
+    );
+    Ok(())
+}

@@ -571,3 +571,74 @@ async fn enhanced_fan_out_delivers_every_record_and_follows_a_split() -> Result<
     drop(w);
     p.cleanup().await
 }
+
+/// `kinesis-worker status`: one line per shard with its state, owner, checkpoint and the
+/// owner's lag, and a summary, read from the stream and the lease table only.
+#[tokio::test]
+async fn the_status_command_shows_every_shard_with_its_owner_and_lag() -> Result<()> {
+    let p = Pipeline::new(2).await?;
+    let app = p.app("a", &[]).await?;
+    let _w = p.worker("w", &app.address, &[])?;
+    p.put_sequence(2, 0, 5).await?;
+    until_received(&[app.out.as_path()], 10).await?;
+    let status = || -> Result<String> {
+        let mut cmd =
+            std::process::Command::new(kinesis_operator_tests::process::binary("kinesis-worker")?);
+        for (k, v) in p.env.worker_env() {
+            cmd.env(k, v);
+        }
+        let out = cmd
+            .args(["status", "--application", &p.app, "--stream", &p.stream])
+            .output()?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).to_string().into());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    // The lag arrives with the owner's next heartbeat.
+    let text = wait_for(
+        "both shards processing with a lag",
+        DEADLINE,
+        POLL,
+        || async {
+            let text = status().ok()?;
+            let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("shardId-")).collect();
+            (rows.len() == 2
+                && rows.iter().all(|r| {
+                    let cols: Vec<&str> = r.split_whitespace().collect();
+                    cols.len() == 5 && cols[1] == "processing" && cols[2] == "w" && cols[4] != "-"
+                }))
+            .then_some(text)
+        },
+    )
+    .await?;
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("SHARD") && lines[0].contains("LAG"),
+        "{text}"
+    );
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.starts_with("2 shards: 2 processing, 0 unowned")),
+        "{text}"
+    );
+    // A table that does not exist is named.
+    let mut cmd =
+        std::process::Command::new(kinesis_operator_tests::process::binary("kinesis-worker")?);
+    for (k, v) in p.env.worker_env() {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .args([
+            "status",
+            "--application",
+            "no-such-app",
+            "--stream",
+            &p.stream,
+        ])
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-app"));
+    p.cleanup().await
+}

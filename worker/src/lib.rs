@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod pipeline;
 pub mod preflight;
 pub mod records;
+pub mod status;

@@ -56,6 +56,18 @@ enum Command {
     /// Hold and balance the stream's shard leases without reading records: a dry run of a
     /// fleet's lease coordination, printing `acquired|lost|shutdown-requested SHARD` lines.
     Leases(LeaseArgs),
+    /// Print one application's shards: state, owner, checkpoint and lag (from the owner's
+    /// last heartbeat), from one ListShards and one scan of its lease table. Works anywhere
+    /// the lease table and the stream can be read (dynamodb:Scan, kinesis:ListShards).
+    Status {
+        /// Application name: the lease table's name (`kubectl get kapp NAME -o
+        /// jsonpath={.status.applicationName}`).
+        #[arg(long, env = "KINESIS_APPLICATION")]
+        application: String,
+        /// Stream name, or its ARN.
+        #[arg(long, env = "KINESIS_STREAM")]
+        stream: String,
+    },
     /// Ask the worker running beside this command to hand every lease over and exit
     /// (`POST /drain` on its local admin port); answers once it has drained.
     Drain {
@@ -377,6 +389,35 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
     Ok(())
 }
 
+async fn status(settings: &AwsSettings, application: &str, stream: &str) -> anyhow::Result<String> {
+    let sdk = settings.sdk_config().await;
+    let table = LeaseTable::open(settings.dynamodb(&sdk), application, false)
+        .await
+        .with_context(|| format!("opening lease table `{application}`"))?;
+    let stream = stream_ref(stream);
+    let shards = kinesis_worker::lease::discovery::list_shards(&settings.kinesis(&sdk), &stream)
+        .await
+        .with_context(|| format!("listing the shards of `{stream}`"))?;
+    let snapshot = table.scan().await?;
+    let views = kinesis_worker::status::shard_views(&shards, &snapshot);
+    let mut out = kinesis_worker::status::render(&views);
+    let count =
+        |st: kinesis_worker::status::ShardState| views.iter().filter(|v| v.state == st).count();
+    use kinesis_worker::status::ShardState as S;
+    let max = views.iter().filter_map(|v| v.lag_ms).max();
+    out.push_str(&format!(
+        "{} shards: {} processing, {} unowned, {} draining, {} finished; {} workers; max lag {}\n",
+        views.len(),
+        count(S::Processing),
+        count(S::Unowned),
+        count(S::Draining),
+        count(S::Finished),
+        snapshot.heartbeats.len(),
+        max.map_or_else(|| "-".into(), kinesis_worker::status::human_lag),
+    ));
+    Ok(out)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -414,6 +455,19 @@ async fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e:#}");
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Status {
+            application,
+            stream,
+        } => match status(&settings, &application, &stream).await {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE
             }

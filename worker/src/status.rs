@@ -1,0 +1,217 @@
+//! One application's shards as people look at them: owner, checkpoint, lag and state, from
+//! one ListShards and one scan of the lease table. A pure function, shared by
+//! `kinesis-worker status` and the operator's status.
+//!
+//! # Guarantees
+//! A shard's lag comes only from the heartbeat of the worker that owns its lease now: a dead
+//! or former owner's heartbeat item (which may linger until it expires) never speaks for it.
+
+use std::collections::HashMap;
+
+use crate::lease::checkpoint::Checkpoint;
+use crate::lease::discovery::ShardInfo;
+use crate::lease::model::TableSnapshot;
+
+/// Where a shard is in its life, for this application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardState {
+    /// Open and leased.
+    Processing,
+    /// Open and nobody holds it (no lease yet, or released).
+    Unowned,
+    /// Closed, records still to process (or waiting for its parents).
+    Draining,
+    /// Closed and processed to its end.
+    Finished,
+}
+
+impl std::fmt::Display for ShardState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Processing => "processing",
+            Self::Unowned => "unowned",
+            Self::Draining => "draining",
+            Self::Finished => "finished",
+        })
+    }
+}
+
+/// One shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardView {
+    /// The shard id.
+    pub shard_id: String,
+    /// The worker holding its lease.
+    pub owner: Option<String>,
+    /// Its checkpoint (none: no lease yet).
+    pub checkpoint: Option<Checkpoint>,
+    /// Milliseconds behind the tip, as its owner last read.
+    pub lag_ms: Option<i64>,
+    /// Its state.
+    pub state: ShardState,
+}
+
+/// The view of every shard the stream lists (in its order).
+pub fn shard_views(shards: &[ShardInfo], snapshot: &TableSnapshot) -> Vec<ShardView> {
+    let leases: HashMap<&str, _> = snapshot
+        .leases
+        .iter()
+        .map(|l| (l.shard_id.as_str(), l))
+        .collect();
+    let heartbeats: HashMap<&str, _> = snapshot
+        .heartbeats
+        .iter()
+        .map(|h| (h.worker_id.as_str(), h))
+        .collect();
+    shards
+        .iter()
+        .map(|s| {
+            let lease = leases.get(s.shard_id.as_str());
+            let owner = lease.and_then(|l| l.owner.clone());
+            let lag_ms = owner
+                .as_deref()
+                .and_then(|o| heartbeats.get(o))
+                .and_then(|h| h.lag.get(&s.shard_id).copied());
+            let finished = lease.is_some_and(|l| l.checkpoint == Checkpoint::ShardEnd);
+            let state = match (s.closed, finished, owner.is_some()) {
+                (_, true, _) => ShardState::Finished,
+                (true, false, _) => ShardState::Draining,
+                (false, false, true) => ShardState::Processing,
+                (false, false, false) => ShardState::Unowned,
+            };
+            ShardView {
+                shard_id: s.shard_id.clone(),
+                owner,
+                checkpoint: lease.map(|l| l.checkpoint.clone()),
+                lag_ms,
+                state,
+            }
+        })
+        .collect()
+}
+
+/// "1.2s", "350ms", "3m4s": a lag for humans.
+pub fn human_lag(ms: i64) -> String {
+    match ms {
+        ..1_000 => format!("{}ms", ms.max(0)),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        _ => format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000),
+    }
+}
+
+/// The table `kinesis-worker status` prints: one line per shard, aligned.
+pub fn render(views: &[ShardView]) -> String {
+    let rows: Vec<[String; 5]> = views
+        .iter()
+        .map(|v| {
+            [
+                v.shard_id.clone(),
+                v.state.to_string(),
+                v.owner.clone().unwrap_or_else(|| "-".into()),
+                v.checkpoint
+                    .as_ref()
+                    .map_or_else(|| "-".into(), ToString::to_string),
+                v.lag_ms.map_or_else(|| "-".into(), human_lag),
+            ]
+        })
+        .collect();
+    let header = ["SHARD", "STATE", "OWNER", "CHECKPOINT", "LAG"].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::model::{Heartbeat, Lease};
+
+    fn shard(id: &str, closed: bool) -> ShardInfo {
+        ShardInfo {
+            shard_id: id.into(),
+            parents: Vec::new(),
+            hash_range: ("0".into(), "1".into()),
+            closed,
+        }
+    }
+
+    fn heartbeat(worker: &str, lag: &[(&str, i64)]) -> Heartbeat {
+        Heartbeat {
+            worker_id: worker.into(),
+            counter: 1,
+            draining: false,
+            lag: lag.iter().map(|(s, l)| (s.to_string(), *l)).collect(),
+        }
+    }
+
+    #[test]
+    fn lag_comes_from_the_current_owner_only() {
+        let mut lease = Lease::new("s0", Checkpoint::TrimHorizon, Vec::new());
+        lease.owner = Some("new".into());
+        // The former owner's heartbeat is still there, with a stale (and larger) lag; it is
+        // read last, as the scan's order may put it.
+        let snapshot = TableSnapshot {
+            leases: vec![lease],
+            heartbeats: vec![
+                heartbeat("new", &[("s0", 20)]),
+                heartbeat("old", &[("s0", 90_000)]),
+            ],
+        };
+        let v = shard_views(&[shard("s0", false)], &snapshot);
+        assert_eq!(v[0].lag_ms, Some(20));
+        assert_eq!(v[0].state, ShardState::Processing);
+        // Unowned: no lag, whatever a heartbeat says.
+        let mut snapshot = snapshot;
+        snapshot.leases[0].owner = None;
+        let v = shard_views(&[shard("s0", false)], &snapshot);
+        assert_eq!((v[0].lag_ms, v[0].state), (None, ShardState::Unowned));
+    }
+
+    #[test]
+    fn states_and_the_table() {
+        let mut done = Lease::new("s0", Checkpoint::ShardEnd, Vec::new());
+        done.owner = None;
+        let draining = Lease::new("s1", Checkpoint::TrimHorizon, Vec::new());
+        let snapshot = TableSnapshot {
+            leases: vec![done, draining],
+            heartbeats: Vec::new(),
+        };
+        let v = shard_views(
+            &[shard("s0", true), shard("s1", true), shard("s2", false)],
+            &snapshot,
+        );
+        let states: Vec<ShardState> = v.iter().map(|x| x.state).collect();
+        assert_eq!(
+            states,
+            [
+                ShardState::Finished,
+                ShardState::Draining,
+                ShardState::Unowned
+            ]
+        );
+        assert_eq!(v[2].checkpoint, None);
+        let text = render(&v);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines[0].starts_with("SHARD  STATE"), "{text}");
+        assert!(
+            lines[1].contains("finished") && lines[1].contains("SHARD_END"),
+            "{text}"
+        );
+        assert_eq!(human_lag(184_000), "3m4s");
+    }
+}
