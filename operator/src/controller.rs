@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_kinesis::primitives::{DateTime, DateTimeFormat};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
+use kinesis_worker::backoff::Backoff;
 use kinesis_worker::lease::checkpoint::Checkpoint;
 use kinesis_worker::lease::discovery::{DiscoveryError, StreamRef, list_shards};
 use kinesis_worker::lease::table::{LeaseError, LeaseTable};
@@ -17,7 +18,6 @@ use kinesis_worker::status::ShardState;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{Event as Finalize, finalizer};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
@@ -44,9 +44,9 @@ pub enum Error {
     /// The API server refused or failed.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    /// The finalizer machinery failed.
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// Cleaning up (before the finalizer is removed) failed.
+    #[error("cleanup: {0}")]
+    Cleanup(String),
     /// A status that cannot be serialized (never expected).
     #[error("status: {0}")]
     Serde(#[from] serde_json::Error),
@@ -57,7 +57,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Kube(_) => "kube",
-            Self::Finalizer(_) => "finalizer",
+            Self::Cleanup(_) => "cleanup",
             Self::Serde(_) => "serde",
         }
     }
@@ -86,6 +86,7 @@ pub struct Context {
     /// cluster that shares an AWS account).
     pub cluster: String,
     aws: Mutex<HashMap<AwsKey, AwsClients>>,
+    failures: Mutex<HashMap<(String, String), Backoff>>,
 }
 
 /// (region, Kinesis endpoint, DynamoDB endpoint).
@@ -109,6 +110,32 @@ impl Context {
             reporter,
             cluster,
             aws: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key(app: &KinesisApplication) -> (String, String) {
+        (app.namespace().unwrap_or_default(), app.name_any())
+    }
+
+    /// The next retry delay of `app` after a failure (exponential, full jitter, ≤ `max`).
+    pub fn next_backoff(&self, app: &KinesisApplication, max: Duration) -> Duration {
+        let mut failures = match self.failures.lock() {
+            Ok(f) => f,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        failures
+            .entry(Self::key(app))
+            .or_insert_with(|| Backoff::new(Duration::from_secs(1), Duration::from_secs(300)))
+            .next_delay()
+            .min(max)
+            .max(Duration::from_millis(200))
+    }
+
+    /// `app` reconciled without failing: its backoff starts over.
+    pub fn forget_failures(&self, app: &KinesisApplication) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.remove(&Self::key(app));
         }
     }
 
@@ -196,22 +223,26 @@ pub fn human_lag(ms: i64) -> String {
     kinesis_worker::status::human_lag(ms)
 }
 
-/// Entry point for the controller: finalizer first, then apply or clean up.
+/// Entry point for the controller: clean up an object being deleted (if it holds our
+/// finalizer), else apply it. The finalizer is added only once the object owns something in
+/// AWS (its lease table's claim), so an invalid or refused object is deleted at once.
 ///
 /// # Errors
 /// [`Error`] when the API server fails; the controller retries with backoff.
 pub async fn reconcile(app: Arc<KinesisApplication>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    let ns = app.namespace().unwrap_or_default();
-    let api: Api<KinesisApplication> = Api::namespaced(ctx.client.clone(), &ns);
-    let res = finalizer(&api, FINALIZER, app, |event| async {
-        match event {
-            Finalize::Apply(app) => apply(&app, &ctx).await,
-            Finalize::Cleanup(app) => cleanup(&app, &ctx).await,
+    let res = if app.metadata.deletion_timestamp.is_some() {
+        if app.finalizers().iter().any(|f| f == FINALIZER) {
+            match cleanup(&app, &ctx).await {
+                Ok(action) => set_finalizer(&ctx, &app, false).await.map(|()| action),
+                Err(e) => Err(e),
+            }
+        } else {
+            Ok(Action::await_change())
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    } else {
+        apply(&app, &ctx).await
+    };
     ctx.metrics.reconciled(
         started.elapsed(),
         res.as_ref().err().map(Error::metric_label),
@@ -219,10 +250,47 @@ pub async fn reconcile(app: Arc<KinesisApplication>, ctx: Arc<Context>) -> Resul
     res
 }
 
-/// Requeue after a failed reconcile.
+/// Adds (`on`) or removes our finalizer, with a JSON patch that fails if the list changed
+/// meanwhile (the next reconcile tries again).
+async fn set_finalizer(ctx: &Context, app: &KinesisApplication, on: bool) -> Result<(), Error> {
+    let current: Vec<String> = app.finalizers().to_vec();
+    let has = current.iter().any(|f| f == FINALIZER);
+    if has == on {
+        return Ok(());
+    }
+    let mut next: Vec<String> = current
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if on {
+        next.push(FINALIZER.to_string());
+    }
+    let patch: json_patch::Patch = serde_json::from_value(if current.is_empty() {
+        json!([{"op": "add", "path": "/metadata/finalizers", "value": next}])
+    } else {
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": current},
+            {"op": "replace", "path": "/metadata/finalizers", "value": next},
+        ])
+    })?;
+    let api: Api<KinesisApplication> =
+        Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+    api.patch(
+        &app.name_any(),
+        &PatchParams::default(),
+        &Patch::<()>::Json(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Requeue after a failed reconcile: exponential backoff with jitter per object, from 1 s
+/// up to 5 minutes, reset by the next success.
 pub fn error_policy(app: Arc<KinesisApplication>, error: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(application = %app.name_any(), namespace = ?app.namespace(), error = %error, "reconcile failed; retrying");
-    Action::requeue(ctx.resync.min(Duration::from_secs(10)))
+    let delay = ctx.next_backoff(&app, Duration::from_secs(300));
+    tracing::warn!(application = %app.name_any(), namespace = ?app.namespace(), error = %error, retry_in = ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
 }
 
 async fn event(
@@ -374,7 +442,11 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
         }
     };
     let claim = match claims::claim(&aws.dynamodb, &app_name, &owner).await {
-        Ok(ClaimOutcome::Ours(c)) => c,
+        Ok(ClaimOutcome::Ours(c)) => {
+            // From now on there is something to clean up: the claim (and what comes next).
+            set_finalizer(ctx, app, true).await?;
+            c
+        }
         Ok(ClaimOutcome::Theirs(other)) => {
             let message = format!(
                 "lease table `{app_name}` is claimed by {}: two applications must not share a lease table (their checkpoints would mix); set spec.applicationName to a name of this application's own",
@@ -604,6 +676,7 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
         generation,
     );
     patch_status(ctx, app, &status).await?;
+    ctx.forget_failures(app);
     ctx.metrics
         .application(&ns, &name, open, desired, ready, max_lag.unwrap_or(0));
 
@@ -682,7 +755,13 @@ async fn degrade(
     if !already {
         event(ctx, app, EventType::Warning, reason, message).await;
     }
-    Ok(Action::requeue(ctx.resync))
+    // Counted as a failed reconcile, retried with backoff (at most a minute, so a stream
+    // created later is found soon).
+    ctx.metrics.failed(reason);
+    Ok(Action::requeue(ctx.next_backoff(
+        app,
+        Duration::from_secs(60).max(ctx.resync),
+    )))
 }
 
 async fn stream_arn_of(
@@ -698,7 +777,7 @@ async fn stream_arn_of(
 
 /// A failed cleanup step: the finalizer stays and the cleanup is retried.
 fn retry(detail: String) -> Error {
-    Error::Kube(kube::Error::Service(detail.into()))
+    Error::Cleanup(detail)
 }
 
 /// Deletes what this object owns, and only that (see [`crate::ownership`]): the fan-out
@@ -706,6 +785,8 @@ fn retry(detail: String) -> Error {
 /// when `deletionPolicy` is `Delete`. Everything else is left, with a Warning Event that
 /// says why.
 async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error> {
+    ctx.metrics
+        .forget(&app.namespace().unwrap_or_default(), &app.name_any());
     let app_name = application_name(app);
     let aws = ctx.aws(app).await;
     let owner = ctx.owner(app);

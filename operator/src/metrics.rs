@@ -127,6 +127,28 @@ impl Metrics {
         self.lag.get_or_create(&l).set(lag_ms);
     }
 
+    /// A reconcile that could not finish for a reason outside Kubernetes (AWS: the stream,
+    /// the lease table, the consumer), counted with the reconcile errors.
+    pub fn failed(&self, cause: &str) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                error: cause.into(),
+            })
+            .inc();
+    }
+
+    /// Drops an application's series (it was deleted).
+    pub fn forget(&self, namespace: &str, application: &str) {
+        let l = AppLabels {
+            namespace: namespace.into(),
+            application: application.into(),
+        };
+        self.open_shards.remove(&l);
+        self.workers_desired.remove(&l);
+        self.workers_ready.remove(&l);
+        self.lag.remove(&l);
+    }
+
     /// Whether this replica leads.
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));

@@ -185,7 +185,20 @@ async fn an_application_counts_end_to_end_and_follows_resharding() -> Result<()>
         .application_name
         .clone()
         .ok_or("applicationName in status")?;
+    let series = |page: &str| {
+        page.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&format!("namespace=\"{ns}\"")))
+            .count()
+    };
+    let (_, page) = kinesis_operator_tests::pipeline::http_get(&op.admin, "/metrics").await?;
+    assert!(series(&page) >= 4, "per-application series: {page}");
     delete_all(&apps).await?;
+    let (_, page) = kinesis_operator_tests::pipeline::http_get(&op.admin, "/metrics").await?;
+    assert_eq!(
+        series(&page),
+        0,
+        "a deleted application's series are dropped: {page}"
+    );
     let gone = env
         .dynamodb()
         .await
@@ -291,7 +304,36 @@ async fn bad_specs_and_a_missing_stream_become_conditions_and_events() -> Result
             deployments.get_opt(name).await?.is_none(),
             "{name}: no Deployment for a bad spec"
         );
+        // It owns nothing, so nothing holds up its deletion.
+        let a = apps.get(name).await?;
+        assert!(
+            !a.metadata
+                .finalizers
+                .unwrap_or_default()
+                .iter()
+                .any(|f| f == "kinesis-operator.io/cleanup"),
+            "{name}: no finalizer without anything to clean up"
+        );
     }
+    // The AWS side's failures count as failed reconciles.
+    let errors = wait_for(
+        "StreamNotFound in the reconcile errors",
+        Duration::from_secs(30),
+        POLL,
+        || async {
+            let (_, page) = kinesis_operator_tests::pipeline::http_get(&op.admin, "/metrics")
+                .await
+                .ok()?;
+            page.lines()
+                .find(|l| {
+                    l.starts_with("kinesis_operator_reconcile_errors_total")
+                        && l.contains("error=\"StreamNotFound\"")
+                })
+                .map(String::from)
+        },
+    )
+    .await?;
+    assert!(!errors.ends_with(" 0"), "{errors}");
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     let warnings: Vec<(String, String)> = events
         .list(&ListParams::default())

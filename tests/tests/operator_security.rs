@@ -208,6 +208,15 @@ async fn deleting_an_application_deletes_only_what_the_operator_created_for_it()
         .await?;
     }
     until_condition(&apps, "thief", "Ready", "False", "WrongKeySchema", &op).await?;
+    assert!(
+        apps.get("thief")
+            .await?
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .is_empty(),
+        "an object that owns nothing gets no finalizer"
+    );
     until_condition(
         &apps,
         "adopter",
@@ -275,14 +284,18 @@ async fn deleting_an_application_deletes_only_what_the_operator_created_for_it()
     );
     assert!(!table_exists(&env, &own).await, "its own table is deleted");
     let ev = events(&client, &ns).await?;
-    for table in [&precious, &kcl] {
-        assert!(
-            ev.iter().any(|(t, r, n)| t == "Warning"
-                && r == "LeaseTableKept"
-                && n.contains(table.as_str())),
-            "a Warning Event says why `{table}` was kept: {ev:?}"
-        );
-    }
+    // The thief never claimed anything: it had no finalizer and was deleted at once; the
+    // adopter's cleanup says why it kept the table.
+    assert!(
+        ev.iter()
+            .any(|(t, r, n)| t == "Warning" && r == "WrongKeySchema" && n.contains(&precious)),
+        "{ev:?}"
+    );
+    assert!(
+        ev.iter()
+            .any(|(t, r, n)| t == "Warning" && r == "LeaseTableKept" && n.contains(&kcl)),
+        "a Warning Event says why `{kcl}` was kept: {ev:?}"
+    );
     assert!(
         ev.iter()
             .any(|(_, r, n)| r == "LeaseTableDeleted" && n.contains(&own)),
@@ -377,6 +390,15 @@ async fn two_applications_never_share_a_lease_table() -> Result<()> {
         );
         let d: Api<Deployment> = Api::namespaced(client.clone(), ns);
         assert!(d.get_opt(name).await?.is_none(), "{name}: no Deployment");
+        assert!(
+            apps.get(name)
+                .await?
+                .metadata
+                .finalizers
+                .unwrap_or_default()
+                .is_empty(),
+            "{name}: a refused object owns nothing and gets no finalizer"
+        );
         let ev = events(&client, ns).await?;
         assert!(
             ev.iter()
