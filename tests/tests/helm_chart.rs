@@ -510,3 +510,186 @@ async fn the_chart_runs_the_operator_under_its_own_rbac_upgrades_and_keeps_the_c
     env.remove(Some(&stream), &[&table]).await;
     Ok(())
 }
+
+/// The `kinesis_…` metric names in `text`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("kinesis_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        if name.starts_with("kinesis_worker_") || name.starts_with("kinesis_operator_") {
+            out.insert(name.to_string());
+        }
+        rest = &tail[end.max(1)..];
+    }
+    out
+}
+
+/// The series names a `/metrics` page can have, from its `# TYPE` lines (even for families
+/// with no series yet) and its samples.
+fn series_names(page: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for l in page.lines() {
+        if let Some(t) = l.strip_prefix("# TYPE ") {
+            let mut f = t.split_whitespace();
+            let (Some(name), Some(kind)) = (f.next(), f.next()) else {
+                continue;
+            };
+            match kind {
+                "counter" => {
+                    out.insert(format!("{name}_total"));
+                }
+                "histogram" => {
+                    for s in ["_bucket", "_sum", "_count"] {
+                        out.insert(format!("{name}{s}"));
+                    }
+                }
+                _ => {
+                    out.insert(name.to_string());
+                }
+            }
+        } else if !l.starts_with('#')
+            && let Some(name) = l.split(['{', ' ']).next()
+        {
+            out.insert(name.to_string());
+        }
+    }
+    out
+}
+
+/// The shipped dashboard and alerts name only metrics a real worker and a real operator
+/// serve, and the worker's series carry `application` and `stream`.
+#[tokio::test]
+async fn every_metric_the_dashboard_and_the_alerts_name_exists() -> Result<()> {
+    use kinesis_operator_tests::pipeline::{Pipeline, http_get};
+    let env = TestEnv::require();
+    let p = Pipeline::new(1).await?;
+    let app = p.app("a", &[]).await?;
+    let w = p.worker("w", &app.address, &[])?;
+    let page = kinesis_operator_tests::wait_for(
+        "the worker's /metrics with its lease",
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_millis(200),
+        || async {
+            let (s, page) = http_get(&w.admin, "/metrics").await.ok()?;
+            (s == 200 && page.contains("kinesis_worker_leases_held{")).then_some(page)
+        },
+    )
+    .await?;
+    let held = page
+        .lines()
+        .find(|l| l.starts_with("kinesis_worker_leases_held{"))
+        .unwrap_or_default();
+    assert!(
+        held.contains(&format!("application=\"{}\"", p.app))
+            && held.contains(&format!("stream=\"{}\"", p.stream)),
+        "{held}"
+    );
+    let mut known = series_names(&page);
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "metrics").await?;
+    let op = kinesis_operator_tests::cluster::operator(&env, &ns, 3)?;
+    // An application that reconciles (its per-application series) and one whose stream is
+    // missing (a reconcile error): every family the operator has then has a series.
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+    for (name, stream) in [
+        ("ok", p.stream.clone()),
+        ("missing", unique_name("missing")),
+    ] {
+        let mut a = application(name, &env, &stream, "unused")?;
+        a.spec.replicas = Some(0);
+        apps.create(&PostParams::default(), &a).await?;
+    }
+    let op_page = kinesis_operator_tests::wait_for(
+        "the operator's /metrics with an application and an error",
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_millis(200),
+        || async {
+            let (s, page) = http_get(&op.admin, "/metrics").await.ok()?;
+            (s == 200
+                && page.contains("kinesis_operator_workers_desired{")
+                && page.contains("kinesis_operator_reconcile_errors_total{"))
+            .then_some(page)
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    known.extend(series_names(&op_page));
+
+    let chart = chart();
+    let chart = chart.to_string_lossy();
+    let rendered = ok(
+        run(
+            &env,
+            &env.helm,
+            &[
+                "template",
+                "x",
+                &chart,
+                "--api-versions",
+                "monitoring.coreos.com/v1",
+                "--set",
+                "metrics.podMonitor.enabled=true",
+                "--set",
+                "metrics.prometheusRule.enabled=true",
+                "--set",
+                "metrics.grafanaDashboard.enabled=true",
+            ],
+        )?,
+        "helm template",
+    )?;
+    let mut rule_exprs = String::new();
+    let mut dashboard = String::new();
+    for doc in serde_yaml::Deserializer::from_str(&rendered) {
+        let v: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+        match v["kind"].as_str() {
+            Some("PrometheusRule") => {
+                for g in v["spec"]["groups"].as_array().into_iter().flatten() {
+                    for r in g["rules"].as_array().into_iter().flatten() {
+                        rule_exprs.push_str(r["expr"].as_str().unwrap_or_default());
+                        rule_exprs.push('\n');
+                    }
+                }
+            }
+            Some("ConfigMap") => {
+                let json = v["data"]["kinesis-operator.json"]
+                    .as_str()
+                    .unwrap_or_default();
+                let d: serde_json::Value = serde_json::from_str(json)?;
+                assert!(
+                    d["templating"]["list"]
+                        .as_array()
+                        .is_some_and(|l| l.iter().any(|x| x["name"] == "application")
+                            && l.iter().any(|x| x["name"] == "namespace")),
+                    "namespace and application variables"
+                );
+                for panel in d["panels"].as_array().into_iter().flatten() {
+                    for t in panel["targets"].as_array().into_iter().flatten() {
+                        dashboard.push_str(t["expr"].as_str().unwrap_or_default());
+                        dashboard.push('\n');
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for (what, text) in [("alert", &rule_exprs), ("dashboard query", &dashboard)] {
+        let names = metric_names(text);
+        assert!(names.len() >= 8, "{what}s name metrics: {names:?}");
+        let missing: Vec<&String> = names.iter().filter(|n| !known.contains(*n)).collect();
+        assert!(
+            missing.is_empty(),
+            "{what}s name metrics nobody serves: {missing:?}\nknown: {known:?}"
+        );
+    }
+    delete_all(&apps).await?;
+    drop(op);
+    delete_namespace(&client, &ns).await?;
+    drop(w);
+    p.cleanup().await
+}

@@ -280,7 +280,10 @@ async fn run_leases(settings: &AwsSettings, args: LeaseArgs) -> anyhow::Result<(
 }
 
 async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()> {
-    let metrics = Metrics::new();
+    let metrics = Metrics::labelled(&[
+        ("application", &args.leases.application),
+        ("stream", &args.leases.stream),
+    ]);
     let counter = AwsCallCounter::new(metrics.clone());
     let app_address: Address = args.app_address.parse()?;
     let app = App::new(&app_address, metrics.clone())?;

@@ -1,6 +1,7 @@
 //! The worker's Prometheus metrics (served on the admin port at `/metrics`). Every metric is
 //! listed with its meaning in docs/OPERATIONS.md.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -71,6 +72,8 @@ fn app_buckets() -> impl Iterator<Item = f64> {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The registry's labels, rendered, for the series written by hand.
+    const_labels: String,
     /// User records delivered to the app (acknowledged by it).
     pub records_delivered: Counter,
     /// Bytes of record data delivered to the app.
@@ -109,8 +112,27 @@ pub struct Metrics {
 impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Arc<Self> {
-        let mut registry = Registry::with_prefix("kinesis_worker");
+        Self::labelled(&[])
+    }
+
+    /// A registry whose every series carries `labels` (the worker passes `application` and
+    /// `stream`, so a fleet's metrics group by application without relabelling).
+    pub fn labelled(labels: &[(&str, &str)]) -> Arc<Self> {
+        let mut registry = Registry::with_prefix_and_labels(
+            "kinesis_worker",
+            labels
+                .iter()
+                .map(|(k, v)| (Cow::Owned(k.to_string()), Cow::Owned(v.to_string())))
+                .collect::<Vec<_>>()
+                .into_iter(),
+        );
+        let const_labels = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+            .collect::<Vec<_>>()
+            .join(",");
         let m = Self {
+            const_labels: String::new(),
             records_delivered: Counter::default(),
             bytes_delivered: Counter::default(),
             batches_delivered: Counter::default(),
@@ -206,7 +228,11 @@ impl Metrics {
             "Failed AWS API calls by service, operation and HTTP status",
             m.aws_errors.clone(),
         );
-        Arc::new(Self { registry, ..m })
+        Arc::new(Self {
+            registry,
+            const_labels,
+            ..m
+        })
     }
 
     /// The text exposition of every metric, with the lease table's request counters.
@@ -238,8 +264,13 @@ impl Metrics {
                     &t.heartbeat_writes,
                 ),
             ] {
+                let labels = if self.const_labels.is_empty() {
+                    String::new()
+                } else {
+                    format!("{{{}}}", self.const_labels)
+                };
                 out.push_str(&format!(
-                    "# HELP kinesis_worker_{name} {help}.\n# TYPE kinesis_worker_{name} counter\nkinesis_worker_{name}_total {}\n",
+                    "# HELP kinesis_worker_{name} {help}.\n# TYPE kinesis_worker_{name} counter\nkinesis_worker_{name}_total{labels} {}\n",
                     v.load(Ordering::Relaxed)
                 ));
             }
