@@ -29,7 +29,7 @@ use crate::crd::{
 use crate::deployment::{WorkerSettings, deployment, region, service_account_name};
 use crate::metrics::Metrics;
 use crate::ownership::{Owner, TableCleanup, table_cleanup};
-use crate::sizing::desired_workers;
+use crate::sizing::{SIZED_ANNOTATION, desired_workers, replicas};
 use crate::validate::{application_name, arn_stream_name, validate};
 
 /// Field manager of everything the operator applies.
@@ -545,7 +545,22 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
                 .is_some_and(|l| l.checkpoint != Checkpoint::ShardEnd)
         })
         .count() as i32;
-    let desired = desired_workers(&app.spec, open);
+    let for_shards = desired_workers(
+        &crate::crd::KinesisApplicationSpec {
+            replicas: None,
+            ..app.spec.clone()
+        },
+        open,
+    );
+    let sized = app
+        .annotations()
+        .get(SIZED_ANNOTATION)
+        .and_then(|v| v.parse::<i32>().ok());
+    let decision = replicas(app.spec.replicas, sized, for_shards);
+    let desired = decision.desired;
+    if decision.write_sized.is_some() || decision.released {
+        write_replicas(ctx, app, decision).await?;
+    }
     let ns = app.namespace().unwrap_or_default();
     let params = PatchParams::apply(MANAGER).force();
     if let Some(role) = app.spec.aws.as_ref().and_then(|a| a.role_arn.clone()) {
@@ -710,6 +725,31 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
         .await;
     }
     Ok(Action::requeue(ctx.resync))
+}
+
+/// Writes the sized `spec.replicas` with its annotation, or drops the annotation once
+/// someone else owns the count (a merge patch; the next reconcile sees the result).
+async fn write_replicas(
+    ctx: &Context,
+    app: &KinesisApplication,
+    decision: crate::sizing::Replicas,
+) -> Result<(), Error> {
+    let patch = match decision.write_sized {
+        Some(n) => json!({
+            "metadata": {"annotations": {SIZED_ANNOTATION: n.to_string()}},
+            "spec": {"replicas": n},
+        }),
+        None => json!({"metadata": {"annotations": {SIZED_ANNOTATION: null}}}),
+    };
+    let api: Api<KinesisApplication> =
+        Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+    api.patch(
+        &app.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Reports a failure to reach the stream or the table: the condition, Ready=False,

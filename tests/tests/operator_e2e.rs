@@ -15,8 +15,8 @@ use kinesis_operator_tests::cluster::{
     until_counts,
 };
 use kinesis_operator_tests::{TestEnv, unique_name, wait_for};
-use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
@@ -452,5 +452,171 @@ async fn one_of_two_operators_leads_and_the_other_takes_over() -> Result<()> {
     drop(standby);
     drop(leader);
     delete_namespace(&client, &ns).await?;
+    Ok(())
+}
+
+/// `kubectl <args>` against the test cluster: its stdout, or the error with stderr.
+fn kubectl(env: &TestEnv, args: &[&str]) -> Result<String> {
+    let out = Command::new(&env.kubectl)
+        .env("KUBECONFIG", &env.kubeconfig)
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// The scale subresource as HPA and KEDA use it: with `spec.replicas` unset it reports the
+/// sized count (and the current replicas and selector); `kubectl scale` takes over the count
+/// and the operator leaves it; an `autoscaling/v2beta2` HorizontalPodAutoscaler reads and
+/// writes it (here it only applies its minReplicas: the test cluster has no metrics
+/// server); removing `spec.replicas` hands sizing back to the operator.
+#[tokio::test]
+async fn the_scale_subresource_serves_kubectl_scale_and_a_horizontal_pod_autoscaler() -> Result<()>
+{
+    let env = TestEnv::require();
+    env.require_image("kinesis-worker")?;
+    env.require_image("pageview-counter")?;
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "scale").await?;
+    let stream = unique_name("scaled");
+    env.create_stream(&stream, 2).await?;
+    let op = operator(&env, &ns, 3)?;
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let app = application("counter", &env, &stream, &unique_name("counts"))?;
+    assert!(app.spec.replicas.is_none());
+    apps.create(&PostParams::default(), &app).await?;
+    let scale_path = format!(
+        "/apis/kinesis-operator.io/v1alpha1/namespaces/{ns}/kinesisapplications/counter/scale"
+    );
+    let scale = || -> Option<Value> {
+        serde_json::from_str(&kubectl(&env, &["get", "--raw", &scale_path]).ok()?).ok()
+    };
+    let s = wait_for(
+        "/scale with the sized count",
+        Duration::from_secs(120),
+        POLL,
+        || async {
+            let s = scale()?;
+            (s["spec"]["replicas"] == 2 && s["status"]["replicas"] == 2).then_some(s)
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    assert!(
+        s["status"]["selector"]
+            .as_str()
+            .is_some_and(|x| x.contains("kinesis-operator.io/application=counter")),
+        "{s}"
+    );
+    until_replicas(&deployments, "counter", 2, true).await?;
+
+    // kubectl scale: the count is the user's now, and stays.
+    kubectl(
+        &env,
+        &["scale", "kapp", "counter", "-n", &ns, "--replicas", "1"],
+    )?;
+    until_replicas(&deployments, "counter", 1, false).await?;
+    // Three reconciles later (resync 3 s) the operator has not changed it back.
+    let reconciles = metric(&op, "kinesis_operator_reconciles_total")
+        .await
+        .ok_or("reconciles metric")?;
+    wait_for(
+        "three more reconciles",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            (metric(&op, "kinesis_operator_reconciles_total").await? >= reconciles + 3.0)
+                .then_some(())
+        },
+    )
+    .await?;
+    let d = deployments.get("counter").await?;
+    assert_eq!(d.spec.replicas, Some(1), "kubectl scale's count is kept");
+    let a = apps.get("counter").await?;
+    assert!(
+        !a.annotations()
+            .contains_key("kinesis-operator.io/sized-replicas"),
+        "the operator no longer sizes it"
+    );
+
+    // An HPA (v2beta2) drives it through /scale: minReplicas 3 applies without metrics.
+    let hpa = json!({
+        "apiVersion": "autoscaling/v2beta2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "counter", "namespace": ns},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "kinesis-operator.io/v1alpha1", "kind": "KinesisApplication", "name": "counter"},
+            "minReplicas": 3,
+            "maxReplicas": 3,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]
+        }
+    });
+    let file = std::env::temp_dir().join(format!("{ns}-hpa.json"));
+    std::fs::write(&file, hpa.to_string())?;
+    kubectl(&env, &["apply", "-f", &file.to_string_lossy()])?;
+    let _ = std::fs::remove_file(&file);
+    wait_for(
+        "the HPA sets 3 replicas",
+        Duration::from_secs(120),
+        POLL,
+        || async {
+            let a = apps.get("counter").await.ok()?;
+            (a.spec.replicas == Some(3)).then_some(())
+        },
+    )
+    .await?;
+    until_replicas(&deployments, "counter", 3, false).await?;
+    let hpa_status = wait_for(
+        "the HPA reports the scale",
+        Duration::from_secs(90),
+        POLL,
+        || async {
+            let out = kubectl(
+                &env,
+                &[
+                    "get",
+                    "hpa.v2beta2.autoscaling",
+                    "counter",
+                    "-n",
+                    &ns,
+                    "-o",
+                    "json",
+                ],
+            )
+            .ok()?;
+            let v: Value = serde_json::from_str(&out).ok()?;
+            (v["status"]["currentReplicas"] == 3).then_some(v)
+        },
+    )
+    .await?;
+    let conditions = hpa_status["status"]["conditions"].to_string();
+    assert!(
+        conditions.contains("AbleToScale") && !conditions.contains("FailedGetScale"),
+        "{conditions}"
+    );
+
+    // Hand sizing back: no HPA, no spec.replicas.
+    kubectl(&env, &["delete", "hpa", "counter", "-n", &ns])?;
+    patch_spec(&apps, "counter", json!({"replicas": null})).await?;
+    until_replicas(&deployments, "counter", 2, false).await?;
+    wait_for("sized again", Duration::from_secs(60), POLL, || async {
+        let s = scale()?;
+        (s["spec"]["replicas"] == 2).then_some(())
+    })
+    .await?;
+
+    delete_all(&apps).await?;
+    drop(op);
+    delete_namespace(&client, &ns).await?;
+    env.remove(Some(&stream), &[]).await;
     Ok(())
 }
