@@ -283,6 +283,8 @@ pub struct Coordinator {
     draining: bool,
     liveness: Arc<SelfLiveness>,
     last_snapshot: TableSnapshot,
+    /// `last_snapshot` comes from a successful scan.
+    scanned: bool,
 }
 
 fn heartbeat_key(worker: &str) -> String {
@@ -331,6 +333,7 @@ impl Coordinator {
                 draining: false,
                 liveness,
                 last_snapshot: TableSnapshot::default(),
+                scanned: false,
             },
             handle,
         )
@@ -440,13 +443,26 @@ impl Coordinator {
                 return;
             }
         };
+        if !self.scanned {
+            // Which leases exist decides where new ones start: not before a scan succeeded.
+            return;
+        }
         let existing: HashSet<&str> = self
             .last_snapshot
             .leases
             .iter()
             .map(|l| l.shard_id.as_str())
             .collect();
-        for lease in discovery::new_leases(&shards, &existing, &self.config.initial_position) {
+        let started: HashSet<&str> = self
+            .last_snapshot
+            .leases
+            .iter()
+            .filter(|l| l.checkpoint.is_progress())
+            .map(|l| l.shard_id.as_str())
+            .collect();
+        for lease in
+            discovery::new_leases(&shards, &existing, &started, &self.config.initial_position)
+        {
             match self.table.create_lease(&lease).await {
                 Ok(true) => tracing::info!(shard = %lease.shard_id, "lease created"),
                 Ok(false) => {}
@@ -514,6 +530,7 @@ impl Coordinator {
             // Our own heartbeat is not confirmed: we may be the one considered dead. Take
             // nothing until it is.
             self.last_snapshot = snapshot;
+            self.scanned = true;
             self.fence_self().await;
             return;
         }
@@ -721,6 +738,7 @@ impl Coordinator {
             }
         }
         self.last_snapshot = snapshot;
+        self.scanned = true;
     }
 
     async fn acquired(&mut self, lease: &Lease, held: HeldLease) {

@@ -136,21 +136,69 @@ pub async fn list_shards(
     Ok(shards)
 }
 
-/// The leases to create for shards that have none yet, starting at `initial`.
+/// The leases to create for shards that have none yet.
+///
+/// # Guarantees
+/// - Only when the table holds no lease at all (the application's first start) do new
+///   leases start at the configured `initial` position. Every later new shard is a child of a
+///   reshard (or appeared while the application ran) and starts at TRIM_HORIZON, as KCL's do:
+///   its parents are drained first, and nothing written to it before its lease exists is
+///   skipped, whatever `initial` is.
+/// - A closed shard without a lease whose descendants' leases have *started* (a checkpoint
+///   past the start position: `started`) is finished — KCL deletes a parent's lease once its
+///   children have started —, so no lease is made for it: its records are not delivered
+///   again and its children are not held behind it. A child still at its start position does
+///   not count: its parent may just have failed to be created, and is created again.
 pub fn new_leases(
     shards: &[ShardInfo],
     existing: &HashSet<&str>,
+    started: &HashSet<&str>,
     initial: &Checkpoint,
 ) -> Vec<Lease> {
+    let start = if existing.is_empty() {
+        initial.clone()
+    } else {
+        Checkpoint::TrimHorizon
+    };
+    let done = finished_ancestors(shards, existing, started);
     shards
         .iter()
-        .filter(|s| !existing.contains(s.shard_id.as_str()))
+        .filter(|s| !existing.contains(s.shard_id.as_str()) && !done.contains(s.shard_id.as_str()))
         .map(|s| {
-            let mut lease = Lease::new(&s.shard_id, initial.clone(), s.parents.clone());
+            let mut lease = Lease::new(&s.shard_id, start.clone(), s.parents.clone());
             lease.hash_range = Some(s.hash_range.clone());
             lease
         })
         .collect()
+}
+
+/// Closed shards with no lease that have a started descendant (directly, or through other
+/// such shards): their leases were deleted once they were finished.
+fn finished_ancestors<'a>(
+    shards: &'a [ShardInfo],
+    existing: &HashSet<&str>,
+    started: &HashSet<&str>,
+) -> HashSet<&'a str> {
+    let mut done: HashSet<&str> = HashSet::new();
+    loop {
+        let before = done.len();
+        for s in shards {
+            let id = s.shard_id.as_str();
+            if !s.closed || existing.contains(id) || done.contains(id) {
+                continue;
+            }
+            let started_child = shards.iter().any(|c| {
+                c.parents.iter().any(|p| p == id)
+                    && (started.contains(c.shard_id.as_str()) || done.contains(c.shard_id.as_str()))
+            });
+            if started_child {
+                done.insert(id);
+            }
+        }
+        if done.len() == before {
+            return done;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -174,12 +222,66 @@ mod tests {
             shard("s2", &["s0"], false),
         ];
         let existing: HashSet<&str> = ["s0"].into_iter().collect();
-        let made = new_leases(&shards, &existing, &Checkpoint::TrimHorizon);
+        let made = new_leases(
+            &shards,
+            &existing,
+            &HashSet::new(),
+            &Checkpoint::TrimHorizon,
+        );
         assert_eq!(made.len(), 2);
         assert_eq!(made[0].shard_id, "s1");
         assert_eq!(made[0].parent_shard_ids, vec!["s0".to_string()]);
         assert_eq!(made[0].checkpoint, Checkpoint::TrimHorizon);
         assert_eq!(made[0].owner, None);
         assert_eq!(made[0].hash_range, Some(("0".into(), "1".into())));
+    }
+
+    #[test]
+    fn only_the_first_start_uses_the_configured_position_children_start_at_the_oldest() {
+        let shards = vec![shard("s0", &[], true), shard("s1", &["s0"], false)];
+        // First start at LATEST: every shard at LATEST.
+        let none = HashSet::new();
+        let made = new_leases(&shards, &none, &none, &Checkpoint::Latest);
+        assert!(made.iter().all(|l| l.checkpoint == Checkpoint::Latest));
+        // Later, a reshard's child: TRIM_HORIZON, whatever was configured.
+        let existing: HashSet<&str> = ["s0"].into_iter().collect();
+        let made = new_leases(&shards, &existing, &none, &Checkpoint::Latest);
+        assert_eq!(made.len(), 1);
+        assert_eq!(made[0].checkpoint, Checkpoint::TrimHorizon);
+    }
+
+    #[test]
+    fn a_finished_parent_whose_lease_was_deleted_is_not_leased_again() {
+        // s0 split into s1, s2; s2 merged with s3 into s4. KCL deleted the leases of s0
+        // (and s2, s3); s1 and s4 have theirs.
+        let shards = vec![
+            shard("s0", &[], true),
+            shard("s1", &["s0"], false),
+            shard("s2", &["s0"], true),
+            shard("s3", &[], true),
+            shard("s4", &["s2", "s3"], false),
+            shard("s5", &[], false),
+        ];
+        let existing: HashSet<&str> = ["s1", "s4"].into_iter().collect();
+        let made = new_leases(&shards, &existing, &existing, &Checkpoint::TrimHorizon);
+        let ids: Vec<&str> = made.iter().map(|l| l.shard_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["s5"],
+            "no lease for finished ancestors, one for the new open shard"
+        );
+        // Children that have not started yet: their parents' leases may just have failed to
+        // be created; they are created (again), parents first.
+        let made = new_leases(
+            &shards,
+            &existing,
+            &HashSet::new(),
+            &Checkpoint::TrimHorizon,
+        );
+        assert_eq!(made.len(), 4);
+        // A closed shard whose children have no lease yet gets one.
+        let existing: HashSet<&str> = ["s5"].into_iter().collect();
+        let made = new_leases(&shards, &existing, &existing, &Checkpoint::TrimHorizon);
+        assert_eq!(made.len(), 5);
     }
 }
