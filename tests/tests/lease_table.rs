@@ -330,6 +330,55 @@ async fn the_operators_claim_item_is_not_a_lease() -> Result<()> {
     Ok(())
 }
 
+/// One malformed item (a lease KCL or a person wrote wrong) is skipped and counted; the
+/// scan, and with it the whole fleet, goes on (issue 10, item 13: it failed every scan).
+#[tokio::test]
+async fn a_malformed_item_is_skipped_and_counted_not_fatal() -> Result<()> {
+    let (t, client) = table().await?;
+    t.create_lease(&Lease::new(
+        "shardId-000000000000",
+        Checkpoint::TrimHorizon,
+        Vec::new(),
+    ))
+    .await?;
+    client
+        .put_item()
+        .table_name(t.name())
+        .item("leaseKey", AttributeValue::S("shardId-000000000009".into()))
+        .item("leaseCounter", AttributeValue::S("seven".into()))
+        .item("checkpoint", AttributeValue::S("TRIM_HORIZON".into()))
+        .send()
+        .await?;
+    client
+        .put_item()
+        .table_name(t.name())
+        .item("leaseKey", AttributeValue::S("shardId-000000000010".into()))
+        .item(
+            "checkpoint",
+            AttributeValue::S("not-a-sequence-number".into()),
+        )
+        .send()
+        .await?;
+    let snap = t.scan().await?;
+    let keys: Vec<&str> = snap.leases.iter().map(|l| l.shard_id.as_str()).collect();
+    assert_eq!(keys, ["shardId-000000000000"]);
+    assert_eq!(
+        t.counters()
+            .bad_items
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    t.scan().await?;
+    assert_eq!(
+        t.counters()
+            .bad_items
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4,
+        "counted on every scan"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn items_written_as_kcl_writes_them_are_read_exactly() -> Result<()> {
     let (t, client) = table().await?;

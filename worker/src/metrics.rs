@@ -263,6 +263,11 @@ impl Metrics {
                     "Heartbeat writes",
                     &t.heartbeat_writes,
                 ),
+                (
+                    "lease_table_bad_items",
+                    "Lease table items skipped by scans because they cannot be read (each scan counts them)",
+                    &t.bad_items,
+                ),
             ] {
                 let labels = if self.const_labels.is_empty() {
                     String::new()

@@ -143,6 +143,8 @@ pub struct TableCounters {
     pub heartbeat_writes: AtomicU64,
     /// Of those, checkpoint writes.
     pub checkpoint_writes: AtomicU64,
+    /// Items a scan skipped because they are neither a lease nor a heartbeat we can read.
+    pub bad_items: AtomicU64,
 }
 
 impl TableCounters {
@@ -157,6 +159,8 @@ pub struct LeaseTable {
     client: Client,
     name: String,
     counters: Arc<TableCounters>,
+    /// Keys of unreadable items already logged.
+    reported: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 fn s(v: &str) -> AttributeValue {
@@ -234,6 +238,7 @@ impl LeaseTable {
             client,
             name: name.to_string(),
             counters: Arc::default(),
+            reported: Arc::default(),
         };
         let mut created = false;
         let described = table.client.describe_table().table_name(name).send().await;
@@ -394,8 +399,9 @@ impl LeaseTable {
     /// Reads every item (strongly consistent, all pages).
     ///
     /// # Errors
-    /// [`LeaseError::Dynamo`] on a failed page; [`LeaseError::BadItem`] for an item that is
-    /// neither a lease nor a heartbeat (it names the item, so it can be fixed by hand).
+    /// [`LeaseError::Dynamo`] on a failed page. An item that is neither a readable lease nor a
+    /// heartbeat is not an error: it is skipped, counted in [`TableCounters::bad_items`] (every
+    /// scan) and logged once per key with what is wrong, so one bad item never stops a fleet.
     pub async fn scan(&self) -> Result<TableSnapshot, LeaseError> {
         let mut snapshot = TableSnapshot::default();
         let mut start: Option<HashMap<String, AttributeValue>> = None;
@@ -419,13 +425,29 @@ impl LeaseTable {
                     .and_then(|v| v.as_s().ok())
                     .cloned()
                     .unwrap_or_default();
-                if key.starts_with(HEARTBEAT_KEY_PREFIX) {
-                    snapshot.heartbeats.push(self.parse_heartbeat(&key, item)?);
+                // One malformed item must not stop the fleet's scans: it is skipped, counted
+                // and logged (its shard is not processed until the item is fixed; a lease
+                // for it cannot be created over it either, creation is conditional).
+                let parsed = if key.starts_with(HEARTBEAT_KEY_PREFIX) {
+                    self.parse_heartbeat(&key, item)
+                        .map(|h| snapshot.heartbeats.push(h))
                 } else if key.starts_with(RESERVED_KEY_PREFIX) {
                     // The operator's claim item, and any later item of ours: not a lease.
                     continue;
                 } else {
-                    snapshot.leases.push(self.parse_lease(&key, item)?);
+                    self.parse_lease(&key, item)
+                        .map(|l| snapshot.leases.push(l))
+                };
+                if let Err(e) = parsed {
+                    TableCounters::add(&self.counters.bad_items);
+                    let first = self
+                        .reported
+                        .lock()
+                        .map(|mut r| r.insert(key.clone()))
+                        .unwrap_or(true);
+                    if first {
+                        tracing::warn!(table = %self.name, key = %key, error = %e, "skipping a lease table item that cannot be read; fix or delete it by hand");
+                    }
                 }
             }
             match out.last_evaluated_key() {
