@@ -794,3 +794,42 @@ async fn a_kcl_table_whose_finished_parent_lease_was_deleted_is_not_redelivered(
     );
     p.cleanup().await
 }
+
+/// A parent whose lease is not finished but that has expired off the stream (past its
+/// retention: GetShardIterator answers ResourceNotFound) is treated as ended, counted, and
+/// its child starts (issue 10, item 3: it was retried forever and the child never started).
+/// kinesis-mock cannot expire a shard, so the parent is a lease for a shard id the stream
+/// never had, which Kinesis answers the same way.
+#[tokio::test]
+async fn an_expired_parent_ends_and_its_child_starts() -> Result<()> {
+    use kinesis_worker::lease::checkpoint::Checkpoint;
+    use kinesis_worker::lease::model::Lease;
+    let p = Pipeline::new(1).await?;
+    let gone = "shardId-000000000099";
+    let table = LeaseTable::open(p.env.dynamodb().await, &p.app, true).await?;
+    table
+        .create_lease(&Lease::new(gone, Checkpoint::TrimHorizon, Vec::new()))
+        .await?;
+    table
+        .create_lease(&Lease::new(
+            "shardId-000000000000",
+            Checkpoint::TrimHorizon,
+            vec![gone.into()],
+        ))
+        .await?;
+    p.put_sequence(4, 0, 5).await?;
+    let app = p.app("a", &[]).await?;
+    let w = p.worker("w", &app.address, &[])?;
+    let got = until_received(&[app.out.as_path()], 20).await?;
+    check_sequence(&got, 4, 5)?;
+    let snap = table.scan().await?;
+    let parent = snap
+        .leases
+        .iter()
+        .find(|l| l.shard_id == gone)
+        .ok_or("the parent's lease")?;
+    assert_eq!(parent.checkpoint, Checkpoint::ShardEnd);
+    let (_, page) = http_get(&w.admin, "/metrics").await?;
+    assert_eq!(metric(&page, "kinesis_worker_shards_expired_total"), 1.0);
+    p.cleanup().await
+}

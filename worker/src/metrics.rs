@@ -84,6 +84,8 @@ pub struct Metrics {
     pub batch_retries: Counter,
     /// Batches skipped after `max_attempts` failures.
     pub batches_skipped: Counter,
+    /// Shards found gone from the stream (past its retention) and treated as ended.
+    pub shards_expired: Counter,
     /// App call latency by RPC.
     pub app_call_seconds: Family<CallLabels, Histogram>,
     /// Failed app calls by RPC.
@@ -138,6 +140,7 @@ impl Metrics {
             batches_delivered: Counter::default(),
             batch_retries: Counter::default(),
             batches_skipped: Counter::default(),
+            shards_expired: Counter::default(),
             app_call_seconds: Family::new_with_constructor(|| Histogram::new(app_buckets())),
             app_call_errors: Family::default(),
             app_ready: Gauge::default(),
@@ -176,6 +179,11 @@ impl Metrics {
             "batches_skipped",
             "Batches skipped after the configured maximum attempts",
             m.batches_skipped.clone(),
+        );
+        r.register(
+            "shards_expired",
+            "Shards no longer in the stream (past its retention) treated as ended",
+            m.shards_expired.clone(),
         );
         r.register(
             "app_call_duration_seconds",

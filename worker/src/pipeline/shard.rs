@@ -144,10 +144,34 @@ fn chunks(records: Vec<UserRecord>, max_bytes: usize) -> Vec<Vec<UserRecord>> {
     out
 }
 
+/// After "not found" for `shard`: `Some(children)` if the stream exists and no longer lists
+/// the shard (it expired), `None` if the stream itself is gone or cannot be listed (then
+/// the read is retried, nothing is given up).
+async fn expired(
+    kinesis: &aws_sdk_kinesis::Client,
+    stream: &crate::lease::discovery::StreamRef,
+    shard: &str,
+) -> Option<Vec<String>> {
+    let shards = crate::lease::discovery::list_shards(kinesis, stream)
+        .await
+        .ok()?;
+    if shards.iter().any(|s| s.shard_id == shard) {
+        return None;
+    }
+    Some(
+        shards
+            .iter()
+            .filter(|s| s.parents.iter().any(|p| p == shard))
+            .map(|s| s.shard_id.clone())
+            .collect(),
+    )
+}
+
 /// Reads the shard ahead of delivery: one batch waits in the channel, the next is read
 /// meanwhile; the worker-wide byte budget bounds what all shards hold.
 async fn read_ahead(
     mut reader: ShardSource,
+    kinesis: aws_sdk_kinesis::Client,
     tx: mpsc::Sender<Item>,
     config: Arc<PipelineConfig>,
     metrics: Arc<Metrics>,
@@ -208,6 +232,16 @@ async fn read_ahead(
                 return;
             }
             Err(e) => {
+                if matches!(e, crate::records::reader::ReadError::NotFound { .. })
+                    && let Some(children) = expired(&kinesis, &config.stream, &shard).await
+                {
+                    // A closed shard past the stream's retention: nothing left to read. Its
+                    // end, so its children start (retrying would hold them back forever).
+                    tracing::warn!(shard = %shard, error = %e, children = ?children, "the shard is no longer in the stream (past its retention): treating it as ended");
+                    metrics.shards_expired.inc();
+                    let _ = tx.send(Item::End { children }).await;
+                    return;
+                }
                 let delay = errors.next_delay().max(Duration::from_secs(1));
                 tracing::error!(shard = %shard, error = %e, retry_in = ?delay, "reading the shard failed");
                 tokio::time::sleep(delay).await;
@@ -259,6 +293,7 @@ impl ShardTask {
         let (tx, mut rx) = mpsc::channel(1);
         let reading = tokio::spawn(read_ahead(
             reader,
+            self.kinesis.clone(),
             tx,
             self.config.clone(),
             self.metrics.clone(),
