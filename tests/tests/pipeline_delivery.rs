@@ -833,3 +833,43 @@ async fn an_expired_parent_ends_and_its_child_starts() -> Result<()> {
     assert_eq!(metric(&page, "kinesis_worker_shards_expired_total"), 1.0);
     p.cleanup().await
 }
+
+/// `--max-attempts` gives a batch up without checkpointing anything the app did not ask
+/// for (issue 10, item 5: the skip checkpointed "all delivered", past batches the app held
+/// unconfirmed).
+#[tokio::test]
+async fn a_skipped_batch_checkpoints_nothing_the_app_did_not_ask_for() -> Result<()> {
+    use kinesis_worker::lease::checkpoint::Checkpoint;
+    let p = Pipeline::new(1).await?;
+    // The app never asks to checkpoint, and fails its first call.
+    let app = p
+        .app("a", &["--checkpoint", "none", "--fail-first", "1"])
+        .await?;
+    p.put_sequence(2, 0, 5).await?;
+    let w = p.worker("w", &app.address, &["--max-attempts", "1"])?;
+    let (_, page) = wait_for("the first batch skipped", DEADLINE, POLL, || async {
+        let (s, page) = http_get(&w.admin, "/metrics").await.ok()?;
+        (s == 200 && metric(&page, "kinesis_worker_batches_skipped_total") >= 1.0)
+            .then_some((s, page))
+    })
+    .await?;
+    assert_eq!(metric(&page, "kinesis_worker_batches_skipped_total"), 1.0);
+    p.put_sequence(2, 5, 5).await?;
+    until_received(&[app.out.as_path()], 10).await?;
+    // A graceful stop flushes every wanted checkpoint: there is none.
+    w.proc.signal("TERM");
+    let mut w = w;
+    let started = std::time::Instant::now();
+    while w.proc.exited().is_none() {
+        assert!(started.elapsed() < DEADLINE, "the worker did not stop");
+        tokio::time::sleep(POLL).await;
+    }
+    let table = LeaseTable::open(p.env.dynamodb().await, &p.app, false).await?;
+    let snap = table.scan().await?;
+    assert_eq!(
+        snap.leases.first().map(|l| l.checkpoint.clone()),
+        Some(Checkpoint::TrimHorizon),
+        "nothing was checkpointed: the app asked for nothing"
+    );
+    p.cleanup().await
+}

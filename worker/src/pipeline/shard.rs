@@ -478,8 +478,12 @@ impl ShardTask {
             self.metrics.records_delivered.inc_by(count);
             self.metrics.bytes_delivered.inc_by(bytes);
             self.metrics.batches_delivered.inc();
-            let wanted = answer.map_or(Wanted::AllDelivered, |a| wanted_of(a.checkpoint));
-            self.want(d, &wanted);
+            // A skipped batch (no answer) moves no checkpoint: the app may hold earlier
+            // batches it answered without asking for one (it buffers), and those are not
+            // processed just because a later batch was given up.
+            if let Some(a) = answer {
+                self.want(d, &wanted_of(a.checkpoint));
+            }
             if d.deferred.is_some() {
                 return Flow::Continue;
             }
