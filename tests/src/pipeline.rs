@@ -49,6 +49,12 @@ pub struct Received {
     pub data: String,
     /// Delivery attempt of its batch.
     pub attempt: u32,
+    /// The lease's owner it was delivered under (fencing token).
+    #[serde(default)]
+    pub owner: String,
+    /// The lease's counter it was delivered under (fencing token).
+    #[serde(default)]
+    pub counter: u64,
     /// When the app received it (ns since the epoch, as a string).
     pub recv: String,
 }

@@ -873,3 +873,38 @@ async fn a_skipped_batch_checkpoints_nothing_the_app_did_not_ask_for() -> Result
     );
     p.cleanup().await
 }
+
+/// Every batch carries the lease's fencing token (owner, counter), and the counter grows when
+/// the shard changes owner, so an app can refuse a former owner's late writes (issue 10,
+/// item 12).
+#[tokio::test]
+async fn batches_carry_a_fencing_token_that_grows_with_each_owner() -> Result<()> {
+    let p = Pipeline::new(1).await?;
+    let app = p.app("a", &[]).await?;
+    let w1 = p.worker("w1", &app.address, &[])?;
+    p.put_sequence(2, 0, 5).await?;
+    until_received(&[app.out.as_path()], 10).await?;
+    w1.proc.signal("TERM");
+    let mut w1 = w1;
+    let started = std::time::Instant::now();
+    while w1.proc.exited().is_none() {
+        assert!(started.elapsed() < DEADLINE, "w1 did not stop");
+        tokio::time::sleep(POLL).await;
+    }
+    let _w2 = p.worker("w2", &app.address, &[])?;
+    p.put_sequence(2, 5, 5).await?;
+    let got = until_received(&[app.out.as_path()], 20).await?;
+    let (first, second) = got.split_at(10);
+    assert!(
+        first.iter().all(|r| r.owner == "w1" && r.counter >= 1),
+        "{first:?}"
+    );
+    assert!(second.iter().all(|r| r.owner == "w2"), "{second:?}");
+    let c1 = first.iter().map(|r| r.counter).max().unwrap_or(0);
+    let c2 = second.iter().map(|r| r.counter).min().unwrap_or(0);
+    assert!(
+        c2 > c1,
+        "the new owner's counter {c2} is above the old owner's {c1}"
+    );
+    p.cleanup().await
+}

@@ -77,6 +77,8 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
                     "arrival": rec.approximate_arrival_timestamp_ms,
                     "data": String::from_utf8_lossy(&rec.data),
                     "attempt": r.attempt,
+                    "owner": r.lease_owner,
+                    "counter": r.lease_counter,
                     "recv": recv.to_string(),
                 });
                 writeln!(out, "{line}").map_err(|e| Status::internal(e.to_string()))?;

@@ -158,6 +158,13 @@ impl ShardLease {
         !self.inner.revoked.load(Ordering::SeqCst) && self.inner.liveness.is_alive(Instant::now())
     }
 
+    /// The lease's fencing token: this worker and the lease counter it holds the lease at
+    /// (the counter grows with every change of owner and stays while the owner keeps it).
+    pub async fn fencing_token(&self) -> (String, u64) {
+        let held = self.inner.held.lock().await;
+        (self.inner.worker_id.clone(), held.counter)
+    }
+
     /// Writes a checkpoint.
     ///
     /// # Guarantees

@@ -425,11 +425,14 @@ impl ShardTask {
             };
             let count = chunk.len() as u64;
             let bytes: u64 = chunk.iter().map(|r| r.data.len() as u64).sum();
+            let (lease_owner, lease_counter) = self.lease.fencing_token().await;
             let mut req = v1::ProcessRecordsRequest {
                 shard_id: d.shard.clone(),
                 records: chunk.into_iter().map(to_proto).collect(),
                 millis_behind_latest,
                 attempt: 0,
+                lease_owner,
+                lease_counter,
             };
             let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
             let answer = loop {
@@ -494,11 +497,14 @@ impl ShardTask {
     /// `ProcessRecords` with no records, so the app can answer a checkpoint; a failure is
     /// only logged (nothing was delivered that could be lost).
     async fn idle_call(&self, d: &mut Delivery) {
+        let (lease_owner, lease_counter) = self.lease.fencing_token().await;
         let req = v1::ProcessRecordsRequest {
             shard_id: d.shard.clone(),
             records: Vec::new(),
             millis_behind_latest: 0,
             attempt: 1,
+            lease_owner,
+            lease_counter,
         };
         match self.app.process_records(req).await {
             Ok(resp) => self.want(d, &wanted_of(resp.checkpoint)),
