@@ -73,6 +73,9 @@ struct Delivery {
     delivered: Option<Position>,
     last_write: Option<Instant>,
     deferred: Option<Control>,
+    /// The lease's fencing token (owner, counter): fixed while this task owns the lease (the
+    /// counter changes only with the owner), so it is read once, not per batch.
+    fencing: (String, u64),
 }
 
 impl Delivery {
@@ -285,6 +288,7 @@ impl ShardTask {
             delivered: None,
             last_write: None,
             deferred: None,
+            fencing: self.lease.fencing_token().await,
         };
         if !self.initialize(&mut d, &mut control).await {
             self.finish_lost(&mut d, false).await;
@@ -425,14 +429,13 @@ impl ShardTask {
             };
             let count = chunk.len() as u64;
             let bytes: u64 = chunk.iter().map(|r| r.data.len() as u64).sum();
-            let (lease_owner, lease_counter) = self.lease.fencing_token().await;
             let mut req = v1::ProcessRecordsRequest {
                 shard_id: d.shard.clone(),
                 records: chunk.into_iter().map(to_proto).collect(),
                 millis_behind_latest,
                 attempt: 0,
-                lease_owner,
-                lease_counter,
+                lease_owner: d.fencing.0.clone(),
+                lease_counter: d.fencing.1,
             };
             let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
             let answer = loop {
@@ -497,14 +500,13 @@ impl ShardTask {
     /// `ProcessRecords` with no records, so the app can answer a checkpoint; a failure is
     /// only logged (nothing was delivered that could be lost).
     async fn idle_call(&self, d: &mut Delivery) {
-        let (lease_owner, lease_counter) = self.lease.fencing_token().await;
         let req = v1::ProcessRecordsRequest {
             shard_id: d.shard.clone(),
             records: Vec::new(),
             millis_behind_latest: 0,
             attempt: 1,
-            lease_owner,
-            lease_counter,
+            lease_owner: d.fencing.0.clone(),
+            lease_counter: d.fencing.1,
         };
         match self.app.process_records(req).await {
             Ok(resp) => self.want(d, &wanted_of(resp.checkpoint)),
