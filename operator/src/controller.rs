@@ -218,10 +218,7 @@ pub fn set_condition(
     }
 }
 
-/// "1.2s", "350ms", "3m4s": a lag for humans.
-pub fn human_lag(ms: i64) -> String {
-    kinesis_worker::status::human_lag(ms)
-}
+pub use kinesis_worker::status::human_lag;
 
 /// Entry point for the controller: clean up an object being deleted (if it holds our
 /// finalizer), else apply it. The finalizer is added only once the object owns something in

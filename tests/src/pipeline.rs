@@ -91,6 +91,35 @@ pub struct Worker {
     pub local: String,
 }
 
+impl Worker {
+    /// Waits until the process has exited (after a drain or a signal); its exit code.
+    ///
+    /// # Errors
+    /// It did not exit within `timeout`.
+    pub async fn until_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(code) = self.proc.exited() {
+                return Ok(code);
+            }
+            if started.elapsed() > timeout {
+                return Err(format!("the worker did not exit within {timeout:?}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM (a graceful stop: every lease handed over, checkpoints flushed), then waits
+    /// until it has exited.
+    ///
+    /// # Errors
+    /// As [`Worker::until_exit`].
+    pub async fn stop(mut self, timeout: Duration) -> Result<Option<i32>> {
+        self.proc.signal("TERM");
+        self.until_exit(timeout).await
+    }
+}
+
 /// A running test app.
 pub struct App {
     /// The process.

@@ -316,17 +316,7 @@ async fn an_unready_app_holds_the_worker_back_and_drain_hands_everything_over() 
     );
     // A drained worker exits (in a pod, the container restarts and rejoins).
     let mut w = w;
-    let started = std::time::Instant::now();
-    let code = loop {
-        if let Some(code) = w.proc.exited() {
-            break code;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the drained worker did not exit"
-        );
-        tokio::time::sleep(POLL).await;
-    };
+    let code = w.until_exit(DEADLINE).await?;
     assert_eq!(code, Some(0), "{}", w.proc.log_tail());
     // The final checkpoints cover everything delivered.
     let table = LeaseTable::open(p.env.dynamodb().await, &p.app, false).await?;
@@ -676,13 +666,7 @@ async fn with_latest_a_reshards_children_lose_nothing_written_before_their_lease
     )
     .await?;
     // Stop gracefully (everything delivered is checkpointed), reshard, write to the children.
-    w.proc.signal("TERM");
-    let mut w = w;
-    let started = std::time::Instant::now();
-    while w.proc.exited().is_none() {
-        assert!(started.elapsed() < DEADLINE, "the worker did not stop");
-        tokio::time::sleep(POLL).await;
-    }
+    w.stop(DEADLINE).await?;
     let before = received(&[app.out.as_path()]).len();
     split_in_half(&p, "shardId-000000000000").await?;
     p.put_sequence(4, 1000, 5).await?;
@@ -857,13 +841,7 @@ async fn a_skipped_batch_checkpoints_nothing_the_app_did_not_ask_for() -> Result
     p.put_sequence(2, 5, 5).await?;
     until_received(&[app.out.as_path()], 10).await?;
     // A graceful stop flushes every wanted checkpoint: there is none.
-    w.proc.signal("TERM");
-    let mut w = w;
-    let started = std::time::Instant::now();
-    while w.proc.exited().is_none() {
-        assert!(started.elapsed() < DEADLINE, "the worker did not stop");
-        tokio::time::sleep(POLL).await;
-    }
+    w.stop(DEADLINE).await?;
     let table = LeaseTable::open(p.env.dynamodb().await, &p.app, false).await?;
     let snap = table.scan().await?;
     assert_eq!(
@@ -884,13 +862,7 @@ async fn batches_carry_a_fencing_token_that_grows_with_each_owner() -> Result<()
     let w1 = p.worker("w1", &app.address, &[])?;
     p.put_sequence(2, 0, 5).await?;
     until_received(&[app.out.as_path()], 10).await?;
-    w1.proc.signal("TERM");
-    let mut w1 = w1;
-    let started = std::time::Instant::now();
-    while w1.proc.exited().is_none() {
-        assert!(started.elapsed() < DEADLINE, "w1 did not stop");
-        tokio::time::sleep(POLL).await;
-    }
+    w1.stop(DEADLINE).await?;
     let _w2 = p.worker("w2", &app.address, &[])?;
     p.put_sequence(2, 5, 5).await?;
     let got = until_received(&[app.out.as_path()], 20).await?;

@@ -172,6 +172,45 @@ impl Demo {
             .context("starting the producer")
     }
 
+    /// Deletes the Counter application (its finalizer deletes the lease table the operator
+    /// created for it) and waits until its pods are gone.
+    fn remove_application(&self) -> Result<()> {
+        run(self
+            .kubectl()
+            .args(["delete", CRD, "--all", "-n", NAMESPACE, "--wait=true"]))?;
+        self.until_no_pods()
+    }
+
+    /// Waits until `n` of `n` workers are ready on `n` open shards.
+    fn until_workers(&self, n: u32) -> Result<()> {
+        let want = (n.to_string(), format!("{n}/{n}"));
+        self.until(
+            &format!("{n} of {n} workers ready on {n} open shards"),
+            Duration::from_secs(300),
+            |d| {
+                let (ready, workers, open) = d.app_state();
+                ready == "True" && workers == want.1 && open == want.0
+            },
+        )
+    }
+
+    /// Waits until the pods counted exactly `expected`.
+    fn until_counted(&self, expected: &BTreeMap<String, u64>) -> Result<()> {
+        let total: u64 = expected.values().sum();
+        self.until(
+            &format!("every one of the {total} pageviews counted once"),
+            Duration::from_secs(180),
+            |d| d.counts() == *expected,
+        )
+    }
+
+    /// Waits (showing the state) until `producer` exits.
+    fn until_put(&self, producer: &mut Child, what: &str) -> Result<()> {
+        self.until(what, Duration::from_secs(300), |_| {
+            matches!(producer.try_wait(), Ok(Some(_)))
+        })
+    }
+
     /// Fails unless the pods are all gone (a previous run's pods still flush their counts
     /// while they stop).
     fn until_no_pods(&self) -> Result<()> {
@@ -358,10 +397,7 @@ pub fn run_demo(paths: &Paths, mode: Mode, started: Instant) -> Result<()> {
     // A fresh start when the demo ran before: the old application (its finalizer deletes the
     // lease table the operator created for it) and its pods (they flush counts while they
     // stop), then the stream and the counts.
-    run(d
-        .kubectl()
-        .args(["delete", CRD, "--all", "-n", NAMESPACE, "--wait=true"]))?;
-    d.until_no_pods()?;
+    d.remove_application()?;
     run(d
         .example("pageview-admin")
         .args(["reset", "--stream", STREAM]))?;
@@ -370,23 +406,11 @@ pub fn run_demo(paths: &Paths, mode: Mode, started: Instant) -> Result<()> {
         d.root
             .join("examples/pageview-counter/deploy/kinesisapplication.yaml"),
     ))?;
-    d.until("4 of 4 workers ready", Duration::from_secs(240), |d| {
-        let (ready, workers, open) = d.app_state();
-        ready == "True" && workers == "4/4" && open == "4"
-    })?;
+    d.until_workers(4)?;
     let mut producer = d.produce(count, rate, None)?;
-    d.until(
-        &format!("{count} pageviews put"),
-        Duration::from_secs(300),
-        |_| matches!(producer.try_wait(), Ok(Some(_))),
-    )?;
+    d.until_put(&mut producer, &format!("{count} pageviews put"))?;
     add(&mut expected, finish(producer)?);
-    let total: u64 = expected.values().sum();
-    d.until(
-        &format!("every one of the {total} pageviews counted once"),
-        Duration::from_secs(180),
-        |d| d.counts() == expected,
-    )?;
+    d.until_counted(&expected)?;
 
     if mode == Mode::Full {
         step(
@@ -396,35 +420,15 @@ pub fn run_demo(paths: &Paths, mode: Mode, started: Instant) -> Result<()> {
         let resharded = run(d
             .example("pageview-admin")
             .args(["reshard", "--stream", STREAM, "--shards", "8"]))
-        .and_then(|()| {
-            d.until(
-                "8 of 8 workers ready on 8 open shards",
-                Duration::from_secs(300),
-                |d| {
-                    let (ready, workers, open) = d.app_state();
-                    ready == "True" && workers == "8/8" && open == "8"
-                },
-            )
-        })
-        .and_then(|()| {
-            d.until(
-                &format!("{count} more pageviews put"),
-                Duration::from_secs(300),
-                |_| matches!(producer.try_wait(), Ok(Some(_))),
-            )
-        });
+        .and_then(|()| d.until_workers(8))
+        .and_then(|()| d.until_put(&mut producer, &format!("{count} more pageviews put")));
         if let Err(e) = resharded {
             let _ = producer.kill();
             let _ = producer.wait();
             return Err(e);
         }
         add(&mut expected, finish(producer)?);
-        let total: u64 = expected.values().sum();
-        d.until(
-            &format!("every one of the {total} pageviews counted once"),
-            Duration::from_secs(180),
-            |d| d.counts() == expected,
-        )?;
+        d.until_counted(&expected)?;
     } else {
         step("5/6 (short demo: no reshard)");
     }
@@ -448,10 +452,7 @@ pub fn run_demo(paths: &Paths, mode: Mode, started: Instant) -> Result<()> {
     }
     if mode == Mode::Short {
         step("tearing the short demo down");
-        run(d
-            .kubectl()
-            .args(["delete", CRD, "--all", "-n", NAMESPACE, "--wait=true"]))?;
-        d.until_no_pods()?;
+        d.remove_application()?;
         run(Command::new(&d.helm)
             .env("KUBECONFIG", &d.kubeconfig)
             .args(["uninstall", RELEASE, "--namespace", NAMESPACE, "--wait"]))?;
