@@ -501,3 +501,41 @@ async fn items_written_as_kcl_writes_them_are_read_exactly() -> Result<()> {
     );
     Ok(())
 }
+
+/// Issue 10, item 11: the old owner's last checkpoint lands after the new owner scanned the
+/// lease but before it takes it (a checkpoint does not change the counter, so the take still
+/// succeeds). The new owner must resume from the checkpoint in the table, not the one it
+/// scanned, and its lower write must not move the table's checkpoint backwards.
+#[tokio::test]
+async fn a_late_checkpoint_of_the_old_owner_and_a_lower_one_of_the_new_owner_never_regress()
+-> Result<()> {
+    let (t, _) = table().await?;
+    let shard = "shardId-000000000042";
+    t.create_lease(&Lease::new(shard, Checkpoint::TrimHorizon, Vec::new()))
+        .await?;
+    let mut old = t.take(&lease_of(&t, shard).await?, "old-owner").await?;
+    t.checkpoint(&mut old, "old-owner", seq("50", 0)?).await?;
+    // The new owner's scan: checkpoint 50.
+    let scanned = lease_of(&t, shard).await?;
+    assert_eq!(scanned.checkpoint, seq("50", 0)?);
+    // The old owner's late write crosses it.
+    t.checkpoint(&mut old, "old-owner", seq("100", 0)?).await?;
+    let mut new = t.take(&scanned, "new-owner").await?;
+    assert_eq!(
+        new.checkpoint,
+        seq("100", 0)?,
+        "the new owner resumes from the table's checkpoint, read with its take"
+    );
+    let lower = t.checkpoint(&mut new, "new-owner", seq("70", 0)?).await;
+    assert!(
+        matches!(lower, Err(LeaseError::CheckpointBackwards { .. })),
+        "{lower:?}"
+    );
+    assert_eq!(lease_of(&t, shard).await?.checkpoint, seq("100", 0)?);
+    // The old owner is fenced from here on.
+    let late = t.checkpoint(&mut old, "old-owner", seq("120", 0)?).await;
+    assert!(matches!(late, Err(LeaseError::LeaseLost { .. })), "{late:?}");
+    t.checkpoint(&mut new, "new-owner", seq("130", 0)?).await?;
+    assert_eq!(lease_of(&t, shard).await?.checkpoint, seq("130", 0)?);
+    Ok(())
+}

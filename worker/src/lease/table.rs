@@ -612,7 +612,10 @@ impl LeaseTable {
     ///
     /// # Guarantees
     /// Of several workers taking the same lease at once, exactly one succeeds; from then on
-    /// every write of the previous owner fails with [`LeaseError::LeaseLost`].
+    /// every write of the previous owner fails with [`LeaseError::LeaseLost`]. The returned
+    /// checkpoint is the one in the item at the take (read atomically with it), so with the
+    /// client-side check of [`LeaseTable::checkpoint`] the checkpoint in the table never
+    /// goes backwards across owners.
     ///
     /// # Errors
     /// [`LeaseError::LeaseLost`] if the lease changed since the scan (someone else took it);
@@ -649,14 +652,26 @@ impl LeaseTable {
             .expression_attribute_values(":expected", n(lease.counter))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":one", n(1))
+            // The item as our take left it: its checkpoint is the one to resume from. The
+            // scanned one may be older (a checkpoint does not change the counter, so the
+            // previous owner's last write can land between our scan and our take).
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
             .send()
             .await;
         match res {
-            Ok(_) => Ok(HeldLease {
-                shard_id: lease.shard_id.clone(),
-                counter: lease.counter + 1,
-                checkpoint: lease.checkpoint.clone(),
-            }),
+            Ok(out) => {
+                // DynamoDB always returns ALL_NEW; without it (or with an item that became
+                // unreadable) the scanned checkpoint is used: we own the lease either way.
+                let checkpoint = out
+                    .attributes()
+                    .and_then(|item| self.parse_lease(&lease.shard_id, item).ok())
+                    .map_or_else(|| lease.checkpoint.clone(), |l| l.checkpoint);
+                Ok(HeldLease {
+                    shard_id: lease.shard_id.clone(),
+                    counter: lease.counter + 1,
+                    checkpoint,
+                })
+            }
             Err(e) if is_conditional_failure(&e) => Err(LeaseError::LeaseLost {
                 shard_id: lease.shard_id.clone(),
                 counter: lease.counter,
