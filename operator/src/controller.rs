@@ -166,6 +166,7 @@ impl Context {
             region: key.0.clone(),
             kinesis_endpoint: key.1.clone(),
             dynamodb_endpoint: key.2.clone(),
+            timeouts: kinesis_worker::aws::AwsTimeouts::default(),
         };
         let sdk = settings.sdk_config().await;
         let clients = AwsClients {

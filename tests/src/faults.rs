@@ -4,8 +4,8 @@
 //! service's throttling error (told apart by the `X-Amz-Target` header) or a 500, as its mode
 //! says.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,10 +24,47 @@ pub enum Mode {
     ServerErrorHalf = 3,
 }
 
+/// What a [`Rule`] does with a request it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Hold the request unanswered until the rule is removed, then close the connection
+    /// (a hung call: only the client's own timeout ends it).
+    Hang,
+    /// Answer HTTP 500 InternalFailure.
+    ServerError,
+    /// Forward the request after this long (a slow call that lands late).
+    Delay(std::time::Duration),
+}
+
+/// A fault for the requests whose text (head and body, lowercased) contains every one of
+/// `contains` (e.g. `x-amz-target: dynamodb_20120810.scan`, or a shard id): checked before
+/// the mode.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Substrings, lowercase, that must all appear.
+    pub contains: Vec<String>,
+    /// What to do.
+    pub action: Action,
+}
+
+impl Rule {
+    /// A rule matching requests that contain every one of `contains` (any case).
+    pub fn new(contains: &[&str], action: Action) -> Self {
+        Self {
+            contains: contains.iter().map(|c| c.to_ascii_lowercase()).collect(),
+            action,
+        }
+    }
+}
+
+type Rules = Arc<Mutex<Vec<(u64, Rule)>>>;
+
 /// A running proxy; stops when dropped.
 pub struct FaultProxy {
     /// `http://127.0.0.1:PORT`.
     pub endpoint: String,
+    rules: Rules,
+    next_rule: AtomicU64,
     mode: Arc<AtomicU8>,
     injected: Arc<AtomicU64>,
     forwarded: Arc<AtomicU64>,
@@ -68,24 +105,33 @@ impl FaultProxy {
         let injected = Arc::new(AtomicU64::new(0));
         let forwarded = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(AtomicU64::new(0));
+        let rules: Rules = Arc::default();
         let upstream = upstream.to_string();
-        let (m, i, f) = (mode.clone(), injected.clone(), forwarded.clone());
+        let (m, i, f, r) = (
+            mode.clone(),
+            injected.clone(),
+            forwarded.clone(),
+            rules.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (m, i, f, seen, upstream) = (
+                let (m, i, f, seen, upstream, r) = (
                     m.clone(),
                     i.clone(),
                     f.clone(),
                     seen.clone(),
                     upstream.clone(),
+                    r.clone(),
                 );
                 tokio::spawn(async move {
-                    let _ = serve(client, &upstream, &m, &i, &f, &seen).await;
+                    let _ = serve(client, &upstream, &m, &i, &f, &seen, &r).await;
                 });
             }
         });
         Ok(Self {
             endpoint,
+            rules,
+            next_rule: AtomicU64::new(0),
             mode,
             injected,
             forwarded,
@@ -96,6 +142,22 @@ impl FaultProxy {
     /// Switches the mode.
     pub fn set(&self, mode: Mode) {
         self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// Adds a rule; returns its id for [`FaultProxy::remove`].
+    pub fn add(&self, rule: Rule) -> u64 {
+        let id = self.next_rule.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut rules) = self.rules.lock() {
+            rules.push((id, rule));
+        }
+        id
+    }
+
+    /// Removes a rule (requests it holds are then closed unanswered).
+    pub fn remove(&self, id: u64) {
+        if let Ok(mut rules) = self.rules.lock() {
+            rules.retain(|(i, _)| *i != id);
+        }
     }
 
     /// Requests answered with an injected error so far.
@@ -152,17 +214,54 @@ async fn serve(
     injected: &AtomicU64,
     forwarded: &AtomicU64,
     seen: &AtomicU64,
+    rules: &Rules,
 ) -> std::io::Result<()> {
     let Some(request) = read_request(&mut client).await? else {
         return Ok(());
     };
+    let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+    let matching = |rules: &Rules| -> Option<(u64, Action)> {
+        let rules = rules.lock().ok()?;
+        rules
+            .iter()
+            .find(|(_, r)| r.contains.iter().all(|c| text.contains(c.as_str())))
+            .map(|(id, r)| (*id, r.action))
+    };
+    let mut delayed = false;
+    if let Some((id, action)) = matching(rules) {
+        injected.fetch_add(1, Ordering::SeqCst);
+        match action {
+            Action::Delay(d) => {
+                tokio::time::sleep(d).await;
+                delayed = true;
+            }
+            Action::Hang => {
+                // Until the rule goes; then the connection closes with no answer.
+                while rules
+                    .lock()
+                    .map(|r| r.iter().any(|(i, _)| *i == id))
+                    .unwrap_or(false)
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                return Ok(());
+            }
+            Action::ServerError => {
+                client
+                    .write_all(fault_reply(&text, true).as_bytes())
+                    .await?;
+                return client.shutdown().await;
+            }
+        }
+    }
     let n = seen.fetch_add(1, Ordering::SeqCst);
     let m = mode.load(Ordering::SeqCst);
-    let fail = match m {
-        1 | 3 => n.is_multiple_of(2),
-        2 => true,
-        _ => false,
-    };
+    let fail = !delayed
+        && match m {
+            1 | 3 => n.is_multiple_of(2),
+            2 => true,
+            _ => false,
+        };
     if fail {
         injected.fetch_add(1, Ordering::SeqCst);
         let head = String::from_utf8_lossy(&request).to_ascii_lowercase();

@@ -534,7 +534,10 @@ async fn a_late_checkpoint_of_the_old_owner_and_a_lower_one_of_the_new_owner_nev
     assert_eq!(lease_of(&t, shard).await?.checkpoint, seq("100", 0)?);
     // The old owner is fenced from here on.
     let late = t.checkpoint(&mut old, "old-owner", seq("120", 0)?).await;
-    assert!(matches!(late, Err(LeaseError::LeaseLost { .. })), "{late:?}");
+    assert!(
+        matches!(late, Err(LeaseError::LeaseLost { .. })),
+        "{late:?}"
+    );
     t.checkpoint(&mut new, "new-owner", seq("130", 0)?).await?;
     assert_eq!(lease_of(&t, shard).await?.checkpoint, seq("130", 0)?);
     Ok(())

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use kinesis_processor::Address;
 use kinesis_worker::admin::{self, Drain};
-use kinesis_worker::aws::AwsSettings;
+use kinesis_worker::aws::{AwsSettings, AwsTimeouts};
 use kinesis_worker::lease::checkpoint::Checkpoint;
 use kinesis_worker::lease::coordinator::{Coordinator, CoordinatorConfig, LeaseEvent};
 use kinesis_worker::lease::discovery::StreamRef;
@@ -257,16 +257,23 @@ async fn run_leases(settings: &AwsSettings, args: LeaseArgs) -> anyhow::Result<(
     let running = tokio::spawn(coordinator.run());
     let printer = tokio::spawn(async move {
         // Without a record pipeline every shard is "processed" at once: hand-overs and
-        // shutdowns are answered immediately.
+        // shutdowns are answered immediately. A lease is kept while "processed" (the
+        // coordinator releases a lease whose processor dropped it).
+        let mut processing = std::collections::HashMap::new();
         while let Some(event) = events.recv().await {
             match event {
                 LeaseEvent::Acquired(lease) => {
-                    println!("acquired {} {}", lease.shard_id, lease.checkpoint)
+                    println!("acquired {} {}", lease.shard_id, lease.checkpoint);
+                    processing.insert(lease.shard_id.clone(), lease);
                 }
-                LeaseEvent::Lost { shard_id } => println!("lost {shard_id}"),
+                LeaseEvent::Lost { shard_id } => {
+                    println!("lost {shard_id}");
+                    processing.remove(&shard_id);
+                }
                 LeaseEvent::ShutdownRequested { shard_id, done } => {
                     println!("shutdown-requested {shard_id}");
                     let _ = done.send(());
+                    processing.remove(&shard_id);
                 }
             }
         }
@@ -440,6 +447,7 @@ async fn main() -> ExitCode {
         region: cli.region,
         kinesis_endpoint: cli.kinesis_endpoint,
         dynamodb_endpoint: cli.dynamodb_endpoint,
+        timeouts: AwsTimeouts::default(),
     };
     match cli.command {
         Command::Preflight { interval, timeout } => {

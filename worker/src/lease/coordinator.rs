@@ -2,26 +2,34 @@
 //! shards, takes, hands over and releases leases, and tells the record pipeline what it owns.
 //!
 //! Every `scan_interval` it scans the table, updates its liveness observations, decides with
-//! [`super::balance`] and acts; every `heartbeat_interval` it rewrites its heartbeat item;
-//! every `shard_sync_interval` (and when a shard ends) it lists the stream's shards.
+//! [`super::balance`] and acts; every `shard_sync_interval` (and when a shard ends) it lists
+//! the stream's shards. The heartbeat item is rewritten every `heartbeat_interval` by a task
+//! of its own, so no slow scan, lease creation, checkpoint or shutdown delays it.
 //!
 //! # Guarantees
 //! - A lease is held by at most one worker at a time as far as writes go: every write that
 //!   depends on ownership is fenced by the lease counter (see [`super::table`]).
 //! - A worker that cannot confirm its own heartbeat within `failover_time` minus one
 //!   `scan_interval` revokes all its leases by itself ([`ShardLease::is_valid`] turns false
-//!   and [`LeaseEvent::Lost`] is sent), before any other worker may consider it dead.
+//!   and [`LeaseEvent::Lost`] is sent), before any other worker may consider it dead. A lease
+//!   held across such a lapse stays invalid after the heartbeat lands again (it is taken
+//!   back with a new counter, or lost).
+//! - The heartbeat depends on no other call: each write has its own timeout, and it goes on
+//!   while the worker drains, until every lease is released.
+//! - Every lease this worker holds has a running record processor, or is released: a
+//!   processor that stops by itself (its lease looked invalid, the shard ended, it failed)
+//!   gives its lease back at the next round.
 //! - A transient DynamoDB failure never drops a lease: only a failed ownership condition does.
 //! - On [`CoordinatorHandle::shutdown`], in-flight work is asked to finish
 //!   ([`LeaseEvent::ShutdownRequested`]), then every lease is released and the heartbeat
 //!   removed, so other workers take the shards on their next scan.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::balance::{self, Fleet};
 use super::checkpoint::Checkpoint;
@@ -108,14 +116,28 @@ struct SelfLiveness {
     confirmed_at: Mutex<Instant>,
     /// `failover_time` minus a margin: past it, this worker must stop.
     valid_for: Duration,
+    /// Goes up at every lapse (a heartbeat confirmed after the previous one's validity had
+    /// run out): a lease acquired in an earlier epoch is invalid for good, even though the
+    /// worker is alive again. Others may have declared it dead in that moment.
+    epoch: AtomicU64,
 }
 
 impl SelfLiveness {
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// A heartbeat sent at `sent_at` landed. If it lands after the last one's validity ran
+    /// out, the epoch ends first: a heartbeat that lands late makes the worker alive again,
+    /// never the leases it held while it was not.
     fn confirm(&self, sent_at: Instant) {
-        if let Ok(mut at) = self.confirmed_at.lock()
-            && sent_at > *at
-        {
-            *at = sent_at;
+        if let Ok(mut at) = self.confirmed_at.lock() {
+            if Instant::now().saturating_duration_since(*at) >= self.valid_for {
+                self.epoch.fetch_add(1, Ordering::SeqCst);
+            }
+            if sent_at > *at {
+                *at = sent_at;
+            }
         }
     }
 
@@ -134,6 +156,16 @@ struct LeaseHandle {
     held: tokio::sync::Mutex<HeldLease>,
     revoked: AtomicBool,
     liveness: Arc<SelfLiveness>,
+    /// The liveness epoch the lease was taken in.
+    epoch: u64,
+}
+
+impl LeaseHandle {
+    fn is_valid(&self) -> bool {
+        !self.revoked.load(Ordering::SeqCst)
+            && self.liveness.epoch() == self.epoch
+            && self.liveness.is_alive(Instant::now())
+    }
 }
 
 /// A shard this worker owns, handed to the record pipeline.
@@ -148,6 +180,9 @@ pub struct ShardLease {
     /// The shard's hash key range, when known (to drop KPL sub-records of other shards).
     pub hash_range: Option<(String, String)>,
     inner: Arc<LeaseHandle>,
+    /// Alive while the record processor holds this lease: the coordinator sees it dropped
+    /// (the processor ended, however) and releases the lease.
+    _task: Arc<()>,
 }
 
 impl ShardLease {
@@ -155,7 +190,7 @@ impl ShardLease {
     /// over or released, and whenever this worker has not confirmed its own heartbeat
     /// recently enough (a paused or cut-off worker stops by itself).
     pub fn is_valid(&self) -> bool {
-        !self.inner.revoked.load(Ordering::SeqCst) && self.inner.liveness.is_alive(Instant::now())
+        self.inner.is_valid()
     }
 
     /// The lease's fencing token: this worker and the lease counter it holds the lease at
@@ -272,6 +307,69 @@ impl CoordinatorHandle {
 struct Held {
     handle: Arc<LeaseHandle>,
     handing_over: bool,
+    /// The record processor's token (see [`ShardLease`]).
+    task: Weak<()>,
+}
+
+/// Writes the heartbeat item, on a task of its own.
+struct Beater {
+    table: LeaseTable,
+    worker_id: String,
+    interval: Duration,
+    /// Retry delay after a failed heartbeat.
+    retry: Duration,
+    /// Longest wait for one heartbeat write.
+    timeout: Duration,
+    counter: u64,
+    liveness: Arc<SelfLiveness>,
+    draining: Arc<AtomicBool>,
+    lag: LagBoard,
+    /// Beat now (e.g. to announce draining).
+    now: Arc<Notify>,
+}
+
+impl Beater {
+    /// Writes one heartbeat; `true` if it landed in time.
+    async fn beat(&mut self) -> bool {
+        let sent_at = Instant::now();
+        self.counter += 1;
+        let beat = Heartbeat {
+            worker_id: self.worker_id.clone(),
+            counter: self.counter,
+            draining: self.draining.load(Ordering::SeqCst),
+            lag: self.lag.snapshot(),
+        };
+        match tokio::time::timeout(self.timeout, self.table.heartbeat(&beat)).await {
+            Ok(Ok(())) => {
+                self.liveness.confirm(sent_at);
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "heartbeat failed; retrying shortly");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?self.timeout, "heartbeat timed out; retrying shortly");
+                false
+            }
+        }
+    }
+
+    /// Beats until `stop` fires (or its sender is dropped). After a failed heartbeat the
+    /// next try comes soon, not a whole interval later: under throttling a worker gets many
+    /// tries before its own failover deadline instead of two or three.
+    async fn run(mut self, mut stop: oneshot::Receiver<()>, mut last_ok: bool) {
+        let now = self.now.clone();
+        loop {
+            let wait = if last_ok { self.interval } else { self.retry };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = now.notified() => {}
+                _ = &mut stop => return,
+            }
+            last_ok = self.beat().await;
+        }
+    }
 }
 
 /// The coordinator's state; see the module docs.
@@ -286,13 +384,22 @@ pub struct Coordinator {
     /// shard → (counter when we asked, when)
     pending: HashMap<String, (u64, Instant)>,
     observer: Observer,
-    heartbeat_counter: u64,
     draining: bool,
     liveness: Arc<SelfLiveness>,
+    /// The heartbeat writer until `run` starts it on its own task.
+    beater: Option<Beater>,
+    /// Shared with the heartbeat task: announce draining.
+    draining_flag: Arc<AtomicBool>,
+    beat_now: Arc<Notify>,
+    /// Stops the heartbeat task (and waits for it).
+    beating: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
     last_snapshot: TableSnapshot,
     /// `last_snapshot` comes from a successful scan.
     scanned: bool,
 }
+
+/// Lease creations in flight at once during a shard sync.
+const CREATE_CONCURRENCY: usize = 32;
 
 fn heartbeat_key(worker: &str) -> String {
     Heartbeat::key(worker)
@@ -321,7 +428,24 @@ impl Coordinator {
                     .unwrap_or_else(Instant::now),
             ),
             valid_for,
+            epoch: AtomicU64::new(0),
         });
+        let draining_flag = Arc::new(AtomicBool::new(false));
+        let beat_now = Arc::new(Notify::new());
+        let beater = Beater {
+            table: table.clone(),
+            worker_id: config.worker_id.clone(),
+            interval: config.heartbeat_interval,
+            retry: (config.scan_interval / 2)
+                .max(Duration::from_millis(100))
+                .min(config.heartbeat_interval),
+            timeout: config.heartbeat_interval.max(Duration::from_millis(500)),
+            counter: 0,
+            liveness: liveness.clone(),
+            draining: draining_flag.clone(),
+            lag: config.lag.clone(),
+            now: beat_now.clone(),
+        };
         let handle = CoordinatorHandle {
             commands: commands_tx.clone(),
         };
@@ -336,9 +460,12 @@ impl Coordinator {
                 held: HashMap::new(),
                 pending: HashMap::new(),
                 observer: Observer::new(),
-                heartbeat_counter: 0,
                 draining: false,
                 liveness,
+                beater: Some(beater),
+                draining_flag,
+                beat_now,
+                beating: None,
                 last_snapshot: TableSnapshot::default(),
                 scanned: false,
             },
@@ -348,8 +475,12 @@ impl Coordinator {
 
     /// Runs until [`CoordinatorHandle::shutdown`] completes.
     pub async fn run(mut self) {
-        let first = self.heartbeat().await;
-        let mut next_beat = self.next_heartbeat(first);
+        if let Some(mut beater) = self.beater.take() {
+            // The first heartbeat before the first round, so it may take leases at once.
+            let ok = beater.beat().await;
+            let (stop, stopped) = oneshot::channel();
+            self.beating = Some((stop, tokio::spawn(beater.run(stopped, ok))));
+        }
         // A scan first, so discovery writes only the leases that are missing.
         self.round().await;
         self.sync_shards().await;
@@ -363,10 +494,6 @@ impl Coordinator {
         loop {
             tokio::select! {
                 _ = scan.tick() => self.round().await,
-                _ = tokio::time::sleep_until(next_beat) => {
-                    let ok = self.heartbeat().await;
-                    next_beat = self.next_heartbeat(ok);
-                }
                 _ = sync.tick() => self.sync_shards().await,
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Shutdown(reply)) => {
@@ -378,49 +505,20 @@ impl Coordinator {
                     Some(Command::HandoffFinished(shard)) => {
                         self.held.remove(&shard);
                     }
-                    None => return,
+                    None => {
+                        self.stop_heartbeat().await;
+                        return;
+                    }
                 },
             }
         }
     }
 
-    /// After a failed heartbeat the next try comes soon (half a scan interval, at least
-    /// 100 ms), not a whole heartbeat interval later: under throttling a worker gets many
-    /// tries before its own failover deadline instead of two or three.
-    fn next_heartbeat(&self, succeeded: bool) -> tokio::time::Instant {
-        let wait = if succeeded {
-            self.config.heartbeat_interval
-        } else {
-            (self.config.scan_interval / 2)
-                .max(Duration::from_millis(100))
-                .min(self.config.heartbeat_interval)
-        };
-        tokio::time::Instant::now() + wait
-    }
-
-    /// Writes the heartbeat; `true` if it landed.
-    async fn heartbeat(&mut self) -> bool {
-        // After a pause (or a run of failed heartbeats) past the failover time, others may
-        // have taken our leases: drop them all *before* the next heartbeat makes us look
-        // alive again. Those still ours are taken back by the next round.
-        self.fence_self().await;
-        self.heartbeat_counter += 1;
-        let sent_at = Instant::now();
-        let beat = Heartbeat {
-            worker_id: self.config.worker_id.clone(),
-            counter: self.heartbeat_counter,
-            draining: self.draining,
-            lag: self.config.lag.snapshot(),
-        };
-        match self.table.heartbeat(&beat).await {
-            Ok(()) => {
-                self.liveness.confirm(sent_at);
-                true
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "heartbeat failed; retrying shortly");
-                false
-            }
+    /// Stops the heartbeat task and waits until it has stopped.
+    async fn stop_heartbeat(&mut self) {
+        if let Some((stop, task)) = self.beating.take() {
+            let _ = stop.send(());
+            let _ = task.await;
         }
     }
 
@@ -467,15 +565,49 @@ impl Coordinator {
             .filter(|l| l.checkpoint.is_progress())
             .map(|l| l.shard_id.as_str())
             .collect();
-        for lease in
-            discovery::new_leases(&shards, &existing, &started, &self.config.initial_position)
-        {
-            match self.table.create_lease(&lease).await {
-                Ok(true) => tracing::info!(shard = %lease.shard_id, "lease created"),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(shard = %lease.shard_id, error = %e, "creating lease failed")
+        let new =
+            discovery::new_leases(&shards, &existing, &started, &self.config.initial_position);
+        // Parents before children, many at once: 1,000 new shards are ~32 writes deep, not
+        // 1,000. A child whose parent could not be created waits for the next sync.
+        let mut failed: HashSet<String> = HashSet::new();
+        for wave in discovery::creation_waves(new) {
+            let (ready, blocked): (Vec<Lease>, Vec<Lease>) = wave
+                .into_iter()
+                .partition(|l| !l.parent_shard_ids.iter().any(|p| failed.contains(p)));
+            for l in blocked {
+                tracing::debug!(shard = %l.shard_id, "not creating the lease: a parent's creation failed; next sync");
+                failed.insert(l.shard_id);
+            }
+            for chunk in ready.chunks(CREATE_CONCURRENCY) {
+                let mut creating = tokio::task::JoinSet::new();
+                for lease in chunk {
+                    let table = self.table.clone();
+                    let lease = lease.clone();
+                    creating.spawn(async move {
+                        let res = table.create_lease(&lease).await;
+                        (lease.shard_id, res)
+                    });
                 }
+                let mut answered = HashSet::new();
+                while let Some(done) = creating.join_next().await {
+                    let Ok((shard, res)) = done else { continue };
+                    answered.insert(shard.clone());
+                    match res {
+                        Ok(true) => tracing::info!(shard = %shard, "lease created"),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(shard = %shard, error = %e, "creating lease failed");
+                            failed.insert(shard);
+                        }
+                    }
+                }
+                // A creation task that died unanswered counts as failed too.
+                failed.extend(
+                    chunk
+                        .iter()
+                        .filter(|l| !answered.contains(&l.shard_id))
+                        .map(|l| l.shard_id.clone()),
+                );
             }
         }
     }
@@ -506,6 +638,10 @@ impl Coordinator {
     }
 
     async fn round(&mut self) {
+        // Leases taken in this round belong to the epoch it started in: a lapse during the
+        // round (a slow scan) leaves them invalid, and the next round takes them back.
+        let epoch = self.liveness.epoch();
+        self.drop_stopped().await;
         let snapshot = match self.table.scan().await {
             Ok(s) => s,
             Err(e) => {
@@ -684,11 +820,11 @@ impl Coordinator {
                         counter: lease.counter,
                         checkpoint: lease.checkpoint.clone(),
                     };
-                    self.acquired(lease, held).await;
+                    self.acquired(lease, held, epoch).await;
                     continue;
                 }
                 match self.table.take(lease, &me).await {
-                    Ok(held) => self.acquired(lease, held).await,
+                    Ok(held) => self.acquired(lease, held, epoch).await,
                     Err(LeaseError::LeaseLost { .. }) => {
                         if let Some(next) = instead.next() {
                             queue.push_back(next);
@@ -723,7 +859,7 @@ impl Coordinator {
             match self.table.take_after_handoff_timeout(&lease, &me).await {
                 Ok(held) => {
                     tracing::info!(shard = %lease.shard_id, "owner did not answer the hand-over request: taken");
-                    self.acquired(&lease, held).await;
+                    self.acquired(&lease, held, epoch).await;
                 }
                 Err(e) => {
                     tracing::debug!(shard = %lease.shard_id, error = %e, "take after hand-over timeout failed")
@@ -748,7 +884,7 @@ impl Coordinator {
         self.scanned = true;
     }
 
-    async fn acquired(&mut self, lease: &Lease, held: HeldLease) {
+    async fn acquired(&mut self, lease: &Lease, held: HeldLease, epoch: u64) {
         tracing::info!(shard = %lease.shard_id, checkpoint = %held.checkpoint, "lease acquired");
         let handle = Arc::new(LeaseHandle {
             table: self.table.clone(),
@@ -756,12 +892,15 @@ impl Coordinator {
             held: tokio::sync::Mutex::new(held.clone()),
             revoked: AtomicBool::new(false),
             liveness: self.liveness.clone(),
+            epoch,
         });
+        let task = Arc::new(());
         self.held.insert(
             lease.shard_id.clone(),
             Held {
                 handle: handle.clone(),
                 handing_over: false,
+                task: Arc::downgrade(&task),
             },
         );
         let event = LeaseEvent::Acquired(ShardLease {
@@ -770,14 +909,59 @@ impl Coordinator {
             pending_checkpoint: lease.pending_checkpoint.clone(),
             hash_range: lease.hash_range.clone(),
             inner: handle,
+            _task: task,
         });
         let _ = self.events.send(event).await;
+    }
+
+    /// Leases whose record processor is gone (it stopped by itself, or never started) or
+    /// that are no longer valid (revoked by a fenced write, or held across a heartbeat
+    /// lapse) leave `held`: invalid ones are reported lost, the others are released, so no
+    /// lease stays renewed by a heartbeat with nobody processing it.
+    async fn drop_stopped(&mut self) {
+        let mut lost = Vec::new();
+        let mut stopped = Vec::new();
+        for (shard, h) in &self.held {
+            if h.handing_over {
+                continue;
+            }
+            if !h.handle.is_valid() {
+                lost.push(shard.clone());
+            } else if h.task.strong_count() == 0 {
+                stopped.push(shard.clone());
+            }
+        }
+        for shard in lost {
+            if let Some(h) = self.held.remove(&shard) {
+                h.handle.revoked.store(true, Ordering::SeqCst);
+                tracing::info!(shard = %shard, "lease no longer valid: dropped");
+                let _ = self.events.send(LeaseEvent::Lost { shard_id: shard }).await;
+            }
+        }
+        let me = self.config.worker_id.clone();
+        let mut releases = tokio::task::JoinSet::new();
+        for shard in stopped {
+            if let Some(h) = self.held.remove(&shard) {
+                h.handle.revoked.store(true, Ordering::SeqCst);
+                let held = h.handle.held.lock().await.clone();
+                let (table, me) = (self.table.clone(), me.clone());
+                releases.spawn(async move {
+                    match table.release(&held, &me).await {
+                        Ok(()) => tracing::info!(shard = %shard, checkpoint = %held.checkpoint, "record processor stopped: lease released"),
+                        Err(e) => tracing::info!(shard = %shard, error = %e, "record processor stopped; releasing its lease failed (the lease moved, or others take it after failover)"),
+                    }
+                });
+            }
+        }
+        while releases.join_next().await.is_some() {}
     }
 
     async fn shutdown(&mut self) {
         tracing::info!(leases = self.held.len(), "shutting down: releasing leases");
         self.draining = true;
-        let _ = self.heartbeat().await;
+        // The heartbeat task announces it at once and goes on beating until the end.
+        self.draining_flag.store(true, Ordering::SeqCst);
+        self.beat_now.notify_one();
         let mut waits = Vec::new();
         for (shard, held) in &self.held {
             if held.handing_over {
@@ -798,10 +982,16 @@ impl Coordinator {
         // Released concurrently: the fleet's wait for our shards is one write long, not one
         // write per lease.
         let mut releases = tokio::task::JoinSet::new();
-        for (shard, held) in self.held.drain() {
-            if held.handing_over {
+        let releasing: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, h)| !h.handing_over)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for shard in releasing {
+            let Some(held) = self.held.remove(&shard) else {
                 continue;
-            }
+            };
             held.handle.revoked.store(true, Ordering::SeqCst);
             let h = held.handle.held.lock().await.clone();
             let table = self.table.clone();
@@ -814,6 +1004,26 @@ impl Coordinator {
             });
         }
         while releases.join_next().await.is_some() {}
+        // Hand-overs granted before the shutdown finish on their own tasks: wait for them.
+        let handing = self.held.len();
+        if handing > 0 {
+            let until = tokio::time::Instant::now() + self.config.handoff_timeout;
+            while !self.held.is_empty() {
+                match tokio::time::timeout_at(until, self.commands.recv()).await {
+                    Ok(Some(Command::HandoffFinished(shard))) => {
+                        self.held.remove(&shard);
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            tracing::info!(
+                handing,
+                left = self.held.len(),
+                "hand-overs in flight finished"
+            );
+        }
+        self.stop_heartbeat().await;
         if let Err(e) = self.table.remove_heartbeat(&me).await {
             tracing::warn!(error = %e, "removing the heartbeat failed");
         }
@@ -824,5 +1034,34 @@ impl Coordinator {
 async fn futures_join_all(waits: Vec<oneshot::Receiver<()>>) {
     for w in waits {
         let _ = w.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn liveness(confirmed_ago: Duration, valid_for: Duration) -> SelfLiveness {
+        SelfLiveness {
+            confirmed_at: Mutex::new(Instant::now() - confirmed_ago),
+            valid_for,
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_landing_in_time_keeps_the_epoch_a_late_one_ends_it() {
+        let l = liveness(Duration::from_millis(100), Duration::from_secs(5));
+        l.confirm(Instant::now());
+        assert_eq!(l.epoch(), 0);
+        assert!(l.is_alive(Instant::now()));
+
+        // The last confirmed heartbeat was sent 6 s ago (valid 5 s); this one was sent 1 s
+        // ago and lands now: alive again, but in a new epoch.
+        let l = liveness(Duration::from_secs(6), Duration::from_secs(5));
+        assert!(!l.is_alive(Instant::now()));
+        l.confirm(Instant::now() - Duration::from_secs(1));
+        assert_eq!(l.epoch(), 1);
+        assert!(l.is_alive(Instant::now()));
     }
 }

@@ -172,6 +172,33 @@ pub fn new_leases(
         .collect()
 }
 
+/// The order to create `leases` in: waves, each lease in a later wave than every parent of
+/// it that is among `leases`. A lease is created only after its parents' leases exist, so a
+/// failed parent creation never leaves a child without the parent that must block it (a
+/// parent with no lease does not block: see [`super::balance::classify`]).
+pub fn creation_waves(leases: Vec<Lease>) -> Vec<Vec<Lease>> {
+    let mut left: Vec<Lease> = leases;
+    let mut placed: HashSet<String> = HashSet::new();
+    let mut waves = Vec::new();
+    while !left.is_empty() {
+        let pending: HashSet<String> = left.iter().map(|l| l.shard_id.clone()).collect();
+        let (ready, rest): (Vec<Lease>, Vec<Lease>) = left.into_iter().partition(|l| {
+            l.parent_shard_ids
+                .iter()
+                .all(|p| placed.contains(p) || !pending.contains(p))
+        });
+        if ready.is_empty() {
+            // A cycle (impossible in a real stream): create the rest together.
+            waves.push(rest);
+            break;
+        }
+        placed.extend(ready.iter().map(|l| l.shard_id.clone()));
+        waves.push(ready);
+        left = rest;
+    }
+    waves
+}
+
 /// Closed shards with no lease that have a started descendant (directly, or through other
 /// such shards): their leases were deleted once they were finished. Walks up from the
 /// started shards through their parents: O(shards + parent links), so a sync of 10,000
@@ -205,6 +232,31 @@ fn finished_ancestors<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parents_are_created_in_an_earlier_wave_than_their_children() {
+        let l = |id: &str, parents: &[&str]| {
+            Lease::new(
+                id,
+                Checkpoint::TrimHorizon,
+                parents.iter().map(|p| (*p).to_string()).collect(),
+            )
+        };
+        // s0 → (s1, s2); s1 + s2 → s3 (merge); s9 has a parent whose lease exists already.
+        let waves = creation_waves(vec![
+            l("s3", &["s1", "s2"]),
+            l("s1", &["s0"]),
+            l("s9", &["old"]),
+            l("s2", &["s0"]),
+            l("s0", &[]),
+        ]);
+        let ids: Vec<Vec<&str>> = waves
+            .iter()
+            .map(|w| w.iter().map(|l| l.shard_id.as_str()).collect())
+            .collect();
+        assert_eq!(ids, vec![vec!["s9", "s0"], vec!["s1", "s2"], vec!["s3"]]);
+        assert!(creation_waves(Vec::new()).is_empty());
+    }
 
     fn shard(id: &str, parents: &[&str], closed: bool) -> ShardInfo {
         ShardInfo {

@@ -241,6 +241,13 @@ impl FanOutReader {
                 .consumer_arn(&self.consumer_arn)
                 .shard_id(&self.shard_id)
                 .starting_position(position)
+                .customize()
+                // A subscription streams for five minutes: no operation timeout (the
+                // worker's Kinesis client has one); the stream's own events tell it alive.
+                .config_override(
+                    aws_sdk_kinesis::config::Builder::default()
+                        .timeout_config(crate::aws::AwsTimeouts::default().streaming()),
+                )
                 .send()
                 .await;
             match res {

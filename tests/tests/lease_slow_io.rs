@@ -1,0 +1,159 @@
+//! Slow and hung I/O against a running `kinesis-worker run` (issue 10, item 7): a DynamoDB
+//! call that never answers must not stop the worker's heartbeat, and so must not make the
+//! worker fence itself (or the fleet think it dead). The hang is made by the fault proxy in
+//! front of DynamoDB; the test reads the table directly.
+
+use std::time::{Duration, Instant};
+
+use kinesis_operator_tests::faults::{Action, FaultProxy, Rule};
+use kinesis_operator_tests::fleet::{DEADLINE, POLL};
+use kinesis_operator_tests::pipeline::{Pipeline, check_sequence, received};
+use kinesis_operator_tests::wait_for;
+use kinesis_worker::lease::table::LeaseTable;
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+/// The worker's heartbeat counter as the table holds it (read past the proxy).
+async fn beat(table: &LeaseTable, worker: &str) -> Result<u64> {
+    let snap = table.scan().await?;
+    Ok(snap
+        .heartbeats
+        .iter()
+        .find(|h| h.worker_id == worker)
+        .map(|h| h.counter)
+        .ok_or("no heartbeat item")?)
+}
+
+/// Everything the worker logged so far.
+fn log(proc: &kinesis_operator_tests::process::Proc) -> String {
+    std::fs::read_to_string(&proc.log).unwrap_or_default()
+}
+
+async fn until_received(p: &Pipeline, out: &std::path::Path, n: usize) -> Result<()> {
+    wait_for(&format!("{n} records received"), DEADLINE, POLL, || async {
+        let distinct: std::collections::HashSet<_> = received(&[out])
+            .into_iter()
+            .map(|r| (r.seq, r.sub))
+            .collect();
+        (distinct.len() >= n).then_some(())
+    })
+    .await
+    .map_err(|e| format!("{e} ({})", p.stream))?;
+    Ok(())
+}
+
+/// Holds every request matching `target` for `hold` (three failover times of the test
+/// timings) and returns how far the heartbeat moved meanwhile.
+async fn hang_for(
+    proxy: &FaultProxy,
+    table: &LeaseTable,
+    target: &str,
+    hold: Duration,
+) -> Result<u64> {
+    let before = beat(table, "w").await?;
+    let rule = proxy.add(Rule::new(
+        &[&format!("x-amz-target: dynamodb_20120810.{target}")],
+        Action::Hang,
+    ));
+    let start = Instant::now();
+    // Let a call get caught first (the worker scans every 250 ms, checkpoints every 1 s).
+    wait_for(&format!("a {target} call held"), DEADLINE, POLL, || async {
+        (proxy.injected() > 0).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(hold.saturating_sub(start.elapsed())).await;
+    let after = beat(table, "w").await?;
+    proxy.remove(rule);
+    eprintln!("{target} held for {hold:?}: heartbeat {before} -> {after}");
+    Ok(after - before)
+}
+
+#[tokio::test]
+async fn a_hung_scan_or_checkpoint_write_does_not_stop_the_heartbeat() -> Result<()> {
+    let p = Pipeline::new(2).await?;
+    let proxy = FaultProxy::start(p.env.dynamodb_endpoint.trim_start_matches("http://")).await?;
+    let app = p.app("a", &[]).await?;
+    let mut w = p.worker("w", &app.address, &["--dynamodb-endpoint", &proxy.endpoint])?;
+    p.put_sequence(4, 0, 10).await?;
+    until_received(&p, &app.out, 40).await?;
+    let table = LeaseTable::open(p.env.dynamodb().await, &p.app, false).await?;
+    // The test timings: failover 3 s, heartbeat every second.
+    let hold = Duration::from_secs(9);
+
+    let moved = hang_for(&proxy, &table, "scan", hold).await?;
+    assert!(
+        moved >= 4,
+        "the heartbeat went on while a scan hung ({moved} beats in {hold:?})\n{}",
+        w.proc.log_tail()
+    );
+
+    // Checkpoint writes are UpdateItem: records arrive, the app asks to checkpoint, the
+    // write hangs.
+    p.put_sequence(4, 10, 10).await?;
+    let moved = hang_for(&proxy, &table, "updateitem", hold).await?;
+    assert!(
+        moved >= 4,
+        "the heartbeat went on while a checkpoint write hung ({moved} beats in {hold:?})\n{}",
+        w.proc.log_tail()
+    );
+
+    p.put_sequence(4, 20, 10).await?;
+    until_received(&p, &app.out, 120).await?;
+    check_sequence(&received(&[app.out.as_path()]), 4, 30)?;
+    let lost: Vec<String> = log(&w.proc)
+        .lines()
+        .filter(|l| l.contains("lease lost") || l.contains("stopping all shards"))
+        .map(String::from)
+        .collect();
+    assert!(lost.is_empty(), "the worker kept its leases: {lost:?}");
+    assert_eq!(w.proc.exited(), None, "the worker is still running");
+    p.cleanup().await
+}
+
+/// Issue 10, item 6: heartbeats that each take 1.3 s to land (test timings: failover 3 s,
+/// heartbeat every 1 s, valid for 2.75 s after a heartbeat is *sent*) leave the worker
+/// without a confirmed heartbeat for a moment in every cycle, while each heartbeat, once it
+/// lands, makes it look alive again. Record processors that check their lease in that
+/// moment stop by themselves. No lease may stay held with nobody processing it: every record
+/// put during and after the episode is delivered.
+#[tokio::test]
+async fn a_heartbeat_that_lands_late_leaves_no_lease_without_a_processor() -> Result<()> {
+    let p = Pipeline::new(2).await?;
+    let proxy = FaultProxy::start(p.env.dynamodb_endpoint.trim_start_matches("http://")).await?;
+    let app = p.app("a", &[]).await?;
+    let mut w = p.worker("w", &app.address, &["--dynamodb-endpoint", &proxy.endpoint])?;
+    p.put_sequence(4, 0, 10).await?;
+    until_received(&p, &app.out, 40).await?;
+
+    let rule = proxy.add(Rule::new(
+        &[
+            "x-amz-target: dynamodb_20120810.putitem",
+            "kinesis-operator:worker:w",
+        ],
+        Action::Delay(Duration::from_millis(1_300)),
+    ));
+    // Records keep coming, so processors deliver and checkpoint (and check their lease).
+    for i in 10..30 {
+        p.put_sequence(4, i, 1).await?;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    proxy.remove(rule);
+    let stopped = log(&w.proc)
+        .lines()
+        .filter(|l| l.contains("lease lost: processor stopped"))
+        .count();
+    eprintln!("processors that stopped by themselves: {stopped}");
+    assert!(
+        stopped > 0,
+        "the fault made no processor stop: the test shows nothing\n{}",
+        w.proc.log_tail()
+    );
+
+    p.put_sequence(4, 30, 10).await?;
+    until_received(&p, &app.out, 160)
+        .await
+        .map_err(|e| format!("{e}\n{}", w.proc.log_tail()))?;
+    check_sequence(&received(&[app.out.as_path()]), 4, 40)?;
+    assert_eq!(w.proc.exited(), None, "the worker is still running");
+    p.cleanup().await
+}
