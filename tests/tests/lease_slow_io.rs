@@ -115,12 +115,14 @@ async fn a_hung_scan_or_checkpoint_write_does_not_stop_the_heartbeat() -> Result
 /// without a confirmed heartbeat for a moment in every cycle, while each heartbeat, once it
 /// lands, makes it look alive again. Record processors that check their lease in that
 /// moment stop by themselves. No lease may stay held with nobody processing it: every record
-/// put during and after the episode is delivered.
+/// put during and after the episode is delivered. The app answers LeaseLost slowly (9 s, inside the worker's 10 s limit):
+/// the shard's next processor must not call it before that answer (item 14: calls for one
+/// shard never overlap).
 #[tokio::test]
 async fn a_heartbeat_that_lands_late_leaves_no_lease_without_a_processor() -> Result<()> {
     let p = Pipeline::new(2).await?;
     let proxy = FaultProxy::start(p.env.dynamodb_endpoint.trim_start_matches("http://")).await?;
-    let app = p.app("a", &[]).await?;
+    let app = p.app("a", &["--slow-lease-lost-ms", "9000"]).await?;
     let mut w = p.worker("w", &app.address, &["--dynamodb-endpoint", &proxy.endpoint])?;
     p.put_sequence(4, 0, 10).await?;
     until_received(&p, &app.out, 40).await?;
@@ -154,6 +156,72 @@ async fn a_heartbeat_that_lands_late_leaves_no_lease_without_a_processor() -> Re
         .await
         .map_err(|e| format!("{e}\n{}", w.proc.log_tail()))?;
     check_sequence(&received(&[app.out.as_path()]), 4, 40)?;
+    let overlaps: Vec<String> = app
+        .proc
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("overlap"))
+        .collect();
+    assert!(
+        overlaps.is_empty(),
+        "calls for one shard overlapped: {overlaps:?}"
+    );
+    assert_eq!(w.proc.exited(), None, "the worker is still running");
+    p.cleanup().await
+}
+
+/// Issue 10, item 9: a shard whose batches the app keeps failing must not hold the worker's
+/// read-ahead budget (here 1 MiB): shard 0 gets a page of 1.2 MB the app always fails, then
+/// shard 1 gets small records, which must all be delivered while shard 0 retries.
+#[tokio::test]
+async fn a_shard_stuck_retrying_does_not_starve_the_others_of_read_ahead() -> Result<()> {
+    let p = Pipeline::new(2).await?;
+    let app = p
+        .app("a", &["--fail-shard", "shardId-000000000000"])
+        .await?;
+    let mut w = p.worker("w", &app.address, &["--max-buffered-mib", "1"])?;
+    let kinesis = p.env.kinesis().await;
+    // Shard 0 of 2 holds hash keys below 2^127, shard 1 the rest.
+    let put = |ehk: &'static str, data: Vec<u8>, key: String| {
+        let kinesis = kinesis.clone();
+        let stream = p.stream.clone();
+        async move {
+            kinesis
+                .put_record()
+                .stream_name(stream)
+                .partition_key(key)
+                .explicit_hash_key(ehk)
+                .data(aws_sdk_kinesis::primitives::Blob::new(data))
+                .send()
+                .await
+        }
+    };
+    for i in 0..4 {
+        put("0", vec![b'x'; 300_000], format!("big-{i}")).await?;
+    }
+    wait_for("shard 0 stuck retrying", DEADLINE, POLL, || async {
+        log(&w.proc)
+            .contains("app ProcessRecords failed; retrying the same batch")
+            .then_some(())
+    })
+    .await?;
+    for i in 0..20 {
+        put(
+            "170141183460469231731687303715884105728",
+            format!("key-0:{i}").into_bytes(),
+            "key-0".to_string(),
+        )
+        .await?;
+    }
+    until_received(&p, &app.out, 20)
+        .await
+        .map_err(|e| format!("{e}\n{}", w.proc.log_tail()))?;
+    let got = received(&[app.out.as_path()]);
+    assert!(
+        got.iter().all(|r| r.shard == "shardId-000000000001"),
+        "only shard 1 was delivered"
+    );
+    check_sequence(&got, 1, 20)?;
     assert_eq!(w.proc.exited(), None, "the worker is still running");
     p.cleanup().await
 }

@@ -3,8 +3,12 @@
 //!
 //! ```text
 //! record-app --address unix:///tmp/x.sock [--out records.jsonl] [--fail-first N]
-//!            [--crash-at-batch N] [--checkpoint all|none|first]
+//!            [--crash-at-batch N] [--checkpoint all|none|first] [--slow-lease-lost-ms N]
+//!            [--fail-shard SHARD]
 //! ```
+//!
+//! Two calls for the same shard in flight at once break the contract (docs/PROCESSOR.md):
+//! the app prints `overlap <shard> <call> <call in flight>` when it sees one.
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -16,9 +20,42 @@ use kinesis_processor::v1;
 struct RecordApp {
     out: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
     fail_first: u64,
+    /// Fail every ProcessRecords call with records for this shard (a stuck shard).
+    fail_shard: Option<String>,
     crash_at: Option<u64>,
     checkpoint: String,
     calls: AtomicU64,
+    slow_lease_lost: std::time::Duration,
+    /// Shard → the call in flight for it.
+    in_flight: std::sync::Arc<Mutex<std::collections::HashMap<String, &'static str>>>,
+}
+
+/// Marks a call for a shard in flight until dropped.
+struct InFlight {
+    shard: String,
+    map: std::sync::Arc<Mutex<std::collections::HashMap<String, &'static str>>>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.map.lock() {
+            m.remove(&self.shard);
+        }
+    }
+}
+
+impl RecordApp {
+    fn enter(&self, shard: &str, call: &'static str) -> InFlight {
+        if let Ok(mut m) = self.in_flight.lock()
+            && let Some(other) = m.insert(shard.to_string(), call)
+        {
+            say(format!("overlap {shard} {call} {other}"));
+        }
+        InFlight {
+            shard: shard.to_string(),
+            map: self.in_flight.clone(),
+        }
+    }
 }
 
 fn say(line: String) {
@@ -34,6 +71,7 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
         r: Request<v1::InitializeRequest>,
     ) -> Result<Response<v1::InitializeResponse>, Status> {
         let r = r.into_inner();
+        let _call = self.enter(&r.shard_id, "initialize");
         let start = match r.starting_position.and_then(|p| p.position) {
             Some(v1::starting_position::Position::After(p)) => {
                 format!("after:{}/{}", p.sequence_number, p.sub_sequence_number)
@@ -49,10 +87,20 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
         &self,
         r: Request<v1::ProcessRecordsRequest>,
     ) -> Result<Response<v1::ProcessRecordsResponse>, Status> {
+        let _call = self.enter(&r.get_ref().shard_id, "process_records");
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         if self.crash_at == Some(n) {
             say(format!("crash at batch {n}"));
             std::process::exit(3);
+        }
+        if self
+            .fail_shard
+            .as_deref()
+            .is_some_and(|s| s == r.get_ref().shard_id && !r.get_ref().records.is_empty())
+        {
+            return Err(Status::unavailable(
+                "this shard always fails (--fail-shard)",
+            ));
         }
         if n <= self.fail_first {
             return Err(Status::unavailable(format!("failing call {n} on purpose")));
@@ -112,7 +160,10 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
         &self,
         r: Request<v1::LeaseLostRequest>,
     ) -> Result<Response<v1::LeaseLostResponse>, Status> {
-        say(format!("lease-lost {}", r.into_inner().shard_id));
+        let shard = r.into_inner().shard_id;
+        let _call = self.enter(&shard, "lease_lost");
+        tokio::time::sleep(self.slow_lease_lost).await;
+        say(format!("lease-lost {shard}"));
         Ok(Response::new(v1::LeaseLostResponse {}))
     }
 
@@ -121,6 +172,7 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
         r: Request<v1::ShardEndedRequest>,
     ) -> Result<Response<v1::ShardEndedResponse>, Status> {
         let r = r.into_inner();
+        let _call = self.enter(&r.shard_id, "shard_ended");
         say(format!(
             "shard-ended {} {}",
             r.shard_id,
@@ -134,6 +186,7 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
         r: Request<v1::ShutdownRequestedRequest>,
     ) -> Result<Response<v1::ShutdownRequestedResponse>, Status> {
         let r = r.into_inner();
+        let _call = self.enter(&r.shard_id, "shutdown_requested");
         say(format!(
             "shutdown-requested {} {}",
             r.shard_id,
@@ -170,11 +223,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = RecordApp {
         out,
         fail_first: arg(&args, "--fail-first").map_or(Ok(0), |v| v.parse())?,
+        fail_shard: arg(&args, "--fail-shard"),
         crash_at: arg(&args, "--crash-at-batch")
             .map(|v| v.parse())
             .transpose()?,
         checkpoint: arg(&args, "--checkpoint").unwrap_or_else(|| "all".into()),
         calls: AtomicU64::new(0),
+        slow_lease_lost: std::time::Duration::from_millis(
+            arg(&args, "--slow-lease-lost-ms").map_or(Ok(0), |v| v.parse())?,
+        ),
+        in_flight: std::sync::Arc::default(),
     };
     say(format!("serving {address}"));
     kinesis_processor::serve(&address, app, kinesis_processor::shutdown_signal()).await?;

@@ -770,7 +770,17 @@ impl Coordinator {
                     *counts.entry(o).or_insert(0) += 1;
                 }
             }
-            let holding = self.held.values().filter(|h| !h.handing_over).count();
+            // What we hold as the fleet counts it: live leases only (a finished lease whose
+            // processor is still winding down counts for nobody).
+            let holding = snapshot
+                .leases
+                .iter()
+                .zip(&states)
+                .filter(|(l, s)| {
+                    matches!(s, balance::LeaseState::Owned(o) if *o == me)
+                        && self.held.get(&l.shard_id).is_some_and(|h| !h.handing_over)
+                })
+                .count();
             let (grant, decline) =
                 balance::grant_handoffs(&requests, holding, plan.target, &live, |w| {
                     counts.get(w).copied().unwrap_or(0)

@@ -4,7 +4,12 @@
 //! # Guarantees
 //! - Per shard one batch is in flight at a time, in shard order, so the records of one
 //!   partition key reach the app in order. The next batch is read meanwhile (prefetch), within
-//!   a worker-wide byte budget. Shards are processed concurrently.
+//!   a worker-wide byte budget. Shards are processed concurrently; a shard whose delivery
+//!   is retrying holds none of the budget and reads no further ahead, so a stuck shard never
+//!   slows the others (test: `lease_slow_io::a_shard_stuck_retrying…`).
+//! - Calls for one shard never overlap, also across processors: a shard's next processor
+//!   (the lease came back) starts only after the previous one's last call (`LeaseLost`,
+//!   `ShutdownRequested`) returned or timed out.
 //! - A batch the app fails is delivered again, with backoff, until the app acknowledges it
 //!   (or, only when `max_attempts` is set, until it is logged and skipped).
 //! - Nothing beyond what the app acknowledged and asked to checkpoint is checkpointed;
@@ -107,6 +112,10 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     budget: Arc<Semaphore>,
     shards: HashMap<String, mpsc::Sender<Control>>,
+    /// The last task started per shard: the next one for the shard waits for it, so calls
+    /// for one shard never overlap (a lost processor's LeaseLost before the next
+    /// processor's Initialize).
+    tasks: HashMap<String, tokio::task::JoinHandle<()>>,
     draining: Arc<AtomicBool>,
 }
 
@@ -128,6 +137,7 @@ impl Pipeline {
             metrics,
             budget,
             shards: HashMap::new(),
+            tasks: HashMap::new(),
             draining: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -206,11 +216,19 @@ impl Pipeline {
         let label = ShardLabels {
             shard: shard.clone(),
         };
-        tokio::spawn(async move {
+        self.tasks.retain(|_, t| !t.is_finished());
+        let previous = self.tasks.remove(&shard);
+        let handle = tokio::spawn(async move {
+            if let Some(p) = previous {
+                // The previous processor of this shard is finishing (its LeaseLost or
+                // ShutdownRequested call, bounded by their timeouts): after it.
+                let _ = p.await;
+            }
             task.run(rx).await;
             lag.remove(&label.shard);
             metrics.millis_behind_latest.remove(&label);
         });
+        self.tasks.insert(shard.clone(), handle);
         self.shards.insert(shard, tx);
     }
 }

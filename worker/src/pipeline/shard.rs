@@ -1,11 +1,13 @@
 //! One shard's record processor: a reading task that prefetches, and the delivery loop that
 //! calls the app one batch at a time and coalesces its checkpoints.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use kinesis_processor::v1;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::PipelineConfig;
@@ -33,16 +35,82 @@ pub(crate) enum Control {
     },
 }
 
-/// Read ahead of delivery, holding its share of the worker's prefetch budget.
+/// Read ahead of delivery; its share of the worker's prefetch budget is in the shard's
+/// [`Ledger`] under `ticket`.
 enum Item {
     Records {
         records: Vec<UserRecord>,
         millis_behind_latest: i64,
-        _budget: Option<OwnedSemaphorePermit>,
+        ticket: u64,
     },
     End {
         children: Vec<String>,
     },
+}
+
+/// One shard's share of the worker-wide read-ahead budget.
+///
+/// # Guarantees
+/// A shard whose delivery is retrying (the app fails its batch) holds none of the budget:
+/// [`Ledger::stall`] gives back every permit of the shard, and while stalled its reader
+/// neither reads ahead nor waits for budget. So a stuck shard never slows the others; it
+/// keeps at most the pages it had already read (the one in delivery, one waiting, one being
+/// read), outside the budget.
+struct Ledger {
+    permits: std::sync::Mutex<HashMap<u64, OwnedSemaphorePermit>>,
+    next: AtomicU64,
+    stalled: watch::Sender<bool>,
+}
+
+impl Ledger {
+    fn new() -> Self {
+        Self {
+            permits: std::sync::Mutex::new(HashMap::new()),
+            next: AtomicU64::new(0),
+            stalled: watch::Sender::new(false),
+        }
+    }
+
+    fn ticket(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn is_stalled(&self) -> bool {
+        *self.stalled.borrow()
+    }
+
+    /// Keeps `permit` for `ticket`, unless the shard stalled meanwhile (then it goes back).
+    fn hold(&self, ticket: u64, permit: OwnedSemaphorePermit) {
+        if let Ok(mut p) = self.permits.lock()
+            && !self.is_stalled()
+        {
+            p.insert(ticket, permit);
+        }
+    }
+
+    /// The item `ticket` was delivered (or given up): its budget goes back.
+    fn release(&self, ticket: u64) {
+        if let Ok(mut p) = self.permits.lock() {
+            p.remove(&ticket);
+        }
+    }
+
+    /// Delivery is retrying: give back everything and read no further ahead.
+    fn stall(&self) {
+        if !self.is_stalled() {
+            self.stalled.send_replace(true);
+        }
+        if let Ok(mut p) = self.permits.lock() {
+            p.clear();
+        }
+    }
+
+    /// Delivery moves again.
+    fn unstall(&self) {
+        if self.is_stalled() {
+            self.stalled.send_replace(false);
+        }
+    }
 }
 
 /// How a delivery ended.
@@ -76,6 +144,8 @@ struct Delivery {
     /// The lease's fencing token (owner, counter): fixed while this task owns the lease (the
     /// counter changes only with the owner), so it is read once, not per batch.
     fencing: (String, u64),
+    /// This shard's share of the read-ahead budget.
+    ledger: Arc<Ledger>,
 }
 
 impl Delivery {
@@ -179,8 +249,10 @@ async fn read_ahead(
     config: Arc<PipelineConfig>,
     metrics: Arc<Metrics>,
     budget: Arc<Semaphore>,
+    ledger: Arc<Ledger>,
 ) {
     let shard = reader.shard_id().to_string();
+    let mut stalled = ledger.stalled.subscribe();
     let gauge = metrics
         .millis_behind_latest
         .get_or_create(&ShardLabels {
@@ -190,6 +262,10 @@ async fn read_ahead(
     let mut errors = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let mut last_call: Option<Instant> = None;
     loop {
+        // While delivery retries, read no further ahead.
+        if stalled.wait_for(|s| !*s).await.is_err() {
+            return;
+        }
         // Kinesis allows 5 GetRecords calls per second per shard (fan-out pushes).
         if let Some(t) = last_call
             && !reader.pushes()
@@ -216,11 +292,21 @@ async fn read_ahead(
                 let kib = u32::try_from(bytes.div_ceil(1024))
                     .unwrap_or(u32::MAX)
                     .min(config.max_buffered_kib);
-                let permit = budget.clone().acquire_many_owned(kib).await.ok();
+                let ticket = ledger.ticket();
+                // The wait for budget ends when delivery stalls: a stuck shard must not
+                // stand in the (fair, first-come) queue in front of the others.
+                tokio::select! {
+                    permit = budget.clone().acquire_many_owned(kib) => {
+                        if let Ok(permit) = permit {
+                            ledger.hold(ticket, permit);
+                        }
+                    }
+                    _ = stalled.wait_for(|s| *s) => {}
+                }
                 let item = Item::Records {
                     records,
                     millis_behind_latest: behind,
-                    _budget: permit,
+                    ticket,
                 };
                 if tx.send(item).await.is_err() {
                     return;
@@ -289,6 +375,7 @@ impl ShardTask {
             last_write: None,
             deferred: None,
             fencing: self.lease.fencing_token().await,
+            ledger: Arc::new(Ledger::new()),
         };
         if !self.initialize(&mut d, &mut control).await {
             self.finish_lost(&mut d, false).await;
@@ -302,6 +389,7 @@ impl ShardTask {
             self.config.clone(),
             self.metrics.clone(),
             self.budget.clone(),
+            d.ledger.clone(),
         ));
         let _abort = AbortOnDrop(reading);
         let mut tick = tokio::time::interval(self.config.checkpoint_interval);
@@ -322,9 +410,11 @@ impl ShardTask {
                     d.deferred = Some(c.unwrap_or(Control::Lost));
                 }
                 item = rx.recv() => match item {
-                    Some(Item::Records { records, millis_behind_latest, _budget }) => {
+                    Some(Item::Records { records, millis_behind_latest, ticket }) => {
                         last_call = Instant::now();
-                        if let Flow::Lost = self.deliver(&mut d, records, millis_behind_latest, &mut control).await {
+                        let flow = self.deliver(&mut d, records, millis_behind_latest, &mut control).await;
+                        d.ledger.release(ticket);
+                        if let Flow::Lost = flow {
                             return self.finish_lost(&mut d, true).await;
                         }
                         if let Flow::Lost = self.flush(&mut d, false).await {
@@ -459,12 +549,18 @@ impl ShardTask {
                     }
                 };
                 match res {
-                    Ok(resp) => break Some(resp),
+                    Ok(resp) => {
+                        d.ledger.unstall();
+                        break Some(resp);
+                    }
                     Err(e) => {
+                        // A stuck shard holds none of the read-ahead budget.
+                        d.ledger.stall();
                         self.metrics.batch_retries.inc();
                         let attempts = backoff.failures() + 1;
                         if self.config.max_attempts.is_some_and(|m| attempts >= m) {
                             self.metrics.batches_skipped.inc();
+                            d.ledger.unstall();
                             tracing::error!(shard = %d.shard, error = %e.message(), code = ?e.code(), attempts, records = count, first = %req.records.first().map(|r| r.sequence_number.as_str()).unwrap_or(""), last = %last, "batch skipped after max attempts");
                             break None;
                         }
