@@ -35,6 +35,7 @@ async fn finish(fleet: &Fleet, shard: &str) -> Result<()> {
         shard_id: l.shard_id.clone(),
         counter: l.counter,
         checkpoint: l.checkpoint.clone(),
+        start_timestamp_ms: l.start_timestamp_ms,
     };
     fleet
         .table

@@ -880,3 +880,29 @@ async fn batches_carry_a_fencing_token_that_grows_with_each_owner() -> Result<()
     );
     p.cleanup().await
 }
+
+/// Issue 10, item 10: a LATEST lease whose shard is quiet and that moves before its first
+/// checkpoint. The first owner started reading at the tip, then died (kill -9); records put
+/// before the next owner takes over were written after that start, so they must be
+/// delivered, not skipped by the next owner's own LATEST.
+#[tokio::test]
+async fn a_quiet_latest_lease_that_moves_skips_nothing_written_during_the_move() -> Result<()> {
+    let p = Pipeline::new(1).await?;
+    let app = p.app("a", &[]).await?;
+    let w = p.worker("w", &app.address, &["--initial-position", "LATEST"])?;
+    wait_for("w's processor initialized", DEADLINE, POLL, || async {
+        app.proc
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("initialize shardId-000000000000"))
+            .then_some(())
+    })
+    .await?;
+    // Its start is fixed before Initialize: kill it now.
+    w.proc.signal("KILL");
+    p.put_sequence(4, 0, 10).await?;
+    let _w2 = p.worker("w2", &app.address, &["--initial-position", "LATEST"])?;
+    let got = until_received(&[app.out.as_path()], 40).await?;
+    check_sequence(&got, 4, 10)?;
+    p.cleanup().await
+}

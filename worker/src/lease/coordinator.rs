@@ -179,6 +179,8 @@ pub struct ShardLease {
     pub pending_checkpoint: Option<Checkpoint>,
     /// The shard's hash key range, when known (to drop KPL sub-records of other shards).
     pub hash_range: Option<(String, String)>,
+    /// With checkpoint `AT_TIMESTAMP`: the lease's own pinned start (epoch ms), if any.
+    pub start_timestamp_ms: Option<i64>,
     inner: Arc<LeaseHandle>,
     /// Alive while the record processor holds this lease: the coordinator sees it dropped
     /// (the processor ended, however) and releases the lease.
@@ -221,6 +223,30 @@ impl ShardLease {
             .inner
             .table
             .checkpoint(&mut held, &self.inner.worker_id, to)
+            .await;
+        if matches!(res, Err(LeaseError::LeaseLost { .. })) {
+            self.inner.revoked.store(true, Ordering::SeqCst);
+        }
+        res
+    }
+
+    /// Pins a lease at `LATEST` to `AT_TIMESTAMP` `timestamp_ms` (see
+    /// [`LeaseTable::pin_start`]).
+    ///
+    /// # Errors
+    /// As [`ShardLease::checkpoint`].
+    pub async fn pin_start(&self, timestamp_ms: i64) -> Result<(), LeaseError> {
+        let mut held = self.inner.held.lock().await;
+        if !self.is_valid() {
+            return Err(LeaseError::LeaseLost {
+                shard_id: held.shard_id.clone(),
+                counter: held.counter,
+            });
+        }
+        let res = self
+            .inner
+            .table
+            .pin_start(&mut held, &self.inner.worker_id, timestamp_ms)
             .await;
         if matches!(res, Err(LeaseError::LeaseLost { .. })) {
             self.inner.revoked.store(true, Ordering::SeqCst);
@@ -829,6 +855,7 @@ impl Coordinator {
                         shard_id: lease.shard_id.clone(),
                         counter: lease.counter,
                         checkpoint: lease.checkpoint.clone(),
+                        start_timestamp_ms: lease.start_timestamp_ms,
                     };
                     self.acquired(lease, held, epoch).await;
                     continue;
@@ -918,6 +945,7 @@ impl Coordinator {
             checkpoint: held.checkpoint,
             pending_checkpoint: lease.pending_checkpoint.clone(),
             hash_range: lease.hash_range.clone(),
+            start_timestamp_ms: held.start_timestamp_ms,
             inner: handle,
             _task: task,
         });

@@ -43,6 +43,9 @@ pub mod attr {
     /// Ours, on heartbeat items: how far behind the tip each shard of the worker is (a map
     /// shard → milliseconds), for the operator's status.
     pub const LAG: &str = "koLag";
+    /// Where a lease that started at `LATEST` was pinned before its first delivery (epoch
+    /// ms, with checkpoint `AT_TIMESTAMP`): the next owner resumes there, not at its own tip.
+    pub const START_TIMESTAMP: &str = "koStartTimestamp";
 }
 
 /// Prefix of heartbeat items' keys; no shard id starts with it.
@@ -77,6 +80,9 @@ pub struct Lease {
     pub hash_range: Option<(String, String)>,
     /// A worker that asked the owner to hand this lease over.
     pub handoff_to: Option<String>,
+    /// With checkpoint `AT_TIMESTAMP`: this lease's own start (epoch ms), written when a
+    /// `LATEST` lease was pinned; `None`: the application's initial timestamp.
+    pub start_timestamp_ms: Option<i64>,
 }
 
 impl Lease {
@@ -98,6 +104,7 @@ impl Lease {
             child_shard_ids: Vec::new(),
             hash_range: None,
             handoff_to: None,
+            start_timestamp_ms: None,
         }
     }
 

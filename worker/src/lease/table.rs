@@ -127,6 +127,9 @@ pub struct HeldLease {
     pub counter: u64,
     /// The checkpoint in the table as of our last read or write.
     pub checkpoint: Checkpoint,
+    /// The lease's pinned start, with checkpoint `AT_TIMESTAMP` (see
+    /// [`LeaseTable::pin_start`]).
+    pub start_timestamp_ms: Option<i64>,
 }
 
 /// Requests this process made to the lease table, counted at the client (for metrics and
@@ -566,6 +569,10 @@ impl LeaseTable {
                 .get(attr::HANDOFF_TO)
                 .and_then(|v| v.as_s().ok())
                 .cloned(),
+            start_timestamp_ms: item
+                .get(attr::START_TIMESTAMP)
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse().ok()),
         })
     }
 
@@ -662,14 +669,18 @@ impl LeaseTable {
             Ok(out) => {
                 // DynamoDB always returns ALL_NEW; without it (or with an item that became
                 // unreadable) the scanned checkpoint is used: we own the lease either way.
-                let checkpoint = out
+                let now = out
                     .attributes()
-                    .and_then(|item| self.parse_lease(&lease.shard_id, item).ok())
-                    .map_or_else(|| lease.checkpoint.clone(), |l| l.checkpoint);
+                    .and_then(|item| self.parse_lease(&lease.shard_id, item).ok());
+                let (checkpoint, start_timestamp_ms) = now.map_or_else(
+                    || (lease.checkpoint.clone(), lease.start_timestamp_ms),
+                    |l| (l.checkpoint, l.start_timestamp_ms),
+                );
                 Ok(HeldLease {
                     shard_id: lease.shard_id.clone(),
                     counter: lease.counter + 1,
                     checkpoint,
+                    start_timestamp_ms,
                 })
             }
             Err(e) if is_conditional_failure(&e) => Err(LeaseError::LeaseLost {
@@ -690,13 +701,31 @@ impl LeaseTable {
         values: Vec<(&str, AttributeValue)>,
         names: Vec<(&str, &str)>,
     ) -> Result<(), LeaseError> {
+        self.fenced_if(held, worker, None, update, values, names)
+            .await
+    }
+
+    /// [`LeaseTable::fenced`] with one more condition (`AND extra`).
+    async fn fenced_if(
+        &self,
+        held: &HeldLease,
+        worker: &str,
+        extra: Option<&str>,
+        update: &str,
+        values: Vec<(&str, AttributeValue)>,
+        names: Vec<(&str, &str)>,
+    ) -> Result<(), LeaseError> {
+        let condition = match extra {
+            None => "#o = :me AND #c = :held".to_string(),
+            Some(e) => format!("#o = :me AND #c = :held AND {e}"),
+        };
         let mut req = self
             .client
             .update_item()
             .table_name(&self.name)
             .key(attr::LEASE_KEY, s(&held.shard_id))
             .update_expression(update)
-            .condition_expression("#o = :me AND #c = :held")
+            .condition_expression(condition)
             .expression_attribute_names("#o", attr::LEASE_OWNER)
             .expression_attribute_names("#c", attr::LEASE_COUNTER)
             .expression_attribute_values(":me", s(worker))
@@ -747,7 +776,7 @@ impl LeaseTable {
         self.fenced(
             held,
             worker,
-            "SET #cp = :cp, #sub = :sub, #sw = :zero REMOVE #p, #ps, #pst",
+            "SET #cp = :cp, #sub = :sub, #sw = :zero REMOVE #p, #ps, #pst, #ts",
             vec![(":cp", s(cp)), (":sub", n(sub)), (":zero", n(0))],
             vec![
                 ("#cp", attr::CHECKPOINT),
@@ -756,10 +785,50 @@ impl LeaseTable {
                 ("#p", attr::PENDING_CHECKPOINT),
                 ("#ps", attr::PENDING_CHECKPOINT_SUB),
                 ("#pst", attr::PENDING_CHECKPOINT_STATE),
+                ("#ts", attr::START_TIMESTAMP),
             ],
         )
         .await?;
         held.checkpoint = to;
+        held.start_timestamp_ms = None;
+        Ok(())
+    }
+
+    /// Pins a lease still at `LATEST` to `AT_TIMESTAMP` `timestamp_ms` (its own start,
+    /// `koStartTimestamp`), before anything of it is delivered: `LATEST` means "the tip when
+    /// reading starts", which is a different place for every owner. Once pinned, a next owner
+    /// resumes where this one started, not at its own tip.
+    ///
+    /// # Errors
+    /// [`LeaseError::LeaseLost`] if the lease moved (or is no longer at `LATEST`);
+    /// [`LeaseError::Dynamo`].
+    pub async fn pin_start(
+        &self,
+        held: &mut HeldLease,
+        worker: &str,
+        timestamp_ms: i64,
+    ) -> Result<(), LeaseError> {
+        TableCounters::add(&self.counters.checkpoint_writes);
+        self.fenced_if(
+            held,
+            worker,
+            Some("#cp = :latest"),
+            "SET #cp = :at, #sub = :zero, #ts = :ts",
+            vec![
+                (":latest", s("LATEST")),
+                (":at", s("AT_TIMESTAMP")),
+                (":zero", n(0)),
+                (":ts", AttributeValue::N(timestamp_ms.to_string())),
+            ],
+            vec![
+                ("#cp", attr::CHECKPOINT),
+                ("#sub", attr::CHECKPOINT_SUB),
+                ("#ts", attr::START_TIMESTAMP),
+            ],
+        )
+        .await?;
+        held.checkpoint = Checkpoint::AtTimestamp;
+        held.start_timestamp_ms = Some(timestamp_ms);
         Ok(())
     }
 

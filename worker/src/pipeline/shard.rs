@@ -23,6 +23,11 @@ use crate::records::aggregation::UserRecord;
 use crate::records::fanout::FanOutReader;
 use crate::records::reader::{Batch, ShardReader};
 
+/// How far before "now" a `LATEST` lease is pinned: covers a worker clock ahead of
+/// Kinesis's (arrival timestamps are Kinesis's clock). A next owner may therefore get up to
+/// this much from before the first owner's start, never less than from it.
+const PIN_MARGIN_MS: i64 = 5_000;
+
 /// What the dispatcher tells a shard task.
 #[derive(Debug)]
 pub(crate) enum Control {
@@ -348,6 +353,11 @@ impl ShardTask {
             .hash_range
             .as_ref()
             .and_then(|(s, e)| crate::records::aggregation::HashRange::parse(s, e));
+        let mut reader_config = self.config.reader.clone();
+        if let Some(ts) = self.lease.start_timestamp_ms {
+            // A LATEST lease pinned by an earlier owner: resume where that one started.
+            reader_config.initial_timestamp_ms = Some(ts);
+        }
         let reader = match &self.config.fan_out_consumer {
             None => ShardSource::Polling(Box::new(ShardReader::new(
                 self.kinesis.clone(),
@@ -355,7 +365,7 @@ impl ShardTask {
                 shard.clone(),
                 self.lease.checkpoint.clone(),
                 hash_range,
-                self.config.reader.clone(),
+                reader_config,
             ))),
             Some(consumer_arn) => ShardSource::FanOut(Box::new(FanOutReader::new(
                 self.kinesis.clone(),
@@ -364,7 +374,7 @@ impl ShardTask {
                 shard.clone(),
                 self.lease.checkpoint.clone(),
                 hash_range,
-                self.config.reader.clone(),
+                reader_config,
             ))),
         };
         let mut d = Delivery {
@@ -377,6 +387,12 @@ impl ShardTask {
             fencing: self.lease.fencing_token().await,
             ledger: Arc::new(Ledger::new()),
         };
+        if self.lease.checkpoint == Checkpoint::Latest
+            && !self.pin_latest(&mut d, &mut control).await
+        {
+            self.finish_lost(&mut d, false).await;
+            return;
+        }
         if !self.initialize(&mut d, &mut control).await {
             self.finish_lost(&mut d, false).await;
             return;
@@ -459,6 +475,40 @@ impl ShardTask {
                     let lost = matches!(c, Control::Lost);
                     d.deferred = Some(c);
                     if lost {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pins a `LATEST` lease to where this owner starts (minus [`PIN_MARGIN_MS`] for clock
+    /// skew against Kinesis's arrival timestamps) before anything is read: a next owner then
+    /// resumes there instead of at its own, later, tip, so a quiet shard that moves before
+    /// its first checkpoint skips nothing. Retried until it lands; false when the lease went
+    /// away meanwhile.
+    async fn pin_latest(&self, d: &mut Delivery, control: &mut mpsc::Receiver<Control>) -> bool {
+        let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
+        loop {
+            if !self.lease.is_valid() || d.deferred.is_some() {
+                return false;
+            }
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0);
+            let at = now_ms.saturating_sub(PIN_MARGIN_MS);
+            match self.lease.pin_start(at).await {
+                Ok(()) => {
+                    tracing::info!(shard = %d.shard, at_timestamp_ms = at, "LATEST start pinned");
+                    d.committed = Checkpoint::AtTimestamp;
+                    return true;
+                }
+                Err(LeaseError::LeaseLost { .. }) => return false,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(shard = %d.shard, error = %e, retry_in = ?delay, "pinning the LATEST start failed; retrying");
+                    if !self.pause(d, delay, control).await {
                         return false;
                     }
                 }
