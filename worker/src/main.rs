@@ -270,7 +270,7 @@ async fn run_leases(settings: &AwsSettings, args: LeaseArgs) -> anyhow::Result<(
                     println!("lost {shard_id}");
                     processing.remove(&shard_id);
                 }
-                LeaseEvent::ShutdownRequested { shard_id, done } => {
+                LeaseEvent::ShutdownRequested { shard_id, done, .. } => {
                     println!("shutdown-requested {shard_id}");
                     let _ = done.send(());
                     processing.remove(&shard_id);

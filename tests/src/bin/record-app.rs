@@ -4,7 +4,7 @@
 //! ```text
 //! record-app --address unix:///tmp/x.sock [--out records.jsonl] [--fail-first N]
 //!            [--crash-at-batch N] [--checkpoint all|none|first] [--slow-lease-lost-ms N]
-//!            [--fail-shard SHARD]
+//!            [--fail-shard SHARD] [--delay-ms N]
 //! ```
 //!
 //! Two calls for the same shard in flight at once break the contract (docs/PROCESSOR.md):
@@ -26,6 +26,8 @@ struct RecordApp {
     checkpoint: String,
     calls: AtomicU64,
     slow_lease_lost: std::time::Duration,
+    /// Time taken by every ProcessRecords call with records (a slow app).
+    delay: std::time::Duration,
     /// Shard → the call in flight for it.
     in_flight: std::sync::Arc<Mutex<std::collections::HashMap<String, &'static str>>>,
 }
@@ -106,6 +108,9 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
             return Err(Status::unavailable(format!("failing call {n} on purpose")));
         }
         let r = r.into_inner();
+        if !r.records.is_empty() {
+            tokio::time::sleep(self.delay).await;
+        }
         let recv = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -233,6 +238,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             arg(&args, "--slow-lease-lost-ms").map_or(Ok(0), |v| v.parse())?,
         ),
         in_flight: std::sync::Arc::default(),
+        delay: std::time::Duration::from_millis(
+            arg(&args, "--delay-ms").map_or(Ok(0), |v| v.parse())?,
+        ),
     };
     say(format!("serving {address}"));
     kinesis_processor::serve(&address, app, kinesis_processor::shutdown_signal()).await?;

@@ -282,13 +282,17 @@ pub enum LeaseEvent {
         /// The shard.
         shard_id: String,
     },
-    /// Finish the batch in flight, checkpoint if wanted, then answer on `done`; the lease is
-    /// then handed over or released (also when `done` is not answered in time).
+    /// Finish the batch in flight, checkpoint if wanted, then answer on `done`, all before
+    /// `deadline`; the lease is then handed over or released (also when `done` is not
+    /// answered in time: a forced hand-over, where the next owner may get records again).
     ShutdownRequested {
         /// The shard.
         shard_id: String,
         /// Answer when done.
         done: oneshot::Sender<()>,
+        /// Answer by then (the app's ShutdownRequested call and the final checkpoint
+        /// included).
+        deadline: tokio::time::Instant,
     },
 }
 
@@ -422,6 +426,18 @@ pub struct Coordinator {
     last_snapshot: TableSnapshot,
     /// `last_snapshot` comes from a successful scan.
     scanned: bool,
+}
+
+/// How long an owner gives its record processor to finish a granted hand-over (the batch in
+/// flight, the app's ShutdownRequested, the final checkpoint) before it hands the lease over
+/// anyway: the requester's `handoff_timeout`, counted from when its request landed, minus
+/// the owner's delay in seeing the request (one scan interval) and 500 ms for the scan and
+/// the hand-over write, so the owner's hand-over lands before the requester gives up waiting
+/// (at least half the timeout).
+pub fn owner_wait(handoff_timeout: Duration, scan_interval: Duration) -> Duration {
+    handoff_timeout
+        .saturating_sub(scan_interval + Duration::from_millis(500))
+        .max(handoff_timeout / 2)
 }
 
 /// Lease creations in flight at once during a shard sync.
@@ -643,13 +659,17 @@ impl Coordinator {
         shard: String,
         lease_handle: Arc<LeaseHandle>,
         to: String,
+        deadline: tokio::time::Instant,
     ) -> oneshot::Sender<()> {
         let (done_tx, done_rx) = oneshot::channel();
         let table = self.table.clone();
         let commands = self.commands_tx.clone();
-        let wait = self.config.handoff_timeout / 2;
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(wait, done_rx).await;
+            // Answered (or the processor ended, dropping `done`) before the deadline: it
+            // stopped and flushed; otherwise the hand-over is forced.
+            if tokio::time::timeout_at(deadline, done_rx).await.is_err() {
+                tracing::warn!(shard = %shard, to = %to, "hand-over forced: the record processor did not finish its batch, ShutdownRequested and checkpoint in time; the new owner may get records again");
+            }
             lease_handle.revoked.store(true, Ordering::SeqCst);
             let held = lease_handle.held.lock().await.clone();
             match table.hand_over(&held, &lease_handle.worker_id, &to).await {
@@ -817,12 +837,15 @@ impl Coordinator {
                     h.handle.clone()
                 });
                 if let Some(handle) = handle {
-                    let done = self.grant(shard.to_string(), handle, to.to_string());
+                    let deadline = tokio::time::Instant::now()
+                        + owner_wait(self.config.handoff_timeout, self.config.scan_interval);
+                    let done = self.grant(shard.to_string(), handle, to.to_string(), deadline);
                     let _ = self
                         .events
                         .send(LeaseEvent::ShutdownRequested {
                             shard_id: shard.to_string(),
                             done,
+                            deadline,
                         })
                         .await;
                 }
@@ -908,7 +931,9 @@ impl Coordinator {
             if let Some(lease) = by_shard.get(shard.as_str()) {
                 match self.table.request_handoff(lease, &me).await {
                     Ok(true) => {
-                        self.pending.insert(shard.clone(), (lease.counter, now));
+                        // The requester's clock starts once its request is written.
+                        self.pending
+                            .insert(shard.clone(), (lease.counter, Instant::now()));
                     }
                     Ok(false) => {}
                     Err(e) => {
@@ -1001,6 +1026,7 @@ impl Coordinator {
         self.draining_flag.store(true, Ordering::SeqCst);
         self.beat_now.notify_one();
         let mut waits = Vec::new();
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_timeout;
         for (shard, held) in &self.held {
             if held.handing_over {
                 continue;
@@ -1011,6 +1037,7 @@ impl Coordinator {
                 .send(LeaseEvent::ShutdownRequested {
                     shard_id: shard.clone(),
                     done,
+                    deadline,
                 })
                 .await;
             waits.push(rx);
@@ -1085,6 +1112,21 @@ mod tests {
             valid_for,
             epoch: AtomicU64::new(0),
         }
+    }
+
+    #[test]
+    fn the_owners_wait_and_the_requesters_timeout_add_up() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // Defaults: 5 s timeout, 1 s scans.
+        assert_eq!(owner_wait(s(5), s(1)), ms(3_500));
+        // The test timings: 2 s, 250 ms.
+        assert_eq!(owner_wait(s(2), ms(250)), ms(1_250));
+        for (timeout, scan) in [(s(5), s(1)), (s(4), ms(250)), (s(30), s(1))] {
+            assert!(owner_wait(timeout, scan) + scan + ms(500) <= timeout);
+        }
+        // Never less than half the timeout.
+        assert_eq!(owner_wait(s(1), s(1)), ms(500));
     }
 
     #[test]

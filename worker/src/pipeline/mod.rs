@@ -164,7 +164,11 @@ impl Pipeline {
                         let _ = tx.send(Control::Lost).await;
                     }
                 }
-                LeaseEvent::ShutdownRequested { shard_id, done } => {
+                LeaseEvent::ShutdownRequested {
+                    shard_id,
+                    done,
+                    deadline,
+                } => {
                     self.event("shutdown_requested");
                     let reason = if self.draining.load(Ordering::SeqCst) {
                         Reason::WorkerShutdown
@@ -174,7 +178,13 @@ impl Pipeline {
                     match self.shards.remove(&shard_id) {
                         Some(tx) => {
                             // A task that already finished drops `done`: answered too.
-                            let _ = tx.send(Control::Shutdown { done, reason }).await;
+                            let _ = tx
+                                .send(Control::Shutdown {
+                                    done,
+                                    reason,
+                                    deadline,
+                                })
+                                .await;
                         }
                         None => {
                             let _ = done.send(());

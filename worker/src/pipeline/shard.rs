@@ -28,6 +28,9 @@ use crate::records::reader::{Batch, ShardReader};
 /// this much from before the first owner's start, never less than from it.
 const PIN_MARGIN_MS: i64 = 5_000;
 
+/// Kept free before a shutdown deadline for the final checkpoint write.
+const FLUSH_RESERVE: Duration = Duration::from_millis(300);
+
 /// What the dispatcher tells a shard task.
 #[derive(Debug)]
 pub(crate) enum Control {
@@ -37,6 +40,8 @@ pub(crate) enum Control {
     Shutdown {
         done: oneshot::Sender<()>,
         reason: v1::shutdown_requested_request::Reason,
+        /// Everything (ShutdownRequested, the final checkpoint) is done by then.
+        deadline: Instant,
     },
 }
 
@@ -415,8 +420,12 @@ impl ShardTask {
             if let Some(c) = d.deferred.take() {
                 match c {
                     Control::Lost => return self.finish_lost(&mut d, true).await,
-                    Control::Shutdown { done, reason } => {
-                        return self.finish_shutdown(&mut d, done, reason).await;
+                    Control::Shutdown {
+                        done,
+                        reason,
+                        deadline,
+                    } => {
+                        return self.finish_shutdown(&mut d, done, reason, deadline).await;
                     }
                 }
             }
@@ -724,17 +733,19 @@ impl ShardTask {
         d: &mut Delivery,
         done: oneshot::Sender<()>,
         reason: v1::shutdown_requested_request::Reason,
+        deadline: Instant,
     ) {
         let req = v1::ShutdownRequestedRequest {
             shard_id: d.shard.clone(),
             reason: reason as i32,
         };
-        match tokio::time::timeout(
-            self.config.shutdown_call_timeout,
-            self.app.shutdown_requested(req),
-        )
-        .await
-        {
+        // The app's answer and the final checkpoint both fit before the deadline.
+        let call_timeout = self.config.shutdown_call_timeout.min(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .saturating_sub(FLUSH_RESERVE),
+        );
+        match tokio::time::timeout(call_timeout, self.app.shutdown_requested(req)).await {
             Ok(Ok(resp)) => self.want(d, &wanted_of(resp.checkpoint)),
             Ok(Err(e)) => {
                 tracing::warn!(shard = %d.shard, error = %e.message(), "app ShutdownRequested failed; checkpointing what it acknowledged before")
@@ -764,8 +775,13 @@ impl ShardTask {
         loop {
             if let Some(Control::Shutdown { .. }) = &d.deferred {
                 // Not finished: the next owner reads to the end again (from the checkpoint).
-                if let Some(Control::Shutdown { done, reason }) = d.deferred.take() {
-                    return self.finish_shutdown(d, done, reason).await;
+                if let Some(Control::Shutdown {
+                    done,
+                    reason,
+                    deadline,
+                }) = d.deferred.take()
+                {
+                    return self.finish_shutdown(d, done, reason, deadline).await;
                 }
             }
             if !self.lease.is_valid() {
