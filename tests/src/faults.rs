@@ -286,8 +286,7 @@ async fn serve(
     rewritten.extend_from_slice(&request[head_len.min(request.len())..]);
     let mut up = TcpStream::connect(upstream).await?;
     up.write_all(&rewritten).await?;
-    let mut response = Vec::new();
-    up.read_to_end(&mut response).await?;
-    client.write_all(&response).await?;
+    // Streamed as it comes: a SubscribeToShard answer is an event stream that lasts minutes.
+    tokio::io::copy(&mut up, &mut client).await?;
     client.shutdown().await
 }

@@ -8,8 +8,12 @@
 //! ends after 5 minutes (or on an error) and is renewed right after the last record delivered
 //! (the event's continuation sequence number).
 //!
-//! When an event carries no child shards at a shard's end (kinesis-mock never sends them),
-//! the end is found with ListShards: the shard is closed and the subscription is at its tip.
+//! The end of a shard is known from the subscription itself (an event with child shards, as
+//! Kinesis sends at the end). Where none comes (kinesis-mock never sends one), a shard that
+//! ListShards shows closed while the subscription is at its tip is *not* taken as ended: the
+//! rest is read by polling (GetRecords) from the position reached, until Kinesis says the
+//! shard has no more records (no next iterator). A record put just before the close, after
+//! the subscription's last (empty) event, is so delivered, not skipped by a guessed end.
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +25,9 @@ use aws_sdk_kinesis::types::{
 };
 
 use super::aggregation::HashRange;
-use super::reader::{Batch, Position, ReadError, ReaderConfig, permanent_error, user_records};
+use super::reader::{
+    Batch, Position, ReadError, ReaderConfig, ShardReader, permanent_error, user_records,
+};
 use crate::backoff::Backoff;
 use crate::lease::checkpoint::Checkpoint;
 use crate::lease::discovery::{StreamRef, list_shards};
@@ -151,6 +157,8 @@ pub struct FanOutReader {
     ended: bool,
     children: Vec<String>,
     backoff: Backoff,
+    /// Polling the rest of a shard seen closed at the tip (see the module docs).
+    drain: Option<Box<ShardReader>>,
 }
 
 impl std::fmt::Debug for FanOutReader {
@@ -190,7 +198,22 @@ impl FanOutReader {
             ended,
             children: Vec::new(),
             backoff,
+            drain: None,
         }
+    }
+
+    /// The shard is closed and the subscription at its tip: read the rest by polling.
+    fn start_drain(&mut self) {
+        tracing::info!(shard = %self.shard_id, "shard closed: reading its last records by polling");
+        self.subscription = None;
+        self.drain = Some(Box::new(ShardReader::from_position(
+            self.client.clone(),
+            self.stream.clone(),
+            self.shard_id.clone(),
+            self.position.clone(),
+            self.hash_range,
+            self.config.clone(),
+        )));
     }
 
     /// The shard.
@@ -268,25 +291,23 @@ impl FanOutReader {
         }
     }
 
-    /// Is the shard closed (ListShards), and which shards continue it?
-    async fn closed(&mut self) -> Option<Vec<String>> {
+    /// Is the shard closed (ListShards)?
+    async fn closed(&mut self) -> bool {
         let now = Instant::now();
         if self
             .last_close_check
             .is_some_and(|t| now.duration_since(t) < Duration::from_secs(2))
         {
-            return None;
+            return false;
         }
         self.last_close_check = Some(now);
-        let shards = list_shards(&self.client, &self.stream).await.ok()?;
-        let me = shards.iter().find(|s| s.shard_id == self.shard_id)?;
-        me.closed.then(|| {
-            shards
-                .iter()
-                .filter(|s| s.parents.contains(&self.shard_id))
-                .map(|s| s.shard_id.clone())
-                .collect()
-        })
+        let Ok(shards) = list_shards(&self.client, &self.stream).await else {
+            return false;
+        };
+        shards
+            .iter()
+            .find(|s| s.shard_id == self.shard_id)
+            .is_some_and(|s| s.closed)
     }
 
     /// The next batch. Renews subscriptions and retries transient errors itself.
@@ -299,6 +320,9 @@ impl FanOutReader {
                 return Ok(Batch::ShardEnd {
                     child_shard_ids: self.children.clone(),
                 });
+            }
+            if let Some(drain) = self.drain.as_mut() {
+                return drain.next_batch().await;
             }
             if self
                 .subscription
@@ -344,11 +368,9 @@ impl FanOutReader {
                     if !children.is_empty() {
                         self.ended = true;
                         self.children = children;
-                    } else if self.at_tip
-                        && let Some(children) = self.closed().await
-                    {
-                        self.ended = true;
-                        self.children = children;
+                    } else if self.at_tip && self.closed().await {
+                        self.start_drain();
+                        continue;
                     }
                     if self.ended && records.is_empty() {
                         continue;
@@ -363,11 +385,8 @@ impl FanOutReader {
                     // The subscription ended (after 5 minutes, or the shard closed): renew
                     // from the position reached.
                     self.subscription = None;
-                    if self.at_tip
-                        && let Some(children) = self.closed().await
-                    {
-                        self.ended = true;
-                        self.children = children;
+                    if self.at_tip && self.closed().await {
+                        self.start_drain();
                     }
                 }
                 Err(e) => {

@@ -214,6 +214,28 @@ impl ShardReader {
         }
     }
 
+    /// A reader that goes on from `position` (the fan-out reader's drain of a closed shard).
+    pub(crate) fn from_position(
+        client: Client,
+        stream: StreamRef,
+        shard_id: impl Into<String>,
+        position: Position,
+        hash_range: Option<HashRange>,
+        config: ReaderConfig,
+    ) -> Self {
+        let mut r = Self::new(
+            client,
+            stream,
+            shard_id,
+            Checkpoint::TrimHorizon,
+            hash_range,
+            config,
+        );
+        r.ended = position == Position::Start(Checkpoint::ShardEnd);
+        r.position = position;
+        r
+    }
+
     /// The shard.
     pub fn shard_id(&self) -> &str {
         &self.shard_id
