@@ -2,7 +2,7 @@
 //! reconnected it still cannot write a checkpoint for a shard that moved to another worker.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kinesis_operator_tests::faults::{FaultProxy, Mode};
 use kinesis_operator_tests::fleet::{DEADLINE, Fleet, POLL};
@@ -17,16 +17,16 @@ use tokio::sync::mpsc;
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
+/// Acquired leases, by shard, with when they were acquired.
+type Acquired = std::sync::Arc<tokio::sync::Mutex<HashMap<String, (ShardLease, Instant)>>>;
+
 /// Starts an in-process coordinator whose DynamoDB client uses `dynamodb_endpoint`; its
 /// acquired leases are collected in the returned map.
 async fn coordinator(
     fleet: &Fleet,
     id: &str,
     dynamodb_endpoint: &str,
-) -> Result<(
-    CoordinatorHandle,
-    std::sync::Arc<tokio::sync::Mutex<HashMap<String, ShardLease>>>,
-)> {
+) -> Result<(CoordinatorHandle, Acquired)> {
     let mut env = fleet.env.clone();
     env.dynamodb_endpoint = dynamodb_endpoint.to_string();
     let table = LeaseTable::open(env.dynamodb().await, &fleet.app, true).await?;
@@ -42,13 +42,15 @@ async fn coordinator(
         tx,
     );
     tokio::spawn(c.run());
-    let held = std::sync::Arc::new(tokio::sync::Mutex::new(HashMap::new()));
+    let held: Acquired = std::sync::Arc::default();
     let sink = held.clone();
     tokio::spawn(async move {
         while let Some(e) = rx.recv().await {
             match e {
                 LeaseEvent::Acquired(l) => {
-                    sink.lock().await.insert(l.shard_id.clone(), l);
+                    sink.lock()
+                        .await
+                        .insert(l.shard_id.clone(), (l, Instant::now()));
                 }
                 LeaseEvent::ShutdownRequested { done, .. } => {
                     let _ = done.send(());
@@ -80,7 +82,7 @@ async fn a_cut_off_worker_stops_by_itself_and_cannot_checkpoint_a_moved_shard() 
         let leases = a_leases.clone();
         async move {
             let l = leases.lock().await;
-            (l.len() == 2).then(|| l.values().cloned().collect())
+            (l.len() == 2).then(|| l.values().map(|(l, _)| l.clone()).collect())
         }
     })
     .await?;
@@ -93,12 +95,29 @@ async fn a_cut_off_worker_stops_by_itself_and_cannot_checkpoint_a_moved_shard() 
         })
         .await?;
 
-    let (b, _) = coordinator(&fleet, "b", &fleet.env.dynamodb_endpoint).await?;
+    let (b, b_leases) = coordinator(&fleet, "b", &fleet.env.dynamodb_endpoint).await?;
     fleet
         .until("a and b share the shards", |o, c| {
             o.len() == 2 && c.get("a") == Some(&1) && c.get("b") == Some(&1)
         })
         .await?;
+
+    // When each lease A still holds stops being valid, seen from A's side.
+    let watch: Vec<ShardLease> = mine.iter().filter(|l| l.is_valid()).cloned().collect();
+    assert!(!watch.is_empty(), "a holds a shard when it is cut off");
+    let held_at_cut: Vec<String> = watch.iter().map(|l| l.shard_id.clone()).collect();
+    let invalid_at = tokio::spawn(async move {
+        let mut at: HashMap<String, Instant> = HashMap::new();
+        while at.len() < watch.len() {
+            for l in &watch {
+                if !l.is_valid() {
+                    at.entry(l.shard_id.clone()).or_insert_with(Instant::now);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        at
+    });
 
     // Cut A off: every DynamoDB call of A fails. B takes over once A's heartbeat is stale.
     proxy.set(Mode::ThrottleAll);
@@ -116,6 +135,19 @@ async fn a_cut_off_worker_stops_by_itself_and_cannot_checkpoint_a_moved_shard() 
         still_valid.is_empty(),
         "a stopped by itself, without hearing from DynamoDB: {still_valid:?}"
     );
+    // A stopped *before* B started on each shard A had.
+    let invalid_at = invalid_at.await?;
+    let acquired = b_leases.lock().await;
+    for shard in &held_at_cut {
+        let stopped = invalid_at.get(shard).ok_or("a's stop time")?;
+        let (_, started) = acquired.get(shard).ok_or("b acquired it")?;
+        eprintln!(
+            "{shard}: a stopped {:?} before b acquired it",
+            started.saturating_duration_since(*stopped)
+        );
+        assert!(stopped < started, "{shard}: a stopped before b started");
+    }
+    drop(acquired);
 
     // Reconnected, A's old handles still cannot move a checkpoint.
     proxy.set(Mode::Pass);

@@ -14,12 +14,59 @@ use kinesis_worker::lease::model::TableSnapshot;
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
+/// Seconds since the epoch of a log line's RFC 3339 timestamp (its first word).
+fn at(line: &str) -> Option<f64> {
+    use aws_sdk_kinesis::primitives::{DateTime, DateTimeFormat};
+    let ts = line.split_whitespace().next()?;
+    DateTime::from_str(ts, DateTimeFormat::DateTime)
+        .ok()
+        .map(|t| t.as_secs_f64())
+}
+
+fn shard_of(line: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("shard="))
+        .map(String::from)
+}
+
+/// When a worker held each lease, from its log: `(shard, from, until)`, `until` = `None` while
+/// still held at the end of the log. A lease ends when it is revoked for a hand-over,
+/// released, lost or dropped, or when the worker fences itself.
+fn holdings(log: &str) -> Vec<(String, f64, Option<f64>)> {
+    let mut out: Vec<(String, f64, Option<f64>)> = Vec::new();
+    let ends = [
+        "lease revoked for hand-over",
+        "lease released",
+        "lease lost",
+        "lease no longer valid",
+    ];
+    for line in log.lines() {
+        let Some(t) = at(line) else { continue };
+        if line.contains("lease acquired") {
+            if let Some(s) = shard_of(line) {
+                out.push((s, t, None));
+            }
+        } else if ends.iter().any(|e| line.contains(e)) {
+            if let Some(s) = shard_of(line)
+                && let Some(open) = out.iter_mut().find(|(o, _, u)| *o == s && u.is_none())
+            {
+                open.2 = Some(t);
+            }
+        } else if line.contains("stopping all shards") {
+            for open in out.iter_mut().filter(|(_, _, u)| u.is_none()) {
+                open.2 = Some(t);
+            }
+        }
+    }
+    out
+}
+
 #[tokio::test]
 async fn every_shard_gets_one_live_owner_and_a_killed_workers_shards_move() -> Result<()> {
     let fleet = Fleet::new(8).await?;
     let w1 = fleet.worker("w1", &[])?;
-    let _w2 = fleet.worker("w2", &[])?;
-    let _w3 = fleet.worker("w3", &[])?;
+    let w2 = fleet.worker("w2", &[])?;
+    let w3 = fleet.worker("w3", &[])?;
     let (t, _) = fleet
         .until(
             "8 shards shared 3/3/2",
@@ -29,6 +76,9 @@ async fn every_shard_gets_one_live_owner_and_a_killed_workers_shards_move() -> R
     eprintln!("fleet of 3 balanced 8 shards in {t:?}");
 
     w1.signal("KILL");
+    let killed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
     let (t, _) = fleet
         .until(
             "w1's shards taken by w2 and w3",
@@ -36,6 +86,33 @@ async fn every_shard_gets_one_live_owner_and_a_killed_workers_shards_move() -> R
         )
         .await?;
     eprintln!("after SIGKILL, shards resumed in {t:?} (failover time {FAILOVER_MS} ms)");
+
+    // One owner at a time, as the workers themselves saw it: on every shard, a worker took
+    // the lease only after the previous holder stopped holding it (w1's holdings end at the
+    // kill at the latest).
+    let mut by_shard: BTreeMap<String, Vec<(f64, f64, &str)>> = BTreeMap::new();
+    for (name, w) in [("w1", &w1), ("w2", &w2), ("w3", &w3)] {
+        let log = std::fs::read_to_string(&w.log).unwrap_or_default();
+        for (shard, from, until) in holdings(&log) {
+            let until = until.unwrap_or(if name == "w1" { killed } else { f64::INFINITY });
+            by_shard.entry(shard).or_default().push((from, until, name));
+        }
+    }
+    assert_eq!(by_shard.len(), 8, "every shard was held: {by_shard:?}");
+    let mut moves = 0;
+    for (shard, mut spans) in by_shard {
+        spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for pair in spans.windows(2) {
+            let ((_, end, a), (start, _, b)) = (pair[0], pair[1]);
+            assert!(
+                start >= end,
+                "{shard}: {b} took it at {start:.3} while {a} held it until {end:.3}"
+            );
+            moves += 1;
+        }
+    }
+    eprintln!("{moves} moves of a lease between workers, none overlapping");
+    assert!(moves >= 3, "w1's shards moved");
     fleet.cleanup().await
 }
 
@@ -127,41 +204,86 @@ async fn a_joining_worker_reaches_its_fair_share_and_then_nothing_moves() -> Res
     fleet.cleanup().await
 }
 
+/// SIGSTOP of a worker that runs real delivery (`kinesis-worker run` with its own app),
+/// past the failover time, while records flow: the other worker takes its shards; after
+/// SIGCONT the paused worker delivers nothing more (its app receives no record from then on),
+/// it reports its shards lost, and every record is delivered, by the other worker.
 #[tokio::test]
 async fn a_paused_worker_loses_its_shards_and_stops_by_itself() -> Result<()> {
-    let fleet = Fleet::new(4).await?;
-    let w1 = fleet.worker("w1", &[])?;
-    let _w2 = fleet.worker("w2", &[])?;
-    let (_, before) = fleet
-        .until("4 shards shared 2/2", shared_by(4, &["w1", "w2"], 2, 2))
-        .await?;
-    let w1_shards: Vec<String> = before
-        .leases
-        .iter()
-        .filter(|l| l.owner.as_deref() == Some("w1"))
-        .map(|l| l.shard_id.clone())
-        .collect();
-
-    w1.signal("STOP");
-    fleet
-        .until("w2 took w1's shards", shared_by(4, &["w2"], 4, 4))
-        .await?;
-    w1.signal("CONT");
-    // Resumed, w1 first notices that it is stale and drops what it held.
-    wait_for("w1 reports its shards lost", DEADLINE, POLL, || async {
-        let lines = w1.lines();
-        w1_shards
-            .iter()
-            .all(|s| lines.contains(&format!("lost {s}")))
-            .then_some(())
+    use kinesis_operator_tests::pipeline::{Pipeline, check_sequence, received};
+    let p = Pipeline::new(4).await?;
+    let a1 = p.app("a1", &[]).await?;
+    let a2 = p.app("a2", &[]).await?;
+    let w1 = p.worker("w1", &a1.address, &[])?;
+    let dynamodb = p.env.dynamodb().await;
+    let table = wait_for("w1 created the lease table", DEADLINE, POLL, || {
+        let dynamodb = dynamodb.clone();
+        let app = p.app.clone();
+        async move {
+            kinesis_worker::lease::table::LeaseTable::open(dynamodb, &app, false)
+                .await
+                .ok()
+        }
     })
     .await?;
-    // And the fleet settles back to 2/2 through hand-overs.
-    fleet
-        .until(
-            "4 shards shared 2/2 again",
-            shared_by(4, &["w1", "w2"], 2, 2),
-        )
-        .await?;
-    fleet.cleanup().await
+    let owned_by = |w: &'static str, n: usize| {
+        let table = table.clone();
+        move || {
+            let table = table.clone();
+            async move {
+                let snap = table.scan().await.ok()?;
+                let mine = snap
+                    .leases
+                    .iter()
+                    .filter(|l| l.owner.as_deref() == Some(w))
+                    .count();
+                (snap.leases.len() == 4 && mine == n).then_some(())
+            }
+        }
+    };
+    wait_for("w1 owns all 4 shards", DEADLINE, POLL, owned_by("w1", 4)).await?;
+    let _w2 = p.worker("w2", &a2.address, &[])?;
+    wait_for("2 shards each", DEADLINE, POLL, owned_by("w2", 2)).await?;
+    p.put_sequence(8, 0, 5).await?;
+
+    w1.proc.signal("STOP");
+    let stopped = Instant::now();
+    p.put_sequence(8, 5, 5).await?;
+    wait_for("w2 took w1's shards", DEADLINE, POLL, owned_by("w2", 4)).await?;
+    eprintln!(
+        "w2 owns every shard {:?} after the SIGSTOP",
+        stopped.elapsed()
+    );
+    let cont_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    w1.proc.signal("CONT");
+    p.put_sequence(8, 10, 5).await?;
+    wait_for("w1 reports its shards lost", DEADLINE, POLL, || async {
+        let log = std::fs::read_to_string(&w1.proc.log).unwrap_or_default();
+        (log.matches("lease lost: processor stopped").count() >= 2
+            || log.contains("stopping all shards"))
+        .then_some(())
+    })
+    .await?;
+    wait_for("every record delivered", DEADLINE, POLL, || async {
+        let distinct: std::collections::HashSet<_> =
+            received(&[a1.out.as_path(), a2.out.as_path()])
+                .into_iter()
+                .map(|r| (r.seq, r.sub))
+                .collect();
+        (distinct.len() >= 120).then_some(())
+    })
+    .await?;
+    let after_cont: Vec<String> = received(&[a1.out.as_path()])
+        .into_iter()
+        .filter(|r| r.recv_ns() > cont_ns)
+        .map(|r| format!("{} {}", r.shard, r.data))
+        .collect();
+    assert!(
+        after_cont.is_empty(),
+        "the paused worker delivered after SIGCONT: {after_cont:?}"
+    );
+    check_sequence(&received(&[a1.out.as_path(), a2.out.as_path()]), 8, 15)?;
+    p.cleanup().await
 }

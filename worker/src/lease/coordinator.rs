@@ -671,6 +671,7 @@ impl Coordinator {
                 tracing::warn!(shard = %shard, to = %to, "hand-over forced: the record processor did not finish its batch, ShutdownRequested and checkpoint in time; the new owner may get records again");
             }
             lease_handle.revoked.store(true, Ordering::SeqCst);
+            tracing::info!(shard = %shard, to = %to, "lease revoked for hand-over");
             let held = lease_handle.held.lock().await.clone();
             match table.hand_over(&held, &lease_handle.worker_id, &to).await {
                 Ok(()) => tracing::info!(shard = %shard, to = %to, "lease handed over"),
