@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub mod chaos;
 pub mod cluster;
 pub mod faults;
 pub mod fleet;
