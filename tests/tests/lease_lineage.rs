@@ -209,3 +209,74 @@ async fn a_table_written_by_kcl_is_taken_over_at_its_checkpoints() -> Result<()>
     );
     fleet.cleanup().await
 }
+
+/// Issue 13: the table's size follows the live shards. A finished parent whose children
+/// have all started is deleted (as KCL's cleanup does); a finished parent whose child has
+/// not started yet is kept; a dead worker's heartbeat item (unchanged for three failover
+/// times, owning nothing) is deleted; the live worker's own is not.
+#[tokio::test]
+async fn finished_parents_and_dead_workers_heartbeats_are_removed() -> Result<()> {
+    use kinesis_worker::lease::checkpoint::SequenceNumber;
+    use kinesis_worker::lease::model::Heartbeat;
+    let fleet = Fleet::new(1).await?;
+    let t = &fleet.table;
+    let started = Checkpoint::Sequence {
+        sequence: SequenceNumber::parse("100")?,
+        sub_sequence: 0,
+    };
+    // done-parent -> started-child; kept-parent -> waiting-child (still at its start).
+    for (id, parents) in [
+        ("done-parent", vec![]),
+        ("started-child", vec!["done-parent".to_string()]),
+        ("kept-parent", vec![]),
+        ("waiting-child", vec!["kept-parent".to_string()]),
+    ] {
+        t.create_lease(&Lease::new(id, Checkpoint::TrimHorizon, parents))
+            .await?;
+    }
+    for (id, cp) in [
+        ("done-parent", Checkpoint::ShardEnd),
+        ("started-child", started.clone()),
+        ("kept-parent", Checkpoint::ShardEnd),
+    ] {
+        let l = lease(&fleet, id).await?;
+        let mut held = t.take(&l, "old-worker").await?;
+        t.checkpoint(&mut held, "old-worker", cp).await?;
+        t.release(&held, "old-worker").await?;
+    }
+    t.heartbeat(&Heartbeat {
+        worker_id: "ghost".into(),
+        counter: 7,
+        draining: false,
+        lag: Default::default(),
+    })
+    .await?;
+
+    let w1 = fleet.worker("w1", &[])?;
+    wait_for(
+        "the finished parent and the ghost's heartbeat removed",
+        DEADLINE,
+        POLL,
+        || async {
+            let snap = fleet.snapshot().await?;
+            let has = |id: &str| snap.leases.iter().any(|l| l.shard_id == id);
+            let ghost = snap.heartbeats.iter().any(|h| h.worker_id == "ghost");
+            (!has("done-parent") && !ghost).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", w1.log_tail()))?;
+    let snap = fleet.snapshot().await.ok_or("scan")?;
+    for id in ["started-child", "kept-parent", "waiting-child"] {
+        assert!(
+            snap.leases.iter().any(|l| l.shard_id == id),
+            "{id} is kept: {:?}",
+            snap.leases
+        );
+    }
+    assert!(
+        snap.heartbeats.iter().any(|h| h.worker_id == "w1"),
+        "the live worker's heartbeat is kept"
+    );
+    fleet.cleanup().await
+}

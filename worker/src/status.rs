@@ -58,6 +58,15 @@ pub fn shard_views(shards: &[ShardInfo], snapshot: &TableSnapshot) -> Vec<ShardV
         .iter()
         .map(|l| (l.shard_id.as_str(), l))
         .collect();
+    // Closed shards whose leases were deleted once their children started: done.
+    let existing: std::collections::HashSet<&str> = leases.keys().copied().collect();
+    let started: std::collections::HashSet<&str> = snapshot
+        .leases
+        .iter()
+        .filter(|l| l.checkpoint.is_progress())
+        .map(|l| l.shard_id.as_str())
+        .collect();
+    let cleaned = crate::lease::discovery::finished_ancestors(shards, &existing, &started);
     let heartbeats: HashMap<&str, _> = snapshot
         .heartbeats
         .iter()
@@ -72,7 +81,8 @@ pub fn shard_views(shards: &[ShardInfo], snapshot: &TableSnapshot) -> Vec<ShardV
                 .as_deref()
                 .and_then(|o| heartbeats.get(o))
                 .and_then(|h| h.lag.get(&s.shard_id).copied());
-            let finished = lease.is_some_and(|l| l.checkpoint == Checkpoint::ShardEnd);
+            let finished = lease.is_some_and(|l| l.checkpoint == Checkpoint::ShardEnd)
+                || cleaned.contains(s.shard_id.as_str());
             let state = match (s.closed, finished, owner.is_some()) {
                 (_, true, _) => ShardState::Finished,
                 (true, false, _) => ShardState::Draining,
@@ -179,6 +189,23 @@ mod tests {
         snapshot.leases[0].owner = None;
         let v = shard_views(&[shard("s0", false)], &snapshot);
         assert_eq!((v[0].lag_ms, v[0].state), (None, ShardState::Unowned));
+    }
+
+    #[test]
+    fn a_closed_shard_whose_lease_was_cleaned_up_is_finished() {
+        let child = Lease::new(
+            "c",
+            Checkpoint::from_kcl("7", 0).unwrap_or(Checkpoint::TrimHorizon),
+            vec!["p".into()],
+        );
+        let mut c = shard("c", false);
+        c.parents = vec!["p".into()];
+        let snapshot = TableSnapshot {
+            leases: vec![child],
+            heartbeats: Vec::new(),
+        };
+        let v = shard_views(&[shard("p", true), c], &snapshot);
+        assert_eq!(v[0].state, ShardState::Finished, "{v:?}");
     }
 
     #[test]

@@ -33,6 +33,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::balance::{self, Fleet};
 use super::checkpoint::Checkpoint;
+use super::cleanup;
 use super::discovery::{self, StreamRef};
 use super::liveness::Observer;
 use super::model::{Heartbeat, Lease, TableSnapshot};
@@ -426,6 +427,8 @@ pub struct Coordinator {
     last_snapshot: TableSnapshot,
     /// `last_snapshot` comes from a successful scan.
     scanned: bool,
+    /// Live, non-draining workers as of the last round.
+    last_live: BTreeSet<String>,
 }
 
 /// How long an owner gives its record processor to finish a granted hand-over (the batch in
@@ -510,6 +513,7 @@ impl Coordinator {
                 beating: None,
                 last_snapshot: TableSnapshot::default(),
                 scanned: false,
+                last_live: BTreeSet::new(),
             },
             handle,
         )
@@ -536,7 +540,10 @@ impl Coordinator {
         loop {
             tokio::select! {
                 _ = scan.tick() => self.round().await,
-                _ = sync.tick() => self.sync_shards().await,
+                _ = sync.tick() => {
+                    self.sync_shards().await;
+                    self.clean_up().await;
+                }
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Shutdown(reply)) => {
                         self.shutdown().await;
@@ -654,6 +661,46 @@ impl Coordinator {
         }
     }
 
+    /// Deletes finished leases whose children all started and dead workers' heartbeat items
+    /// (see [`super::cleanup`]), from the last scan. Rare writes: one per finished shard and
+    /// one per dead worker, ever.
+    async fn clean_up(&mut self) {
+        if !self.scanned || self.draining || !self.liveness.is_alive(Instant::now()) {
+            return;
+        }
+        let now = Instant::now();
+        let retention = self.config.failover_time * 3;
+        let observer = &self.observer;
+        let plan = cleanup::plan(
+            &self.last_snapshot,
+            &self.config.worker_id,
+            &self.last_live,
+            |w| observer.is_stale(&heartbeat_key(w), now, retention),
+        );
+        for (worker, counter) in plan.heartbeats {
+            match self.table.delete_heartbeat_if(&worker, counter).await {
+                Ok(true) => {
+                    tracing::info!(worker = %worker, "dead worker's heartbeat item deleted")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(worker = %worker, error = %e, "deleting a dead worker's heartbeat failed")
+                }
+            }
+        }
+        for shard in plan.leases {
+            match self.table.delete_finished_lease(&shard).await {
+                Ok(true) => {
+                    tracing::info!(shard = %shard, "finished lease deleted (its children all started)")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(shard = %shard, error = %e, "deleting a finished lease failed")
+                }
+            }
+        }
+    }
+
     fn grant(
         &self,
         shard: String,
@@ -747,6 +794,7 @@ impl Coordinator {
         } else {
             live.insert(me.clone());
         }
+        self.last_live = live.clone();
         let alive = |lease: &Lease, owner: &str| {
             owner == me
                 || if heartbeats.contains_key(owner) {

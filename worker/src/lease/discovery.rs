@@ -203,7 +203,7 @@ pub fn creation_waves(leases: Vec<Lease>) -> Vec<Vec<Lease>> {
 /// such shards): their leases were deleted once they were finished. Walks up from the
 /// started shards through their parents: O(shards + parent links), so a sync of 10,000
 /// shards stays cheap.
-fn finished_ancestors<'a>(
+pub fn finished_ancestors<'a>(
     shards: &'a [ShardInfo],
     existing: &HashSet<&str>,
     started: &HashSet<&str>,

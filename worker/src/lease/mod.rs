@@ -5,12 +5,14 @@
 //! - [`model`]: the table's items (leases with KCL's attributes, worker heartbeats).
 //! - [`liveness`]: "is this worker still alive?" without trusting clocks across machines.
 //! - [`balance`]: which leases to take or ask for, and which hand-overs to grant.
+//! - [`cleanup`]: which finished leases and dead workers' heartbeats can be deleted.
 //! - [`coordinator`]: the loop that runs it all and tells the record pipeline what it owns.
 //! - [`discovery`]: the stream's shards become leases.
 //! - [`table`]: the DynamoDB I/O, every ownership-dependent write fenced by the counter.
 
 pub mod balance;
 pub mod checkpoint;
+pub mod cleanup;
 pub mod coordinator;
 pub mod discovery;
 pub mod liveness;

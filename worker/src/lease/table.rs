@@ -984,6 +984,58 @@ impl LeaseTable {
         Ok(())
     }
 
+    /// Deletes a dead worker's heartbeat item, only while its counter is still `counter`.
+    /// Returns whether it was deleted.
+    ///
+    /// # Errors
+    /// [`LeaseError::Dynamo`].
+    pub async fn delete_heartbeat_if(
+        &self,
+        worker_id: &str,
+        counter: u64,
+    ) -> Result<bool, LeaseError> {
+        TableCounters::add(&self.counters.writes);
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.name)
+            .key(attr::LEASE_KEY, s(&Heartbeat::key(worker_id)))
+            .condition_expression("#hb = :seen")
+            .expression_attribute_names("#hb", attr::HEARTBEAT)
+            .expression_attribute_values(":seen", n(counter))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(self.dynamo("DeleteItem", e)),
+        }
+    }
+
+    /// Deletes a finished lease (only while its checkpoint is `SHARD_END`). Returns whether
+    /// it was deleted.
+    ///
+    /// # Errors
+    /// [`LeaseError::Dynamo`].
+    pub async fn delete_finished_lease(&self, shard_id: &str) -> Result<bool, LeaseError> {
+        TableCounters::add(&self.counters.writes);
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.name)
+            .key(attr::LEASE_KEY, s(shard_id))
+            .condition_expression("#cp = :end")
+            .expression_attribute_names("#cp", attr::CHECKPOINT)
+            .expression_attribute_values(":end", s("SHARD_END"))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(self.dynamo("DeleteItem", e)),
+        }
+    }
+
     /// Deletes this worker's heartbeat (on shutdown, after releasing its leases).
     ///
     /// # Errors
