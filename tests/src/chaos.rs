@@ -216,6 +216,9 @@ impl Report {
     }
 }
 
+/// A lease tenure: shard, owner, counter (the fencing token every delivery carries).
+type Token = (String, String, u64);
+
 fn now_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -527,8 +530,10 @@ pub fn check(
     produced: &[usize],
     timeline: &[(u128, Fault)],
 ) {
-    // (key, index) -> delivery times.
-    let mut seen: HashMap<(usize, usize), Vec<u128>> = HashMap::new();
+    // (key, index) -> (delivery time, the lease it was delivered under).
+    let mut seen: HashMap<(usize, usize), Vec<(u128, Token)>> = HashMap::new();
+    // A lease tenure (shard, owner, counter) -> its last delivery.
+    let mut last_of: HashMap<Token, u128> = HashMap::new();
     let mut how: HashMap<(usize, usize), Vec<String>> = HashMap::new();
     for r in deliveries {
         let Some((key, i)) = r.data.split_once(':') else {
@@ -541,7 +546,11 @@ pub fn check(
         ) else {
             continue;
         };
-        seen.entry((k, i)).or_default().push(r.recv_ns());
+        let token = (r.shard.clone(), r.owner.clone(), r.counter);
+        let t = r.recv_ns();
+        let last = last_of.entry(token.clone()).or_insert(t);
+        *last = (*last).max(t);
+        seen.entry((k, i)).or_default().push((t, token));
         how.entry((k, i)).or_default().push(format!(
             "{} {} {}#{} attempt {}",
             r.recv, r.shard, r.owner, r.counter, r.attempt
@@ -554,7 +563,7 @@ pub fn check(
             match seen.get(&(k, i)) {
                 None => report.lost += 1,
                 Some(times) => {
-                    first_times.push(times.iter().copied().min().unwrap_or(0));
+                    first_times.push(times.iter().map(|(t, _)| *t).min().unwrap_or(0));
                 }
             }
         }
@@ -564,13 +573,22 @@ pub fn check(
     }
     for (record, times) in &seen {
         let mut times = times.clone();
-        times.sort_unstable();
-        for t in times.iter().skip(1) {
+        times.sort();
+        for pair in times.windows(2) {
+            let ((before, old), (again, new)) = (&pair[0], &pair[1]);
             report.duplicates += 1;
+            // Delivered again under another lease: the cause is what ended the old tenure
+            // (the last fault started before the old holder's last delivery, or just after
+            // it: a kill). Under the same lease (a retry): what came before the retry.
+            let at = if old == new {
+                *again
+            } else {
+                last_of.get(old).copied().unwrap_or(*before) + 1_000_000_000
+            };
             let cause = timeline
                 .iter()
                 .rev()
-                .find(|(at, _)| at <= t)
+                .find(|(t, _)| *t <= at)
                 .map(|(_, f)| *f);
             let name = cause.map_or_else(|| "none".to_string(), |f| format!("{f:?}"));
             if cause.is_some_and(Fault::graceful) {
@@ -597,6 +615,50 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn delivery(data: &str, owner: &str, counter: u64, secs: u64) -> crate::pipeline::Received {
+        let line = serde_json::json!({
+            "shard": "s", "key": "k", "seq": format!("{secs}{counter}"), "sub": 0, "agg": false,
+            "ehk": "", "arrival": 0, "data": data, "attempt": 1, "owner": owner,
+            "counter": counter, "recv": (u128::from(secs) * 1_000_000_000).to_string(),
+        });
+        serde_json::from_value(line).unwrap_or_else(|_| unreachable!("a valid record"))
+    }
+
+    #[test]
+    fn a_duplicate_is_blamed_on_what_ended_the_old_lease_not_on_the_next_fault() {
+        let s = |n: u64| u128::from(n) * 1_000_000_000;
+        let deliveries = vec![
+            delivery("key-0:0", "w1", 1, 10),
+            delivery("key-0:1", "w1", 1, 11),
+            // w1 killed at 11.5 s, a split at 14 s, w2 takes over and delivers again at 15 s.
+            delivery("key-0:0", "w2", 2, 15),
+            delivery("key-0:1", "w2", 2, 15),
+            delivery("key-0:2", "w2", 2, 15),
+            // A retry under the same lease after an app crash at 20 s.
+            delivery("key-0:2", "w2", 2, 21),
+        ];
+        let timeline = vec![
+            (s(11) + 500_000_000, Fault::Kill),
+            (s(14), Fault::Split),
+            (s(20), Fault::AppCrash),
+        ];
+        let mut r = Report::default();
+        check(&mut r, &deliveries, &[3], &timeline);
+        assert_eq!((r.lost, r.order_violations, r.duplicates), (0, 0, 3));
+        assert_eq!(r.graceful_duplicates, 0, "{:?}", r.duplicates_by_fault);
+        assert_eq!(r.duplicates_by_fault.get("Kill"), Some(&2));
+        assert_eq!(r.duplicates_by_fault.get("AppCrash"), Some(&1));
+        // A record never delivered is lost; one first delivered before its predecessor is
+        // an order violation.
+        let mut r = Report::default();
+        let out_of_order = vec![
+            delivery("key-0:1", "w1", 1, 1),
+            delivery("key-0:0", "w1", 1, 2),
+        ];
+        check(&mut r, &out_of_order, &[3], &timeline);
+        assert_eq!((r.lost, r.order_violations), (1, 1));
+    }
 
     #[test]
     fn a_seed_replays_its_schedule_and_every_kind_is_in_it() {
