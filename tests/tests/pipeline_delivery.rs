@@ -1005,3 +1005,55 @@ async fn fan_out_merges_of_quiet_shards_lose_no_record_put_just_before_the_close
     eprintln!("ListShards calls held 3 s each: {}", proxy.injected());
     p.cleanup().await
 }
+
+/// Issue 13: with enhanced fan-out, idle shards at the tip share one ListShards view per
+/// worker (at most one call per 10 s), instead of one call per idle shard every 2 s. Eight
+/// idle shards, shard sync every 60 s: ListShards calls over 12 s counted from the worker's
+/// metrics (before: ≈ 8 × 12 / 2 = 48).
+#[tokio::test]
+async fn idle_fan_out_shards_share_one_list_shards_view() -> Result<()> {
+    let mut p = Pipeline::new(8).await?;
+    p.test_timings = false;
+    let app = p.app("a", &[]).await?;
+    let w = p.worker(
+        "w",
+        &app.address,
+        &[
+            "--consumer-mode",
+            "enhanced-fan-out",
+            "--failover-time-ms",
+            "3000",
+            "--scan-interval-ms",
+            "250",
+            "--shard-sync-interval-ms",
+            "60000",
+        ],
+    )?;
+    wait_for("8 processors subscribed", DEADLINE, POLL, || async {
+        let n = app
+            .proc
+            .lines()
+            .iter()
+            .filter(|l| l.starts_with("initialize "))
+            .count();
+        (n >= 8).then_some(())
+    })
+    .await?;
+    let list_shards = |page: &str| -> f64 {
+        page.lines()
+            .filter(|l| l.contains(r#"api="ListShards""#) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (_, before) = http_get(&w.admin, "/metrics").await?;
+    // The measured window itself.
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    let (_, after) = http_get(&w.admin, "/metrics").await?;
+    let calls = list_shards(&after) - list_shards(&before);
+    eprintln!("ListShards calls in 12 s with 8 idle fan-out shards: {calls}");
+    assert!(
+        calls <= 3.0,
+        "one shared view, not one per shard: {calls} calls"
+    );
+    p.cleanup().await
+}

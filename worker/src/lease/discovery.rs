@@ -68,6 +68,73 @@ pub enum DiscoveryError {
     },
 }
 
+/// One view of the stream's shards for all readers of a worker: it lists at most once per
+/// `max_age`; callers in between share the last listing, and concurrent callers wait for one
+/// call instead of making one each. With enhanced fan-out, idle shards at the tip ask it
+/// whether they closed: one call per worker per `max_age` (10 s: 500 workers make 50/s,
+/// under Kinesis's 100 ListShards/s per stream), not one per idle shard every 2 s.
+#[derive(Clone)]
+pub struct ShardCache {
+    inner: std::sync::Arc<CacheInner>,
+}
+
+struct CacheInner {
+    client: Client,
+    stream: StreamRef,
+    max_age: std::time::Duration,
+    last: tokio::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<Vec<ShardInfo>>)>>,
+}
+
+impl std::fmt::Debug for ShardCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardCache")
+            .field("stream", &self.inner.stream)
+            .field("max_age", &self.inner.max_age)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardCache {
+    /// A view of `stream`'s shards, listed at most once per `max_age`.
+    pub fn new(client: Client, stream: StreamRef, max_age: std::time::Duration) -> Self {
+        Self {
+            inner: std::sync::Arc::new(CacheInner {
+                client,
+                stream,
+                max_age,
+                last: tokio::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The Kinesis client it lists with.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The stream.
+    pub fn stream(&self) -> &StreamRef {
+        &self.inner.stream
+    }
+
+    /// The shards, listed at most `max_age` ago.
+    ///
+    /// # Errors
+    /// As [`list_shards`] (a failed listing is not cached).
+    pub async fn get(&self) -> Result<std::sync::Arc<Vec<ShardInfo>>, DiscoveryError> {
+        let mut last = self.inner.last.lock().await;
+        if let Some((at, shards)) = last.as_ref()
+            && at.elapsed() < self.inner.max_age
+        {
+            return Ok(shards.clone());
+        }
+        let shards =
+            std::sync::Arc::new(list_shards(&self.inner.client, &self.inner.stream).await?);
+        *last = Some((std::time::Instant::now(), shards.clone()));
+        Ok(shards)
+    }
+}
+
 /// Every shard of the stream, all pages.
 ///
 /// # Errors

@@ -36,7 +36,10 @@ use shard::{Control, ShardTask};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::lease::coordinator::{CoordinatorHandle, LagBoard, LeaseEvent, ShardLease};
-use crate::lease::discovery::StreamRef;
+use crate::lease::discovery::{ShardCache, StreamRef};
+
+/// How old the readers' shared ListShards view may be.
+const SHARD_VIEW_MAX_AGE: Duration = Duration::from_secs(10);
 use crate::metrics::{EventLabels, Metrics, ShardLabels};
 use crate::records::reader::ReaderConfig;
 
@@ -111,6 +114,8 @@ pub struct Pipeline {
     coordinator: CoordinatorHandle,
     metrics: Arc<Metrics>,
     budget: Arc<Semaphore>,
+    /// One view of the stream's shards for every reader (see [`ShardCache`]).
+    shard_view: ShardCache,
     shards: HashMap<String, mpsc::Sender<Control>>,
     /// The last task started per shard: the next one for the shard waits for it, so calls
     /// for one shard never overlap (a lost processor's LeaseLost before the next
@@ -129,7 +134,10 @@ impl Pipeline {
         metrics: Arc<Metrics>,
     ) -> Self {
         let budget = Arc::new(Semaphore::new(config.max_buffered_kib as usize));
+        let shard_view =
+            ShardCache::new(kinesis.clone(), config.stream.clone(), SHARD_VIEW_MAX_AGE);
         Self {
+            shard_view,
             config: Arc::new(config),
             app,
             kinesis,
@@ -220,6 +228,7 @@ impl Pipeline {
             coordinator: self.coordinator.clone(),
             budget: self.budget.clone(),
             kinesis: self.kinesis.clone(),
+            shards: self.shard_view.clone(),
         };
         let metrics = self.metrics.clone();
         let lag = self.config.lag.clone();

@@ -138,6 +138,8 @@ pub(crate) struct ShardTask {
     pub(crate) coordinator: CoordinatorHandle,
     pub(crate) budget: Arc<Semaphore>,
     pub(crate) kinesis: aws_sdk_kinesis::Client,
+    /// The worker's shared view of the stream's shards.
+    pub(crate) shards: crate::lease::discovery::ShardCache,
 }
 
 /// Delivery state of one shard.
@@ -230,14 +232,8 @@ fn chunks(records: Vec<UserRecord>, max_bytes: usize) -> Vec<Vec<UserRecord>> {
 /// After "not found" for `shard`: `Some(children)` if the stream exists and no longer lists
 /// the shard (it expired), `None` if the stream itself is gone or cannot be listed (then
 /// the read is retried, nothing is given up).
-async fn expired(
-    kinesis: &aws_sdk_kinesis::Client,
-    stream: &crate::lease::discovery::StreamRef,
-    shard: &str,
-) -> Option<Vec<String>> {
-    let shards = crate::lease::discovery::list_shards(kinesis, stream)
-        .await
-        .ok()?;
+async fn expired(shards: &crate::lease::discovery::ShardCache, shard: &str) -> Option<Vec<String>> {
+    let shards = shards.get().await.ok()?;
     if shards.iter().any(|s| s.shard_id == shard) {
         return None;
     }
@@ -254,7 +250,7 @@ async fn expired(
 /// meanwhile; the worker-wide byte budget bounds what all shards hold.
 async fn read_ahead(
     mut reader: ShardSource,
-    kinesis: aws_sdk_kinesis::Client,
+    shards: crate::lease::discovery::ShardCache,
     tx: mpsc::Sender<Item>,
     config: Arc<PipelineConfig>,
     metrics: Arc<Metrics>,
@@ -332,7 +328,7 @@ async fn read_ahead(
             }
             Err(e) => {
                 if matches!(e, crate::records::reader::ReadError::NotFound { .. })
-                    && let Some(children) = expired(&kinesis, &config.stream, &shard).await
+                    && let Some(children) = expired(&shards, &shard).await
                 {
                     // A closed shard past the stream's retention: nothing left to read. Its
                     // end, so its children start (retrying would hold them back forever).
@@ -373,8 +369,7 @@ impl ShardTask {
                 reader_config,
             ))),
             Some(consumer_arn) => ShardSource::FanOut(Box::new(FanOutReader::new(
-                self.kinesis.clone(),
-                self.config.stream.clone(),
+                self.shards.clone(),
                 consumer_arn.clone(),
                 shard.clone(),
                 self.lease.checkpoint.clone(),
@@ -405,7 +400,7 @@ impl ShardTask {
         let (tx, mut rx) = mpsc::channel(1);
         let reading = tokio::spawn(read_ahead(
             reader,
-            self.kinesis.clone(),
+            self.shards.clone(),
             tx,
             self.config.clone(),
             self.metrics.clone(),

@@ -30,7 +30,7 @@ use super::reader::{
 };
 use crate::backoff::Backoff;
 use crate::lease::checkpoint::Checkpoint;
-use crate::lease::discovery::{StreamRef, list_shards};
+use crate::lease::discovery::{ShardCache, StreamRef};
 
 /// A subscription is renewed after this long (Kinesis ends it after 5 minutes).
 pub const SUBSCRIPTION_LIFETIME: Duration = Duration::from_secs(300);
@@ -153,7 +153,8 @@ pub struct FanOutReader {
     position: Position,
     subscription: Option<(Subscription, Instant)>,
     at_tip: bool,
-    last_close_check: Option<Instant>,
+    /// The worker's shared view of the stream's shards (is this one closed?).
+    shards: ShardCache,
     ended: bool,
     children: Vec<String>,
     backoff: Backoff,
@@ -171,16 +172,18 @@ impl std::fmt::Debug for FanOutReader {
 }
 
 impl FanOutReader {
-    /// A reader that resumes after `checkpoint` (or starts at an initial position).
+    /// A reader that resumes after `checkpoint` (or starts at an initial position), with
+    /// the client and stream of the worker's shared shard view `shards`.
     pub fn new(
-        client: Client,
-        stream: StreamRef,
+        shards: ShardCache,
         consumer_arn: String,
         shard_id: impl Into<String>,
         checkpoint: Checkpoint,
         hash_range: Option<HashRange>,
         config: ReaderConfig,
     ) -> Self {
+        let client = shards.client().clone();
+        let stream = shards.stream().clone();
         let ended = checkpoint == Checkpoint::ShardEnd;
         // SubscribeToShard may be called once per second per shard and consumer.
         let backoff = Backoff::new(Duration::from_secs(1), config.backoff_max);
@@ -194,7 +197,7 @@ impl FanOutReader {
             position: Position::Start(checkpoint),
             subscription: None,
             at_tip: false,
-            last_close_check: None,
+            shards,
             ended,
             children: Vec::new(),
             backoff,
@@ -291,17 +294,9 @@ impl FanOutReader {
         }
     }
 
-    /// Is the shard closed (ListShards)?
+    /// Is the shard closed (the worker's shared ListShards view)?
     async fn closed(&mut self) -> bool {
-        let now = Instant::now();
-        if self
-            .last_close_check
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(2))
-        {
-            return false;
-        }
-        self.last_close_check = Some(now);
-        let Ok(shards) = list_shards(&self.client, &self.stream).await else {
+        let Ok(shards) = self.shards.get().await else {
             return false;
         };
         shards
