@@ -128,6 +128,25 @@ async fn main() -> Result<()> {
     }
     let fair = shards.div_ceil(o.workers);
     let t0 = Instant::now();
+    // Progress while the fleet balances (a large table takes a while on moto).
+    let progress = {
+        let observer = observer.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if let Ok(snap) = observer.scan().await {
+                    let owned = snap.leases.iter().filter(|l| l.owner.is_some()).count();
+                    eprintln!(
+                        "  {:>5.1} s: {} leases, {} owned, {} heartbeats",
+                        t0.elapsed().as_secs_f64(),
+                        snap.leases.len(),
+                        owned,
+                        snap.heartbeats.len()
+                    );
+                }
+            }
+        })
+    };
     wait_for(
         "initial balance",
         Duration::from_secs(120),
@@ -138,6 +157,7 @@ async fn main() -> Result<()> {
         },
     )
     .await?;
+    progress.abort();
     println!("initial balance: {:.2} s", t0.elapsed().as_secs_f64());
 
     // Steady state: counters over a window with nothing changing.
