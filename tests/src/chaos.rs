@@ -174,6 +174,13 @@ pub struct Report {
     /// A few duplicates attributed to graceful faults: the record and every delivery of it
     /// (time in ns, shard, lease owner, lease counter), to tell why.
     pub graceful_examples: Vec<String>,
+    /// The first lost records (key, index).
+    pub lost_records: Vec<(usize, usize)>,
+    /// The first lost records: where the producer wrote each (shard, sequence number) and
+    /// the deliveries on that shard just before and after it, to tell why.
+    pub lost_examples: Vec<String>,
+    /// Where the failed run's logs were kept (worker and app logs, app outputs).
+    pub logs_kept: Option<String>,
     /// Faults injected, by kind.
     pub faults: BTreeMap<String, usize>,
     /// Table samples taken.
@@ -201,6 +208,12 @@ impl std::fmt::Display for Report {
         )?;
         for e in &self.graceful_examples {
             writeln!(f, "  graceful duplicate: {e}")?;
+        }
+        for e in &self.lost_examples {
+            writeln!(f, "  lost: {e}")?;
+        }
+        if let Some(dir) = &self.logs_kept {
+            writeln!(f, "logs kept in {dir}")?;
         }
         Ok(())
     }
@@ -241,13 +254,15 @@ async fn produce(
     keys: usize,
     rate: usize,
     stop: Arc<AtomicBool>,
-) -> Result<Vec<usize>, String> {
-    let mut next = vec![0usize; keys];
+) -> Result<Vec<Vec<(String, String)>>, String> {
+    // Per key: where each of its records landed (shard, sequence number), in index order.
+    let mut written: Vec<Vec<(String, String)>> = vec![Vec::new(); keys];
     let round = Duration::from_secs_f64(keys as f64 / rate.max(1) as f64);
     while !stop.load(Ordering::SeqCst) {
         let started = Instant::now();
         let mut req = kinesis.put_records().stream_name(&stream);
-        for (k, i) in next.iter().enumerate() {
+        for (k, w) in written.iter().enumerate() {
+            let i = w.len();
             req = req.records(
                 PutRecordsRequestEntry::builder()
                     .partition_key(format!("key-{k}"))
@@ -261,8 +276,13 @@ async fn produce(
         match req.send().await {
             Ok(out) => {
                 for (k, r) in out.records().iter().enumerate() {
-                    if r.error_code().is_none() && k < next.len() {
-                        next[k] += 1;
+                    if r.error_code().is_none()
+                        && let Some(w) = written.get_mut(k)
+                    {
+                        w.push((
+                            r.shard_id().unwrap_or_default().to_string(),
+                            r.sequence_number().unwrap_or_default().to_string(),
+                        ));
                     }
                 }
             }
@@ -270,7 +290,7 @@ async fn produce(
         }
         tokio::time::sleep(round.saturating_sub(started.elapsed())).await;
     }
-    Ok(next)
+    Ok(written)
 }
 
 /// Scans the table (past the proxies) every 200 ms; counts checkpoints that went backwards.
@@ -430,7 +450,9 @@ pub async fn run(config: &ChaosConfig) -> Result<Report> {
         config.rate,
         stop.clone(),
     ));
-    let sampler = tokio::spawn(sample_checkpoints(table.clone(), stop.clone()));
+    // Sampled until everything settled, not only while records are produced.
+    let sampler_stop = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn(sample_checkpoints(table.clone(), sampler_stop.clone()));
 
     let mut report = Report::default();
     let mut timeline: Vec<(u128, Fault)> = Vec::new();
@@ -490,7 +512,8 @@ pub async fn run(config: &ChaosConfig) -> Result<Report> {
     }
     // Settle: the producer stops; every record must arrive.
     stop.store(true, Ordering::SeqCst);
-    let produced = producer.await??;
+    let written = producer.await??;
+    let produced: Vec<usize> = written.iter().map(Vec::len).collect();
     report.produced = produced.iter().sum();
     let outs: Vec<std::path::PathBuf> = slots.iter().map(|s| s.app.out.clone()).collect();
     let out_refs: Vec<&std::path::Path> = outs.iter().map(|o| o.as_path()).collect();
@@ -506,12 +529,23 @@ pub async fn run(config: &ChaosConfig) -> Result<Report> {
         },
     )
     .await;
-    // A last sample after everything settled, then stop the sampler.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    sampler_stop.store(true, Ordering::SeqCst);
     let (regressions, samples) = sampler.await.unwrap_or((0, 0));
     report.checkpoint_regressions = regressions;
     report.samples = samples;
-    check(&mut report, &received(&out_refs), &produced, &timeline);
+    let deliveries = received(&out_refs);
+    check(&mut report, &deliveries, &produced, &timeline);
+    report.lost_examples = report
+        .lost_records
+        .iter()
+        .map(|&(k, i)| explain_lost(k, i, &written, &deliveries))
+        .collect();
+    if !report.holds() {
+        let kept = std::env::temp_dir().join(format!("chaos-failed-{}", now_ns()));
+        if std::fs::rename(&p.dir, &kept).is_ok() {
+            report.logs_kept = Some(kept.display().to_string());
+        }
+    }
     for s in &mut slots {
         s.worker.proc.signal("TERM");
     }
@@ -523,6 +557,41 @@ pub async fn run(config: &ChaosConfig) -> Result<Report> {
     Ok(report)
 }
 
+/// Where lost record `key-k:i` was written, and what was delivered on its shard around it.
+fn explain_lost(
+    k: usize,
+    i: usize,
+    written: &[Vec<(String, String)>],
+    deliveries: &[crate::pipeline::Received],
+) -> String {
+    let Some((shard, seq)) = written.get(k).and_then(|w| w.get(i)) else {
+        return format!("key-{k}:{i} (not in the producer's log)");
+    };
+    let at = |k2: usize, i2: usize| written.get(k2).and_then(|w| w.get(i2));
+    // Deliveries on the same shard, by the sequence number the producer got for them.
+    let mut around: Vec<(u128, String)> = deliveries
+        .iter()
+        .filter(|r| r.shard == *shard)
+        .filter_map(|r| {
+            let (key, idx) = r.data.split_once(':')?;
+            let (k2, i2) = (key.strip_prefix("key-")?.parse().ok()?, idx.parse().ok()?);
+            let (_, s2) = at(k2, i2)?;
+            let n: u128 = s2.parse().ok()?;
+            Some((
+                n,
+                format!("{} by {}#{} at {}", r.data, r.owner, r.counter, r.recv),
+            ))
+        })
+        .collect();
+    around.sort();
+    let n: u128 = seq.parse().unwrap_or(0);
+    let before = around.iter().rev().find(|(s, _)| *s < n).map(|(_, d)| d);
+    let after = around.iter().find(|(s, _)| *s > n).map(|(_, d)| d);
+    format!(
+        "key-{k}:{i} on {shard} seq {seq}; delivered before it: {before:?}; after it: {after:?}"
+    )
+}
+
 /// The invariant checker over every delivery (all apps' outputs) and what was produced.
 pub fn check(
     report: &mut Report,
@@ -532,8 +601,8 @@ pub fn check(
 ) {
     // (key, index) -> (delivery time, the lease it was delivered under).
     let mut seen: HashMap<(usize, usize), Vec<(u128, Token)>> = HashMap::new();
-    // A lease tenure (shard, owner, counter) -> its last delivery.
-    let mut last_of: HashMap<Token, u128> = HashMap::new();
+    // A lease tenure (shard, owner, counter) -> its deliveries' times.
+    let mut tenure: HashMap<Token, Vec<u128>> = HashMap::new();
     let mut how: HashMap<(usize, usize), Vec<String>> = HashMap::new();
     for r in deliveries {
         let Some((key, i)) = r.data.split_once(':') else {
@@ -548,8 +617,7 @@ pub fn check(
         };
         let token = (r.shard.clone(), r.owner.clone(), r.counter);
         let t = r.recv_ns();
-        let last = last_of.entry(token.clone()).or_insert(t);
-        *last = (*last).max(t);
+        tenure.entry(token.clone()).or_default().push(t);
         seen.entry((k, i)).or_default().push((t, token));
         how.entry((k, i)).or_default().push(format!(
             "{} {} {}#{} attempt {}",
@@ -557,11 +625,19 @@ pub fn check(
         ));
     }
     report.delivered = seen.len();
+    for times in tenure.values_mut() {
+        times.sort_unstable();
+    }
     for (k, n) in produced.iter().enumerate() {
         let mut first_times = Vec::with_capacity(*n);
         for i in 0..*n {
             match seen.get(&(k, i)) {
-                None => report.lost += 1,
+                None => {
+                    report.lost += 1;
+                    if report.lost_records.len() < 10 {
+                        report.lost_records.push((k, i));
+                    }
+                }
                 Some(times) => {
                     first_times.push(times.iter().map(|(t, _)| *t).min().unwrap_or(0));
                 }
@@ -575,15 +651,33 @@ pub fn check(
         let mut times = times.clone();
         times.sort();
         for pair in times.windows(2) {
-            let ((before, old), (again, new)) = (&pair[0], &pair[1]);
+            let ((first, a), (again, b)) = (&pair[0], &pair[1]);
             report.duplicates += 1;
             // Delivered again under another lease: the cause is what ended the old tenure
             // (the last fault started before the old holder's last delivery, or just after
-            // it: a kill). Under the same lease (a retry): what came before the retry.
-            let at = if old == new {
+            // it: a kill). On one shard the old tenure is the lower lease counter, even when
+            // it delivered last (a paused worker that resumed with a record in flight).
+            // Under the same lease (a retry): what came before the retry.
+            let (old, new) = if a.0 == b.0 && b.2 < a.2 {
+                (b, a)
+            } else {
+                (a, b)
+            };
+            let at = if a == b {
                 *again
             } else {
-                last_of.get(old).copied().unwrap_or(*before) + 1_000_000_000
+                // The old tenure's last delivery before the new one's first.
+                let next_started = tenure.get(new).and_then(|t| t.first()).copied();
+                tenure
+                    .get(old)
+                    .and_then(|t| {
+                        t.iter()
+                            .rev()
+                            .find(|x| next_started.is_none_or(|n| **x < n))
+                            .copied()
+                    })
+                    .unwrap_or(*first)
+                    + 1_000_000_000
             };
             let cause = timeline
                 .iter()
@@ -649,6 +743,21 @@ mod tests {
         assert_eq!(r.graceful_duplicates, 0, "{:?}", r.duplicates_by_fault);
         assert_eq!(r.duplicates_by_fault.get("Kill"), Some(&2));
         assert_eq!(r.duplicates_by_fault.get("AppCrash"), Some(&1));
+
+        // A worker paused at 30 s (w2#2) loses the lease to w3#3, which delivers key-0:3 at
+        // 34 s; w2 resumes at 34.5 s with key-0:3 in flight and delivers it again; a merge
+        // at 33 s (graceful) must not take the blame.
+        let mut zombie = deliveries.clone();
+        zombie.push(delivery("key-0:3", "w2", 2, 29));
+        zombie.push(delivery("key-0:3", "w3", 3, 34));
+        zombie.push(delivery("key-0:3", "w2", 2, 35));
+        let mut timeline = timeline.clone();
+        timeline.push((s(30), Fault::Pause));
+        timeline.push((s(33), Fault::Merge));
+        let mut r = Report::default();
+        check(&mut r, &zombie, &[4], &timeline);
+        assert_eq!(r.graceful_duplicates, 0, "{:?}", r.duplicates_by_fault);
+        assert_eq!(r.duplicates_by_fault.get("Pause"), Some(&2));
         // A record never delivered is lost; one first delivered before its predecessor is
         // an order violation.
         let mut r = Report::default();

@@ -122,12 +122,24 @@ impl Worker {
 
 /// A running test app.
 pub struct App {
-    /// The process.
+    /// The process (its stdout: the lifecycle calls it got, `overlap …` lines).
     pub proc: Proc,
     /// Its socket (`unix://…`).
     pub address: String,
     /// Where it writes what it received.
     pub out: PathBuf,
+}
+
+impl App {
+    /// The lines the app printed so far that start with `prefix` (`initialize `,
+    /// `shard-ended `, `overlap`: two calls for one shard in flight at once).
+    pub fn said(&self, prefix: &str) -> Vec<String> {
+        self.proc
+            .lines()
+            .into_iter()
+            .filter(|l| l.starts_with(prefix))
+            .collect()
+    }
 }
 
 fn free_port() -> Result<u16> {
@@ -324,6 +336,36 @@ impl Pipeline {
     }
 }
 
+/// Waits until the apps' outputs hold `n` distinct records; returns them all.
+///
+/// # Errors
+/// Not within [`crate::fleet::DEADLINE`] (with how many arrived).
+pub async fn until_received(outs: &[&std::path::Path], n: usize) -> Result<Vec<Received>> {
+    let start = std::time::Instant::now();
+    let res = crate::wait_for(
+        &format!("{n} records received"),
+        crate::fleet::DEADLINE,
+        crate::fleet::POLL,
+        || async {
+            let all = received(outs);
+            let distinct: std::collections::HashSet<_> =
+                all.iter().map(|r| (r.seq.clone(), r.sub)).collect();
+            (distinct.len() >= n).then_some(all)
+        },
+    )
+    .await;
+    match res {
+        Ok(all) => {
+            eprintln!("{n} records received in {:?}", start.elapsed());
+            Ok(all)
+        }
+        Err(e) => {
+            let got = received(outs).len();
+            Err(format!("{e} (got {got})").into())
+        }
+    }
+}
+
 /// Waits until the Unix socket `path` exists (an app is serving).
 ///
 /// # Errors
@@ -437,6 +479,15 @@ pub async fn http_request(addr: &str, method: &str, path: &str) -> Result<(u16, 
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// The sum of every sample in a `/metrics` page whose line contains `label` (e.g.
+/// `api="ListShards"`: the worker's AWS calls of that API).
+pub fn metric_with(page: &str, label: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#') && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The value of metric `name` (the sum over its label sets) in a `/metrics` page.

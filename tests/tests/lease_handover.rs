@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kinesis_operator_tests::fleet::{DEADLINE, POLL};
-use kinesis_operator_tests::pipeline::{Pipeline, check_sequence, received};
+use kinesis_operator_tests::pipeline::{Pipeline, check_sequence, received, until_received};
 use kinesis_operator_tests::wait_for;
 use kinesis_worker::lease::table::LeaseTable;
 
@@ -95,7 +95,19 @@ async fn a_graceful_handover_under_load_delivers_nothing_twice_and_never_from_tw
         Ok::<_, Box<dyn std::error::Error>>(())
     };
     let drain = async {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Drain once the second half's records are flowing.
+        wait_for("second-half records arriving", DEADLINE, POLL, || async {
+            received(&[app.out.as_path()])
+                .iter()
+                .any(|r| {
+                    r.data
+                        .split_once(':')
+                        .and_then(|(_, i)| i.parse::<usize>().ok())
+                        .is_some_and(|i| i >= PER_KEY / 2)
+                })
+                .then_some(())
+        })
+        .await?;
         w1.proc.signal("TERM");
         wait_for("w2 owns all 4 shards", DEADLINE, POLL, || async {
             let o = owners(&p).await.ok()?;
@@ -109,15 +121,7 @@ async fn a_graceful_handover_under_load_delivers_nothing_twice_and_never_from_tw
     drained?;
 
     let total = KEYS * PER_KEY;
-    wait_for(&format!("{total} records"), DEADLINE, POLL, || async {
-        let distinct: std::collections::HashSet<_> = received(&[app.out.as_path()])
-            .into_iter()
-            .map(|r| (r.seq, r.sub))
-            .collect();
-        (distinct.len() >= total).then_some(())
-    })
-    .await?;
-    let got = received(&[app.out.as_path()]);
+    let got = until_received(&[app.out.as_path()], total).await?;
     let duplicates = check_sequence(&got, KEYS, PER_KEY)?;
     let log = std::fs::read_to_string(&w1.proc.log).unwrap_or_default();
     let handovers = log
@@ -129,12 +133,7 @@ async fn a_graceful_handover_under_load_delivers_nothing_twice_and_never_from_tw
         .lines()
         .filter(|l| l.contains("hand-over forced"))
         .count();
-    let overlaps: Vec<String> = app
-        .proc
-        .lines()
-        .into_iter()
-        .filter(|l| l.starts_with("overlap"))
-        .collect();
+    let overlaps = app.said("overlap");
     eprintln!(
         "hand-overs {handovers} (forced {forced}), released on drain {released}, records {total}, duplicates {duplicates}, overlapping calls {}",
         overlaps.len()

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kinesis_operator_tests::faults::{Action, FaultProxy, Rule};
 use kinesis_operator_tests::fleet::{DEADLINE, POLL};
-use kinesis_operator_tests::pipeline::{Pipeline, check_sequence, received};
+use kinesis_operator_tests::pipeline::{Pipeline, check_sequence, received, until_received};
 use kinesis_operator_tests::wait_for;
 use kinesis_worker::lease::table::LeaseTable;
 
@@ -27,19 +27,6 @@ async fn beat(table: &LeaseTable, worker: &str) -> Result<u64> {
 /// Everything the worker logged so far.
 fn log(proc: &kinesis_operator_tests::process::Proc) -> String {
     std::fs::read_to_string(&proc.log).unwrap_or_default()
-}
-
-async fn until_received(p: &Pipeline, out: &std::path::Path, n: usize) -> Result<()> {
-    wait_for(&format!("{n} records received"), DEADLINE, POLL, || async {
-        let distinct: std::collections::HashSet<_> = received(&[out])
-            .into_iter()
-            .map(|r| (r.seq, r.sub))
-            .collect();
-        (distinct.len() >= n).then_some(())
-    })
-    .await
-    .map_err(|e| format!("{e} ({})", p.stream))?;
-    Ok(())
 }
 
 /// Holds every request matching `target` for `hold` (three failover times of the test
@@ -75,7 +62,7 @@ async fn a_hung_scan_or_checkpoint_write_does_not_stop_the_heartbeat() -> Result
     let app = p.app("a", &[]).await?;
     let mut w = p.worker("w", &app.address, &["--dynamodb-endpoint", &proxy.endpoint])?;
     p.put_sequence(4, 0, 10).await?;
-    until_received(&p, &app.out, 40).await?;
+    until_received(&[app.out.as_path()], 40).await?;
     let table = LeaseTable::open(p.env.dynamodb().await, &p.app, false).await?;
     // The test timings: failover 3 s, heartbeat every second.
     let hold = Duration::from_secs(9);
@@ -98,7 +85,7 @@ async fn a_hung_scan_or_checkpoint_write_does_not_stop_the_heartbeat() -> Result
     );
 
     p.put_sequence(4, 20, 10).await?;
-    until_received(&p, &app.out, 120).await?;
+    until_received(&[app.out.as_path()], 120).await?;
     check_sequence(&received(&[app.out.as_path()]), 4, 30)?;
     let lost: Vec<String> = log(&w.proc)
         .lines()
@@ -125,7 +112,7 @@ async fn a_heartbeat_that_lands_late_leaves_no_lease_without_a_processor() -> Re
     let app = p.app("a", &["--slow-lease-lost-ms", "9000"]).await?;
     let mut w = p.worker("w", &app.address, &["--dynamodb-endpoint", &proxy.endpoint])?;
     p.put_sequence(4, 0, 10).await?;
-    until_received(&p, &app.out, 40).await?;
+    until_received(&[app.out.as_path()], 40).await?;
 
     let rule = proxy.add(Rule::new(
         &[
@@ -152,16 +139,11 @@ async fn a_heartbeat_that_lands_late_leaves_no_lease_without_a_processor() -> Re
     );
 
     p.put_sequence(4, 30, 10).await?;
-    until_received(&p, &app.out, 160)
+    until_received(&[app.out.as_path()], 160)
         .await
         .map_err(|e| format!("{e}\n{}", w.proc.log_tail()))?;
     check_sequence(&received(&[app.out.as_path()]), 4, 40)?;
-    let overlaps: Vec<String> = app
-        .proc
-        .lines()
-        .into_iter()
-        .filter(|l| l.starts_with("overlap"))
-        .collect();
+    let overlaps = app.said("overlap");
     assert!(
         overlaps.is_empty(),
         "calls for one shard overlapped: {overlaps:?}"
@@ -213,7 +195,7 @@ async fn a_shard_stuck_retrying_does_not_starve_the_others_of_read_ahead() -> Re
         )
         .await?;
     }
-    until_received(&p, &app.out, 20)
+    until_received(&[app.out.as_path()], 20)
         .await
         .map_err(|e| format!("{e}\n{}", w.proc.log_tail()))?;
     let got = received(&[app.out.as_path()]);

@@ -3,34 +3,13 @@
 
 use kinesis_operator_tests::fleet::{DEADLINE, POLL};
 use kinesis_operator_tests::pipeline::{
-    Pipeline, Received, check_sequence, http_get, http_request, metric, received,
+    Pipeline, Received, check_sequence, http_get, http_request, metric, metric_with, received,
+    until_received,
 };
 use kinesis_operator_tests::wait_for;
 use kinesis_worker::lease::table::LeaseTable;
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
-
-/// Waits until the apps' outputs hold `n` distinct records.
-async fn until_received(outs: &[&std::path::Path], n: usize) -> Result<Vec<Received>> {
-    let start = std::time::Instant::now();
-    let res = wait_for(&format!("{n} records received"), DEADLINE, POLL, || async {
-        let all = received(outs);
-        let distinct: std::collections::HashSet<_> =
-            all.iter().map(|r| (r.seq.clone(), r.sub)).collect();
-        (distinct.len() >= n).then_some(all)
-    })
-    .await;
-    match res {
-        Ok(all) => {
-            eprintln!("{n} records received in {:?}", start.elapsed());
-            Ok(all)
-        }
-        Err(e) => {
-            let got = received(outs).len();
-            Err(format!("{e} (got {got})").into())
-        }
-    }
-}
 
 /// Owners of the stream's leases, by shard.
 async fn owners(p: &Pipeline) -> Result<std::collections::BTreeMap<String, Option<String>>> {
@@ -538,11 +517,7 @@ async fn enhanced_fan_out_delivers_every_record_and_follows_a_split() -> Result<
     assert!(page.contains(r#"api="SubscribeToShard""#), "{page}");
     // Polling only for the last records of the one shard that ended (kinesis-mock sends no
     // end event): a few GetRecords calls, not a read loop.
-    let polls: f64 = page
-        .lines()
-        .filter(|l| l.contains(r#"api="GetRecords""#) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let polls = metric_with(&page, r#"api="GetRecords""#);
     assert!(
         polls <= 5.0,
         "no polling but the ended shard's drain ({polls}): {page}"
@@ -901,11 +876,7 @@ async fn a_quiet_latest_lease_that_moves_skips_nothing_written_during_the_move()
     let app = p.app("a", &[]).await?;
     let w = p.worker("w", &app.address, &["--initial-position", "LATEST"])?;
     wait_for("w's processor initialized", DEADLINE, POLL, || async {
-        app.proc
-            .lines()
-            .iter()
-            .any(|l| l.starts_with("initialize shardId-000000000000"))
-            .then_some(())
+        (!app.said("initialize shardId-000000000000").is_empty()).then_some(())
     })
     .await?;
     // Its start is fixed before Initialize: kill it now.
@@ -945,13 +916,7 @@ async fn fan_out_merges_of_quiet_shards_lose_no_record_put_just_before_the_close
         ],
     )?;
     wait_for("8 processors subscribed", DEADLINE, POLL, || async {
-        let n = app
-            .proc
-            .lines()
-            .iter()
-            .filter(|l| l.starts_with("initialize "))
-            .count();
-        (n >= 8).then_some(())
+        (app.said("initialize ").len() >= 8).then_some(())
     })
     .await?;
     let kinesis = p.env.kinesis().await;
@@ -993,13 +958,7 @@ async fn fan_out_merges_of_quiet_shards_lose_no_record_put_just_before_the_close
     let got = until_received(&[app.out.as_path()], 8).await?;
     check_sequence(&got, 8, 1)?;
     wait_for("every merged parent ended", DEADLINE, POLL, || async {
-        let ended = app
-            .proc
-            .lines()
-            .iter()
-            .filter(|l| l.starts_with("shard-ended "))
-            .count();
-        (ended >= 8).then_some(())
+        (app.said("shard-ended ").len() >= 8).then_some(())
     })
     .await?;
     eprintln!("ListShards calls held 3 s each: {}", proxy.injected());
@@ -1030,21 +989,10 @@ async fn idle_fan_out_shards_share_one_list_shards_view() -> Result<()> {
         ],
     )?;
     wait_for("8 processors subscribed", DEADLINE, POLL, || async {
-        let n = app
-            .proc
-            .lines()
-            .iter()
-            .filter(|l| l.starts_with("initialize "))
-            .count();
-        (n >= 8).then_some(())
+        (app.said("initialize ").len() >= 8).then_some(())
     })
     .await?;
-    let list_shards = |page: &str| -> f64 {
-        page.lines()
-            .filter(|l| l.contains(r#"api="ListShards""#) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let list_shards = |page: &str| metric_with(page, r#"api="ListShards""#);
     let (_, before) = http_get(&w.admin, "/metrics").await?;
     // The measured window itself.
     tokio::time::sleep(std::time::Duration::from_secs(12)).await;

@@ -213,22 +213,7 @@ impl ShardLease {
     /// [`LeaseError::LeaseLost`] when the lease is no longer ours (then it is revoked);
     /// [`LeaseError::CheckpointBackwards`]; [`LeaseError::Dynamo`] (transient: retry).
     pub async fn checkpoint(&self, to: Checkpoint) -> Result<(), LeaseError> {
-        let mut held = self.inner.held.lock().await;
-        if !self.is_valid() {
-            return Err(LeaseError::LeaseLost {
-                shard_id: held.shard_id.clone(),
-                counter: held.counter,
-            });
-        }
-        let res = self
-            .inner
-            .table
-            .checkpoint(&mut held, &self.inner.worker_id, to)
-            .await;
-        if matches!(res, Err(LeaseError::LeaseLost { .. })) {
-            self.inner.revoked.store(true, Ordering::SeqCst);
-        }
-        res
+        self.write(Write::Checkpoint(to)).await
     }
 
     /// Pins a lease at `LATEST` to `AT_TIMESTAMP` `timestamp_ms` (see
@@ -237,6 +222,12 @@ impl ShardLease {
     /// # Errors
     /// As [`ShardLease::checkpoint`].
     pub async fn pin_start(&self, timestamp_ms: i64) -> Result<(), LeaseError> {
+        self.write(Write::PinStart(timestamp_ms)).await
+    }
+
+    /// A fenced write under the lease's lock: refused at once when the lease is no longer
+    /// valid, and a lost ownership condition revokes the lease.
+    async fn write(&self, write: Write) -> Result<(), LeaseError> {
         let mut held = self.inner.held.lock().await;
         if !self.is_valid() {
             return Err(LeaseError::LeaseLost {
@@ -244,11 +235,11 @@ impl ShardLease {
                 counter: held.counter,
             });
         }
-        let res = self
-            .inner
-            .table
-            .pin_start(&mut held, &self.inner.worker_id, timestamp_ms)
-            .await;
+        let (table, me) = (&self.inner.table, &self.inner.worker_id);
+        let res = match write {
+            Write::Checkpoint(to) => table.checkpoint(&mut held, me, to).await,
+            Write::PinStart(ms) => table.pin_start(&mut held, me, ms).await,
+        };
         if matches!(res, Err(LeaseError::LeaseLost { .. })) {
             self.inner.revoked.store(true, Ordering::SeqCst);
         }
@@ -271,6 +262,12 @@ impl ShardLease {
     pub async fn current_checkpoint(&self) -> Checkpoint {
         self.inner.held.lock().await.checkpoint.clone()
     }
+}
+
+/// A write of [`ShardLease`] that depends on holding the lease.
+enum Write {
+    Checkpoint(Checkpoint),
+    PinStart(i64),
 }
 
 /// What the coordinator tells the record pipeline.

@@ -994,22 +994,8 @@ impl LeaseTable {
         worker_id: &str,
         counter: u64,
     ) -> Result<bool, LeaseError> {
-        TableCounters::add(&self.counters.writes);
-        let res = self
-            .client
-            .delete_item()
-            .table_name(&self.name)
-            .key(attr::LEASE_KEY, s(&Heartbeat::key(worker_id)))
-            .condition_expression("#hb = :seen")
-            .expression_attribute_names("#hb", attr::HEARTBEAT)
-            .expression_attribute_values(":seen", n(counter))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(self.dynamo("DeleteItem", e)),
-        }
+        self.delete_if(&Heartbeat::key(worker_id), attr::HEARTBEAT, n(counter))
+            .await
     }
 
     /// Deletes a finished lease (only while its checkpoint is `SHARD_END`). Returns whether
@@ -1018,15 +1004,26 @@ impl LeaseTable {
     /// # Errors
     /// [`LeaseError::Dynamo`].
     pub async fn delete_finished_lease(&self, shard_id: &str) -> Result<bool, LeaseError> {
+        self.delete_if(shard_id, attr::CHECKPOINT, s("SHARD_END"))
+            .await
+    }
+
+    /// Deletes item `key` only while its attribute `name` equals `value`.
+    async fn delete_if(
+        &self,
+        key: &str,
+        name: &str,
+        value: AttributeValue,
+    ) -> Result<bool, LeaseError> {
         TableCounters::add(&self.counters.writes);
         let res = self
             .client
             .delete_item()
             .table_name(&self.name)
-            .key(attr::LEASE_KEY, s(shard_id))
-            .condition_expression("#cp = :end")
-            .expression_attribute_names("#cp", attr::CHECKPOINT)
-            .expression_attribute_values(":end", s("SHARD_END"))
+            .key(attr::LEASE_KEY, s(key))
+            .condition_expression("#a = :v")
+            .expression_attribute_names("#a", name)
+            .expression_attribute_values(":v", value)
             .send()
             .await;
         match res {
