@@ -722,7 +722,40 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
         )
         .await;
     }
-    Ok(Action::requeue(ctx.resync))
+    Ok(Action::requeue(resync_after(
+        ctx.resync,
+        app.uid().as_deref(),
+    )))
+}
+
+/// The periodic requeue of one object: `resync` plus up to a tenth of it, fixed per object
+/// (its uid), so 500 applications created together do not resync together.
+pub fn resync_after(resync: Duration, uid: Option<&str>) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    uid.hash(&mut h);
+    let tenth = resync.as_millis() as u64 / 10;
+    resync + Duration::from_millis(h.finish() % tenth.max(1))
+}
+
+/// What a change of a `KinesisApplication` must change to trigger a reconcile: its spec
+/// (the generation), labels, annotations, finalizers, deletion, identity. Status is left
+/// out: the operator's own status writes (lag, checkpoints) trigger nothing; the periodic
+/// resync and the owned Deployments' changes bring the status up to date.
+pub fn desired_state(app: &KinesisApplication) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let m = &app.metadata;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    m.uid.hash(&mut h);
+    m.generation.hash(&mut h);
+    m.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .hash(&mut h);
+    m.labels.hash(&mut h);
+    m.annotations.hash(&mut h);
+    m.finalizers.hash(&mut h);
+    Some(h.finish())
 }
 
 /// Writes the sized `spec.replicas` with its annotation, or drops the annotation once
@@ -929,6 +962,82 @@ async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Erro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn object(status: Option<serde_json::Value>) -> KinesisApplication {
+        let mut v = serde_json::json!({
+            "apiVersion": "kinesis-operator.io/v1alpha1", "kind": "KinesisApplication",
+            "metadata": {"name": "a", "namespace": "n", "uid": "u1", "generation": 1,
+                "finalizers": ["kinesis-operator.io/cleanup"]},
+            "spec": {"stream": {"name": "s"},
+                "template": {"spec": {"containers": [{"name": "app"}]}}}
+        });
+        if let Some(st) = status {
+            v["status"] = st;
+        }
+        match serde_json::from_value(v) {
+            Ok(a) => a,
+            Err(e) => panic!("test object: {e}"),
+        }
+    }
+
+    #[test]
+    fn the_operators_own_status_writes_trigger_no_reconcile() {
+        let before = object(None);
+        let with_status = object(Some(serde_json::json!({
+            "maxLag": "1.2s",
+            "shardStatus": [{"shardId": "shardId-000000000000", "checkpoint": "49"}]
+        })));
+        assert_eq!(desired_state(&before), desired_state(&with_status));
+        // Everything else a user changes does.
+        let changes: Vec<fn(&mut KinesisApplication)> = vec![
+            |a| a.metadata.generation = Some(2),
+            |a| {
+                a.metadata.deletion_timestamp =
+                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                    ))
+            },
+            |a| {
+                a.annotations_mut()
+                    .insert("kinesis-operator.io/sized-replicas".into(), "2".into());
+            },
+            |a| {
+                a.labels_mut().insert("team".into(), "a".into());
+            },
+            |a| a.metadata.finalizers = None,
+            |a| a.metadata.uid = Some("u2".into()),
+        ];
+        for change in changes {
+            let mut a = before.clone();
+            change(&mut a);
+            assert_ne!(
+                desired_state(&before),
+                desired_state(&a),
+                "{:?}",
+                a.metadata
+            );
+        }
+    }
+
+    #[test]
+    fn periodic_requeues_are_spread_over_a_tenth_of_the_resync() {
+        let resync = Duration::from_secs(60);
+        let delays: Vec<Duration> = (0..500)
+            .map(|i| resync_after(resync, Some(&format!("uid-{i}"))))
+            .collect();
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= resync && *d < resync + resync / 10)
+        );
+        let distinct: std::collections::HashSet<_> = delays.iter().map(|d| d.as_secs()).collect();
+        assert!(distinct.len() >= 5, "{distinct:?}");
+        // Fixed per object.
+        assert_eq!(
+            resync_after(resync, Some("x")),
+            resync_after(resync, Some("x"))
+        );
+    }
 
     #[test]
     fn lag_reads_well() {

@@ -9,14 +9,14 @@ use axum::routing::get;
 use clap::{Parser, ValueEnum};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use kinesis_operator::controller::{Context, error_policy, reconcile};
+use kinesis_operator::controller::{Context, desired_state, error_policy, reconcile};
 use kinesis_operator::crd::KinesisApplication;
 use kinesis_operator::deployment::WorkerSettings;
 use kinesis_operator::leader::Election;
 use kinesis_operator::metrics::Metrics;
-use kube::runtime::controller::Controller;
+use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::Reporter;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 
 /// Log line format.
@@ -184,7 +184,16 @@ async fn main() -> anyhow::Result<()> {
             ),
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
-    Controller::new(apps, watcher::Config::default())
+    // Reconciles follow what the user (or an HPA through /scale) changed, never the
+    // operator's own status writes (`desired_state`); at most 8 run at once.
+    let (reader, writer) = reflector::store();
+    let trigger = watcher(apps, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(desired_state, Default::default());
+    Controller::for_stream(trigger, reader)
+        .with_config(controller::Config::default().concurrency(8))
         .owns(
             deployments,
             watcher::Config::default().labels("app.kubernetes.io/managed-by=kinesis-operator"),

@@ -620,3 +620,119 @@ async fn the_scale_subresource_serves_kubectl_scale_and_a_horizontal_pod_autosca
     env.remove(Some(&stream), &[]).await;
     Ok(())
 }
+
+/// The operator's own status writes trigger no reconcile (issue 13). With a resync every 3 s
+/// and records flowing (the workers checkpoint every second, so every reconcile writes a new
+/// status, whose watch event used to trigger one more reconcile), the operator reconciles
+/// once per resync, not twice; the status still follows the checkpoints; a change of the
+/// object itself is reconciled at once.
+#[tokio::test]
+async fn its_own_status_writes_trigger_no_reconcile() -> Result<()> {
+    let env = TestEnv::require();
+    env.require_image("kinesis-worker")?;
+    env.require_image("pageview-counter")?;
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "quiet").await?;
+    let stream = unique_name("quiet");
+    env.create_stream(&stream, 1).await?;
+    let op = operator(&env, &ns, 3)?;
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let table = unique_name("counts");
+    apps.create(
+        &PostParams::default(),
+        &application("counter", &env, &stream, &table)?,
+    )
+    .await?;
+    until_replicas(&deployments, "counter", 1, true)
+        .await
+        .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    let expected = produce(&env, &stream, 50)?;
+    until_counts(&env, &table, &expected, &op.log_tail()).await?;
+
+    let before = metric(&op, "kinesis_operator_reconciles_total")
+        .await
+        .ok_or("reconciles metric")?;
+    let lease_table = {
+        let a = apps.get("counter").await?;
+        let name = a
+            .status
+            .as_ref()
+            .and_then(|s| s.application_name.clone())
+            .ok_or("status.applicationName")?;
+        kinesis_worker::lease::table::LeaseTable::open(env.dynamodb().await, &name, false).await?
+    };
+    let checkpoint = || async {
+        let snap = lease_table.scan().await.ok()?;
+        snap.leases.first().map(|l| l.checkpoint.to_string())
+    };
+    let first = checkpoint().await;
+    let window = std::time::Instant::now();
+    // Twenty rounds of records, a second apart: the checkpoint moves all the while.
+    let mut total = expected;
+    for _ in 0..20 {
+        for (k, v) in produce(&env, &stream, 20)? {
+            *total.entry(k).or_insert(0) += v;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    until_counts(&env, &table, &total, &op.log_tail()).await?;
+    let last = checkpoint().await;
+    assert_ne!(first, last, "the checkpoint moved during the window");
+    let after = metric(&op, "kinesis_operator_reconciles_total")
+        .await
+        .ok_or("reconciles metric")?;
+    let resyncs = window.elapsed().as_secs_f64() / 3.0;
+    eprintln!(
+        "reconciles in {:?}: {} ({resyncs:.1} resyncs); checkpoint {first:?} -> {last:?}",
+        window.elapsed(),
+        after - before
+    );
+    assert!(
+        after - before <= resyncs + 2.0,
+        "{} reconciles in {resyncs:.1} resync periods: its own status writes trigger more\n{}",
+        after - before,
+        op.log_tail()
+    );
+    // The status followed the checkpoints all the same.
+    wait_for(
+        "the status showing the last checkpoint",
+        Duration::from_secs(30),
+        POLL,
+        || async {
+            let a = apps.get("counter").await.ok()?;
+            let shown = a.status?.shard_status.first()?.checkpoint.clone();
+            (shown == last).then_some(())
+        },
+    )
+    .await?;
+
+    // A change of the object (a label) is reconciled at once.
+    apps.patch(
+        "counter",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}})),
+    )
+    .await?;
+    wait_for(
+        "a reconcile of the label change",
+        Duration::from_secs(30),
+        POLL,
+        || async {
+            (metric(&op, "kinesis_operator_reconciles_total").await? > after).then_some(())
+        },
+    )
+    .await?;
+    apps.delete("counter", &Default::default()).await?;
+    wait_for(
+        "the application deleted",
+        Duration::from_secs(90),
+        POLL,
+        || async { apps.get_opt("counter").await.ok()?.is_none().then_some(()) },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    delete_namespace(&client, &ns).await?;
+    Ok(())
+}
