@@ -136,10 +136,11 @@ impl Fleet {
         let start = Instant::now();
         let snap = wait_for(what, DEADLINE, POLL, || async {
             let snap = self.snapshot().await?;
+            // A lease given but not yet accepted (assigner mode) is not processed yet.
             let owners: BTreeMap<String, Option<String>> = snap
                 .leases
                 .iter()
-                .map(|l| (l.shard_id.clone(), l.owner.clone()))
+                .map(|l| (l.shard_id.clone(), l.owner.clone().filter(|_| !l.assigned)))
                 .collect();
             let mut counts = HashMap::new();
             for o in owners.values().flatten() {

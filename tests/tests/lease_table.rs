@@ -216,7 +216,7 @@ async fn a_handoff_request_is_answered_by_the_owner_or_taken_after_the_timeout()
     );
     let h = held.get_mut("shardId-000000000010").ok_or("held")?;
     t.checkpoint(h, "owner", seq("7", 0)?).await?;
-    t.hand_over(h, "owner", "joiner").await?;
+    t.hand_over(h, "owner", "joiner", false).await?;
     let after = lease_of(&t, "shardId-000000000010").await?;
     assert_eq!(
         (after.owner.as_deref(), after.handoff_to.as_deref()),

@@ -9,7 +9,9 @@ use kinesis_processor::Address;
 use kinesis_worker::admin::{self, Drain};
 use kinesis_worker::aws::{AwsSettings, AwsTimeouts};
 use kinesis_worker::lease::checkpoint::Checkpoint;
-use kinesis_worker::lease::coordinator::{Coordinator, CoordinatorConfig, LeaseEvent};
+use kinesis_worker::lease::coordinator::{
+    Coordination, Coordinator, CoordinatorConfig, LeaseEvent,
+};
 use kinesis_worker::lease::discovery::StreamRef;
 use kinesis_worker::lease::table::LeaseTable;
 use kinesis_worker::metrics::{AwsCallCounter, Metrics};
@@ -149,6 +151,15 @@ enum InitialPosition {
     AtTimestamp,
 }
 
+/// How the fleet coordinates (see docs/LEASES.md); every worker of a fleet uses the same.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CoordinationArg {
+    /// Every worker scans the whole lease table every scan interval.
+    Peer,
+    /// One elected worker scans and assigns; the others read only their own leases.
+    Assigner,
+}
+
 #[derive(clap::Args, Debug)]
 struct LeaseArgs {
     /// Application name: the lease table's name.
@@ -182,6 +193,36 @@ struct LeaseArgs {
     /// Create the lease table if it does not exist (needs dynamodb:CreateTable).
     #[arg(long, env = "CREATE_LEASE_TABLE", default_value_t = true, action = clap::ArgAction::Set)]
     create_table: bool,
+    /// How the fleet coordinates: `peer` (every worker scans the table) or `assigner` (one
+    /// elected worker scans; needs the owner index, added with dynamodb:UpdateTable if
+    /// missing). Every worker of one application must use the same.
+    #[arg(long, env = "COORDINATION", value_enum, default_value_t = CoordinationArg::Peer)]
+    coordination: CoordinationArg,
+}
+
+/// Opens the lease table for `args`, with the owner index in assigner mode.
+async fn open_table(
+    dynamodb: aws_sdk_dynamodb::Client,
+    args: &LeaseArgs,
+) -> anyhow::Result<LeaseTable> {
+    let table = LeaseTable::open(dynamodb, &args.application, args.create_table)
+        .await
+        .with_context(|| {
+            format!(
+                "opening lease table `{}` (application name)",
+                args.application
+            )
+        })?;
+    if matches!(args.coordination, CoordinationArg::Assigner) {
+        table.ensure_owner_index().await.with_context(|| {
+            format!(
+                "lease table `{}`: the owner index {} (needed by --coordination assigner)",
+                args.application,
+                kinesis_worker::lease::model::OWNER_INDEX
+            )
+        })?;
+    }
+    Ok(table)
 }
 
 fn default_worker_id() -> String {
@@ -233,17 +274,16 @@ fn coordinator_config(args: &LeaseArgs) -> CoordinatorConfig {
         InitialPosition::Latest => Checkpoint::Latest,
         InitialPosition::AtTimestamp => Checkpoint::AtTimestamp,
     };
+    config.coordination = match args.coordination {
+        CoordinationArg::Peer => Coordination::Peer,
+        CoordinationArg::Assigner => Coordination::Assigner,
+    };
     config
 }
 
 async fn run_leases(settings: &AwsSettings, args: LeaseArgs) -> anyhow::Result<()> {
     let sdk = settings.sdk_config().await;
-    let table = LeaseTable::open(
-        settings.dynamodb(&sdk),
-        &args.application,
-        args.create_table,
-    )
-    .await?;
+    let table = open_table(settings.dynamodb(&sdk), &args).await?;
     let stream = stream_ref(&args.stream);
     let config = coordinator_config(&args);
     tracing::info!(worker = %config.worker_id, table = %args.application, stream = %stream, "lease coordinator starting");
@@ -304,14 +344,7 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
     let dynamodb = settings.dynamodb_counted(&sdk, Some(&counter));
 
     // The admin port first: probes and /metrics answer while the worker waits.
-    let table = LeaseTable::open(dynamodb, &lease_args.application, lease_args.create_table)
-        .await
-        .with_context(|| {
-            format!(
-                "opening lease table `{}` (application name)",
-                lease_args.application
-            )
-        })?;
+    let table = open_table(dynamodb, lease_args).await?;
     let admin = admin::serve(
         args.admin_address,
         args.local_admin_address,

@@ -7,7 +7,12 @@
 //! - time for a gracefully stopped worker's shards to be owned again.
 //!
 //! Run: `cargo xtask env up && cargo run --release -p kinesis-operator-tests --bin lease_bench`
-//! Options: `--shards N --workers N --steady-secs N --failover-ms N --scan-ms N`.
+//! Options: `--shards N --workers N --steady-secs N --failover-ms N --scan-ms N
+//! --coordination peer|assigner`.
+//!
+//! Request units are computed at the client from the sizes of the items each request
+//! returned or wrote, as DynamoDB bills them (see `TableCounters`), and priced at on-demand
+//! rates ($0.125 per million read units, $0.625 per million write units, us-east-1).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -15,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use kinesis_operator_tests::{TestEnv, unique_name, wait_for};
 use kinesis_worker::lease::coordinator::{
-    Coordinator, CoordinatorConfig, CoordinatorHandle, LeaseEvent,
+    Coordination, Coordinator, CoordinatorConfig, CoordinatorHandle, LeaseEvent,
 };
 use kinesis_worker::lease::discovery::StreamRef;
 use kinesis_worker::lease::table::LeaseTable;
@@ -30,6 +35,7 @@ struct Opts {
     steady_secs: u64,
     failover_ms: u64,
     scan_ms: u64,
+    coordination: Coordination,
 }
 
 fn opts() -> Result<Opts> {
@@ -39,6 +45,7 @@ fn opts() -> Result<Opts> {
         steady_secs: 30,
         failover_ms: 10_000,
         scan_ms: 1_000,
+        coordination: Coordination::Peer,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -50,6 +57,13 @@ fn opts() -> Result<Opts> {
             "--steady-secs" => o.steady_secs = value.parse()?,
             "--failover-ms" => o.failover_ms = value.parse()?,
             "--scan-ms" => o.scan_ms = value.parse()?,
+            "--coordination" => {
+                o.coordination = match value.as_str() {
+                    "peer" => Coordination::Peer,
+                    "assigner" => Coordination::Assigner,
+                    other => return Err(format!("--coordination {other}: peer or assigner").into()),
+                }
+            }
             other => return Err(format!("unknown option {other}").into()),
         }
     }
@@ -70,6 +84,10 @@ async fn start(env: &TestEnv, app: &str, stream: &str, id: &str, o: &Opts) -> Re
     config.failover_time = Duration::from_millis(o.failover_ms);
     config.heartbeat_interval = config.failover_time / 3;
     config.scan_interval = Duration::from_millis(o.scan_ms);
+    config.coordination = o.coordination;
+    if o.coordination == Coordination::Assigner {
+        table.ensure_owner_index().await?;
+    }
     let (tx, mut rx) = mpsc::channel(4096);
     let (coordinator, handle) = Coordinator::new(
         table.clone(),
@@ -78,11 +96,23 @@ async fn start(env: &TestEnv, app: &str, stream: &str, id: &str, o: &Opts) -> Re
         tx,
     );
     let task = tokio::spawn(coordinator.run());
-    // No record pipeline: answer shutdown requests at once.
+    // No record pipeline: every lease is "processed" while held (a lease whose
+    // `ShardLease` is dropped counts as a stopped processor and is released), and shutdown
+    // requests are answered at once.
     let events = tokio::spawn(async move {
+        let mut processing = HashMap::new();
         while let Some(e) = rx.recv().await {
-            if let LeaseEvent::ShutdownRequested { done, .. } = e {
-                let _ = done.send(());
+            match e {
+                LeaseEvent::Acquired(lease) => {
+                    processing.insert(lease.shard_id.clone(), lease);
+                }
+                LeaseEvent::Lost { shard_id } => {
+                    processing.remove(&shard_id);
+                }
+                LeaseEvent::ShutdownRequested { shard_id, done, .. } => {
+                    let _ = done.send(());
+                    processing.remove(&shard_id);
+                }
             }
         }
     });
@@ -98,8 +128,9 @@ async fn start(env: &TestEnv, app: &str, stream: &str, id: &str, o: &Opts) -> Re
 async fn owners(table: &LeaseTable) -> Option<HashMap<String, usize>> {
     let snap = table.scan().await.ok()?;
     let mut counts = HashMap::new();
+    // Owned = accepted: a lease given but not accepted yet (assigner mode) is not processed.
     for l in &snap.leases {
-        if let Some(o) = &l.owner {
+        if let Some(o) = l.owner.as_ref().filter(|_| !l.assigned) {
             *counts.entry(o.clone()).or_insert(0) += 1;
         }
     }
@@ -110,6 +141,14 @@ async fn owners(table: &LeaseTable) -> Option<HashMap<String, usize>> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let o = opts()?;
+    // The coordinators' own logs, with LOG_LEVEL=info (or a filter such as
+    // kinesis_worker::lease=debug).
+    if let Ok(filter) = std::env::var("LOG_LEVEL") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let env = TestEnv::load()?;
     let kinesis = env.kinesis().await;
     let stream = unique_name("bench");
@@ -118,15 +157,23 @@ async fn main() -> Result<()> {
     let observer = LeaseTable::open(env.dynamodb().await, &app, true).await?;
     let shards = o.shards as usize;
     println!(
-        "lease bench: {} shards, {} workers, failover {} ms, scan {} ms",
-        o.shards, o.workers, o.failover_ms, o.scan_ms
+        "lease bench: {} shards, {} workers, failover {} ms, scan {} ms, {:?} coordination",
+        o.shards, o.workers, o.failover_ms, o.scan_ms, o.coordination
     );
 
     let mut workers = Vec::new();
-    for i in 0..o.workers {
-        workers.push(start(&env, &app, &stream, &format!("w{i}"), &o).await?);
+    // All at once, as a Deployment's pods start.
+    let ids: Vec<String> = (0..o.workers).map(|i| format!("w{i}")).collect();
+    for w in
+        futures::future::join_all(ids.iter().map(|id| start(&env, &app, &stream, id, &o))).await
+    {
+        workers.push(w?);
     }
     let fair = shards.div_ceil(o.workers);
+    // The bench's own strongly consistent scans load moto too: poll a big table less often
+    // (timings are then good to one poll interval).
+    let poll = Duration::from_millis((shards as u64 / 2).clamp(50, 500));
+    let deadline = Duration::from_secs(120).max(Duration::from_millis(shards as u64 * 300));
     let t0 = Instant::now();
     // Progress while the fleet balances (a large table takes a while on moto).
     let progress = {
@@ -147,21 +194,16 @@ async fn main() -> Result<()> {
             }
         })
     };
-    wait_for(
-        "initial balance",
-        Duration::from_secs(120),
-        Duration::from_millis(100),
-        || async {
-            let c = owners(&observer).await?;
-            (c.len() == o.workers && c.values().all(|n| *n + 1 >= fair && *n <= fair)).then_some(())
-        },
-    )
+    wait_for("initial balance", deadline, poll, || async {
+        let c = owners(&observer).await?;
+        (c.len() == o.workers && c.values().all(|n| *n + 1 >= fair && *n <= fair)).then_some(())
+    })
     .await?;
     progress.abort();
     println!("initial balance: {:.2} s", t0.elapsed().as_secs_f64());
 
     // Steady state: counters over a window with nothing changing.
-    let snap = |ws: &Vec<Worker>| -> [u64; 4] {
+    let snap = |ws: &Vec<Worker>| -> [u64; 9] {
         let c = |w: &Worker| {
             let k = w.table.counters();
             [
@@ -169,10 +211,18 @@ async fn main() -> Result<()> {
                 k.heartbeat_writes.load(Ordering::Relaxed),
                 k.reads.load(Ordering::Relaxed),
                 k.items_read.load(Ordering::Relaxed),
+                k.read_half_units.load(Ordering::Relaxed),
+                k.write_units.load(Ordering::Relaxed),
+                k.index_writes.load(Ordering::Relaxed),
+                k.queries.load(Ordering::Relaxed),
+                k.gets.load(Ordering::Relaxed),
             ]
         };
-        ws.iter().map(c).fold([0; 4], |a, b| {
-            [a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]]
+        ws.iter().map(c).fold([0; 9], |mut a, b| {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+            a
         })
     };
     let before = snap(&workers);
@@ -182,11 +232,21 @@ async fn main() -> Result<()> {
     let secs = start_window.elapsed().as_secs_f64();
     let rate = |i: usize| (after[i] - before[i]) as f64 / secs;
     println!(
-        "steady state over {secs:.0} s, all workers: {:.2} writes/s ({:.2} heartbeats/s), {:.2} read requests/s, {:.1} items read/s",
+        "steady state over {secs:.0} s, all workers: {:.2} writes/s ({:.2} heartbeats/s), {:.2} scan pages/s, {:.2} queries/s, {:.2} gets/s, {:.1} items scanned/s",
         rate(0),
         rate(1),
         rate(2),
+        rate(7),
+        rate(8),
         rate(3)
+    );
+    let (rru, wru) = (rate(4) / 2.0, rate(5) + rate(6));
+    let month = 30.0 * 24.0 * 3600.0;
+    println!(
+        "request units: {rru:.1} RRU/s, {wru:.1} WRU/s ({:.1} table + {:.1} owner index); ${:.2}/month on demand",
+        rate(5),
+        rate(6),
+        (rru * 0.125 + wru * 0.625) * month / 1e6
     );
 
     // A joining worker.
@@ -194,15 +254,10 @@ async fn main() -> Result<()> {
     let t = Instant::now();
     workers.push(start(&env, &app, &stream, &joiner, &o).await?);
     let floor = shards / (o.workers + 1);
-    wait_for(
-        "joiner at fair share",
-        Duration::from_secs(120),
-        Duration::from_millis(50),
-        || async {
-            let c = owners(&observer).await?;
-            (c.get(&joiner).copied().unwrap_or(0) >= floor).then_some(())
-        },
-    )
+    wait_for("joiner at fair share", deadline, poll, || async {
+        let c = owners(&observer).await?;
+        (c.get(&joiner).copied().unwrap_or(0) >= floor).then_some(())
+    })
     .await?;
     println!(
         "joining worker reached its fair share ({floor} leases): {:.2} s",
@@ -216,8 +271,8 @@ async fn main() -> Result<()> {
     let t = Instant::now();
     wait_for(
         "killed worker's shards owned again",
-        Duration::from_secs(120),
-        Duration::from_millis(50),
+        deadline,
+        poll,
         || async {
             let c = owners(&observer).await?;
             (!c.contains_key(&victim.id)).then_some(())
@@ -235,8 +290,8 @@ async fn main() -> Result<()> {
     leaving.handle.shutdown().await;
     wait_for(
         "stopped worker's shards owned again",
-        Duration::from_secs(120),
-        Duration::from_millis(50),
+        deadline,
+        poll,
         || async {
             let c = owners(&observer).await?;
             (!c.contains_key(&leaving.id)).then_some(())

@@ -9,8 +9,9 @@
 //! - A heartbeat item is removed only when its worker owns no lease and its counter has not
 //!   changed for the retention (three failover times, on the observer's own clock), and only
 //!   at the counter seen (a worker that beats again keeps, or re-creates, its item).
-//! - One worker cleans: the live worker with the smallest id, so a fleet does not race to
-//!   delete the same items (each delete is conditional anyway).
+//! - One worker cleans, so a fleet does not race to delete the same items (each delete is
+//!   conditional anyway): the assigner in assigner mode, else the live worker with the
+//!   smallest id ([`is_cleaner`]).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -26,17 +27,19 @@ pub struct Cleanup {
     pub leases: Vec<String>,
 }
 
-/// Decides the cleanup for `me`. `dead(worker)`: has that worker's heartbeat counter been
-/// unchanged for the retention?
+/// In peer mode: is `me` the worker that cleans (the live worker with the smallest id)?
+pub fn is_cleaner(me: &str, live: &BTreeSet<String>) -> bool {
+    live.iter().next().map(String::as_str) == Some(me)
+}
+
+/// Decides the cleanup, for the worker that cleans. `dead(worker)`: has that worker's
+/// heartbeat counter been unchanged for the retention?
 pub fn plan(
     snapshot: &TableSnapshot,
     me: &str,
     live: &BTreeSet<String>,
     dead: impl Fn(&str) -> bool,
 ) -> Cleanup {
-    if live.iter().next().map(String::as_str) != Some(me) {
-        return Cleanup::default();
-    }
     let owners: BTreeSet<&str> = snapshot
         .leases
         .iter()
@@ -157,7 +160,7 @@ mod tests {
         // "zombie" still names a lease owner: kept until its leases are taken.
         assert_eq!(plan_a.heartbeats, vec![("dead".to_string(), 3)]);
         // Only the smallest live id cleans.
-        assert_eq!(plan(&snap, "b", &live, dead), Cleanup::default());
+        assert!(is_cleaner("a", &live) && !is_cleaner("b", &live));
         // Not dead yet: kept.
         assert!(plan(&snap, "a", &live, |_| false).heartbeats.is_empty());
     }

@@ -31,12 +31,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::assign::{self, AssignerView, HeldState, OwnedLease, Watch};
 use super::balance::{self, Fleet};
 use super::checkpoint::Checkpoint;
 use super::cleanup;
 use super::discovery::{self, StreamRef};
 use super::liveness::Observer;
-use super::model::{Heartbeat, Lease, TableSnapshot};
+use super::model::{AssignerItem, Heartbeat, Lease, TableSnapshot};
 use super::table::{HeldLease, LeaseError, LeaseTable};
 
 /// Settings of the coordinator.
@@ -62,6 +63,21 @@ pub struct CoordinatorConfig {
     pub shutdown_timeout: Duration,
     /// Per-shard lag the record pipeline reports, written with every heartbeat.
     pub lag: LagBoard,
+    /// How the fleet decides who takes what (every worker of a fleet must use the same).
+    pub coordination: Coordination,
+}
+
+/// How a fleet coordinates (see docs/LEASES.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Coordination {
+    /// Every worker scans the whole table every `scan_interval` and decides for itself
+    /// ([`super::balance`]): reads grow with workers × shards.
+    #[default]
+    Peer,
+    /// One elected worker (the assigner) scans, eventually consistent, and decides for the
+    /// fleet ([`super::assign`]); every other worker reads only its own leases (a query on
+    /// the owner index) and the assigner's heartbeat: reads grow with shards + workers.
+    Assigner,
 }
 
 /// Milliseconds behind the tip per shard, shared by the record pipeline (writer) and the
@@ -106,6 +122,7 @@ impl CoordinatorConfig {
             initial_position: Checkpoint::TrimHorizon,
             shutdown_timeout: Duration::from_secs(20),
             lag: LagBoard::default(),
+            coordination: Coordination::Peer,
         }
     }
 }
@@ -426,7 +443,31 @@ pub struct Coordinator {
     scanned: bool,
     /// Live, non-draining workers as of the last round.
     last_live: BTreeSet<String>,
+    /// Assigner mode's state.
+    role: Role,
 }
+
+/// Assigner mode: the role as last read, and what the assigner and the member remember.
+#[derive(Debug, Default)]
+struct Role {
+    /// The assigner item as last read.
+    item: Option<AssignerItem>,
+    /// Rounds since the item was last read (a follower re-reads it now and then).
+    rounds_since_read: u32,
+    /// This worker is the assigner.
+    mine: bool,
+    /// The assigner's outstanding hand-over requests: shard → (for whom, counter, since).
+    pending: HashMap<String, (String, u64, Instant)>,
+    /// Shards this worker left (released, handed over, lost) → the counter it left them at.
+    left: HashMap<String, u64>,
+    /// A finished lease has children without a lease yet: list the shards soon.
+    need_sync: bool,
+    last_sync: Option<Instant>,
+}
+
+/// A follower re-reads the assigner item every this many rounds (it also re-reads it when
+/// the holder looks dead or gone).
+const ASSIGNER_REREAD_ROUNDS: u32 = 30;
 
 /// How long an owner gives its record processor to finish a granted hand-over (the batch in
 /// flight, the app's ShutdownRequested, the final checkpoint) before it hands the lease over
@@ -439,6 +480,8 @@ pub fn owner_wait(handoff_timeout: Duration, scan_interval: Duration) -> Duratio
         .saturating_sub(scan_interval + Duration::from_millis(500))
         .max(handoff_timeout / 2)
 }
+
+mod assigned;
 
 /// Lease creations in flight at once during a shard sync.
 const CREATE_CONCURRENCY: usize = 32;
@@ -511,6 +554,7 @@ impl Coordinator {
                 last_snapshot: TableSnapshot::default(),
                 scanned: false,
                 last_live: BTreeSet::new(),
+                role: Role::default(),
             },
             handle,
         )
@@ -526,7 +570,9 @@ impl Coordinator {
         }
         // A scan first, so discovery writes only the leases that are missing.
         self.round().await;
-        self.sync_shards().await;
+        if self.syncs() {
+            self.sync_shards().await;
+        }
         let mut scan = tokio::time::interval(self.config.scan_interval);
         let mut sync = tokio::time::interval(self.config.shard_sync_interval);
         for t in [&mut scan, &mut sync] {
@@ -537,19 +583,24 @@ impl Coordinator {
         loop {
             tokio::select! {
                 _ = scan.tick() => self.round().await,
-                _ = sync.tick() => {
+                _ = sync.tick() => if self.syncs() {
                     self.sync_shards().await;
                     self.clean_up().await;
-                }
+                },
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Shutdown(reply)) => {
                         self.shutdown().await;
                         let _ = reply.send(());
                         return;
                     }
-                    Some(Command::ShardEnded) => self.sync_shards().await,
+                    Some(Command::ShardEnded) => if self.syncs() {
+                        self.sync_shards().await;
+                    },
                     Some(Command::HandoffFinished(shard)) => {
-                        self.held.remove(&shard);
+                        if let Some(h) = self.held.remove(&shard) {
+                            let counter = h.handle.held.lock().await.counter;
+                            self.left_at(&shard, counter);
+                        }
                     }
                     None => {
                         self.stop_heartbeat().await;
@@ -665,6 +716,13 @@ impl Coordinator {
         if !self.scanned || self.draining || !self.liveness.is_alive(Instant::now()) {
             return;
         }
+        let cleaner = match self.config.coordination {
+            Coordination::Peer => cleanup::is_cleaner(&self.config.worker_id, &self.last_live),
+            Coordination::Assigner => self.role.mine,
+        };
+        if !cleaner {
+            return;
+        }
         let now = Instant::now();
         let retention = self.config.failover_time * 3;
         let observer = &self.observer;
@@ -698,6 +756,28 @@ impl Coordinator {
         }
     }
 
+    /// Grants a hand-over of `shard` to `to`: the record processor is asked to finish, then
+    /// the lease is handed over (see [`owner_wait`] for the timing).
+    async fn start_handover(&mut self, shard: &str, to: &str) {
+        let handle = self.held.get_mut(shard).map(|h| {
+            h.handing_over = true;
+            h.handle.clone()
+        });
+        if let Some(handle) = handle {
+            let deadline = tokio::time::Instant::now()
+                + owner_wait(self.config.handoff_timeout, self.config.scan_interval);
+            let done = self.grant(shard.to_string(), handle, to.to_string(), deadline);
+            let _ = self
+                .events
+                .send(LeaseEvent::ShutdownRequested {
+                    shard_id: shard.to_string(),
+                    done,
+                    deadline,
+                })
+                .await;
+        }
+    }
+
     fn grant(
         &self,
         shard: String,
@@ -708,6 +788,7 @@ impl Coordinator {
         let (done_tx, done_rx) = oneshot::channel();
         let table = self.table.clone();
         let commands = self.commands_tx.clone();
+        let mark = self.config.coordination == Coordination::Assigner;
         tokio::spawn(async move {
             // Answered (or the processor ended, dropping `done`) before the deadline: it
             // stopped and flushed; otherwise the hand-over is forced.
@@ -717,7 +798,10 @@ impl Coordinator {
             lease_handle.revoked.store(true, Ordering::SeqCst);
             tracing::info!(shard = %shard, to = %to, "lease revoked for hand-over");
             let held = lease_handle.held.lock().await.clone();
-            match table.hand_over(&held, &lease_handle.worker_id, &to).await {
+            match table
+                .hand_over(&held, &lease_handle.worker_id, &to, mark)
+                .await
+            {
                 Ok(()) => tracing::info!(shard = %shard, to = %to, "lease handed over"),
                 Err(e) => {
                     tracing::warn!(shard = %shard, error = %e, "hand-over failed; the requester takes it after its timeout")
@@ -728,7 +812,28 @@ impl Coordinator {
         done_tx
     }
 
+    /// Does this worker list shards, create leases and clean up? Every worker in peer mode;
+    /// only the assigner in assigner mode.
+    fn syncs(&self) -> bool {
+        self.config.coordination == Coordination::Peer || self.role.mine
+    }
+
+    /// Remembers that this worker left `shard` at `counter` (assigner mode: the owner index
+    /// may show it as ours for a moment longer).
+    fn left_at(&mut self, shard: &str, counter: u64) {
+        if self.config.coordination == Coordination::Assigner {
+            self.role.left.insert(shard.to_string(), counter);
+        }
+    }
+
     async fn round(&mut self) {
+        match self.config.coordination {
+            Coordination::Peer => self.peer_round().await,
+            Coordination::Assigner => self.assigned_round().await,
+        }
+    }
+
+    async fn peer_round(&mut self) {
         // Leases taken in this round belong to the epoch it started in: a lapse during the
         // round (a slow scan) leaves them invalid, and the next round takes them back.
         let epoch = self.liveness.epoch();
@@ -743,22 +848,7 @@ impl Coordinator {
         };
         let now = Instant::now();
         let me = self.config.worker_id.clone();
-        let failover = self.config.failover_time;
-        for hb in &snapshot.heartbeats {
-            self.observer
-                .observe(&heartbeat_key(&hb.worker_id), hb.counter, now);
-        }
-        for l in &snapshot.leases {
-            self.observer
-                .observe(&lease_key(&l.shard_id), l.counter, now);
-        }
-        let present: HashSet<String> = snapshot
-            .heartbeats
-            .iter()
-            .map(|h| heartbeat_key(&h.worker_id))
-            .chain(snapshot.leases.iter().map(|l| lease_key(&l.shard_id)))
-            .collect();
-        self.observer.retain(|k| present.contains(k));
+        observe(&mut self.observer, &snapshot, now);
 
         if !self.liveness.is_alive(now) {
             // Our own heartbeat is not confirmed: we may be the one considered dead. Take
@@ -769,40 +859,15 @@ impl Coordinator {
             return;
         }
 
-        let heartbeats: HashMap<&str, &Heartbeat> = snapshot
-            .heartbeats
-            .iter()
-            .map(|h| (h.worker_id.as_str(), h))
-            .collect();
-        let observer = &self.observer;
-        let worker_alive = |w: &str| {
-            heartbeats
-                .get(w)
-                .is_some_and(|_| !observer.is_stale(&heartbeat_key(w), now, failover))
-        };
-        let mut live: BTreeSet<String> = snapshot
-            .heartbeats
-            .iter()
-            .filter(|h| !h.draining && worker_alive(&h.worker_id))
-            .map(|h| h.worker_id.clone())
-            .collect();
-        if self.draining {
-            live.remove(&me);
-        } else {
-            live.insert(me.clone());
-        }
+        let (live, states) = fleet_view(
+            &snapshot,
+            &self.observer,
+            &me,
+            self.draining,
+            self.config.failover_time,
+            now,
+        );
         self.last_live = live.clone();
-        let alive = |lease: &Lease, owner: &str| {
-            owner == me
-                || if heartbeats.contains_key(owner) {
-                    worker_alive(owner)
-                } else {
-                    // An owner without a heartbeat item (a KCL worker): KCL's rule on the
-                    // lease counter itself.
-                    !observer.is_stale(&lease_key(&lease.shard_id), now, failover)
-                }
-        };
-        let states = balance::classify(&snapshot.leases, alive);
         let by_shard: HashMap<&str, &Lease> = snapshot
             .leases
             .iter()
@@ -878,23 +943,7 @@ impl Coordinator {
                     counts.get(w).copied().unwrap_or(0)
                 });
             for (shard, to) in grant {
-                let handle = self.held.get_mut(shard).map(|h| {
-                    h.handing_over = true;
-                    h.handle.clone()
-                });
-                if let Some(handle) = handle {
-                    let deadline = tokio::time::Instant::now()
-                        + owner_wait(self.config.handoff_timeout, self.config.scan_interval);
-                    let done = self.grant(shard.to_string(), handle, to.to_string(), deadline);
-                    let _ = self
-                        .events
-                        .send(LeaseEvent::ShutdownRequested {
-                            shard_id: shard.to_string(),
-                            done,
-                            deadline,
-                        })
-                        .await;
-                }
+                self.start_handover(shard, to).await;
             }
             for shard in decline {
                 if let Some(h) = self.held.get(shard) {
@@ -1053,6 +1102,7 @@ impl Coordinator {
             if let Some(h) = self.held.remove(&shard) {
                 h.handle.revoked.store(true, Ordering::SeqCst);
                 let held = h.handle.held.lock().await.clone();
+                self.left_at(&shard, held.counter);
                 let (table, me) = (self.table.clone(), me.clone());
                 releases.spawn(async move {
                     match table.release(&held, &me).await {
@@ -1068,6 +1118,7 @@ impl Coordinator {
     async fn shutdown(&mut self) {
         tracing::info!(leases = self.held.len(), "shutting down: releasing leases");
         self.draining = true;
+        self.step_down().await;
         // The heartbeat task announces it at once and goes on beating until the end.
         self.draining_flag.store(true, Ordering::SeqCst);
         self.beat_now.notify_one();
@@ -1139,6 +1190,69 @@ impl Coordinator {
             tracing::warn!(error = %e, "removing the heartbeat failed");
         }
     }
+}
+
+/// Records one scan's liveness evidence (heartbeat counters, and lease counters for owners
+/// without a heartbeat item) and forgets keys that are gone.
+fn observe(observer: &mut Observer, snapshot: &TableSnapshot, now: Instant) {
+    for hb in &snapshot.heartbeats {
+        observer.observe(&heartbeat_key(&hb.worker_id), hb.counter, now);
+    }
+    for l in &snapshot.leases {
+        observer.observe(&lease_key(&l.shard_id), l.counter, now);
+    }
+    let present: HashSet<String> = snapshot
+        .heartbeats
+        .iter()
+        .map(|h| heartbeat_key(&h.worker_id))
+        .chain(snapshot.leases.iter().map(|l| lease_key(&l.shard_id)))
+        .collect();
+    observer.retain(|k| present.contains(k));
+}
+
+/// The live workers (alive and not draining; `me` unless it drains) and every lease's state,
+/// from one scan and the observations.
+fn fleet_view<'a>(
+    snapshot: &'a TableSnapshot,
+    observer: &Observer,
+    me: &str,
+    draining: bool,
+    failover: Duration,
+    now: Instant,
+) -> (BTreeSet<String>, Vec<balance::LeaseState<'a>>) {
+    let heartbeats: HashMap<&str, &Heartbeat> = snapshot
+        .heartbeats
+        .iter()
+        .map(|h| (h.worker_id.as_str(), h))
+        .collect();
+    let worker_alive = |w: &str| {
+        heartbeats
+            .get(w)
+            .is_some_and(|_| !observer.is_stale(&heartbeat_key(w), now, failover))
+    };
+    let mut live: BTreeSet<String> = snapshot
+        .heartbeats
+        .iter()
+        .filter(|h| !h.draining && worker_alive(&h.worker_id))
+        .map(|h| h.worker_id.clone())
+        .collect();
+    if draining {
+        live.remove(me);
+    } else {
+        live.insert(me.to_string());
+    }
+    let alive = |lease: &Lease, owner: &str| {
+        owner == me
+            || if heartbeats.contains_key(owner) {
+                worker_alive(owner)
+            } else {
+                // An owner without a heartbeat item (a KCL worker): KCL's rule on the lease
+                // counter itself.
+                !observer.is_stale(&lease_key(&lease.shard_id), now, failover)
+            }
+    };
+    let states = balance::classify(&snapshot.leases, alive);
+    (live, states)
 }
 
 /// Waits for every receiver (answered or dropped).

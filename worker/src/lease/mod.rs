@@ -4,12 +4,14 @@
 //! - [`checkpoint`]: positions in a shard, in KCL's representation.
 //! - [`model`]: the table's items (leases with KCL's attributes, worker heartbeats).
 //! - [`liveness`]: "is this worker still alive?" without trusting clocks across machines.
+//! - [`assign`]: the elected assigner's decisions and each member's (assigner mode).
 //! - [`balance`]: which leases to take or ask for, and which hand-overs to grant.
 //! - [`cleanup`]: which finished leases and dead workers' heartbeats can be deleted.
 //! - [`coordinator`]: the loop that runs it all and tells the record pipeline what it owns.
 //! - [`discovery`]: the stream's shards become leases.
 //! - [`table`]: the DynamoDB I/O, every ownership-dependent write fenced by the counter.
 
+pub mod assign;
 pub mod balance;
 pub mod checkpoint;
 pub mod cleanup;

@@ -46,7 +46,19 @@ pub mod attr {
     /// Where a lease that started at `LATEST` was pinned before its first delivery (epoch
     /// ms, with checkpoint `AT_TIMESTAMP`): the next owner resumes there, not at its own tip.
     pub const START_TIMESTAMP: &str = "koStartTimestamp";
+    /// Ours (assigner mode): the lease was given to `leaseOwner` (by the assigner, or by a
+    /// hand-over) and not yet accepted by it (BOOL); its acceptance removes it.
+    pub const ASSIGNED: &str = "koAssigned";
 }
+
+/// The owner index (assigner mode): a global secondary index on `leaseOwner` projecting the
+/// counter and the hand-over request, so a worker reads only its own leases, and a
+/// checkpoint (which changes neither) costs no index write.
+pub const OWNER_INDEX: &str = "koLeaseOwnerIndex";
+
+/// The assigner item's key (assigner mode): `leaseOwner` is the elected assigner,
+/// `leaseCounter` the election term (every claim bumps it).
+pub const ASSIGNER_KEY: &str = "kinesis-operator:assigner";
 
 /// Prefix of heartbeat items' keys; no shard id starts with it.
 pub const HEARTBEAT_KEY_PREFIX: &str = "kinesis-operator:worker:";
@@ -83,6 +95,8 @@ pub struct Lease {
     /// With checkpoint `AT_TIMESTAMP`: this lease's own start (epoch ms), written when a
     /// `LATEST` lease was pinned; `None`: the application's initial timestamp.
     pub start_timestamp_ms: Option<i64>,
+    /// Given to `owner` and not yet accepted (assigner mode): not processed yet.
+    pub assigned: bool,
 }
 
 impl Lease {
@@ -105,6 +119,7 @@ impl Lease {
             hash_range: None,
             handoff_to: None,
             start_timestamp_ms: None,
+            assigned: false,
         }
     }
 
@@ -132,6 +147,15 @@ impl Heartbeat {
     pub fn key(worker_id: &str) -> String {
         format!("{HEARTBEAT_KEY_PREFIX}{worker_id}")
     }
+}
+
+/// The assigner item: who holds the role, under which term.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignerItem {
+    /// The worker holding the role, if any (none after a graceful step-down).
+    pub owner: Option<String>,
+    /// The election term: every claim bumps it, every claim is conditional on it.
+    pub term: u64,
 }
 
 /// Everything one scan of the lease table found.

@@ -14,9 +14,11 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, TableStatus,
 };
 
+use super::assign::OwnedLease;
 use super::checkpoint::Checkpoint;
 use super::model::{
-    HEARTBEAT_KEY_PREFIX, Heartbeat, Lease, RESERVED_KEY_PREFIX, TableSnapshot, attr,
+    ASSIGNER_KEY, AssignerItem, HEARTBEAT_KEY_PREFIX, Heartbeat, Lease, OWNER_INDEX,
+    RESERVED_KEY_PREFIX, TableSnapshot, attr,
 };
 
 /// How long a new table may take to become ACTIVE.
@@ -148,11 +150,70 @@ pub struct TableCounters {
     pub checkpoint_writes: AtomicU64,
     /// Items a scan skipped because they are neither a lease nor a heartbeat we can read.
     pub bad_items: AtomicU64,
+    /// Read request units, doubled (so an eventually consistent unit is 1), as DynamoDB bills
+    /// them from the sizes of the items returned: a Scan or Query page rounds its items'
+    /// total size up to 4 KB, a GetItem its item's; strongly consistent reads cost double.
+    pub read_half_units: AtomicU64,
+    /// Write request units: a heartbeat by its item size (rounded up to 1 KB), every other
+    /// write 1 (lease items stay under 1 KB), failed conditional writes included.
+    pub write_units: AtomicU64,
+    /// Writes to the owner index that table writes cause (2 when a lease changes owner, 1
+    /// when it gets or loses one or a hand-over request changes), if the index exists.
+    pub index_writes: AtomicU64,
+    /// Query pages on the owner index.
+    pub queries: AtomicU64,
+    /// GetItem requests (the assigner item, the assigner's heartbeat).
+    pub gets: AtomicU64,
 }
 
 impl TableCounters {
     fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn add_n(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one read request that returned `bytes` of items.
+    fn read(&self, bytes: usize, consistent: bool) {
+        let units = (bytes.div_ceil(4096)).max(1) as u64;
+        Self::add_n(
+            &self.read_half_units,
+            if consistent { units * 2 } else { units },
+        );
+    }
+
+    /// Counts one write of an item of about `bytes`, causing `index` owner-index writes.
+    fn write(&self, bytes: usize, index: u64) {
+        Self::add(&self.writes);
+        Self::add_n(&self.write_units, bytes.div_ceil(1024).max(1) as u64);
+        Self::add_n(&self.index_writes, index);
+    }
+}
+
+/// An item's size as DynamoDB counts it (attribute names plus values; numbers approximated
+/// by their digits), for the request-unit counters.
+pub fn item_size(item: &HashMap<String, AttributeValue>) -> usize {
+    item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
+}
+
+fn value_size(v: &AttributeValue) -> usize {
+    match v {
+        AttributeValue::S(s) => s.len(),
+        AttributeValue::N(n) => n.len().div_ceil(2) + 1,
+        AttributeValue::B(b) => b.as_ref().len(),
+        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
+        AttributeValue::Ss(v) => v.iter().map(String::len).sum(),
+        AttributeValue::Ns(v) => v.iter().map(|n| n.len().div_ceil(2) + 1).sum(),
+        AttributeValue::M(m) => {
+            3 + m
+                .iter()
+                .map(|(k, v)| k.len() + value_size(v) + 1)
+                .sum::<usize>()
+        }
+        AttributeValue::L(l) => 3 + l.iter().map(|v| value_size(v) + 1).sum::<usize>(),
+        _ => 0,
     }
 }
 
@@ -331,13 +392,20 @@ impl LeaseTable {
             .key_type(KeyType::Hash)
             .build()
             .map_err(invalid)?;
+        let owner_def = AttributeDefinition::builder()
+            .attribute_name(attr::LEASE_OWNER)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(invalid)?;
         let res = self
             .client
             .create_table()
             .table_name(&self.name)
             .billing_mode(BillingMode::PayPerRequest)
             .attribute_definitions(def)
+            .attribute_definitions(owner_def)
             .key_schema(key)
+            .global_secondary_indexes(owner_index(None).map_err(invalid)?)
             .set_tags(if tags.is_empty() {
                 None
             } else {
@@ -406,6 +474,15 @@ impl LeaseTable {
     /// heartbeat is not an error: it is skipped, counted in [`TableCounters::bad_items`] (every
     /// scan) and logged once per key with what is wrong, so one bad item never stops a fleet.
     pub async fn scan(&self) -> Result<TableSnapshot, LeaseError> {
+        self.scan_with(true).await
+    }
+
+    /// [`LeaseTable::scan`], strongly or eventually consistent (half the read units; an item
+    /// may be a moment old, never newer than the table).
+    ///
+    /// # Errors
+    /// As [`LeaseTable::scan`].
+    pub async fn scan_with(&self, consistent: bool) -> Result<TableSnapshot, LeaseError> {
         let mut snapshot = TableSnapshot::default();
         let mut start: Option<HashMap<String, AttributeValue>> = None;
         loop {
@@ -414,11 +491,13 @@ impl LeaseTable {
                 .client
                 .scan()
                 .table_name(&self.name)
-                .consistent_read(true)
+                .consistent_read(consistent)
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
                 .map_err(|e| self.dynamo("Scan", e))?;
+            self.counters
+                .read(out.items().iter().map(item_size).sum(), consistent);
             self.counters
                 .items_read
                 .fetch_add(out.items().len() as u64, Ordering::Relaxed);
@@ -573,6 +652,11 @@ impl LeaseTable {
                 .get(attr::START_TIMESTAMP)
                 .and_then(|v| v.as_n().ok())
                 .and_then(|v| v.parse().ok()),
+            assigned: item
+                .get(attr::ASSIGNED)
+                .and_then(|v| v.as_bool().ok())
+                .copied()
+                .unwrap_or(false),
         })
     }
 
@@ -605,7 +689,7 @@ impl LeaseTable {
                 .item(attr::STARTING_HASH_KEY, s(start))
                 .item(attr::ENDING_HASH_KEY, s(end));
         }
-        TableCounters::add(&self.counters.writes);
+        self.counters.write(0, 0);
         match put.send().await {
             Ok(_) => Ok(true),
             Err(e) if is_conditional_failure(&e) => Ok(false),
@@ -629,26 +713,92 @@ impl LeaseTable {
     /// [`LeaseError::Dynamo`] otherwise (the lease may or may not be ours: the next scan
     /// tells).
     pub async fn take(&self, lease: &Lease, worker: &str) -> Result<HeldLease, LeaseError> {
-        self.take_if(lease, worker, "#c = :expected").await
+        Ok(self
+            .take_if(lease, worker, "#c = :expected", false)
+            .await?
+            .0)
+    }
+
+    /// The assigner's take on behalf of `to` (assigner mode): as [`LeaseTable::take`], and
+    /// marks the lease `koAssigned` until `to` accepts it ([`LeaseTable::accept`]).
+    ///
+    /// # Errors
+    /// As [`LeaseTable::take`].
+    pub async fn assign(&self, lease: &Lease, to: &str) -> Result<HeldLease, LeaseError> {
+        Ok(self.take_if(lease, to, "#c = :expected", true).await?.0)
+    }
+
+    /// [`LeaseTable::take_after_handoff_timeout`] by the assigner on behalf of `to`, marked
+    /// as [`LeaseTable::assign`].
+    ///
+    /// # Errors
+    /// As [`LeaseTable::take_after_handoff_timeout`].
+    pub async fn assign_after_handoff_timeout(
+        &self,
+        lease: &Lease,
+        to: &str,
+    ) -> Result<HeldLease, LeaseError> {
+        Ok(self
+            .take_if(lease, to, "#c = :expected AND #h = :me", true)
+            .await?
+            .0)
+    }
+
+    /// Accepts a lease that was given to `worker` (assigner mode: by the assigner, by its
+    /// previous owner's hand-over, or left by an earlier run of the same worker id): a take
+    /// conditional on the owner being `worker` and the counter being the one the owner index
+    /// showed. Returns the lease as the take left it (its checkpoint read atomically with the
+    /// take, as [`LeaseTable::take`]).
+    ///
+    /// # Guarantees
+    /// As [`LeaseTable::take`]: the counter goes up, so any earlier holder under the same
+    /// worker id (a previous run, a paused process) is fenced off.
+    ///
+    /// # Errors
+    /// [`LeaseError::LeaseLost`] if the lease is no longer ours at that counter (the index
+    /// lagged); [`LeaseError::Dynamo`].
+    pub async fn accept(
+        &self,
+        owned: &OwnedLease,
+        worker: &str,
+    ) -> Result<(HeldLease, Lease), LeaseError> {
+        let mut seen = Lease::new(&owned.shard_id, Checkpoint::TrimHorizon, Vec::new());
+        seen.counter = owned.counter;
+        seen.owner = Some(worker.to_string());
+        let (held, now) = self
+            .take_if(&seen, worker, "#c = :expected AND #o = :me", false)
+            .await?;
+        Ok((held, now.unwrap_or(seen)))
     }
 
     /// Sets `worker` as owner, bumps the counter and the owner-switch count, clears any
-    /// hand-over request, if `condition` (over `#c`/`:expected`, `#h`/`:me`) holds.
+    /// hand-over request, if `condition` (over `#c`/`:expected`, `#h`/`:me`) holds; with
+    /// `mark`, sets `koAssigned` (given, not yet accepted), else clears it.
     async fn take_if(
         &self,
         lease: &Lease,
         worker: &str,
         condition: &str,
-    ) -> Result<HeldLease, LeaseError> {
-        TableCounters::add(&self.counters.writes);
-        let res = self
+        mark: bool,
+    ) -> Result<(HeldLease, Option<Lease>), LeaseError> {
+        self.counters.write(0, 2);
+        let req = self
             .client
             .update_item()
             .table_name(&self.name)
-            .key(attr::LEASE_KEY, s(&lease.shard_id))
-            .update_expression(
-                "SET #o = :me, #c = :next, #sw = if_not_exists(#sw, :zero) + :one REMOVE #h",
+            .key(attr::LEASE_KEY, s(&lease.shard_id));
+        let req = if mark {
+            req.update_expression(
+                "SET #o = :me, #c = :next, #sw = if_not_exists(#sw, :zero) + :one, #as = :yes REMOVE #h",
             )
+            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+        } else {
+            req.update_expression(
+                "SET #o = :me, #c = :next, #sw = if_not_exists(#sw, :zero) + :one REMOVE #h, #as",
+            )
+        };
+        let res = req
+            .expression_attribute_names("#as", attr::ASSIGNED)
             .condition_expression(condition)
             .expression_attribute_names("#o", attr::LEASE_OWNER)
             .expression_attribute_names("#c", attr::LEASE_COUNTER)
@@ -672,16 +822,19 @@ impl LeaseTable {
                 let now = out
                     .attributes()
                     .and_then(|item| self.parse_lease(&lease.shard_id, item).ok());
-                let (checkpoint, start_timestamp_ms) = now.map_or_else(
+                let (checkpoint, start_timestamp_ms) = now.as_ref().map_or_else(
                     || (lease.checkpoint.clone(), lease.start_timestamp_ms),
-                    |l| (l.checkpoint, l.start_timestamp_ms),
+                    |l| (l.checkpoint.clone(), l.start_timestamp_ms),
                 );
-                Ok(HeldLease {
-                    shard_id: lease.shard_id.clone(),
-                    counter: lease.counter + 1,
-                    checkpoint,
-                    start_timestamp_ms,
-                })
+                Ok((
+                    HeldLease {
+                        shard_id: lease.shard_id.clone(),
+                        counter: lease.counter + 1,
+                        checkpoint,
+                        start_timestamp_ms,
+                    },
+                    now,
+                ))
             }
             Err(e) if is_conditional_failure(&e) => Err(LeaseError::LeaseLost {
                 shard_id: lease.shard_id.clone(),
@@ -700,12 +853,15 @@ impl LeaseTable {
         update: &str,
         values: Vec<(&str, AttributeValue)>,
         names: Vec<(&str, &str)>,
+        index: u64,
     ) -> Result<(), LeaseError> {
-        self.fenced_if(held, worker, None, update, values, names)
+        self.fenced_if(held, worker, None, update, values, names, index)
             .await
     }
 
-    /// [`LeaseTable::fenced`] with one more condition (`AND extra`).
+    /// [`LeaseTable::fenced`] with one more condition (`AND extra`); `index` is the number of
+    /// owner-index writes the update causes (for the request-unit counters).
+    #[allow(clippy::too_many_arguments)]
     async fn fenced_if(
         &self,
         held: &HeldLease,
@@ -714,6 +870,7 @@ impl LeaseTable {
         update: &str,
         values: Vec<(&str, AttributeValue)>,
         names: Vec<(&str, &str)>,
+        index: u64,
     ) -> Result<(), LeaseError> {
         let condition = match extra {
             None => "#o = :me AND #c = :held".to_string(),
@@ -736,7 +893,7 @@ impl LeaseTable {
         for (k, v) in names {
             req = req.expression_attribute_names(k, v);
         }
-        TableCounters::add(&self.counters.writes);
+        self.counters.write(0, index);
         match req.send().await {
             Ok(_) => Ok(()),
             Err(e) if is_conditional_failure(&e) => Err(LeaseError::LeaseLost {
@@ -787,6 +944,7 @@ impl LeaseTable {
                 ("#pst", attr::PENDING_CHECKPOINT_STATE),
                 ("#ts", attr::START_TIMESTAMP),
             ],
+            0,
         )
         .await?;
         held.checkpoint = to;
@@ -825,6 +983,7 @@ impl LeaseTable {
                 ("#sub", attr::CHECKPOINT_SUB),
                 ("#ts", attr::START_TIMESTAMP),
             ],
+            0,
         )
         .await?;
         held.checkpoint = Checkpoint::AtTimestamp;
@@ -851,6 +1010,7 @@ impl LeaseTable {
             "SET #ch = :ch",
             vec![(":ch", AttributeValue::Ss(children.to_vec()))],
             vec![("#ch", attr::CHILD_SHARD_IDS)],
+            0,
         )
         .await
     }
@@ -867,11 +1027,13 @@ impl LeaseTable {
             "SET #c = :next REMOVE #o, #h",
             vec![(":next", n(held.counter + 1))],
             vec![("#h", attr::HANDOFF_TO)],
+            1,
         )
         .await
     }
 
-    /// Hands a lease straight to the worker that asked for it.
+    /// Hands a lease straight to the worker that asked for it; with `mark` (assigner mode)
+    /// the lease stays `koAssigned` until `to` accepts it.
     ///
     /// # Errors
     /// [`LeaseError::LeaseLost`]; [`LeaseError::Dynamo`].
@@ -880,18 +1042,31 @@ impl LeaseTable {
         held: &HeldLease,
         worker: &str,
         to: &str,
+        mark: bool,
     ) -> Result<(), LeaseError> {
+        let mut values = vec![
+            (":to", s(to)),
+            (":next", n(held.counter + 1)),
+            (":zero", n(0)),
+            (":one", n(1)),
+        ];
+        let update = if mark {
+            values.push((":yes", AttributeValue::Bool(true)));
+            "SET #o = :to, #c = :next, #sw = if_not_exists(#sw, :zero) + :one, #as = :yes REMOVE #h"
+        } else {
+            "SET #o = :to, #c = :next, #sw = if_not_exists(#sw, :zero) + :one REMOVE #h, #as"
+        };
         self.fenced(
             held,
             worker,
-            "SET #o = :to, #c = :next, #sw = if_not_exists(#sw, :zero) + :one REMOVE #h",
+            update,
+            values,
             vec![
-                (":to", s(to)),
-                (":next", n(held.counter + 1)),
-                (":zero", n(0)),
-                (":one", n(1)),
+                ("#h", attr::HANDOFF_TO),
+                ("#sw", attr::OWNER_SWITCHES),
+                ("#as", attr::ASSIGNED),
             ],
-            vec![("#h", attr::HANDOFF_TO), ("#sw", attr::OWNER_SWITCHES)],
+            2,
         )
         .await
     }
@@ -907,6 +1082,7 @@ impl LeaseTable {
             "REMOVE #h",
             Vec::new(),
             vec![("#h", attr::HANDOFF_TO)],
+            1,
         )
         .await
     }
@@ -918,7 +1094,7 @@ impl LeaseTable {
     /// # Errors
     /// [`LeaseError::Dynamo`].
     pub async fn request_handoff(&self, lease: &Lease, worker: &str) -> Result<bool, LeaseError> {
-        TableCounters::add(&self.counters.writes);
+        self.counters.write(0, 1);
         let res = self
             .client
             .update_item()
@@ -950,8 +1126,10 @@ impl LeaseTable {
         lease: &Lease,
         worker: &str,
     ) -> Result<HeldLease, LeaseError> {
-        self.take_if(lease, worker, "#c = :expected AND #h = :me")
-            .await
+        Ok(self
+            .take_if(lease, worker, "#c = :expected AND #h = :me", false)
+            .await?
+            .0)
     }
 
     /// Writes this worker's heartbeat: one unconditional put, whatever the number of leases
@@ -960,8 +1138,19 @@ impl LeaseTable {
     /// # Errors
     /// [`LeaseError::Dynamo`].
     pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), LeaseError> {
-        TableCounters::add(&self.counters.writes);
         TableCounters::add(&self.counters.heartbeat_writes);
+        // The item's size: key, worker id, counter, flag, and the lag map.
+        let size = attr::LEASE_KEY.len()
+            + Heartbeat::key(&beat.worker_id).len()
+            + attr::WORKER_ID.len()
+            + beat.worker_id.len()
+            + attr::HEARTBEAT.len()
+            + 8
+            + attr::DRAINING.len()
+            + 1
+            + attr::LAG.len()
+            + beat.lag.keys().map(|k| k.len() + 8).sum::<usize>();
+        self.counters.write(size, 0);
         self.client
             .put_item()
             .table_name(&self.name)
@@ -1015,7 +1204,7 @@ impl LeaseTable {
         name: &str,
         value: AttributeValue,
     ) -> Result<bool, LeaseError> {
-        TableCounters::add(&self.counters.writes);
+        self.counters.write(0, 0);
         let res = self
             .client
             .delete_item()
@@ -1038,7 +1227,7 @@ impl LeaseTable {
     /// # Errors
     /// [`LeaseError::Dynamo`].
     pub async fn remove_heartbeat(&self, worker_id: &str) -> Result<(), LeaseError> {
-        TableCounters::add(&self.counters.writes);
+        self.counters.write(0, 0);
         self.client
             .delete_item()
             .table_name(&self.name)
@@ -1048,6 +1237,330 @@ impl LeaseTable {
             .map_err(|e| self.dynamo("DeleteItem", e))?;
         Ok(())
     }
+    /// Makes sure the owner index exists (assigner mode), adding it to a table created
+    /// without it (by an older version, or by KCL) and waiting until it is ACTIVE (DynamoDB
+    /// backfills it: seconds for a few thousand leases).
+    ///
+    /// # Errors
+    /// [`LeaseError::AccessDenied`] naming `dynamodb:UpdateTable`; [`LeaseError::NotActive`]
+    /// if the index is not ACTIVE within ten minutes; [`LeaseError::Dynamo`].
+    pub async fn ensure_owner_index(&self) -> Result<(), LeaseError> {
+        use aws_sdk_dynamodb::types::IndexStatus;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+        let mut asked = false;
+        loop {
+            TableCounters::add(&self.counters.reads);
+            let out = self
+                .client
+                .describe_table()
+                .table_name(&self.name)
+                .send()
+                .await
+                .map_err(|e| self.dynamo("DescribeTable", e))?;
+            let Some(table) = out.table() else {
+                return Err(self.bad(&self.name, "DescribeTable returned no table"));
+            };
+            let index = table
+                .global_secondary_indexes()
+                .iter()
+                .find(|i| i.index_name() == Some(OWNER_INDEX));
+            match index {
+                Some(i) if i.index_status().is_none_or(|s| s == &IndexStatus::Active) => {
+                    return Ok(());
+                }
+                Some(_) => {}
+                None if !asked => {
+                    asked = true;
+                    self.add_owner_index(table).await?;
+                }
+                None => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LeaseError::NotActive {
+                    table: format!("{} (index {OWNER_INDEX})", self.name),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn add_owner_index(
+        &self,
+        table: &aws_sdk_dynamodb::types::TableDescription,
+    ) -> Result<(), LeaseError> {
+        use aws_sdk_dynamodb::types::{
+            CreateGlobalSecondaryIndexAction, GlobalSecondaryIndexUpdate, ProvisionedThroughput,
+        };
+        let invalid = |e: aws_sdk_dynamodb::error::BuildError| LeaseError::Dynamo {
+            op: "UpdateTable",
+            table: self.name.clone(),
+            detail: e.to_string(),
+        };
+        // A provisioned table's index needs capacity of its own: the table's.
+        let throughput = table.provisioned_throughput().and_then(|p| {
+            match (p.read_capacity_units(), p.write_capacity_units()) {
+                (Some(r), Some(w)) if r > 0 && w > 0 => ProvisionedThroughput::builder()
+                    .read_capacity_units(r)
+                    .write_capacity_units(w)
+                    .build()
+                    .ok(),
+                _ => None,
+            }
+        });
+        let index = owner_index(throughput).map_err(invalid)?;
+        let action = CreateGlobalSecondaryIndexAction::builder()
+            .index_name(OWNER_INDEX)
+            .set_key_schema(Some(index.key_schema().to_vec()))
+            .set_projection(index.projection().cloned())
+            .set_provisioned_throughput(index.provisioned_throughput().cloned())
+            .build()
+            .map_err(invalid)?;
+        let res = self
+            .client
+            .update_table()
+            .table_name(&self.name)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(attr::LEASE_OWNER)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .map_err(invalid)?,
+            )
+            .global_secondary_index_updates(
+                GlobalSecondaryIndexUpdate::builder().create(action).build(),
+            )
+            .send()
+            .await;
+        match res {
+            Ok(_) => {
+                tracing::info!(table = %self.name, index = OWNER_INDEX, "adding the owner index to the lease table");
+                Ok(())
+            }
+            Err(e) if is_access_denied(&e) => Err(LeaseError::AccessDenied {
+                table: self.name.clone(),
+                action: "UpdateTable",
+                detail: DisplayErrorContext(e).to_string(),
+            }),
+            // Another worker is adding it at the same moment: wait for it as for ours.
+            Err(e) => {
+                tracing::info!(table = %self.name, error = %DisplayErrorContext(e), "adding the owner index failed (another worker may be adding it); waiting for it");
+                Ok(())
+            }
+        }
+    }
+
+    /// This worker's leases, from the owner index (eventually consistent; all pages). An
+    /// entry that cannot be read is skipped and logged once, as in [`LeaseTable::scan`].
+    ///
+    /// # Errors
+    /// [`LeaseError::Dynamo`] (also when the index does not exist: see
+    /// [`LeaseTable::ensure_owner_index`]).
+    pub async fn query_owned(&self, worker: &str) -> Result<Vec<OwnedLease>, LeaseError> {
+        let mut owned = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            TableCounters::add(&self.counters.queries);
+            let out = self
+                .client
+                .query()
+                .table_name(&self.name)
+                .index_name(OWNER_INDEX)
+                .key_condition_expression("#o = :me")
+                .expression_attribute_names("#o", attr::LEASE_OWNER)
+                .expression_attribute_values(":me", s(worker))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| self.dynamo("Query", e))?;
+            self.counters
+                .read(out.items().iter().map(item_size).sum(), false);
+            for item in out.items() {
+                let key = item
+                    .get(attr::LEASE_KEY)
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default();
+                if key.is_empty() || key.starts_with(RESERVED_KEY_PREFIX) {
+                    continue;
+                }
+                match num(item, attr::LEASE_COUNTER) {
+                    Ok(counter) => owned.push(OwnedLease {
+                        shard_id: key,
+                        counter: counter.unwrap_or(0),
+                        handoff_to: item
+                            .get(attr::HANDOFF_TO)
+                            .and_then(|v| v.as_s().ok())
+                            .cloned(),
+                    }),
+                    Err(reason) => {
+                        TableCounters::add(&self.counters.bad_items);
+                        let first = self
+                            .reported
+                            .lock()
+                            .map(|mut r| r.insert(key.clone()))
+                            .unwrap_or(true);
+                        if first {
+                            tracing::warn!(table = %self.name, key = %key, error = %reason, "skipping a lease that cannot be read; fix or delete it by hand");
+                        }
+                    }
+                }
+            }
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        Ok(owned)
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        consistent: bool,
+    ) -> Result<Option<HashMap<String, AttributeValue>>, LeaseError> {
+        TableCounters::add(&self.counters.gets);
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.name)
+            .key(attr::LEASE_KEY, s(key))
+            .consistent_read(consistent)
+            .send()
+            .await
+            .map_err(|e| self.dynamo("GetItem", e))?;
+        self.counters
+            .read(out.item().map(item_size).unwrap_or(0), consistent);
+        Ok(out.item().cloned())
+    }
+
+    /// One worker's heartbeat item (eventually consistent), `None` if it has none.
+    ///
+    /// # Errors
+    /// [`LeaseError::BadItem`]; [`LeaseError::Dynamo`].
+    pub async fn read_heartbeat(&self, worker_id: &str) -> Result<Option<Heartbeat>, LeaseError> {
+        let key = Heartbeat::key(worker_id);
+        match self.get(&key, false).await? {
+            None => Ok(None),
+            Some(item) => self.parse_heartbeat(&key, &item).map(Some),
+        }
+    }
+
+    /// The assigner item, `None` if nobody ever claimed the role.
+    ///
+    /// # Errors
+    /// [`LeaseError::BadItem`]; [`LeaseError::Dynamo`].
+    pub async fn read_assigner(
+        &self,
+        consistent: bool,
+    ) -> Result<Option<AssignerItem>, LeaseError> {
+        match self.get(ASSIGNER_KEY, consistent).await? {
+            None => Ok(None),
+            Some(item) => Ok(Some(AssignerItem {
+                owner: item
+                    .get(attr::LEASE_OWNER)
+                    .and_then(|v| v.as_s().ok())
+                    .cloned(),
+                term: num(&item, attr::LEASE_COUNTER)
+                    .map_err(|r| self.bad(ASSIGNER_KEY, r))?
+                    .unwrap_or(0),
+            })),
+        }
+    }
+
+    /// Claims the assigner role for `worker` if the item is still as `seen` (absent, or at
+    /// the same term). Returns the new item, or `None` if another worker claimed it first.
+    ///
+    /// # Guarantees
+    /// Of several workers claiming at once, one succeeds: the term is the fencing token.
+    ///
+    /// # Errors
+    /// [`LeaseError::Dynamo`].
+    pub async fn claim_assigner(
+        &self,
+        worker: &str,
+        seen: Option<&AssignerItem>,
+    ) -> Result<Option<AssignerItem>, LeaseError> {
+        self.counters.write(0, 2);
+        let term = seen.map_or(1, |s| s.term + 1);
+        let req = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .key(attr::LEASE_KEY, s(ASSIGNER_KEY))
+            .update_expression("SET #o = :me, #c = :next")
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_values(":me", s(worker))
+            .expression_attribute_values(":next", n(term));
+        let req = match seen {
+            None => req.condition_expression("attribute_not_exists(#c)"),
+            Some(seen) => req
+                .condition_expression("#c = :term")
+                .expression_attribute_values(":term", n(seen.term)),
+        };
+        match req.send().await {
+            Ok(_) => Ok(Some(AssignerItem {
+                owner: Some(worker.to_string()),
+                term,
+            })),
+            Err(e) if is_conditional_failure(&e) => Ok(None),
+            Err(e) => Err(self.dynamo("UpdateItem", e)),
+        }
+    }
+
+    /// Gives the assigner role up (on shutdown), so another worker claims it at once.
+    ///
+    /// # Errors
+    /// [`LeaseError::LeaseLost`] if the role was no longer ours; [`LeaseError::Dynamo`].
+    pub async fn release_assigner(&self, worker: &str, term: u64) -> Result<(), LeaseError> {
+        self.counters.write(0, 1);
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .key(attr::LEASE_KEY, s(ASSIGNER_KEY))
+            .update_expression("SET #c = :next REMOVE #o")
+            .condition_expression("#o = :me AND #c = :term")
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_values(":me", s(worker))
+            .expression_attribute_values(":term", n(term))
+            .expression_attribute_values(":next", n(term + 1))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Err(LeaseError::LeaseLost {
+                shard_id: ASSIGNER_KEY.to_string(),
+                counter: term,
+            }),
+            Err(e) => Err(self.dynamo("UpdateItem", e)),
+        }
+    }
+}
+
+/// The owner index's definition; `throughput` for a table with provisioned capacity.
+fn owner_index(
+    throughput: Option<aws_sdk_dynamodb::types::ProvisionedThroughput>,
+) -> Result<aws_sdk_dynamodb::types::GlobalSecondaryIndex, aws_sdk_dynamodb::error::BuildError> {
+    use aws_sdk_dynamodb::types::{GlobalSecondaryIndex, Projection, ProjectionType};
+    GlobalSecondaryIndex::builder()
+        .index_name(OWNER_INDEX)
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(attr::LEASE_OWNER)
+                .key_type(KeyType::Hash)
+                .build()?,
+        )
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::Include)
+                .non_key_attributes(attr::LEASE_COUNTER)
+                .non_key_attributes(attr::HANDOFF_TO)
+                .build(),
+        )
+        .set_provisioned_throughput(throughput)
+        .build()
 }
 
 fn num(item: &HashMap<String, AttributeValue>, a: &str) -> Result<Option<u64>, String> {

@@ -1,0 +1,252 @@
+//! Coordination with an elected assigner (`--coordination assigner`): the decisions, as pure
+//! functions over plain data. The I/O lives in [`super::coordinator`]; the design and its
+//! cost are in docs/LEASES.md ("Assigner mode").
+//!
+//! - [`plan`]: the assigner's round. From one scan it decides, for the whole fleet, which
+//!   free lease goes to which live worker and which leases move (a hand-over request on the
+//!   owner's lease, answered by the owner as in peer mode). The fair share and the rule for
+//!   a move ([`super::balance::may_move`]) are the peer mode's, so a fleet settles in the
+//!   same state whichever mode it runs.
+//! - [`member_plan`]: every worker's round over its *own* leases only (a query on the owner
+//!   index): which it lost, which it was given and must accept, which hand-overs it grants.
+//! - [`watch`]: whether this worker should try to become the assigner.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use super::balance::{LeaseState, may_move};
+use super::model::Lease;
+
+/// What the assigner knows besides the leases.
+pub struct AssignerView<'a> {
+    /// Workers alive and not draining.
+    pub live: &'a BTreeSet<String>,
+    /// Outstanding hand-over requests: shard → the worker it was asked for.
+    pub pending: &'a HashMap<String, String>,
+    /// Upper bound on new hand-over requests per round (the fleet's, not per worker).
+    pub max_moves: usize,
+}
+
+/// The assigner's decisions for one round.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AssignerPlan {
+    /// (shard, worker): give a free lease to a live worker (a take on its behalf,
+    /// conditional on the scanned counter).
+    pub assign: Vec<(String, String)>,
+    /// (shard, owner, worker): ask the owner to hand the lease to the worker.
+    pub request: Vec<(String, String, String)>,
+    /// The fair share: `ceil(active leases / live workers)`.
+    pub target: usize,
+}
+
+/// The assigner's round: free leases to the least loaded live workers first, then moves
+/// from the most to the least loaded while [`may_move`] allows, at most
+/// `view.max_moves` new requests. A pending request counts as if granted, so a slow owner
+/// is never asked twice and nobody is over-filled while hand-overs are in flight.
+///
+/// Ties are broken by worker name, so the plan is a function of its input alone.
+pub fn plan(leases: &[Lease], states: &[LeaseState<'_>], view: &AssignerView<'_>) -> AssignerPlan {
+    let active = states
+        .iter()
+        .filter(|s| matches!(s, LeaseState::Owned(_) | LeaseState::Free))
+        .count();
+    if view.live.is_empty() {
+        return AssignerPlan::default();
+    }
+    let target = active.div_ceil(view.live.len());
+    // Per live worker: the leases it will hold once pending hand-overs complete.
+    let mut holds: BTreeMap<&str, BTreeSet<&str>> = view
+        .live
+        .iter()
+        .map(|w| (w.as_str(), BTreeSet::new()))
+        .collect();
+    let mut free = Vec::new();
+    let mut moving: HashSet<&str> = HashSet::new();
+    for (lease, state) in leases.iter().zip(states) {
+        let shard = lease.shard_id.as_str();
+        match state {
+            LeaseState::Owned(owner) => {
+                let to = view
+                    .pending
+                    .get(shard)
+                    .filter(|to| view.live.contains(*to) && *to != owner);
+                match to {
+                    Some(to) => {
+                        moving.insert(shard);
+                        if let Some(set) = holds.get_mut(to.as_str()) {
+                            set.insert(shard);
+                        }
+                    }
+                    None => {
+                        // A draining owner's leases count for nobody live: it releases them
+                        // on its own, and they are assigned once free.
+                        if let Some(set) = holds.get_mut(owner) {
+                            set.insert(shard);
+                        }
+                    }
+                }
+            }
+            LeaseState::Free => free.push(shard),
+            LeaseState::Finished | LeaseState::Blocked => {}
+        }
+    }
+    let mut assign = Vec::new();
+    for shard in free {
+        let Some((worker, set)) = holds
+            .iter_mut()
+            .min_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| a.0.cmp(b.0)))
+        else {
+            break;
+        };
+        set.insert(shard);
+        assign.push((shard.to_string(), (*worker).to_string()));
+    }
+    let assigned: HashSet<&str> = assign.iter().map(|(s, _)| s.as_str()).collect();
+    let mut request = Vec::new();
+    while request.len() < view.max_moves {
+        let most = holds
+            .iter()
+            .max_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| b.0.cmp(a.0)))
+            .map(|(w, s)| (*w, s.len()));
+        let least = holds
+            .iter()
+            .min_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| a.0.cmp(b.0)))
+            .map(|(w, s)| (*w, s.len()));
+        let (Some((from, from_n)), Some((to, to_n))) = (most, least) else {
+            break;
+        };
+        if from == to || !may_move(from_n, to_n, target) {
+            break;
+        }
+        // The giver's last lease that is really its own (not one it is about to receive, nor
+        // one given to it this round, which it does not hold yet).
+        let shard = holds.get(from).and_then(|set| {
+            set.iter()
+                .rev()
+                .find(|s| !moving.contains(**s) && !assigned.contains(**s))
+                .copied()
+        });
+        let Some(shard) = shard else { break };
+        if let Some(set) = holds.get_mut(from) {
+            set.remove(shard);
+        }
+        if let Some(set) = holds.get_mut(to) {
+            set.insert(shard);
+        }
+        moving.insert(shard);
+        request.push((shard.to_string(), from.to_string(), to.to_string()));
+    }
+    AssignerPlan {
+        assign,
+        request,
+        target,
+    }
+}
+
+/// One of this worker's leases as the owner index shows it (eventually consistent: it may
+/// lag the table by a moment, never run ahead of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedLease {
+    /// The shard.
+    pub shard_id: String,
+    /// The lease counter as indexed.
+    pub counter: u64,
+    /// An outstanding hand-over request.
+    pub handoff_to: Option<String>,
+}
+
+/// A lease this worker holds, as the member round sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldState {
+    /// The counter it holds the lease at.
+    pub counter: u64,
+    /// A hand-over of it is under way (the member leaves it alone).
+    pub handing_over: bool,
+}
+
+/// A member's decisions for one round.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MemberPlan {
+    /// Held leases that moved to another worker or another counter: stop processing them.
+    pub lost: Vec<String>,
+    /// Leases given to this worker (by the assigner, or handed over by their owner, or left
+    /// by an earlier run of the same worker id): accept them, a take conditional on the
+    /// indexed counter and owner, which also reads the checkpoint atomically.
+    pub accept: Vec<OwnedLease>,
+    /// Leases given to this worker while it drains: give them back.
+    pub release: Vec<OwnedLease>,
+    /// (shard, worker): hand-over requests on held leases to grant.
+    pub grant: Vec<(String, String)>,
+}
+
+/// A member's round over its own leases.
+///
+/// A held lease missing from `mine` was taken by another worker (an index entry of ours
+/// disappears only when the owner changes); one at a higher counter changed under us; one
+/// at a *lower* counter is the index lagging our own accept, and is kept. Leases in `mine`
+/// that are not held are accepted (released while draining), except those this worker left
+/// (released, handed over, lost) at the indexed counter or later: `left` maps a shard to
+/// the counter it was left at, and an index entry at or below it is the index lagging.
+pub fn member_plan(
+    me: &str,
+    mine: &[OwnedLease],
+    held: &HashMap<String, HeldState>,
+    left: &HashMap<String, u64>,
+    draining: bool,
+) -> MemberPlan {
+    let by_shard: HashMap<&str, &OwnedLease> =
+        mine.iter().map(|l| (l.shard_id.as_str(), l)).collect();
+    let mut out = MemberPlan::default();
+    let mut held_ids: Vec<&String> = held.keys().collect();
+    held_ids.sort();
+    for shard in held_ids {
+        let state = held[shard];
+        if state.handing_over {
+            continue;
+        }
+        match by_shard.get(shard.as_str()) {
+            None => out.lost.push(shard.clone()),
+            Some(l) if l.counter > state.counter => out.lost.push(shard.clone()),
+            Some(l) if l.counter < state.counter => {}
+            Some(l) => {
+                if let Some(to) = l.handoff_to.as_deref().filter(|to| *to != me) {
+                    out.grant.push((shard.clone(), to.to_string()));
+                }
+            }
+        }
+    }
+    for l in mine {
+        let stale = left.get(&l.shard_id).is_some_and(|c| l.counter <= *c);
+        if held.contains_key(&l.shard_id) || stale {
+            continue;
+        }
+        if draining {
+            out.release.push(l.clone());
+        } else {
+            out.accept.push(l.clone());
+        }
+    }
+    out
+}
+
+/// What a worker does about the assigner role this round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watch {
+    /// Somebody alive holds it: nothing to do.
+    Follow,
+    /// Nobody holds it, or its holder is dead or draining: try to claim it.
+    Claim,
+}
+
+/// Whether to claim the assigner role: when no worker holds it, or its holder's heartbeat
+/// has been stale for the failover time (`holder_stale`: the same rule by which any worker
+/// is considered dead), is missing (it shut down), or announces draining.
+pub fn watch(holder: Option<&str>, holder_stale: bool, holder_gone_or_draining: bool) -> Watch {
+    match holder {
+        None => Watch::Claim,
+        Some(_) if holder_stale || holder_gone_or_draining => Watch::Claim,
+        Some(_) => Watch::Follow,
+    }
+}
+
+#[cfg(test)]
+mod tests;

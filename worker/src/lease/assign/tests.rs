@@ -1,0 +1,297 @@
+use std::collections::{BTreeSet, HashMap};
+
+use super::*;
+use crate::lease::balance::classify;
+use crate::lease::checkpoint::Checkpoint;
+
+fn lease(shard: &str, owner: Option<&str>) -> Lease {
+    let mut l = Lease::new(shard, Checkpoint::TrimHorizon, Vec::new());
+    l.owner = owner.map(String::from);
+    l
+}
+
+fn shards(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("shardId-{i:012}")).collect()
+}
+
+fn live(ws: &[&str]) -> BTreeSet<String> {
+    ws.iter().map(|w| (*w).to_string()).collect()
+}
+
+/// One assigner round; owners are alive when in `alive`.
+fn round(
+    leases: &[Lease],
+    alive: &BTreeSet<String>,
+    live_set: &BTreeSet<String>,
+    pending: &HashMap<String, String>,
+    max_moves: usize,
+) -> AssignerPlan {
+    let states = classify(leases, |_, o| alive.contains(o));
+    plan(
+        leases,
+        &states,
+        &AssignerView {
+            live: live_set,
+            pending,
+            max_moves,
+        },
+    )
+}
+
+fn counts(leases: &[Lease]) -> BTreeMap<String, usize> {
+    let mut c = BTreeMap::new();
+    for l in leases {
+        if let Some(o) = &l.owner {
+            *c.entry(o.clone()).or_insert(0) += 1;
+        }
+    }
+    c
+}
+
+/// Applies a plan as if every write succeeded and every owner granted at once.
+fn apply(leases: &mut [Lease], p: &AssignerPlan) {
+    for l in leases.iter_mut() {
+        if let Some((_, to)) = p.assign.iter().find(|(s, _)| *s == l.shard_id) {
+            l.owner = Some(to.clone());
+        }
+        if let Some((_, _, to)) = p.request.iter().find(|(s, _, _)| *s == l.shard_id) {
+            l.owner = Some(to.clone());
+        }
+    }
+}
+
+#[test]
+fn free_leases_are_spread_evenly() {
+    let mut leases: Vec<Lease> = shards(64).iter().map(|s| lease(s, None)).collect();
+    let ws = live(&["w1", "w2", "w3", "w4"]);
+    let p = round(&leases, &ws, &ws, &HashMap::new(), 16);
+    assert_eq!(p.assign.len(), 64);
+    assert!(p.request.is_empty());
+    assert_eq!(p.target, 16);
+    apply(&mut leases, &p);
+    assert!(
+        counts(&leases).values().all(|n| *n == 16),
+        "{:?}",
+        counts(&leases)
+    );
+}
+
+#[test]
+fn a_balanced_fleet_changes_nothing() {
+    // 10 leases on 3 workers: 4, 3, 3 is as even as it gets.
+    let owners = ["w1", "w1", "w1", "w1", "w2", "w2", "w2", "w3", "w3", "w3"];
+    let leases: Vec<Lease> = shards(10)
+        .iter()
+        .zip(owners)
+        .map(|(s, o)| lease(s, Some(o)))
+        .collect();
+    let ws = live(&["w1", "w2", "w3"]);
+    assert_eq!(
+        round(&leases, &ws, &ws, &HashMap::new(), 16),
+        AssignerPlan {
+            target: 4,
+            ..AssignerPlan::default()
+        }
+    );
+}
+
+#[test]
+fn a_joining_worker_gets_its_share_in_one_round_and_then_nothing_moves() {
+    let mut leases: Vec<Lease> = shards(64)
+        .iter()
+        .enumerate()
+        .map(|(i, s)| lease(s, Some(["w1", "w2", "w3", "w4"][i % 4])))
+        .collect();
+    let ws = live(&["w1", "w2", "w3", "w4", "w5"]);
+    let p = round(&leases, &ws, &ws, &HashMap::new(), 16);
+    assert!(p.assign.is_empty());
+    assert_eq!(p.request.len(), 12, "{:?}", p.request);
+    assert!(
+        p.request
+            .iter()
+            .all(|(_, from, to)| to == "w5" && from != "w5")
+    );
+    apply(&mut leases, &p);
+    let c = counts(&leases);
+    assert_eq!(c["w5"], 12);
+    assert!(c.values().all(|n| *n == 12 || *n == 13), "{c:?}");
+    assert!(
+        round(&leases, &ws, &ws, &HashMap::new(), 16)
+            .request
+            .is_empty()
+    );
+}
+
+#[test]
+fn pending_requests_count_as_granted_and_are_not_asked_again() {
+    let leases: Vec<Lease> = shards(8).iter().map(|s| lease(s, Some("w1"))).collect();
+    let ws = live(&["w1", "w2"]);
+    let first = round(&leases, &ws, &ws, &HashMap::new(), 16);
+    assert_eq!(first.request.len(), 4);
+    let pending: HashMap<String, String> = first
+        .request
+        .iter()
+        .map(|(s, _, to)| (s.clone(), to.clone()))
+        .collect();
+    // The owner has not answered yet: nothing more to ask.
+    let again = round(&leases, &ws, &ws, &pending, 16);
+    assert!(again.request.is_empty(), "{:?}", again.request);
+    assert!(again.assign.is_empty());
+}
+
+#[test]
+fn moves_per_round_are_bounded_and_the_fleet_converges() {
+    let mut leases: Vec<Lease> = shards(100).iter().map(|s| lease(s, Some("w1"))).collect();
+    let ws = live(&["w1", "w2", "w3", "w4", "w5", "w6", "w7"]);
+    let mut rounds = 0;
+    loop {
+        let p = round(&leases, &ws, &ws, &HashMap::new(), 10);
+        assert!(p.request.len() <= 10);
+        if p.request.is_empty() && p.assign.is_empty() {
+            break;
+        }
+        apply(&mut leases, &p);
+        rounds += 1;
+        assert!(rounds < 20, "does not converge");
+    }
+    let c = counts(&leases);
+    let (lo, hi) = (c.values().min().copied(), c.values().max().copied());
+    assert_eq!((lo, hi), (Some(14), Some(15)), "{c:?}");
+    assert_eq!(rounds, 9, "86 moves, 10 a round");
+}
+
+#[test]
+fn a_dead_workers_leases_go_to_the_live_ones_without_moving_anything_else() {
+    let mut leases: Vec<Lease> = shards(12)
+        .iter()
+        .enumerate()
+        .map(|(i, s)| lease(s, Some(["w1", "w2", "w3"][i % 3])))
+        .collect();
+    let ws = live(&["w1", "w2"]);
+    let p = round(&leases, &ws, &ws, &HashMap::new(), 16);
+    assert_eq!(p.assign.len(), 4);
+    assert!(p.request.is_empty());
+    apply(&mut leases, &p);
+    assert_eq!(
+        counts(&leases),
+        BTreeMap::from([("w1".into(), 6), ("w2".into(), 6)])
+    );
+}
+
+#[test]
+fn a_draining_workers_leases_are_neither_asked_for_nor_counted() {
+    let leases: Vec<Lease> = shards(6)
+        .iter()
+        .enumerate()
+        .map(|(i, s)| lease(s, Some(if i < 4 { "w1" } else { "w2" })))
+        .collect();
+    // w1 drains: alive (its leases are owned) but not live.
+    let alive = live(&["w1", "w2"]);
+    let ws = live(&["w2"]);
+    let p = round(&leases, &alive, &ws, &HashMap::new(), 16);
+    assert!(p.request.is_empty() && p.assign.is_empty(), "{p:?}");
+}
+
+#[test]
+fn finished_and_blocked_leases_are_not_assigned() {
+    let mut parent = lease("shardId-000000000000", None);
+    parent.checkpoint = Checkpoint::ShardEnd;
+    let mut open_parent = lease("shardId-000000000001", Some("w1"));
+    open_parent.child_shard_ids = vec!["shardId-000000000003".into()];
+    let child_of_finished = Lease::new(
+        "shardId-000000000002",
+        Checkpoint::TrimHorizon,
+        vec!["shardId-000000000000".into()],
+    );
+    let blocked = Lease::new(
+        "shardId-000000000003",
+        Checkpoint::TrimHorizon,
+        vec!["shardId-000000000001".into()],
+    );
+    let leases = vec![parent, open_parent, child_of_finished, blocked];
+    let ws = live(&["w1", "w2"]);
+    let p = round(&leases, &ws, &ws, &HashMap::new(), 16);
+    assert_eq!(
+        p.assign,
+        vec![("shardId-000000000002".to_string(), "w2".to_string())]
+    );
+}
+
+#[test]
+fn no_live_worker_no_plan() {
+    let leases: Vec<Lease> = shards(3).iter().map(|s| lease(s, None)).collect();
+    let p = round(&leases, &live(&[]), &live(&[]), &HashMap::new(), 16);
+    assert_eq!(p, AssignerPlan::default());
+}
+
+fn owned(shard: &str, counter: u64, handoff_to: Option<&str>) -> OwnedLease {
+    OwnedLease {
+        shard_id: shard.into(),
+        counter,
+        handoff_to: handoff_to.map(String::from),
+    }
+}
+
+fn held(entries: &[(&str, u64, bool)]) -> HashMap<String, HeldState> {
+    entries
+        .iter()
+        .map(|(s, c, h)| {
+            (
+                (*s).to_string(),
+                HeldState {
+                    counter: *c,
+                    handing_over: *h,
+                },
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_member_loses_what_left_its_index_or_moved_on_and_keeps_what_the_index_lags() {
+    let mine = vec![owned("b", 7, None), owned("c", 2, None)];
+    let h = held(&[
+        ("a", 3, false),
+        ("b", 5, false),
+        ("c", 3, false),
+        ("d", 1, true),
+    ]);
+    let p = member_plan("me", &mine, &h, &HashMap::new(), false);
+    // a: gone from the index (taken); b: a higher counter (changed under us); c: the
+    // index has not caught up with our accept yet; d: being handed over, left alone.
+    assert_eq!(p.lost, vec!["a".to_string(), "b".to_string()]);
+    assert!(p.accept.is_empty() && p.release.is_empty() && p.grant.is_empty());
+}
+
+#[test]
+fn a_member_accepts_what_it_was_given_grants_requests_and_releases_while_draining() {
+    let mine = vec![
+        owned("a", 4, Some("w2")),
+        owned("b", 1, None),
+        owned("e", 9, None),
+        owned("f", 2, Some("me")),
+        owned("g", 6, None),
+    ];
+    let h = held(&[("a", 4, false), ("f", 2, false)]);
+    // e was left (released) at counter 9: its entry is the index lagging; g was left at 5
+    // and given back since, at 6.
+    let left = HashMap::from([("e".to_string(), 9), ("g".to_string(), 5)]);
+    let p = member_plan("me", &mine, &h, &left, false);
+    assert_eq!(p.grant, vec![("a".to_string(), "w2".to_string())]);
+    assert_eq!(p.accept, vec![owned("b", 1, None), owned("g", 6, None)]);
+    assert!(p.lost.is_empty() && p.release.is_empty());
+    let draining = member_plan("me", &mine, &h, &left, true);
+    assert_eq!(
+        draining.release,
+        vec![owned("b", 1, None), owned("g", 6, None)]
+    );
+    assert!(draining.accept.is_empty());
+}
+
+#[test]
+fn the_role_is_claimed_only_when_free_or_its_holder_is_dead_or_leaving() {
+    assert_eq!(watch(None, false, false), Watch::Claim);
+    assert_eq!(watch(Some("w1"), false, false), Watch::Follow);
+    assert_eq!(watch(Some("w1"), true, false), Watch::Claim);
+    assert_eq!(watch(Some("w1"), false, true), Watch::Claim);
+}

@@ -1,0 +1,440 @@
+//! The coordinator's round in assigner mode (the I/O around [`super::assign`]).
+//!
+//! Every round, every worker: (1) checks the role — a follower reads the assigner's
+//! heartbeat item (one eventually consistent GetItem) and claims the role when that
+//! heartbeat is stale for `failover_time`, gone, or draining; the assigner re-reads the role
+//! item (strongly consistent) to notice that it was replaced; (2) the assigner scans the
+//! table (eventually consistent) and acts on [`assign::plan`]; (3) every worker reads its own
+//! leases (the assigner from its scan, the others from the owner index) and acts on
+//! [`assign::member_plan`].
+//!
+//! Per round, per follower: 2 requests, 1 read unit (two eventually consistent reads of
+//! under 4 KB). The assigner: one eventually consistent scan (the table's size / 8 KB read
+//! units), one strongly consistent GetItem, and writes only for changes.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::*;
+
+/// Writes of one assigner round in flight at once.
+const ACT_CONCURRENCY: usize = 32;
+
+impl Coordinator {
+    pub(super) async fn assigned_round(&mut self) {
+        let epoch = self.liveness.epoch();
+        self.drop_stopped().await;
+        if !self.liveness.is_alive(Instant::now()) {
+            // Our own heartbeat is not confirmed: we may be the one considered dead. Take
+            // nothing, decide nothing, until it is.
+            self.fence_self().await;
+            return;
+        }
+        self.check_role().await;
+        let me = self.config.worker_id.clone();
+        let mine = if self.role.mine {
+            match self.assigner_round(epoch).await {
+                Some(mine) => mine,
+                None => return,
+            }
+        } else {
+            match self.table.query_owned(&me).await {
+                Ok(mine) => mine,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading this worker's leases (owner index) failed; keeping current leases");
+                    self.fence_self().await;
+                    return;
+                }
+            }
+        };
+        self.member_round(&mine, epoch).await;
+        let due = self
+            .role
+            .last_sync
+            .is_none_or(|t| t.elapsed() >= self.config.scan_interval * 2);
+        if self.role.mine && self.role.need_sync && due {
+            self.role.need_sync = false;
+            self.role.last_sync = Some(Instant::now());
+            self.sync_shards().await;
+        }
+    }
+
+    /// Step (1): who is the assigner, and should this worker claim the role?
+    async fn check_role(&mut self) {
+        let me = self.config.worker_id.clone();
+        let reread = self.role.item.is_none()
+            || self.role.mine
+            || self.role.rounds_since_read >= ASSIGNER_REREAD_ROUNDS;
+        if reread {
+            match self.table.read_assigner(self.role.mine).await {
+                Ok(item) => {
+                    self.role.item = item;
+                    self.role.rounds_since_read = 0;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the assigner item failed");
+                    return;
+                }
+            }
+        } else {
+            self.role.rounds_since_read += 1;
+        }
+        let holder = self.role.item.as_ref().and_then(|i| i.owner.clone());
+        let was_mine = self.role.mine;
+        self.role.mine = holder.as_deref() == Some(me.as_str());
+        if was_mine && !self.role.mine {
+            tracing::warn!(now = ?holder, "no longer the assigner (another worker claimed the role)");
+            self.role.pending.clear();
+        }
+        if self.role.mine || self.draining {
+            return;
+        }
+        let now = Instant::now();
+        let (stale, gone_or_draining) = match holder.as_deref() {
+            None => (false, false),
+            Some(h) => match self.table.read_heartbeat(h).await {
+                Ok(Some(hb)) => {
+                    // The same observation as a scan's, kept in the same observer: once this
+                    // worker is the assigner, the old one's shards are free at once.
+                    self.observer.observe(&heartbeat_key(h), hb.counter, now);
+                    let stale =
+                        self.observer
+                            .is_stale(&heartbeat_key(h), now, self.config.failover_time);
+                    (stale, hb.draining)
+                }
+                Ok(None) => (false, true),
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the assigner's heartbeat failed");
+                    return;
+                }
+            },
+        };
+        if assign::watch(holder.as_deref(), stale, gone_or_draining) == Watch::Follow {
+            return;
+        }
+        // Claim on the item as it is now (strongly consistent), not as last read.
+        let seen = match self.table.read_assigner(true).await {
+            Ok(seen) => seen,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the assigner item failed");
+                return;
+            }
+        };
+        if seen != self.role.item {
+            // It changed since: somebody claimed it (or stepped down); judge again next round.
+            self.role.item = seen;
+            return;
+        }
+        match self.table.claim_assigner(&me, seen.as_ref()).await {
+            Ok(Some(item)) => {
+                tracing::info!(term = item.term, previous = ?holder, "became the assigner");
+                self.role.item = Some(item);
+                self.role.mine = true;
+                self.role.need_sync = true;
+            }
+            Ok(None) => self.role.item = None,
+            Err(e) => tracing::warn!(error = %e, "claiming the assigner role failed"),
+        }
+    }
+
+    /// Step (2), the assigner's: scan, decide for the fleet, act. Returns this worker's own
+    /// leases from the scan, or `None` if the scan failed.
+    async fn assigner_round(&mut self, epoch: u64) -> Option<Vec<OwnedLease>> {
+        let started = Instant::now();
+        let snapshot = match self.table.scan_with(false).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "lease table scan failed; keeping current leases");
+                self.fence_self().await;
+                return None;
+            }
+        };
+        let now = Instant::now();
+        let me = self.config.worker_id.clone();
+        observe(&mut self.observer, &snapshot, now);
+        let (live, states) = fleet_view(
+            &snapshot,
+            &self.observer,
+            &me,
+            self.draining,
+            self.config.failover_time,
+            now,
+        );
+        let by_shard: HashMap<&str, &Lease> = snapshot
+            .leases
+            .iter()
+            .map(|l| (l.shard_id.as_str(), l))
+            .collect();
+
+        // Outstanding requests: answered ones are forgotten, ones found in the table (an
+        // earlier assigner's) are adopted from now.
+        self.role.pending.retain(|shard, (to, counter, _)| {
+            by_shard.get(shard.as_str()).is_some_and(|l| {
+                l.counter == *counter && l.handoff_to.as_deref() == Some(to.as_str())
+            })
+        });
+        for l in &snapshot.leases {
+            if let Some(to) = &l.handoff_to {
+                self.role
+                    .pending
+                    .entry(l.shard_id.clone())
+                    .or_insert_with(|| (to.clone(), l.counter, now));
+            }
+        }
+        // Owners that did not answer in time: the lease goes to the requester anyway.
+        let timed_out: Vec<(Lease, String)> = self
+            .role
+            .pending
+            .iter()
+            .filter(|(_, (_, _, since))| {
+                now.saturating_duration_since(*since) > self.config.handoff_timeout
+            })
+            .filter_map(|(shard, (to, _, _))| {
+                by_shard
+                    .get(shard.as_str())
+                    .map(|l| ((*l).clone(), to.clone()))
+            })
+            .collect();
+        for (lease, _) in &timed_out {
+            self.role.pending.remove(&lease.shard_id);
+        }
+
+        let pending: HashMap<String, String> = self
+            .role
+            .pending
+            .iter()
+            .map(|(s, (to, _, _))| (s.clone(), to.clone()))
+            .collect();
+        let plan = assign::plan(
+            &snapshot.leases,
+            &states,
+            &AssignerView {
+                live: &live,
+                pending: &pending,
+                max_moves: self.config.max_handoffs_per_round,
+            },
+        );
+        self.role.need_sync |= children_missing(&snapshot);
+        tracing::debug!(
+            scan_ms = started.elapsed().as_millis() as u64,
+            leases = snapshot.leases.len(),
+            live = live.len(),
+            target = plan.target,
+            assign = plan.assign.len(),
+            request = plan.request.len(),
+            pending = pending.len(),
+            timed_out = timed_out.len(),
+            "assigner round"
+        );
+        let mine: Vec<OwnedLease> = snapshot
+            .leases
+            .iter()
+            .filter(|l| l.owner.as_deref() == Some(me.as_str()))
+            .map(|l| OwnedLease {
+                shard_id: l.shard_id.clone(),
+                counter: l.counter,
+                handoff_to: l.handoff_to.clone(),
+            })
+            .collect();
+
+        // Act: takes on behalf of the chosen workers (the timed-out hand-overs and the
+        // free leases), then the hand-over requests; many at once.
+        let mut takes: Vec<(Lease, String, bool)> = timed_out
+            .into_iter()
+            .map(|(lease, to)| (lease, to, true))
+            .collect();
+        takes.extend(plan.assign.iter().filter_map(|(shard, to)| {
+            by_shard
+                .get(shard.as_str())
+                .map(|l| ((*l).clone(), to.clone(), false))
+        }));
+        let mut mine_now = Vec::new();
+        for chunk in takes.chunks(ACT_CONCURRENCY) {
+            let mut acts = tokio::task::JoinSet::new();
+            for (lease, to, after_timeout) in chunk.iter().cloned() {
+                let (table, me_) = (self.table.clone(), me.clone());
+                acts.spawn(async move {
+                    // For itself the assigner takes as in peer mode: accepted at once.
+                    let res = match (after_timeout, to == me_) {
+                        (true, true) => table.take_after_handoff_timeout(&lease, &to).await,
+                        (true, false) => table.assign_after_handoff_timeout(&lease, &to).await,
+                        (false, true) => table.take(&lease, &to).await,
+                        (false, false) => table.assign(&lease, &to).await,
+                    };
+                    (lease, to, after_timeout, res)
+                });
+            }
+            while let Some(done) = acts.join_next().await {
+                let Ok((lease, to, after_timeout, res)) = done else {
+                    continue;
+                };
+                match res {
+                    Ok(held) => {
+                        if after_timeout {
+                            tracing::info!(shard = %lease.shard_id, to = %to, "owner did not answer the hand-over request in time: lease given anyway");
+                        } else {
+                            tracing::debug!(shard = %lease.shard_id, to = %to, "lease assigned");
+                        }
+                        if to == me {
+                            mine_now.push((lease, held));
+                        }
+                    }
+                    Err(LeaseError::LeaseLost { .. }) => {}
+                    Err(e) => {
+                        tracing::warn!(shard = %lease.shard_id, to = %to, error = %e, "assigning a lease failed")
+                    }
+                }
+            }
+        }
+        for chunk in plan.request.chunks(ACT_CONCURRENCY) {
+            let mut acts = tokio::task::JoinSet::new();
+            for (shard, _from, to) in chunk {
+                let Some(lease) = by_shard.get(shard.as_str()).map(|l| (*l).clone()) else {
+                    continue;
+                };
+                let (table, to) = (self.table.clone(), to.clone());
+                acts.spawn(async move {
+                    let res = table.request_handoff(&lease, &to).await;
+                    (lease, to, res)
+                });
+            }
+            while let Some(done) = acts.join_next().await {
+                let Ok((lease, to, res)) = done else { continue };
+                match res {
+                    Ok(true) => {
+                        self.role
+                            .pending
+                            .insert(lease.shard_id.clone(), (to, lease.counter, Instant::now()));
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(shard = %lease.shard_id, error = %e, "hand-over request failed")
+                    }
+                }
+            }
+        }
+        // Taken for ourselves this round: ours at the new counter, which the scan predates.
+        let mut mine = mine;
+        for (lease, held) in mine_now {
+            mine.retain(|l| l.shard_id != lease.shard_id);
+            mine.push(OwnedLease {
+                shard_id: lease.shard_id.clone(),
+                counter: held.counter,
+                handoff_to: None,
+            });
+            self.acquired(&lease, held, epoch).await;
+        }
+        self.last_live = live;
+        self.last_snapshot = snapshot;
+        self.scanned = true;
+        Some(mine)
+    }
+
+    /// Step (3), every worker's: act on its own leases.
+    async fn member_round(&mut self, mine: &[OwnedLease], epoch: u64) {
+        let me = self.config.worker_id.clone();
+        let mut held = HashMap::new();
+        for (shard, h) in &self.held {
+            let counter = h.handle.held.lock().await.counter;
+            held.insert(
+                shard.clone(),
+                HeldState {
+                    counter,
+                    handing_over: h.handing_over,
+                },
+            );
+        }
+        // What the index no longer shows needs no memory.
+        self.role
+            .left
+            .retain(|s, _| mine.iter().any(|l| &l.shard_id == s));
+        let plan = assign::member_plan(&me, mine, &held, &self.role.left, self.draining);
+        for shard in plan.lost {
+            if let Some(h) = self.held.remove(&shard) {
+                h.handle.revoked.store(true, Ordering::SeqCst);
+                tracing::info!(shard = %shard, "lease lost");
+                let _ = self.events.send(LeaseEvent::Lost { shard_id: shard }).await;
+            }
+        }
+        for (shard, to) in &plan.grant {
+            self.start_handover(shard, to).await;
+        }
+        let mut accepts = tokio::task::JoinSet::new();
+        for owned in plan.accept {
+            let (table, me) = (self.table.clone(), me.clone());
+            accepts.spawn(async move {
+                let res = table.accept(&owned, &me).await;
+                (owned, res)
+            });
+        }
+        let mut accepted = Vec::new();
+        while let Some(done) = accepts.join_next().await {
+            let Ok((owned, res)) = done else { continue };
+            match res {
+                Ok((held, lease)) => accepted.push((lease, held)),
+                // The index showed a state that is gone: not ours at that counter any more.
+                Err(LeaseError::LeaseLost { .. }) => {
+                    self.role.left.insert(owned.shard_id, owned.counter);
+                }
+                Err(e) => {
+                    tracing::warn!(shard = %owned.shard_id, error = %e, "accepting a lease failed")
+                }
+            }
+        }
+        for (lease, held) in accepted {
+            self.acquired(&lease, held, epoch).await;
+        }
+        for owned in plan.release {
+            let held = crate::lease::table::HeldLease {
+                shard_id: owned.shard_id.clone(),
+                counter: owned.counter,
+                checkpoint: crate::lease::checkpoint::Checkpoint::TrimHorizon,
+                start_timestamp_ms: None,
+            };
+            match self.table.release(&held, &me).await {
+                Ok(()) => {
+                    tracing::info!(shard = %owned.shard_id, "given a lease while draining: released");
+                    self.role.left.insert(owned.shard_id, owned.counter);
+                }
+                Err(e) => {
+                    tracing::debug!(shard = %owned.shard_id, error = %e, "releasing a lease given while draining failed")
+                }
+            }
+        }
+    }
+
+    /// On shutdown: gives the assigner role up first, so another worker takes over the
+    /// fleet's decisions while this one drains.
+    pub(super) async fn step_down(&mut self) {
+        if !self.role.mine {
+            return;
+        }
+        let me = self.config.worker_id.clone();
+        let Some(term) = self.role.item.as_ref().map(|i| i.term) else {
+            return;
+        };
+        match self.table.release_assigner(&me, term).await {
+            Ok(()) => tracing::info!(term, "assigner role given up"),
+            Err(e) => {
+                tracing::info!(error = %e, "giving the assigner role up failed (another worker takes it after failover time)")
+            }
+        }
+        self.role.mine = false;
+    }
+}
+
+/// Does a finished lease name a child that has no lease yet? (Its children need creating:
+/// list the shards now rather than at the next periodic sync.)
+fn children_missing(snapshot: &TableSnapshot) -> bool {
+    let present: HashSet<&str> = snapshot
+        .leases
+        .iter()
+        .map(|l| l.shard_id.as_str())
+        .collect();
+    snapshot.leases.iter().any(|l| {
+        l.is_finished()
+            && l.child_shard_ids
+                .iter()
+                .any(|c| !present.contains(c.as_str()))
+    })
+}
