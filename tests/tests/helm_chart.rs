@@ -576,7 +576,19 @@ async fn every_metric_the_dashboard_and_the_alerts_name_exists() -> Result<()> {
         std::time::Duration::from_millis(200),
         || async {
             let (s, page) = http_get(&w.admin, "/metrics").await.ok()?;
-            (s == 200 && page.contains("kinesis_worker_leases_held{")).then_some(page)
+            // Holding its lease (gauge ≥ 1) and reading it (lag reported): every worker
+            // family has a series then.
+            let holds = page
+                .lines()
+                .filter(|l| l.starts_with("kinesis_worker_leases_held{"))
+                .any(|l| {
+                    l.rsplit(' ')
+                        .next()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(|v| v >= 1.0)
+                });
+            (s == 200 && holds && page.contains("kinesis_worker_millis_behind_latest{"))
+                .then_some(page)
         },
     )
     .await?;

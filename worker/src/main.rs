@@ -196,7 +196,7 @@ struct LeaseArgs {
     /// How the fleet coordinates: `peer` (every worker scans the table) or `assigner` (one
     /// elected worker scans; needs the owner index, added with dynamodb:UpdateTable if
     /// missing). Every worker of one application must use the same.
-    #[arg(long, env = "COORDINATION", value_enum, default_value_t = CoordinationArg::Peer)]
+    #[arg(long, env = "COORDINATION", value_enum, default_value_t = CoordinationArg::Assigner)]
     coordination: CoordinationArg,
 }
 

@@ -45,7 +45,7 @@ fn opts() -> Result<Opts> {
         steady_secs: 30,
         failover_ms: 10_000,
         scan_ms: 1_000,
-        coordination: Coordination::Peer,
+        coordination: Coordination::Assigner,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();

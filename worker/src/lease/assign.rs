@@ -18,8 +18,11 @@ use super::model::Lease;
 
 /// What the assigner knows besides the leases.
 pub struct AssignerView<'a> {
-    /// Workers alive and not draining.
+    /// Workers alive and not draining: the fair share is computed over them.
     pub live: &'a BTreeSet<String>,
+    /// Of those, the ones that may receive leases (proven alive: see the coordinator's
+    /// `fleet_view`); a worker not among them keeps what it has and gets nothing new yet.
+    pub receivers: &'a BTreeSet<String>,
     /// Outstanding hand-over requests: shard → the worker it was asked for.
     pub pending: &'a HashMap<String, String>,
     /// Upper bound on new hand-over requests per round (the fleet's, not per worker).
@@ -91,8 +94,11 @@ pub fn plan(leases: &[Lease], states: &[LeaseState<'_>], view: &AssignerView<'_>
     }
     let mut assign = Vec::new();
     for shard in free {
+        // The least loaded receiver, never past the fair share (the rest waits for more
+        // receivers to be proven alive).
         let Some((worker, set)) = holds
             .iter_mut()
+            .filter(|(w, s)| view.receivers.contains(**w) && s.len() < target)
             .min_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| a.0.cmp(b.0)))
         else {
             break;
@@ -109,6 +115,7 @@ pub fn plan(leases: &[Lease], states: &[LeaseState<'_>], view: &AssignerView<'_>
             .map(|(w, s)| (*w, s.len()));
         let least = holds
             .iter()
+            .filter(|(w, _)| view.receivers.contains(**w))
             .min_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| a.0.cmp(b.0)))
             .map(|(w, s)| (*w, s.len()));
         let (Some((from, from_n)), Some((to, to_n))) = (most, least) else {
@@ -226,6 +233,21 @@ pub fn member_plan(
         }
     }
     out
+}
+
+/// How many workers watch the assigner's heartbeat every round (its successors); every
+/// other worker looks every 30 rounds, so a fleet of 500 does not pay 500 reads a second for
+/// it.
+pub const SUCCESSORS: usize = 3;
+
+/// The assigner's choice of successors: the first [`SUCCESSORS`] live workers by id, itself
+/// excluded (sorted, as the item stores them).
+pub fn successors(me: &str, live: &BTreeSet<String>) -> Vec<String> {
+    live.iter()
+        .filter(|w| *w != me)
+        .take(SUCCESSORS)
+        .cloned()
+        .collect()
 }
 
 /// What a worker does about the assigner role this round.

@@ -72,11 +72,12 @@ pub struct CoordinatorConfig {
 pub enum Coordination {
     /// Every worker scans the whole table every `scan_interval` and decides for itself
     /// ([`super::balance`]): reads grow with workers × shards.
-    #[default]
     Peer,
     /// One elected worker (the assigner) scans, eventually consistent, and decides for the
     /// fleet ([`super::assign`]); every other worker reads only its own leases (a query on
-    /// the owner index) and the assigner's heartbeat: reads grow with shards + workers.
+    /// the owner index) and, if it is one of the assigner's successors, the assigner's
+    /// heartbeat: reads grow with shards + workers. The default.
+    #[default]
     Assigner,
 }
 
@@ -108,7 +109,8 @@ impl LagBoard {
 
 impl CoordinatorConfig {
     /// Defaults: failover 10 s, scan 1 s, heartbeat every failover/3, hand-over timeout 5 s,
-    /// 16 hand-overs per round, shard sync 30 s, start at `TRIM_HORIZON`, shutdown 20 s.
+    /// 16 hand-overs per round, shard sync 30 s, start at `TRIM_HORIZON`, shutdown 20 s,
+    /// assigner coordination.
     pub fn new(worker_id: impl Into<String>) -> Self {
         let failover_time = Duration::from_secs(10);
         Self {
@@ -122,7 +124,7 @@ impl CoordinatorConfig {
             initial_position: Checkpoint::TrimHorizon,
             shutdown_timeout: Duration::from_secs(20),
             lag: LagBoard::default(),
-            coordination: Coordination::Peer,
+            coordination: Coordination::Assigner,
         }
     }
 }
@@ -406,7 +408,13 @@ impl Beater {
     async fn run(mut self, mut stop: oneshot::Receiver<()>, mut last_ok: bool) {
         let now = self.now.clone();
         loop {
-            let wait = if last_ok { self.interval } else { self.retry };
+            // The second heartbeat follows the first quickly: a changed counter is the
+            // assigner's proof that a new worker is alive (see `proven_alive`).
+            let wait = if !last_ok || self.counter == 1 {
+                self.retry
+            } else {
+                self.interval
+            };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = now.notified() => {}
@@ -1253,6 +1261,49 @@ fn fleet_view<'a>(
     };
     let states = balance::classify(&snapshot.leases, alive);
     (live, states)
+}
+
+/// The assigner's view of `live`: (the workers the fair share is computed over, the workers
+/// it may give leases to). First sight gives an *owner* the benefit of the doubt for a
+/// failover time (its leases are not taken), but a new assigner must not hand leases to a
+/// worker that died before it started watching, nor count it for the fair share. So a
+/// receiver is proven alive (this observer saw its heartbeat change; a new worker beats a
+/// second time half a scan interval after its first, so it is proven within a round or two);
+/// a worker counts for the share while proven or first seen less than `proof_time` ago (one
+/// heartbeat interval and a margin: a live worker is proven by then).
+fn proven_alive(
+    snapshot: &TableSnapshot,
+    observer: &Observer,
+    live: &BTreeSet<String>,
+    me: &str,
+    proof_time: Duration,
+    now: Instant,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut counted = BTreeSet::new();
+    let mut receivers = BTreeSet::new();
+    for h in snapshot
+        .heartbeats
+        .iter()
+        .filter(|h| live.contains(&h.worker_id))
+    {
+        let key = heartbeat_key(&h.worker_id);
+        let proven = h.worker_id == me || observer.has_changed(&key);
+        if proven {
+            receivers.insert(h.worker_id.clone());
+        }
+        if proven
+            || observer
+                .unchanged_for(&key, now)
+                .is_none_or(|d| d <= proof_time)
+        {
+            counted.insert(h.worker_id.clone());
+        }
+    }
+    if live.contains(me) {
+        counted.insert(me.to_string());
+        receivers.insert(me.to_string());
+    }
+    (counted, receivers)
 }
 
 /// Waits for every receiver (answered or dropped).

@@ -49,6 +49,8 @@ pub mod attr {
     /// Ours (assigner mode): the lease was given to `leaseOwner` (by the assigner, or by a
     /// hand-over) and not yet accepted by it (BOOL); its acceptance removes it.
     pub const ASSIGNED: &str = "koAssigned";
+    /// Ours, on the assigner item: the workers that watch the assigner every round (SS).
+    pub const SUCCESSORS: &str = "koSuccessors";
 }
 
 /// The owner index (assigner mode): a global secondary index on `leaseOwner` projecting the
@@ -156,6 +158,9 @@ pub struct AssignerItem {
     pub owner: Option<String>,
     /// The election term: every claim bumps it, every claim is conditional on it.
     pub term: u64,
+    /// The workers that watch the assigner's heartbeat every round (`koSuccessors`), chosen
+    /// by the assigner; the others look only every 30 rounds.
+    pub successors: Vec<String>,
 }
 
 /// Everything one scan of the lease table found.

@@ -1463,6 +1463,14 @@ impl LeaseTable {
                 term: num(&item, attr::LEASE_COUNTER)
                     .map_err(|r| self.bad(ASSIGNER_KEY, r))?
                     .unwrap_or(0),
+                successors: match item.get(attr::SUCCESSORS) {
+                    Some(AttributeValue::Ss(v)) => {
+                        let mut v = v.clone();
+                        v.sort();
+                        v
+                    }
+                    _ => Vec::new(),
+                },
             })),
         }
     }
@@ -1487,9 +1495,10 @@ impl LeaseTable {
             .update_item()
             .table_name(&self.name)
             .key(attr::LEASE_KEY, s(ASSIGNER_KEY))
-            .update_expression("SET #o = :me, #c = :next")
+            .update_expression("SET #o = :me, #c = :next REMOVE #su")
             .expression_attribute_names("#o", attr::LEASE_OWNER)
             .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_names("#su", attr::SUCCESSORS)
             .expression_attribute_values(":me", s(worker))
             .expression_attribute_values(":next", n(term));
         let req = match seen {
@@ -1502,8 +1511,48 @@ impl LeaseTable {
             Ok(_) => Ok(Some(AssignerItem {
                 owner: Some(worker.to_string()),
                 term,
+                successors: Vec::new(),
             })),
             Err(e) if is_conditional_failure(&e) => Ok(None),
+            Err(e) => Err(self.dynamo("UpdateItem", e)),
+        }
+    }
+
+    /// Names the workers that watch the assigner every round (the assigner's write, only
+    /// while it holds the role at `term`; an empty list removes the attribute).
+    ///
+    /// # Errors
+    /// [`LeaseError::LeaseLost`] if the role is no longer ours; [`LeaseError::Dynamo`].
+    pub async fn set_successors(
+        &self,
+        worker: &str,
+        term: u64,
+        successors: &[String],
+    ) -> Result<(), LeaseError> {
+        self.counters.write(0, 0);
+        let req = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .key(attr::LEASE_KEY, s(ASSIGNER_KEY))
+            .condition_expression("#o = :me AND #c = :term")
+            .expression_attribute_names("#o", attr::LEASE_OWNER)
+            .expression_attribute_names("#c", attr::LEASE_COUNTER)
+            .expression_attribute_names("#su", attr::SUCCESSORS)
+            .expression_attribute_values(":me", s(worker))
+            .expression_attribute_values(":term", n(term));
+        let req = if successors.is_empty() {
+            req.update_expression("REMOVE #su")
+        } else {
+            req.update_expression("SET #su = :su")
+                .expression_attribute_values(":su", AttributeValue::Ss(successors.to_vec()))
+        };
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Err(LeaseError::LeaseLost {
+                shard_id: ASSIGNER_KEY.to_string(),
+                counter: term,
+            }),
             Err(e) => Err(self.dynamo("UpdateItem", e)),
         }
     }

@@ -32,6 +32,7 @@ fn round(
         &states,
         &AssignerView {
             live: live_set,
+            receivers: live_set,
             pending,
             max_moves,
         },
@@ -218,6 +219,33 @@ fn finished_and_blocked_leases_are_not_assigned() {
 }
 
 #[test]
+fn unproven_workers_count_for_the_share_but_receive_nothing_yet() {
+    // A new assigner has seen w2 and w3 only once (not proven alive): the dead w4's leases
+    // go to the proven w1 up to the fair share, the rest wait.
+    let leases: Vec<Lease> = shards(12)
+        .iter()
+        .enumerate()
+        .map(|(i, s)| lease(s, Some(["w1", "w2", "w3", "w4"][i % 4])))
+        .collect();
+    let alive = live(&["w1", "w2", "w3"]);
+    let states = classify(&leases, |_, o| alive.contains(o));
+    let p = plan(
+        &leases,
+        &states,
+        &AssignerView {
+            live: &alive,
+            receivers: &live(&["w1"]),
+            pending: &HashMap::new(),
+            max_moves: 16,
+        },
+    );
+    assert_eq!(p.target, 4);
+    assert_eq!(p.assign.len(), 1, "{p:?}");
+    assert!(p.assign.iter().all(|(_, to)| to == "w1"));
+    assert!(p.request.is_empty());
+}
+
+#[test]
 fn no_live_worker_no_plan() {
     let leases: Vec<Lease> = shards(3).iter().map(|s| lease(s, None)).collect();
     let p = round(&leases, &live(&[]), &live(&[]), &HashMap::new(), 16);
@@ -286,6 +314,13 @@ fn a_member_accepts_what_it_was_given_grants_requests_and_releases_while_drainin
         vec![owned("b", 1, None), owned("g", 6, None)]
     );
     assert!(draining.accept.is_empty());
+}
+
+#[test]
+fn successors_are_the_first_live_workers_but_the_assigner() {
+    let ws = live(&["w1", "w2", "w3", "w4", "w5"]);
+    assert_eq!(successors("w2", &ws), vec!["w1", "w3", "w4"]);
+    assert_eq!(successors("w1", &live(&["w1"])), Vec::<String>::new());
 }
 
 #[test]

@@ -59,12 +59,26 @@ impl Coordinator {
         }
     }
 
-    /// Step (1): who is the assigner, and should this worker claim the role?
+    /// Step (1): who is the assigner, and should this worker claim the role? A successor
+    /// (named in the role item) watches the assigner's heartbeat every round, any other
+    /// follower every [`ASSIGNER_REREAD_ROUNDS`] rounds, as a fallback should the assigner and
+    /// its successors die together.
     async fn check_role(&mut self) {
         let me = self.config.worker_id.clone();
         let reread = self.role.item.is_none()
             || self.role.mine
             || self.role.rounds_since_read >= ASSIGNER_REREAD_ROUNDS;
+        // Until the assigner has named its successors (as this worker last read the item),
+        // every follower watches.
+        let successor = self
+            .role
+            .item
+            .as_ref()
+            .is_some_and(|i| i.successors.is_empty() || i.successors.contains(&me));
+        if !reread && !successor {
+            self.role.rounds_since_read += 1;
+            return;
+        }
         if reread {
             match self.table.read_assigner(self.role.mine).await {
                 Ok(item) => {
@@ -160,6 +174,9 @@ impl Coordinator {
             self.config.failover_time,
             now,
         );
+        let proof_time = self.config.heartbeat_interval + self.config.scan_interval * 2;
+        let (counted, receivers) =
+            proven_alive(&snapshot, &self.observer, &live, &me, proof_time, now);
         let by_shard: HashMap<&str, &Lease> = snapshot
             .leases
             .iter()
@@ -209,9 +226,11 @@ impl Coordinator {
             &snapshot.leases,
             &states,
             &AssignerView {
-                live: &live,
+                live: &counted,
+                receivers: &receivers,
                 pending: &pending,
-                max_moves: self.config.max_handoffs_per_round,
+                // Up to one move per live worker a round (at least the peer mode's bound).
+                max_moves: self.config.max_handoffs_per_round.max(live.len()),
             },
         );
         self.role.need_sync |= children_missing(&snapshot);
@@ -315,6 +334,7 @@ impl Coordinator {
         }
         // Taken for ourselves this round: ours at the new counter, which the scan predates.
         let mut mine = mine;
+        self.name_successors(&live).await;
         for (lease, held) in mine_now {
             mine.retain(|l| l.shard_id != lease.shard_id);
             mine.push(OwnedLease {
@@ -328,6 +348,23 @@ impl Coordinator {
         self.last_snapshot = snapshot;
         self.scanned = true;
         Some(mine)
+    }
+
+    /// Writes the successors into the role item when the live set changed them (rare: a
+    /// write per change of the first few worker ids).
+    async fn name_successors(&mut self, live: &BTreeSet<String>) {
+        let me = self.config.worker_id.clone();
+        let wanted = assign::successors(&me, live);
+        let Some(item) = self.role.item.as_mut() else {
+            return;
+        };
+        if item.successors == wanted {
+            return;
+        }
+        match self.table.set_successors(&me, item.term, &wanted).await {
+            Ok(()) => item.successors = wanted,
+            Err(e) => tracing::debug!(error = %e, "naming the assigner's successors failed"),
+        }
     }
 
     /// Step (3), every worker's: act on its own leases.

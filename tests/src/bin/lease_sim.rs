@@ -1,0 +1,693 @@
+//! Assigner-mode coordination at a scale this machine cannot run for real (10,000 shards, 500
+//! workers): a discrete-time simulation that runs the **same decision code** as the worker
+//! (`lease::balance::classify`, `lease::assign::{plan, member_plan, watch}`,
+//! `lease::liveness::Observer`) against a model of the lease table that counts request units
+//! as DynamoDB bills them (`lease::table::item_size` over items shaped as the worker writes
+//! them).
+//!
+//! What it models: one round per worker per second, all workers' rounds in the same tick
+//! (assigner first); heartbeats every failover/3 at staggered phases; an owner index that is
+//! never behind the table; apps that answer a hand-over at once; every write succeeds. What
+//! it does not: request latency, throttling, DynamoDB's eventual consistency lag, a round
+//! slower than its interval. Timings are therefore in whole rounds, and real ones add request
+//! latency and up to one round of phase between workers.
+//!
+//! Run: `cargo run --release -p kinesis-operator-tests --bin lease_sim -- --shards 10000
+//! --workers 500`; `--bench-items` shapes items as `lease_bench` writes them (short worker
+//! ids, no sequence numbers), to check the model against a measured run.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use kinesis_worker::lease::assign::{self, AssignerView, HeldState, OwnedLease, Watch};
+use kinesis_worker::lease::balance::{self, LeaseState};
+use kinesis_worker::lease::checkpoint::Checkpoint;
+use kinesis_worker::lease::liveness::Observer;
+use kinesis_worker::lease::model::{Heartbeat, Lease};
+use kinesis_worker::lease::table::item_size;
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+const FAILOVER: f64 = 10.0;
+const BEAT: f64 = FAILOVER / 3.0;
+const HANDOFF_TIMEOUT: f64 = 5.0;
+const MAX_MOVES: usize = 16;
+/// On-demand prices, us-east-1: dollars per million read / write request units.
+const RRU_PRICE: f64 = 0.125;
+const WRU_PRICE: f64 = 0.625;
+const MONTH: f64 = 30.0 * 24.0 * 3600.0;
+
+struct Opts {
+    shards: usize,
+    workers: usize,
+    bench_items: bool,
+    /// Seconds per round (the scan interval).
+    round: f64,
+}
+
+fn opts() -> Result<Opts> {
+    let mut o = Opts {
+        shards: 10_000,
+        workers: 500,
+        bench_items: false,
+        round: 1.0,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--bench-items" => o.bench_items = true,
+            "--round-secs" => o.round = it.next().ok_or("needs a value")?.parse()?,
+            "--shards" | "--workers" => {
+                let v: usize = it.next().ok_or("needs a value")?.parse()?;
+                if flag == "--shards" {
+                    o.shards = v;
+                } else {
+                    o.workers = v;
+                }
+            }
+            other => return Err(format!("unknown option {other}").into()),
+        }
+    }
+    Ok(o)
+}
+
+/// Request units, counted as DynamoDB bills them.
+#[derive(Default, Clone, Copy)]
+struct Units {
+    /// Read units × 2 (an eventually consistent read of ≤ 4 KB is 1).
+    read_half: u64,
+    write: u64,
+    index: u64,
+}
+
+impl Units {
+    fn read(&mut self, bytes: usize, consistent: bool) {
+        let u = bytes.div_ceil(4096).max(1) as u64;
+        self.read_half += if consistent { 2 * u } else { u };
+    }
+    fn write(&mut self, bytes: usize, index: u64) {
+        self.write += bytes.div_ceil(1024).max(1) as u64;
+        self.index += index;
+    }
+    fn minus(self, o: Units) -> Units {
+        Units {
+            read_half: self.read_half - o.read_half,
+            write: self.write - o.write,
+            index: self.index - o.index,
+        }
+    }
+}
+
+/// Item shapes as the worker writes them.
+struct Shapes {
+    bench: bool,
+}
+
+impl Shapes {
+    fn worker_id(&self, i: usize) -> String {
+        if self.bench {
+            format!("w{i}")
+        } else {
+            // A Deployment's pod name.
+            format!("kinesis-worker-7d9f8c6b5-{i:05}")
+        }
+    }
+
+    fn lease_item(&self, l: &Lease) -> usize {
+        let s = |v: &str| AttributeValue::S(v.to_string());
+        let n = |v: u64| AttributeValue::N(v.to_string());
+        let mut item: HashMap<String, AttributeValue> = HashMap::new();
+        item.insert("leaseKey".into(), s(&l.shard_id));
+        item.insert("leaseCounter".into(), n(l.counter));
+        let cp = if self.bench {
+            "TRIM_HORIZON".to_string()
+        } else {
+            // A sequence number: 56 digits.
+            "4959".to_string() + &"0".repeat(52)
+        };
+        item.insert("checkpoint".into(), s(&cp));
+        item.insert("checkpointSubSequenceNumber".into(), n(0));
+        item.insert("ownerSwitchesSinceCheckpoint".into(), n(1));
+        item.insert("startingHashKey".into(), s(&"1".repeat(38)));
+        item.insert("endingHashKey".into(), s(&"2".repeat(38)));
+        if let Some(o) = &l.owner {
+            item.insert("leaseOwner".into(), s(o));
+        }
+        if let Some(h) = &l.handoff_to {
+            item.insert("koHandoffTo".into(), s(h));
+        }
+        if l.assigned {
+            item.insert("koAssigned".into(), AttributeValue::Bool(true));
+        }
+        item_size(&item)
+    }
+
+    fn index_entry(&self, l: &Lease) -> usize {
+        let owner = l.owner.as_deref().unwrap_or("");
+        "leaseKey".len()
+            + l.shard_id.len()
+            + "leaseOwner".len()
+            + owner.len()
+            + "leaseCounter".len()
+            + 4
+            + l.handoff_to
+                .as_ref()
+                .map_or(0, |h| "koHandoffTo".len() + h.len())
+    }
+
+    fn heartbeat_item(&self, worker: &str, shards: usize) -> usize {
+        "leaseKey".len()
+            + "kinesis-operator:worker:".len()
+            + worker.len()
+            + "koWorkerId".len()
+            + worker.len()
+            + "koHeartbeat".len()
+            + 8
+            + "koDraining".len()
+            + 1
+            + "koLag".len()
+            + shards * ("shardId-000000000000".len() + 8)
+    }
+}
+
+struct Worker {
+    id: String,
+    alive: bool,
+    held: HashMap<String, HeldState>,
+    left: HashMap<String, u64>,
+    beat: u64,
+    next_beat: f64,
+    /// This worker's own observation of the assigner's heartbeat.
+    watch: Observer,
+}
+
+struct Sim {
+    t: f64,
+    round: f64,
+    base: Instant,
+    shapes: Shapes,
+    leases: BTreeMap<String, Lease>,
+    workers: Vec<Worker>,
+    assigner: usize,
+    observer: Observer,
+    pending: HashMap<String, (String, u64, f64)>,
+    units: Units,
+    next_shard: usize,
+    /// The assigner's successors (they watch it every round).
+    successors: Vec<String>,
+    rounds: u64,
+}
+
+impl Sim {
+    fn new(o: &Opts) -> Self {
+        let shapes = Shapes {
+            bench: o.bench_items,
+        };
+        let mut s = Sim {
+            t: 0.0,
+            round: o.round,
+            base: Instant::now(),
+            leases: BTreeMap::new(),
+            workers: Vec::new(),
+            assigner: 0,
+            observer: Observer::new(),
+            pending: HashMap::new(),
+            units: Units::default(),
+            next_shard: 0,
+            successors: Vec::new(),
+            rounds: 0,
+            shapes,
+        };
+        s.add_shards(o.shards);
+        for _ in 0..o.workers {
+            s.join();
+        }
+        s
+    }
+
+    fn now(&self) -> Instant {
+        self.base + Duration::from_secs_f64(self.t)
+    }
+
+    fn add_shards(&mut self, n: usize) {
+        for _ in 0..n {
+            let id = format!("shardId-{:012}", self.next_shard);
+            self.next_shard += 1;
+            let lease = Lease::new(&id, Checkpoint::TrimHorizon, Vec::new());
+            let size = self.shapes.lease_item(&lease);
+            self.units.write(size, 0);
+            self.leases.insert(id, lease);
+        }
+    }
+
+    fn join(&mut self) -> usize {
+        let i = self.workers.len();
+        // The first heartbeat at start (seen by the next scan), the second about a round
+        // after it (the proof of life; in the worker half a scan interval after the first),
+        // then every BEAT; starts are spread a little, as pods' are.
+        let phase = (i as f64 * 0.013) % self.round + self.round * 1.5;
+        self.workers.push(Worker {
+            id: self.shapes.worker_id(i),
+            alive: true,
+            held: HashMap::new(),
+            left: HashMap::new(),
+            beat: 1,
+            next_beat: self.t + phase,
+            watch: Observer::new(),
+        });
+        i
+    }
+
+    fn heartbeats(&self) -> Vec<Heartbeat> {
+        self.workers
+            .iter()
+            .map(|w| Heartbeat {
+                worker_id: w.id.clone(),
+                counter: w.beat,
+                draining: false,
+                lag: BTreeMap::new(),
+            })
+            .collect()
+    }
+
+    /// One round: heartbeats due, then every live worker's round (the assigner's first).
+    fn tick(&mut self) {
+        self.t += self.round;
+        for i in 0..self.workers.len() {
+            while self.workers[i].alive && self.workers[i].next_beat <= self.t {
+                self.workers[i].beat += 1;
+                self.workers[i].next_beat += BEAT;
+                let size = self
+                    .shapes
+                    .heartbeat_item(&self.workers[i].id, self.workers[i].held.len());
+                self.units.write(size, 0);
+            }
+        }
+        self.watch_role();
+        if self.workers[self.assigner].alive {
+            self.assigner_round();
+        }
+        // Every member reads its leases as the table is at the start of its round: a change
+        // made by another worker in this same tick is seen next round (the index's lag).
+        let mut by_owner: HashMap<String, Vec<OwnedLease>> = HashMap::new();
+        for l in self.leases.values() {
+            if let Some(o) = &l.owner {
+                by_owner.entry(o.clone()).or_default().push(OwnedLease {
+                    shard_id: l.shard_id.clone(),
+                    counter: l.counter,
+                    handoff_to: l.handoff_to.clone(),
+                });
+            }
+        }
+        for i in 0..self.workers.len() {
+            if self.workers[i].alive {
+                let mine = by_owner.remove(&self.workers[i].id).unwrap_or_default();
+                self.member_round(i, mine);
+            }
+        }
+    }
+
+    fn watch_role(&mut self) {
+        let now = self.now();
+        let holder = self.workers[self.assigner].id.clone();
+        let beat = self.workers[self.assigner].beat;
+        self.rounds += 1;
+        for i in 0..self.workers.len() {
+            if i == self.assigner || !self.workers[i].alive {
+                continue;
+            }
+            // Successors look every round, the others every 30 rounds (and re-read the role
+            // item then), as `coordinator::assigned::check_role`.
+            let successor = self.successors.contains(&self.workers[i].id);
+            if !successor {
+                if !(self.rounds + i as u64).is_multiple_of(30) {
+                    continue;
+                }
+                self.units.read(200, false);
+            }
+            // One eventually consistent GetItem of the holder's heartbeat.
+            self.units.read(200, false);
+            let w = &mut self.workers[i];
+            w.watch.observe(&holder, beat, now);
+            let stale = w
+                .watch
+                .is_stale(&holder, now, Duration::from_secs_f64(FAILOVER));
+            if assign::watch(Some(&holder), stale, false) == Watch::Claim {
+                // A strongly consistent read, then the conditional claim: this one wins.
+                self.units.read(100, true);
+                self.units.write(100, 2);
+                self.assigner = i;
+                // The new assigner's observer: its watch of the old one, nothing else yet.
+                self.observer = Observer::new();
+                self.observer.observe(
+                    &format!("hb:{holder}"),
+                    beat,
+                    now - Duration::from_secs_f64(FAILOVER * 2.0),
+                );
+                self.pending.clear();
+                eprintln!(
+                    "  t={:.0}: {} became the assigner",
+                    self.t, self.workers[i].id
+                );
+                return;
+            }
+        }
+    }
+
+    fn assigner_round(&mut self) {
+        let now = self.now();
+        let failover = Duration::from_secs_f64(FAILOVER);
+        // An eventually consistent scan of every item; the role item, strongly.
+        let bytes: usize = self
+            .leases
+            .values()
+            .map(|l| self.shapes.lease_item(l))
+            .sum::<usize>()
+            + self
+                .workers
+                .iter()
+                .map(|w| self.shapes.heartbeat_item(&w.id, w.held.len()))
+                .sum::<usize>();
+        for page in 0..bytes.div_ceil(1 << 20) {
+            let in_page = (bytes - page * (1 << 20)).min(1 << 20);
+            self.units.read(in_page, false);
+        }
+        self.units.read(100, true);
+        for hb in self.heartbeats() {
+            self.observer
+                .observe(&format!("hb:{}", hb.worker_id), hb.counter, now);
+        }
+        let me = self.workers[self.assigner].id.clone();
+        let observer = &self.observer;
+        let alive = |w: &str| w == me || !observer.is_stale(&format!("hb:{w}"), now, failover);
+        let live: BTreeSet<String> = self
+            .workers
+            .iter()
+            .filter(|w| alive(&w.id))
+            .map(|w| w.id.clone())
+            .collect();
+        // As the coordinator's `proven_alive`.
+        let proven = |w: &Worker| w.id == me || observer.has_changed(&format!("hb:{}", w.id));
+        let receivers: BTreeSet<String> = self
+            .workers
+            .iter()
+            .filter(|w| live.contains(&w.id) && proven(w))
+            .map(|w| w.id.clone())
+            .collect();
+        let proof_time = Duration::from_secs_f64(BEAT + 2.0 * self.round);
+        let live: BTreeSet<String> = self
+            .workers
+            .iter()
+            .filter(|w| live.contains(&w.id))
+            .filter(|w| {
+                proven(w)
+                    || observer
+                        .unchanged_for(&format!("hb:{}", w.id), now)
+                        .is_none_or(|d| d <= proof_time)
+            })
+            .map(|w| w.id.clone())
+            .collect();
+        let wanted = assign::successors(&me, &live);
+        if wanted != self.successors {
+            self.successors = wanted;
+            self.units.write(200, 0);
+        }
+        let leases: Vec<Lease> = self.leases.values().cloned().collect();
+        let states: Vec<LeaseState<'_>> = balance::classify(&leases, |_, o| alive(o));
+        let by_shard: HashMap<&str, &Lease> =
+            leases.iter().map(|l| (l.shard_id.as_str(), l)).collect();
+        self.pending.retain(|s, (to, c, _)| {
+            by_shard
+                .get(s.as_str())
+                .is_some_and(|l| l.counter == *c && l.handoff_to.as_deref() == Some(to))
+        });
+        let timed_out: Vec<(String, String)> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, _, since))| self.t - since > HANDOFF_TIMEOUT)
+            .map(|(s, (to, _, _))| (s.clone(), to.clone()))
+            .collect();
+        let pending: HashMap<String, String> = self
+            .pending
+            .iter()
+            .map(|(s, (to, _, _))| (s.clone(), to.clone()))
+            .collect();
+        let plan = assign::plan(
+            &leases,
+            &states,
+            &AssignerView {
+                live: &live,
+                receivers: &receivers,
+                pending: &pending,
+                max_moves: MAX_MOVES.max(live.len()),
+            },
+        );
+        for (shard, to) in timed_out.iter().chain(plan.assign.iter()) {
+            self.pending.remove(shard);
+            if let Some(l) = self.leases.get_mut(shard) {
+                l.owner = Some(to.clone());
+                l.counter += 1;
+                l.handoff_to = None;
+                l.assigned = to != &me;
+            }
+            self.units.write(300, 2);
+            if to == &me {
+                let c = self.leases[shard].counter;
+                self.workers[self.assigner].held.insert(
+                    shard.clone(),
+                    HeldState {
+                        counter: c,
+                        handing_over: false,
+                    },
+                );
+            }
+        }
+        for (shard, _, to) in &plan.request {
+            if let Some(l) = self.leases.get_mut(shard) {
+                l.handoff_to = Some(to.clone());
+                self.pending
+                    .insert(shard.clone(), (to.clone(), l.counter, self.t));
+            }
+            self.units.write(300, 1);
+        }
+    }
+
+    fn member_round(&mut self, i: usize, mine: Vec<OwnedLease>) {
+        let me = self.workers[i].id.clone();
+        if i != self.assigner {
+            // One Query on the owner index.
+            let bytes: usize = mine
+                .iter()
+                .filter_map(|o| self.leases.get(&o.shard_id))
+                .map(|l| self.shapes.index_entry(l))
+                .sum();
+            self.units.read(bytes, false);
+        }
+        let w = &mut self.workers[i];
+        w.left.retain(|s, _| mine.iter().any(|l| &l.shard_id == s));
+        let plan = assign::member_plan(&me, &mine, &w.held, &w.left, false);
+        for s in &plan.lost {
+            w.held.remove(s);
+        }
+        for (shard, to) in &plan.grant {
+            // The app answers at once: the owner hands over in this round.
+            if let (Some(l), Some(h)) = (self.leases.get_mut(shard), w.held.remove(shard)) {
+                l.owner = Some(to.clone());
+                l.counter = h.counter + 1;
+                l.handoff_to = None;
+                l.assigned = true;
+                w.left.insert(shard.clone(), h.counter);
+                self.units.write(300, 2);
+            }
+        }
+        for o in &plan.accept {
+            let Some(l) = self.leases.get_mut(&o.shard_id) else {
+                continue;
+            };
+            self.units.write(300, 2);
+            if l.owner.as_deref() == Some(me.as_str()) && l.counter == o.counter {
+                l.counter += 1;
+                l.assigned = false;
+                w.held.insert(
+                    o.shard_id.clone(),
+                    HeldState {
+                        counter: l.counter,
+                        handing_over: false,
+                    },
+                );
+            } else {
+                w.left.insert(o.shard_id.clone(), o.counter);
+            }
+        }
+    }
+
+    /// Accepted leases per live worker; panics on a lease accepted by two workers.
+    fn accepted(&self) -> HashMap<String, usize> {
+        let mut by: HashMap<String, usize> = HashMap::new();
+        let mut seen: HashMap<&str, &str> = HashMap::new();
+        for w in self.workers.iter().filter(|w| w.alive) {
+            for (s, h) in &w.held {
+                let l = &self.leases[s];
+                if l.owner.as_deref() == Some(w.id.as_str()) && l.counter == h.counter {
+                    if let Some(other) = seen.insert(s.as_str(), w.id.as_str()) {
+                        panic!("{s} accepted by {other} and {}", w.id);
+                    }
+                    *by.entry(w.id.clone()).or_insert(0) += 1;
+                }
+            }
+        }
+        by
+    }
+
+    fn all_accepted(&self) -> bool {
+        self.accepted().values().sum::<usize>() == self.leases.len()
+    }
+
+    /// Ticks until `done` holds; returns the seconds taken.
+    fn until(&mut self, what: &str, limit: f64, done: impl Fn(&Sim) -> bool) -> Result<f64> {
+        let t0 = self.t;
+        while !done(self) {
+            if self.t - t0 > limit {
+                return Err(format!("{what}: not within {limit} s").into());
+            }
+            self.tick();
+        }
+        Ok(self.t - t0)
+    }
+}
+
+fn cost(u: Units, secs: f64) -> (f64, f64, f64) {
+    let rru = u.read_half as f64 / 2.0 / secs;
+    let wru = (u.write + u.index) as f64 / secs;
+    (rru, wru, (rru * RRU_PRICE + wru * WRU_PRICE) * MONTH / 1e6)
+}
+
+fn main() -> Result<()> {
+    let o = opts()?;
+    let mut sim = Sim::new(&o);
+    println!(
+        "lease sim: {} shards, {} workers, failover {FAILOVER} s, {} s rounds, {} items",
+        o.shards,
+        o.workers,
+        o.round,
+        if o.bench_items {
+            "lease_bench-shaped"
+        } else {
+            "production-shaped"
+        }
+    );
+    let t = sim.until("initial balance", 600.0, |s| {
+        let fair = s.leases.len().div_ceil(s.workers.len());
+        s.all_accepted() && s.accepted().values().all(|n| *n + 1 >= fair && *n <= fair)
+    })?;
+    println!("initial balance: {t:.0} s");
+
+    let before = sim.units;
+    let t0 = sim.t;
+    while sim.t - t0 < 60.0 {
+        sim.tick();
+    }
+    let secs = sim.t - t0;
+    let steady = sim.units.minus(before);
+    let (rru, wru, month) = cost(steady, secs);
+    println!(
+        "steady state ({secs:.0} s): {rru:.1} RRU/s, {wru:.1} WRU/s ({:.1} table + {:.1} owner index); ${month:.2}/month on demand",
+        steady.write as f64 / secs,
+        steady.index as f64 / secs
+    );
+    // Peer mode on the same items: every worker, every second, a strongly consistent scan.
+    let scan_bytes: usize = sim
+        .leases
+        .values()
+        .map(|l| sim.shapes.lease_item(l))
+        .sum::<usize>()
+        + sim
+            .workers
+            .iter()
+            .map(|w| sim.shapes.heartbeat_item(&w.id, w.held.len()))
+            .sum::<usize>();
+    let peer_rru = (o.workers * 2 * scan_bytes.div_ceil(4096)) as f64 / 2.0 / o.round;
+    let peer_wru = steady.write as f64 / secs;
+    println!(
+        "peer mode, same fleet (arithmetic): {peer_rru:.0} RRU/s (strongly consistent scans of {} KB by every worker), {peer_wru:.1} WRU/s; ${:.2}/month",
+        scan_bytes / 1024,
+        (peer_rru * RRU_PRICE + peer_wru * WRU_PRICE) * MONTH / 1e6
+    );
+    let kcl_wru = o.shards as f64 * 0.3;
+    println!(
+        "KCL 3.x, same fleet (arithmetic: every lease renewed every ~3.3 s): {kcl_wru:.0} WRU/s; ${:.2}/month",
+        kcl_wru * WRU_PRICE * MONTH / 1e6
+    );
+
+    // A worker joins.
+    let j = sim.join();
+    let jid = sim.workers[j].id.clone();
+    let live = sim.workers.iter().filter(|w| w.alive).count();
+    let floor = sim.leases.len() / live;
+    let before = sim.units;
+    let t0 = sim.t;
+    let t = sim.until("joiner at its fair share", 120.0, |s| {
+        s.accepted().get(&jid).copied().unwrap_or(0) >= floor
+    })?;
+    let moved = sim.units.minus(before);
+    println!(
+        "a joining worker reaches its fair share ({floor} leases): {t:.0} s, {} write units",
+        moved.write + moved.index
+    );
+    let _ = t0;
+
+    // A worker (not the assigner) killed: its leases accepted elsewhere.
+    let victim = (sim.assigner + 1) % sim.workers.len();
+    sim.workers[victim].alive = false;
+    let vid = sim.workers[victim].id.clone();
+    let t = sim.until("killed worker's leases moved", 120.0, |s| {
+        s.all_accepted() && !s.accepted().contains_key(&vid)
+    })?;
+    println!(
+        "kill -9 of a worker → its shards accepted by others: {t:.0} s (failover {FAILOVER} s)"
+    );
+
+    // The assigner killed.
+    let a = sim.assigner;
+    let aid = sim.workers[a].id.clone();
+    sim.workers[a].alive = false;
+    eprintln!("  t={:.0}: {aid} (the assigner) killed", sim.t);
+    let t = sim.until("assigner's leases moved", 120.0, |s| {
+        s.all_accepted() && !s.accepted().contains_key(&aid)
+    })?;
+    println!("kill -9 of the assigner → a new assigner, its shards accepted by others: {t:.0} s");
+
+    // A reshard adds shards.
+    let add = (o.shards / 10).max(1);
+    let first_new = sim.next_shard;
+    sim.add_shards(add);
+    let new: Vec<String> = (first_new..sim.next_shard)
+        .map(|i| format!("shardId-{i:012}"))
+        .collect();
+    let t = sim.until("new shards leased", 120.0, |s| {
+        let held: std::collections::HashSet<&String> = s
+            .workers
+            .iter()
+            .filter(|w| w.alive)
+            .flat_map(|w| w.held.keys())
+            .collect();
+        new.iter().all(|n| held.contains(n))
+    })?;
+    println!("a reshard adds {add} shards → every one accepted by a worker: {t:.0} s");
+    let counts = sim.accepted();
+    eprintln!(
+        "  leases per worker then: {}..{} over {} workers",
+        counts.values().min().copied().unwrap_or(0),
+        counts.values().max().copied().unwrap_or(0),
+        counts.len()
+    );
+    let t = sim.until("balanced again", 300.0, |s| {
+        let live = s.workers.iter().filter(|w| w.alive).count();
+        let fair = s.leases.len().div_ceil(live);
+        s.all_accepted() && s.accepted().values().all(|n| *n + 1 >= fair && *n <= fair)
+    })?;
+    println!("  … and the fleet balanced again {t:.0} s later");
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! Assigner mode's own guarantees (docs/LEASES.md, "Assigner mode"), with `kinesis-worker
+//! leases` processes against the local servers: the role moves to a successor when the
+//! assigner dies, and a new assigner gives no lease to a worker that died before it started
+//! watching (it gives leases only to workers it has seen alive).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use kinesis_operator_tests::fleet::{DEADLINE, Fleet, POLL, shared_by};
+use kinesis_operator_tests::wait_for;
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+const ASSIGNER: &[&str] = &["--coordination", "assigner"];
+
+#[tokio::test]
+async fn a_new_assigner_gives_nothing_to_a_worker_that_died_before_it_watched() -> Result<()> {
+    let fleet = Fleet::new(8).await?;
+    let ids = ["w1", "w2", "w3"];
+    let mut procs = Vec::new();
+    for id in ids {
+        procs.push((id, fleet.worker(id, ASSIGNER)?));
+    }
+    fleet
+        .until("8 shards shared 3/3/2", shared_by(8, &ids, 2, 3))
+        .await?;
+    // The assigner has named its successors: both others.
+    let role = wait_for("the successors named", DEADLINE, POLL, || async {
+        let role = fleet.table.read_assigner(true).await.ok()??;
+        (role.successors.len() == 2).then_some(role)
+    })
+    .await?;
+    let assigner = role.owner.clone().ok_or("the role has an owner")?;
+    let others: Vec<&str> = ids.iter().copied().filter(|w| *w != assigner).collect();
+    let (dead, survivor) = (others[0], others[1]);
+    eprintln!("assigner {assigner}, killing {dead} and then the assigner; {survivor} survives");
+
+    // A worker dies, and the assigner dies before it noticed (well within a failover time).
+    for (id, p) in &procs {
+        if *id == dead {
+            p.signal("KILL");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (id, p) in &procs {
+        if *id == assigner {
+            p.signal("KILL");
+        }
+    }
+
+    // The survivor claims the role; from then on it must never give a lease to `dead`: the
+    // table is sampled until the survivor holds everything.
+    let mut given_to_dead = BTreeSet::new();
+    let mut claimed = false;
+    let mut inherited: Option<BTreeSet<(String, u64)>> = None;
+    let inherited_now = |snap: &kinesis_worker::lease::model::TableSnapshot| {
+        snap.leases
+            .iter()
+            .filter(|l| l.assigned && l.owner.as_deref() == Some(dead))
+            .map(|l| (l.shard_id.clone(), l.counter))
+            .collect::<BTreeSet<_>>()
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let done = loop {
+        if tokio::time::Instant::now() > deadline {
+            break Err(format!(
+                "the survivor did not get all 8 shards within {DEADLINE:?}"
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+        if !claimed {
+            let Ok(Some(role)) = fleet.table.read_assigner(true).await else {
+                continue;
+            };
+            claimed = role.owner.as_deref() == Some(survivor);
+            if claimed {
+                eprintln!("{survivor} became the assigner (term {})", role.term);
+            }
+        }
+        let Some(snap) = fleet.snapshot().await else {
+            continue;
+        };
+        if claimed {
+            // Given to the dead worker (and not accepted, so still marked): at a counter not
+            // already there when the survivor took over (the old assigner's own gifts stay
+            // in the table until they are freed).
+            for l in &snap.leases {
+                if l.assigned && l.owner.as_deref() == Some(dead) {
+                    let gift = (l.shard_id.clone(), l.counter);
+                    if !inherited
+                        .get_or_insert_with(|| inherited_now(&snap))
+                        .contains(&gift)
+                    {
+                        given_to_dead.insert(gift);
+                    }
+                }
+            }
+            inherited.get_or_insert_with(|| inherited_now(&snap));
+        }
+        let all_mine = snap
+            .leases
+            .iter()
+            .all(|l| l.owner.as_deref() == Some(survivor) && !l.assigned);
+        if claimed && all_mine {
+            break Ok(());
+        }
+    };
+    assert!(
+        given_to_dead.is_empty(),
+        "the new assigner gave leases to {dead}, dead before it started watching: {given_to_dead:?}"
+    );
+    done?;
+    fleet.cleanup().await
+}
+
+#[tokio::test]
+async fn a_successor_takes_the_role_when_the_assigner_is_killed() -> Result<()> {
+    let fleet = Fleet::new(6).await?;
+    let ids = ["w1", "w2", "w3", "w4", "w5"];
+    let mut procs = Vec::new();
+    for id in ids {
+        procs.push((id, fleet.worker(id, ASSIGNER)?));
+    }
+    fleet
+        .until("6 shards on 5 workers", shared_by(6, &ids, 1, 2))
+        .await?;
+    let role = wait_for("three successors named", DEADLINE, POLL, || async {
+        let role = fleet.table.read_assigner(true).await.ok()??;
+        (role.successors.len() == 3).then_some(role)
+    })
+    .await?;
+    let assigner = role.owner.clone().ok_or("the role has an owner")?;
+    assert!(
+        !role.successors.contains(&assigner),
+        "the assigner is not its own successor: {role:?}"
+    );
+    for (id, p) in &procs {
+        if *id == assigner {
+            p.signal("KILL");
+        }
+    }
+    let (_, after) = wait_for("a new assigner", DEADLINE, POLL, || async {
+        let now = fleet.table.read_assigner(true).await.ok()??;
+        (now.owner.is_some() && now.owner != role.owner).then_some(((), now))
+    })
+    .await?;
+    let new = after.owner.clone().unwrap_or_default();
+    assert!(
+        role.successors.contains(&new),
+        "the role went to a successor {:?}, not {new}",
+        role.successors
+    );
+    let rest: Vec<&str> = ids.iter().copied().filter(|w| *w != assigner).collect();
+    fleet
+        .until(
+            "the dead assigner's shards moved",
+            shared_by(6, &rest, 1, 2),
+        )
+        .await?;
+    fleet.cleanup().await
+}
