@@ -408,9 +408,10 @@ impl Beater {
     async fn run(mut self, mut stop: oneshot::Receiver<()>, mut last_ok: bool) {
         let now = self.now.clone();
         loop {
-            // The second heartbeat follows the first quickly: a changed counter is the
-            // assigner's proof that a new worker is alive (see `proven_alive`).
-            let wait = if !last_ok || self.counter == 1 {
+            // The first heartbeats follow each other quickly (half a scan interval apart, for
+            // more than a scan interval): a changed counter is the assigner's proof that a new
+            // worker is alive (see `proven_alive`), so a joiner is proven within a round.
+            let wait = if !last_ok || self.counter < FAST_BEATS {
                 self.retry
             } else {
                 self.interval
@@ -490,6 +491,10 @@ pub fn owner_wait(handoff_timeout: Duration, scan_interval: Duration) -> Duratio
 }
 
 mod assigned;
+
+/// A worker's first heartbeats come this many (minus one) half scan intervals apart, before
+/// the regular interval: three extra writes per start.
+const FAST_BEATS: u64 = 4;
 
 /// Lease creations in flight at once during a shard sync.
 const CREATE_CONCURRENCY: usize = 32;
@@ -1267,8 +1272,8 @@ fn fleet_view<'a>(
 /// it may give leases to). First sight gives an *owner* the benefit of the doubt for a
 /// failover time (its leases are not taken), but a new assigner must not hand leases to a
 /// worker that died before it started watching, nor count it for the fair share. So a
-/// receiver is proven alive (this observer saw its heartbeat change; a new worker beats a
-/// second time half a scan interval after its first, so it is proven within a round or two);
+/// receiver is proven alive (this observer saw its heartbeat change; a new worker's first
+/// heartbeats are half a scan interval apart, so it is proven within a round or two);
 /// a worker counts for the share while proven or first seen less than `proof_time` ago (one
 /// heartbeat interval and a margin: a live worker is proven by then).
 fn proven_alive(

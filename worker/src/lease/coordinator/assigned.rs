@@ -65,7 +65,13 @@ impl Coordinator {
     /// its successors die together.
     async fn check_role(&mut self) {
         let me = self.config.worker_id.clone();
-        let reread = self.role.item.is_none()
+        // Re-read every round until the assigner has named its successors (a fleet's first
+        // rounds), then every ASSIGNER_REREAD_ROUNDS.
+        let reread = self
+            .role
+            .item
+            .as_ref()
+            .is_none_or(|i| i.successors.is_empty())
             || self.role.mine
             || self.role.rounds_since_read >= ASSIGNER_REREAD_ROUNDS;
         // Until the assigner has named its successors (as this worker last read the item),
@@ -126,6 +132,7 @@ impl Coordinator {
         if assign::watch(holder.as_deref(), stale, gone_or_draining) == Watch::Follow {
             return;
         }
+        tracing::info!(holder = ?holder, stale, gone_or_draining, successor, "the assigner looks dead or gone: claiming the role");
         // Claim on the item as it is now (strongly consistent), not as last read.
         let seen = match self.table.read_assigner(true).await {
             Ok(seen) => seen,
