@@ -14,7 +14,6 @@ use kinesis_worker::backoff::Backoff;
 use kinesis_worker::lease::checkpoint::Checkpoint;
 use kinesis_worker::lease::discovery::{DiscoveryError, StreamRef, list_shards};
 use kinesis_worker::lease::table::{LeaseError, LeaseTable};
-use kinesis_worker::status::ShardState;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -24,7 +23,7 @@ use serde_json::json;
 use crate::claims::{self, ClaimOutcome};
 use crate::crd::{
     Condition, ConsumerMode, FanOutConsumer, KinesisApplication, KinesisApplicationStatus,
-    ShardCounts, ShardStatus, WorkerCounts, labels,
+    ShardCounts, WorkerCounts, labels,
 };
 use crate::deployment::{WorkerSettings, deployment, region, service_account_name};
 use crate::metrics::Metrics;
@@ -605,27 +604,17 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
         .as_ref()
         .map(|snap| kinesis_worker::status::shard_views(&shards, snap))
         .unwrap_or_default();
-    status.shard_status = views
-        .iter()
-        .zip(&shards)
-        .filter(|(v, s)| !s.closed || (v.checkpoint.is_some() && v.state != ShardState::Finished))
-        .map(|(v, _)| ShardStatus {
-            shard_id: v.shard_id.clone(),
-            owner: v.owner.clone(),
-            checkpoint: v.checkpoint.as_ref().map(ToString::to_string),
-            millis_behind_latest: v.lag_ms,
-        })
-        .collect();
-    let max_lag = status
-        .shard_status
-        .iter()
-        .filter_map(|s| s.millis_behind_latest)
-        .max();
+    let report = crate::report::shard_report(&views, &shards, crate::report::SHARD_STATUS_LIMIT);
+    status.shard_status = report.listed;
+    status.shard_status_omitted = (report.omitted > 0).then_some(report.omitted as i32);
+    let max_lag = report.max_lag_ms;
     status.max_lag = max_lag.map(human_lag);
+    let owned = report.leased;
     status.shards = Some(ShardCounts {
         open,
         draining,
         total: shards.len() as i32,
+        leased: owned as i32,
     });
     let previous_workers = previous.workers.as_ref().map(|w| w.desired);
     status.workers = Some(WorkerCounts {
@@ -644,11 +633,6 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
     if previous_workers != Some(desired) {
         status.last_scale_time = Some(now());
     }
-    let owned = status
-        .shard_status
-        .iter()
-        .filter(|s| s.owner.is_some())
-        .count();
     let progressing = ready < desired;
     set_condition(
         &mut status.conditions,
@@ -684,7 +668,7 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
         },
         format!(
             "{ready}/{desired} workers ready, {owned} of {} shards leased, {open} open",
-            status.shard_status.len()
+            open + draining
         ),
         generation,
     );

@@ -296,9 +296,13 @@ pub struct KinesisApplicationStatus {
     /// Label selector of the worker pods (for the scale subresource).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
-    /// Per shard: owner, checkpoint, lag.
+    /// Per shard: owner, checkpoint, lag; at most 20 shards (all of a small stream, else the
+    /// ones without an owner and the most lagging), the rest counted in shardStatusOmitted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shard_status: Vec<ShardStatus>,
+    /// Shards not listed in shardStatus (see `kinesis-worker status` for every shard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_status_omitted: Option<i32>,
     /// The largest lag of any shard, e.g. "1.2s".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lag: Option<String>,
@@ -333,6 +337,9 @@ pub struct ShardCounts {
     pub draining: i32,
     /// All shards the stream lists.
     pub total: i32,
+    /// Open or draining shards whose lease has an owner.
+    #[serde(default)]
+    pub leased: i32,
 }
 
 /// Worker counts.

@@ -14,6 +14,7 @@ pub mod deployment;
 pub mod leader;
 pub mod metrics;
 pub mod ownership;
+pub mod report;
 pub mod sizing;
 pub mod validate;
 
