@@ -3,16 +3,15 @@
 //! and Events. Failures become conditions and a requeue with backoff; the Deployment is never
 //! deleted because of one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use aws_sdk_kinesis::primitives::{DateTime, DateTimeFormat};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kinesis_worker::backoff::Backoff;
-use kinesis_worker::lease::checkpoint::Checkpoint;
-use kinesis_worker::lease::discovery::{DiscoveryError, StreamRef, list_shards};
+use kinesis_worker::lease::discovery::{DiscoveryError, ShardInfo, StreamRef, list_shards};
+use kinesis_worker::lease::model::TableSnapshot;
 use kinesis_worker::lease::table::{LeaseError, LeaseTable};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -22,13 +21,13 @@ use serde_json::json;
 
 use crate::claims::{self, ClaimOutcome};
 use crate::crd::{
-    Condition, ConsumerMode, FanOutConsumer, KinesisApplication, KinesisApplicationStatus,
-    ShardCounts, WorkerCounts, labels,
+    ConsumerMode, FanOutConsumer, KinesisApplication, KinesisApplicationStatus, labels,
 };
 use crate::deployment::{WorkerSettings, deployment, region, service_account_name};
 use crate::metrics::Metrics;
 use crate::ownership::{Owner, TableCleanup, table_cleanup};
-use crate::sizing::{SIZED_ANNOTATION, desired_workers, replicas};
+use crate::plan;
+use crate::sizing::SIZED_ANNOTATION;
 use crate::validate::{application_name, arn_stream_name, validate};
 
 /// Field manager of everything the operator applies.
@@ -86,6 +85,10 @@ pub struct Context {
     pub cluster: String,
     aws: Mutex<HashMap<AwsKey, AwsClients>>,
     failures: Mutex<HashMap<(String, String), Backoff>>,
+    /// Lease tables described once (key schema checked, ACTIVE): not described again.
+    tables: Mutex<HashSet<(AwsKey, String)>>,
+    /// Open shards of each application as its last healthy reconcile saw them.
+    open_shards: Mutex<HashMap<(String, String), i32>>,
 }
 
 /// (region, Kinesis endpoint, DynamoDB endpoint).
@@ -110,7 +113,85 @@ impl Context {
             cluster,
             aws: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            tables: Mutex::new(HashSet::new()),
+            open_shards: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The lease table `name` of `app`: described (and created, tagged as `owner`'s, if
+    /// missing) the first time, then taken as it is.
+    async fn table(
+        &self,
+        app: &KinesisApplication,
+        aws: &AwsClients,
+        name: &str,
+        owner: &Owner,
+    ) -> Result<LeaseTable, LeaseError> {
+        let key = (self.aws_key(app), name.to_string());
+        if self.tables.lock().is_ok_and(|t| t.contains(&key)) {
+            return Ok(LeaseTable::opened(aws.dynamodb.clone(), name));
+        }
+        let tags = crate::ownership::resource_tags(owner);
+        let (table, _created) =
+            LeaseTable::open_tagged(aws.dynamodb.clone(), name, Some(tags)).await?;
+        if let Ok(mut t) = self.tables.lock() {
+            t.insert(key);
+        }
+        Ok(table)
+    }
+
+    /// A call on table `name` failed: describe it again next time.
+    fn forget_table(&self, app: &KinesisApplication, name: &str) {
+        if let Ok(mut t) = self.tables.lock() {
+            t.remove(&(self.aws_key(app), name.to_string()));
+        }
+    }
+
+    /// Records the open shards the last healthy reconcile of `app` sized to.
+    fn saw_open_shards(&self, app: &KinesisApplication, open: i32) {
+        if let Ok(mut m) = self.open_shards.lock() {
+            m.insert(Self::key(app), open);
+        }
+    }
+
+    /// The open shards the last healthy reconcile of `app` sized to, if any.
+    pub fn open_shards_seen(&self, app: &KinesisApplication) -> Option<i32> {
+        self.open_shards
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&Self::key(app)).copied())
+    }
+
+    /// `app` is gone: forget what was recorded of it.
+    fn forget_application(&self, app: &KinesisApplication) {
+        if let Ok(mut m) = self.open_shards.lock() {
+            m.remove(&Self::key(app));
+        }
+        self.forget_table(app, &application_name(app));
+    }
+
+    /// Lists the shards of `app`'s stream (the reshard watch).
+    ///
+    /// # Errors
+    /// As [`list_shards`].
+    pub async fn list_shards(
+        &self,
+        app: &KinesisApplication,
+    ) -> Result<Vec<ShardInfo>, DiscoveryError> {
+        let aws = self.aws(app).await;
+        list_shards(&aws.kinesis, &stream_ref(app)).await
+    }
+
+    fn aws_key(&self, app: &KinesisApplication) -> AwsKey {
+        (
+            region(app, &self.settings),
+            app.spec.stream.endpoint.clone(),
+            app.spec
+                .stream
+                .dynamo_db_endpoint
+                .clone()
+                .or_else(|| app.spec.stream.endpoint.clone()),
+        )
     }
 
     fn key(app: &KinesisApplication) -> (String, String) {
@@ -149,15 +230,7 @@ impl Context {
     }
 
     async fn aws(&self, app: &KinesisApplication) -> AwsClients {
-        let key = (
-            region(app, &self.settings),
-            app.spec.stream.endpoint.clone(),
-            app.spec
-                .stream
-                .dynamo_db_endpoint
-                .clone()
-                .or_else(|| app.spec.stream.endpoint.clone()),
-        );
+        let key = self.aws_key(app);
         if let Some(c) = self.aws.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return c;
         }
@@ -168,9 +241,10 @@ impl Context {
             timeouts: kinesis_worker::aws::AwsTimeouts::default(),
         };
         let sdk = settings.sdk_config().await;
+        let counter = self.metrics.aws_counter();
         let clients = AwsClients {
-            kinesis: settings.kinesis(&sdk),
-            dynamodb: settings.dynamodb(&sdk),
+            kinesis: settings.kinesis_counted(&sdk, Some(&counter)),
+            dynamodb: settings.dynamodb_counted(&sdk, Some(&counter)),
         };
         if let Ok(mut m) = self.aws.lock() {
             m.insert(key, clients.clone());
@@ -179,45 +253,7 @@ impl Context {
     }
 }
 
-fn now() -> String {
-    DateTime::from(SystemTime::now())
-        .fmt(DateTimeFormat::DateTime)
-        .unwrap_or_default()
-}
-
-/// Sets condition `type_` in `conditions`, keeping its transition time when the status did
-/// not change.
-pub fn set_condition(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: impl Into<String>,
-    generation: Option<i64>,
-) {
-    let status = if ok { "True" } else { "False" };
-    let message = message.into();
-    match conditions.iter_mut().find(|c| c.type_ == type_) {
-        Some(c) => {
-            if c.status != status {
-                c.last_transition_time = Some(now());
-            }
-            c.status = status.into();
-            c.reason = reason.into();
-            c.message = message;
-            c.observed_generation = generation;
-        }
-        None => conditions.push(Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: reason.into(),
-            message,
-            last_transition_time: Some(now()),
-            observed_generation: generation,
-        }),
-    }
-}
-
+pub use crate::plan::set_condition;
 pub use kinesis_worker::status::human_lag;
 
 /// Entry point for the controller: clean up an object being deleted (if it holds our
@@ -388,6 +424,91 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
         // A spec change triggers the next reconcile.
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
+    let observed = match observe(app, ctx, &mut status).await? {
+        Ok(o) => o,
+        Err(p) => return degrade(ctx, app, status, p.condition, p.reason, p.message).await,
+    };
+
+    // 4. Size and apply.
+    let sizing = plan::size(app, &observed.shards, observed.snapshot.as_ref());
+    let desired = sizing.replicas.desired;
+    if sizing.replicas.write_sized.is_some() || sizing.replicas.released {
+        write_replicas(ctx, app, sizing.replicas).await?;
+    }
+    let applied = apply_workers(app, ctx, desired, observed.consumer_arn.as_deref()).await?;
+
+    // 5. Status, and Events for what changed.
+    let report = plan::healthy_status(
+        app,
+        &previous,
+        status,
+        &observed.shards,
+        observed.snapshot.as_ref(),
+        &sizing,
+        applied,
+    );
+    patch_status(ctx, app, &report.status).await?;
+    ctx.forget_failures(app);
+    ctx.saw_open_shards(app, sizing.open);
+    let ns = app.namespace().unwrap_or_default();
+    ctx.metrics.application(
+        &ns,
+        &name,
+        sizing.open,
+        desired,
+        applied.ready,
+        report.max_lag_ms.unwrap_or(0),
+    );
+    for note in report.notes {
+        event(ctx, app, EventType::Normal, note.reason, note.text).await;
+    }
+    Ok(Action::requeue(resync_after(
+        ctx.resync,
+        app.uid().as_deref(),
+    )))
+}
+
+/// What a reconcile read before deciding.
+struct Observed {
+    /// The stream's shards.
+    shards: Vec<ShardInfo>,
+    /// The lease table (eventually consistent; `None` if the scan failed: the status then
+    /// lists no owners or lag, the size is the same).
+    snapshot: Option<TableSnapshot>,
+    /// The fan-out consumer's ARN, in fan-out mode.
+    consumer_arn: Option<String>,
+}
+
+/// A stream or table that cannot be used: the condition it fails, its reason and message.
+struct Problem {
+    condition: &'static str,
+    reason: &'static str,
+    message: String,
+}
+
+impl Problem {
+    fn new(condition: &'static str, reason: &'static str, message: String) -> Self {
+        Self {
+            condition,
+            reason,
+            message,
+        }
+    }
+}
+
+/// Reads the stream, opens (first time: creates) and claims the lease table, registers the
+/// fan-out consumer, and scans the table; records in `status` what it found. The finalizer is
+/// added once the claim is this object's.
+///
+/// Calls per reconcile: ListShards (a page per 1,000 shards), GetItem (the claim, eventually
+/// consistent), a Scan (eventually consistent: ≈ 1 read unit per 8 KB of leases), and, on an
+/// application's first reconcile after the operator starts, DescribeTable.
+async fn observe(
+    app: &KinesisApplication,
+    ctx: &Context,
+    status: &mut KinesisApplicationStatus,
+) -> Result<Result<Observed, Problem>, Error> {
+    let generation = app.metadata.generation;
     let app_name = application_name(app);
     status.application_name = Some(app_name.clone());
     let aws = ctx.aws(app).await;
@@ -410,7 +531,7 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
                     format!("reading stream `{stream}` in {region} failed: {detail}"),
                 ),
             };
-            return degrade(ctx, app, status, "StreamReady", reason, message).await;
+            return Ok(Err(Problem::new("StreamReady", reason, message)));
         }
     };
     set_condition(
@@ -425,9 +546,8 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
     // 3. The lease table (the operator creates it: workers need no CreateTable permission),
     // tagged as this object's, and claimed by this object before anything else uses it.
     let owner = ctx.owner(app);
-    let tags = crate::ownership::resource_tags(&owner);
-    let table = match LeaseTable::open_tagged(aws.dynamodb.clone(), &app_name, Some(tags)).await {
-        Ok((t, _created)) => t,
+    let table = match ctx.table(app, &aws, &app_name, &owner).await {
+        Ok(t) => t,
         Err(e) => {
             let reason = match &e {
                 LeaseError::AccessDenied { .. } => "AccessDenied",
@@ -435,7 +555,7 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
                 _ => aws_problem(&e.to_string()),
             };
             let message = format!("lease table `{app_name}` in {region}: {e}");
-            return degrade(ctx, app, status, "LeaseTableReady", reason, message).await;
+            return Ok(Err(Problem::new("LeaseTableReady", reason, message)));
         }
     };
     let claim = match claims::claim(&aws.dynamodb, &app_name, &owner).await {
@@ -449,27 +569,21 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
                 "lease table `{app_name}` is claimed by {}: two applications must not share a lease table (their checkpoints would mix); set spec.applicationName to a name of this application's own",
                 other.owner
             );
-            return degrade(
-                ctx,
-                app,
-                status,
+            return Ok(Err(Problem::new(
                 "LeaseTableReady",
                 "LeaseTableConflict",
                 message,
-            )
-            .await;
+            )));
         }
         Err(detail) => {
+            // Perhaps the table is gone: the next reconcile describes it again.
+            ctx.forget_table(app, &app_name);
             let message = format!("claiming lease table `{app_name}` in {region}: {detail}");
-            return degrade(
-                ctx,
-                app,
-                status,
+            return Ok(Err(Problem::new(
                 "LeaseTableReady",
                 aws_problem(&detail),
                 message,
-            )
-            .await;
+            )));
         }
     };
     set_condition(
@@ -509,55 +623,42 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
             Err(detail) => {
                 let message =
                     format!("fan-out consumer `{app_name}` of stream `{stream}`: {detail}");
-                return degrade(
-                    ctx,
-                    app,
-                    status,
+                return Ok(Err(Problem::new(
                     "StreamReady",
                     aws_problem(&detail),
                     message,
-                )
-                .await;
+                )));
             }
         }
     } else {
         status.consumer = None;
         None
     };
-    let snapshot = table.scan().await.ok();
+    // The status only reports from it, so an eventually consistent read does (half the cost).
+    let snapshot = match table.scan_with(false).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(table = %app_name, error = %e, "scanning the lease table for the status failed");
+            ctx.forget_table(app, &app_name);
+            None
+        }
+    };
+    Ok(Ok(Observed {
+        shards,
+        snapshot,
+        consumer_arn,
+    }))
+}
 
-    // 4. Size and apply.
-    let open = shards.iter().filter(|s| !s.closed).count() as i32;
-    let leases: HashMap<&str, &kinesis_worker::lease::model::Lease> = snapshot
-        .iter()
-        .flat_map(|s| s.leases.iter())
-        .map(|l| (l.shard_id.as_str(), l))
-        .collect();
-    let draining = shards
-        .iter()
-        .filter(|s| s.closed)
-        .filter(|s| {
-            leases
-                .get(s.shard_id.as_str())
-                .is_some_and(|l| l.checkpoint != Checkpoint::ShardEnd)
-        })
-        .count() as i32;
-    let for_shards = desired_workers(
-        &crate::crd::KinesisApplicationSpec {
-            replicas: None,
-            ..app.spec.clone()
-        },
-        open,
-    );
-    let sized = app
-        .annotations()
-        .get(SIZED_ANNOTATION)
-        .and_then(|v| v.parse::<i32>().ok());
-    let decision = replicas(app.spec.replicas, sized, for_shards);
-    let desired = decision.desired;
-    if decision.write_sized.is_some() || decision.released {
-        write_replicas(ctx, app, decision).await?;
-    }
+/// Applies the worker Deployment with `desired` replicas (and the ServiceAccount, when the
+/// spec names an IAM role), server-side; returns what the Deployment reports.
+async fn apply_workers(
+    app: &KinesisApplication,
+    ctx: &Context,
+    desired: i32,
+    consumer_arn: Option<&str>,
+) -> Result<plan::Applied, Error> {
+    let name = app.name_any();
     let ns = app.namespace().unwrap_or_default();
     let params = PatchParams::apply(MANAGER).force();
     if let Some(role) = app.spec.aws.as_ref().and_then(|a| a.role_arn.clone()) {
@@ -576,7 +677,7 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
             .patch(&service_account_name(app), &params, &Patch::Apply(&sa))
             .await?;
     }
-    let mut d = deployment(app, desired, &ctx.settings, consumer_arn.as_deref());
+    let mut d = deployment(app, desired, &ctx.settings, consumer_arn);
     // Server-side apply needs the kind on the object.
     d.metadata.managed_fields = None;
     let mut body = serde_json::to_value(&d)?;
@@ -587,129 +688,11 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
     let applied = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
         .patch(&name, &params, &Patch::Apply(&body))
         .await?;
-    let ready = applied
-        .status
-        .as_ref()
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
-    let current = applied
-        .status
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(0);
-
-    // 5. Status.
-    // Lag only from each shard's current owner (a dead owner's heartbeat may linger).
-    let views = snapshot
-        .as_ref()
-        .map(|snap| kinesis_worker::status::shard_views(&shards, snap))
-        .unwrap_or_default();
-    let report = crate::report::shard_report(&views, &shards, crate::report::SHARD_STATUS_LIMIT);
-    status.shard_status = report.listed;
-    status.shard_status_omitted = (report.omitted > 0).then_some(report.omitted as i32);
-    let max_lag = report.max_lag_ms;
-    status.max_lag = max_lag.map(human_lag);
-    let owned = report.leased;
-    status.shards = Some(ShardCounts {
-        open,
-        draining,
-        total: shards.len() as i32,
-        leased: owned as i32,
-    });
-    let previous_workers = previous.workers.as_ref().map(|w| w.desired);
-    status.workers = Some(WorkerCounts {
-        desired,
-        ready,
-        replicas: current,
-        summary: format!("{ready}/{desired}"),
-    });
-    status.selector = Some(
-        labels(&name)
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(","),
-    );
-    if previous_workers != Some(desired) {
-        status.last_scale_time = Some(now());
-    }
-    let progressing = ready < desired;
-    set_condition(
-        &mut status.conditions,
-        "Progressing",
-        progressing,
-        if progressing {
-            "WorkersStarting"
-        } else {
-            "WorkersReady"
-        },
-        format!("{ready} of {desired} workers ready"),
-        generation,
-    );
-    // Never an empty message: the API server (1.20) turns "" into null in a merge patch and
-    // then rejects it as not a string.
-    set_condition(
-        &mut status.conditions,
-        "Degraded",
-        false,
-        "AsExpected",
-        "stream and lease table reachable",
-        generation,
-    );
-    let all_ready = ready >= desired && desired > 0;
-    set_condition(
-        &mut status.conditions,
-        "Ready",
-        all_ready,
-        if all_ready {
-            "WorkersReady"
-        } else {
-            "WorkersStarting"
-        },
-        format!(
-            "{ready}/{desired} workers ready, {owned} of {} shards leased, {open} open",
-            open + draining
-        ),
-        generation,
-    );
-    patch_status(ctx, app, &status).await?;
-    ctx.forget_failures(app);
-    ctx.metrics
-        .application(&ns, &name, open, desired, ready, max_lag.unwrap_or(0));
-
-    // 6. Events for what changed.
-    let previous_open = previous.shards.as_ref().map(|s| s.open);
-    if let Some(before) = previous_open
-        && before != open
-    {
-        event(
-            ctx,
-            app,
-            EventType::Normal,
-            "Resharded",
-            format!("open shards {before} → {open}"),
-        )
-        .await;
-    }
-    if let Some(before) = previous_workers
-        && before != desired
-    {
-        event(
-            ctx,
-            app,
-            EventType::Normal,
-            "Scaled",
-            format!(
-                "workers {before} → {desired} ({open} open shards, shardsPerWorker {})",
-                app.spec.scaling.shards_per_worker
-            ),
-        )
-        .await;
-    }
-    Ok(Action::requeue(resync_after(
-        ctx.resync,
-        app.uid().as_deref(),
-    )))
+    let status = applied.status.unwrap_or_default();
+    Ok(plan::Applied {
+        ready: status.ready_replicas.unwrap_or(0),
+        replicas: status.replicas.unwrap_or(0),
+    })
 }
 
 /// The periodic requeue of one object: `resync` plus up to a tenth of it, fixed per object
@@ -842,6 +825,7 @@ fn retry(detail: String) -> Error {
 async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error> {
     ctx.metrics
         .forget(&app.namespace().unwrap_or_default(), &app.name_any());
+    ctx.forget_application(app);
     let app_name = application_name(app);
     let aws = ctx.aws(app).await;
     let owner = ctx.owner(app);

@@ -14,7 +14,9 @@ pub mod deployment;
 pub mod leader;
 pub mod metrics;
 pub mod ownership;
+pub mod plan;
 pub mod report;
+pub mod reshard;
 pub mod sizing;
 pub mod validate;
 

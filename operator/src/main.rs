@@ -14,10 +14,10 @@ use kinesis_operator::crd::KinesisApplication;
 use kinesis_operator::deployment::WorkerSettings;
 use kinesis_operator::leader::Election;
 use kinesis_operator::metrics::Metrics;
+use kube::Api;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Api, Client};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -45,10 +45,15 @@ struct Args {
     /// Region for applications whose spec names none.
     #[arg(long, env = "AWS_REGION")]
     region: Option<String>,
-    /// Every application is reconciled at least this often (seconds): how fast resharding
-    /// is followed.
-    #[arg(long, env = "RESYNC_SECONDS", default_value_t = 15)]
+    /// Every application is reconciled at least this often (seconds): how fresh its status
+    /// (lag, shard owners) is. Each costs a Scan of its lease table and a status write.
+    #[arg(long, env = "RESYNC_SECONDS", default_value_t = 30)]
     resync_seconds: u64,
+    /// Every application's stream is listed this often (seconds), and the application
+    /// reconciled at once when its open shards changed: how fast resharding is followed.
+    /// 0 turns the reshard watch off (resharding is then followed at the next resync).
+    #[arg(long, env = "SHARD_POLL_SECONDS", default_value_t = 5)]
+    shard_poll_seconds: u64,
     /// Admin HTTP address: /metrics, /healthz, /readyz.
     #[arg(long, env = "ADMIN_ADDRESS", default_value = "0.0.0.0:8080")]
     admin_address: std::net::SocketAddr,
@@ -95,11 +100,21 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs.init(),
     }
-    let client = Client::try_default().await?;
+    let metrics = Metrics::new();
+    // Every request to the API server is counted (kinesis_operator_kube_requests).
+    let counted = metrics.clone();
+    let client = kube::client::ClientBuilder::try_from(kube::Config::infer().await?)?
+        .with_layer(&tower::util::MapRequestLayer::new(
+            move |req: http::Request<kube::client::Body>| {
+                let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
+                counted.kube_request(req.method().as_str(), watch);
+                req
+            },
+        ))
+        .build();
     let version = client.apiserver_version().await?;
     tracing::info!(server = %version.git_version, cluster = %args.cluster_name, "connected to the API server");
 
-    let metrics = Metrics::new();
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "operator".into());
         format!("{host}-{}", std::process::id())
@@ -187,6 +202,15 @@ async fn main() -> anyhow::Result<()> {
     // Reconciles follow what the user (or an HPA through /scale) changed, never the
     // operator's own status writes (`desired_state`); at most 8 run at once.
     let (reader, writer) = reflector::store();
+    let (resharded, reshard_triggers) = futures::channel::mpsc::unbounded();
+    if args.shard_poll_seconds > 0 {
+        tokio::spawn(kinesis_operator::reshard::watch(
+            reader.clone(),
+            ctx.clone(),
+            Duration::from_secs(args.shard_poll_seconds),
+            resharded,
+        ));
+    }
     let trigger = watcher(apps, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
@@ -194,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
         .predicate_filter(desired_state, Default::default());
     Controller::for_stream(trigger, reader)
         .with_config(controller::Config::default().concurrency(8))
+        .reconcile_on(reshard_triggers)
         .owns(
             deployments,
             watcher::Config::default().labels("app.kubernetes.io/managed-by=kinesis-operator"),

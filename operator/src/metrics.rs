@@ -10,6 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use kinesis_worker::metrics::{AwsCallCounter, AwsErrorLabels, AwsLabels};
+
 /// Labels naming a failed reconcile's cause.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -26,6 +28,13 @@ pub struct AppLabels {
     pub application: String,
 }
 
+/// Labels naming a Kubernetes API request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeLabels {
+    /// `watch` for a watch, else the HTTP method (`get`, `patch`, …).
+    pub verb: String,
+}
+
 /// Every metric of the operator.
 #[derive(Debug)]
 pub struct Metrics {
@@ -38,6 +47,11 @@ pub struct Metrics {
     workers_ready: Family<AppLabels, Gauge>,
     lag: Family<AppLabels, Gauge>,
     leader: Gauge,
+    aws_calls: Family<AwsLabels, Counter>,
+    aws_errors: Family<AwsErrorLabels, Counter>,
+    kube_requests: Family<KubeLabels, Counter>,
+    reshard_polls: Counter,
+    reshards_noticed: Counter,
 }
 
 impl Metrics {
@@ -54,6 +68,11 @@ impl Metrics {
             workers_ready: Family::default(),
             lag: Family::default(),
             leader: Gauge::default(),
+            aws_calls: Family::default(),
+            aws_errors: Family::default(),
+            kube_requests: Family::default(),
+            reshard_polls: Counter::default(),
+            reshards_noticed: Counter::default(),
         };
         registry.register("reconciles", "Reconciles run", m.reconciles.clone());
         registry.register(
@@ -90,6 +109,31 @@ impl Metrics {
             "leader",
             "1 while this replica is the active one",
             m.leader.clone(),
+        );
+        registry.register(
+            "aws_calls",
+            "AWS API calls the operator made, by service and operation",
+            m.aws_calls.clone(),
+        );
+        registry.register(
+            "aws_errors",
+            "AWS API calls that failed, by service, operation and HTTP status",
+            m.aws_errors.clone(),
+        );
+        registry.register(
+            "kube_requests",
+            "Kubernetes API requests the operator made (watch: one per watch started)",
+            m.kube_requests.clone(),
+        );
+        registry.register(
+            "reshard_polls",
+            "Shard listings of the reshard watch",
+            m.reshard_polls.clone(),
+        );
+        registry.register(
+            "reshards_noticed",
+            "Reconciles the reshard watch triggered (open shards changed)",
+            m.reshards_noticed.clone(),
         );
         Arc::new(Self { registry, ..m })
     }
@@ -147,6 +191,29 @@ impl Metrics {
         self.workers_desired.remove(&l);
         self.workers_ready.remove(&l);
         self.lag.remove(&l);
+    }
+
+    /// A counter for the AWS clients' calls (an SDK interceptor).
+    pub fn aws_counter(&self) -> AwsCallCounter {
+        AwsCallCounter::into_families(self.aws_calls.clone(), self.aws_errors.clone())
+    }
+
+    /// A Kubernetes API request went out (`watch`: it starts a watch).
+    pub fn kube_request(&self, method: &str, watch: bool) {
+        let verb = if watch {
+            "watch".to_string()
+        } else {
+            method.to_ascii_lowercase()
+        };
+        self.kube_requests.get_or_create(&KubeLabels { verb }).inc();
+    }
+
+    /// The reshard watch listed one application's shards (`noticed`: they changed).
+    pub fn reshard_poll(&self, noticed: bool) {
+        self.reshard_polls.inc();
+        if noticed {
+            self.reshards_noticed.inc();
+        }
     }
 
     /// Whether this replica leads.

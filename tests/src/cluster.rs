@@ -133,7 +133,12 @@ pub fn operator_with(
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let mut cmd = Command::new(binary("kinesis-operator")?);
+    // A bench may run another build of the operator (KINESIS_OPERATOR_BIN: a release one).
+    let program = match std::env::var_os("KINESIS_OPERATOR_BIN") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => binary("kinesis-operator")?,
+    };
+    let mut cmd = Command::new(program);
     cmd.env("KUBECONFIG", &env.kubeconfig)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")

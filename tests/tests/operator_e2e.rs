@@ -737,3 +737,89 @@ async fn its_own_status_writes_trigger_no_reconcile() -> Result<()> {
     delete_namespace(&client, &ns).await?;
     Ok(())
 }
+
+/// A reshard is followed before the next periodic reconcile (issue 13: reshard → replicas
+/// ≤ 15 s). The resync is ten minutes, so only the reshard watch (ListShards every
+/// `--shard-poll-seconds`, default 5) can resize the Deployment within the test's two-minute
+/// wait; the Deployment is ready and quiet before each reshard, so no owned-object change
+/// triggers the reconcile either. Prints how long each resize took (docs/BENCHMARKS.md).
+#[tokio::test]
+async fn a_reshard_resizes_the_workers_before_the_next_resync() -> Result<()> {
+    let env = TestEnv::require();
+    env.require_image("kinesis-worker")?;
+    env.require_image("pageview-counter")?;
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "reshard").await?;
+    let stream = unique_name("reshard");
+    env.create_stream(&stream, 2).await?;
+    let op = operator(&env, &ns, 600)?;
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let table = unique_name("counts");
+    apps.create(
+        &PostParams::default(),
+        &application("counter", &env, &stream, &table)?,
+    )
+    .await?;
+    until_replicas(&deployments, "counter", 2, true)
+        .await
+        .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    let mut figures = Vec::new();
+    let mut from = 2;
+    for to in [4, 2] {
+        // Quiet first: the reconcile that follows the Deployment becoming ready is done.
+        wait_for(
+            &format!("status with {from}/{from} workers"),
+            Duration::from_secs(60),
+            POLL,
+            || async {
+                let w = apps.get("counter").await.ok()?.status?.workers?;
+                (w.ready == from && w.desired == from).then_some(())
+            },
+        )
+        .await
+        .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+        from = to;
+        let noticed = metric(&op, "kinesis_operator_reshards_noticed_total")
+            .await
+            .unwrap_or(0.0);
+        let asked = std::time::Instant::now();
+        reshard(&env, &stream, to).await?;
+        let active = asked.elapsed();
+        wait_for(
+            &format!("deployment counter sized to {to}"),
+            Duration::from_secs(120),
+            Duration::from_millis(100),
+            || async {
+                let d = deployments.get_opt("counter").await.ok()??;
+                (d.spec.replicas == Some(to)).then_some(())
+            },
+        )
+        .await
+        .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+        let resized = asked.elapsed();
+        let after = metric(&op, "kinesis_operator_reshards_noticed_total")
+            .await
+            .unwrap_or(0.0);
+        assert!(
+            after > noticed,
+            "the reshard watch triggered the resize ({noticed} -> {after})\n{}",
+            op.log_tail()
+        );
+        eprintln!(
+            "reshard to {to}: stream ACTIVE after {active:?}, Deployment replicas {to} after {resized:?} ({:?} after ACTIVE)",
+            resized - active
+        );
+        figures.push(resized - active);
+        until_replicas(&deployments, "counter", to, true)
+            .await
+            .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    }
+    eprintln!("reshard -> replicas after ACTIVE: {figures:?}");
+    delete_all(&apps).await?;
+    drop(op);
+    delete_namespace(&client, &ns).await?;
+    env.remove(Some(&stream), &[&table]).await;
+    Ok(())
+}

@@ -296,13 +296,23 @@ impl Metrics {
 /// Counts every AWS call and failure of the clients it is attached to (by operation).
 #[derive(Debug, Clone)]
 pub struct AwsCallCounter {
-    metrics: Arc<Metrics>,
+    calls: Family<AwsLabels, Counter>,
+    errors: Family<AwsErrorLabels, Counter>,
 }
 
 impl AwsCallCounter {
     /// Counts into `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+        Self::into_families(metrics.aws_calls.clone(), metrics.aws_errors.clone())
+    }
+
+    /// Counts calls into `calls` and failed ones into `errors` (families registered by the
+    /// caller: the operator counts its own calls with it).
+    pub fn into_families(
+        calls: Family<AwsLabels, Counter>,
+        errors: Family<AwsErrorLabels, Counter>,
+    ) -> Self {
+        Self { calls, errors }
     }
 }
 
@@ -321,8 +331,7 @@ impl Intercept for AwsCallCounter {
             .load::<Metadata>()
             .map(|m| (m.service().to_ascii_lowercase(), m.name().to_string()))
             .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
-        self.metrics
-            .aws_calls
+        self.calls
             .get_or_create(&AwsLabels {
                 service: service.clone(),
                 api: api.clone(),
@@ -332,8 +341,7 @@ impl Intercept for AwsCallCounter {
             let status = context
                 .response()
                 .map_or_else(|| "none".to_string(), |r| r.status().as_u16().to_string());
-            self.metrics
-                .aws_errors
+            self.errors
                 .get_or_create(&AwsErrorLabels {
                     service,
                     api,

@@ -888,26 +888,14 @@ impl Coordinator {
             .collect();
 
         // 1. Leases we hold that changed under us are lost.
-        let mut lost = Vec::new();
+        let mut held_now = Vec::with_capacity(self.held.len());
         for (shard, held) in &self.held {
-            if held.handing_over {
-                continue;
-            }
-            let counter = held.handle.held.lock().await.counter;
-            let ours = by_shard
-                .get(shard.as_str())
-                .is_some_and(|l| l.owner.as_deref() == Some(me.as_str()) && l.counter == counter);
-            if !ours {
-                lost.push(shard.clone());
+            if !held.handing_over {
+                held_now.push((shard.clone(), held.handle.held.lock().await.counter));
             }
         }
-        for shard in lost {
-            if let Some(h) = self.held.remove(&shard) {
-                h.handle.revoked.store(true, Ordering::SeqCst);
-                tracing::info!(shard = %shard, "lease lost");
-                let _ = self.events.send(LeaseEvent::Lost { shard_id: shard }).await;
-            }
-        }
+        let lost = lost_leases(&held_now, &by_shard, &me);
+        self.lose(lost).await;
 
         // 2. Decide.
         let held_ids: HashSet<String> = self.held.keys().cloned().collect();
@@ -926,100 +914,18 @@ impl Coordinator {
         );
 
         // 3. Hand-over requests on our leases: grant what we can spare, decline the rest.
-        let requests: Vec<(&str, &str)> = snapshot
-            .leases
-            .iter()
-            .filter(|l| l.owner.as_deref() == Some(me.as_str()))
-            .filter(|l| self.held.get(&l.shard_id).is_some_and(|h| !h.handing_over))
-            .filter_map(|l| l.handoff_to.as_deref().map(|to| (l.shard_id.as_str(), to)))
-            .collect();
-        if !requests.is_empty() {
-            let mut counts: HashMap<&str, usize> = HashMap::new();
-            for (l, s) in snapshot.leases.iter().zip(&states) {
-                if let (balance::LeaseState::Owned(o), Some(_)) = (s, l.owner.as_deref()) {
-                    *counts.entry(o).or_insert(0) += 1;
-                }
-            }
-            // What we hold as the fleet counts it: live leases only (a finished lease whose
-            // processor is still winding down counts for nobody).
-            let holding = snapshot
-                .leases
-                .iter()
-                .zip(&states)
-                .filter(|(l, s)| {
-                    matches!(s, balance::LeaseState::Owned(o) if *o == me)
-                        && self.held.get(&l.shard_id).is_some_and(|h| !h.handing_over)
-                })
-                .count();
-            let (grant, decline) =
-                balance::grant_handoffs(&requests, holding, plan.target, &live, |w| {
-                    counts.get(w).copied().unwrap_or(0)
-                });
-            for (shard, to) in grant {
-                self.start_handover(shard, to).await;
-            }
-            for shard in decline {
-                if let Some(h) = self.held.get(shard) {
-                    let held = h.handle.held.lock().await.clone();
-                    if let Err(e) = self.table.decline_handoff(&held, &me).await {
-                        tracing::debug!(shard = %shard, error = %e, "declining a hand-over failed");
-                    }
-                }
-            }
-        }
-
-        // 4. Take free leases. A lease handed to us in answer to our request is ours already:
-        // the previous owner's fenced hand-over bumped the counter, so no second write. A take
-        // lost to a faster worker is replaced by the next free lease of `take_instead`.
-        let mut instead = plan.take_instead.iter();
-        let mut queue: std::collections::VecDeque<&String> = plan.take.iter().collect();
-        while let Some(shard) = queue.pop_front() {
-            if let Some(lease) = by_shard.get(shard.as_str()) {
-                let handed_to_us = lease.owner.as_deref() == Some(me.as_str())
-                    && self
-                        .pending
-                        .get(shard)
-                        .is_some_and(|(asked_at, _)| lease.counter == asked_at + 1);
-                if handed_to_us {
-                    self.pending.remove(shard);
-                    let held = HeldLease {
-                        shard_id: lease.shard_id.clone(),
-                        counter: lease.counter,
-                        checkpoint: lease.checkpoint.clone(),
-                        start_timestamp_ms: lease.start_timestamp_ms,
-                    };
-                    self.acquired(lease, held, epoch).await;
-                    continue;
-                }
-                match self.table.take(lease, &me).await {
-                    Ok(held) => self.acquired(lease, held, epoch).await,
-                    Err(LeaseError::LeaseLost { .. }) => {
-                        if let Some(next) = instead.next() {
-                            queue.push_back(next);
-                        }
-                    }
-                    Err(e) => tracing::warn!(shard = %shard, error = %e, "take failed"),
-                }
-            }
-        }
-
+        self.answer_handoff_requests(&snapshot, &states, &live, plan.target)
+            .await;
+        // 4. Take free leases.
+        self.take_planned(&plan, &by_shard, epoch).await;
         // 5. Follow up on earlier hand-over requests: answered, declined, or timed out.
-        let mut done = Vec::new();
-        let mut timed_out: Vec<Lease> = Vec::new();
-        for (shard, (counter, asked)) in &self.pending {
-            let Some(lease) = by_shard.get(shard.as_str()) else {
-                done.push(shard.clone());
-                continue;
-            };
-            let still_ours_to_wait =
-                lease.counter == *counter && lease.handoff_to.as_deref() == Some(me.as_str());
-            if !still_ours_to_wait {
-                done.push(shard.clone());
-            } else if now.saturating_duration_since(*asked) > self.config.handoff_timeout {
-                done.push(shard.clone());
-                timed_out.push((*lease).clone());
-            }
-        }
+        let (done, timed_out) = follow_up_handoffs(
+            &self.pending,
+            &by_shard,
+            &me,
+            now,
+            self.config.handoff_timeout,
+        );
         for shard in done {
             self.pending.remove(&shard);
         }
@@ -1035,23 +941,139 @@ impl Coordinator {
             }
         }
         // 6. Ask for hand-overs (after the follow-up, which judges requests by this scan).
-        for (shard, _owner) in &plan.request_handoff {
-            if let Some(lease) = by_shard.get(shard.as_str()) {
-                match self.table.request_handoff(lease, &me).await {
-                    Ok(true) => {
-                        // The requester's clock starts once its request is written.
-                        self.pending
-                            .insert(shard.clone(), (lease.counter, Instant::now()));
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!(shard = %shard, error = %e, "hand-over request failed")
-                    }
+        self.request_handoffs(&plan, &by_shard).await;
+        self.last_snapshot = snapshot;
+        self.scanned = true;
+    }
+
+    /// Stops the processors of `lost` leases (another worker holds them now).
+    async fn lose(&mut self, lost: Vec<String>) {
+        for shard in lost {
+            if let Some(h) = self.held.remove(&shard) {
+                h.handle.revoked.store(true, Ordering::SeqCst);
+                tracing::info!(shard = %shard, "lease lost");
+                let _ = self.events.send(LeaseEvent::Lost { shard_id: shard }).await;
+            }
+        }
+    }
+
+    /// Peer mode: answers the hand-over requests on the leases this worker holds: grants what
+    /// it can spare above its fair share (`target`), declines the rest.
+    async fn answer_handoff_requests(
+        &mut self,
+        snapshot: &TableSnapshot,
+        states: &[balance::LeaseState<'_>],
+        live: &BTreeSet<String>,
+        target: usize,
+    ) {
+        let me = self.config.worker_id.clone();
+        let requests: Vec<(&str, &str)> = snapshot
+            .leases
+            .iter()
+            .filter(|l| l.owner.as_deref() == Some(me.as_str()))
+            .filter(|l| self.held.get(&l.shard_id).is_some_and(|h| !h.handing_over))
+            .filter_map(|l| l.handoff_to.as_deref().map(|to| (l.shard_id.as_str(), to)))
+            .collect();
+        if requests.is_empty() {
+            return;
+        }
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for (l, s) in snapshot.leases.iter().zip(states) {
+            if let (balance::LeaseState::Owned(o), Some(_)) = (s, l.owner.as_deref()) {
+                *counts.entry(o).or_insert(0) += 1;
+            }
+        }
+        // What we hold as the fleet counts it: live leases only (a finished lease whose
+        // processor is still winding down counts for nobody).
+        let holding = snapshot
+            .leases
+            .iter()
+            .zip(states)
+            .filter(|(l, s)| {
+                matches!(s, balance::LeaseState::Owned(o) if *o == me)
+                    && self.held.get(&l.shard_id).is_some_and(|h| !h.handing_over)
+            })
+            .count();
+        let (grant, decline) = balance::grant_handoffs(&requests, holding, target, live, |w| {
+            counts.get(w).copied().unwrap_or(0)
+        });
+        for (shard, to) in grant {
+            self.start_handover(shard, to).await;
+        }
+        for shard in decline {
+            if let Some(h) = self.held.get(shard) {
+                let held = h.handle.held.lock().await.clone();
+                if let Err(e) = self.table.decline_handoff(&held, &me).await {
+                    tracing::debug!(shard = %shard, error = %e, "declining a hand-over failed");
                 }
             }
         }
-        self.last_snapshot = snapshot;
-        self.scanned = true;
+    }
+
+    /// Peer mode: takes the leases `plan` names. A lease handed to us in answer to our
+    /// request is ours already: the previous owner's fenced hand-over bumped the counter, so
+    /// no second write. A take lost to a faster worker is replaced by the next free lease of
+    /// `take_instead`.
+    async fn take_planned(
+        &mut self,
+        plan: &balance::Plan,
+        by_shard: &HashMap<&str, &Lease>,
+        epoch: u64,
+    ) {
+        let me = self.config.worker_id.clone();
+        let mut instead = plan.take_instead.iter();
+        let mut queue: std::collections::VecDeque<&String> = plan.take.iter().collect();
+        while let Some(shard) = queue.pop_front() {
+            let Some(lease) = by_shard.get(shard.as_str()) else {
+                continue;
+            };
+            let handed_to_us = lease.owner.as_deref() == Some(me.as_str())
+                && self
+                    .pending
+                    .get(shard)
+                    .is_some_and(|(asked_at, _)| lease.counter == asked_at + 1);
+            if handed_to_us {
+                self.pending.remove(shard);
+                let held = HeldLease {
+                    shard_id: lease.shard_id.clone(),
+                    counter: lease.counter,
+                    checkpoint: lease.checkpoint.clone(),
+                    start_timestamp_ms: lease.start_timestamp_ms,
+                };
+                self.acquired(lease, held, epoch).await;
+                continue;
+            }
+            match self.table.take(lease, &me).await {
+                Ok(held) => self.acquired(lease, held, epoch).await,
+                Err(LeaseError::LeaseLost { .. }) => {
+                    if let Some(next) = instead.next() {
+                        queue.push_back(next);
+                    }
+                }
+                Err(e) => tracing::warn!(shard = %shard, error = %e, "take failed"),
+            }
+        }
+    }
+
+    /// Peer mode: writes the hand-over requests `plan` names; the requester's clock starts
+    /// once its request is written.
+    async fn request_handoffs(&mut self, plan: &balance::Plan, by_shard: &HashMap<&str, &Lease>) {
+        let me = self.config.worker_id.clone();
+        for (shard, _owner) in &plan.request_handoff {
+            let Some(lease) = by_shard.get(shard.as_str()) else {
+                continue;
+            };
+            match self.table.request_handoff(lease, &me).await {
+                Ok(true) => {
+                    self.pending
+                        .insert(shard.clone(), (lease.counter, Instant::now()));
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(shard = %shard, error = %e, "hand-over request failed")
+                }
+            }
+        }
     }
 
     async fn acquired(&mut self, lease: &Lease, held: HeldLease, epoch: u64) {
@@ -1223,6 +1245,47 @@ fn observe(observer: &mut Observer, snapshot: &TableSnapshot, now: Instant) {
     observer.retain(|k| present.contains(k));
 }
 
+/// Of the leases this worker holds (`held`: shard and the counter it holds it at), those the
+/// scan shows with another owner or counter: lost (another worker took them).
+fn lost_leases(held: &[(String, u64)], by_shard: &HashMap<&str, &Lease>, me: &str) -> Vec<String> {
+    held.iter()
+        .filter(|(shard, counter)| {
+            !by_shard
+                .get(shard.as_str())
+                .is_some_and(|l| l.owner.as_deref() == Some(me) && l.counter == *counter)
+        })
+        .map(|(shard, _)| shard.clone())
+        .collect()
+}
+
+/// This worker's earlier hand-over requests (`pending`: shard → counter asked at, when): the
+/// ones that are over (answered, declined, lease gone: forget them) and, of those, the leases
+/// whose owner did not answer within `timeout` (take them).
+fn follow_up_handoffs(
+    pending: &HashMap<String, (u64, Instant)>,
+    by_shard: &HashMap<&str, &Lease>,
+    me: &str,
+    now: Instant,
+    timeout: Duration,
+) -> (Vec<String>, Vec<Lease>) {
+    let mut done = Vec::new();
+    let mut timed_out = Vec::new();
+    for (shard, (counter, asked)) in pending {
+        let Some(lease) = by_shard.get(shard.as_str()) else {
+            done.push(shard.clone());
+            continue;
+        };
+        let still_waiting = lease.counter == *counter && lease.handoff_to.as_deref() == Some(me);
+        if !still_waiting {
+            done.push(shard.clone());
+        } else if now.saturating_duration_since(*asked) > timeout {
+            done.push(shard.clone());
+            timed_out.push((*lease).clone());
+        }
+    }
+    (done, timed_out)
+}
+
 /// The live workers (alive and not draining; `me` unless it drains) and every lease's state,
 /// from one scan and the observations.
 fn fleet_view<'a>(
@@ -1321,6 +1384,72 @@ async fn futures_join_all(waits: Vec<oneshot::Receiver<()>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lease_of(shard: &str, owner: &str, counter: u64, handoff_to: Option<&str>) -> Lease {
+        let mut l = Lease::new(shard, Checkpoint::TrimHorizon, Vec::new());
+        l.owner = Some(owner.into());
+        l.counter = counter;
+        l.handoff_to = handoff_to.map(String::from);
+        l
+    }
+
+    #[test]
+    fn a_held_lease_is_lost_when_its_owner_or_counter_changed_or_it_is_gone() {
+        let leases = [
+            lease_of("a", "me", 3, None),
+            lease_of("b", "other", 4, None),
+            lease_of("c", "me", 9, None),
+        ];
+        let by_shard: HashMap<&str, &Lease> =
+            leases.iter().map(|l| (l.shard_id.as_str(), l)).collect();
+        let held = vec![
+            ("a".to_string(), 3),
+            ("b".to_string(), 3),
+            ("c".to_string(), 8),
+            ("gone".to_string(), 1),
+        ];
+        let mut lost = lost_leases(&held, &by_shard, "me");
+        lost.sort();
+        assert_eq!(lost, vec!["b", "c", "gone"]);
+    }
+
+    #[test]
+    fn a_handoff_request_ends_when_answered_declined_or_timed_out() {
+        let leases = [
+            lease_of("waiting", "owner", 5, Some("me")),
+            lease_of("granted", "me", 6, None),
+            lease_of("declined", "owner", 5, None),
+            lease_of("late", "owner", 5, Some("me")),
+        ];
+        let by_shard: HashMap<&str, &Lease> =
+            leases.iter().map(|l| (l.shard_id.as_str(), l)).collect();
+        let now = Instant::now();
+        let timeout = Duration::from_secs(4);
+        let recent = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+        let Some(old) = now.checked_sub(Duration::from_secs(5)) else {
+            return; // a clock this close to its start cannot express the case
+        };
+        let pending: HashMap<String, (u64, Instant)> = [
+            ("waiting", recent),
+            ("granted", recent),
+            ("declined", recent),
+            ("late", old),
+            ("gone", recent),
+        ]
+        .into_iter()
+        .map(|(s, at)| (s.to_string(), (5, at)))
+        .collect();
+        let (mut done, timed_out) = follow_up_handoffs(&pending, &by_shard, "me", now, timeout);
+        done.sort();
+        assert_eq!(done, vec!["declined", "gone", "granted", "late"]);
+        assert_eq!(
+            timed_out
+                .iter()
+                .map(|l| l.shard_id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["late"]
+        );
+    }
 
     fn liveness(confirmed_ago: Duration, valid_for: Duration) -> SelfLiveness {
         SelfLiveness {

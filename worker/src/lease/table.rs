@@ -276,6 +276,18 @@ impl LeaseTable {
         }
     }
 
+    /// The lease table `name` as already opened once (its key schema checked, ACTIVE): no
+    /// DescribeTable. For a caller that opens the same table again and again (the operator's
+    /// reconciles); a table deleted since shows up as the next call's error.
+    pub fn opened(client: Client, name: &str) -> Self {
+        Self {
+            client,
+            name: name.to_string(),
+            counters: Arc::default(),
+            reported: Arc::default(),
+        }
+    }
+
     /// Opens the lease table `name`, creating it (on-demand billing) if it does not exist
     /// and `create` is true, and waiting until it is ACTIVE.
     ///

@@ -1,0 +1,268 @@
+//! What a reconcile decides once it has read the stream and the lease table (pure): how many
+//! workers, and the status and Events that report it. The reconciler ([`crate::controller`])
+//! reads, calls these, and writes what they return.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use aws_sdk_kinesis::primitives::{DateTime, DateTimeFormat};
+use kinesis_worker::lease::checkpoint::Checkpoint;
+use kinesis_worker::lease::discovery::ShardInfo;
+use kinesis_worker::lease::model::{Lease, TableSnapshot};
+use kinesis_worker::status::human_lag;
+
+use crate::crd::{
+    Condition, KinesisApplication, KinesisApplicationSpec, KinesisApplicationStatus, ShardCounts,
+    WorkerCounts, labels,
+};
+use crate::report::{SHARD_STATUS_LIMIT, shard_report};
+use crate::sizing::{Replicas, SIZED_ANNOTATION, desired_workers, replicas};
+
+/// The current time as the status writes it (RFC 3339).
+pub fn now() -> String {
+    DateTime::from(SystemTime::now())
+        .fmt(DateTimeFormat::DateTime)
+        .unwrap_or_default()
+}
+
+/// Sets condition `type_` in `conditions`, keeping its transition time when the status did
+/// not change.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) {
+    let status = if ok { "True" } else { "False" };
+    let message = message.into();
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = Some(now());
+            }
+            c.status = status.into();
+            c.reason = reason.into();
+            c.message = message;
+            c.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: Some(now()),
+            observed_generation: generation,
+        }),
+    }
+}
+
+/// The stream's shards as the sizing sees them, and the worker count decided from them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizing {
+    /// Open shards (what the workers are sized to).
+    pub open: i32,
+    /// Closed shards whose lease has not reached SHARD_END yet.
+    pub draining: i32,
+    /// Every shard the stream lists.
+    pub total: i32,
+    /// The worker count and what to write for it.
+    pub replicas: Replicas,
+}
+
+/// Sizes the workers of `app` to `shards` (`snapshot` tells which closed shards are still
+/// draining; without it none are counted).
+pub fn size(
+    app: &KinesisApplication,
+    shards: &[ShardInfo],
+    snapshot: Option<&TableSnapshot>,
+) -> Sizing {
+    let open = shards.iter().filter(|s| !s.closed).count() as i32;
+    let leases: HashMap<&str, &Lease> = snapshot
+        .iter()
+        .flat_map(|s| s.leases.iter())
+        .map(|l| (l.shard_id.as_str(), l))
+        .collect();
+    let draining = shards
+        .iter()
+        .filter(|s| s.closed)
+        .filter(|s| {
+            leases
+                .get(s.shard_id.as_str())
+                .is_some_and(|l| l.checkpoint != Checkpoint::ShardEnd)
+        })
+        .count() as i32;
+    let for_shards = desired_workers(
+        &KinesisApplicationSpec {
+            replicas: None,
+            ..app.spec.clone()
+        },
+        open,
+    );
+    let sized = app
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SIZED_ANNOTATION))
+        .and_then(|v| v.parse::<i32>().ok());
+    Sizing {
+        open,
+        draining,
+        total: shards.len() as i32,
+        replicas: replicas(app.spec.replicas, sized, for_shards),
+    }
+}
+
+/// What the applied Deployment reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Ready pods.
+    pub ready: i32,
+    /// Pods (any state).
+    pub replicas: i32,
+}
+
+/// A Normal Event to publish: its reason and note.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// The Event's reason.
+    pub reason: &'static str,
+    /// The Event's note.
+    pub text: String,
+}
+
+/// What a healthy reconcile reports.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The status to write.
+    pub status: KinesisApplicationStatus,
+    /// Events for what changed since the previous status.
+    pub notes: Vec<Note>,
+    /// The largest lag of any shard (for the metrics).
+    pub max_lag_ms: Option<i64>,
+}
+
+/// The status of a healthy reconcile (stream and table reachable, Deployment applied) and
+/// the Events for what changed since `previous`. `status` carries what the reads already set
+/// (stream, application name, consumer, the StreamReady and LeaseTableReady conditions).
+pub fn healthy_status(
+    app: &KinesisApplication,
+    previous: &KinesisApplicationStatus,
+    mut status: KinesisApplicationStatus,
+    shards: &[ShardInfo],
+    snapshot: Option<&TableSnapshot>,
+    sizing: &Sizing,
+    applied: Applied,
+) -> Report {
+    let generation = app.metadata.generation;
+    let name = app.metadata.name.clone().unwrap_or_default();
+    let Sizing {
+        open,
+        draining,
+        total,
+        replicas,
+    } = *sizing;
+    let desired = replicas.desired;
+    let Applied { ready, .. } = applied;
+    // Lag only from each shard's current owner (a dead owner's heartbeat may linger).
+    let views = snapshot
+        .map(|snap| kinesis_worker::status::shard_views(shards, snap))
+        .unwrap_or_default();
+    let report = shard_report(&views, shards, SHARD_STATUS_LIMIT);
+    status.shard_status = report.listed;
+    status.shard_status_omitted = (report.omitted > 0).then_some(report.omitted as i32);
+    status.max_lag = report.max_lag_ms.map(human_lag);
+    let owned = report.leased;
+    status.shards = Some(ShardCounts {
+        open,
+        draining,
+        total,
+        leased: owned as i32,
+    });
+    let previous_workers = previous.workers.as_ref().map(|w| w.desired);
+    status.workers = Some(WorkerCounts {
+        desired,
+        ready,
+        replicas: applied.replicas,
+        summary: format!("{ready}/{desired}"),
+    });
+    status.selector = Some(
+        labels(&name)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    if previous_workers != Some(desired) {
+        status.last_scale_time = Some(now());
+    }
+    let progressing = ready < desired;
+    set_condition(
+        &mut status.conditions,
+        "Progressing",
+        progressing,
+        if progressing {
+            "WorkersStarting"
+        } else {
+            "WorkersReady"
+        },
+        format!("{ready} of {desired} workers ready"),
+        generation,
+    );
+    // Never an empty message: the API server (1.20) turns "" into null in a merge patch and
+    // then rejects it as not a string.
+    set_condition(
+        &mut status.conditions,
+        "Degraded",
+        false,
+        "AsExpected",
+        "stream and lease table reachable",
+        generation,
+    );
+    let all_ready = ready >= desired && desired > 0;
+    set_condition(
+        &mut status.conditions,
+        "Ready",
+        all_ready,
+        if all_ready {
+            "WorkersReady"
+        } else {
+            "WorkersStarting"
+        },
+        format!(
+            "{ready}/{desired} workers ready, {owned} of {} shards leased, {open} open",
+            open + draining
+        ),
+        generation,
+    );
+
+    let mut notes = Vec::new();
+    if let Some(before) = previous.shards.as_ref().map(|s| s.open)
+        && before != open
+    {
+        notes.push(Note {
+            reason: "Resharded",
+            text: format!("open shards {before} → {open}"),
+        });
+    }
+    if let Some(before) = previous_workers
+        && before != desired
+    {
+        notes.push(Note {
+            reason: "Scaled",
+            text: format!(
+                "workers {before} → {desired} ({open} open shards, shardsPerWorker {})",
+                app.spec.scaling.shards_per_worker
+            ),
+        });
+    }
+    Report {
+        status,
+        notes,
+        max_lag_ms: report.max_lag_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests;

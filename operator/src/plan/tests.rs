@@ -1,0 +1,197 @@
+use super::*;
+use kinesis_worker::lease::model::{Heartbeat, Lease, TableSnapshot};
+
+fn app(spec: serde_json::Value, annotations: serde_json::Value) -> KinesisApplication {
+    let v = serde_json::json!({
+        "apiVersion": "kinesis-operator.io/v1alpha1", "kind": "KinesisApplication",
+        "metadata": {"name": "a", "namespace": "n", "uid": "u1", "generation": 3,
+            "annotations": annotations},
+        "spec": spec,
+    });
+    match serde_json::from_value(v) {
+        Ok(a) => a,
+        Err(e) => panic!("test object: {e}"),
+    }
+}
+
+fn spec(extra: serde_json::Value) -> serde_json::Value {
+    let mut s = serde_json::json!({"stream": {"name": "s"},
+        "template": {"spec": {"containers": [{"name": "app"}]}}});
+    if let (Some(o), Some(e)) = (s.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    s
+}
+
+fn shard(id: &str, closed: bool) -> ShardInfo {
+    ShardInfo {
+        shard_id: id.into(),
+        parents: Vec::new(),
+        hash_range: ("0".into(), "1".into()),
+        closed,
+    }
+}
+
+fn owned(id: &str, owner: &str, checkpoint: Checkpoint) -> Lease {
+    let mut l = Lease::new(id, checkpoint, Vec::new());
+    l.owner = Some(owner.into());
+    l.counter = 1;
+    l
+}
+
+#[test]
+fn workers_follow_the_open_shards_and_draining_counts_only_unfinished_parents() {
+    let a = app(
+        spec(serde_json::json!({"scaling": {"shardsPerWorker": 2}})),
+        serde_json::json!({}),
+    );
+    let shards = vec![
+        shard("p0", true),
+        shard("p1", true),
+        shard("c0", false),
+        shard("c1", false),
+        shard("c2", false),
+    ];
+    let snapshot = TableSnapshot {
+        leases: vec![
+            owned("p0", "w1", Checkpoint::ShardEnd),
+            owned("p1", "w1", Checkpoint::TrimHorizon),
+        ],
+        heartbeats: Vec::new(),
+    };
+    let s = size(&a, &shards, Some(&snapshot));
+    assert_eq!((s.open, s.draining, s.total), (3, 1, 5));
+    // Unset spec.replicas: sized (ceil(3 / 2) = 2) and written for /scale.
+    assert_eq!(s.replicas.desired, 2);
+    assert_eq!(s.replicas.write_sized, Some(2));
+    // Without a snapshot nothing counts as draining; the size is the same.
+    let s = size(&a, &shards, None);
+    assert_eq!((s.draining, s.replicas.desired), (0, 2));
+}
+
+#[test]
+fn a_count_set_by_someone_else_is_kept_and_the_annotation_released() {
+    let a = app(
+        spec(serde_json::json!({"replicas": 7})),
+        serde_json::json!({SIZED_ANNOTATION: "2"}),
+    );
+    let s = size(&a, &[shard("s0", false), shard("s1", false)], None);
+    assert_eq!(s.replicas.desired, 7);
+    assert_eq!(s.replicas.write_sized, None);
+    assert!(s.replicas.released);
+    // Still the operator's own write: it follows the shards (2 open → 2 at one per worker).
+    let a = app(
+        spec(serde_json::json!({"replicas": 1})),
+        serde_json::json!({SIZED_ANNOTATION: "1"}),
+    );
+    let s = size(&a, &[shard("s0", false), shard("s1", false)], None);
+    assert_eq!((s.replicas.desired, s.replicas.write_sized), (2, Some(2)));
+}
+
+#[test]
+fn a_healthy_status_reports_counts_conditions_and_what_changed() {
+    let a = app(spec(serde_json::json!({})), serde_json::json!({}));
+    let shards = vec![shard("s0", false), shard("s1", false), shard("s2", false)];
+    let snapshot = TableSnapshot {
+        leases: vec![
+            owned("s0", "w1", Checkpoint::TrimHorizon),
+            owned("s1", "w1", Checkpoint::TrimHorizon),
+            Lease::new("s2", Checkpoint::TrimHorizon, Vec::new()),
+        ],
+        heartbeats: Vec::<Heartbeat>::new(),
+    };
+    let sizing = size(&a, &shards, Some(&snapshot));
+    let previous = KinesisApplicationStatus {
+        shards: Some(ShardCounts {
+            open: 2,
+            draining: 0,
+            total: 2,
+            leased: 2,
+        }),
+        workers: Some(WorkerCounts {
+            desired: 2,
+            ready: 2,
+            replicas: 2,
+            summary: "2/2".into(),
+        }),
+        ..Default::default()
+    };
+    let Report { status, notes, .. } = healthy_status(
+        &a,
+        &previous,
+        previous.clone(),
+        &shards,
+        Some(&snapshot),
+        &sizing,
+        Applied {
+            ready: 2,
+            replicas: 3,
+        },
+    );
+    let counts = status.shards.clone().unwrap_or_default();
+    assert_eq!((counts.open, counts.leased, counts.total), (3, 2, 3));
+    let workers = status.workers.clone().unwrap_or_default();
+    assert_eq!(
+        (workers.desired, workers.ready, workers.summary.as_str()),
+        (3, 2, "2/3")
+    );
+    assert!(status.last_scale_time.is_some());
+    assert_eq!(status.shard_status.len(), 3);
+    let cond = |t: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.observed_generation))
+    };
+    assert_eq!(
+        cond("Ready"),
+        Some(("False".into(), "WorkersStarting".into(), Some(3)))
+    );
+    assert_eq!(
+        cond("Progressing"),
+        Some(("True".into(), "WorkersStarting".into(), Some(3)))
+    );
+    assert_eq!(
+        cond("Degraded"),
+        Some(("False".into(), "AsExpected".into(), Some(3)))
+    );
+    assert_eq!(
+        notes.iter().map(|n| n.reason).collect::<Vec<_>>(),
+        vec!["Resharded", "Scaled"]
+    );
+    assert_eq!(notes[0].text, "open shards 2 → 3");
+    assert!(
+        notes[1].text.starts_with("workers 2 → 3"),
+        "{}",
+        notes[1].text
+    );
+
+    // The same again, everything ready: Ready, no Events, the scale time kept.
+    let Report {
+        status: again,
+        notes,
+        ..
+    } = healthy_status(
+        &a,
+        &status,
+        status.clone(),
+        &shards,
+        Some(&snapshot),
+        &sizing,
+        Applied {
+            ready: 3,
+            replicas: 3,
+        },
+    );
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_eq!(again.last_scale_time, status.last_scale_time);
+    assert!(
+        again
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
+}

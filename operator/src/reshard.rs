@@ -1,0 +1,107 @@
+//! The reshard watch: between the periodic reconciles (every `--resync-seconds`, which read
+//! the lease table and write the status), list each application's shards every
+//! `--shard-poll-seconds` and reconcile the application at once when its open shards are no
+//! longer what its last reconcile sized the workers to.
+//!
+//! Cost: one ListShards page per 1,000 shards of each application's stream a poll, at most
+//! [`CONCURRENCY`] at once. Kinesis does not bill ListShards; its limit is per stream (1,000
+//! calls/s in the current API reference, 100/s in older ones). 500 applications at a 5 s
+//! poll: 100 calls/s in all and 0.2 a second per application's stream; no DynamoDB and no
+//! Kubernetes call. A reshard is followed within a poll plus one reconcile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::channel::mpsc::UnboundedSender;
+use kinesis_worker::lease::discovery::ShardInfo;
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use crate::controller::Context;
+use crate::crd::KinesisApplication;
+
+/// Shard listings in flight at once.
+pub const CONCURRENCY: usize = 8;
+
+/// Whether the stream was resharded since the last reconcile: its open shards (`shards`)
+/// differ from what the reconcile sized to (`sized_to`). Nothing to compare before the first
+/// healthy reconcile.
+pub fn resharded(sized_to: Option<i32>, shards: &[ShardInfo]) -> bool {
+    let open = shards.iter().filter(|s| !s.closed).count() as i32;
+    sized_to.is_some_and(|n| n != open)
+}
+
+/// Polls every application in `store` every `every`, sending those whose stream was
+/// resharded to `trigger` (the controller reconciles them). Runs until `trigger` closes.
+pub async fn watch(
+    store: Store<KinesisApplication>,
+    ctx: Arc<Context>,
+    every: Duration,
+    trigger: UnboundedSender<ObjectRef<KinesisApplication>>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if trigger.is_closed() {
+            return;
+        }
+        let apps: Vec<Arc<KinesisApplication>> = store
+            .state()
+            .into_iter()
+            .filter(|a| a.metadata.deletion_timestamp.is_none())
+            .filter(|a| ctx.open_shards_seen(a).is_some())
+            .collect();
+        futures::stream::iter(apps)
+            .for_each_concurrent(CONCURRENCY, |app| {
+                let ctx = ctx.clone();
+                let trigger = trigger.clone();
+                async move {
+                    let shards = match ctx.list_shards(&app).await {
+                        Ok(s) => s,
+                        // The next reconcile reports it as a condition.
+                        Err(e) => {
+                            tracing::debug!(application = %app.name_any(), error = %e, "reshard watch: listing shards failed");
+                            return;
+                        }
+                    };
+                    let noticed = resharded(ctx.open_shards_seen(&app), &shards);
+                    ctx.metrics.reshard_poll(noticed);
+                    if noticed {
+                        tracing::info!(application = %app.name_any(), namespace = ?app.namespace(), "stream resharded: reconciling now");
+                        let _ = trigger.unbounded_send(ObjectRef::from_obj(&*app));
+                    }
+                }
+            })
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(closed: bool) -> ShardInfo {
+        ShardInfo {
+            shard_id: "s".into(),
+            parents: Vec::new(),
+            hash_range: ("0".into(), "1".into()),
+            closed,
+        }
+    }
+
+    #[test]
+    fn only_a_change_of_open_shards_since_the_last_reconcile_counts() {
+        let four_open = vec![shard(false); 4];
+        assert!(!resharded(Some(4), &four_open));
+        assert!(resharded(Some(2), &four_open));
+        // A split: two parents closed, four children open, still "4 open" → nothing to do.
+        let mut split = vec![shard(true); 2];
+        split.extend(vec![shard(false); 4]);
+        assert!(!resharded(Some(4), &split));
+        assert!(resharded(Some(2), &split));
+        // Never reconciled healthily: the controller's own reconcile comes first.
+        assert!(!resharded(None, &four_open));
+    }
+}
