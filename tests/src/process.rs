@@ -119,6 +119,11 @@ impl Proc {
         self.child.try_wait().ok().flatten().map(|s| s.code())
     }
 
+    /// Its whole stderr log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines of its stderr log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

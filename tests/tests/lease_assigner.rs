@@ -165,3 +165,39 @@ async fn a_successor_takes_the_role_when_the_assigner_is_killed() -> Result<()> 
         .await?;
     fleet.cleanup().await
 }
+
+/// A fleet that mixes coordination modes is reported (docs/LEASES.md, "Assigner mode"): a
+/// peer-mode worker started beside assigner-mode ones logs an error naming them, and the
+/// assigner logs one naming it; every shard still has one owner at a time (fenced takes).
+#[tokio::test]
+async fn a_fleet_that_mixes_coordination_modes_says_so() -> Result<()> {
+    let fleet = Fleet::new(4).await?;
+    let a1 = fleet.worker("a1", ASSIGNER)?;
+    let a2 = fleet.worker("a2", ASSIGNER)?;
+    fleet
+        .until("4 shards shared 2/2", shared_by(4, &["a1", "a2"], 2, 2))
+        .await?;
+    let p = fleet.worker("p1", &["--coordination", "peer"])?;
+    let said = |proc: &kinesis_operator_tests::process::Proc, other: &str| {
+        proc.log_text().lines().any(|l| {
+            l.contains("mixes coordination modes") && l.contains(&format!("worker=\"{other}\""))
+        })
+    };
+    wait_for("both modes report the other", DEADLINE, POLL, || async {
+        let peer_saw = said(&p, "a1") || said(&p, "a2");
+        let assigner_saw = said(&a1, "p1") || said(&a2, "p1");
+        (peer_saw && assigner_saw).then_some(())
+    })
+    .await
+    .map_err(|e| {
+        format!(
+            "{e}\n--- p1\n{}\n--- a1\n{}\n--- a2\n{}",
+            p.log_tail(),
+            a1.log_tail(),
+            a2.log_tail()
+        )
+    })?;
+    drop(p);
+    drop((a1, a2));
+    fleet.cleanup().await
+}

@@ -249,6 +249,7 @@ async fn finished_parents_and_dead_workers_heartbeats_are_removed() -> Result<()
         counter: 7,
         draining: false,
         lag: Default::default(),
+        coordination: None,
     })
     .await?;
 

@@ -264,6 +264,7 @@ async fn heartbeats_are_items_of_their_own() -> Result<()> {
         counter: 1,
         draining: false,
         lag: Default::default(),
+        coordination: None,
     })
     .await?;
     t.heartbeat(&Heartbeat {
@@ -271,6 +272,7 @@ async fn heartbeats_are_items_of_their_own() -> Result<()> {
         counter: 2,
         draining: true,
         lag: [("shardId-000000000001".to_string(), 1500)].into(),
+        coordination: Some("peer".into()),
     })
     .await?;
     let snap = t.scan().await?;
@@ -282,6 +284,7 @@ async fn heartbeats_are_items_of_their_own() -> Result<()> {
             counter: 2,
             draining: true,
             lag: [("shardId-000000000001".to_string(), 1500)].into(),
+            coordination: Some("peer".into()),
         }]
     );
     t.remove_heartbeat("pod-a").await?;

@@ -165,6 +165,7 @@ mod tests {
             counter: 1,
             draining: false,
             lag: lag.iter().map(|(s, l)| (s.to_string(), *l)).collect(),
+            coordination: None,
         }
     }
 

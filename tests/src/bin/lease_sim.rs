@@ -269,6 +269,7 @@ impl Sim {
                 counter: w.beat,
                 draining: false,
                 lag: BTreeMap::new(),
+                coordination: Some("assigner".into()),
             })
             .collect()
     }

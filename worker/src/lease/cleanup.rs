@@ -117,6 +117,7 @@ mod tests {
             counter: 3,
             draining: false,
             lag: Default::default(),
+            coordination: None,
         }
     }
 

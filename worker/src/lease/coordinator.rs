@@ -81,6 +81,30 @@ pub enum Coordination {
     Assigner,
 }
 
+impl Coordination {
+    /// Its name, as heartbeats record it (`peer`, `assigner`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Peer => "peer",
+            Self::Assigner => "assigner",
+        }
+    }
+}
+
+/// The workers whose heartbeats in `heartbeats` say they coordinate otherwise than `mine`
+/// (a fleet that mixes modes: peer workers take leases by themselves and fight the
+/// assigner's plan; every take is still fenced). Heartbeats that record no mode (older
+/// workers) are not counted.
+pub fn other_modes(heartbeats: &[Heartbeat], mine: Coordination) -> Vec<(&str, &str)> {
+    heartbeats
+        .iter()
+        .filter_map(|h| {
+            let mode = h.coordination.as_deref()?;
+            (mode != mine.as_str()).then_some((h.worker_id.as_str(), mode))
+        })
+        .collect()
+}
+
 /// Milliseconds behind the tip per shard, shared by the record pipeline (writer) and the
 /// coordinator (which publishes it in the heartbeat item).
 #[derive(Debug, Clone, Default)]
@@ -373,6 +397,8 @@ struct Beater {
     lag: LagBoard,
     /// Beat now (e.g. to announce draining).
     now: Arc<Notify>,
+    /// Recorded in every heartbeat.
+    coordination: Coordination,
 }
 
 impl Beater {
@@ -385,6 +411,7 @@ impl Beater {
             counter: self.counter,
             draining: self.draining.load(Ordering::SeqCst),
             lag: self.lag.snapshot(),
+            coordination: Some(self.coordination.as_str().to_string()),
         };
         match tokio::time::timeout(self.timeout, self.table.heartbeat(&beat)).await {
             Ok(Ok(())) => {
@@ -437,6 +464,8 @@ pub struct Coordinator {
     held: HashMap<String, Held>,
     /// shard → (counter when we asked, when)
     pending: HashMap<String, (u64, Instant)>,
+    /// Workers of another coordination mode already reported (`worker/mode`).
+    mixed_warned: HashSet<String>,
     observer: Observer,
     draining: bool,
     liveness: Arc<SelfLiveness>,
@@ -543,6 +572,7 @@ impl Coordinator {
             draining: draining_flag.clone(),
             lag: config.lag.clone(),
             now: beat_now.clone(),
+            coordination: config.coordination,
         };
         let handle = CoordinatorHandle {
             commands: commands_tx.clone(),
@@ -557,6 +587,7 @@ impl Coordinator {
                 commands,
                 held: HashMap::new(),
                 pending: HashMap::new(),
+                mixed_warned: HashSet::new(),
                 observer: Observer::new(),
                 draining: false,
                 liveness,
@@ -862,6 +893,7 @@ impl Coordinator {
         let now = Instant::now();
         let me = self.config.worker_id.clone();
         observe(&mut self.observer, &snapshot, now);
+        self.warn_of_other_modes(&snapshot);
 
         if !self.liveness.is_alive(now) {
             // Our own heartbeat is not confirmed: we may be the one considered dead. Take
@@ -944,6 +976,21 @@ impl Coordinator {
         self.request_handoffs(&plan, &by_shard).await;
         self.last_snapshot = snapshot;
         self.scanned = true;
+    }
+
+    /// Logs (an error, once per worker and mode) every worker of another coordination mode in
+    /// `snapshot`.
+    fn warn_of_other_modes(&mut self, snapshot: &TableSnapshot) {
+        for (worker, mode) in other_modes(&snapshot.heartbeats, self.config.coordination) {
+            if self.mixed_warned.insert(format!("{worker}/{mode}")) {
+                tracing::error!(
+                    worker,
+                    its_mode = mode,
+                    this_mode = self.config.coordination.as_str(),
+                    "this fleet mixes coordination modes: start every worker of the application with the same --coordination (the workers fight over leases until then; every take stays fenced)"
+                );
+            }
+        }
     }
 
     /// Stops the processors of `lost` leases (another worker holds them now).
@@ -1391,6 +1438,31 @@ mod tests {
         l.counter = counter;
         l.handoff_to = handoff_to.map(String::from);
         l
+    }
+
+    #[test]
+    fn workers_of_another_mode_are_named_and_older_heartbeats_are_not() {
+        let beat = |w: &str, mode: Option<&str>| Heartbeat {
+            worker_id: w.into(),
+            counter: 1,
+            draining: false,
+            lag: Default::default(),
+            coordination: mode.map(String::from),
+        };
+        let beats = [
+            beat("a", Some("assigner")),
+            beat("p", Some("peer")),
+            beat("old", None),
+        ];
+        assert_eq!(
+            other_modes(&beats, Coordination::Assigner),
+            vec![("p", "peer")]
+        );
+        assert_eq!(
+            other_modes(&beats, Coordination::Peer),
+            vec![("a", "assigner")]
+        );
+        assert!(other_modes(&beats[..1], Coordination::Assigner).is_empty());
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub mod attr {
     /// Ours, on heartbeat items: how far behind the tip each shard of the worker is (a map
     /// shard → milliseconds), for the operator's status.
     pub const LAG: &str = "koLag";
+    /// Ours, on heartbeat items: how the worker coordinates (`peer` or `assigner`), so a fleet
+    /// that mixes them is noticed.
+    pub const COORDINATION: &str = "koCoordination";
     /// Where a lease that started at `LATEST` was pinned before its first delivery (epoch
     /// ms, with checkpoint `AT_TIMESTAMP`): the next owner resumes there, not at its own tip.
     pub const START_TIMESTAMP: &str = "koStartTimestamp";
@@ -142,6 +145,9 @@ pub struct Heartbeat {
     pub draining: bool,
     /// Milliseconds behind the tip of each shard it processes, as of its last reads.
     pub lag: std::collections::BTreeMap<String, i64>,
+    /// How the worker coordinates (`peer`, `assigner`); `None` from workers before this was
+    /// recorded (peer mode only).
+    pub coordination: Option<String>,
 }
 
 impl Heartbeat {

@@ -585,6 +585,10 @@ impl LeaseTable {
                         .collect()
                 })
                 .unwrap_or_default(),
+            coordination: item
+                .get(attr::COORDINATION)
+                .and_then(|v| v.as_s().ok())
+                .cloned(),
         })
     }
 
@@ -1161,11 +1165,17 @@ impl LeaseTable {
             + attr::DRAINING.len()
             + 1
             + attr::LAG.len()
-            + beat.lag.keys().map(|k| k.len() + 8).sum::<usize>();
+            + beat.lag.keys().map(|k| k.len() + 8).sum::<usize>()
+            + beat
+                .coordination
+                .as_ref()
+                .map_or(0, |c| attr::COORDINATION.len() + c.len());
         self.counters.write(size, 0);
-        self.client
-            .put_item()
-            .table_name(&self.name)
+        let mut put = self.client.put_item();
+        if let Some(c) = &beat.coordination {
+            put = put.item(attr::COORDINATION, s(c));
+        }
+        put.table_name(&self.name)
             .item(attr::LEASE_KEY, s(&Heartbeat::key(&beat.worker_id)))
             .item(attr::WORKER_ID, s(&beat.worker_id))
             .item(attr::HEARTBEAT, n(beat.counter))

@@ -173,6 +173,7 @@ impl Coordinator {
         let now = Instant::now();
         let me = self.config.worker_id.clone();
         observe(&mut self.observer, &snapshot, now);
+        self.warn_of_other_modes(&snapshot);
         let (live, states) = fleet_view(
             &snapshot,
             &self.observer,
