@@ -173,6 +173,27 @@ impl TestEnv {
             .await
     }
 
+    /// The worker's own GetRecords client (`format`: CBOR or JSON) for the local Kinesis
+    /// server, as `kinesis-worker run --get-records-client` builds it.
+    ///
+    /// # Errors
+    /// The client could not be set up.
+    pub async fn get_records_client(
+        &self,
+        format: kinesis_worker::records::wire::WireFormat,
+    ) -> Result<
+        std::sync::Arc<kinesis_worker::records::wire::client::WireClient>,
+        kinesis_worker::records::wire::client::SetupError,
+    > {
+        let sdk = self.sdk_config().await;
+        let settings = kinesis_worker::aws::AwsSettings {
+            region: Some(self.region.clone()),
+            kinesis_endpoint: Some(self.kinesis_endpoint.clone()),
+            ..Default::default()
+        };
+        settings.get_records_client(&sdk, format, None)
+    }
+
     /// A Kinesis client for the local Kinesis server.
     pub async fn kinesis(&self) -> aws_sdk_kinesis::Client {
         let sdk = self.sdk_config().await;

@@ -7,6 +7,8 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
 use crate::metrics::AwsCallCounter;
+use crate::records::wire::WireFormat;
+use crate::records::wire::client::{SetupError, WireClient, WireSettings, default_endpoint};
 
 /// Timeouts of AWS calls: without them one call that never answers (a half-open
 /// connection, a stuck endpoint) blocks its caller forever.
@@ -132,5 +134,35 @@ impl AwsSettings {
             b = b.interceptor(c.clone());
         }
         aws_sdk_dynamodb::Client::from_conf(b.build())
+    }
+
+    /// Our own GetRecords client in `format`, to the same endpoint as the SDK's Kinesis
+    /// client (the override, else the region's), with the SDK's credentials.
+    ///
+    /// # Errors
+    /// [`SetupError`]: no region, no credentials provider, a bad endpoint, no TLS roots.
+    pub fn get_records_client(
+        &self,
+        sdk: &SdkConfig,
+        format: WireFormat,
+        counter: Option<AwsCallCounter>,
+    ) -> Result<std::sync::Arc<WireClient>, SetupError> {
+        let region = self
+            .region
+            .clone()
+            .or_else(|| sdk.region().map(|r| r.to_string()))
+            .ok_or(SetupError::NoRegion)?;
+        let endpoint = self
+            .kinesis_endpoint
+            .clone()
+            .unwrap_or_else(|| default_endpoint(&region));
+        let settings = WireSettings {
+            format,
+            endpoint,
+            region,
+            attempt_timeout: self.timeouts.kinesis_attempt,
+            connect_timeout: self.timeouts.connect,
+        };
+        WireClient::new(settings, sdk, counter)
     }
 }

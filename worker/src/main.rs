@@ -17,6 +17,7 @@ use kinesis_worker::lease::table::LeaseTable;
 use kinesis_worker::metrics::{AwsCallCounter, Metrics};
 use kinesis_worker::pipeline::{App, Pipeline, PipelineConfig};
 use kinesis_worker::preflight;
+use kinesis_worker::records::wire::WireFormat;
 use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 
@@ -140,6 +141,22 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// How GetRecords is sent and read: our own client in CBOR (as KCL reads Kinesis; the
+    /// fastest), our own in JSON, or the AWS SDK's (JSON). Fall back to `sdk` if an endpoint
+    /// behaves differently.
+    #[arg(long, env = "GET_RECORDS_CLIENT", value_enum, default_value_t = GetRecordsClient::Cbor)]
+    get_records_client: GetRecordsClient,
+}
+
+/// Which client sends GetRecords.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GetRecordsClient {
+    /// `application/x-amz-cbor-1.1`, decoded without copying record data.
+    Cbor,
+    /// `application/x-amz-json-1.1`, decoded by us.
+    Json,
+    /// The AWS SDK for Rust (JSON).
+    Sdk,
 }
 
 /// Where a new lease starts.
@@ -379,6 +396,17 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
         worker_id.clone(),
     );
     pipeline_config.reader.max_records = args.max_records;
+    let format = match args.get_records_client {
+        GetRecordsClient::Cbor => Some(WireFormat::Cbor),
+        GetRecordsClient::Json => Some(WireFormat::Json),
+        GetRecordsClient::Sdk => None,
+    };
+    if let Some(format) = format {
+        let client = settings
+            .get_records_client(&sdk, format, Some(counter.clone()))
+            .context("setting up the GetRecords client (--get-records-client)")?;
+        pipeline_config.reader.get_records = Some(client);
+    }
     pipeline_config.reader.initial_timestamp_ms = lease_args.initial_timestamp;
     pipeline_config.idle_time = Duration::from_millis(args.idle_time_ms);
     pipeline_config.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);

@@ -314,6 +314,25 @@ impl AwsCallCounter {
     ) -> Self {
         Self { calls, errors }
     }
+
+    /// Counts one call made without the SDK (our own GetRecords): `status` is the HTTP
+    /// status, `none` when no answer came; anything but `200` counts as an error too.
+    pub fn count(&self, service: &str, api: &str, status: &str) {
+        let labels = AwsLabels {
+            service: service.to_string(),
+            api: api.to_string(),
+        };
+        self.calls.get_or_create(&labels).inc();
+        if status != "200" {
+            self.errors
+                .get_or_create(&AwsErrorLabels {
+                    service: labels.service,
+                    api: labels.api,
+                    status: status.to_string(),
+                })
+                .inc();
+        }
+    }
 }
 
 impl Intercept for AwsCallCounter {

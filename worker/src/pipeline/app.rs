@@ -14,6 +14,108 @@ use kinesis_processor::v1::record_processor_client::RecordProcessorClient;
 
 use crate::metrics::{CallLabels, Metrics};
 
+use bytes::Bytes;
+use kinesis_processor::tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use prost::Message;
+
+/// `ProcessRecordsRequest.attempt`'s field number.
+const ATTEMPT_FIELD: u32 = 4;
+const PROCESS_RECORDS: &str = "/kinesis_operator.processor.v1.RecordProcessor/ProcessRecords";
+
+/// A `ProcessRecordsRequest` encoded once, sent again on every attempt without cloning or
+/// encoding its records again.
+///
+/// Each attempt appends its `attempt` field after the encoded request (which has none):
+/// protobuf parsers take the last value of a scalar field, so the app reads that attempt.
+#[derive(Debug, Clone)]
+pub struct EncodedBatch {
+    body: Bytes,
+}
+
+impl EncodedBatch {
+    /// Encodes `req` (its `attempt` is dropped: each call sets its own).
+    pub fn new(mut req: v1::ProcessRecordsRequest) -> Self {
+        req.attempt = 0;
+        Self {
+            body: Bytes::from(req.encode_to_vec()),
+        }
+    }
+
+    /// The encoded size (without the attempt field).
+    pub fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Never true for a batch with records.
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
+}
+
+/// Sends an [`EncodedBatch`] with its attempt number; reads the answer with prost.
+#[derive(Debug, Clone, Copy, Default)]
+struct BatchCodec;
+
+/// Writes the encoded batch and then the attempt field.
+#[derive(Debug, Clone, Copy, Default)]
+struct BatchEncoder;
+
+impl Encoder for BatchEncoder {
+    type Item = (Bytes, u32);
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        (body, attempt): Self::Item,
+        dst: &mut EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        write_attempt(&body, attempt, dst);
+        Ok(())
+    }
+}
+
+/// The encoded batch, then its attempt number.
+fn write_attempt(body: &[u8], attempt: u32, dst: &mut impl bytes::BufMut) {
+    dst.put_slice(body);
+    if attempt != 0 {
+        prost::encoding::uint32::encode(ATTEMPT_FIELD, &attempt, dst);
+    }
+}
+
+/// Decodes a `ProcessRecordsResponse`.
+#[derive(Debug, Clone, Copy, Default)]
+struct ResponseDecoder;
+
+impl Decoder for ResponseDecoder {
+    type Item = v1::ProcessRecordsResponse;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+        v1::ProcessRecordsResponse::decode(src)
+            .map(Some)
+            .map_err(|e| {
+                Status::internal(format!(
+                    "the app's ProcessRecords answer is not readable: {e}"
+                ))
+            })
+    }
+}
+
+impl Codec for BatchCodec {
+    type Encode = (Bytes, u32);
+    type Decode = v1::ProcessRecordsResponse;
+    type Encoder = BatchEncoder;
+    type Decoder = ResponseDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        BatchEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ResponseDecoder
+    }
+}
+
 /// Largest message the worker sends or accepts (a 10 MB GetRecords page fits).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -22,6 +124,7 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 pub struct App {
     address: Address,
     processor: RecordProcessorClient<Channel>,
+    channel: Channel,
     health: HealthClient<Channel>,
     metrics: Arc<Metrics>,
 }
@@ -38,6 +141,7 @@ impl App {
             processor: RecordProcessorClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            channel: channel.clone(),
             health: HealthClient::new(channel),
             metrics,
         })
@@ -104,6 +208,34 @@ impl App {
         self.timed("ProcessRecords", c.process_records(req)).await
     }
 
+    /// `ProcessRecords` with a batch encoded once, as attempt `attempt`: a retry copies
+    /// nothing but the encoded bytes into the HTTP/2 frame.
+    ///
+    /// # Errors
+    /// The app's error or the transport's.
+    pub async fn process_encoded(
+        &self,
+        batch: &EncodedBatch,
+        attempt: u32,
+    ) -> Result<v1::ProcessRecordsResponse, Status> {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let call = async {
+            grpc.ready().await.map_err(|e| {
+                Status::unavailable(format!("the app's connection is not ready: {e}"))
+            })?;
+            let path = http::uri::PathAndQuery::from_static(PROCESS_RECORDS);
+            grpc.unary(
+                tonic::Request::new((batch.body.clone(), attempt)),
+                path,
+                BatchCodec,
+            )
+            .await
+        };
+        self.timed("ProcessRecords", call).await
+    }
+
     /// `LeaseLost`.
     ///
     /// # Errors
@@ -136,5 +268,44 @@ impl App {
         let mut c = self.processor.clone();
         self.timed("ShutdownRequested", c.shutdown_requested(req))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_attempt_is_read_with_its_own_number_and_the_same_records()
+    -> Result<(), prost::DecodeError> {
+        let req = v1::ProcessRecordsRequest {
+            shard_id: "shardId-000000000001".into(),
+            records: (0..3)
+                .map(|i| v1::Record {
+                    data: Bytes::from(format!("record-{i}")),
+                    partition_key: format!("k{i}"),
+                    sequence_number: format!("4959{i}"),
+                    ..Default::default()
+                })
+                .collect(),
+            millis_behind_latest: 42,
+            attempt: 9,
+            lease_owner: "w1".into(),
+            lease_counter: 7,
+        };
+        let batch = EncodedBatch::new(req.clone());
+        for attempt in [1, 2, 300, u32::MAX] {
+            let mut wire = Vec::new();
+            write_attempt(&batch.body, attempt, &mut wire);
+            let got = v1::ProcessRecordsRequest::decode(&wire[..])?;
+            assert_eq!(
+                got,
+                v1::ProcessRecordsRequest {
+                    attempt,
+                    ..req.clone()
+                }
+            );
+        }
+        Ok(())
     }
 }

@@ -11,7 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::PipelineConfig;
-use super::app::App;
+use super::app::{App, EncodedBatch};
 use super::position::{Position, Wanted, resolve};
 use crate::backoff::Backoff;
 use crate::lease::checkpoint::{Checkpoint, SequenceNumber};
@@ -171,7 +171,7 @@ impl Delivery {
 
 fn to_proto(r: UserRecord) -> v1::Record {
     v1::Record {
-        data: r.data.into(),
+        data: r.data,
         partition_key: r.partition_key,
         sequence_number: r.sequence_number,
         sub_sequence_number: r.sub_sequence_number,
@@ -573,21 +573,25 @@ impl ShardTask {
             };
             let count = chunk.len() as u64;
             let bytes: u64 = chunk.iter().map(|r| r.data.len() as u64).sum();
-            let mut req = v1::ProcessRecordsRequest {
+            let first = chunk
+                .first()
+                .map(|r| r.sequence_number.clone())
+                .unwrap_or_default();
+            // Encoded once: a retry sends the same bytes with its own attempt number.
+            let batch = EncodedBatch::new(v1::ProcessRecordsRequest {
                 shard_id: d.shard.clone(),
                 records: chunk.into_iter().map(to_proto).collect(),
                 millis_behind_latest,
                 attempt: 0,
                 lease_owner: d.fencing.0.clone(),
                 lease_counter: d.fencing.1,
-            };
+            });
             let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
             let answer = loop {
                 if !self.lease.is_valid() {
                     return Flow::Lost;
                 }
-                req.attempt = backoff.failures() + 1;
-                let call = self.app.process_records(req.clone());
+                let call = self.app.process_encoded(&batch, backoff.failures() + 1);
                 tokio::pin!(call);
                 let res = loop {
                     tokio::select! {
@@ -615,7 +619,7 @@ impl ShardTask {
                         if self.config.max_attempts.is_some_and(|m| attempts >= m) {
                             self.metrics.batches_skipped.inc();
                             d.ledger.unstall();
-                            tracing::error!(shard = %d.shard, error = %e.message(), code = ?e.code(), attempts, records = count, first = %req.records.first().map(|r| r.sequence_number.as_str()).unwrap_or(""), last = %last, "batch skipped after max attempts");
+                            tracing::error!(shard = %d.shard, error = %e.message(), code = ?e.code(), attempts, records = count, first = %first, last = %last, "batch skipped after max attempts");
                             break None;
                         }
                         let delay = backoff.next_delay();
@@ -844,7 +848,7 @@ mod tests {
 
     fn rec(seq: u64, bytes: usize) -> UserRecord {
         UserRecord {
-            data: vec![0; bytes],
+            data: vec![0; bytes].into(),
             partition_key: "k".into(),
             explicit_hash_key: None,
             sequence_number: seq.to_string(),

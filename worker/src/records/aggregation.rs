@@ -10,6 +10,7 @@
 //! with sub-sequence 0; user records whose hash key lies outside the shard's hash key range
 //! (possible right after a reshard) are dropped. Nothing here panics on any input.
 
+use bytes::Bytes;
 use md5::{Digest, Md5};
 
 /// The KPL's magic prefix.
@@ -39,9 +40,9 @@ pub struct AggregatedEntry {
     /// Index into `explicit_hash_key_table`.
     #[prost(uint64, optional, tag = "2")]
     pub explicit_hash_key_index: Option<u64>,
-    /// The payload.
-    #[prost(bytes = "vec", required, tag = "3")]
-    pub data: Vec<u8>,
+    /// The payload (a slice of the Kinesis record's buffer when decoded from `Bytes`).
+    #[prost(bytes = "bytes", required, tag = "3")]
+    pub data: Bytes,
     /// KPL tags (not used by consumers).
     #[prost(message, repeated, tag = "4")]
     pub tags: Vec<Tag>,
@@ -61,8 +62,8 @@ pub struct Tag {
 /// A Kinesis record as GetRecords returns it (the parts de-aggregation needs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KinesisRecord {
-    /// Payload.
-    pub data: Vec<u8>,
+    /// Payload (shared, not copied: a slice of the GetRecords answer where the wire allows).
+    pub data: Bytes,
     /// Partition key.
     pub partition_key: String,
     /// Sequence number.
@@ -74,8 +75,8 @@ pub struct KinesisRecord {
 /// A record as the app receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
-    /// Payload.
-    pub data: Vec<u8>,
+    /// Payload (a slice of the Kinesis record's buffer for a KPL sub-record).
+    pub data: Bytes,
     /// Partition key (the user record's own, for aggregated records).
     pub partition_key: String,
     /// Explicit hash key, if the producer set one.
@@ -142,16 +143,18 @@ fn passthrough(record: KinesisRecord) -> Vec<UserRecord> {
     vec![plain(record)]
 }
 
-/// Parses an intact aggregated record, or `None`.
-fn parse(data: &[u8]) -> Option<AggregatedRecord> {
+/// Parses an intact aggregated record, or `None`. The user records' data are slices of
+/// `data` (no copy).
+fn parse(data: &Bytes) -> Option<AggregatedRecord> {
     if !looks_aggregated(data) {
         return None;
     }
-    let (body, digest) = data[MAGIC.len()..].split_at(data.len() - MAGIC.len() - MD5_LEN);
+    let body_end = data.len() - MD5_LEN;
+    let (body, digest) = (&data[MAGIC.len()..body_end], &data[body_end..]);
     if Md5::digest(body).as_slice() != digest {
         return None;
     }
-    let agg: AggregatedRecord = prost::Message::decode(body).ok()?;
+    let agg: AggregatedRecord = prost::Message::decode(data.slice(MAGIC.len()..body_end)).ok()?;
     let indexes_valid = agg.records.iter().all(|r| {
         (r.partition_key_index as usize) < agg.partition_key_table.len()
             && r.explicit_hash_key_index
@@ -219,7 +222,7 @@ pub fn aggregate(records: &[(String, Option<String>, Vec<u8>)]) -> Vec<u8> {
         agg.records.push(AggregatedEntry {
             partition_key_index: pk_index,
             explicit_hash_key_index: ehk_index,
-            data: data.clone(),
+            data: Bytes::copy_from_slice(data),
             tags: Vec::new(),
         });
     }

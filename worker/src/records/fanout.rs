@@ -26,7 +26,7 @@ use aws_sdk_kinesis::types::{
 
 use super::aggregation::HashRange;
 use super::reader::{
-    Batch, Position, ReadError, ReaderConfig, ShardReader, permanent_error, user_records,
+    Batch, Position, ReadError, ReaderConfig, ShardReader, from_sdk, permanent_error, user_records,
 };
 use crate::backoff::Backoff;
 use crate::lease::checkpoint::Checkpoint;
@@ -349,7 +349,10 @@ impl FanOutReader {
                         self.position = Position::After(ev.continuation_sequence_number.clone());
                     }
                     let records = user_records(
-                        std::mem::take(&mut ev.records),
+                        std::mem::take(&mut ev.records)
+                            .into_iter()
+                            .map(from_sdk)
+                            .collect(),
                         resume.as_ref(),
                         self.hash_range,
                     );

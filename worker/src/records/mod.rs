@@ -4,6 +4,7 @@
 pub mod aggregation;
 pub mod fanout;
 pub mod reader;
+pub mod wire;
 
 use reader::{Batch, ReadError};
 

@@ -10,6 +10,7 @@
 //! Throttling and transient errors are retried inside [`ShardReader::next_batch`] with
 //! exponential backoff and jitter; only errors that retrying cannot fix are returned.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
@@ -18,6 +19,8 @@ use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 
 use super::aggregation::{HashRange, KinesisRecord, UserRecord, deaggregate};
+use super::wire::RecordsPage;
+use super::wire::client::{CallError, WireClient};
 use crate::backoff::Backoff;
 use crate::lease::checkpoint::Checkpoint;
 use crate::lease::discovery::StreamRef;
@@ -36,6 +39,9 @@ pub struct ReaderConfig {
     pub backoff_base: Duration,
     /// Longest retry delay.
     pub backoff_max: Duration,
+    /// GetRecords through our own client (CBOR or JSON, see [`super::wire`]); `None`: through
+    /// the SDK. GetShardIterator always goes through the SDK.
+    pub get_records: Option<Arc<WireClient>>,
 }
 
 impl Default for ReaderConfig {
@@ -45,6 +51,7 @@ impl Default for ReaderConfig {
             initial_timestamp_ms: None,
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            get_records: None,
         }
     }
 }
@@ -112,21 +119,12 @@ pub(crate) enum Position {
 /// sub-records of other shards dropped). `resume` = `(sequence, sub)` of a checkpoint: that
 /// record's user records up to `sub` are skipped.
 pub(crate) fn user_records(
-    raw_records: Vec<aws_sdk_kinesis::types::Record>,
+    raw_records: Vec<KinesisRecord>,
     resume: Option<&(String, u64)>,
     hash_range: Option<HashRange>,
 ) -> Vec<UserRecord> {
     let mut records = Vec::with_capacity(raw_records.len());
-    for r in raw_records {
-        // Moved, not copied: the data is the bulk of the worker's memory traffic.
-        let raw = KinesisRecord {
-            data: r.data.into_inner(),
-            partition_key: r.partition_key.unwrap_or_default(),
-            sequence_number: r.sequence_number,
-            approximate_arrival_ms: r
-                .approximate_arrival_timestamp
-                .and_then(|t| t.to_millis().ok()),
-        };
+    for raw in raw_records {
         let after = resume
             .filter(|(seq, _)| *seq == raw.sequence_number)
             .map(|(_, sub)| *sub);
@@ -145,6 +143,29 @@ pub(crate) fn user_records(
     records
 }
 
+/// An SDK record as ours: the data moved, not copied (it is the bulk of the worker's memory
+/// traffic).
+pub(crate) fn from_sdk(r: aws_sdk_kinesis::types::Record) -> KinesisRecord {
+    KinesisRecord {
+        data: bytes::Bytes::from(r.data.into_inner()),
+        partition_key: r.partition_key.unwrap_or_default(),
+        sequence_number: r.sequence_number,
+        approximate_arrival_ms: r
+            .approximate_arrival_timestamp
+            .and_then(|t| t.to_millis().ok()),
+    }
+}
+
+/// Why one GetRecords call gave no page.
+enum Fetch {
+    /// The iterator expired: get a new one after the last delivered record.
+    Expired,
+    /// Retrying cannot fix it.
+    Permanent(ReadError),
+    /// Throttled, transient, unreadable: back off and call again.
+    Retry(String),
+}
+
 /// The error of a Kinesis call that retrying cannot fix (stream or shard not found, access
 /// denied, invalid argument), or `None` when it is worth retrying (throttling, transient).
 pub(crate) fn permanent_error<E, R>(
@@ -157,7 +178,16 @@ where
     R: std::fmt::Debug,
 {
     let code = e.as_service_error().and_then(|s| s.code())?;
-    let detail = DisplayErrorContext(e).to_string();
+    permanent_code(stream, shard_id, code, DisplayErrorContext(e).to_string())
+}
+
+/// The [`ReadError`] of an error code that retrying cannot fix, or `None`.
+pub(crate) fn permanent_code(
+    stream: &StreamRef,
+    shard_id: &str,
+    code: &str,
+    detail: String,
+) -> Option<ReadError> {
     match code {
         "ResourceNotFoundException" => Some(ReadError::NotFound {
             stream: stream.to_string(),
@@ -329,48 +359,34 @@ impl ShardReader {
                 continue;
             }
             let iterator = self.iterator.clone().unwrap_or_default();
-            let res = self
-                .client
-                .get_records()
-                .shard_iterator(iterator)
-                .limit(self.config.max_records.clamp(1, MAX_RECORDS_LIMIT))
-                .send()
-                .await;
-            let mut out = match res {
-                Ok(out) => out,
-                Err(e) => {
-                    let se = e.as_service_error();
-                    if se.is_some_and(|s| s.is_expired_iterator_exception()) {
-                        // Renewed right after the last delivered record.
-                        self.iterator = None;
-                        continue;
-                    }
-                    if let Some(err) = permanent_error(&self.stream, &self.shard_id, &e) {
-                        return Err(err);
-                    }
-                    tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&e), "GetRecords failed; backing off");
+            let mut page = match self.fetch(&iterator).await {
+                Ok(page) => page,
+                Err(Fetch::Expired) => {
+                    // Renewed right after the last delivered record.
+                    self.iterator = None;
+                    continue;
+                }
+                Err(Fetch::Permanent(e)) => return Err(e),
+                Err(Fetch::Retry(detail)) => {
+                    tracing::warn!(shard = %self.shard_id, error = %detail, "GetRecords failed; backing off");
                     self.backoff().await;
                     continue;
                 }
             };
             self.backoff.reset();
             let resume = self.resume_at();
-            if let Some(last) = out.records.last() {
+            if let Some(last) = page.records.last() {
                 self.position = Position::After(last.sequence_number.clone());
             }
             let records = user_records(
-                std::mem::take(&mut out.records),
+                std::mem::take(&mut page.records),
                 resume.as_ref(),
                 self.hash_range,
             );
-            self.iterator = out.next_shard_iterator.take();
+            self.iterator = page.next_shard_iterator.take();
             if self.iterator.is_none() {
                 self.ended = true;
-                self.children = out
-                    .child_shards()
-                    .iter()
-                    .map(|c| c.shard_id().to_string())
-                    .collect();
+                self.children = std::mem::take(&mut page.child_shard_ids);
                 if records.is_empty() {
                     return Ok(Batch::ShardEnd {
                         child_shard_ids: self.children.clone(),
@@ -380,8 +396,66 @@ impl ShardReader {
             }
             return Ok(Batch::Records {
                 records,
-                millis_behind_latest: out.millis_behind_latest(),
+                millis_behind_latest: page.millis_behind_latest,
             });
+        }
+    }
+
+    /// One GetRecords call, through our client or the SDK.
+    async fn fetch(&self, iterator: &str) -> Result<RecordsPage, Fetch> {
+        let limit = self.config.max_records.clamp(1, MAX_RECORDS_LIMIT);
+        if let Some(wire) = &self.config.get_records {
+            match wire.get_records(iterator, limit).await {
+                Ok(page) => return Ok(page),
+                // An answer our decoder cannot read must not stall the shard: reported, and
+                // this page read again through the SDK (an iterator may be used again).
+                Err(CallError::Decode(e)) => {
+                    tracing::error!(shard = %self.shard_id, error = %e, format = ?wire.format(), "GetRecords answer unreadable by our decoder; reading this page through the SDK instead (set --get-records-client sdk if this repeats)");
+                }
+                Err(e) => {
+                    return Err(match e.code() {
+                        Some("ExpiredIteratorException") => Fetch::Expired,
+                        Some(code) => {
+                            match permanent_code(&self.stream, &self.shard_id, code, e.to_string())
+                            {
+                                Some(p) => Fetch::Permanent(p),
+                                None => Fetch::Retry(e.to_string()),
+                            }
+                        }
+                        None => Fetch::Retry(e.to_string()),
+                    });
+                }
+            }
+        }
+        let res = self
+            .client
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(limit)
+            .send()
+            .await;
+        match res {
+            Ok(out) => Ok(RecordsPage {
+                child_shard_ids: out
+                    .child_shards()
+                    .iter()
+                    .map(|c| c.shard_id().to_string())
+                    .collect(),
+                millis_behind_latest: out.millis_behind_latest(),
+                next_shard_iterator: out.next_shard_iterator,
+                records: out.records.into_iter().map(from_sdk).collect(),
+            }),
+            Err(e) => {
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_expired_iterator_exception())
+                {
+                    return Err(Fetch::Expired);
+                }
+                if let Some(err) = permanent_error(&self.stream, &self.shard_id, &e) {
+                    return Err(Fetch::Permanent(err));
+                }
+                Err(Fetch::Retry(DisplayErrorContext(&e).to_string()))
+            }
         }
     }
 }

@@ -4,7 +4,7 @@ use super::*;
 
 fn record(data: Vec<u8>) -> KinesisRecord {
     KinesisRecord {
-        data,
+        data: data.into(),
         partition_key: "outer-key".into(),
         sequence_number: "49590338271490256608559692538361571095921575989136588898".into(),
         approximate_arrival_ms: Some(1_700_000_000_000),
@@ -27,7 +27,7 @@ fn users(n: usize) -> Vec<(String, Option<String>, Vec<u8>)> {
 fn a_plain_record_passes_through() {
     let out = deaggregate(record(b"hello".to_vec()), None, None);
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].data, b"hello");
+    assert_eq!(out[0].data, &b"hello"[..]);
     assert_eq!(out[0].partition_key, "outer-key");
     assert_eq!(out[0].sub_sequence_number, 0);
     assert!(!out[0].aggregated);
@@ -82,7 +82,7 @@ fn sub_records_outside_the_shards_hash_range_are_dropped() {
     };
     let out = deaggregate(record(aggregate(&recs)), Some(lower_half), None);
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].data, b"low");
+    assert_eq!(out[0].data, &b"low"[..]);
     assert_eq!(out[0].sub_sequence_number, 0);
     // Without an explicit hash key, the partition key's MD5 decides.
     let pk = "some-partition-key";

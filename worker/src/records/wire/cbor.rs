@@ -1,0 +1,341 @@
+//! GetRecords in CBOR (`application/x-amz-cbor-1.1`), read with `minicbor`'s borrowing
+//! decoder: record data that arrives as a byte string becomes a slice of the answer's buffer.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use minicbor::Decoder;
+use minicbor::data::Type;
+
+use super::{
+    DecodeError, RecordsPage, ServiceError, bare_error_code, base64_bytes, seconds_to_millis,
+};
+use crate::records::aggregation::KinesisRecord;
+
+/// The most records a page may announce that we reserve room for up front (Kinesis sends at
+/// most 10,000; a hostile length must not allocate more).
+const MAX_PREALLOCATED: u64 = 10_000;
+
+fn malformed(offset: usize, reason: impl Into<String>) -> DecodeError {
+    DecodeError {
+        format: "CBOR",
+        offset,
+        reason: reason.into(),
+    }
+}
+
+/// `d`'s next item's type.
+fn peek(d: &Decoder<'_>) -> Result<Type, DecodeError> {
+    let pos = d.position();
+    d.datatype()
+        .map_err(|e| malformed(e.position().unwrap_or(pos), e.to_string()))
+}
+
+/// Consumes a break byte if one is next (end of an indefinite map or array).
+fn at_break(d: &mut Decoder<'_>) -> Result<bool, DecodeError> {
+    if peek(d)? == Type::Break {
+        d.set_position(d.position() + 1);
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+fn skip(d: &mut Decoder<'_>) -> Result<(), DecodeError> {
+    let pos = d.position();
+    d.skip()
+        .map_err(|e| malformed(e.position().unwrap_or(pos), e.to_string()))
+}
+
+/// Calls `field` with each text key of the map at `d` (definite or indefinite length);
+/// `field` consumes the value. Entries with other keys are skipped.
+fn each_entry<'b>(
+    d: &mut Decoder<'b>,
+    mut field: impl FnMut(&str, &mut Decoder<'b>) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
+    let pos = d.position();
+    let len = d
+        .map()
+        .map_err(|e| malformed(e.position().unwrap_or(pos), e.to_string()))?;
+    let mut seen = 0u64;
+    loop {
+        match len {
+            Some(n) if seen >= n => return Ok(()),
+            None if at_break(d)? => return Ok(()),
+            _ => {}
+        }
+        seen += 1;
+        if matches!(peek(d)?, Type::String | Type::StringIndef) {
+            let key = text(d)?;
+            field(&key, d)?;
+        } else {
+            skip(d)?;
+            skip(d)?;
+        }
+    }
+}
+
+/// Calls `item` for each element of the array at `d` (definite or indefinite); null stands
+/// for an empty array (kinesis-mock sends `ChildShards: null`).
+fn each_item<'b>(
+    d: &mut Decoder<'b>,
+    mut item: impl FnMut(&mut Decoder<'b>) -> Result<(), DecodeError>,
+) -> Result<Option<u64>, DecodeError> {
+    if matches!(peek(d)?, Type::Null | Type::Undefined) {
+        skip(d)?;
+        return Ok(Some(0));
+    }
+    let pos = d.position();
+    let len = d
+        .array()
+        .map_err(|e| malformed(e.position().unwrap_or(pos), e.to_string()))?;
+    let mut seen = 0u64;
+    loop {
+        match len {
+            Some(n) if seen >= n => return Ok(len),
+            None if at_break(d)? => return Ok(len),
+            _ => {}
+        }
+        seen += 1;
+        item(d)?;
+    }
+}
+
+/// A text string, definite (borrowed) or indefinite (joined).
+fn text<'b>(d: &mut Decoder<'b>) -> Result<Cow<'b, str>, DecodeError> {
+    let pos = d.position();
+    let map = |e: minicbor::decode::Error| malformed(e.position().unwrap_or(pos), e.to_string());
+    match peek(d)? {
+        Type::String => d.str().map(Cow::Borrowed).map_err(map),
+        Type::StringIndef => {
+            let mut joined = String::new();
+            for chunk in d.str_iter().map_err(map)? {
+                joined.push_str(chunk.map_err(map)?);
+            }
+            Ok(Cow::Owned(joined))
+        }
+        t => Err(malformed(pos, format!("expected a text string, found {t}"))),
+    }
+}
+
+/// Text, or `None` for null/undefined.
+fn optional_text(d: &mut Decoder<'_>) -> Result<Option<String>, DecodeError> {
+    if matches!(peek(d)?, Type::Null | Type::Undefined) {
+        skip(d)?;
+        return Ok(None);
+    }
+    text(d).map(|t| Some(t.into_owned()))
+}
+
+/// An integer, or `None` for null (or a value of another type, skipped).
+fn optional_int(d: &mut Decoder<'_>) -> Result<Option<i64>, DecodeError> {
+    let pos = d.position();
+    match peek(d)? {
+        Type::U8
+        | Type::U16
+        | Type::U32
+        | Type::U64
+        | Type::I8
+        | Type::I16
+        | Type::I32
+        | Type::I64
+        | Type::Int => d
+            .i64()
+            .map(Some)
+            .map_err(|e| malformed(e.position().unwrap_or(pos), e.to_string())),
+        Type::F32 | Type::F64 => d
+            .f64()
+            .map(|f| (f.is_finite() && f.abs() < 9.0e18).then_some(f as i64))
+            .map_err(|e| malformed(pos, e.to_string())),
+        _ => skip(d).map(|()| None),
+    }
+}
+
+/// A record's data: a byte string (sliced out of `body`, no copy), an indefinite byte string
+/// (joined), or base64 text (kinesis-mock).
+fn data(body: &Bytes, d: &mut Decoder<'_>) -> Result<Bytes, DecodeError> {
+    let pos = d.position();
+    let map = |e: minicbor::decode::Error| malformed(e.position().unwrap_or(pos), e.to_string());
+    match peek(d)? {
+        Type::Bytes => {
+            let len = d.bytes().map_err(map)?.len();
+            let end = d.position();
+            let start = end
+                .checked_sub(len)
+                .filter(|_| end <= body.len())
+                .ok_or_else(|| malformed(pos, "byte string outside the body"))?;
+            Ok(body.slice(start..end))
+        }
+        Type::BytesIndef => {
+            let mut joined = Vec::new();
+            for chunk in d.bytes_iter().map_err(map)? {
+                joined.extend_from_slice(chunk.map_err(map)?);
+            }
+            Ok(Bytes::from(joined))
+        }
+        Type::String | Type::StringIndef => {
+            let t = text(d)?;
+            base64_bytes(&t).ok_or_else(|| malformed(pos, "Data is text but not base64"))
+        }
+        t => Err(malformed(pos, format!("Data: expected bytes, found {t}"))),
+    }
+}
+
+/// A timestamp as epoch milliseconds: tag 1 + integer milliseconds (real Kinesis), tag 1 +
+/// float seconds (RFC 8949), an untagged integer of milliseconds (kinesis-mock) or float
+/// seconds. Anything else is skipped (`None`).
+fn timestamp_ms(d: &mut Decoder<'_>) -> Result<Option<i64>, DecodeError> {
+    let pos = d.position();
+    if peek(d)? == Type::Tag {
+        let tag = d.tag().map_err(|e| malformed(pos, e.to_string()))?;
+        if u64::from(tag) != 1 {
+            return skip(d).map(|()| None);
+        }
+    }
+    let pos = d.position();
+    match peek(d)? {
+        Type::F32 | Type::F64 => d
+            .f64()
+            .map(seconds_to_millis)
+            .map_err(|e| malformed(pos, e.to_string())),
+        _ => optional_int(d),
+    }
+}
+
+fn record(body: &Bytes, d: &mut Decoder<'_>) -> Result<KinesisRecord, DecodeError> {
+    let start = d.position();
+    let mut data_field = None;
+    let mut partition_key = None;
+    let mut sequence_number = None;
+    let mut approximate_arrival_ms = None;
+    each_entry(d, |key, d| {
+        match key {
+            "Data" => data_field = Some(data(body, d)?),
+            "PartitionKey" => partition_key = Some(text(d)?.into_owned()),
+            "SequenceNumber" => sequence_number = Some(text(d)?.into_owned()),
+            "ApproximateArrivalTimestamp" => approximate_arrival_ms = timestamp_ms(d)?,
+            _ => skip(d)?,
+        }
+        Ok(())
+    })?;
+    Ok(KinesisRecord {
+        data: data_field.unwrap_or_default(),
+        partition_key: partition_key.unwrap_or_default(),
+        sequence_number: sequence_number
+            .ok_or_else(|| malformed(start, "a record without SequenceNumber"))?,
+        approximate_arrival_ms,
+    })
+}
+
+fn child_shard_id(d: &mut Decoder<'_>) -> Result<Option<String>, DecodeError> {
+    let mut id = None;
+    each_entry(d, |key, d| {
+        match key {
+            "ShardId" => id = optional_text(d)?,
+            _ => skip(d)?,
+        }
+        Ok(())
+    })?;
+    Ok(id)
+}
+
+/// Decodes a GetRecords answer.
+///
+/// # Errors
+/// [`DecodeError`] when `body` is not one (truncated, wrong types, a record without a
+/// sequence number, trailing bytes).
+pub fn records_page(body: &Bytes) -> Result<RecordsPage, DecodeError> {
+    let mut d = Decoder::new(body);
+    let mut page = RecordsPage::default();
+    each_entry(&mut d, |key, d| {
+        match key {
+            "Records" => {
+                if matches!(peek(d)?, Type::Array) {
+                    let mut probe = d.clone();
+                    if let Ok(Some(n)) = probe.array() {
+                        page.records.reserve(n.min(MAX_PREALLOCATED) as usize);
+                    }
+                }
+                each_item(d, |d| {
+                    page.records.push(record(body, d)?);
+                    Ok(())
+                })?;
+            }
+            "NextShardIterator" => page.next_shard_iterator = optional_text(d)?,
+            "MillisBehindLatest" => page.millis_behind_latest = optional_int(d)?,
+            "ChildShards" => {
+                each_item(d, |d| {
+                    if let Some(id) = child_shard_id(d)? {
+                        page.child_shard_ids.push(id);
+                    }
+                    Ok(())
+                })?;
+            }
+            _ => skip(d)?,
+        }
+        Ok(())
+    })?;
+    if d.position() != body.len() {
+        return Err(malformed(d.position(), "trailing bytes after the answer"));
+    }
+    Ok(page)
+}
+
+/// Decodes an error answer: a map with `__type` and `message` (or `Message`).
+///
+/// # Errors
+/// [`DecodeError`] when `body` is not such a map.
+pub fn service_error(body: &[u8]) -> Result<ServiceError, DecodeError> {
+    let mut d = Decoder::new(body);
+    let mut code = None;
+    let mut message = String::new();
+    each_entry(&mut d, |key, d| {
+        match key {
+            "__type" | "code" | "Code" => {
+                code = optional_text(d)?.map(|c| bare_error_code(&c).to_string());
+            }
+            "message" | "Message" => message = optional_text(d)?.unwrap_or_default(),
+            _ => skip(d)?,
+        }
+        Ok(())
+    })?;
+    let code = code.ok_or_else(|| malformed(0, "an error without __type"))?;
+    Ok(ServiceError { code, message })
+}
+
+/// Appends a CBOR head (major type and argument).
+fn head(out: &mut Vec<u8>, major: u8, n: u64) {
+    let m = major << 5;
+    match n {
+        0..=23 => out.push(m | n as u8),
+        24..=0xff => out.extend_from_slice(&[m | 24, n as u8]),
+        0x100..=0xffff => {
+            out.push(m | 25);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(m | 26);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 27);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+}
+
+fn text_item(out: &mut Vec<u8>, s: &str) {
+    head(out, 3, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The GetRecords request: `{"ShardIterator": …, "Limit": …}`. (Two fields: written
+/// directly rather than through an encoder.)
+pub fn get_records_request(shard_iterator: &str, limit: i32) -> Bytes {
+    let mut out = Vec::with_capacity(shard_iterator.len() + 32);
+    head(&mut out, 5, 2);
+    text_item(&mut out, "ShardIterator");
+    text_item(&mut out, shard_iterator);
+    text_item(&mut out, "Limit");
+    head(&mut out, 0, u64::from(limit.max(1).unsigned_abs()));
+    Bytes::from(out)
+}
