@@ -79,6 +79,8 @@ pub struct Pipeline {
     /// Start workers with short test timings (failover 3 s, idle 100 ms, checkpoint 1 s);
     /// false: the worker's production defaults (benchmarks).
     pub test_timings: bool,
+    /// A command the worker runs under (e.g. `valgrind --tool=callgrind …`); empty: none.
+    pub worker_wrapper: Vec<String>,
 }
 
 /// A running worker and its admin address.
@@ -166,6 +168,7 @@ impl Pipeline {
             stream,
             dir,
             test_timings: true,
+            worker_wrapper: Vec::new(),
         })
     }
 
@@ -225,7 +228,14 @@ impl Pipeline {
     ) -> Result<Worker> {
         let admin = format!("127.0.0.1:{}", free_port()?);
         let local = format!("127.0.0.1:{}", free_port()?);
-        let mut cmd = Command::new(binary("kinesis-worker")?);
+        let mut cmd = match self.worker_wrapper.split_first() {
+            None => Command::new(binary("kinesis-worker")?),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary("kinesis-worker")?);
+                c
+            }
+        };
         for (k, v) in self.env.worker_env() {
             cmd.env(k, v);
         }

@@ -2,14 +2,17 @@
 //! delivering to a do-nothing `record-app`, measured from /proc (the worker's own CPU time
 //! and memory, not the emulator's).
 //!
-//! - CPU-seconds of the worker per million records delivered, for 100-byte and 1 KB records
-//!   (records put first, then read as fast as the worker and kinesis-mock go);
+//! - CPU-seconds of the worker and of the app per million records delivered, for 100-byte
+//!   and 1 KB records (records put first, then read as fast as the worker and kinesis-mock
+//!   go), for each GetRecords client (`--clients sdk,cbor,json`);
 //! - the worker's RSS holding 64 shard leases, idle and after a record through every shard;
 //! - put → app latency (p50/p99) at the tip with the default idle time.
 //!
 //! Run: `cargo xtask env up && cargo run --release -p kinesis-operator-tests --bin pipeline_bench`
 //! Options: `--records N` (put once per size, default 20000: kinesis-mock takes ~3 ms per
-//! record to put), `--passes N` (reads of them, default 5), `--latency-records N` (default 300).
+//! record to put), `--passes N` (reads of them, default 5), `--clients LIST` (default
+//! `sdk,cbor,json`), `--latency-records N` (default 300); `--callgrind DIR`: instead, one read
+//! of `--records` 100-byte records per client by a worker under valgrind's callgrind.
 
 use std::time::{Duration, Instant};
 
@@ -83,63 +86,150 @@ async fn put_bulk(p: &Pipeline, n: usize, size: usize) -> Result<Duration> {
     Ok(started.elapsed())
 }
 
-/// Puts `n` records of `size` bytes once, then reads them `passes` times, each pass with a
-/// fresh application (its own lease table, from TRIM_HORIZON) and worker process: the
-/// worker's CPU is summed over the passes' delivery windows (first record to last).
-async fn throughput(n: usize, size: usize, passes: usize) -> Result<()> {
-    let mut p = Pipeline::new(4).await?;
+/// CPU of one GetRecords client over the passes.
+#[derive(Default)]
+struct Tally {
+    worker_cpu: f64,
+    app_cpu: f64,
+    records: f64,
+    wall: Duration,
+    peak_rss: f64,
+    /// CPU-s per second of the worker idle at the tip afterwards (lease rounds, reads of
+    /// empty shards), summed over the passes.
+    idle_rate: f64,
+}
+
+/// How long the idle worker is watched after each read.
+const IDLE_WINDOW: Duration = Duration::from_secs(5);
+
+/// Puts `n` records of `size` bytes once, then reads them `passes` times with each of
+/// `clients` (`--get-records-client`), the clients taking turns within each pass; each read
+/// has a fresh application (its own lease table, from TRIM_HORIZON) and worker process. The
+/// worker's and the app's CPU are summed over the delivery windows (first record to last).
+async fn throughput(n: usize, size: usize, passes: usize, clients: &[String]) -> Result<()> {
+    let mut p = Pipeline::new(8).await?;
     p.test_timings = false;
     let put = put_bulk(&p, n, size).await?;
     // No output file: the app acknowledges and drops every batch.
     let app = p.app_with("nothing", false, &[]).await?;
-    let (mut cpu, mut counted, mut wall, mut peak) = (0.0, 0.0, Duration::ZERO, 0.0f64);
+    let app_pid = app.proc.pid();
+    let mut tallies: Vec<Tally> = clients.iter().map(|_| Tally::default()).collect();
     for pass in 0..passes {
+        for (client, tally) in clients.iter().zip(tallies.iter_mut()) {
+            let application = kinesis_operator_tests::unique_name("bench");
+            let w = p.worker_for(
+                &application,
+                "bench",
+                &app.address,
+                &["--get-records-client", client],
+            )?;
+            let pid = w.proc.pid();
+            wait_for(
+                "first record",
+                Duration::from_secs(120),
+                Duration::from_millis(5),
+                || async { (delivered(&w).await > 0.0).then_some(()) },
+            )
+            .await?;
+            let (cpu0, app0, t0, d0) = (
+                cpu_seconds(pid)?,
+                cpu_seconds(app_pid)?,
+                Instant::now(),
+                delivered(&w).await,
+            );
+            wait_for(
+                "all records",
+                Duration::from_secs(900),
+                Duration::from_millis(50),
+                || async { (delivered(&w).await >= n as f64).then_some(()) },
+            )
+            .await?;
+            let (c, a, t) = (
+                cpu_seconds(pid)? - cpu0,
+                cpu_seconds(app_pid)? - app0,
+                t0.elapsed(),
+            );
+            let (_, hwm) = memory_mib(pid)?;
+            // The same worker idle at the tip: what it spends whatever the records.
+            let idle0 = cpu_seconds(pid)?;
+            tokio::time::sleep(IDLE_WINDOW).await;
+            let idle = (cpu_seconds(pid)? - idle0) / IDLE_WINDOW.as_secs_f64();
+            tally.idle_rate += idle;
+            eprintln!(
+                "  pass {pass} {client}: {:.0} records in {:.2} s, worker CPU {c:.2} s, app CPU {a:.2} s, worker idle {idle:.3} CPU-s/s",
+                n as f64 - d0,
+                t.as_secs_f64()
+            );
+            tally.worker_cpu += c;
+            tally.app_cpu += a;
+            tally.records += n as f64 - d0;
+            tally.wall += t;
+            tally.peak_rss = tally.peak_rss.max(hwm);
+            drop(w);
+            let _ = p
+                .env
+                .dynamodb()
+                .await
+                .delete_table()
+                .table_name(&application)
+                .send()
+                .await;
+        }
+    }
+    for (client, t) in clients.iter().zip(&tallies) {
+        let per_m = |cpu: f64| cpu / t.records * 1e6;
+        let idle_rate = t.idle_rate / passes as f64;
+        let marginal = (t.worker_cpu - idle_rate * t.wall.as_secs_f64()).max(0.0);
+        println!(
+            "throughput {size:>5} B, {client:>4}: {n} records put once in {:.1} s; {passes} passes delivered {:.0} records in {:.2} s = {:.0} records/s; CPU per million records: worker {:.2} s + app {:.2} s = {:.2} s; worker idle {idle_rate:.3} CPU-s/s, so above idle {:.2} s + app = {:.2} s; worker peak RSS {:.1} MiB",
+            put.as_secs_f64(),
+            t.records,
+            t.wall.as_secs_f64(),
+            t.records / t.wall.as_secs_f64(),
+            per_m(t.worker_cpu),
+            per_m(t.app_cpu),
+            per_m(t.worker_cpu + t.app_cpu),
+            per_m(marginal),
+            per_m(marginal + t.app_cpu),
+            t.peak_rss,
+        );
+    }
+    drop(app);
+    p.cleanup().await
+}
+
+/// One read of `n` 100-byte records by a worker under callgrind (`--callgrind DIR`), per
+/// client: the profiles to read with `callgrind_annotate --inclusive=yes`.
+async fn profile(n: usize, clients: &[String], dir: &str) -> Result<()> {
+    let mut p = Pipeline::new(8).await?;
+    p.test_timings = false;
+    put_bulk(&p, n, 100).await?;
+    let app = p.app_with("nothing", false, &[]).await?;
+    for client in clients {
+        let out = format!("{dir}/callgrind.{client}.out");
+        p.worker_wrapper = vec![
+            "valgrind".into(),
+            "--tool=callgrind".into(),
+            format!("--callgrind-out-file={out}"),
+        ];
         let application = kinesis_operator_tests::unique_name("bench");
-        let w = p.worker_for(&application, "bench", &app.address, &[])?;
-        let pid = w.proc.pid();
-        wait_for(
-            "first record",
-            Duration::from_secs(120),
-            Duration::from_millis(5),
-            || async { (delivered(&w).await > 0.0).then_some(()) },
-        )
-        .await?;
-        let (cpu0, t0, d0) = (cpu_seconds(pid)?, Instant::now(), delivered(&w).await);
+        let w = p.worker_for(
+            &application,
+            "bench",
+            &app.address,
+            &["--get-records-client", client],
+        )?;
         wait_for(
             "all records",
-            Duration::from_secs(900),
-            Duration::from_millis(50),
+            Duration::from_secs(1800),
+            Duration::from_millis(200),
             || async { (delivered(&w).await >= n as f64).then_some(()) },
         )
         .await?;
-        let (c, t) = (cpu_seconds(pid)? - cpu0, t0.elapsed());
-        let (_, hwm) = memory_mib(pid)?;
-        eprintln!(
-            "  pass {pass}: {:.0} records in {:.2} s, CPU {c:.2} s",
-            n as f64 - d0,
-            t.as_secs_f64()
-        );
-        cpu += c;
-        counted += n as f64 - d0;
-        wall += t;
-        peak = peak.max(hwm);
-        drop(w);
-        let _ = p
-            .env
-            .dynamodb()
-            .await
-            .delete_table()
-            .table_name(&application)
-            .send()
-            .await;
+        // A graceful stop, so that callgrind writes its profile.
+        w.stop(Duration::from_secs(120)).await?;
+        println!("profile {client}: {out}");
     }
-    println!(
-        "throughput {size:>5} B: {n} records put once in {:.1} s; {passes} passes delivered {counted:.0} records in {:.2} s = {:.0} records/s; worker CPU {cpu:.2} s = {:.2} CPU-s per million records; peak RSS {peak:.1} MiB",
-        put.as_secs_f64(),
-        wall.as_secs_f64(),
-        counted / wall.as_secs_f64(),
-        cpu / counted * 1e6,
-    );
     drop(app);
     p.cleanup().await
 }
@@ -254,8 +344,23 @@ async fn main() -> Result<()> {
     };
     let n = get("--records", 20_000);
     let passes = get("--passes", 5);
-    throughput(n, 100, passes).await?;
-    throughput(n, 1024, passes).await?;
+    let clients: Vec<String> = args
+        .iter()
+        .position(|a| a == "--clients")
+        .and_then(|i| args.get(i + 1))
+        .map_or("sdk,cbor,json", String::as_str)
+        .split(',')
+        .map(String::from)
+        .collect();
+    if let Some(dir) = args
+        .iter()
+        .position(|a| a == "--callgrind")
+        .and_then(|i| args.get(i + 1))
+    {
+        return profile(n, &clients, dir).await;
+    }
+    throughput(n, 100, passes, &clients).await?;
+    throughput(n, 1024, passes, &clients).await?;
     memory_at_64_shards().await?;
     latency(get("--latency-records", 300)).await?;
     Ok(())

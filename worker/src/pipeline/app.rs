@@ -52,17 +52,28 @@ impl EncodedBatch {
     }
 }
 
-/// Sends an [`EncodedBatch`] with its attempt number; reads the answer with prost.
+/// Sends an [`EncodedBatch`] of `size` bytes with its attempt number; reads the answer with
+/// prost.
 #[derive(Debug, Clone, Copy, Default)]
-struct BatchCodec;
+struct BatchCodec {
+    size: usize,
+}
 
 /// Writes the encoded batch and then the attempt field.
 #[derive(Debug, Clone, Copy, Default)]
-struct BatchEncoder;
+struct BatchEncoder {
+    size: usize,
+}
 
 impl Encoder for BatchEncoder {
     type Item = (Bytes, u32);
     type Error = Status;
+
+    /// A buffer the batch fits in (gRPC's 5-byte header and the attempt field included), so
+    /// that it is not grown step by step.
+    fn buffer_settings(&self) -> tonic::codec::BufferSettings {
+        tonic::codec::BufferSettings::new(self.size + 32, 32 * 1024)
+    }
 
     fn encode(
         &mut self,
@@ -108,7 +119,7 @@ impl Codec for BatchCodec {
     type Decoder = ResponseDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
-        BatchEncoder
+        BatchEncoder { size: self.size }
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -229,7 +240,9 @@ impl App {
             grpc.unary(
                 tonic::Request::new((batch.body.clone(), attempt)),
                 path,
-                BatchCodec,
+                BatchCodec {
+                    size: batch.body.len(),
+                },
             )
             .await
         };

@@ -210,22 +210,27 @@ fn starting_position(c: &Checkpoint) -> v1::StartingPosition {
 
 /// Splits a batch into calls of at most `max_bytes` of record data (at least one record
 /// each), keeping the order.
-fn chunks(records: Vec<UserRecord>, max_bytes: usize) -> Vec<Vec<UserRecord>> {
-    let mut out = Vec::new();
-    let mut cur = Vec::new();
+fn chunks(mut records: Vec<UserRecord>, max_bytes: usize) -> Vec<Vec<UserRecord>> {
+    // Where each chunk starts; then split from the back, so that a page that fits in one
+    // call (the usual case) is not moved at all.
+    let mut starts = Vec::new();
     let mut bytes = 0;
-    for r in records {
+    for (i, r) in records.iter().enumerate() {
         let size = r.data.len() + r.partition_key.len() + 64;
-        if !cur.is_empty() && bytes + size > max_bytes {
-            out.push(std::mem::take(&mut cur));
+        if i > 0 && bytes + size > max_bytes {
+            starts.push(i);
             bytes = 0;
         }
         bytes += size;
-        cur.push(r);
     }
-    if !cur.is_empty() {
-        out.push(cur);
+    let mut out = Vec::with_capacity(starts.len() + 1);
+    for &start in starts.iter().rev() {
+        out.push(records.split_off(start));
     }
+    if !records.is_empty() {
+        out.push(records);
+    }
+    out.reverse();
     out
 }
 

@@ -135,9 +135,9 @@ fn seconds_to_millis(seconds: f64) -> Option<i64> {
 }
 
 /// Base64 text as bytes.
-fn base64_bytes(text: &str) -> Option<Bytes> {
+fn base64_bytes(text: &[u8]) -> Option<Bytes> {
     base64_simd::STANDARD
-        .decode_to_vec(text.as_bytes())
+        .decode_to_vec(text)
         .ok()
         .map(Bytes::from)
 }

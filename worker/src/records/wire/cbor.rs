@@ -46,11 +46,11 @@ fn skip(d: &mut Decoder<'_>) -> Result<(), DecodeError> {
         .map_err(|e| malformed(e.position().unwrap_or(pos), e.to_string()))
 }
 
-/// Calls `field` with each text key of the map at `d` (definite or indefinite length);
-/// `field` consumes the value. Entries with other keys are skipped.
+/// Calls `field` with each text key of the map at `d` (definite or indefinite length), as
+/// bytes; `field` consumes the value. Entries with other keys are skipped.
 fn each_entry<'b>(
     d: &mut Decoder<'b>,
-    mut field: impl FnMut(&str, &mut Decoder<'b>) -> Result<(), DecodeError>,
+    mut field: impl FnMut(&[u8], &mut Decoder<'b>) -> Result<(), DecodeError>,
 ) -> Result<(), DecodeError> {
     let pos = d.position();
     let len = d
@@ -65,7 +65,7 @@ fn each_entry<'b>(
         }
         seen += 1;
         if matches!(peek(d)?, Type::String | Type::StringIndef) {
-            let key = text(d)?;
+            let key = key(d)?;
             field(&key, d)?;
         } else {
             skip(d)?;
@@ -98,6 +98,55 @@ fn each_item<'b>(
         seen += 1;
         item(d)?;
     }
+}
+
+/// The bytes of a definite-length text string at `d`, not checked for UTF-8 (for map keys,
+/// compared with known names, and base64 data, checked by its own decoder); `None` when the
+/// next item is not one (the caller falls back to [`text`]).
+fn raw_text<'b>(d: &mut Decoder<'b>) -> Option<&'b [u8]> {
+    let input = d.input();
+    let pos = d.position();
+    let initial = *input.get(pos)?;
+    if initial >> 5 != 3 {
+        return None;
+    }
+    let (len, head) = match initial & 0x1f {
+        n @ 0..=23 => (u64::from(n), 1),
+        24 => (u64::from(*input.get(pos + 1)?), 2),
+        25 => (
+            u64::from(u16::from_be_bytes(
+                input.get(pos + 1..pos + 3)?.try_into().ok()?,
+            )),
+            3,
+        ),
+        26 => (
+            u64::from(u32::from_be_bytes(
+                input.get(pos + 1..pos + 5)?.try_into().ok()?,
+            )),
+            5,
+        ),
+        27 => (
+            u64::from_be_bytes(input.get(pos + 1..pos + 9)?.try_into().ok()?),
+            9,
+        ),
+        _ => return None,
+    };
+    let start = pos + head;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    let bytes = input.get(start..end)?;
+    d.set_position(end);
+    Some(bytes)
+}
+
+/// A map key: its raw bytes if definite (no UTF-8 check needed to compare it), else joined.
+fn key<'b>(d: &mut Decoder<'b>) -> Result<Cow<'b, [u8]>, DecodeError> {
+    if let Some(raw) = raw_text(d) {
+        return Ok(Cow::Borrowed(raw));
+    }
+    Ok(match text(d)? {
+        Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+        Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+    })
 }
 
 /// A text string, definite (borrowed) or indefinite (joined).
@@ -173,8 +222,12 @@ fn data(body: &Bytes, d: &mut Decoder<'_>) -> Result<Bytes, DecodeError> {
             Ok(Bytes::from(joined))
         }
         Type::String | Type::StringIndef => {
-            let t = text(d)?;
-            base64_bytes(&t).ok_or_else(|| malformed(pos, "Data is text but not base64"))
+            // Base64 is ASCII: its own decoder checks every byte, UTF-8 need not.
+            let decoded = match raw_text(d) {
+                Some(raw) => base64_bytes(raw),
+                None => base64_bytes(text(d)?.as_bytes()),
+            };
+            decoded.ok_or_else(|| malformed(pos, "Data is text but not base64"))
         }
         t => Err(malformed(pos, format!("Data: expected bytes, found {t}"))),
     }
@@ -209,10 +262,10 @@ fn record(body: &Bytes, d: &mut Decoder<'_>) -> Result<KinesisRecord, DecodeErro
     let mut approximate_arrival_ms = None;
     each_entry(d, |key, d| {
         match key {
-            "Data" => data_field = Some(data(body, d)?),
-            "PartitionKey" => partition_key = Some(text(d)?.into_owned()),
-            "SequenceNumber" => sequence_number = Some(text(d)?.into_owned()),
-            "ApproximateArrivalTimestamp" => approximate_arrival_ms = timestamp_ms(d)?,
+            b"Data" => data_field = Some(data(body, d)?),
+            b"PartitionKey" => partition_key = Some(text(d)?.into_owned()),
+            b"SequenceNumber" => sequence_number = Some(text(d)?.into_owned()),
+            b"ApproximateArrivalTimestamp" => approximate_arrival_ms = timestamp_ms(d)?,
             _ => skip(d)?,
         }
         Ok(())
@@ -230,7 +283,7 @@ fn child_shard_id(d: &mut Decoder<'_>) -> Result<Option<String>, DecodeError> {
     let mut id = None;
     each_entry(d, |key, d| {
         match key {
-            "ShardId" => id = optional_text(d)?,
+            b"ShardId" => id = optional_text(d)?,
             _ => skip(d)?,
         }
         Ok(())
@@ -248,7 +301,7 @@ pub fn records_page(body: &Bytes) -> Result<RecordsPage, DecodeError> {
     let mut page = RecordsPage::default();
     each_entry(&mut d, |key, d| {
         match key {
-            "Records" => {
+            b"Records" => {
                 if matches!(peek(d)?, Type::Array) {
                     let mut probe = d.clone();
                     if let Ok(Some(n)) = probe.array() {
@@ -260,9 +313,9 @@ pub fn records_page(body: &Bytes) -> Result<RecordsPage, DecodeError> {
                     Ok(())
                 })?;
             }
-            "NextShardIterator" => page.next_shard_iterator = optional_text(d)?,
-            "MillisBehindLatest" => page.millis_behind_latest = optional_int(d)?,
-            "ChildShards" => {
+            b"NextShardIterator" => page.next_shard_iterator = optional_text(d)?,
+            b"MillisBehindLatest" => page.millis_behind_latest = optional_int(d)?,
+            b"ChildShards" => {
                 each_item(d, |d| {
                     if let Some(id) = child_shard_id(d)? {
                         page.child_shard_ids.push(id);
@@ -290,10 +343,10 @@ pub fn service_error(body: &[u8]) -> Result<ServiceError, DecodeError> {
     let mut message = String::new();
     each_entry(&mut d, |key, d| {
         match key {
-            "__type" | "code" | "Code" => {
+            b"__type" | b"code" | b"Code" => {
                 code = optional_text(d)?.map(|c| bare_error_code(&c).to_string());
             }
-            "message" | "Message" => message = optional_text(d)?.unwrap_or_default(),
+            b"message" | b"Message" => message = optional_text(d)?.unwrap_or_default(),
             _ => skip(d)?,
         }
         Ok(())

@@ -173,28 +173,22 @@ impl WireClient {
             .credentials_provider()
             .ok_or(SetupError::NoCredentials)?;
         let provider = rustls::crypto::aws_lc_rs::default_provider();
-        let tls = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(provider.clone());
-        let tls = match tls {
-            Ok(b) => b,
-            Err(e) if https => {
-                return Err(SetupError::Tls {
-                    endpoint: settings.endpoint.clone(),
-                    detail: e.to_string(),
-                });
-            }
-            // A plain-HTTP endpoint (a local server, a proxy) needs no roots.
-            Err(_) => {
-                let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| SetupError::Tls {
-                        endpoint: settings.endpoint.clone(),
-                        detail: e.to_string(),
-                    })?
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
-            }
+        let tls_error = |detail: String| SetupError::Tls {
+            endpoint: settings.endpoint.clone(),
+            detail,
+        };
+        let tls = if https {
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_provider_and_native_roots(provider)
+                .map_err(|e| tls_error(e.to_string()))?
+        } else {
+            // A plain-HTTP endpoint (a local server, a proxy) needs no roots: none are loaded.
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| tls_error(e.to_string()))?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
         };
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(settings.connect_timeout));
@@ -334,7 +328,12 @@ impl WireClient {
             .get("x-amzn-errortype")
             .and_then(|v| v.to_str().ok())
             .map(|s| super::bare_error_code(s).to_string());
-        let body = tokio::time::timeout_at(deadline, response.into_body().collect())
+        let length = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let body = tokio::time::timeout_at(deadline, read_body(response.into_body(), length))
             .await
             .map_err(|_| {
                 transport(format!(
@@ -342,8 +341,7 @@ impl WireClient {
                     self.settings.attempt_timeout
                 ))
             })?
-            .map_err(|e| transport(error_chain(&e)))?
-            .to_bytes();
+            .map_err(|e| transport(error_chain(&e)))?;
         if status == 200 {
             return Ok(answer_format.decode_page(&body)?);
         }
@@ -362,6 +360,27 @@ impl WireClient {
             });
         Err(CallError::Service { status, error })
     }
+}
+
+/// The whole body in one buffer, allocated once when the length is known (a GetRecords page
+/// may be 10 MB, arriving in many chunks).
+async fn read_body(
+    mut body: hyper::body::Incoming,
+    length: Option<usize>,
+) -> Result<Bytes, hyper::Error> {
+    /// A length beyond this is not trusted for the allocation up front.
+    const MAX_PREALLOCATED: usize = 16 * 1024 * 1024;
+    let mut out = bytes::BytesMut::with_capacity(length.unwrap_or(0).min(MAX_PREALLOCATED));
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            // A single chunk that is the whole body is kept as it is, not copied.
+            if out.is_empty() && length == Some(data.len()) {
+                return Ok(data);
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -74,7 +74,7 @@ pub fn records_page(body: &Bytes) -> Result<RecordsPage, DecodeError> {
     let page: Page<'_> = serde_json::from_slice(body).map_err(|e| malformed(&e, body))?;
     let mut records = Vec::with_capacity(page.records.as_ref().map_or(0, Vec::len));
     for (i, r) in page.records.unwrap_or_default().into_iter().enumerate() {
-        let data = base64_bytes(&r.data).ok_or_else(|| DecodeError {
+        let data = base64_bytes(r.data.as_bytes()).ok_or_else(|| DecodeError {
             format: "JSON",
             offset: 0,
             reason: format!("record {i}: Data is not base64"),
