@@ -10,7 +10,8 @@
 //!
 //! Run: `cargo xtask env up && cargo run --release -p kinesis-operator-tests --bin pipeline_bench`
 //! Options: `--records N` (put once per size, default 20000: kinesis-mock takes ~3 ms per
-//! record to put), `--passes N` (reads of them, default 5), `--clients LIST` (default
+//! record to put; `--records-1k N` for the 1 KB records, default the same), `--passes N`
+//! (reads of them, default 5), `--clients LIST` (default
 //! `sdk,cbor,json`), `--latency-records N` (default 300); `--callgrind DIR`: instead, one read
 //! of `--records` 100-byte records per client by a worker under valgrind's callgrind.
 
@@ -360,7 +361,7 @@ async fn main() -> Result<()> {
         return profile(n, &clients, dir).await;
     }
     throughput(n, 100, passes, &clients).await?;
-    throughput(n, 1024, passes, &clients).await?;
+    throughput(get("--records-1k", n), 1024, passes, &clients).await?;
     memory_at_64_shards().await?;
     latency(get("--latency-records", 300)).await?;
     Ok(())

@@ -33,6 +33,10 @@ fn peek(d: &Decoder<'_>) -> Result<Type, DecodeError> {
 
 /// Consumes a break byte if one is next (end of an indefinite map or array).
 fn at_break(d: &mut Decoder<'_>) -> Result<bool, DecodeError> {
+    if d.input().get(d.position()) == Some(&0xff) {
+        d.set_position(d.position() + 1);
+        return Ok(true);
+    }
     if peek(d)? == Type::Break {
         d.set_position(d.position() + 1);
         return Ok(true);
@@ -42,6 +46,19 @@ fn at_break(d: &mut Decoder<'_>) -> Result<bool, DecodeError> {
 
 fn skip(d: &mut Decoder<'_>) -> Result<(), DecodeError> {
     let pos = d.position();
+    if let Some((major, arg, head)) = head_at(d.input(), pos) {
+        let end = match major {
+            0 | 1 => Some(pos + head),
+            2 | 3 => usize::try_from(arg)
+                .ok()
+                .and_then(|len| (pos + head).checked_add(len)),
+            _ => None,
+        };
+        if let Some(end) = end.filter(|&e| e <= d.input().len()) {
+            d.set_position(end);
+            return Ok(());
+        }
+    }
     d.skip()
         .map_err(|e| malformed(e.position().unwrap_or(pos), e.to_string()))
 }
@@ -64,7 +81,9 @@ fn each_entry<'b>(
             _ => {}
         }
         seen += 1;
-        if matches!(peek(d)?, Type::String | Type::StringIndef) {
+        if let Some(raw) = raw_text(d) {
+            field(raw, d)?;
+        } else if matches!(peek(d)?, Type::String | Type::StringIndef) {
             let key = key(d)?;
             field(&key, d)?;
         } else {
@@ -100,19 +119,16 @@ fn each_item<'b>(
     }
 }
 
-/// The bytes of a definite-length text string at `d`, not checked for UTF-8 (for map keys,
-/// compared with known names, and base64 data, checked by its own decoder); `None` when the
-/// next item is not one (the caller falls back to [`text`]).
-fn raw_text<'b>(d: &mut Decoder<'b>) -> Option<&'b [u8]> {
-    let input = d.input();
-    let pos = d.position();
+/// The definite-length head at `pos` of `input`: (major type, argument, head length).
+/// `None` for anything else (indefinite lengths, floats, simple values, truncation): the
+/// callers then take `minicbor`'s general path. The fast path for the few shapes a
+/// GetRecords record has; it reads nothing `minicbor` would not.
+fn head_at(input: &[u8], pos: usize) -> Option<(u8, u64, usize)> {
     let initial = *input.get(pos)?;
-    if initial >> 5 != 3 {
-        return None;
-    }
-    let (len, head) = match initial & 0x1f {
-        n @ 0..=23 => (u64::from(n), 1),
-        24 => (u64::from(*input.get(pos + 1)?), 2),
+    let major = initial >> 5;
+    let arg = match initial & 0x1f {
+        n @ 0..=23 => return Some((major, u64::from(n), 1)),
+        24 => return Some((major, u64::from(*input.get(pos + 1)?), 2)),
         25 => (
             u64::from(u16::from_be_bytes(
                 input.get(pos + 1..pos + 3)?.try_into().ok()?,
@@ -131,11 +147,30 @@ fn raw_text<'b>(d: &mut Decoder<'b>) -> Option<&'b [u8]> {
         ),
         _ => return None,
     };
+    Some((major, arg.0, arg.1))
+}
+
+/// The bytes of a definite-length string of major type `major` (2: bytes, 3: text) at `d`,
+/// and where they start; `None` when the next item is not one.
+fn raw_string<'b>(d: &mut Decoder<'b>, major: u8) -> Option<(&'b [u8], usize)> {
+    let input = d.input();
+    let pos = d.position();
+    let (m, len, head) = head_at(input, pos)?;
+    if m != major {
+        return None;
+    }
     let start = pos + head;
     let end = start.checked_add(usize::try_from(len).ok()?)?;
     let bytes = input.get(start..end)?;
     d.set_position(end);
-    Some(bytes)
+    Some((bytes, start))
+}
+
+/// The bytes of a definite-length text string at `d`, not checked for UTF-8 (for map keys,
+/// compared with known names, and base64 data, checked by its own decoder); `None` when the
+/// next item is not one (the caller falls back to [`text`]).
+fn raw_text<'b>(d: &mut Decoder<'b>) -> Option<&'b [u8]> {
+    raw_string(d, 3).map(|(bytes, _)| bytes)
 }
 
 /// A map key: its raw bytes if definite (no UTF-8 check needed to compare it), else joined.
@@ -152,6 +187,11 @@ fn key<'b>(d: &mut Decoder<'b>) -> Result<Cow<'b, [u8]>, DecodeError> {
 /// A text string, definite (borrowed) or indefinite (joined).
 fn text<'b>(d: &mut Decoder<'b>) -> Result<Cow<'b, str>, DecodeError> {
     let pos = d.position();
+    if let Some(raw) = raw_text(d) {
+        return std::str::from_utf8(raw)
+            .map(Cow::Borrowed)
+            .map_err(|e| malformed(pos, format!("text is not UTF-8: {e}")));
+    }
     let map = |e: minicbor::decode::Error| malformed(e.position().unwrap_or(pos), e.to_string());
     match peek(d)? {
         Type::String => d.str().map(Cow::Borrowed).map_err(map),
@@ -178,6 +218,12 @@ fn optional_text(d: &mut Decoder<'_>) -> Result<Option<String>, DecodeError> {
 /// An integer, or `None` for null (or a value of another type, skipped).
 fn optional_int(d: &mut Decoder<'_>) -> Result<Option<i64>, DecodeError> {
     let pos = d.position();
+    if let Some((0, n, head)) = head_at(d.input(), pos) {
+        if let Ok(n) = i64::try_from(n) {
+            d.set_position(pos + head);
+            return Ok(Some(n));
+        }
+    }
     match peek(d)? {
         Type::U8
         | Type::U16
@@ -204,6 +250,9 @@ fn optional_int(d: &mut Decoder<'_>) -> Result<Option<i64>, DecodeError> {
 fn data(body: &Bytes, d: &mut Decoder<'_>) -> Result<Bytes, DecodeError> {
     let pos = d.position();
     let map = |e: minicbor::decode::Error| malformed(e.position().unwrap_or(pos), e.to_string());
+    if let Some((bytes, start)) = raw_string(d, 2) {
+        return Ok(body.slice(start..start + bytes.len()));
+    }
     match peek(d)? {
         Type::Bytes => {
             let len = d.bytes().map_err(map)?.len();
@@ -238,13 +287,25 @@ fn data(body: &Bytes, d: &mut Decoder<'_>) -> Result<Bytes, DecodeError> {
 /// seconds. Anything else is skipped (`None`).
 fn timestamp_ms(d: &mut Decoder<'_>) -> Result<Option<i64>, DecodeError> {
     let pos = d.position();
+    if d.input().get(pos) == Some(&0xc1) {
+        d.set_position(pos + 1);
+        return timestamp_ms_untagged(d);
+    }
     if peek(d)? == Type::Tag {
         let tag = d.tag().map_err(|e| malformed(pos, e.to_string()))?;
         if u64::from(tag) != 1 {
             return skip(d).map(|()| None);
         }
     }
+    timestamp_ms_untagged(d)
+}
+
+/// A timestamp's value after its tag (if any): integer milliseconds or float seconds.
+fn timestamp_ms_untagged(d: &mut Decoder<'_>) -> Result<Option<i64>, DecodeError> {
     let pos = d.position();
+    if matches!(head_at(d.input(), pos), Some((0, _, _))) {
+        return optional_int(d);
+    }
     match peek(d)? {
         Type::F32 | Type::F64 => d
             .f64()
