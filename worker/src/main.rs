@@ -1,11 +1,5 @@
 //! The `kinesis-worker` binary.
 
-/// mimalloc rather than glibc's malloc: the worker allocates and frees a few small buffers
-/// per record (keys, sequence numbers, base64-decoded data), and under glibc those calls were
-/// about a sixth of its instructions (docs/BENCHMARKS.md "Record pipeline").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::process::ExitCode;
 use std::time::Duration;
 

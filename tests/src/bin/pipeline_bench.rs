@@ -14,6 +14,7 @@
 //! (reads of them, default 5), `--clients LIST` (default
 //! `sdk,cbor,json`), `--latency-records N` (default 300); `--callgrind DIR`: instead, one read
 //! of `--records` 100-byte records per client by a worker under valgrind's callgrind.
+//! `--only throughput|memory|latency` runs one part.
 
 use std::time::{Duration, Instant};
 
@@ -360,9 +361,21 @@ async fn main() -> Result<()> {
     {
         return profile(n, &clients, dir).await;
     }
-    throughput(n, 100, passes, &clients).await?;
-    throughput(get("--records-1k", n), 1024, passes, &clients).await?;
-    memory_at_64_shards().await?;
-    latency(get("--latency-records", 300)).await?;
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str);
+    let run = |part: &str| only.is_none_or(|o| o == part);
+    if run("throughput") {
+        throughput(n, 100, passes, &clients).await?;
+        throughput(get("--records-1k", n), 1024, passes, &clients).await?;
+    }
+    if run("memory") {
+        memory_at_64_shards().await?;
+    }
+    if run("latency") {
+        latency(get("--latency-records", 300)).await?;
+    }
     Ok(())
 }

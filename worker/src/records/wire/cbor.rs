@@ -218,11 +218,11 @@ fn optional_text(d: &mut Decoder<'_>) -> Result<Option<String>, DecodeError> {
 /// An integer, or `None` for null (or a value of another type, skipped).
 fn optional_int(d: &mut Decoder<'_>) -> Result<Option<i64>, DecodeError> {
     let pos = d.position();
-    if let Some((0, n, head)) = head_at(d.input(), pos) {
-        if let Ok(n) = i64::try_from(n) {
-            d.set_position(pos + head);
-            return Ok(Some(n));
-        }
+    if let Some((0, n, head)) = head_at(d.input(), pos)
+        && let Ok(n) = i64::try_from(n)
+    {
+        d.set_position(pos + head);
+        return Ok(Some(n));
     }
     match peek(d)? {
         Type::U8
