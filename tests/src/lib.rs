@@ -14,6 +14,7 @@ pub mod faults;
 pub mod fleet;
 pub mod pipeline;
 pub mod process;
+pub mod reading;
 
 use aws_config::{BehaviorVersion, Region};
 use serde::Deserialize;

@@ -1,70 +1,24 @@
 //! Our own GetRecords client (CBOR and JSON) against the SDK's, on the same stream of the
 //! local Kinesis server: identical records (sequence numbers, keys, data, timestamps, KPL
-//! sub-records, explicit hash keys), the same resume inside an aggregated record, and the
-//! same end of a split parent with its children.
+//! sub-records, explicit hash keys) and the same resume inside an aggregated record. (The end
+//! of a split parent, in every client: `shard_reader.rs`.)
 
 use aws_sdk_kinesis::primitives::Blob;
+use kinesis_operator_tests::reading::{every_client, read_to_tip};
 use kinesis_operator_tests::{TestEnv, unique_name};
 use kinesis_worker::lease::checkpoint::{Checkpoint, SequenceNumber};
 use kinesis_worker::lease::discovery::StreamRef;
 use kinesis_worker::records::aggregation::{UserRecord, aggregate};
-use kinesis_worker::records::reader::{Batch, ReaderConfig, ShardReader};
-use kinesis_worker::records::wire::WireFormat;
+use kinesis_worker::records::reader::ShardReader;
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
 const SHARD: &str = "shardId-000000000000";
 
-/// The three ways to read: the SDK, ours in CBOR, ours in JSON.
-async fn configs(env: &TestEnv, max_records: i32) -> Result<Vec<(&'static str, ReaderConfig)>> {
-    // The reader's warnings (a retried call) show in a failing test's output.
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let mut out = Vec::new();
-    for (name, format) in [
-        ("sdk", None),
-        ("cbor", Some(WireFormat::Cbor)),
-        ("json", Some(WireFormat::Json)),
-    ] {
-        let mut config = ReaderConfig {
-            max_records,
-            ..ReaderConfig::default()
-        };
-        if let Some(f) = format {
-            config.get_records = Some(env.get_records_client(f).await?);
-        }
-        out.push((name, config));
-    }
-    Ok(out)
-}
-
-/// Reads until the tip (an empty read with no lag) or the shard's end.
-async fn read_all(reader: &mut ShardReader) -> Result<(Vec<UserRecord>, Option<Vec<String>>)> {
-    let mut out = Vec::new();
-    for _ in 0..200 {
-        // The reader retries by itself: an answer it cannot read shows as a call that never
-        // ends.
-        let batch = tokio::time::timeout(std::time::Duration::from_secs(60), reader.next_batch())
-            .await
-            .map_err(|_| "no batch in 60 s")??;
-        match batch {
-            Batch::Records {
-                records,
-                millis_behind_latest,
-            } => {
-                let at_tip = records.is_empty() && millis_behind_latest == Some(0);
-                out.extend(records);
-                if at_tip {
-                    return Ok((out, None));
-                }
-            }
-            Batch::ShardEnd { child_shard_ids } => return Ok((out, Some(child_shard_ids))),
-        }
-    }
-    Err("the reader never reached the tip in 200 reads".into())
-}
-
 #[tokio::test]
 async fn cbor_json_and_sdk_read_the_same_records() -> Result<()> {
+    // The reader's warnings (a retried call) show in a failing test's output.
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let env = TestEnv::require();
     let kinesis = env.kinesis().await;
     let stream = unique_name("wire");
@@ -102,7 +56,7 @@ async fn cbor_json_and_sdk_read_the_same_records() -> Result<()> {
     let mut reads = Vec::new();
     // Small pages too, so that iterators chain across many calls.
     for max_records in [10_000, 7] {
-        for (name, config) in configs(&env, max_records).await? {
+        for (name, config) in every_client(&env, max_records).await? {
             let mut reader = ShardReader::new(
                 kinesis.clone(),
                 StreamRef::Name(stream.clone()),
@@ -111,7 +65,7 @@ async fn cbor_json_and_sdk_read_the_same_records() -> Result<()> {
                 None,
                 config,
             );
-            let (records, end) = read_all(&mut reader).await?;
+            let (records, end) = read_to_tip(&mut reader).await?;
             assert_eq!(end, None, "{name}: the open shard has no end");
             reads.push((format!("{name}/{max_records}"), records));
         }
@@ -156,7 +110,7 @@ async fn cbor_json_and_sdk_read_the_same_records() -> Result<()> {
         sequence: SequenceNumber::parse(aggregated.sequence_number())?,
         sub_sequence: 1,
     };
-    for (name, config) in configs(&env, 10_000).await? {
+    for (name, config) in every_client(&env, 10_000).await? {
         let mut reader = ShardReader::new(
             kinesis.clone(),
             StreamRef::Name(stream.clone()),
@@ -165,54 +119,10 @@ async fn cbor_json_and_sdk_read_the_same_records() -> Result<()> {
             None,
             config,
         );
-        let (rest, _) = read_all(&mut reader).await?;
+        let (rest, _) = read_to_tip(&mut reader).await?;
         assert_eq!(&rest[0].data[..], b"a2", "{name}");
         assert_eq!(rest.len(), 1 + 300, "{name}");
     }
-    kinesis.delete_stream().stream_name(&stream).send().await?;
-    Ok(())
-}
-
-#[tokio::test]
-async fn a_split_parent_ends_with_its_children_in_every_client() -> Result<()> {
-    let env = TestEnv::require();
-    let kinesis = env.kinesis().await;
-    let stream = unique_name("wire");
-    env.create_stream(&stream, 1).await?;
-    kinesis
-        .put_record()
-        .stream_name(&stream)
-        .partition_key("k")
-        .data(Blob::new(b"before".to_vec()))
-        .send()
-        .await?;
-    kinesis
-        .split_shard()
-        .stream_name(&stream)
-        .shard_to_split(SHARD)
-        .new_starting_hash_key("170141183460469231731687303715884105728")
-        .send()
-        .await?;
-    env.wait_stream_active(&stream).await?;
-    let mut ends = Vec::new();
-    for (name, config) in configs(&env, 10_000).await? {
-        let mut reader = ShardReader::new(
-            kinesis.clone(),
-            StreamRef::Name(stream.clone()),
-            SHARD,
-            Checkpoint::TrimHorizon,
-            None,
-            config,
-        );
-        let (records, end) = read_all(&mut reader).await?;
-        assert_eq!(records.len(), 1, "{name}");
-        assert_eq!(&records[0].data[..], b"before", "{name}");
-        let mut children = end.ok_or_else(|| format!("{name}: the closed parent must end"))?;
-        children.sort();
-        assert_eq!(children.len(), 2, "{name}: {children:?}");
-        ends.push(children);
-    }
-    assert!(ends.windows(2).all(|w| w[0] == w[1]), "{ends:?}");
     kinesis.delete_stream().stream_name(&stream).send().await?;
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! The polling shard reader against the local Kinesis server: plain and KPL-aggregated
 //! records in order, resuming after a checkpoint inside an aggregated record without a
-//! duplicate or a gap, and the end of a split parent with its children.
+//! duplicate or a gap, and the end of a split parent with its children (through each GetRecords
+//! client: the SDK, ours in CBOR and in JSON).
 
 use aws_sdk_kinesis::primitives::Blob;
+use kinesis_operator_tests::reading::{every_client, read_to_tip};
 use kinesis_operator_tests::{TestEnv, unique_name};
 use kinesis_worker::lease::checkpoint::{Checkpoint, SequenceNumber};
 use kinesis_worker::lease::discovery::StreamRef;
@@ -12,27 +14,6 @@ use kinesis_worker::records::reader::{Batch, ReaderConfig, ShardReader};
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
 const SHARD: &str = "shardId-000000000000";
-
-/// Reads until the tip (an empty read with no lag) or the shard's end.
-async fn read_all(reader: &mut ShardReader) -> Result<(Vec<UserRecord>, Option<Vec<String>>)> {
-    let mut out = Vec::new();
-    for _ in 0..100 {
-        match reader.next_batch().await? {
-            Batch::Records {
-                records,
-                millis_behind_latest,
-            } => {
-                let at_tip = records.is_empty() && millis_behind_latest == Some(0);
-                out.extend(records);
-                if at_tip {
-                    return Ok((out, None));
-                }
-            }
-            Batch::ShardEnd { child_shard_ids } => return Ok((out, Some(child_shard_ids))),
-        }
-    }
-    Err("the reader never reached the tip in 100 reads".into())
-}
 
 fn texts(records: &[UserRecord]) -> Vec<String> {
     records
@@ -74,7 +55,7 @@ async fn reads_in_order_and_resumes_inside_an_aggregated_record() -> Result<()> 
         )
     };
 
-    let (all, end) = read_all(&mut reader(Checkpoint::TrimHorizon)).await?;
+    let (all, end) = read_to_tip(&mut reader(Checkpoint::TrimHorizon)).await?;
     assert_eq!(texts(&all), ["r0", "a0", "a1", "a2", "r4"]);
     assert_eq!(end, None);
     let subs: Vec<u64> = all.iter().map(|r| r.sub_sequence_number).collect();
@@ -89,7 +70,7 @@ async fn reads_in_order_and_resumes_inside_an_aggregated_record() -> Result<()> 
         sequence: SequenceNumber::parse(a.sequence_number())?,
         sub_sequence: 1,
     };
-    let (rest, _) = read_all(&mut reader(cp)).await?;
+    let (rest, _) = read_to_tip(&mut reader(cp)).await?;
     assert_eq!(texts(&rest), ["a2", "r4"]);
 
     // A checkpoint at a plain record: the next record is next.
@@ -97,7 +78,7 @@ async fn reads_in_order_and_resumes_inside_an_aggregated_record() -> Result<()> 
         sequence: SequenceNumber::parse(r0.sequence_number())?,
         sub_sequence: 0,
     };
-    let (rest, _) = read_all(&mut reader(cp)).await?;
+    let (rest, _) = read_to_tip(&mut reader(cp)).await?;
     assert_eq!(texts(&rest), ["a0", "a1", "a2", "r4"]);
 
     kinesis.delete_stream().stream_name(&stream).send().await?;
@@ -126,21 +107,31 @@ async fn a_split_parent_ends_after_its_last_record_with_its_children() -> Result
         .await?;
     env.wait_stream_active(&stream).await?;
 
-    let mut reader = ShardReader::new(
-        kinesis.clone(),
-        StreamRef::Name(stream.clone()),
-        SHARD,
-        Checkpoint::TrimHorizon,
-        None,
-        ReaderConfig::default(),
-    );
-    let (records, end) = read_all(&mut reader).await?;
-    assert_eq!(texts(&records), ["before"]);
-    let mut children = end.ok_or("the closed parent must end")?;
-    children.sort();
-    assert_eq!(children, ["shardId-000000000001", "shardId-000000000002"]);
-    // And it stays ended.
-    assert!(matches!(reader.next_batch().await?, Batch::ShardEnd { .. }));
+    // The same end through every GetRecords client.
+    for (name, config) in every_client(&env, 10_000).await? {
+        let mut reader = ShardReader::new(
+            kinesis.clone(),
+            StreamRef::Name(stream.clone()),
+            SHARD,
+            Checkpoint::TrimHorizon,
+            None,
+            config,
+        );
+        let (records, end) = read_to_tip(&mut reader).await?;
+        assert_eq!(texts(&records), ["before"], "{name}");
+        let mut children = end.ok_or_else(|| format!("{name}: the closed parent must end"))?;
+        children.sort();
+        assert_eq!(
+            children,
+            ["shardId-000000000001", "shardId-000000000002"],
+            "{name}"
+        );
+        // And it stays ended.
+        assert!(
+            matches!(reader.next_batch().await?, Batch::ShardEnd { .. }),
+            "{name}"
+        );
+    }
     kinesis.delete_stream().stream_name(&stream).send().await?;
     Ok(())
 }

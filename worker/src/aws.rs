@@ -136,11 +136,41 @@ impl AwsSettings {
         aws_sdk_dynamodb::Client::from_conf(b.build())
     }
 
+    /// The Kinesis endpoint the SDK's client would use, as far as our GetRecords client can
+    /// follow it: the `--kinesis-endpoint` override, else `AWS_ENDPOINT_URL_KINESIS` /
+    /// `AWS_ENDPOINT_URL` (or the profile's `endpoint_url`), else the region's public one.
+    /// `None` for FIPS or dual-stack endpoints, which it does not build (use the SDK then).
+    pub fn kinesis_endpoint_for(&self, sdk: &SdkConfig, region: &str) -> Option<String> {
+        if let Some(url) = &self.kinesis_endpoint {
+            return Some(url.clone());
+        }
+        let configured = if sdk.get_origin("endpoint_url").is_client_config() {
+            sdk.endpoint_url().map(String::from)
+        } else {
+            aws_types::service_config::ServiceConfigKey::builder()
+                .service_id("Kinesis")
+                .env("AWS_ENDPOINT_URL")
+                .profile("endpoint_url")
+                .build()
+                .ok()
+                .and_then(|key| sdk.service_config()?.load_config(key))
+                .or_else(|| sdk.endpoint_url().map(String::from))
+        };
+        if configured.is_some() {
+            return configured;
+        }
+        if sdk.use_fips() == Some(true) || sdk.use_dual_stack() == Some(true) {
+            return None;
+        }
+        Some(default_endpoint(region))
+    }
+
     /// Our own GetRecords client in `format`, to the same endpoint as the SDK's Kinesis
-    /// client (the override, else the region's), with the SDK's credentials.
+    /// client ([`AwsSettings::kinesis_endpoint_for`]), with the SDK's credentials.
     ///
     /// # Errors
-    /// [`SetupError`]: no region, no credentials provider, a bad endpoint, no TLS roots.
+    /// [`SetupError`]: no region, an endpoint it cannot build (FIPS, dual-stack), no
+    /// credentials provider, a bad endpoint, no TLS roots.
     pub fn get_records_client(
         &self,
         sdk: &SdkConfig,
@@ -153,9 +183,8 @@ impl AwsSettings {
             .or_else(|| sdk.region().map(|r| r.to_string()))
             .ok_or(SetupError::NoRegion)?;
         let endpoint = self
-            .kinesis_endpoint
-            .clone()
-            .unwrap_or_else(|| default_endpoint(&region));
+            .kinesis_endpoint_for(sdk, &region)
+            .ok_or(SetupError::UnsupportedEndpoint)?;
         let settings = WireSettings {
             format,
             endpoint,
@@ -164,5 +193,61 @@ impl AwsSettings {
             connect_timeout: self.timeouts.connect,
         };
         WireClient::new(settings, sdk, counter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sdk(
+        f: impl FnOnce(aws_types::sdk_config::Builder) -> aws_types::sdk_config::Builder,
+    ) -> SdkConfig {
+        f(SdkConfig::builder().region(Region::new("eu-west-1"))).build()
+    }
+
+    #[test]
+    fn our_get_records_goes_where_the_sdk_would() {
+        let plain = AwsSettings::default();
+        assert_eq!(
+            plain
+                .kinesis_endpoint_for(&sdk(|b| b), "eu-west-1")
+                .as_deref(),
+            Some("https://kinesis.eu-west-1.amazonaws.com")
+        );
+        assert_eq!(
+            plain
+                .kinesis_endpoint_for(&sdk(|b| b), "cn-north-1")
+                .as_deref(),
+            Some("https://kinesis.cn-north-1.amazonaws.com.cn")
+        );
+        // AWS_ENDPOINT_URL (or a client-configured endpoint) is followed.
+        let vpc = "https://vpce-1.kinesis.eu-west-1.vpce.amazonaws.com";
+        assert_eq!(
+            plain
+                .kinesis_endpoint_for(&sdk(|b| b.endpoint_url(vpc)), "eu-west-1")
+                .as_deref(),
+            Some(vpc)
+        );
+        // The override wins over everything.
+        let local = AwsSettings {
+            kinesis_endpoint: Some("http://127.0.0.1:4567".into()),
+            ..AwsSettings::default()
+        };
+        assert_eq!(
+            local
+                .kinesis_endpoint_for(&sdk(|b| b.endpoint_url(vpc).use_fips(true)), "eu-west-1")
+                .as_deref(),
+            Some("http://127.0.0.1:4567")
+        );
+        // FIPS and dual-stack endpoints are the SDK's to build: none here.
+        assert_eq!(
+            plain.kinesis_endpoint_for(&sdk(|b| b.use_fips(true)), "eu-west-1"),
+            None
+        );
+        assert_eq!(
+            plain.kinesis_endpoint_for(&sdk(|b| b.use_dual_stack(true)), "eu-west-1"),
+            None
+        );
     }
 }

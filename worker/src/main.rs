@@ -402,10 +402,17 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
         GetRecordsClient::Sdk => None,
     };
     if let Some(format) = format {
-        let client = settings
-            .get_records_client(&sdk, format, Some(counter.clone()))
-            .context("setting up the GetRecords client (--get-records-client)")?;
-        pipeline_config.reader.get_records = Some(client);
+        match settings.get_records_client(&sdk, format, Some(counter.clone())) {
+            Ok(client) => pipeline_config.reader.get_records = Some(client),
+            // Reading works through the SDK: said, and not a reason to stop.
+            Err(e @ kinesis_worker::records::wire::client::SetupError::UnsupportedEndpoint) => {
+                tracing::warn!(error = %e, "reading through the SDK's GetRecords instead");
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context("setting up the GetRecords client (--get-records-client)"));
+            }
+        }
     }
     pipeline_config.reader.initial_timestamp_ms = lease_args.initial_timestamp;
     pipeline_config.idle_time = Duration::from_millis(args.idle_time_ms);

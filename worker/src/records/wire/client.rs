@@ -125,6 +125,11 @@ pub enum SetupError {
     /// The endpoint is not a URL.
     #[error("Kinesis endpoint `{0}` is not an http(s) URL with a host")]
     Endpoint(String),
+    /// FIPS or dual-stack endpoints are configured: only the SDK builds those.
+    #[error(
+        "FIPS or dual-stack Kinesis endpoints are configured, which only the SDK's client builds: set --kinesis-endpoint, or --get-records-client sdk"
+    )]
+    UnsupportedEndpoint,
     /// No region to sign for.
     #[error("no AWS region: set --region or AWS_REGION")]
     NoRegion,
@@ -392,4 +397,82 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use aws_credential_types::provider::future;
+
+    use super::*;
+
+    /// Hands out credentials that expire `ttl` from now, counting how often it is asked.
+    #[derive(Debug)]
+    struct Expiring {
+        ttl: Duration,
+        asked: Arc<AtomicU32>,
+    }
+
+    impl ProvideCredentials for Expiring {
+        fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            let n = self.asked.fetch_add(1, Ordering::SeqCst);
+            future::ProvideCredentials::ready(Ok(Credentials::new(
+                format!("key-{n}"),
+                "secret",
+                Some("token".into()),
+                Some(SystemTime::now() + self.ttl),
+                "test",
+            )))
+        }
+    }
+
+    fn client(ttl: Duration) -> Result<(Arc<WireClient>, Arc<AtomicU32>), SetupError> {
+        let asked = Arc::new(AtomicU32::new(0));
+        let sdk = SdkConfig::builder()
+            .credentials_provider(SharedCredentialsProvider::new(Expiring {
+                ttl,
+                asked: asked.clone(),
+            }))
+            .build();
+        let settings = WireSettings {
+            format: WireFormat::Cbor,
+            endpoint: "http://127.0.0.1:9".into(),
+            region: "us-east-1".into(),
+            attempt_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+        };
+        Ok((WireClient::new(settings, &sdk, None)?, asked))
+    }
+
+    #[tokio::test]
+    async fn credentials_are_cached_until_five_minutes_before_they_expire()
+    -> Result<(), Box<dyn std::error::Error>> {
+        // An hour left (IRSA's usual): asked once, then cached.
+        let (c, asked) = client(Duration::from_secs(3600))?;
+        for _ in 0..5 {
+            assert_eq!(c.credentials().await?.access_key_id(), "key-0");
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        // Four minutes left: inside the refresh window, so asked again on every call.
+        let (c, asked) = client(Duration::from_secs(240))?;
+        let keys: Vec<String> = [c.credentials().await?, c.credentials().await?]
+            .iter()
+            .map(|k| k.access_key_id().to_string())
+            .collect();
+        assert_eq!(keys, ["key-0", "key-1"]);
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        // The session token is signed along.
+        let req = c.signed(Bytes::from_static(b"{}"), c.credentials().await?)?;
+        assert_eq!(
+            req.headers()
+                .get("x-amz-security-token")
+                .and_then(|v| v.to_str().ok()),
+            Some("token")
+        );
+        Ok(())
+    }
 }
