@@ -67,6 +67,9 @@ pub struct KinesisApplicationSpec {
     /// How records are read and checkpointed.
     #[serde(default)]
     pub consumer: ConsumerSpec,
+    /// What happens to records the app keeps failing (Lambda's event source policies).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub delivery: DeliverySpec,
     /// The pod template holding the app container(s): image, env, resources, service
     /// account. The operator adds the worker container, the shared socket volume and the
     /// preStop drain hook.
@@ -194,10 +197,37 @@ pub struct ConsumerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600000))]
     pub checkpoint_interval_ms: Option<i64>,
-    /// Skip (and log) a batch after this many failed deliveries; unset retries forever.
+    /// Send a batch to `spec.delivery.onFailureDestination` after this many failed
+    /// deliveries (needs it); unset retries forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_attempts: Option<i32>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// Delivery policies (docs/PROCESSOR.md "Delivery policies").
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliverySpec {
+    /// Where records go that exhausted `spec.consumer.maxAttempts` or are older than
+    /// `maximumRecordAgeSeconds`, before the worker moves past them: an SQS queue ARN or a
+    /// Kinesis stream ARN. The worker sends with the pod's own AWS identity (the template's
+    /// service account), never the operator's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^arn:[a-z-]+:(sqs|kinesis):[a-z0-9-]+:\d+:.+$"))]
+    pub on_failure_destination: Option<String>,
+    /// Split a failing batch in halves before retrying, down to single records: a poison
+    /// record holds back only itself (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bisect_batch_on_error: Option<bool>,
+    /// Records older than this many seconds go to the destination instead of the app
+    /// (needs onFailureDestination); unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60, max = 604800))]
+    pub maximum_record_age_seconds: Option<i64>,
 }
 
 /// How the worker reaches the app.

@@ -168,10 +168,20 @@ fn worker_env(
         ("FAILOVER_TIME_MS", c.failover_time_ms),
         ("CHECKPOINT_INTERVAL_MS", c.checkpoint_interval_ms),
         ("MAX_ATTEMPTS", c.max_attempts.map(i64::from)),
+        (
+            "MAX_RECORD_AGE_SECONDS",
+            spec.delivery.maximum_record_age_seconds,
+        ),
     ] {
         if let Some(v) = v {
             out.push(env(name, v.to_string()));
         }
+    }
+    if let Some(arn) = &spec.delivery.on_failure_destination {
+        out.push(env("ON_FAILURE_DESTINATION", arn.clone()));
+    }
+    if spec.delivery.bisect_batch_on_error == Some(true) {
+        out.push(env("BISECT_ON_ERROR", "true"));
     }
     out.retain(|e| !user_env.iter().any(|u| u.name == e.name));
     out.extend(user_env);

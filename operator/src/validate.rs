@@ -104,6 +104,28 @@ pub fn validate(app: &KinesisApplication) -> Vec<Invalid> {
         }
         _ => {}
     }
+    let delivery = &spec.delivery;
+    match &delivery.on_failure_destination {
+        Some(arn) => {
+            if let Err(e) = kinesis_worker::pipeline::destination::Target::parse(arn) {
+                out.push(invalid("spec.delivery.onFailureDestination", e.to_string()));
+            }
+        }
+        None => {
+            if spec.consumer.max_attempts.is_some() {
+                out.push(invalid(
+                    "spec.consumer.maxAttempts",
+                    "passing records over needs somewhere to keep them: set spec.delivery.onFailureDestination (an SQS queue or Kinesis stream ARN), or remove maxAttempts to retry forever",
+                ));
+            }
+            if delivery.maximum_record_age_seconds.is_some() {
+                out.push(invalid(
+                    "spec.delivery.maximumRecordAgeSeconds",
+                    "stale records go to the on-failure destination: set spec.delivery.onFailureDestination, or remove maximumRecordAgeSeconds",
+                ));
+            }
+        }
+    }
     let s = &spec.scaling;
     if s.shards_per_worker < 1 {
         out.push(invalid(

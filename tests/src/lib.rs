@@ -277,6 +277,77 @@ impl TestEnv {
         aws_sdk_dynamodb::Client::from_conf(conf)
     }
 
+    /// An SQS client for the local server (moto serves SQS beside DynamoDB).
+    pub async fn sqs(&self) -> aws_sdk_sqs::Client {
+        let sdk = self.sdk_config().await;
+        let conf = aws_sdk_sqs::config::Builder::from(&sdk)
+            .endpoint_url(&self.dynamodb_endpoint)
+            .build();
+        aws_sdk_sqs::Client::from_conf(conf)
+    }
+
+    /// Creates an SQS queue on the local server; its (URL, ARN).
+    ///
+    /// # Errors
+    /// The queue could not be created or described.
+    pub async fn create_queue(
+        &self,
+        name: &str,
+    ) -> Result<(String, String), Box<dyn std::error::Error>> {
+        let sqs = self.sqs().await;
+        let url = sqs
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await?
+            .queue_url()
+            .ok_or("CreateQueue answered no URL")?
+            .to_string();
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await?;
+        let arn = attrs
+            .attributes()
+            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+            .ok_or("no QueueArn")?
+            .to_string();
+        Ok((url, arn))
+    }
+
+    /// Every message of the queue at `url` (received and deleted until it is empty).
+    ///
+    /// # Errors
+    /// A receive failed.
+    pub async fn drain_queue(&self, url: &str) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        let sqs = self.sqs().await;
+        let mut out = Vec::new();
+        loop {
+            let got = sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .send()
+                .await?;
+            let messages = got.messages();
+            if messages.is_empty() {
+                return Ok(out);
+            }
+            for m in messages {
+                out.extend(m.body().map(String::from));
+                if let Some(h) = m.receipt_handle() {
+                    sqs.delete_message()
+                        .queue_url(url)
+                        .receipt_handle(h)
+                        .send()
+                        .await?;
+                }
+            }
+        }
+    }
+
     /// A Kubernetes client with the admin kubeconfig.
     ///
     /// # Errors
@@ -298,6 +369,7 @@ impl TestEnv {
             ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
             ("KINESIS_ENDPOINT".into(), self.kinesis_endpoint.clone()),
             ("DYNAMODB_ENDPOINT".into(), self.dynamodb_endpoint.clone()),
+            ("SQS_ENDPOINT".into(), self.dynamodb_endpoint.clone()),
         ]
     }
 }

@@ -1,6 +1,8 @@
 //! The record pipeline end to end on the local servers: `kinesis-worker run` processes
 //! delivering to `record-app` processes over Unix sockets.
 
+use std::time::Duration;
+
 use kinesis_operator_tests::fleet::{DEADLINE, POLL};
 use kinesis_operator_tests::pipeline::{
     Pipeline, Received, check_sequence, http_get, http_request, metric, metric_with, received,
@@ -803,37 +805,201 @@ async fn an_expired_parent_ends_and_its_child_starts() -> Result<()> {
     p.cleanup().await
 }
 
-/// `--max-attempts` gives a batch up without checkpointing anything the app did not ask
-/// for (issue 10, item 5: the skip checkpointed "all delivered", past batches the app held
-/// unconfirmed).
+/// Records are passed over only into an on-failure destination (issue 15, policy 1):
+/// `--max-attempts` alone is refused at start, naming the fix; with a destination the
+/// given-up batch is in the queue, with its records, before the worker moves past it, and the
+/// checkpoint moves past it only because the app had nothing pending before it.
 #[tokio::test]
-async fn a_skipped_batch_checkpoints_nothing_the_app_did_not_ask_for() -> Result<()> {
+async fn a_batch_given_up_goes_to_the_destination_first_and_never_without_one() -> Result<()> {
     use kinesis_worker::lease::checkpoint::Checkpoint;
     let p = Pipeline::new(1).await?;
-    // The app never asks to checkpoint, and fails its first call.
     let app = p
         .app("a", &["--checkpoint", "none", "--fail-first", "1"])
         .await?;
     p.put_sequence(2, 0, 5).await?;
-    let w = p.worker("w", &app.address, &["--max-attempts", "1"])?;
-    let (_, page) = wait_for("the first batch skipped", DEADLINE, POLL, || async {
-        let (s, page) = http_get(&w.admin, "/metrics").await.ok()?;
-        (s == 200 && metric(&page, "kinesis_worker_batches_skipped_total") >= 1.0)
-            .then_some((s, page))
-    })
+
+    let mut refused = p.worker("refused", &app.address, &["--max-attempts", "1"])?;
+    let code = refused.until_exit(DEADLINE).await?;
+    assert_ne!(code, Some(0), "a worker that could skip records started");
+    let said = std::fs::read_to_string(&refused.proc.log)?;
+    assert!(said.contains("--on-failure-destination"), "{said}");
+
+    let (queue, arn) = p
+        .env
+        .create_queue(&kinesis_operator_tests::unique_name("dlq"))
+        .await?;
+    let w = p.worker(
+        "w",
+        &app.address,
+        &["--max-attempts", "1", "--on-failure-destination", &arn],
+    )?;
+    let label = r#"reason="attempts_exhausted""#;
+    wait_for(
+        "the first batch sent to the destination",
+        DEADLINE,
+        POLL,
+        || async {
+            let (s, page) = http_get(&w.admin, "/metrics").await.ok()?;
+            (s == 200 && metric_with(&page, label) >= 1.0).then_some(())
+        },
+    )
     .await?;
-    assert_eq!(metric(&page, "kinesis_worker_batches_skipped_total"), 1.0);
+    let messages = p.env.drain_queue(&queue).await?;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let m: serde_json::Value = serde_json::from_str(&messages[0])?;
+    assert_eq!(m["reason"], "attempts_exhausted");
+    assert_eq!(m["application"], p.app.as_str());
+    assert_eq!(m["attempts"], 1);
+    assert_eq!(m["recordsIncluded"], true);
+    let destined = m["records"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        destined.len(),
+        m["recordCount"].as_u64().unwrap_or(0) as usize
+    );
+    assert!(!destined.is_empty());
+    let last = m["last"]["sequenceNumber"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+
     p.put_sequence(2, 5, 5).await?;
-    until_received(&[app.out.as_path()], 10).await?;
-    // A graceful stop flushes every wanted checkpoint: there is none.
+    // Everything not in the destination reaches the app: nothing lost, nothing twice.
+    let want = 20 - destined.len();
+    let got = until_received(&[app.out.as_path()], want).await?;
+    let mut all: Vec<String> = got.iter().map(|r| r.seq.clone()).collect();
+    all.extend(
+        destined
+            .iter()
+            .filter_map(|r| r["sequenceNumber"].as_str().map(String::from)),
+    );
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!((before, all.len()), (20, 20), "lost or duplicated records");
     w.stop(DEADLINE).await?;
     let table = LeaseTable::open(p.env.dynamodb().await, &p.app, false).await?;
     let snap = table.scan().await?;
-    assert_eq!(
-        snap.leases.first().map(|l| l.checkpoint.clone()),
-        Some(Checkpoint::TrimHorizon),
-        "nothing was checkpointed: the app asked for nothing"
-    );
+    match snap.leases.first().map(|l| l.checkpoint.clone()) {
+        Some(Checkpoint::Sequence { sequence, .. }) => assert_eq!(sequence.as_str(), last),
+        other => panic!("the checkpoint should be the destined batch's end, is {other:?}"),
+    }
+    p.cleanup().await
+}
+
+/// A poison record among many (issue 15, policy 3): with `--bisect-on-error` the failing
+/// batch is halved down to the record, which alone goes to the destination; every other
+/// record reaches the app once, in key order.
+#[tokio::test]
+async fn bisect_sends_only_the_poison_record_to_the_destination() -> Result<()> {
+    let p = Pipeline::new(1).await?;
+    let app = p.app("a", &["--poison", "key-1:42"]).await?;
+    p.put_sequence(2, 0, 100).await?;
+    let (queue, arn) = p
+        .env
+        .create_queue(&kinesis_operator_tests::unique_name("dlq"))
+        .await?;
+    let w = p.worker(
+        "w",
+        &app.address,
+        &[
+            "--max-attempts",
+            "2",
+            "--bisect-on-error",
+            "--on-failure-destination",
+            &arn,
+        ],
+    )?;
+    let got = until_received(&[app.out.as_path()], 199).await?;
+    let (_, page) = http_get(&w.admin, "/metrics").await?;
+    assert_eq!(metric_with(&page, r#"reason="attempts_exhausted""#), 1.0);
+    assert!(metric(&page, "kinesis_worker_bisections_total") >= 1.0);
+    let messages = p.env.drain_queue(&queue).await?;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let m: serde_json::Value = serde_json::from_str(&messages[0])?;
+    assert_eq!(m["recordCount"], 1);
+    assert_eq!(m["records"][0]["data"], "a2V5LTE6NDI="); // base64 of key-1:42
+    assert_eq!(m["attempts"].as_u64().map(|a| a >= 2), Some(true));
+    // 199 distinct records, none the poison, each key in order.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut next: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in &got {
+        assert!(seen.insert(r.seq.clone()), "delivered twice: {}", r.data);
+        assert_ne!(r.data, "key-1:42");
+        let i: usize = r.data.rsplit(':').next().unwrap_or("").parse()?;
+        let n = next.entry(r.key.clone()).or_insert(0);
+        if r.key == "key-1" && *n == 42 {
+            *n = 43;
+        }
+        assert_eq!(i, *n, "key {} out of order", r.key);
+        *n += 1;
+    }
+    assert_eq!(seen.len(), 199);
+    w.stop(DEADLINE).await?;
+    p.cleanup().await
+}
+
+/// Maximum record age (issue 15, policy 4): records older than the limit when their turn comes
+/// go to the destination, not to the app; fresh ones reach the app. Every record is in one of
+/// the two.
+#[tokio::test]
+async fn records_older_than_the_maximum_age_go_to_the_destination_instead_of_the_app() -> Result<()>
+{
+    let p = Pipeline::new(1).await?;
+    p.put_sequence(2, 0, 5).await?;
+    let put_at = std::time::SystemTime::now();
+    let (queue, arn) = p
+        .env
+        .create_queue(&kinesis_operator_tests::unique_name("dlq"))
+        .await?;
+    let app = p.app("a", &[]).await?;
+    // The condition is the records' age itself: past the 3 s limit before anyone reads them.
+    let aged = Duration::from_secs(4).saturating_sub(put_at.elapsed().unwrap_or_default());
+    tokio::time::sleep(aged).await;
+    let w = p.worker(
+        "w",
+        &app.address,
+        &[
+            "--max-record-age-seconds",
+            "3",
+            "--on-failure-destination",
+            &arn,
+        ],
+    )?;
+    let label = r#"reason="record_age""#;
+    wait_for(
+        "the stale records sent to the destination",
+        DEADLINE,
+        POLL,
+        || async {
+            let (s, page) = http_get(&w.admin, "/metrics").await.ok()?;
+            (s == 200 && metric_with(&page, label) >= 10.0).then_some(())
+        },
+    )
+    .await?;
+    p.put_sequence(2, 5, 5).await?;
+    let got = until_received(&[app.out.as_path()], 10).await?;
+    let messages = p.env.drain_queue(&queue).await?;
+    let mut stale = Vec::new();
+    for m in &messages {
+        let m: serde_json::Value = serde_json::from_str(m)?;
+        assert_eq!(m["reason"], "record_age");
+        assert_eq!(
+            m["attempts"], 0,
+            "stale records are not offered to the app first"
+        );
+        for r in m["records"].as_array().cloned().unwrap_or_default() {
+            stale.extend(r["sequenceNumber"].as_str().map(String::from));
+        }
+    }
+    assert_eq!(stale.len(), 10, "{messages:?}");
+    let fresh: Vec<&str> = got.iter().map(|r| r.data.as_str()).collect();
+    for r in &got {
+        let i: usize = r.data.rsplit(':').next().unwrap_or("").parse()?;
+        assert!(i >= 5, "a stale record reached the app: {}", r.data);
+        assert!(!stale.contains(&r.seq), "in both: {}", r.seq);
+    }
+    assert_eq!(got.len(), 10, "{fresh:?}");
+    w.stop(DEADLINE).await?;
     p.cleanup().await
 }
 

@@ -55,7 +55,7 @@ enum Command {
     /// Minimal: `kinesis-worker run --stream Pageviews --application counter
     /// --app-address unix:///tmp/processor.sock`. Credentials come from the standard AWS
     /// chain (environment, profile, IRSA web identity, instance role).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Hold and balance the stream's shard leases without reading records: a dry run of a
     /// fleet's lease coordination, printing `acquired|lost|shutdown-requested SHARD` lines.
     Leases(LeaseArgs),
@@ -131,10 +131,25 @@ struct RunArgs {
     /// hand-over and shutdown anyway.
     #[arg(long, env = "CHECKPOINT_INTERVAL_MS", default_value_t = 5_000)]
     checkpoint_interval_ms: u64,
-    /// Skip a batch (logged) after this many failed deliveries; 0 retries forever and skips
-    /// nothing.
+    /// Send a batch to --on-failure-destination after this many failed deliveries; 0 retries
+    /// forever. Needs a destination: records are never just skipped.
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 0)]
     max_attempts: u32,
+    /// Where records go that exhausted --max-attempts or exceeded --max-record-age-seconds,
+    /// before the worker moves past them: an SQS queue ARN or a Kinesis stream ARN.
+    #[arg(long, env = "ON_FAILURE_DESTINATION")]
+    on_failure_destination: Option<String>,
+    /// Split a failing batch in halves before retrying it, down to single records (a
+    /// poison record then holds back only itself).
+    #[arg(long, env = "BISECT_ON_ERROR", default_value_t = false)]
+    bisect_on_error: bool,
+    /// Records older than this (by arrival time) go to the destination, not to the app; 0:
+    /// no limit. Needs --on-failure-destination.
+    #[arg(long, env = "MAX_RECORD_AGE_SECONDS", default_value_t = 0)]
+    max_record_age_seconds: u64,
+    /// SQS endpoint override (for the on-failure destination), e.g. a local server.
+    #[arg(long, env = "SQS_ENDPOINT")]
+    sqs_endpoint: Option<String>,
     /// Most record data read ahead of delivery across all shards (MiB).
     #[arg(long, env = "MAX_BUFFERED_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     max_buffered_mib: u32,
@@ -349,6 +364,16 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
         ("stream", &args.leases.stream),
     ]);
     let counter = AwsCallCounter::new(metrics.clone());
+    if args.on_failure_destination.is_none()
+        && (args.max_attempts > 0 || args.max_record_age_seconds > 0)
+    {
+        anyhow::bail!(
+            "--max-attempts and --max-record-age-seconds pass records over, which needs somewhere to keep them: set --on-failure-destination (an SQS queue or Kinesis stream ARN), or leave both unset to retry forever"
+        );
+    }
+    if let Some(arn) = &args.on_failure_destination {
+        kinesis_worker::pipeline::destination::Target::parse(arn)?;
+    }
     let app_address: Address = args.app_address.parse()?;
     let app = App::new(&app_address, metrics.clone())?;
     let (drain, drained) = Drain::new();
@@ -418,6 +443,21 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
     pipeline_config.idle_time = Duration::from_millis(args.idle_time_ms);
     pipeline_config.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
     pipeline_config.max_attempts = (args.max_attempts > 0).then_some(args.max_attempts);
+    pipeline_config.bisect_on_error = args.bisect_on_error;
+    pipeline_config.max_record_age =
+        (args.max_record_age_seconds > 0).then(|| Duration::from_secs(args.max_record_age_seconds));
+    if let Some(arn) = &args.on_failure_destination {
+        let destination = kinesis_worker::pipeline::destination::Destination::connect(
+            arn,
+            &sdk,
+            args.sqs_endpoint.as_deref(),
+            settings.kinesis_endpoint.as_deref(),
+        )
+        .await
+        .context("connecting to the on-failure destination (--on-failure-destination)")?;
+        tracing::info!(destination = %arn, max_attempts = args.max_attempts, max_record_age_seconds = args.max_record_age_seconds, "on-failure destination ready");
+        pipeline_config.destination = Some(std::sync::Arc::new(destination));
+    }
     pipeline_config.max_buffered_kib = args.max_buffered_mib.saturating_mul(1024);
     pipeline_config.shutdown_call_timeout = config.handoff_timeout / 2;
     pipeline_config.lag = config.lag.clone();
@@ -530,7 +570,7 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run(args) => match run_worker(&settings, args).await {
+        Command::Run(args) => match run_worker(&settings, *args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e:#}");

@@ -34,6 +34,13 @@ pub struct ShardLabels {
     pub shard: String,
 }
 
+/// Labels naming why records went to the on-failure destination.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `attempts_exhausted` or `record_age`.
+    pub reason: &'static str,
+}
+
 /// Labels naming a lease event.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
@@ -82,8 +89,12 @@ pub struct Metrics {
     pub batches_delivered: Counter,
     /// Deliveries of a batch that failed and were retried.
     pub batch_retries: Counter,
-    /// Batches skipped after `max_attempts` failures.
-    pub batches_skipped: Counter,
+    /// Records sent to the on-failure destination, by reason.
+    pub records_to_destination: Family<ReasonLabels, Counter>,
+    /// Failed sends to the on-failure destination (each retried).
+    pub destination_errors: Counter,
+    /// Failing batches split in halves (bisect on error).
+    pub bisections: Counter,
     /// Shards found gone from the stream (past its retention) and treated as ended.
     pub shards_expired: Counter,
     /// App call latency by RPC.
@@ -139,7 +150,9 @@ impl Metrics {
             bytes_delivered: Counter::default(),
             batches_delivered: Counter::default(),
             batch_retries: Counter::default(),
-            batches_skipped: Counter::default(),
+            records_to_destination: Family::default(),
+            destination_errors: Counter::default(),
+            bisections: Counter::default(),
             shards_expired: Counter::default(),
             app_call_seconds: Family::new_with_constructor(|| Histogram::new(app_buckets())),
             app_call_errors: Family::default(),
@@ -176,9 +189,19 @@ impl Metrics {
             m.batch_retries.clone(),
         );
         r.register(
-            "batches_skipped",
-            "Batches skipped after the configured maximum attempts",
-            m.batches_skipped.clone(),
+            "records_to_destination",
+            "Records sent to the on-failure destination, by reason",
+            m.records_to_destination.clone(),
+        );
+        r.register(
+            "destination_errors",
+            "Failed sends to the on-failure destination (retried; the shard waits)",
+            m.destination_errors.clone(),
+        );
+        r.register(
+            "bisections",
+            "Failing batches split in halves before their retry",
+            m.bisections.clone(),
         );
         r.register(
             "shards_expired",

@@ -158,7 +158,8 @@ fn settings_reach_the_worker_and_the_operator_s_consumer_arn_too() {
     let a = app(json!({
         "initialPosition": "AT_TIMESTAMP",
         "initialTimestamp": "2026-11-26T00:00:00Z",
-        "consumer": {"mode": "EnhancedFanOut", "maxRecords": 500, "failoverTimeMs": 20000, "checkpointIntervalMs": 1000},
+        "consumer": {"mode": "EnhancedFanOut", "maxRecords": 500, "failoverTimeMs": 20000, "checkpointIntervalMs": 1000, "maxAttempts": 3},
+        "delivery": {"onFailureDestination": "arn:aws:sqs:us-east-1:123456789012:dlq", "bisectBatchOnError": true, "maximumRecordAgeSeconds": 3600},
         "processor": {"port": 50051},
         "worker": {"image": "registry.example/kinesis-worker:1.2", "logLevel": "debug"},
         "aws": {"roleArn": "arn:aws:iam::123456789012:role/counter"},
@@ -179,6 +180,13 @@ fn settings_reach_the_worker_and_the_operator_s_consumer_arn_too() {
         ("MAX_RECORDS", "500"),
         ("FAILOVER_TIME_MS", "20000"),
         ("CHECKPOINT_INTERVAL_MS", "1000"),
+        ("MAX_ATTEMPTS", "3"),
+        (
+            "ON_FAILURE_DESTINATION",
+            "arn:aws:sqs:us-east-1:123456789012:dlq",
+        ),
+        ("BISECT_ON_ERROR", "true"),
+        ("MAX_RECORD_AGE_SECONDS", "3600"),
         ("APP_ADDRESS", "http://127.0.0.1:50051"),
         ("LOG_LEVEL", "debug"),
     ] {

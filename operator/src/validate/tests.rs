@@ -31,6 +31,12 @@ fn one(a: &KinesisApplication) -> String {
 #[test]
 fn a_minimal_spec_is_valid() {
     assert_eq!(validate(&app(json!({}))), vec![]);
+    let with_destination = app(json!({
+        "consumer": {"maxAttempts": 3},
+        "delivery": {"onFailureDestination": "arn:aws:sqs:us-east-1:123456789012:dlq",
+                     "bisectBatchOnError": true, "maximumRecordAgeSeconds": 3600}
+    }));
+    assert_eq!(validate(&with_destination), vec![]);
     assert_eq!(application_name(&app(json!({}))), "default.counter");
 }
 
@@ -53,6 +59,21 @@ fn the_default_application_name_holds_the_namespace_and_an_old_one_is_kept() {
 #[test]
 fn every_cross_field_rule_names_the_field_and_the_fix() {
     let cases: Vec<(Value, &str, &str)> = vec![
+        (
+            json!({"consumer": {"maxAttempts": 3}}),
+            "spec.consumer.maxAttempts:",
+            "set spec.delivery.onFailureDestination",
+        ),
+        (
+            json!({"delivery": {"maximumRecordAgeSeconds": 3600}}),
+            "spec.delivery.maximumRecordAgeSeconds:",
+            "set spec.delivery.onFailureDestination",
+        ),
+        (
+            json!({"delivery": {"onFailureDestination": "arn:aws:kinesis:us-east-1:1:failed"}}),
+            "spec.delivery.onFailureDestination:",
+            "stream/NAME",
+        ),
         (
             json!({"stream": {}}),
             "spec.stream:",

@@ -4,7 +4,7 @@
 //! ```text
 //! record-app --address unix:///tmp/x.sock [--out records.jsonl] [--fail-first N]
 //!            [--crash-at-batch N] [--checkpoint all|none|first] [--slow-lease-lost-ms N]
-//!            [--fail-shard SHARD] [--delay-ms N]
+//!            [--fail-shard SHARD] [--delay-ms N] [--poison DATA]
 //! ```
 //!
 //! Two calls for the same shard in flight at once break the contract (docs/PROCESSOR.md):
@@ -20,6 +20,8 @@ use kinesis_processor::v1;
 struct RecordApp {
     out: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
     fail_first: u64,
+    /// Fail every call that carries a record with exactly this data (a poison record).
+    poison: Option<String>,
     /// Fail every ProcessRecords call with records for this shard (a stuck shard).
     fail_shard: Option<String>,
     crash_at: Option<u64>,
@@ -103,6 +105,13 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
             return Err(Status::unavailable(
                 "this shard always fails (--fail-shard)",
             ));
+        }
+        if let Some(p) = &self.poison
+            && r.get_ref().records.iter().any(|x| x.data == p.as_bytes())
+        {
+            return Err(Status::invalid_argument(format!(
+                "poison record `{p}` (--poison)"
+            )));
         }
         if n <= self.fail_first {
             return Err(Status::unavailable(format!("failing call {n} on purpose")));
@@ -228,6 +237,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = RecordApp {
         out,
         fail_first: arg(&args, "--fail-first").map_or(Ok(0), |v| v.parse())?,
+        poison: arg(&args, "--poison"),
         fail_shard: arg(&args, "--fail-shard"),
         crash_at: arg(&args, "--crash-at-batch")
             .map(|v| v.parse())

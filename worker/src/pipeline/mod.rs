@@ -10,8 +10,11 @@
 //! - Calls for one shard never overlap, also across processors: a shard's next processor
 //!   (the lease came back) starts only after the previous one's last call (`LeaseLost`,
 //!   `ShutdownRequested`) returned or timed out.
-//! - A batch the app fails is delivered again, with backoff, until the app acknowledges it
-//!   (or, only when `max_attempts` is set, until it is logged and skipped).
+//! - A batch the app fails is delivered again, with backoff, until the app acknowledges it.
+//!   Only with an on-failure destination may records be passed over: after `max_attempts`
+//!   failed calls, or when older than `max_record_age`, they are sent there first, and the
+//!   shard waits (retrying the send) until the destination took them ([`destination`],
+//!   [`policy`]).
 //! - Nothing beyond what the app acknowledged and asked to checkpoint is checkpointed;
 //!   checkpoint writes are coalesced to one per shard per `checkpoint_interval` and flushed
 //!   before a lease is handed over or released. A restart therefore redelivers at most what
@@ -22,6 +25,8 @@
 //!   its children start after that.
 
 mod app;
+pub mod destination;
+pub mod policy;
 pub mod position;
 mod shard;
 
@@ -64,9 +69,16 @@ pub struct PipelineConfig {
     pub min_read_interval: Duration,
     /// At most one checkpoint write per shard per this interval.
     pub checkpoint_interval: Duration,
-    /// Give up on a batch after this many failed deliveries (log and skip it); `None`: retry
-    /// forever, skipping nothing.
+    /// Hand a batch to `destination` after this many failed deliveries; `None` (or no
+    /// destination): retry forever, skipping nothing.
     pub max_attempts: Option<u32>,
+    /// Where records go that exhausted `max_attempts` or exceeded `max_record_age`.
+    pub destination: Option<Arc<destination::Destination>>,
+    /// Split a failing batch in halves before retrying (a poison record then holds back
+    /// only itself).
+    pub bisect_on_error: bool,
+    /// Records older than this (by arrival time) go to the destination, not to the app.
+    pub max_record_age: Option<Duration>,
     /// First retry delay of a failed app call.
     pub retry_base: Duration,
     /// Longest retry delay of a failed app call.
@@ -97,11 +109,25 @@ impl PipelineConfig {
             min_read_interval: Duration::from_millis(200),
             checkpoint_interval: Duration::from_secs(5),
             max_attempts: None,
+            destination: None,
+            bisect_on_error: false,
+            max_record_age: None,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
             max_call_bytes: 3 * 1024 * 1024,
             max_buffered_kib: 64 * 1024,
             shutdown_call_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// The failure policy these settings make.
+    pub fn failure_policy(&self) -> policy::FailurePolicy {
+        policy::FailurePolicy {
+            max_attempts: self.max_attempts,
+            bisect: self.bisect_on_error,
+            destination: self.destination.is_some(),
         }
     }
 }

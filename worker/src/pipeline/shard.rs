@@ -12,12 +12,14 @@ use tokio::time::Instant;
 
 use super::PipelineConfig;
 use super::app::{App, EncodedBatch};
+use super::destination::{About, Reason, message};
+use super::policy::{AfterFailure, Plan, Segment};
 use super::position::{Position, Wanted, resolve};
 use crate::backoff::Backoff;
 use crate::lease::checkpoint::{Checkpoint, SequenceNumber};
 use crate::lease::coordinator::{CoordinatorHandle, ShardLease};
 use crate::lease::table::LeaseError;
-use crate::metrics::{EventLabels, Metrics, ShardLabels};
+use crate::metrics::{EventLabels, Metrics, ReasonLabels, ShardLabels};
 use crate::records::ShardSource;
 use crate::records::aggregation::UserRecord;
 use crate::records::fanout::FanOutReader;
@@ -206,6 +208,13 @@ fn starting_position(c: &Checkpoint) -> v1::StartingPosition {
     v1::StartingPosition {
         position: Some(position),
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// Splits a batch into calls of at most `max_bytes` of record data (at least one record
@@ -552,8 +561,8 @@ impl ShardTask {
         }
     }
 
-    /// Delivers one batch, a call at a time, each retried until the app acknowledges it (or
-    /// `max_attempts` is reached and it is skipped).
+    /// Delivers one batch, a call at a time, each retried until the app acknowledges it, or
+    /// (with a destination) until the failure policy hands it to the destination.
     async fn deliver(
         &self,
         d: &mut Delivery,
@@ -562,41 +571,117 @@ impl ShardTask {
         control: &mut mpsc::Receiver<Control>,
     ) -> Flow {
         for chunk in chunks(records, self.config.max_call_bytes) {
-            let Some(last) = chunk.last() else {
-                continue;
-            };
-            let last = match SequenceNumber::parse(&last.sequence_number) {
-                Ok(sequence) => Position {
+            if let Flow::Lost = self
+                .deliver_call(d, chunk, millis_behind_latest, control)
+                .await
+            {
+                return Flow::Lost;
+            }
+            if d.deferred.is_some() {
+                return Flow::Continue;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// One call's worth of records, following the failure policy ([`Plan`]).
+    async fn deliver_call(
+        &self,
+        d: &mut Delivery,
+        chunk: Vec<UserRecord>,
+        millis_behind_latest: i64,
+        control: &mut mpsc::Receiver<Control>,
+    ) -> Flow {
+        let policy = self.config.failure_policy();
+        // The records are kept (cloned into each call) only when a policy may need them
+        // again: a part of them (bisect), or their contents (destination, record age).
+        let keep = policy.destination || policy.bisect;
+        let Some(tail) = chunk.len().checked_sub(1) else {
+            return Flow::Continue;
+        };
+        // Only the last position is needed unless parts of the batch may end apart.
+        let from = if keep { 0 } else { tail };
+        let mut positions = Vec::with_capacity(chunk.len() - from);
+        for r in &chunk[from..] {
+            match SequenceNumber::parse(&r.sequence_number) {
+                Ok(sequence) => positions.push(Position {
                     sequence,
-                    sub_sequence: last.sub_sequence_number,
-                },
+                    sub_sequence: r.sub_sequence_number,
+                }),
                 Err(e) => {
                     // Kinesis never sends this; nothing to checkpoint against if it did.
                     tracing::error!(shard = %d.shard, error = %e, "record with a malformed sequence number");
                     return Flow::Lost;
                 }
+            }
+        }
+        let len = chunk.len();
+        let mut records = chunk;
+        let mut plan = Plan::new(len, policy);
+        let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
+        while let Some(seg) = plan.next() {
+            let last = if keep {
+                positions.get(seg.end - 1).cloned()
+            } else {
+                positions.last().cloned()
             };
-            let count = chunk.len() as u64;
-            let bytes: u64 = chunk.iter().map(|r| r.data.len() as u64).sum();
-            let first = chunk
+            let Some(last) = last else {
+                return Flow::Continue;
+            };
+            if !self.lease.is_valid() {
+                return Flow::Lost;
+            }
+            if let (Some(age), true) = (self.config.max_record_age, policy.destination) {
+                let now_ms = now_ms();
+                let limit = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+                let stale = records[seg.start..seg.end]
+                    .iter()
+                    .take_while(|r| r.approximate_arrival_ms.is_some_and(|t| now_ms - t > limit))
+                    .count();
+                if let Some(expired) = plan.expire_front(stale) {
+                    let reason = Reason::RecordAge;
+                    if let Flow::Lost = self
+                        .destine(d, &records, &positions, expired, reason, None, control)
+                        .await
+                    {
+                        return Flow::Lost;
+                    }
+                    continue;
+                }
+            }
+            let count = seg.len() as u64;
+            // Encoded once per segment: a retry sends the same bytes with its own attempt.
+            let segment: Vec<v1::Record> = if keep {
+                records[seg.start..seg.end]
+                    .iter()
+                    .cloned()
+                    .map(to_proto)
+                    .collect()
+            } else {
+                std::mem::take(&mut records)
+                    .into_iter()
+                    .map(to_proto)
+                    .collect()
+            };
+            let bytes: u64 = segment.iter().map(|r| r.data.len() as u64).sum();
+            let first = segment
                 .first()
                 .map(|r| r.sequence_number.clone())
                 .unwrap_or_default();
-            // Encoded once: a retry sends the same bytes with its own attempt number.
             let batch = EncodedBatch::new(v1::ProcessRecordsRequest {
                 shard_id: d.shard.clone(),
-                records: chunk.into_iter().map(to_proto).collect(),
+                records: segment,
                 millis_behind_latest,
                 attempt: 0,
                 lease_owner: d.fencing.0.clone(),
                 lease_counter: d.fencing.1,
             });
-            let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
+            let mut seg = seg;
             let answer = loop {
                 if !self.lease.is_valid() {
                     return Flow::Lost;
                 }
-                let call = self.app.process_encoded(&batch, backoff.failures() + 1);
+                let call = self.app.process_encoded(&batch, seg.failures + 1);
                 tokio::pin!(call);
                 let res = loop {
                     tokio::select! {
@@ -614,44 +699,135 @@ impl ShardTask {
                 match res {
                     Ok(resp) => {
                         d.ledger.unstall();
+                        backoff.reset();
+                        plan.acked();
                         break Some(resp);
                     }
                     Err(e) => {
                         // A stuck shard holds none of the read-ahead budget.
                         d.ledger.stall();
                         self.metrics.batch_retries.inc();
-                        let attempts = backoff.failures() + 1;
-                        if self.config.max_attempts.is_some_and(|m| attempts >= m) {
-                            self.metrics.batches_skipped.inc();
-                            d.ledger.unstall();
-                            tracing::error!(shard = %d.shard, error = %e.message(), code = ?e.code(), attempts, records = count, first = %first, last = %last, "batch skipped after max attempts");
-                            break None;
+                        let after = plan.failed();
+                        let attempts = seg.failures + 1;
+                        match after {
+                            AfterFailure::Destine(given_up) => {
+                                d.ledger.unstall();
+                                tracing::error!(shard = %d.shard, error = %e.message(), code = ?e.code(), attempts, records = count, first = %first, last = %last.sequence.as_str(), destination = self.config.destination.as_ref().map_or("", |x| x.arn()), "batch failed max attempts: sending it to the on-failure destination");
+                                let reason = Reason::AttemptsExhausted;
+                                let error = Some(format!("{:?}: {}", e.code(), e.message()));
+                                if let Flow::Lost = self
+                                    .destine(
+                                        d, &records, &positions, given_up, reason, error, control,
+                                    )
+                                    .await
+                                {
+                                    return Flow::Lost;
+                                }
+                                break None;
+                            }
+                            AfterFailure::Bisected => {
+                                self.metrics.bisections.inc();
+                                tracing::warn!(shard = %d.shard, error = %e.message(), code = ?e.code(), attempt = attempts, records = count, "app ProcessRecords failed; bisecting the batch");
+                            }
+                            AfterFailure::Retry => {
+                                tracing::warn!(shard = %d.shard, error = %e.message(), code = ?e.code(), attempt = attempts, "app ProcessRecords failed; retrying the same batch");
+                            }
                         }
                         let delay = backoff.next_delay();
-                        tracing::warn!(shard = %d.shard, error = %e.message(), code = ?e.code(), attempt = attempts, retry_in = ?delay, "app ProcessRecords failed; retrying the same batch");
                         if d.deferred.is_some() {
-                            // Shutting down: the next owner retries this batch.
+                            // Shutting down: the next owner retries these records.
                             return Flow::Continue;
                         }
                         if !self.pause(d, delay, control).await {
                             return Flow::Lost;
                         }
+                        match (after, plan.next()) {
+                            (AfterFailure::Retry, Some(next)) => seg = next,
+                            // Split: the halves are encoded anew.
+                            _ => break None,
+                        }
                     }
                 }
+            };
+            let Some(answer) = answer else {
+                continue;
             };
             d.delivered = Some(last);
             self.metrics.records_delivered.inc_by(count);
             self.metrics.bytes_delivered.inc_by(bytes);
             self.metrics.batches_delivered.inc();
-            // A skipped batch (no answer) moves no checkpoint: the app may hold earlier
-            // batches it answered without asking for one (it buffers), and those are not
-            // processed just because a later batch was given up.
-            if let Some(a) = answer {
-                self.want(d, &wanted_of(a.checkpoint));
-            }
-            if d.deferred.is_some() {
+            self.want(d, &wanted_of(answer.checkpoint));
+            if d.deferred.is_some() && plan.next().is_some() {
+                // The rest goes to the next owner.
                 return Flow::Continue;
             }
+        }
+        Flow::Continue
+    }
+
+    /// Sends records `seg` to the on-failure destination, retrying until it takes them;
+    /// then they count as passed. They are checkpointed with it only if the app had nothing
+    /// delivered but not yet checkpointed before them (an app that buffers keeps its say).
+    #[allow(clippy::too_many_arguments)]
+    async fn destine(
+        &self,
+        d: &mut Delivery,
+        records: &[UserRecord],
+        positions: &[Position],
+        seg: Segment,
+        reason: Reason,
+        error: Option<String>,
+        control: &mut mpsc::Receiver<Control>,
+    ) -> Flow {
+        let (Some(destination), Some(last)) =
+            (&self.config.destination, positions.get(seg.end - 1))
+        else {
+            return Flow::Continue;
+        };
+        let about = About {
+            application: &self.config.application,
+            stream: &self.config.stream.to_string(),
+            shard: &d.shard,
+            reason,
+            attempts: seg.failures,
+            error,
+        };
+        let Some(body) = message(&about, &records[seg.start..seg.end], destination.limit()) else {
+            return Flow::Continue;
+        };
+        let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
+        loop {
+            if !self.lease.is_valid() {
+                return Flow::Lost;
+            }
+            match destination.send(&d.shard, body.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    self.metrics.destination_errors.inc();
+                    d.ledger.stall();
+                    let delay = backoff.next_delay();
+                    tracing::error!(shard = %d.shard, error = %e, retry_in = ?delay, "sending to the on-failure destination failed; the shard waits until it succeeds");
+                    if !self.pause(d, delay, control).await {
+                        return Flow::Lost;
+                    }
+                }
+            }
+        }
+        d.ledger.unstall();
+        self.metrics
+            .records_to_destination
+            .get_or_create(&ReasonLabels {
+                reason: reason.label(),
+            })
+            .inc_by(seg.len() as u64);
+        tracing::warn!(shard = %d.shard, records = seg.len(), reason = reason.label(), destination = destination.arn(), "records sent to the on-failure destination");
+        let nothing_pending = d
+            .delivered
+            .as_ref()
+            .is_none_or(|p| p.checkpoint() == d.floor());
+        d.delivered = Some(last.clone());
+        if nothing_pending {
+            d.wanted = Some(last.clone());
         }
         Flow::Continue
     }
