@@ -167,6 +167,15 @@ impl Metrics {
             aws_errors: Family::default(),
             registry: Registry::default(),
         };
+        // Series that alerts name exist from the start at 0: `increase()` then sees the
+        // first record sent to the destination, and a dashboard shows 0 instead of nothing.
+        for reason in crate::pipeline::destination::Reason::ALL {
+            m.records_to_destination
+                .get_or_create(&ReasonLabels {
+                    reason: reason.label(),
+                })
+                .inc_by(0);
+        }
         let r = &mut registry;
         r.register(
             "records_delivered",

@@ -125,6 +125,9 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, so each metric series exists (at 0) before the first record is sent.
+    pub const ALL: [Reason; 2] = [Self::AttemptsExhausted, Self::RecordAge];
+
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
