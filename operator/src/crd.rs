@@ -228,6 +228,34 @@ pub struct DeliverySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 60, max = 604800))]
     pub maximum_record_age_seconds: Option<i64>,
+    /// Honour partial batch failures: the app may answer `failed_from`, acknowledging only
+    /// the records before it; the rest is retried (default false: such an answer fails the
+    /// whole call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_batch_item_failures: Option<bool>,
+    /// Only records matching one of these patterns reach the app; the others count as
+    /// processed (checkpointed). Each is a JSON object in EventBridge's pattern language over
+    /// `partitionKey`, `sequenceNumber`, `explicitHashKey` and `data`, e.g.
+    /// `{"data": {"type": ["click"]}}` (docs/PROCESSOR.md "Filters").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub filters: Vec<String>,
+    /// Most records in one call to the app (default: one GetRecords page, up to
+    /// `spec.consumer.maxRecords`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub batch_size: Option<i32>,
+    /// Gather records for up to this many seconds before calling the app, until
+    /// `batchSize` records are there (default 0: call with each page as it is read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 300))]
+    pub maximum_batching_window_seconds: Option<i64>,
+    /// Lanes per shard: each batch is split by partition key into up to this many parts
+    /// delivered at once; per-key order holds, the app sees concurrent calls for one shard
+    /// (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10))]
+    pub parallelization_factor: Option<i32>,
 }
 
 /// How the worker reaches the app.

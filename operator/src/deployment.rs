@@ -172,6 +172,17 @@ fn worker_env(
             "MAX_RECORD_AGE_SECONDS",
             spec.delivery.maximum_record_age_seconds,
         ),
+        ("BATCH_SIZE", spec.delivery.batch_size.map(i64::from)),
+        (
+            "PARALLELIZATION_FACTOR",
+            spec.delivery.parallelization_factor.map(i64::from),
+        ),
+        (
+            "BATCHING_WINDOW_MS",
+            spec.delivery
+                .maximum_batching_window_seconds
+                .map(|s| s.saturating_mul(1000)),
+        ),
     ] {
         if let Some(v) = v {
             out.push(env(name, v.to_string()));
@@ -183,9 +194,29 @@ fn worker_env(
     if spec.delivery.bisect_batch_on_error == Some(true) {
         out.push(env("BISECT_ON_ERROR", "true"));
     }
+    if spec.delivery.report_batch_item_failures == Some(true) {
+        out.push(env("REPORT_BATCH_ITEM_FAILURES", "true"));
+    }
+    if let Some(filters) = filters_env(&spec.delivery.filters) {
+        out.push(env("FILTERS", filters));
+    }
     out.retain(|e| !user_env.iter().any(|u| u.name == e.name));
     out.extend(user_env);
     out
+}
+
+/// `spec.delivery.filters` as the worker's `FILTERS`: one JSON array of the patterns.
+/// Patterns that are not JSON are left out here; validation refuses the spec before any
+/// Deployment is written.
+fn filters_env(filters: &[String]) -> Option<String> {
+    if filters.is_empty() {
+        return None;
+    }
+    let patterns: Vec<serde_json::Value> = filters
+        .iter()
+        .filter_map(|f| serde_json::from_str(f).ok())
+        .collect();
+    Some(serde_json::Value::Array(patterns).to_string())
 }
 
 fn default_resources() -> ResourceRequirements {

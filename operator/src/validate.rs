@@ -126,6 +126,9 @@ pub fn validate(app: &KinesisApplication) -> Vec<Invalid> {
             }
         }
     }
+    if let Err(e) = kinesis_worker::pipeline::filter::Filters::parse(&delivery.filters) {
+        out.push(invalid("spec.delivery.filters", e.to_string()));
+    }
     let s = &spec.scaling;
     if s.shards_per_worker < 1 {
         out.push(invalid(

@@ -183,7 +183,7 @@ async fn a_shard_stuck_retrying_does_not_starve_the_others_of_read_ahead() -> Re
     }
     wait_for("shard 0 stuck retrying", DEADLINE, POLL, || async {
         log(&w.proc)
-            .contains("app ProcessRecords failed; retrying the same batch")
+            .contains("app ProcessRecords failed; retrying the failed records")
             .then_some(())
     })
     .await?;

@@ -147,6 +147,29 @@ struct RunArgs {
     /// no limit. Needs --on-failure-destination.
     #[arg(long, env = "MAX_RECORD_AGE_SECONDS", default_value_t = 0)]
     max_record_age_seconds: u64,
+    /// Honour partial batch failures: an app answer with `failed_from` acknowledges the
+    /// records before it, and only the rest is retried (Lambda's ReportBatchItemFailures).
+    /// Off: such an answer fails the whole call.
+    #[arg(long, env = "REPORT_BATCH_ITEM_FAILURES", default_value_t = false)]
+    report_batch_item_failures: bool,
+    /// Only records matching one of these patterns reach the app; the rest count as
+    /// processed. A JSON array of EventBridge-style patterns over partitionKey,
+    /// sequenceNumber, explicitHashKey and data, e.g. '[{"data": {"type": ["click"]}}]'
+    /// (docs/PROCESSOR.md "Filters").
+    #[arg(long, env = "FILTERS")]
+    filters: Option<String>,
+    /// Most records in one ProcessRecords call (1-10000); default: a GetRecords page.
+    #[arg(long, env = "BATCH_SIZE", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch_size: Option<u32>,
+    /// Gather records for up to this long (milliseconds, at most 300000) before calling the
+    /// app, until --batch-size records are there; 0: call with each page as it is read.
+    #[arg(long, env = "BATCHING_WINDOW_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=300_000))]
+    batching_window_ms: u64,
+    /// Lanes per shard (1-10): each batch is split by partition key into this many parts
+    /// delivered at once; per-key order holds, and the app sees concurrent calls for one
+    /// shard (Lambda's ParallelizationFactor).
+    #[arg(long, env = "PARALLELIZATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
+    parallelization_factor: u32,
     /// SQS endpoint override (for the on-failure destination), e.g. a local server.
     #[arg(long, env = "SQS_ENDPOINT")]
     sqs_endpoint: Option<String>,
@@ -358,6 +381,19 @@ async fn run_leases(settings: &AwsSettings, args: LeaseArgs) -> anyhow::Result<(
     Ok(())
 }
 
+/// `--filters`: a JSON array of patterns.
+fn parse_filters(text: Option<&str>) -> anyhow::Result<kinesis_worker::pipeline::filter::Filters> {
+    use kinesis_worker::pipeline::filter::Filters;
+    let Some(text) = text.filter(|t| !t.trim().is_empty()) else {
+        return Ok(Filters::default());
+    };
+    let patterns: Vec<serde_json::Value> = serde_json::from_str(text).with_context(|| {
+        format!("--filters must be a JSON array of patterns, e.g. '[{{\"data\": {{\"type\": [\"click\"]}}}}]', not {text}")
+    })?;
+    let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+    Filters::parse(&patterns).context("--filters")
+}
+
 async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()> {
     let metrics = Metrics::labelled(&[
         ("application", &args.leases.application),
@@ -374,6 +410,7 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
     if let Some(arn) = &args.on_failure_destination {
         kinesis_worker::pipeline::destination::Target::parse(arn)?;
     }
+    let filters = parse_filters(args.filters.as_deref())?;
     let app_address: Address = args.app_address.parse()?;
     let app = App::new(&app_address, metrics.clone())?;
     let (drain, drained) = Drain::new();
@@ -458,6 +495,11 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
         tracing::info!(destination = %arn, max_attempts = args.max_attempts, max_record_age_seconds = args.max_record_age_seconds, "on-failure destination ready");
         pipeline_config.destination = Some(std::sync::Arc::new(destination));
     }
+    pipeline_config.report_batch_item_failures = args.report_batch_item_failures;
+    pipeline_config.filters = filters;
+    pipeline_config.batch_size = args.batch_size.map(|n| n as usize);
+    pipeline_config.batching_window = Duration::from_millis(args.batching_window_ms);
+    pipeline_config.parallelization = args.parallelization_factor as usize;
     pipeline_config.max_buffered_kib = args.max_buffered_mib.saturating_mul(1024);
     pipeline_config.shutdown_call_timeout = config.handoff_timeout / 2;
     pipeline_config.lag = config.lag.clone();

@@ -95,6 +95,14 @@ pub struct Metrics {
     pub destination_errors: Counter,
     /// Failing batches split in halves (bisect on error).
     pub bisections: Counter,
+    /// Records that matched no filter: not sent to the app, counted as processed.
+    pub records_filtered: Counter,
+    /// Answers that acknowledged only part of a batch (`failed_from`).
+    pub partial_batch_failures: Counter,
+    /// Records gathered into one call by the batching window (a histogram of call sizes).
+    pub records_per_call: Histogram,
+    /// Lanes with a call to the app in flight (parallelism within a shard).
+    pub lanes_busy: Gauge,
     /// Shards found gone from the stream (past its retention) and treated as ended.
     pub shards_expired: Counter,
     /// App call latency by RPC.
@@ -153,6 +161,10 @@ impl Metrics {
             records_to_destination: Family::default(),
             destination_errors: Counter::default(),
             bisections: Counter::default(),
+            records_filtered: Counter::default(),
+            partial_batch_failures: Counter::default(),
+            lanes_busy: Gauge::default(),
+            records_per_call: Histogram::new([1.0, 10.0, 100.0, 500.0, 1_000.0, 5_000.0, 10_000.0]),
             shards_expired: Counter::default(),
             app_call_seconds: Family::new_with_constructor(|| Histogram::new(app_buckets())),
             app_call_errors: Family::default(),
@@ -211,6 +223,26 @@ impl Metrics {
             "bisections",
             "Failing batches split in halves before their retry",
             m.bisections.clone(),
+        );
+        r.register(
+            "records_filtered",
+            "Records that matched no filter: not sent to the app, counted as processed",
+            m.records_filtered.clone(),
+        );
+        r.register(
+            "partial_batch_failures",
+            "App answers that acknowledged only the records before failed_from",
+            m.partial_batch_failures.clone(),
+        );
+        r.register(
+            "records_per_call",
+            "Records in each ProcessRecords call that carried records",
+            m.records_per_call.clone(),
+        );
+        r.register(
+            "lanes_busy",
+            "Lanes (parallelism within a shard) with a call to the app in flight",
+            m.lanes_busy.clone(),
         );
         r.register(
             "shards_expired",

@@ -210,7 +210,10 @@ impl v1::record_processor_server::RecordProcessor for Counter {
         }
         // Checkpoint up to the last record whose count is written (here or by the timer).
         let checkpoint = s.checkpoint();
-        Ok(Response::new(v1::ProcessRecordsResponse { checkpoint }))
+        Ok(Response::new(v1::ProcessRecordsResponse {
+            checkpoint,
+            failed_from: None,
+        }))
     }
 
     async fn lease_lost(

@@ -75,6 +75,16 @@ fn every_cross_field_rule_names_the_field_and_the_fix() {
             "stream/NAME",
         ),
         (
+            json!({"delivery": {"filters": ["{\"data\": {\"type\": [\"click\"]}}", "{\"Data\": {}}"]}}),
+            "spec.delivery.filters:",
+            "filter 2: unknown field `Data`",
+        ),
+        (
+            json!({"delivery": {"filters": ["type=click"]}}),
+            "spec.delivery.filters:",
+            "filter 1: not JSON",
+        ),
+        (
             json!({"stream": {}}),
             "spec.stream:",
             "set spec.stream.name",

@@ -14,7 +14,9 @@
 //! (reads of them, default 5), `--clients LIST` (default
 //! `sdk,cbor,json`), `--latency-records N` (default 300); `--callgrind DIR`: instead, one read
 //! of `--records` 100-byte records per client by a worker under valgrind's callgrind.
-//! `--only throughput|memory|latency` runs one part.
+//! `--only throughput|memory|latency|lanes` runs one part. `lanes`: one shard, a slow app
+//! (`--delay-ms 50` per call), `--batch-size 10`, read with 1, 2, 5 and 10 lanes
+//! (`--parallelization-factor`): records/s of each (`--lanes-records N`, default 2000).
 
 use std::time::{Duration, Instant};
 
@@ -334,6 +336,53 @@ async fn latency(n: usize) -> Result<()> {
     p.cleanup().await
 }
 
+/// Parallel lanes against a slow app: one shard holding `n` records of 1,000 keys, an app
+/// that takes 50 ms per call, calls of at most 10 records; each factor reads them all with
+/// a fresh application. The wall time runs from the first record delivered to the last.
+async fn lanes(n: usize) -> Result<()> {
+    let mut p = Pipeline::new(1).await?;
+    p.test_timings = false;
+    put_bulk(&p, n, 100).await?;
+    let app = p.app_with("slow", false, &["--delay-ms", "50"]).await?;
+    let mut base = None;
+    for factor in ["1", "2", "5", "10"] {
+        let application = kinesis_operator_tests::unique_name("lanes");
+        let w = p.worker_for(
+            &application,
+            "bench",
+            &app.address,
+            &["--parallelization-factor", factor, "--batch-size", "10"],
+        )?;
+        wait_for(
+            "first record",
+            Duration::from_secs(120),
+            Duration::from_millis(5),
+            || async { (delivered(&w).await > 0.0).then_some(()) },
+        )
+        .await?;
+        let (t0, d0) = (Instant::now(), delivered(&w).await);
+        wait_for(
+            "all records",
+            Duration::from_secs(600),
+            Duration::from_millis(20),
+            || async { (delivered(&w).await >= n as f64).then_some(()) },
+        )
+        .await?;
+        let rate = (n as f64 - d0) / t0.elapsed().as_secs_f64();
+        let base = *base.get_or_insert(rate);
+        println!(
+            "lanes {factor:>2}: {:.0} records in {:.2} s = {rate:.0} records/s ({:.1}x one lane)",
+            n as f64 - d0,
+            t0.elapsed().as_secs_f64(),
+            rate / base
+        );
+        drop(w);
+        p.env.remove(None, &[&application]).await;
+    }
+    drop(app);
+    p.cleanup().await
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -376,6 +425,9 @@ async fn main() -> Result<()> {
     }
     if run("latency") {
         latency(get("--latency-records", 300)).await?;
+    }
+    if run("lanes") {
+        lanes(get("--lanes-records", 2_000)).await?;
     }
     Ok(())
 }

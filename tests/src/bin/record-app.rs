@@ -4,8 +4,11 @@
 //! ```text
 //! record-app --address unix:///tmp/x.sock [--out records.jsonl] [--fail-first N]
 //!            [--crash-at-batch N] [--checkpoint all|none|first] [--slow-lease-lost-ms N]
-//!            [--fail-shard SHARD] [--delay-ms N] [--poison DATA]
+//!            [--fail-shard SHARD] [--delay-ms N] [--poison DATA] [--fail-from DATA]
 //! ```
+//!
+//! `--fail-from DATA` answers a batch holding a record with that data as a partial batch
+//! failure: the records before it are written out and acknowledged, `failed_from` names it.
 //!
 //! Two calls for the same shard in flight at once break the contract (docs/PROCESSOR.md):
 //! the app prints `overlap <shard> <call> <call in flight>` when it sees one.
@@ -22,6 +25,8 @@ struct RecordApp {
     fail_first: u64,
     /// Fail every call that carries a record with exactly this data (a poison record).
     poison: Option<String>,
+    /// Acknowledge only the records before one with exactly this data (partial failure).
+    fail_from: Option<String>,
     /// Fail every ProcessRecords call with records for this shard (a stuck shard).
     fail_shard: Option<String>,
     crash_at: Option<u64>,
@@ -116,10 +121,18 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
         if n <= self.fail_first {
             return Err(Status::unavailable(format!("failing call {n} on purpose")));
         }
-        let r = r.into_inner();
+        let mut r = r.into_inner();
         if !r.records.is_empty() {
             tokio::time::sleep(self.delay).await;
         }
+        let failed_from = self.fail_from.as_ref().and_then(|p| {
+            let i = r.records.iter().position(|x| x.data == p.as_bytes())?;
+            let failed = r.records.split_off(i);
+            failed.first().map(|f| v1::RecordPosition {
+                sequence_number: f.sequence_number.clone(),
+                sub_sequence_number: f.sub_sequence_number,
+            })
+        });
         let recv = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -167,7 +180,10 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
                 target: Some(v1::checkpoint::Target::AllDelivered(v1::AllDelivered {})),
             }),
         };
-        Ok(Response::new(v1::ProcessRecordsResponse { checkpoint }))
+        Ok(Response::new(v1::ProcessRecordsResponse {
+            checkpoint,
+            failed_from,
+        }))
     }
 
     async fn lease_lost(
@@ -238,6 +254,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         out,
         fail_first: arg(&args, "--fail-first").map_or(Ok(0), |v| v.parse())?,
         poison: arg(&args, "--poison"),
+        fail_from: arg(&args, "--fail-from"),
         fail_shard: arg(&args, "--fail-shard"),
         crash_at: arg(&args, "--crash-at-batch")
             .map(|v| v.parse())

@@ -3,11 +3,14 @@
 //!
 //! # Guarantees
 //! - Per shard one batch is in flight at a time, in shard order, so the records of one
-//!   partition key reach the app in order. The next batch is read meanwhile (prefetch), within
+//!   partition key reach the app in order. With `parallelization` N > 1 a batch is split by
+//!   partition key into up to N lanes called at once; a key always goes to one lane and
+//!   the batch ends when every lane did, so per-key order still holds, and the checkpoint
+//!   is the lanes' low watermark ([`lanes`]). The next batch is read meanwhile (prefetch), within
 //!   a worker-wide byte budget. Shards are processed concurrently; a shard whose delivery
 //!   is retrying holds none of the budget and reads no further ahead, so a stuck shard never
 //!   slows the others (test: `lease_slow_io::a_shard_stuck_retrying…`).
-//! - Calls for one shard never overlap, also across processors: a shard's next processor
+//! - Calls for one shard never overlap (except between lanes), also across processors: a shard's next processor
 //!   (the lease came back) starts only after the previous one's last call (`LeaseLost`,
 //!   `ShutdownRequested`) returned or timed out.
 //! - A batch the app fails is delivered again, with backoff, until the app acknowledges it.
@@ -26,6 +29,8 @@
 
 mod app;
 pub mod destination;
+pub mod filter;
+pub mod lanes;
 pub mod policy;
 pub mod position;
 mod shard;
@@ -79,6 +84,19 @@ pub struct PipelineConfig {
     pub bisect_on_error: bool,
     /// Records older than this (by arrival time) go to the destination, not to the app.
     pub max_record_age: Option<Duration>,
+    /// Honour the app's `failed_from` (partial batch failure): acknowledge the records
+    /// before it and retry from it. Off: such an answer fails the whole call.
+    pub report_batch_item_failures: bool,
+    /// Only records matching one of these reach the app; the others count as processed.
+    pub filters: filter::Filters,
+    /// Most records in one `ProcessRecords` call; `None`: a GetRecords page's worth.
+    pub batch_size: Option<usize>,
+    /// Wait up to this long gathering records for one call (until `batch_size` is reached);
+    /// zero: deliver each page as it is read.
+    pub batching_window: Duration,
+    /// Lanes per shard (1-10): a batch is split by partition key into this many parts
+    /// delivered at once (the app then sees concurrent calls for one shard).
+    pub parallelization: usize,
     /// First retry delay of a failed app call.
     pub retry_base: Duration,
     /// Longest retry delay of a failed app call.
@@ -112,6 +130,11 @@ impl PipelineConfig {
             destination: None,
             bisect_on_error: false,
             max_record_age: None,
+            report_batch_item_failures: false,
+            filters: filter::Filters::default(),
+            batch_size: None,
+            batching_window: Duration::ZERO,
+            parallelization: 1,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
             max_call_bytes: 3 * 1024 * 1024,

@@ -20,7 +20,14 @@ impl Position {
         }
     }
 
-    fn of(checkpoint: &Checkpoint) -> Option<Self> {
+    /// Is this past `checkpoint` (any record is past a checkpoint that is not a position,
+    /// such as `TRIM_HORIZON`)?
+    pub fn is_beyond(&self, checkpoint: &Checkpoint) -> bool {
+        Self::of(checkpoint).is_none_or(|c| *self > c)
+    }
+
+    /// The position a checkpoint names, if it names one.
+    pub(crate) fn of(checkpoint: &Checkpoint) -> Option<Self> {
         match checkpoint {
             Checkpoint::Sequence {
                 sequence,

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::PipelineConfig;
 use super::app::{App, EncodedBatch};
 use super::destination::{About, Reason, message};
+use super::lanes::{Watermark, lane_of};
 use super::policy::{AfterFailure, Plan, Segment};
 use super::position::{Position, Wanted, resolve};
 use crate::backoff::Backoff;
@@ -125,11 +126,54 @@ impl Ledger {
     }
 }
 
+/// Records gathered for delivery by the batching window.
+struct Gathered {
+    records: Vec<UserRecord>,
+    millis_behind_latest: i64,
+    /// The read-ahead budget they hold.
+    tickets: Vec<u64>,
+    /// The shard ended right after them (its children).
+    end: Option<Vec<String>>,
+}
+
 /// How a delivery ended.
 enum Flow {
     Continue,
+    /// A control message (shutdown, hand-over) stopped delivery before the end of the
+    /// records; the rest goes to the next owner.
+    Interrupted,
     /// The lease is gone (lost or revoked).
     Lost,
+}
+
+/// Records the app will not see (filtered out, or taken by the destination) up to and
+/// including `last` count as delivered. They are checkpointed at once only if the app had
+/// nothing acknowledged but not yet checkpointed before them; otherwise the app's next
+/// checkpoint covers them (an app that buffers keeps its say).
+fn pass_over(d: &mut Delivery, last: Position) {
+    let nothing_pending = d
+        .delivered
+        .as_ref()
+        .is_none_or(|p| p.checkpoint() == d.floor());
+    d.delivered = Some(last.clone());
+    if nothing_pending {
+        d.wanted = Some(last);
+    }
+}
+
+/// The position of a record; `None` (logged) for a malformed sequence number, which Kinesis
+/// never sends: there is nothing to checkpoint against then.
+fn position_of(shard: &str, r: &UserRecord) -> Option<Position> {
+    match SequenceNumber::parse(&r.sequence_number) {
+        Ok(sequence) => Some(Position {
+            sequence,
+            sub_sequence: r.sub_sequence_number,
+        }),
+        Err(e) => {
+            tracing::error!(shard = %shard, error = %e, "record with a malformed sequence number");
+            None
+        }
+    }
 }
 
 pub(crate) struct ShardTask {
@@ -160,6 +204,43 @@ struct Delivery {
     fencing: (String, u64),
     /// This shard's share of the read-ahead budget.
     ledger: Arc<Ledger>,
+    /// With more than one lane (parallelism within the shard): what each lane did.
+    lanes: Option<Lanes>,
+}
+
+/// The lanes of a shard delivered in parallel: the shard's `delivered` and `wanted` are the
+/// low watermarks of its lanes'.
+struct Lanes {
+    delivered: Watermark,
+    wanted: Watermark,
+    /// Per lane: the last record it delivered.
+    each: Vec<Option<Position>>,
+}
+
+impl Lanes {
+    fn new(n: usize) -> Self {
+        Self {
+            delivered: Watermark::new(n),
+            wanted: Watermark::new(n),
+            each: vec![None; n],
+        }
+    }
+}
+
+/// Counts a lane busy while it lives.
+struct Busy<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> Busy<'a> {
+    fn new(g: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Delivery {
@@ -218,19 +299,25 @@ fn now_ms() -> i64 {
 }
 
 /// Splits a batch into calls of at most `max_bytes` of record data (at least one record
-/// each), keeping the order.
-fn chunks(mut records: Vec<UserRecord>, max_bytes: usize) -> Vec<Vec<UserRecord>> {
+/// each) and at most `max_records` records, keeping the order.
+fn chunks(
+    mut records: Vec<UserRecord>,
+    max_bytes: usize,
+    max_records: Option<usize>,
+) -> Vec<Vec<UserRecord>> {
+    let max_records = max_records.unwrap_or(usize::MAX).max(1);
     // Where each chunk starts; then split from the back, so that a page that fits in one
     // call (the usual case) is not moved at all.
     let mut starts = Vec::new();
-    let mut bytes = 0;
+    let (mut bytes, mut count) = (0, 0);
     for (i, r) in records.iter().enumerate() {
         let size = r.data.len() + r.partition_key.len() + 64;
-        if i > 0 && bytes + size > max_bytes {
+        if i > 0 && (bytes + size > max_bytes || count == max_records) {
             starts.push(i);
-            bytes = 0;
+            (bytes, count) = (0, 0);
         }
         bytes += size;
+        count += 1;
     }
     let mut out = Vec::with_capacity(starts.len() + 1);
     for &start in starts.iter().rev() {
@@ -400,6 +487,8 @@ impl ShardTask {
             deferred: None,
             fencing: self.lease.fencing_token().await,
             ledger: Arc::new(Ledger::new()),
+            lanes: (self.config.parallelization > 1)
+                .then(|| Lanes::new(self.config.parallelization)),
         };
         if self.lease.checkpoint == Checkpoint::Latest
             && !self.pin_latest(&mut d, &mut control).await
@@ -445,14 +534,24 @@ impl ShardTask {
                 }
                 item = rx.recv() => match item {
                     Some(Item::Records { records, millis_behind_latest, ticket }) => {
-                        last_call = Instant::now();
-                        let flow = self.deliver(&mut d, records, millis_behind_latest, &mut control).await;
-                        d.ledger.release(ticket);
-                        if let Flow::Lost = flow {
-                            return self.finish_lost(&mut d, true).await;
+                        let mut batch = Gathered { records, millis_behind_latest, tickets: vec![ticket], end: None };
+                        self.gather(&mut d, &mut batch, &mut rx, &mut control).await;
+                        if d.deferred.is_none() {
+                            last_call = Instant::now();
+                            let records = std::mem::take(&mut batch.records);
+                            let flow = self.deliver(&mut d, records, batch.millis_behind_latest, &mut control).await;
+                            if let Flow::Lost = flow {
+                                return self.finish_lost(&mut d, true).await;
+                            }
+                        }
+                        for t in &batch.tickets {
+                            d.ledger.release(*t);
                         }
                         if let Flow::Lost = self.flush(&mut d, false).await {
                             return self.finish_lost(&mut d, true).await;
+                        }
+                        if let (Some(children), None) = (batch.end, &d.deferred) {
+                            return self.finish_end(&mut d, children, &mut control).await;
                         }
                     }
                     Some(Item::End { children }) => return self.finish_end(&mut d, children, &mut control).await,
@@ -472,6 +571,47 @@ impl ShardTask {
                         return self.finish_lost(&mut d, true).await;
                     }
                 }
+            }
+        }
+    }
+
+    /// The batching window: adds the pages read within `batching_window` of the first to
+    /// `batch`, until it holds `batch_size` records, the shard ends, or a control message
+    /// comes (kept in `d.deferred`; then nothing is delivered and the next owner reads these
+    /// records again).
+    async fn gather(
+        &self,
+        d: &mut Delivery,
+        batch: &mut Gathered,
+        rx: &mut mpsc::Receiver<Item>,
+        control: &mut mpsc::Receiver<Control>,
+    ) {
+        if self.config.batching_window.is_zero() {
+            return;
+        }
+        let until = Instant::now() + self.config.batching_window;
+        let enough = self.config.batch_size.unwrap_or(usize::MAX);
+        while batch.records.len() < enough {
+            tokio::select! {
+                biased;
+                c = control.recv() => {
+                    d.deferred = Some(c.unwrap_or(Control::Lost));
+                    return;
+                }
+                item = rx.recv() => match item {
+                    Some(Item::Records { records, millis_behind_latest, ticket }) => {
+                        batch.records.extend(records);
+                        batch.millis_behind_latest = millis_behind_latest;
+                        batch.tickets.push(ticket);
+                    }
+                    Some(Item::End { children }) => {
+                        batch.end = Some(children);
+                        return;
+                    }
+                    // The reader stopped: the main loop sees it next.
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(until) => return,
             }
         }
     }
@@ -570,21 +710,199 @@ impl ShardTask {
         millis_behind_latest: i64,
         control: &mut mpsc::Receiver<Control>,
     ) -> Flow {
-        for chunk in chunks(records, self.config.max_call_bytes) {
-            if let Flow::Lost = self
+        if d.lanes.is_some() {
+            return self
+                .deliver_lanes(d, records, millis_behind_latest, control)
+                .await;
+        }
+        let Some((records, filtered_tail)) = self.filter(d, records) else {
+            return Flow::Lost;
+        };
+        let chunks = chunks(records, self.config.max_call_bytes, self.config.batch_size);
+        for chunk in chunks {
+            match self
                 .deliver_call(d, chunk, millis_behind_latest, control)
                 .await
             {
-                return Flow::Lost;
+                Flow::Lost => return Flow::Lost,
+                Flow::Interrupted => return Flow::Continue,
+                Flow::Continue => {}
             }
             if d.deferred.is_some() {
                 return Flow::Continue;
             }
         }
+        if let Some(last) = filtered_tail {
+            pass_over(d, last);
+        }
         Flow::Continue
     }
 
-    /// One call's worth of records, following the failure policy ([`Plan`]).
+    /// Delivers a batch in lanes (parallelism within the shard): split by partition key, the
+    /// lanes' calls run at once, each lane following the filters and the failure policy as a
+    /// shard would; the batch is done when every lane is. Then the shard's `delivered` and
+    /// `wanted` move to the low watermarks of the lanes'.
+    async fn deliver_lanes(
+        &self,
+        d: &mut Delivery,
+        records: Vec<UserRecord>,
+        millis_behind_latest: i64,
+        control: &mut mpsc::Receiver<Control>,
+    ) -> Flow {
+        let Some(mut lanes) = d.lanes.take() else {
+            return Flow::Continue;
+        };
+        let n = lanes.each.len();
+        // A checkpoint asked for at the shard level (an idle call's or a shutdown's answer)
+        // confirms every lane up to it.
+        if let Some(floor) = Position::of(&d.floor()) {
+            for i in 0..n {
+                lanes.wanted.confirm(i, &floor);
+            }
+        }
+        let mut split: Vec<Vec<UserRecord>> = vec![Vec::new(); n];
+        let mut filtered = 0u64;
+        for r in records {
+            let Some(p) = position_of(&d.shard, &r) else {
+                d.lanes = Some(lanes);
+                return Flow::Lost;
+            };
+            let lane = self
+                .config
+                .filters
+                .matches(&r)
+                .then(|| lane_of(&r.partition_key, n));
+            lanes.delivered.add(p.clone(), lane);
+            lanes.wanted.add(p, lane);
+            match lane {
+                Some(l) => split[l].push(r),
+                None => filtered += 1,
+            }
+        }
+        self.metrics.records_filtered.inc_by(filtered);
+        let mut senders = Vec::new();
+        let mut runs = Vec::new();
+        for (i, records) in split.into_iter().enumerate() {
+            if records.is_empty() {
+                continue;
+            }
+            let (tx, mut rx) = mpsc::channel(2);
+            senders.push(tx);
+            // The lane's floor is the shard's: this batch's records all lie beyond it.
+            let mut ld = Delivery {
+                shard: d.shard.clone(),
+                committed: d.floor(),
+                wanted: None,
+                delivered: lanes.each[i].clone(),
+                last_write: None,
+                deferred: None,
+                fencing: d.fencing.clone(),
+                ledger: d.ledger.clone(),
+                lanes: None,
+            };
+            runs.push(async move {
+                let _busy = Busy::new(&self.metrics.lanes_busy);
+                let mut flow = Flow::Continue;
+                for chunk in chunks(records, self.config.max_call_bytes, self.config.batch_size) {
+                    flow = self
+                        .deliver_call(&mut ld, chunk, millis_behind_latest, &mut rx)
+                        .await;
+                    if !matches!(flow, Flow::Continue) {
+                        break;
+                    }
+                    if ld.deferred.is_some() {
+                        flow = Flow::Interrupted;
+                        break;
+                    }
+                }
+                (i, ld, flow)
+            });
+        }
+        let all = futures_util::future::join_all(runs);
+        tokio::pin!(all);
+        let done = loop {
+            tokio::select! {
+                done = &mut all => break done,
+                c = control.recv(), if d.deferred.is_none() => {
+                    let c = c.unwrap_or(Control::Lost);
+                    if let Control::Shutdown { reason, deadline, .. } = &c {
+                        // Every lane finishes its call in flight, then stops.
+                        for tx in &senders {
+                            let _ = tx.try_send(Control::Shutdown {
+                                done: oneshot::channel().0,
+                                reason: *reason,
+                                deadline: *deadline,
+                            });
+                        }
+                    } else {
+                        // Cancels every lane's call: the new owner gets these records again.
+                        d.deferred = Some(c);
+                        d.lanes = Some(lanes);
+                        return Flow::Lost;
+                    }
+                    d.deferred = Some(c);
+                }
+            }
+        };
+        let mut lost = false;
+        for (i, ld, flow) in done {
+            lost |= matches!(flow, Flow::Lost);
+            if let Some(p) = &ld.delivered {
+                lanes.delivered.confirm(i, p);
+            }
+            if let Some(p) = &ld.wanted {
+                lanes.wanted.confirm(i, p);
+            }
+            lanes.each[i] = ld.delivered;
+        }
+        if let Some(p) = lanes.delivered.mark()
+            && d.delivered.as_ref().is_none_or(|x| p > *x)
+        {
+            d.delivered = Some(p);
+        }
+        if let Some(p) = lanes.wanted.mark()
+            && p.is_beyond(&d.floor())
+        {
+            d.wanted = Some(p);
+        }
+        d.lanes = Some(lanes);
+        if lost { Flow::Lost } else { Flow::Continue }
+    }
+
+    /// Drops the records that match no filter (counted in `records_filtered_total`). Also
+    /// returns the last record's position when it was dropped: once the app has its part,
+    /// everything up to there counts as delivered. `None` for a malformed sequence number.
+    fn filter(
+        &self,
+        d: &Delivery,
+        records: Vec<UserRecord>,
+    ) -> Option<(Vec<UserRecord>, Option<Position>)> {
+        if self.config.filters.is_empty() {
+            return Some((records, None));
+        }
+        let Some(last) = records.last() else {
+            return Some((records, None));
+        };
+        let last = position_of(&d.shard, last)?;
+        let before = records.len();
+        let kept: Vec<UserRecord> = records
+            .into_iter()
+            .filter(|r| self.config.filters.matches(r))
+            .collect();
+        self.metrics
+            .records_filtered
+            .inc_by((before - kept.len()) as u64);
+        let tail_dropped = kept.last().is_none_or(|k| {
+            k.sequence_number != last.sequence.as_str()
+                || k.sub_sequence_number != last.sub_sequence
+        });
+        Some((kept, tail_dropped.then_some(last)))
+    }
+
+    /// One call's worth of records, delivered as the failure policy ([`Plan`]) says: each
+    /// part retried until the app acknowledges it, or (with a destination) until the policy
+    /// hands it to the destination. `Flow::Interrupted` when a control message stops it
+    /// before the end.
     async fn deliver_call(
         &self,
         d: &mut Delivery,
@@ -593,9 +911,11 @@ impl ShardTask {
         control: &mut mpsc::Receiver<Control>,
     ) -> Flow {
         let policy = self.config.failure_policy();
+        let partial = self.config.report_batch_item_failures;
         // The records are kept (cloned into each call) only when a policy may need them
-        // again: a part of them (bisect), or their contents (destination, record age).
-        let keep = policy.destination || policy.bisect;
+        // again: a part of them (bisect, partial failure), or their contents (destination,
+        // record age).
+        let keep = policy.destination || policy.bisect || partial;
         let Some(tail) = chunk.len().checked_sub(1) else {
             return Flow::Continue;
         };
@@ -603,16 +923,9 @@ impl ShardTask {
         let from = if keep { 0 } else { tail };
         let mut positions = Vec::with_capacity(chunk.len() - from);
         for r in &chunk[from..] {
-            match SequenceNumber::parse(&r.sequence_number) {
-                Ok(sequence) => positions.push(Position {
-                    sequence,
-                    sub_sequence: r.sub_sequence_number,
-                }),
-                Err(e) => {
-                    // Kinesis never sends this; nothing to checkpoint against if it did.
-                    tracing::error!(shard = %d.shard, error = %e, "record with a malformed sequence number");
-                    return Flow::Lost;
-                }
+            match position_of(&d.shard, r) {
+                Some(p) => positions.push(p),
+                None => return Flow::Lost,
             }
         }
         let len = chunk.len();
@@ -620,12 +933,15 @@ impl ShardTask {
         let mut plan = Plan::new(len, policy);
         let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
         while let Some(seg) = plan.next() {
-            let last = if keep {
-                positions.get(seg.end - 1).cloned()
-            } else {
-                positions.last().cloned()
+            // The position of the record at `i` (an index into the batch).
+            let at = |i: usize| {
+                if keep {
+                    positions.get(i).cloned()
+                } else {
+                    positions.last().cloned()
+                }
             };
-            let Some(last) = last else {
+            let Some(last) = at(seg.end - 1) else {
                 return Flow::Continue;
             };
             if !self.lease.is_valid() {
@@ -676,8 +992,9 @@ impl ShardTask {
                 lease_owner: d.fencing.0.clone(),
                 lease_counter: d.fencing.1,
             });
+            self.metrics.records_per_call.observe(count as f64);
             let mut seg = seg;
-            let answer = loop {
+            loop {
                 if !self.lease.is_valid() {
                     return Flow::Lost;
                 }
@@ -696,73 +1013,130 @@ impl ShardTask {
                         }
                     }
                 };
-                match res {
-                    Ok(resp) => {
+                // How many records of the segment the app acknowledged, and why not the rest.
+                let (acked, error) = match res {
+                    Ok(resp) => match resp.failed_from {
+                        None => {
+                            d.ledger.unstall();
+                            backoff.reset();
+                            plan.acked();
+                            d.delivered = Some(last);
+                            self.metrics.records_delivered.inc_by(count);
+                            self.metrics.bytes_delivered.inc_by(bytes);
+                            self.metrics.batches_delivered.inc();
+                            self.want(d, &wanted_of(resp.checkpoint));
+                            break;
+                        }
+                        Some(failed) => {
+                            self.metrics.partial_batch_failures.inc();
+                            let (n, why) = self.partly(d, &failed, &positions, seg, partial);
+                            if n > 0 {
+                                let bytes: u64 = records[seg.start..seg.start + n]
+                                    .iter()
+                                    .map(|r| r.data.len() as u64)
+                                    .sum();
+                                d.delivered = at(seg.start + n - 1);
+                                self.metrics.records_delivered.inc_by(n as u64);
+                                self.metrics.bytes_delivered.inc_by(bytes);
+                                self.want(d, &wanted_of(resp.checkpoint));
+                            }
+                            (n, (why, None))
+                        }
+                    },
+                    Err(e) => (0, (e.message().to_string(), Some(e.code()))),
+                };
+                let (error, code) = error;
+                // A stuck shard holds none of the read-ahead budget.
+                d.ledger.stall();
+                self.metrics.batch_retries.inc();
+                let after = plan.partly_acked(acked);
+                let attempts = seg.failures + 1;
+                match after {
+                    AfterFailure::Destine(given_up) => {
                         d.ledger.unstall();
-                        backoff.reset();
-                        plan.acked();
-                        break Some(resp);
-                    }
-                    Err(e) => {
-                        // A stuck shard holds none of the read-ahead budget.
-                        d.ledger.stall();
-                        self.metrics.batch_retries.inc();
-                        let after = plan.failed();
-                        let attempts = seg.failures + 1;
-                        match after {
-                            AfterFailure::Destine(given_up) => {
-                                d.ledger.unstall();
-                                tracing::error!(shard = %d.shard, error = %e.message(), code = ?e.code(), attempts, records = count, first = %first, last = %last.sequence.as_str(), destination = self.config.destination.as_ref().map_or("", |x| x.arn()), "batch failed max attempts: sending it to the on-failure destination");
-                                let reason = Reason::AttemptsExhausted;
-                                let error = Some(format!("{:?}: {}", e.code(), e.message()));
-                                if let Flow::Lost = self
-                                    .destine(
-                                        d, &records, &positions, given_up, reason, error, control,
-                                    )
-                                    .await
-                                {
-                                    return Flow::Lost;
-                                }
-                                break None;
-                            }
-                            AfterFailure::Bisected => {
-                                self.metrics.bisections.inc();
-                                tracing::warn!(shard = %d.shard, error = %e.message(), code = ?e.code(), attempt = attempts, records = count, "app ProcessRecords failed; bisecting the batch");
-                            }
-                            AfterFailure::Retry => {
-                                tracing::warn!(shard = %d.shard, error = %e.message(), code = ?e.code(), attempt = attempts, "app ProcessRecords failed; retrying the same batch");
-                            }
-                        }
-                        let delay = backoff.next_delay();
-                        if d.deferred.is_some() {
-                            // Shutting down: the next owner retries these records.
-                            return Flow::Continue;
-                        }
-                        if !self.pause(d, delay, control).await {
+                        tracing::error!(shard = %d.shard, error = %error, code = ?code, attempts, records = given_up.len(), first = %first, destination = self.config.destination.as_ref().map_or("", |x| x.arn()), "records failed max attempts: sending them to the on-failure destination");
+                        let reason = Reason::AttemptsExhausted;
+                        let error = Some(match code {
+                            Some(code) => format!("{code:?}: {error}"),
+                            None => error,
+                        });
+                        if let Flow::Lost = self
+                            .destine(d, &records, &positions, given_up, reason, error, control)
+                            .await
+                        {
                             return Flow::Lost;
                         }
-                        match (after, plan.next()) {
-                            (AfterFailure::Retry, Some(next)) => seg = next,
-                            // Split: the halves are encoded anew.
-                            _ => break None,
-                        }
+                        break;
+                    }
+                    AfterFailure::Bisected => {
+                        self.metrics.bisections.inc();
+                        tracing::warn!(shard = %d.shard, error = %error, code = ?code, attempt = attempts, records = count - acked as u64, "app ProcessRecords failed; bisecting the batch");
+                    }
+                    AfterFailure::Retry => {
+                        tracing::warn!(shard = %d.shard, error = %error, code = ?code, attempt = attempts, acknowledged = acked, "app ProcessRecords failed; retrying the failed records");
                     }
                 }
-            };
-            let Some(answer) = answer else {
-                continue;
-            };
-            d.delivered = Some(last);
-            self.metrics.records_delivered.inc_by(count);
-            self.metrics.bytes_delivered.inc_by(bytes);
-            self.metrics.batches_delivered.inc();
-            self.want(d, &wanted_of(answer.checkpoint));
+                let delay = backoff.next_delay();
+                if d.deferred.is_some() {
+                    // Shutting down: the next owner retries these records.
+                    return Flow::Interrupted;
+                }
+                if !self.pause(d, delay, control).await {
+                    return Flow::Lost;
+                }
+                match (after, plan.next()) {
+                    // The very same records: the same bytes go again.
+                    (AfterFailure::Retry, Some(next))
+                        if (next.start, next.end) == (seg.start, seg.end) =>
+                    {
+                        seg = next
+                    }
+                    // Split, or acknowledged in part: what is left is encoded anew.
+                    _ => break,
+                }
+            }
             if d.deferred.is_some() && plan.next().is_some() {
                 // The rest goes to the next owner.
-                return Flow::Continue;
+                return Flow::Interrupted;
             }
         }
         Flow::Continue
+    }
+
+    /// Reads a partial batch failure: how many records of `seg` the app acknowledged (those
+    /// before `failed`), and the error to report. Zero (the whole call failed) when partial
+    /// failures are off, or `failed` is not a record of the segment.
+    fn partly(
+        &self,
+        d: &Delivery,
+        failed: &v1::RecordPosition,
+        positions: &[Position],
+        seg: Segment,
+        enabled: bool,
+    ) -> (usize, String) {
+        let named = format!("{}/{}", failed.sequence_number, failed.sub_sequence_number);
+        if !enabled {
+            tracing::error!(shard = %d.shard, failed_from = %named, "the app reported a partial batch failure, but --report-batch-item-failures (spec.delivery.reportBatchItemFailures) is off: the whole batch counts as failed");
+            return (0, format!("failed from {named} (partial failures off)"));
+        }
+        let found = SequenceNumber::parse(&failed.sequence_number)
+            .ok()
+            .map(|sequence| Position {
+                sequence,
+                sub_sequence: failed.sub_sequence_number,
+            })
+            .and_then(|p| {
+                positions
+                    .get(seg.start..seg.end)
+                    .and_then(|s| s.iter().position(|x| *x == p))
+            });
+        match found {
+            Some(n) => (n, format!("the app failed the batch from record {named}")),
+            None => {
+                tracing::error!(shard = %d.shard, failed_from = %named, "the app's failed_from names no record of the batch: the whole batch counts as failed");
+                (0, format!("failed_from {named} is not in the batch"))
+            }
+        }
     }
 
     /// Sends records `seg` to the on-failure destination, retrying until it takes them;
@@ -821,14 +1195,7 @@ impl ShardTask {
             })
             .inc_by(seg.len() as u64);
         tracing::warn!(shard = %d.shard, records = seg.len(), reason = reason.label(), destination = destination.arn(), "records sent to the on-failure destination");
-        let nothing_pending = d
-            .delivered
-            .as_ref()
-            .is_none_or(|p| p.checkpoint() == d.floor());
-        d.delivered = Some(last.clone());
-        if nothing_pending {
-            d.wanted = Some(last.clone());
-        }
+        pass_over(d, last.clone());
         Flow::Continue
     }
 
@@ -1042,7 +1409,7 @@ mod tests {
     #[test]
     fn chunks_keep_order_and_the_byte_bound() {
         let records: Vec<_> = (0..100).map(|i| rec(i, 1000)).collect();
-        let out = chunks(records, 10_000);
+        let out = chunks(records, 10_000, None);
         assert!(out.len() > 1);
         let flat: Vec<String> = out
             .iter()
@@ -1056,8 +1423,15 @@ mod tests {
             assert!(size <= 10_000, "{size}");
         }
         // A record larger than the bound travels alone.
-        let out = chunks(vec![rec(1, 50_000), rec(2, 10)], 10_000);
+        let out = chunks(vec![rec(1, 50_000), rec(2, 10)], 10_000, None);
         assert_eq!(out.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1]);
-        assert!(chunks(Vec::new(), 10).is_empty());
+        assert!(chunks(Vec::new(), 10, None).is_empty());
+        // A record limit (batch size) as well.
+        let records: Vec<_> = (0..25).map(|i| rec(i, 10)).collect();
+        let out = chunks(records, 10_000, Some(10));
+        assert_eq!(
+            out.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![10, 10, 5]
+        );
     }
 }

@@ -1,0 +1,175 @@
+//! Parallelism within a shard (Lambda's `ParallelizationFactor`): a batch is split by
+//! partition key into up to N lanes delivered at once, and the shard's checkpoint is the low
+//! watermark of what every lane finished. Pure: the shard task splits with [`lane_of`] and
+//! asks a [`Watermark`] how far it may checkpoint.
+//!
+//! # Guarantees
+//! - All records of one partition key go to one lane, in shard order, and a batch's lanes
+//!   all finish before the next batch starts: per-key order holds (unit test
+//!   `keys_keep_their_lane`; `pipeline_delivery::parallel_lanes_…`).
+//! - [`Watermark::mark`] never passes a record its lane has not confirmed: the checkpoint is
+//!   the last record before the first unconfirmed one, in shard order (proptest
+//!   `the_mark_never_passes_an_unconfirmed_record`).
+
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+
+use super::position::Position;
+
+/// Most lanes per shard (Lambda's limit).
+pub const MAX_LANES: usize = 10;
+
+/// The lane (`0..lanes`) of a partition key: the same key, the same lane.
+pub fn lane_of(partition_key: &str, lanes: usize) -> usize {
+    if lanes <= 1 {
+        return 0;
+    }
+    // SipHash with fixed keys: stable within the process, which is all a batch needs (its
+    // lanes all finish before the next batch is split).
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    partition_key.hash(&mut h);
+    (h.finish() % lanes as u64) as usize
+}
+
+/// How far a shard delivered in lanes may move: every record read, in shard order, with the
+/// lane that has it; a lane confirms its records in its own order.
+#[derive(Debug, Clone, Default)]
+pub struct Watermark {
+    /// Every record added since the last mark (the mark itself first), in shard order.
+    seen: VecDeque<Position>,
+    /// Per lane: its records not confirmed yet, in order.
+    open: Vec<VecDeque<Position>>,
+}
+
+impl Watermark {
+    /// A watermark over `lanes` lanes.
+    pub fn new(lanes: usize) -> Self {
+        Self {
+            seen: VecDeque::new(),
+            open: vec![VecDeque::new(); lanes.max(1)],
+        }
+    }
+
+    /// A record read, in shard order; `lane: None` for one no lane gets (filtered out): it
+    /// counts as confirmed.
+    pub fn add(&mut self, p: Position, lane: Option<usize>) {
+        if let Some(l) = lane.and_then(|l| self.open.get_mut(l)) {
+            l.push_back(p.clone());
+        }
+        self.seen.push_back(p);
+    }
+
+    /// Lane `lane` confirmed its records up to and including `upto`.
+    pub fn confirm(&mut self, lane: usize, upto: &Position) {
+        if let Some(l) = self.open.get_mut(lane) {
+            while l.front().is_some_and(|p| p <= upto) {
+                l.pop_front();
+            }
+        }
+    }
+
+    /// The furthest record such that it and every record before it are confirmed; `None`
+    /// while the first record added is not.
+    pub fn mark(&mut self) -> Option<Position> {
+        let first_open = self.open.iter().filter_map(VecDeque::front).min().cloned();
+        let mark = match first_open {
+            None => self.seen.back().cloned(),
+            Some(open) => {
+                let before = self.seen.partition_point(|p| *p < open);
+                before
+                    .checked_sub(1)
+                    .and_then(|i| self.seen.get(i).cloned())
+            }
+        }?;
+        while self.seen.front().is_some_and(|p| *p < mark) {
+            self.seen.pop_front();
+        }
+        Some(mark)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::checkpoint::SequenceNumber;
+    use proptest::prelude::*;
+
+    fn pos(n: u64) -> Position {
+        Position {
+            sequence: SequenceNumber::parse(&(1000 + n).to_string())
+                .unwrap_or_else(|e| panic!("{e}")),
+            sub_sequence: 0,
+        }
+    }
+
+    #[test]
+    fn keys_keep_their_lane() {
+        for lanes in 1..=MAX_LANES {
+            for k in 0..200 {
+                let key = format!("key-{k}");
+                let l = lane_of(&key, lanes);
+                assert!(l < lanes);
+                assert_eq!(l, lane_of(&key, lanes));
+            }
+        }
+        // 200 keys spread over every one of 4 lanes.
+        let used: std::collections::BTreeSet<usize> =
+            (0..200).map(|k| lane_of(&format!("key-{k}"), 4)).collect();
+        assert_eq!(used.len(), 4);
+    }
+
+    #[test]
+    fn the_mark_is_the_low_watermark_of_the_lanes() {
+        let mut w = Watermark::new(2);
+        w.add(pos(1), Some(0));
+        w.add(pos(2), Some(1));
+        w.add(pos(3), None); // filtered out
+        w.add(pos(4), Some(0));
+        assert_eq!(w.mark(), None, "nothing confirmed");
+        w.confirm(1, &pos(2));
+        assert_eq!(w.mark(), None, "record 1 is still open");
+        w.confirm(0, &pos(1));
+        assert_eq!(
+            w.mark(),
+            Some(pos(3)),
+            "through the filtered record, not past 4"
+        );
+        w.confirm(0, &pos(4));
+        assert_eq!(w.mark(), Some(pos(4)));
+        assert_eq!(w.mark(), Some(pos(4)), "no new records: the same mark");
+    }
+
+    proptest! {
+        #[test]
+        fn the_mark_never_passes_an_unconfirmed_record(
+            lanes_of in proptest::collection::vec(proptest::option::of(0usize..3), 1..60),
+            confirms in proptest::collection::vec((0usize..3, 0u64..60), 0..40),
+        ) {
+            let mut w = Watermark::new(3);
+            for (i, l) in lanes_of.iter().enumerate() {
+                w.add(pos(i as u64), *l);
+            }
+            // What each lane confirmed, as the furthest index.
+            let mut confirmed = [None::<u64>; 3];
+            let mut last_mark = None;
+            for (lane, upto) in confirms {
+                w.confirm(lane, &pos(upto));
+                confirmed[lane] = confirmed[lane].max(Some(upto));
+                let mark = w.mark();
+                if let Some(m) = &mark {
+                    // Every record up to the mark is confirmed (or in no lane).
+                    for (i, l) in lanes_of.iter().enumerate() {
+                        if pos(i as u64) > *m { break; }
+                        if let Some(l) = l {
+                            prop_assert!(confirmed[*l].is_some_and(|c| c >= i as u64),
+                                "record {} of lane {} passed unconfirmed", i, l);
+                        }
+                    }
+                }
+                // It never moves back.
+                prop_assert!(mark >= last_mark);
+                last_mark = mark;
+            }
+        }
+    }
+}
