@@ -460,7 +460,12 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
         report.max_lag_ms.unwrap_or(0),
     );
     for note in report.notes {
-        event(ctx, app, EventType::Normal, note.reason, note.text).await;
+        let type_ = if note.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        event(ctx, app, type_, note.reason, note.text).await;
     }
     Ok(Action::requeue(resync_after(
         ctx.resync,

@@ -130,6 +130,8 @@ pub struct Note {
     pub reason: &'static str,
     /// The Event's note.
     pub text: String,
+    /// A Warning Event (something needs the user), else Normal.
+    pub warning: bool,
 }
 
 /// What a healthy reconcile reports.
@@ -141,6 +143,26 @@ pub struct Report {
     pub notes: Vec<Note>,
     /// The largest lag of any shard (for the metrics).
     pub max_lag_ms: Option<i64>,
+}
+
+/// The `DeliveryStalled` message: which shards wait for the on-failure destination (at most
+/// five named), and what to check.
+fn stalled_message(stalled: &[&str]) -> String {
+    if stalled.is_empty() {
+        return "no shard waits for the on-failure destination".into();
+    }
+    let named: Vec<&str> = stalled.iter().take(5).copied().collect();
+    let more = stalled.len().saturating_sub(named.len());
+    format!(
+        "{} shard(s) wait for the on-failure destination, which refuses their records: {}{}; the workers retry and do not move past them (check spec.delivery.onFailureDestination exists and the pods' role may sqs:SendMessage / kinesis:PutRecord to it; kinesis_worker_destination_errors_total)",
+        stalled.len(),
+        named.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )
 }
 
 /// The status of a healthy reconcile (stream and table reachable, Deployment applied) and
@@ -170,6 +192,11 @@ pub fn healthy_status(
         .map(|snap| kinesis_worker::status::shard_views(shards, snap))
         .unwrap_or_default();
     let report = shard_report(&views, shards, SHARD_STATUS_LIMIT);
+    let stalled: Vec<&str> = views
+        .iter()
+        .filter(|v| v.stalled)
+        .map(|v| v.shard_id.as_str())
+        .collect();
     status.shard_status = report.listed;
     status.shard_status_omitted = (report.omitted > 0).then_some(report.omitted as i32);
     status.max_lag = report.max_lag_ms.map(human_lag);
@@ -237,13 +264,38 @@ pub fn healthy_status(
         generation,
     );
 
+    let was_stalled = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "DeliveryStalled" && c.status == "True");
+    set_condition(
+        &mut status.conditions,
+        "DeliveryStalled",
+        !stalled.is_empty(),
+        if stalled.is_empty() {
+            "Delivering"
+        } else {
+            "DestinationFailing"
+        },
+        stalled_message(&stalled),
+        generation,
+    );
+
     let mut notes = Vec::new();
+    if !stalled.is_empty() && !was_stalled {
+        notes.push(Note {
+            reason: "DestinationFailing",
+            text: stalled_message(&stalled),
+            warning: true,
+        });
+    }
     if let Some(before) = previous.shards.as_ref().map(|s| s.open)
         && before != open
     {
         notes.push(Note {
             reason: "Resharded",
             text: format!("open shards {before} → {open}"),
+            warning: false,
         });
     }
     if let Some(before) = previous_workers
@@ -255,6 +307,7 @@ pub fn healthy_status(
                 "workers {before} → {desired} ({open} open shards, shardsPerWorker {})",
                 app.spec.scaling.shards_per_worker
             ),
+            warning: false,
         });
     }
     Report {

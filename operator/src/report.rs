@@ -88,6 +88,7 @@ mod tests {
             owner: owner.map(String::from),
             checkpoint: Some(Checkpoint::TrimHorizon),
             lag_ms: lag,
+            stalled: false,
             state,
         }
     }

@@ -250,6 +250,7 @@ async fn finished_parents_and_dead_workers_heartbeats_are_removed() -> Result<()
         draining: false,
         lag: Default::default(),
         coordination: None,
+        stalled: Default::default(),
     })
     .await?;
 

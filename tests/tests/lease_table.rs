@@ -265,6 +265,7 @@ async fn heartbeats_are_items_of_their_own() -> Result<()> {
         draining: false,
         lag: Default::default(),
         coordination: None,
+        stalled: Default::default(),
     })
     .await?;
     t.heartbeat(&Heartbeat {
@@ -273,6 +274,7 @@ async fn heartbeats_are_items_of_their_own() -> Result<()> {
         draining: true,
         lag: [("shardId-000000000001".to_string(), 1500)].into(),
         coordination: Some("peer".into()),
+        stalled: ["shardId-000000000001".to_string()].into(),
     })
     .await?;
     let snap = t.scan().await?;
@@ -285,6 +287,7 @@ async fn heartbeats_are_items_of_their_own() -> Result<()> {
             draining: true,
             lag: [("shardId-000000000001".to_string(), 1500)].into(),
             coordination: Some("peer".into()),
+            stalled: ["shardId-000000000001".to_string()].into(),
         }]
     );
     t.remove_heartbeat("pod-a").await?;

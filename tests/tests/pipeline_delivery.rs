@@ -1606,6 +1606,24 @@ async fn a_destination_that_is_down_holds_the_shard_until_it_takes_the_records()
         !checkpoint.chars().all(|c| c.is_ascii_digit()),
         "checkpointed {checkpoint}"
     );
+    // The worker's heartbeat names the stalled shard (the operator's DeliveryStalled
+    // condition reads it).
+    let table = LeaseTable::open(p.env.dynamodb().await, &p.app, false).await?;
+    let stalled_in_heartbeat = || async {
+        let snap = table.scan().await.ok()?;
+        Some(
+            snap.heartbeats
+                .iter()
+                .any(|h| h.worker_id == "w" && h.stalled.contains("shardId-000000000000")),
+        )
+    };
+    wait_for(
+        "the heartbeat names the stalled shard",
+        DEADLINE,
+        POLL,
+        || async { stalled_in_heartbeat().await.filter(|s| *s) },
+    )
+    .await?;
 
     let (queue, _) = p.env.create_queue(&name).await?;
     let got = wait_for(
@@ -1631,6 +1649,13 @@ async fn a_destination_that_is_down_holds_the_shard_until_it_takes_the_records()
     let n = all.len();
     all.dedup();
     assert_eq!((n, all.len()), (20, 20), "lost or duplicated records");
+    wait_for(
+        "the heartbeat no longer names the shard",
+        DEADLINE,
+        POLL,
+        || async { stalled_in_heartbeat().await.filter(|s| !*s) },
+    )
+    .await?;
     w.stop(DEADLINE).await?;
     p.cleanup().await
 }

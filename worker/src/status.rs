@@ -47,6 +47,8 @@ pub struct ShardView {
     pub checkpoint: Option<Checkpoint>,
     /// Milliseconds behind the tip, as its owner last read.
     pub lag_ms: Option<i64>,
+    /// Its owner's delivery waits for the on-failure destination, which refuses its records.
+    pub stalled: bool,
     /// Its state.
     pub state: ShardState,
 }
@@ -77,10 +79,9 @@ pub fn shard_views(shards: &[ShardInfo], snapshot: &TableSnapshot) -> Vec<ShardV
         .map(|s| {
             let lease = leases.get(s.shard_id.as_str());
             let owner = lease.and_then(|l| l.owner.clone());
-            let lag_ms = owner
-                .as_deref()
-                .and_then(|o| heartbeats.get(o))
-                .and_then(|h| h.lag.get(&s.shard_id).copied());
+            let beat = owner.as_deref().and_then(|o| heartbeats.get(o));
+            let lag_ms = beat.and_then(|h| h.lag.get(&s.shard_id).copied());
+            let stalled = beat.is_some_and(|h| h.stalled.contains(&s.shard_id));
             let finished = lease.is_some_and(|l| l.checkpoint == Checkpoint::ShardEnd)
                 || cleaned.contains(s.shard_id.as_str());
             let state = match (s.closed, finished, owner.is_some()) {
@@ -94,6 +95,7 @@ pub fn shard_views(shards: &[ShardInfo], snapshot: &TableSnapshot) -> Vec<ShardV
                 owner,
                 checkpoint: lease.map(|l| l.checkpoint.clone()),
                 lag_ms,
+                stalled,
                 state,
             }
         })
@@ -116,7 +118,11 @@ pub fn render(views: &[ShardView]) -> String {
         .map(|v| {
             [
                 v.shard_id.clone(),
-                v.state.to_string(),
+                if v.stalled {
+                    format!("{} (destination failing)", v.state)
+                } else {
+                    v.state.to_string()
+                },
                 v.owner.clone().unwrap_or_else(|| "-".into()),
                 v.checkpoint
                     .as_ref()
@@ -166,6 +172,7 @@ mod tests {
             draining: false,
             lag: lag.iter().map(|(s, l)| (s.to_string(), *l)).collect(),
             coordination: None,
+            stalled: Default::default(),
         }
     }
 

@@ -169,6 +169,11 @@ fn a_healthy_status_reports_counts_conditions_and_what_changed() {
         notes[1].text
     );
 
+    assert_eq!(
+        cond("DeliveryStalled"),
+        Some(("False".into(), "Delivering".into(), Some(3)))
+    );
+
     // The same again, everything ready: Ready, no Events, the scale time kept.
     let Report {
         status: again,
@@ -193,5 +198,80 @@ fn a_healthy_status_reports_counts_conditions_and_what_changed() {
             .conditions
             .iter()
             .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
+}
+
+/// A worker whose heartbeat names a shard stalled on the on-failure destination: the
+/// `DeliveryStalled` condition turns True naming the shard, with one Event when it starts;
+/// a heartbeat of a worker that no longer owns the shard does not count.
+#[test]
+fn a_shard_stalled_on_the_destination_sets_delivery_stalled_once() {
+    let a = app(spec(serde_json::json!({})), serde_json::json!({}));
+    let shards = vec![shard("s0", false), shard("s1", false)];
+    let beat = |w: &str, stalled: &[&str]| Heartbeat {
+        worker_id: w.into(),
+        counter: 1,
+        draining: false,
+        lag: Default::default(),
+        coordination: None,
+        stalled: stalled.iter().map(|s| s.to_string()).collect(),
+    };
+    let snapshot = TableSnapshot {
+        leases: vec![
+            owned("s0", "w1", Checkpoint::TrimHorizon),
+            owned("s1", "w2", Checkpoint::TrimHorizon),
+        ],
+        // w2's old claim on s0 says nothing: s0 is w1's now.
+        heartbeats: vec![beat("w1", &[]), beat("w2", &["s1", "s0"])],
+    };
+    let sizing = size(&a, &shards, Some(&snapshot));
+    let applied = Applied {
+        ready: 1,
+        replicas: 1,
+    };
+    let previous = KinesisApplicationStatus::default();
+    let first = healthy_status(
+        &a,
+        &previous,
+        previous.clone(),
+        &shards,
+        Some(&snapshot),
+        &sizing,
+        applied,
+    );
+    let c = first
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "DeliveryStalled")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "DestinationFailing")
+    );
+    assert!(
+        c.message.starts_with("1 shard(s)") && c.message.contains("s1"),
+        "{}",
+        c.message
+    );
+    assert!(!c.message.contains("s0,"), "{}", c.message);
+    let events: Vec<&str> = first.notes.iter().map(|n| n.reason).collect();
+    assert!(events.contains(&"DestinationFailing"), "{events:?}");
+    // Still stalled at the next reconcile: no second Event.
+    let second = healthy_status(
+        &a,
+        &first.status,
+        first.status.clone(),
+        &shards,
+        Some(&snapshot),
+        &sizing,
+        applied,
+    );
+    assert!(
+        second
+            .notes
+            .iter()
+            .all(|n| n.reason != "DestinationFailing")
     );
 }

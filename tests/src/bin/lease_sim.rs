@@ -270,6 +270,7 @@ impl Sim {
                 draining: false,
                 lag: BTreeMap::new(),
                 coordination: Some("assigner".into()),
+                stalled: Default::default(),
             })
             .collect()
     }

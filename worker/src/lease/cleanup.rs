@@ -118,6 +118,7 @@ mod tests {
             draining: false,
             lag: Default::default(),
             coordination: None,
+            stalled: Default::default(),
         }
     }
 

@@ -105,29 +105,54 @@ pub fn other_modes(heartbeats: &[Heartbeat], mine: Coordination) -> Vec<(&str, &
         .collect()
 }
 
-/// Milliseconds behind the tip per shard, shared by the record pipeline (writer) and the
-/// coordinator (which publishes it in the heartbeat item).
+/// Milliseconds behind the tip per shard, and the shards stalled on the on-failure
+/// destination, shared by the record pipeline (writer) and the coordinator (which publishes
+/// both in the heartbeat item).
 #[derive(Debug, Clone, Default)]
-pub struct LagBoard(Arc<std::sync::Mutex<std::collections::BTreeMap<String, i64>>>);
+pub struct LagBoard(Arc<std::sync::Mutex<Board>>);
+
+/// What a [`LagBoard`] holds.
+#[derive(Debug, Default)]
+struct Board {
+    lag: std::collections::BTreeMap<String, i64>,
+    stalled: std::collections::BTreeSet<String>,
+}
 
 impl LagBoard {
     /// Records `shard`'s lag.
     pub fn set(&self, shard: &str, millis: i64) {
         if let Ok(mut m) = self.0.lock() {
-            m.insert(shard.to_string(), millis);
+            m.lag.insert(shard.to_string(), millis);
+        }
+    }
+
+    /// Records whether `shard`'s delivery waits for the on-failure destination.
+    pub fn set_stalled(&self, shard: &str, stalled: bool) {
+        if let Ok(mut m) = self.0.lock() {
+            if stalled {
+                m.stalled.insert(shard.to_string());
+            } else {
+                m.stalled.remove(shard);
+            }
         }
     }
 
     /// Forgets `shard` (no longer processed here).
     pub fn remove(&self, shard: &str) {
         if let Ok(mut m) = self.0.lock() {
-            m.remove(shard);
+            m.lag.remove(shard);
+            m.stalled.remove(shard);
         }
     }
 
     /// Every shard's lag.
     pub fn snapshot(&self) -> std::collections::BTreeMap<String, i64> {
-        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+        self.0.lock().map(|m| m.lag.clone()).unwrap_or_default()
+    }
+
+    /// The shards waiting for the on-failure destination.
+    pub fn stalled(&self) -> std::collections::BTreeSet<String> {
+        self.0.lock().map(|m| m.stalled.clone()).unwrap_or_default()
     }
 }
 
@@ -412,6 +437,7 @@ impl Beater {
             draining: self.draining.load(Ordering::SeqCst),
             lag: self.lag.snapshot(),
             coordination: Some(self.coordination.as_str().to_string()),
+            stalled: self.lag.stalled(),
         };
         match tokio::time::timeout(self.timeout, self.table.heartbeat(&beat)).await {
             Ok(Ok(())) => {
@@ -1448,6 +1474,7 @@ mod tests {
             draining: false,
             lag: Default::default(),
             coordination: mode.map(String::from),
+            stalled: Default::default(),
         };
         let beats = [
             beat("a", Some("assigner")),

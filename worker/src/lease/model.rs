@@ -46,6 +46,9 @@ pub mod attr {
     /// Ours, on heartbeat items: how the worker coordinates (`peer` or `assigner`), so a fleet
     /// that mixes them is noticed.
     pub const COORDINATION: &str = "koCoordination";
+    /// Ours, on heartbeat items: the shards whose delivery waits for the on-failure
+    /// destination (it refuses their records), a string set, absent when none.
+    pub const STALLED: &str = "koStalled";
     /// Where a lease that started at `LATEST` was pinned before its first delivery (epoch
     /// ms, with checkpoint `AT_TIMESTAMP`): the next owner resumes there, not at its own tip.
     pub const START_TIMESTAMP: &str = "koStartTimestamp";
@@ -148,6 +151,9 @@ pub struct Heartbeat {
     /// How the worker coordinates (`peer`, `assigner`); `None` from workers before this was
     /// recorded (peer mode only).
     pub coordination: Option<String>,
+    /// Shards whose delivery waits for the on-failure destination, which refuses their
+    /// records (the operator turns this into the `DeliveryStalled` condition).
+    pub stalled: std::collections::BTreeSet<String>,
 }
 
 impl Heartbeat {

@@ -589,6 +589,11 @@ impl LeaseTable {
                 .get(attr::COORDINATION)
                 .and_then(|v| v.as_s().ok())
                 .cloned(),
+            stalled: item
+                .get(attr::STALLED)
+                .and_then(|v| v.as_ss().ok())
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default(),
         })
     }
 
@@ -1169,11 +1174,23 @@ impl LeaseTable {
             + beat
                 .coordination
                 .as_ref()
-                .map_or(0, |c| attr::COORDINATION.len() + c.len());
+                .map_or(0, |c| attr::COORDINATION.len() + c.len())
+            + if beat.stalled.is_empty() {
+                0
+            } else {
+                attr::STALLED.len() + beat.stalled.iter().map(String::len).sum::<usize>()
+            };
         self.counters.write(size, 0);
         let mut put = self.client.put_item();
         if let Some(c) = &beat.coordination {
             put = put.item(attr::COORDINATION, s(c));
+        }
+        // A string set cannot be empty: absent means none.
+        if !beat.stalled.is_empty() {
+            put = put.item(
+                attr::STALLED,
+                AttributeValue::Ss(beat.stalled.iter().cloned().collect()),
+            );
         }
         put.table_name(&self.name)
             .item(attr::LEASE_KEY, s(&Heartbeat::key(&beat.worker_id)))

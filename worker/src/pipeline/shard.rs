@@ -1178,6 +1178,7 @@ impl ShardTask {
                 Ok(()) => break,
                 Err(e) => {
                     self.metrics.destination_errors.inc();
+                    self.config.lag.set_stalled(&d.shard, true);
                     d.ledger.stall();
                     let delay = backoff.next_delay();
                     tracing::error!(shard = %d.shard, error = %e, retry_in = ?delay, "sending to the on-failure destination failed; the shard waits until it succeeds");
@@ -1188,6 +1189,7 @@ impl ShardTask {
             }
         }
         d.ledger.unstall();
+        self.config.lag.set_stalled(&d.shard, false);
         self.metrics
             .records_to_destination
             .get_or_create(&ReasonLabels {
