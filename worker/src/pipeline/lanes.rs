@@ -7,11 +7,11 @@
 //! - All records of one partition key go to one lane, in shard order, and a batch's lanes
 //!   all finish before the next batch starts: per-key order holds (unit test
 //!   `keys_keep_their_lane`; `pipeline_delivery::parallel_lanes_…`).
-//! - [`Watermark::mark`] never passes a record its lane has not confirmed: the checkpoint is
-//!   the last record before the first unconfirmed one, in shard order (proptest
+//! - [`Watermark::mark`] never passes a record its lane has not confirmed, and never moves
+//!   back: the checkpoint is the last record before the first unconfirmed one, in shard
+//!   order, or, after a lane's `up_to`, that record (proptest
 //!   `the_mark_never_passes_an_unconfirmed_record`).
 
-use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 
 use super::position::Position;
@@ -31,60 +31,112 @@ pub fn lane_of(partition_key: &str, lanes: usize) -> usize {
     (h.finish() % lanes as u64) as usize
 }
 
-/// How far a shard delivered in lanes may move: every record read, in shard order, with the
-/// lane that has it; a lane confirms its records in its own order.
+/// Where a lane's unconfirmed records begin.
+#[derive(Debug, Clone)]
+enum Front {
+    /// At this record; `before` is the record read just before it (any lane, or filtered
+    /// out), where a mark stops.
+    At {
+        first: Position,
+        before: Option<Position>,
+    },
+    /// Somewhere after this record, which the lane confirmed with `up_to` (where exactly its
+    /// next record lies is not kept: the mark stops at this one, a little early at worst).
+    After(Position),
+}
+
+impl Front {
+    /// The position to compare lanes by, and whether it means "just after it".
+    fn key(&self) -> (&Position, bool) {
+        match self {
+            Self::At { first, .. } => (first, false),
+            Self::After(p) => (p, true),
+        }
+    }
+
+    /// The furthest mark this front allows.
+    fn stop(&self) -> Option<Position> {
+        match self {
+            Self::At { before, .. } => before.clone(),
+            Self::After(p) => Some(p.clone()),
+        }
+    }
+}
+
+/// One lane's unconfirmed records: from `front` to `last`.
+#[derive(Debug, Clone)]
+struct Open {
+    front: Front,
+    last: Position,
+}
+
+/// How far a shard delivered in lanes may move: the records read, in shard order, with the
+/// lane that has each; a lane confirms its records in its own order. Memory is O(lanes),
+/// whatever the records: a lane keeps where its unconfirmed records begin and end, not
+/// each of them.
 #[derive(Debug, Clone, Default)]
 pub struct Watermark {
-    /// Every record added since the last mark (the mark itself first), in shard order.
-    seen: VecDeque<Position>,
-    /// Per lane: its records not confirmed yet, in order.
-    open: Vec<VecDeque<Position>>,
+    open: Vec<Option<Open>>,
+    last_seen: Option<Position>,
 }
 
 impl Watermark {
     /// A watermark over `lanes` lanes.
     pub fn new(lanes: usize) -> Self {
         Self {
-            seen: VecDeque::new(),
-            open: vec![VecDeque::new(); lanes.max(1)],
+            open: vec![None; lanes.max(1)],
+            last_seen: None,
         }
     }
 
     /// A record read, in shard order; `lane: None` for one no lane gets (filtered out): it
     /// counts as confirmed.
     pub fn add(&mut self, p: Position, lane: Option<usize>) {
-        if let Some(l) = lane.and_then(|l| self.open.get_mut(l)) {
-            l.push_back(p.clone());
+        if let Some(slot) = lane.and_then(|l| self.open.get_mut(l)) {
+            match slot {
+                Some(o) => o.last = p.clone(),
+                None => {
+                    *slot = Some(Open {
+                        front: Front::At {
+                            first: p.clone(),
+                            before: self.last_seen.clone(),
+                        },
+                        last: p.clone(),
+                    });
+                }
+            }
         }
-        self.seen.push_back(p);
+        self.last_seen = Some(p);
     }
 
     /// Lane `lane` confirmed its records up to and including `upto`.
     pub fn confirm(&mut self, lane: usize, upto: &Position) {
-        if let Some(l) = self.open.get_mut(lane) {
-            while l.front().is_some_and(|p| p <= upto) {
-                l.pop_front();
-            }
+        let Some(slot) = self.open.get_mut(lane) else {
+            return;
+        };
+        let Some(o) = slot else {
+            return;
+        };
+        if *upto >= o.last {
+            *slot = None;
+        } else if upto >= o.front.key().0 {
+            o.front = Front::After(upto.clone());
         }
     }
 
     /// The furthest record such that it and every record before it are confirmed; `None`
-    /// while the first record added is not.
-    pub fn mark(&mut self) -> Option<Position> {
-        let first_open = self.open.iter().filter_map(VecDeque::front).min().cloned();
-        let mark = match first_open {
-            None => self.seen.back().cloned(),
-            Some(open) => {
-                let before = self.seen.partition_point(|p| *p < open);
-                before
-                    .checked_sub(1)
-                    .and_then(|i| self.seen.get(i).cloned())
-            }
-        }?;
-        while self.seen.front().is_some_and(|p| *p < mark) {
-            self.seen.pop_front();
+    /// while the first record read is not.
+    pub fn mark(&self) -> Option<Position> {
+        match self
+            .open
+            .iter()
+            .flatten()
+            .map(|o| &o.front)
+            .min_by(|a, b| a.key().cmp(&b.key()))
+        {
+            None => self.last_seen.clone(),
+            Some(front) => front.stop(),
         }
-        Some(mark)
     }
 }
 
@@ -128,15 +180,23 @@ mod tests {
         assert_eq!(w.mark(), None, "nothing confirmed");
         w.confirm(1, &pos(2));
         assert_eq!(w.mark(), None, "record 1 is still open");
+        // Lane 0 confirms record 1 with `up_to`: the mark stops there (record 4 is open;
+        // 2 and 3 are done, but where lane 0's next record lies is not kept).
         w.confirm(0, &pos(1));
-        assert_eq!(
-            w.mark(),
-            Some(pos(3)),
-            "through the filtered record, not past 4"
-        );
+        assert_eq!(w.mark(), Some(pos(1)));
         w.confirm(0, &pos(4));
         assert_eq!(w.mark(), Some(pos(4)));
         assert_eq!(w.mark(), Some(pos(4)), "no new records: the same mark");
+        // All of a batch confirmed at once (`all_delivered` in every lane): exact, through
+        // a filtered tail.
+        w.add(pos(5), Some(1));
+        w.add(pos(6), Some(0));
+        w.add(pos(7), None);
+        assert_eq!(w.mark(), Some(pos(4)));
+        w.confirm(0, &pos(6));
+        assert_eq!(w.mark(), Some(pos(4)), "5 is open");
+        w.confirm(1, &pos(5));
+        assert_eq!(w.mark(), Some(pos(7)));
     }
 
     proptest! {
