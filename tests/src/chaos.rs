@@ -46,6 +46,8 @@ pub struct ChaosConfig {
     pub latest: bool,
     /// Read by enhanced fan-out instead of polling.
     pub fan_out: bool,
+    /// Lanes per shard (`--parallelization-factor`); 1: one call per shard at a time.
+    pub lanes: usize,
     /// Time between two faults (each fault's effects should be over by the next).
     pub spacing: Duration,
 }
@@ -61,6 +63,7 @@ impl Default for ChaosConfig {
             rate: 200,
             latest: false,
             fan_out: false,
+            lanes: 1,
             spacing: Duration::from_secs(5),
         }
     }
@@ -394,6 +397,15 @@ pub async fn run(config: &ChaosConfig) -> Result<Report> {
     }
     if config.fan_out {
         extra.extend(["--consumer-mode".into(), "enhanced-fan-out".into()]);
+    }
+    if config.lanes > 1 {
+        // Small calls, so a page is spread over every lane.
+        extra.extend([
+            "--parallelization-factor".into(),
+            config.lanes.to_string(),
+            "--batch-size".into(),
+            "10".into(),
+        ]);
     }
     let extra_ref: Vec<&str> = extra.iter().map(String::as_str).collect();
     let mut slots = Vec::new();

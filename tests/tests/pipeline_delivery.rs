@@ -1659,3 +1659,31 @@ async fn a_destination_that_is_down_holds_the_shard_until_it_takes_the_records()
     w.stop(DEADLINE).await?;
     p.cleanup().await
 }
+
+/// A graceful shutdown in the middle of a batch delivered in lanes redelivers nothing: the
+/// lanes finish the batch (a slow app, 4 lanes of 100 records in calls of 5), the app's
+/// `all_delivered` covers all of it, and the next worker starts after it.
+#[tokio::test]
+async fn a_graceful_shutdown_mid_batch_in_lanes_redelivers_nothing() -> Result<()> {
+    let p = Pipeline::new(1).await?;
+    let app = p.app("a", &["--delay-ms", "30"]).await?;
+    p.put_sequence(40, 0, 10).await?;
+    let lanes = ["--parallelization-factor", "4", "--batch-size", "5"];
+    let w1 = p.worker("w1", &app.address, &lanes)?;
+    wait_for("the first calls of the batch", DEADLINE, POLL, || async {
+        (received(&[app.out.as_path()]).len() >= 20).then_some(())
+    })
+    .await?;
+    w1.stop(DEADLINE).await?;
+    let first = received(&[app.out.as_path()]).len();
+    let w2 = p.worker("w2", &app.address, &lanes)?;
+    p.put_sequence(40, 10, 1).await?;
+    let got = until_received(&[app.out.as_path()], 440).await?;
+    assert_eq!(
+        check_sequence(&got, 40, 11)?,
+        0,
+        "records delivered again after a graceful shutdown (w1 delivered {first})"
+    );
+    w2.stop(DEADLINE).await?;
+    p.cleanup().await
+}

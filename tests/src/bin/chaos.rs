@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run -p kinesis-operator-tests --bin chaos -- [--seed N] [--faults N] [--shards N]
-//!     [--workers N] [--keys N] [--rate N] [--spacing-ms N] [--latest] [--fan-out]
+//!     [--workers N] [--keys N] [--rate N] [--spacing-ms N] [--latest] [--fan-out] [--lanes N]
 //! ```
 //!
 //! Needs the environment up (`cargo xtask env up`). Prints the report; exits 1 if an
@@ -29,7 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "chaos [--seed N] [--faults N] [--shards N] [--workers N] [--keys N] [--rate N] [--spacing-ms N] [--latest] [--fan-out]"
+            "chaos [--seed N] [--faults N] [--shards N] [--workers N] [--keys N] [--rate N] [--spacing-ms N] [--latest] [--fan-out] [--lanes N]"
         );
         return Ok(());
     }
@@ -44,6 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         spacing: arg::<u64>(&args, "--spacing-ms")?.map_or(d.spacing, Duration::from_millis),
         latest: args.iter().any(|a| a == "--latest"),
         fan_out: args.iter().any(|a| a == "--fan-out"),
+        lanes: arg(&args, "--lanes")?.unwrap_or(d.lanes),
     };
     eprintln!("{config:?}");
     let report = run(&config).await?;

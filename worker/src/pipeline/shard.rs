@@ -146,6 +146,14 @@ enum Flow {
     Lost,
 }
 
+/// Sleeps until `at`; forever when `None`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Records the app will not see (filtered out, or taken by the destination) up to and
 /// including `last` count as delivered. They are checkpointed at once only if the app had
 /// nothing acknowledged but not yet checkpointed before them; otherwise the app's next
@@ -820,20 +828,22 @@ impl ShardTask {
         }
         let all = futures_util::future::join_all(runs);
         tokio::pin!(all);
+        // On a hand-over the lanes go on to the end of the batch, so what they delivered
+        // stays one unbroken stretch and the final checkpoint covers it (nothing the app
+        // asked to checkpoint is delivered again), unless half the time left before the
+        // hand-over deadline passes first: then each lane stops after its call in flight.
+        let mut stop_lanes: Option<(Instant, v1::shutdown_requested_request::Reason, Instant)> =
+            None;
         let done = loop {
+            let stop_at = stop_lanes.map(|(at, ..)| at);
             tokio::select! {
                 done = &mut all => break done,
                 c = control.recv(), if d.deferred.is_none() => {
                     let c = c.unwrap_or(Control::Lost);
                     if let Control::Shutdown { reason, deadline, .. } = &c {
-                        // Every lane finishes its call in flight, then stops.
-                        for tx in &senders {
-                            let _ = tx.try_send(Control::Shutdown {
-                                done: oneshot::channel().0,
-                                reason: *reason,
-                                deadline: *deadline,
-                            });
-                        }
+                        let now = Instant::now();
+                        let at = now + deadline.saturating_duration_since(now) / 2;
+                        stop_lanes = Some((at, *reason, *deadline));
                     } else {
                         // Cancels every lane's call: the new owner gets these records again.
                         d.deferred = Some(c);
@@ -841,6 +851,17 @@ impl ShardTask {
                         return Flow::Lost;
                     }
                     d.deferred = Some(c);
+                }
+                _ = sleep_until_some(stop_at) => {
+                    if let Some((_, reason, deadline)) = stop_lanes.take() {
+                        for tx in &senders {
+                            let _ = tx.try_send(Control::Shutdown {
+                                done: oneshot::channel().0,
+                                reason,
+                                deadline,
+                            });
+                        }
+                    }
                 }
             }
         };
