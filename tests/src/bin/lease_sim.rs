@@ -661,8 +661,21 @@ fn main() -> Result<()> {
         s.all_accepted() && !s.accepted().contains_key(&aid)
     })?;
     println!("kill -9 of the assigner → a new assigner, its shards accepted by others: {t:.0} s");
+    // The new assigner takes the dead one's leases itself at first (up to twice the share)
+    // and hands the surplus on once it has seen the others alive.
+    let balanced = |s: &Sim| {
+        let live = s.workers.iter().filter(|w| w.alive).count();
+        let fair = s.leases.len().div_ceil(live);
+        s.all_accepted() && s.accepted().values().all(|n| *n + 1 >= fair && *n <= fair)
+    };
+    let t = sim.until("balanced after the assigner's death", 300.0, balanced)?;
+    println!("  … and the fleet balanced again {t:.0} s later");
 
-    // A reshard adds shards.
+    // A reshard adds shards (once the new assigner has had a heartbeat interval and more to
+    // see every worker alive, as in the runs before it took the dead one's leases itself).
+    for _ in 0..10 {
+        sim.tick();
+    }
     let add = (o.shards / 10).max(1);
     let first_new = sim.next_shard;
     sim.add_shards(add);
@@ -686,11 +699,7 @@ fn main() -> Result<()> {
         counts.values().max().copied().unwrap_or(0),
         counts.len()
     );
-    let t = sim.until("balanced again", 300.0, |s| {
-        let live = s.workers.iter().filter(|w| w.alive).count();
-        let fair = s.leases.len().div_ceil(live);
-        s.all_accepted() && s.accepted().values().all(|n| *n + 1 >= fair && *n <= fair)
-    })?;
+    let t = sim.until("balanced again", 300.0, balanced)?;
     println!("  … and the fleet balanced again {t:.0} s later");
     Ok(())
 }

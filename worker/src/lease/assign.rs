@@ -41,7 +41,9 @@ pub struct AssignerPlan {
     pub target: usize,
 }
 
-/// The assigner's round: free leases to the least loaded live workers first, then moves
+/// The assigner's round: free leases to the least loaded receivers first (up to the fair
+/// share; a lease a dead worker left, up to twice the share, so it waits for nobody's proof
+/// of life), then moves
 /// from the most to the least loaded while [`may_move`] allows, at most
 /// `view.max_moves` new requests. A pending request counts as if granted, so a slow owner
 /// is never asked twice and nobody is over-filled while hand-overs are in flight.
@@ -88,20 +90,24 @@ pub fn plan(leases: &[Lease], states: &[LeaseState<'_>], view: &AssignerView<'_>
                     }
                 }
             }
-            LeaseState::Free => free.push(shard),
+            LeaseState::Free => free.push((shard, lease.owner.is_some())),
             LeaseState::Finished | LeaseState::Blocked => {}
         }
     }
     let mut assign = Vec::new();
-    for shard in free {
-        // The least loaded receiver, never past the fair share (the rest waits for more
-        // receivers to be proven alive).
+    for (shard, orphaned) in free {
+        // The least loaded receiver, never past the fair share; the rest waits for more
+        // receivers to be proven alive. Except a lease a dead worker left (its records are
+        // waiting): while the others are not proven yet (a new assigner's first rounds),
+        // receivers take those up to twice the share, and the balancing below hands the
+        // surplus on once the others are proven. Never-owned leases (a fleet starting) wait.
+        let cap = if orphaned { 2 * target } else { target };
         let Some((worker, set)) = holds
             .iter_mut()
-            .filter(|(w, s)| view.receivers.contains(**w) && s.len() < target)
+            .filter(|(w, s)| view.receivers.contains(**w) && s.len() < cap)
             .min_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| a.0.cmp(b.0)))
         else {
-            break;
+            continue;
         };
         set.insert(shard);
         assign.push((shard.to_string(), (*worker).to_string()));

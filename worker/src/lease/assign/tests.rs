@@ -221,7 +221,8 @@ fn finished_and_blocked_leases_are_not_assigned() {
 #[test]
 fn unproven_workers_count_for_the_share_but_receive_nothing_yet() {
     // A new assigner has seen w2 and w3 only once (not proven alive): the dead w4's leases
-    // go to the proven w1 up to the fair share, the rest wait.
+    // go to the proven w1 anyway, up to twice the fair share (its records must not wait for
+    // the others' proof of life); nothing is moved to the unproven.
     let leases: Vec<Lease> = shards(12)
         .iter()
         .enumerate()
@@ -240,9 +241,67 @@ fn unproven_workers_count_for_the_share_but_receive_nothing_yet() {
         },
     );
     assert_eq!(p.target, 4);
-    assert_eq!(p.assign.len(), 1, "{p:?}");
+    assert_eq!(p.assign.len(), 3, "all of w4's leases: {p:?}");
     assert!(p.assign.iter().all(|(_, to)| to == "w1"));
     assert!(p.request.is_empty());
+
+    // Never-owned leases (a fleet starting) go no further than the share: the others'
+    // proof comes within a round or two, and moving them later would be churn.
+    let fresh: Vec<Lease> = shards(12).iter().map(|s| lease(s, None)).collect();
+    let states = classify(&fresh, |_, o| alive.contains(o));
+    let p = plan(
+        &fresh,
+        &states,
+        &AssignerView {
+            live: &alive,
+            receivers: &live(&["w1"]),
+            pending: &HashMap::new(),
+            max_moves: 16,
+        },
+    );
+    assert_eq!(p.assign.len(), 4, "{p:?}");
+
+    // With many dead leases, twice the share is the most a receiver takes.
+    let many: Vec<Lease> = shards(40)
+        .iter()
+        .enumerate()
+        .map(|(i, s)| lease(s, Some(if i < 4 { "w1" } else { "w9" })))
+        .collect();
+    let states = classify(&many, |_, o| alive.contains(o));
+    let p = plan(
+        &many,
+        &states,
+        &AssignerView {
+            live: &alive,
+            receivers: &live(&["w1"]),
+            pending: &HashMap::new(),
+            max_moves: 16,
+        },
+    );
+    assert_eq!(p.target, 14);
+    assert_eq!(p.assign.len(), 24, "w1 holds 4, takes 24 more: {p:?}");
+}
+
+#[test]
+fn a_new_assigners_surplus_moves_on_once_the_others_are_proven() {
+    // After the round above, w2 and w3 are proven: the surplus w1 took is handed on, and
+    // the fleet ends balanced.
+    let mut leases: Vec<Lease> = shards(12)
+        .iter()
+        .enumerate()
+        .map(|(i, s)| lease(s, Some(["w1", "w2", "w3", "w1"][i % 4])))
+        .collect();
+    let alive = live(&["w1", "w2", "w3"]);
+    for _ in 0..4 {
+        let p = round(&leases, &alive, &alive, &HashMap::new(), 16);
+        apply(&mut leases, &p);
+    }
+    let c = counts(&leases);
+    assert_eq!(
+        c.values().copied().collect::<Vec<_>>(),
+        vec![4, 4, 4],
+        "{c:?}"
+    );
 }
 
 #[test]
