@@ -726,22 +726,40 @@ impl ShardTask {
         let Some((records, filtered_tail)) = self.filter(d, records) else {
             return Flow::Lost;
         };
-        let chunks = chunks(records, self.config.max_call_bytes, self.config.batch_size);
-        for chunk in chunks {
-            match self
-                .deliver_call(d, chunk, millis_behind_latest, control)
-                .await
-            {
-                Flow::Lost => return Flow::Lost,
-                Flow::Interrupted => return Flow::Continue,
-                Flow::Continue => {}
-            }
-            if d.deferred.is_some() {
-                return Flow::Continue;
-            }
+        match self
+            .deliver_chunks(d, records, millis_behind_latest, control)
+            .await
+        {
+            Flow::Lost => return Flow::Lost,
+            // The rest (and any filtered tail) goes to the next owner.
+            Flow::Interrupted => return Flow::Continue,
+            Flow::Continue => {}
         }
         if let Some(last) = filtered_tail {
             pass_over(d, last);
+        }
+        Flow::Continue
+    }
+
+    /// Delivers `records` in calls of at most `max_call_bytes` and `batch_size` records.
+    /// `Flow::Interrupted` when a control message came meanwhile (after the call in flight).
+    async fn deliver_chunks(
+        &self,
+        d: &mut Delivery,
+        records: Vec<UserRecord>,
+        millis_behind_latest: i64,
+        control: &mut mpsc::Receiver<Control>,
+    ) -> Flow {
+        for chunk in chunks(records, self.config.max_call_bytes, self.config.batch_size) {
+            let flow = self
+                .deliver_call(d, chunk, millis_behind_latest, control)
+                .await;
+            if !matches!(flow, Flow::Continue) {
+                return flow;
+            }
+            if d.deferred.is_some() {
+                return Flow::Interrupted;
+            }
         }
         Flow::Continue
     }
@@ -810,19 +828,9 @@ impl ShardTask {
             };
             runs.push(async move {
                 let _busy = Busy::new(&self.metrics.lanes_busy);
-                let mut flow = Flow::Continue;
-                for chunk in chunks(records, self.config.max_call_bytes, self.config.batch_size) {
-                    flow = self
-                        .deliver_call(&mut ld, chunk, millis_behind_latest, &mut rx)
-                        .await;
-                    if !matches!(flow, Flow::Continue) {
-                        break;
-                    }
-                    if ld.deferred.is_some() {
-                        flow = Flow::Interrupted;
-                        break;
-                    }
-                }
+                let flow = self
+                    .deliver_chunks(&mut ld, records, millis_behind_latest, &mut rx)
+                    .await;
                 (i, ld, flow)
             });
         }

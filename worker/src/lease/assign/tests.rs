@@ -218,6 +218,21 @@ fn finished_and_blocked_leases_are_not_assigned() {
     );
 }
 
+/// The assigner's plan when only `receivers` of the live `alive` are proven.
+fn plan_proven(leases: &[Lease], alive: &BTreeSet<String>, receivers: &[&str]) -> AssignerPlan {
+    let states = classify(leases, |_, o| alive.contains(o));
+    plan(
+        leases,
+        &states,
+        &AssignerView {
+            live: alive,
+            receivers: &live(receivers),
+            pending: &HashMap::new(),
+            max_moves: 16,
+        },
+    )
+}
+
 #[test]
 fn unproven_workers_count_for_the_share_but_receive_nothing_yet() {
     // A new assigner has seen w2 and w3 only once (not proven alive): the dead w4's leases
@@ -229,17 +244,7 @@ fn unproven_workers_count_for_the_share_but_receive_nothing_yet() {
         .map(|(i, s)| lease(s, Some(["w1", "w2", "w3", "w4"][i % 4])))
         .collect();
     let alive = live(&["w1", "w2", "w3"]);
-    let states = classify(&leases, |_, o| alive.contains(o));
-    let p = plan(
-        &leases,
-        &states,
-        &AssignerView {
-            live: &alive,
-            receivers: &live(&["w1"]),
-            pending: &HashMap::new(),
-            max_moves: 16,
-        },
-    );
+    let p = plan_proven(&leases, &alive, &["w1"]);
     assert_eq!(p.target, 4);
     assert_eq!(p.assign.len(), 3, "all of w4's leases: {p:?}");
     assert!(p.assign.iter().all(|(_, to)| to == "w1"));
@@ -248,17 +253,7 @@ fn unproven_workers_count_for_the_share_but_receive_nothing_yet() {
     // Never-owned leases (a fleet starting) go no further than the share: the others'
     // proof comes within a round or two, and moving them later would be churn.
     let fresh: Vec<Lease> = shards(12).iter().map(|s| lease(s, None)).collect();
-    let states = classify(&fresh, |_, o| alive.contains(o));
-    let p = plan(
-        &fresh,
-        &states,
-        &AssignerView {
-            live: &alive,
-            receivers: &live(&["w1"]),
-            pending: &HashMap::new(),
-            max_moves: 16,
-        },
-    );
+    let p = plan_proven(&fresh, &alive, &["w1"]);
     assert_eq!(p.assign.len(), 4, "{p:?}");
 
     // With many dead leases, twice the share is the most a receiver takes.
@@ -267,17 +262,7 @@ fn unproven_workers_count_for_the_share_but_receive_nothing_yet() {
         .enumerate()
         .map(|(i, s)| lease(s, Some(if i < 4 { "w1" } else { "w9" })))
         .collect();
-    let states = classify(&many, |_, o| alive.contains(o));
-    let p = plan(
-        &many,
-        &states,
-        &AssignerView {
-            live: &alive,
-            receivers: &live(&["w1"]),
-            pending: &HashMap::new(),
-            max_moves: 16,
-        },
-    );
+    let p = plan_proven(&many, &alive, &["w1"]);
     assert_eq!(p.target, 14);
     assert_eq!(p.assign.len(), 24, "w1 holds 4, takes 24 more: {p:?}");
 }
