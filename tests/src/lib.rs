@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod pipeline;
 pub mod process;
 pub mod reading;
+pub mod synthetic;
 
 use aws_config::{BehaviorVersion, Region};
 use serde::Deserialize;

@@ -13,14 +13,18 @@
 //! record to put; `--records-1k N` for the 1 KB records, default the same), `--passes N`
 //! (reads of them, default 5), `--clients LIST` (default
 //! `sdk,cbor,json`), `--latency-records N` (default 300); `--callgrind DIR`: instead, one read
-//! of `--records` 100-byte records per client by a worker under valgrind's callgrind.
-//! `--only throughput|memory|latency|lanes` runs one part. `lanes`: one shard, a slow app
-//! (`--delay-ms 50` per call), `--batch-size 10`, read with 1, 2, 5 and 10 lanes
+//! of `--records` 100-byte records per client by a worker under valgrind's callgrind (from
+//! the synthetic endpoint with `--synthetic`).
+//! `--only throughput|synthetic|memory|latency|lanes` runs one part. `synthetic`: the same
+//! reads from `tests/src/synthetic.rs` (8 shards of `--per-shard N` records, default 100000,
+//! a quarter of that for 1 KB; `--indefinite` for indefinite-length CBOR), at the worker's
+//! speed. `lanes`: one shard, a slow app (`--delay-ms 50` per call), `--batch-size 10`, read with 1, 2, 5 and 10 lanes
 //! (`--parallelization-factor`): records/s of each (`--lanes-records N`, default 2000).
 
 use std::time::{Duration, Instant};
 
-use kinesis_operator_tests::pipeline::{Pipeline, Worker, http_get, metric, received};
+use kinesis_operator_tests::pipeline::{App, Pipeline, Worker, http_get, metric, received};
+use kinesis_operator_tests::synthetic::{Config as SyntheticConfig, Shape, SyntheticKinesis};
 use kinesis_operator_tests::wait_for;
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
@@ -116,31 +120,97 @@ async fn throughput(n: usize, size: usize, passes: usize, clients: &[String]) ->
     let put = put_bulk(&p, n, size).await?;
     // No output file: the app acknowledges and drops every batch.
     let app = p.app_with("nothing", false, &[]).await?;
+    let tallies = read_passes(&p, &app, n, passes, clients, &[], None).await?;
+    let source = format!(
+        "kinesis-mock, {n} records put once in {:.1} s",
+        put.as_secs_f64()
+    );
+    report(&source, size, passes, clients, &tallies);
+    drop(app);
+    p.cleanup().await
+}
+
+/// As [`throughput`], but from the synthetic endpoint (`tests/src/synthetic.rs`): 8 shards
+/// of `per_shard` records each, served as fast as the worker asks, in the CBOR `shape`.
+async fn synthetic(
+    per_shard: u64,
+    size: usize,
+    passes: usize,
+    clients: &[String],
+    shape: Shape,
+) -> Result<()> {
+    let mut p = Pipeline::new(1).await?;
+    p.test_timings = false;
+    let server = SyntheticKinesis::start(SyntheticConfig {
+        shards: 8,
+        per_shard,
+        record_size: size,
+        page: 10_000,
+        shape,
+        keys: 1000,
+    })
+    .await?;
+    let app = p.app_with("nothing", false, &[]).await?;
+    let n = (per_shard * 8) as usize;
+    let extra = ["--kinesis-endpoint", server.endpoint.as_str()];
+    let tallies = read_passes(&p, &app, n, passes, clients, &extra, Some(&server)).await?;
+    let source = format!("synthetic endpoint, {shape:?} CBOR, {n} records a pass");
+    report(&source, size, passes, clients, &tallies);
+    drop(app);
+    drop(server);
+    p.cleanup().await
+}
+
+/// Reads `n` records `passes` times with each client; see [`throughput`]. With `gate` (the
+/// synthetic endpoint), the stream stays closed until the worker holds all 8 leases and the
+/// window runs from opening it to the last record: the whole read is counted.
+async fn read_passes(
+    p: &Pipeline,
+    app: &App,
+    n: usize,
+    passes: usize,
+    clients: &[String],
+    extra: &[&str],
+    gate: Option<&SyntheticKinesis>,
+) -> Result<Vec<Tally>> {
     let app_pid = app.proc.pid();
     let mut tallies: Vec<Tally> = clients.iter().map(|_| Tally::default()).collect();
     for pass in 0..passes {
         for (client, tally) in clients.iter().zip(tallies.iter_mut()) {
             let application = kinesis_operator_tests::unique_name("bench");
-            let w = p.worker_for(
-                &application,
-                "bench",
-                &app.address,
-                &["--get-records-client", client],
-            )?;
+            let mut args = vec!["--get-records-client", client.as_str()];
+            args.extend_from_slice(extra);
+            let w = p.worker_for(&application, "bench", &app.address, &args)?;
             let pid = w.proc.pid();
-            wait_for(
-                "first record",
-                Duration::from_secs(120),
-                Duration::from_millis(5),
-                || async { (delivered(&w).await > 0.0).then_some(()) },
-            )
-            .await?;
+            if let Some(server) = gate {
+                server.set_open(false);
+                wait_for(
+                    "8 leases",
+                    Duration::from_secs(120),
+                    Duration::from_millis(20),
+                    || async { (leases(&w).await >= 8.0).then_some(()) },
+                )
+                .await?;
+                // A few empty reads of each shard, so that start-up is behind us.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            } else {
+                wait_for(
+                    "first record",
+                    Duration::from_secs(120),
+                    Duration::from_millis(5),
+                    || async { (delivered(&w).await > 0.0).then_some(()) },
+                )
+                .await?;
+            }
             let (cpu0, app0, t0, d0) = (
                 cpu_seconds(pid)?,
                 cpu_seconds(app_pid)?,
                 Instant::now(),
                 delivered(&w).await,
             );
+            if let Some(server) = gate {
+                server.set_open(true);
+            }
             wait_for(
                 "all records",
                 Duration::from_secs(900),
@@ -180,13 +250,16 @@ async fn throughput(n: usize, size: usize, passes: usize, clients: &[String]) ->
                 .await;
         }
     }
-    for (client, t) in clients.iter().zip(&tallies) {
+    Ok(tallies)
+}
+
+fn report(source: &str, size: usize, passes: usize, clients: &[String], tallies: &[Tally]) {
+    for (client, t) in clients.iter().zip(tallies) {
         let per_m = |cpu: f64| cpu / t.records * 1e6;
         let idle_rate = t.idle_rate / passes as f64;
         let marginal = (t.worker_cpu - idle_rate * t.wall.as_secs_f64()).max(0.0);
         println!(
-            "throughput {size:>5} B, {client:>4}: {n} records put once in {:.1} s; {passes} passes delivered {:.0} records in {:.2} s = {:.0} records/s; CPU per million records: worker {:.2} s + app {:.2} s = {:.2} s; worker idle {idle_rate:.3} CPU-s/s, so above idle {:.2} s + app = {:.2} s; worker peak RSS {:.1} MiB",
-            put.as_secs_f64(),
+            "throughput {size:>5} B, {client:>4} ({source}): {passes} passes delivered {:.0} records in {:.2} s = {:.0} records/s; CPU per million records: worker {:.2} s + app {:.2} s = {:.2} s; worker idle {idle_rate:.3} CPU-s/s, so above idle {:.2} s + app = {:.2} s; worker peak RSS {:.1} MiB",
             t.records,
             t.wall.as_secs_f64(),
             t.records / t.wall.as_secs_f64(),
@@ -198,16 +271,30 @@ async fn throughput(n: usize, size: usize, passes: usize, clients: &[String]) ->
             t.peak_rss,
         );
     }
-    drop(app);
-    p.cleanup().await
 }
 
 /// One read of `n` 100-byte records by a worker under callgrind (`--callgrind DIR`), per
 /// client: the profiles to read with `callgrind_annotate --inclusive=yes`.
-async fn profile(n: usize, clients: &[String], dir: &str) -> Result<()> {
+/// With `synthetic`, the records come from the synthetic endpoint (8 shards of `n / 8`).
+async fn profile(n: usize, clients: &[String], dir: &str, synthetic: bool) -> Result<()> {
     let mut p = Pipeline::new(8).await?;
     p.test_timings = false;
-    put_bulk(&p, n, 100).await?;
+    let server = if synthetic {
+        Some(
+            SyntheticKinesis::start(SyntheticConfig {
+                shards: 8,
+                per_shard: (n / 8) as u64,
+                record_size: 100,
+                page: 10_000,
+                shape: Shape::Definite,
+                keys: 1000,
+            })
+            .await?,
+        )
+    } else {
+        put_bulk(&p, n, 100).await?;
+        None
+    };
     let app = p.app_with("nothing", false, &[]).await?;
     for client in clients {
         let out = format!("{dir}/callgrind.{client}.out");
@@ -217,12 +304,11 @@ async fn profile(n: usize, clients: &[String], dir: &str) -> Result<()> {
             format!("--callgrind-out-file={out}"),
         ];
         let application = kinesis_operator_tests::unique_name("bench");
-        let w = p.worker_for(
-            &application,
-            "bench",
-            &app.address,
-            &["--get-records-client", client],
-        )?;
+        let mut args = vec!["--get-records-client", client.as_str()];
+        if let Some(server) = &server {
+            args.extend(["--kinesis-endpoint", server.endpoint.as_str()]);
+        }
+        let w = p.worker_for(&application, "bench", &app.address, &args)?;
         wait_for(
             "all records",
             Duration::from_secs(1800),
@@ -408,7 +494,8 @@ async fn main() -> Result<()> {
         .position(|a| a == "--callgrind")
         .and_then(|i| args.get(i + 1))
     {
-        return profile(n, &clients, dir).await;
+        let synthetic = args.iter().any(|a| a == "--synthetic");
+        return profile(n, &clients, dir, synthetic).await;
     }
     let only = args
         .iter()
@@ -419,6 +506,16 @@ async fn main() -> Result<()> {
     if run("throughput") {
         throughput(n, 100, passes, &clients).await?;
         throughput(get("--records-1k", n), 1024, passes, &clients).await?;
+    }
+    if run("synthetic") {
+        let shape = if args.iter().any(|a| a == "--indefinite") {
+            Shape::Indefinite
+        } else {
+            Shape::Definite
+        };
+        let per_shard = get("--per-shard", 100_000) as u64;
+        synthetic(per_shard, 100, passes, &clients, shape).await?;
+        synthetic(per_shard / 4, 1024, passes, &clients, shape).await?;
     }
     if run("memory") {
         memory_at_64_shards().await?;

@@ -262,9 +262,11 @@ impl Filters {
                 return false;
             };
             fields.iter().all(|(k, node)| match k.as_str() {
-                "partitionKey" => node_matches(node, Some(&Value::String(r.partition_key.clone()))),
+                "partitionKey" => {
+                    node_matches(node, Some(&Value::String(r.partition_key.to_string())))
+                }
                 "sequenceNumber" => {
-                    node_matches(node, Some(&Value::String(r.sequence_number.clone())))
+                    node_matches(node, Some(&Value::String(r.sequence_number.to_string())))
                 }
                 "explicitHashKey" => node_matches(
                     node,

@@ -260,18 +260,6 @@ impl Delivery {
     }
 }
 
-fn to_proto(r: UserRecord) -> v1::Record {
-    v1::Record {
-        data: r.data,
-        partition_key: r.partition_key,
-        sequence_number: r.sequence_number,
-        sub_sequence_number: r.sub_sequence_number,
-        approximate_arrival_timestamp_ms: r.approximate_arrival_ms.unwrap_or(0),
-        explicit_hash_key: r.explicit_hash_key.unwrap_or_default(),
-        aggregated: r.aggregated,
-    }
-}
-
 fn wanted_of(c: Option<v1::Checkpoint>) -> Wanted {
     match c.and_then(|c| c.target) {
         None => Wanted::Nothing,
@@ -941,9 +929,9 @@ impl ShardTask {
     ) -> Flow {
         let policy = self.config.failure_policy();
         let partial = self.config.report_batch_item_failures;
-        // The records are kept (cloned into each call) only when a policy may need them
-        // again: a part of them (bisect, partial failure), or their contents (destination,
-        // record age).
+        // Every record's position is kept only when a policy may need part of the batch
+        // again (bisect, partial failure) or its contents (destination, record age). Each
+        // call's request is encoded from the records in place, never cloned.
         let keep = policy.destination || policy.bisect || partial;
         let Some(tail) = chunk.len().checked_sub(1) else {
             return Flow::Continue;
@@ -958,7 +946,7 @@ impl ShardTask {
             }
         }
         let len = chunk.len();
-        let mut records = chunk;
+        let records = chunk;
         let mut plan = Plan::new(len, policy);
         let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
         while let Some(seg) = plan.next() {
@@ -996,31 +984,19 @@ impl ShardTask {
             }
             let count = seg.len() as u64;
             // Encoded once per segment: a retry sends the same bytes with its own attempt.
-            let segment: Vec<v1::Record> = if keep {
-                records[seg.start..seg.end]
-                    .iter()
-                    .cloned()
-                    .map(to_proto)
-                    .collect()
-            } else {
-                std::mem::take(&mut records)
-                    .into_iter()
-                    .map(to_proto)
-                    .collect()
-            };
-            let bytes: u64 = segment.iter().map(|r| r.data.len() as u64).sum();
-            let first = segment
+            let part = &records[seg.start..seg.end];
+            let bytes: u64 = part.iter().map(|r| r.data.len() as u64).sum();
+            let first = part
                 .first()
                 .map(|r| r.sequence_number.clone())
                 .unwrap_or_default();
-            let batch = EncodedBatch::new(v1::ProcessRecordsRequest {
-                shard_id: d.shard.clone(),
-                records: segment,
+            let batch = EncodedBatch::from_records(
+                &d.shard,
+                part,
                 millis_behind_latest,
-                attempt: 0,
-                lease_owner: d.fencing.0.clone(),
-                lease_counter: d.fencing.1,
-            });
+                &d.fencing.0,
+                d.fencing.1,
+            );
             self.metrics.records_per_call.observe(count as f64);
             let mut seg = seg;
             loop {
@@ -1430,7 +1406,7 @@ mod tests {
             data: vec![0; bytes].into(),
             partition_key: "k".into(),
             explicit_hash_key: None,
-            sequence_number: seq.to_string(),
+            sequence_number: seq.to_string().into(),
             sub_sequence_number: 0,
             approximate_arrival_ms: None,
             aggregated: false,
@@ -1445,7 +1421,7 @@ mod tests {
         let flat: Vec<String> = out
             .iter()
             .flatten()
-            .map(|r| r.sequence_number.clone())
+            .map(|r| r.sequence_number.to_string())
             .collect();
         let want: Vec<String> = (0..100).map(|i| i.to_string()).collect();
         assert_eq!(flat, want);

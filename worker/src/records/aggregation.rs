@@ -11,6 +11,7 @@
 //! (possible right after a reshard) are dropped. Nothing here panics on any input.
 
 use bytes::Bytes;
+pub use bytes_utils::Str;
 use md5::{Digest, Md5};
 
 /// The KPL's magic prefix.
@@ -64,10 +65,10 @@ pub struct Tag {
 pub struct KinesisRecord {
     /// Payload (shared, not copied: a slice of the GetRecords answer where the wire allows).
     pub data: Bytes,
-    /// Partition key.
-    pub partition_key: String,
-    /// Sequence number.
-    pub sequence_number: String,
+    /// Partition key (a slice of the answer where the wire allows).
+    pub partition_key: Str,
+    /// Sequence number (a slice of the answer where the wire allows).
+    pub sequence_number: Str,
     /// Approximate arrival time, epoch milliseconds.
     pub approximate_arrival_ms: Option<i64>,
 }
@@ -78,11 +79,11 @@ pub struct UserRecord {
     /// Payload (a slice of the Kinesis record's buffer for a KPL sub-record).
     pub data: Bytes,
     /// Partition key (the user record's own, for aggregated records).
-    pub partition_key: String,
+    pub partition_key: Str,
     /// Explicit hash key, if the producer set one.
     pub explicit_hash_key: Option<String>,
     /// The Kinesis record's sequence number.
-    pub sequence_number: String,
+    pub sequence_number: Str,
     /// Index inside an aggregated record; 0 otherwise.
     pub sub_sequence_number: u64,
     /// Approximate arrival time, epoch milliseconds.
@@ -175,14 +176,14 @@ pub fn deaggregate(
         return passthrough(record);
     };
     let mut out = Vec::with_capacity(agg.records.len());
+    let keys: Vec<Str> = agg.partition_key_table.into_iter().map(Str::from).collect();
     for (index, entry) in agg.records.into_iter().enumerate() {
         let sub = index as u64;
         if after_sub_sequence.is_some_and(|after| sub <= after) {
             continue;
         }
-        // Indexes were checked in `parse`.
-        let partition_key = agg
-            .partition_key_table
+        // Indexes were checked in `parse`; each key is shared by its sub-records.
+        let partition_key = keys
             .get(entry.partition_key_index as usize)
             .cloned()
             .unwrap_or_default();

@@ -148,8 +148,8 @@ pub(crate) fn user_records(
 pub(crate) fn from_sdk(r: aws_sdk_kinesis::types::Record) -> KinesisRecord {
     KinesisRecord {
         data: bytes::Bytes::from(r.data.into_inner()),
-        partition_key: r.partition_key.unwrap_or_default(),
-        sequence_number: r.sequence_number,
+        partition_key: r.partition_key.unwrap_or_default().into(),
+        sequence_number: r.sequence_number.into(),
         approximate_arrival_ms: r
             .approximate_arrival_timestamp
             .and_then(|t| t.to_millis().ok()),
@@ -376,7 +376,7 @@ impl ShardReader {
             self.backoff.reset();
             let resume = self.resume_at();
             if let Some(last) = page.records.last() {
-                self.position = Position::After(last.sequence_number.clone());
+                self.position = Position::After(last.sequence_number.to_string());
             }
             let records = user_records(
                 std::mem::take(&mut page.records),

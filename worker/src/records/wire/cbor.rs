@@ -10,7 +10,7 @@ use minicbor::data::Type;
 use super::{
     DecodeError, RecordsPage, ServiceError, bare_error_code, base64_bytes, seconds_to_millis,
 };
-use crate::records::aggregation::KinesisRecord;
+use crate::records::aggregation::{KinesisRecord, Str};
 
 /// The most records a page may announce that we reserve room for up front (Kinesis sends at
 /// most 10,000; a hostile length must not allocate more).
@@ -206,6 +206,24 @@ fn text<'b>(d: &mut Decoder<'b>) -> Result<Cow<'b, str>, DecodeError> {
     }
 }
 
+/// A text string as a slice of `body` when definite (checked for UTF-8 once), else joined.
+fn shared_text(body: &Bytes, d: &mut Decoder<'_>) -> Result<Str, DecodeError> {
+    let pos = d.position();
+    if let Some((raw, start)) = raw_string(d, 3) {
+        let end = start + raw.len();
+        let slice = body
+            .get(start..end)
+            .map(|_| body.slice(start..end))
+            .ok_or_else(|| malformed(pos, "text string outside the body"))?;
+        return Str::from_inner(slice)
+            .map_err(|e| malformed(pos, format!("text is not UTF-8: {}", e.utf8_error())));
+    }
+    Ok(match text(d)? {
+        Cow::Borrowed(s) => Str::from(s),
+        Cow::Owned(s) => Str::from(s),
+    })
+}
+
 /// Text, or `None` for null/undefined.
 fn optional_text(d: &mut Decoder<'_>) -> Result<Option<String>, DecodeError> {
     if matches!(peek(d)?, Type::Null | Type::Undefined) {
@@ -324,8 +342,8 @@ fn record(body: &Bytes, d: &mut Decoder<'_>) -> Result<KinesisRecord, DecodeErro
     each_entry(d, |key, d| {
         match key {
             b"Data" => data_field = Some(data(body, d)?),
-            b"PartitionKey" => partition_key = Some(text(d)?.into_owned()),
-            b"SequenceNumber" => sequence_number = Some(text(d)?.into_owned()),
+            b"PartitionKey" => partition_key = Some(shared_text(body, d)?),
+            b"SequenceNumber" => sequence_number = Some(shared_text(body, d)?),
             b"ApproximateArrivalTimestamp" => approximate_arrival_ms = timestamp_ms(d)?,
             _ => skip(d)?,
         }

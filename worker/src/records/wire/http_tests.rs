@@ -225,7 +225,7 @@ async fn throttling_expiry_and_bad_answers_are_retried_and_nothing_is_skipped() 
         .map_err(|_| "the reader did not reach the shard's end in 30 s")??;
     let pairs: Vec<(&str, &[u8])> = got
         .iter()
-        .map(|r| (r.sequence_number.as_str(), &r.data[..]))
+        .map(|r| (&*r.sequence_number, &r.data[..]))
         .collect();
     assert_eq!(
         pairs,

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::{
     DecodeError, RecordsPage, ServiceError, bare_error_code, base64_bytes, seconds_to_millis,
 };
-use crate::records::aggregation::KinesisRecord;
+use crate::records::aggregation::{KinesisRecord, Str};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -29,9 +29,10 @@ struct Page<'a> {
 struct Record<'a> {
     #[serde(borrow)]
     data: Cow<'a, str>,
-    #[serde(default)]
-    partition_key: String,
-    sequence_number: String,
+    #[serde(default, borrow)]
+    partition_key: Cow<'a, str>,
+    #[serde(borrow)]
+    sequence_number: Cow<'a, str>,
     #[serde(default)]
     approximate_arrival_timestamp: Option<f64>,
 }
@@ -81,8 +82,8 @@ pub fn records_page(body: &Bytes) -> Result<RecordsPage, DecodeError> {
         })?;
         records.push(KinesisRecord {
             data,
-            partition_key: r.partition_key,
-            sequence_number: r.sequence_number,
+            partition_key: shared(body, r.partition_key),
+            sequence_number: shared(body, r.sequence_number),
             approximate_arrival_ms: r.approximate_arrival_timestamp.and_then(seconds_to_millis),
         });
     }
@@ -97,6 +98,22 @@ pub fn records_page(body: &Bytes) -> Result<RecordsPage, DecodeError> {
             .map(|c| c.shard_id.into_owned())
             .collect(),
     })
+}
+
+/// A string serde borrowed from `body` as a slice of it (no copy); one it had to unescape
+/// is its own.
+fn shared(body: &Bytes, s: Cow<'_, str>) -> Str {
+    match s {
+        Cow::Borrowed(b) => {
+            let start = (b.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+            start
+                .checked_add(b.len())
+                .filter(|end| *end <= body.len())
+                .and_then(|end| Str::from_inner(body.slice(start..end)).ok())
+                .unwrap_or_else(|| Str::from(b))
+        }
+        Cow::Owned(o) => Str::from(o),
+    }
 }
 
 /// Decodes an error answer: `{"__type": …, "message": …}`.
