@@ -277,6 +277,8 @@ fn report(source: &str, size: usize, passes: usize, clients: &[String], tallies:
 /// client: the profiles to read with `callgrind_annotate --inclusive=yes`.
 /// With `synthetic`, the records come from the synthetic endpoint (8 shards of `n / 8`).
 async fn profile(n: usize, clients: &[String], dir: &str, synthetic: bool) -> Result<()> {
+    // valgrind cannot create it, and the worker would then never start.
+    std::fs::create_dir_all(dir)?;
     let mut p = Pipeline::new(8).await?;
     p.test_timings = false;
     let server = if synthetic {
