@@ -21,6 +21,8 @@ pub mod v1 {
     tonic::include_proto!("kinesis_operator.processor.v1");
 }
 
+pub mod malloc;
+
 pub use tonic;
 pub use tonic_health;
 

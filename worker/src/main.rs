@@ -578,8 +578,22 @@ async fn status(settings: &AwsSettings, application: &str, stream: &str) -> anyh
     Ok(out)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before the runtime's threads exist: see `tune_for_batches`.
+    let malloc = kinesis_processor::malloc::tune_for_batches();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(malloc)),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(malloc: kinesis_processor::malloc::Tuning) -> ExitCode {
     let cli = Cli::parse();
     let json = matches!(&cli.command, Command::Run(a) if matches!(a.log_format, LogFormat::Json));
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
@@ -593,6 +607,7 @@ async fn main() -> ExitCode {
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
+    tracing::debug!(?malloc, "glibc malloc thresholds for batch-sized buffers");
     let settings = AwsSettings {
         region: cli.region,
         kinesis_endpoint: cli.kinesis_endpoint,

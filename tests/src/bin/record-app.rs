@@ -235,9 +235,18 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
+    // As the contract's docs advise a Rust app, before any thread starts (`GLIBC_TUNABLES=`,
+    // even empty, keeps glibc's defaults: how the benchmarks measure what this is worth).
+    kinesis_processor::malloc::tune_for_batches();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {
     let address: kinesis_processor::Address = arg(&args, "--address")
         .ok_or("--address unix:///path.sock or http://127.0.0.1:PORT is required")?
         .parse()?;
