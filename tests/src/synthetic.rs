@@ -81,9 +81,7 @@ impl SyntheticKinesis {
     pub async fn start(config: Config) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
-        let data = (0..config.record_size)
-            .map(|i| b'a' + (i % 26) as u8)
-            .collect();
+        let data = pageview(config.record_size);
         let state = Arc::new(State {
             config,
             records_served: AtomicU64::new(0),
@@ -407,6 +405,22 @@ fn cbor_page(
     w.out
 }
 
+/// A pageview as the examples read it (`{"client_id":…,"path":"/abc…"}`), padded to `size`
+/// bytes; plain letters when `size` is too small for one.
+fn pageview(size: usize) -> Vec<u8> {
+    let (head, tail) = (br#"{"client_id":"client-7","path":"/"#.as_slice(), br#""}"#);
+    let letters = |n: usize| (0..n).map(|i| b'a' + (i % 26) as u8);
+    match size.checked_sub(head.len() + tail.len()) {
+        Some(pad) => head
+            .iter()
+            .copied()
+            .chain(letters(pad))
+            .chain(tail.iter().copied())
+            .collect(),
+        None => letters(size).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,5 +451,21 @@ mod tests {
             sequence_number(7, 123_456)
         );
         assert_eq!(sequence_number(7, 1).len(), 56);
+    }
+
+    #[test]
+    fn records_are_pageviews_of_the_size_asked() {
+        for size in [100, 1024] {
+            let data = pageview(size);
+            assert_eq!(data.len(), size);
+            let v: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
+            assert_eq!(
+                v["client_id"],
+                "client-7",
+                "{}",
+                String::from_utf8_lossy(&data)
+            );
+        }
+        assert_eq!(pageview(10), b"abcdefghij");
     }
 }

@@ -17,13 +17,16 @@
 //! the synthetic endpoint with `--synthetic`).
 //! `--only throughput|synthetic|memory|latency|lanes` runs one part. `synthetic`: the same
 //! reads from `tests/src/synthetic.rs` (8 shards of `--per-shard N` records, default 100000,
-//! a quarter of that for 1 KB; `--indefinite` for indefinite-length CBOR), at the worker's
-//! speed. `lanes`: one shard, a slow app (`--delay-ms 50` per call), `--batch-size 10`, read with 1, 2, 5 and 10 lanes
+//! a quarter of that for 1 KB; `--indefinite` for indefinite-length CBOR; `--app python` for
+//! the Python example instead of the do-nothing Rust app), at the worker's speed. `lanes`: one shard, a slow app (`--delay-ms 50` per call), `--batch-size 10`, read with 1, 2, 5 and 10 lanes
 //! (`--parallelization-factor`): records/s of each (`--lanes-records N`, default 2000).
 
 use std::time::{Duration, Instant};
 
-use kinesis_operator_tests::pipeline::{App, Pipeline, Worker, http_get, metric, received};
+use kinesis_operator_tests::pipeline::{
+    App, Pipeline, Worker, http_get, metric, received, until_socket,
+};
+use kinesis_operator_tests::process::Proc;
 use kinesis_operator_tests::synthetic::{Config as SyntheticConfig, Shape, SyntheticKinesis};
 use kinesis_operator_tests::wait_for;
 
@@ -138,6 +141,7 @@ async fn synthetic(
     passes: usize,
     clients: &[String],
     shape: Shape,
+    app_kind: AppKind,
 ) -> Result<()> {
     let mut p = Pipeline::new(1).await?;
     p.test_timings = false;
@@ -150,15 +154,59 @@ async fn synthetic(
         keys: 1000,
     })
     .await?;
-    let app = p.app_with("nothing", false, &[]).await?;
+    let app = match app_kind {
+        AppKind::Rust => p.app_with("nothing", false, &[]).await?,
+        AppKind::Python => python_counter(&p).await?,
+    };
     let n = (per_shard * 8) as usize;
     let extra = ["--kinesis-endpoint", server.endpoint.as_str()];
     let tallies = read_passes(&p, &app, n, passes, clients, &extra, Some(&server)).await?;
-    let source = format!("synthetic endpoint, {shape:?} CBOR, {n} records a pass");
+    let source =
+        format!("synthetic endpoint, {shape:?} CBOR, {n} records a pass, {app_kind:?} app");
     report(&source, size, passes, clients, &tallies);
     drop(app);
     drop(server);
     p.cleanup().await
+}
+
+/// The app the synthetic reads deliver to (`--app rust|python`).
+#[derive(Debug, Clone, Copy)]
+enum AppKind {
+    /// `record-app`, acknowledging every batch and doing nothing with it.
+    Rust,
+    /// `examples/pageview-counter-python/counter.py`: parses each record's JSON and counts
+    /// it (its counts go to DynamoDB once a minute, so at most once a read).
+    Python,
+}
+
+/// Starts the Python example on a socket of `p`'s folder, with its counts table in the
+/// local DynamoDB.
+async fn python_counter(p: &Pipeline) -> Result<App> {
+    let socket = p.dir.join("python.sock");
+    let address = format!("unix://{}", socket.display());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/pageview-counter-python/counter.py");
+    let mut cmd = std::process::Command::new(&p.env.python);
+    for (k, v) in p.env.worker_env() {
+        cmd.env(k, v);
+    }
+    cmd.env("AWS_DEFAULT_REGION", &p.env.region)
+        .arg(script)
+        .env("APP_ADDRESS", &address)
+        .env(
+            "COUNTS_TABLE",
+            kinesis_operator_tests::unique_name("bench-counts"),
+        )
+        .env("FLUSH_INTERVAL_MS", "60000");
+    let proc = Proc::spawn(cmd, p.dir.join("python.log"))?;
+    until_socket(&socket)
+        .await
+        .map_err(|e| format!("{e}: {}", proc.log_tail()))?;
+    Ok(App {
+        proc,
+        address,
+        out: p.dir.join("python.jsonl"),
+    })
 }
 
 /// Reads `n` records `passes` times with each client; see [`throughput`]. With `gate` (the
@@ -516,8 +564,18 @@ async fn main() -> Result<()> {
             Shape::Definite
         };
         let per_shard = get("--per-shard", 100_000) as u64;
-        synthetic(per_shard, 100, passes, &clients, shape).await?;
-        synthetic(per_shard / 4, 1024, passes, &clients, shape).await?;
+        let app_kind = match args
+            .iter()
+            .position(|a| a == "--app")
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str)
+        {
+            None | Some("rust") => AppKind::Rust,
+            Some("python") => AppKind::Python,
+            Some(other) => return Err(format!("--app {other}: rust or python").into()),
+        };
+        synthetic(per_shard, 100, passes, &clients, shape, app_kind).await?;
+        synthetic(per_shard / 4, 1024, passes, &clients, shape, app_kind).await?;
     }
     if run("memory") {
         memory_at_64_shards().await?;
