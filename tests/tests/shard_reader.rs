@@ -135,3 +135,58 @@ async fn a_split_parent_ends_after_its_last_record_with_its_children() -> Result
     kinesis.delete_stream().stream_name(&stream).send().await?;
     Ok(())
 }
+
+/// The page target (`ReaderConfig::page_bytes`, `--max-page-kib`) cuts pages of large records
+/// to fit, through every client, without losing or reordering one. Without it, one call
+/// would bring all 30 records.
+#[tokio::test]
+async fn pages_of_large_records_are_cut_to_the_page_target() -> Result<()> {
+    let env = TestEnv::require();
+    let kinesis = env.kinesis().await;
+    let stream = unique_name("pages");
+    env.create_stream(&stream, 1).await?;
+    let mut expected = Vec::new();
+    for i in 0..30 {
+        let mut data = format!("{i:04}").into_bytes();
+        data.resize(1024, b'x');
+        kinesis
+            .put_record()
+            .stream_name(&stream)
+            .partition_key("k")
+            .data(Blob::new(data.clone()))
+            .send()
+            .await?;
+        expected.push(String::from_utf8_lossy(&data).into_owned());
+    }
+    for (name, mut config) in every_client(&env, 10_000).await? {
+        // 8 records of 1 KiB before the first page tells the size, then 8192 / 1154 = 7.
+        config.page_bytes = 8 * 1024;
+        let mut reader = ShardReader::new(
+            kinesis.clone(),
+            StreamRef::Name(stream.clone()),
+            SHARD,
+            Checkpoint::TrimHorizon,
+            None,
+            config,
+        );
+        let mut all = Vec::new();
+        let mut pages = Vec::new();
+        while all.len() < expected.len() && pages.len() < 100 {
+            match reader.next_batch().await? {
+                Batch::Records { records, .. } => {
+                    if !records.is_empty() {
+                        pages.push(records.len());
+                    }
+                    all.extend(records);
+                }
+                Batch::ShardEnd { .. } => return Err(format!("{name}: the shard ended").into()),
+            }
+        }
+        assert_eq!(texts(&all), expected, "{name}: every record, in order");
+        assert!(
+            pages.first().is_some_and(|n| *n <= 8) && pages.iter().skip(1).all(|n| *n <= 7),
+            "{name}: pages of {pages:?} records, beyond the 8 KiB target"
+        );
+    }
+    Ok(())
+}

@@ -124,6 +124,12 @@ struct RunArgs {
     /// Records per GetRecords call (1-10000).
     #[arg(long, env = "MAX_RECORDS", default_value_t = 10_000, value_parser = clap::value_parser!(i32).range(1..=10_000))]
     max_records: i32,
+    /// The GetRecords page size to aim for (KiB): each call's Limit is this divided by the
+    /// size of a record of the shard's last page (at most --max-records). A shard is served at
+    /// most 2 MB/s, so 2048 loses no throughput; it bounds what each shard holds in memory
+    /// (a 10 MB page is held about three times over while it is delivered).
+    #[arg(long, env = "MAX_PAGE_KIB", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(16..=10_240))]
+    max_page_kib: u32,
     /// Sleep between reads of a shard at its tip (milliseconds).
     #[arg(long, env = "IDLE_TIME_MS", default_value_t = 250)]
     idle_time_ms: u64,
@@ -458,6 +464,7 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
         worker_id.clone(),
     );
     pipeline_config.reader.max_records = args.max_records;
+    pipeline_config.reader.page_bytes = args.max_page_kib as usize * 1024;
     let format = match args.get_records_client {
         GetRecordsClient::Cbor => Some(WireFormat::Cbor),
         GetRecordsClient::Json => Some(WireFormat::Json),

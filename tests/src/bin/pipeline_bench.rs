@@ -18,7 +18,8 @@
 //! `--only throughput|synthetic|memory|latency|lanes` runs one part. `synthetic`: the same
 //! reads from `tests/src/synthetic.rs` (8 shards of `--per-shard N` records, default 100000,
 //! a quarter of that for 1 KB; `--indefinite` for indefinite-length CBOR; `--app python` for
-//! the Python example instead of the do-nothing Rust app), at the worker's speed. `lanes`: one shard, a slow app (`--delay-ms 50` per call), `--batch-size 10`, read with 1, 2, 5 and 10 lanes
+//! the Python example instead of the do-nothing Rust app; `--size 100|1024` for one size;
+//! `--worker-args "…"` adds flags to each worker), at the worker's speed. `lanes`: one shard, a slow app (`--delay-ms 50` per call), `--batch-size 10`, read with 1, 2, 5 and 10 lanes
 //! (`--parallelization-factor`): records/s of each (`--lanes-records N`, default 2000).
 
 use std::time::{Duration, Instant};
@@ -142,6 +143,7 @@ async fn synthetic(
     clients: &[String],
     shape: Shape,
     app_kind: AppKind,
+    worker_args: &str,
 ) -> Result<()> {
     let mut p = Pipeline::new(1).await?;
     p.test_timings = false;
@@ -159,7 +161,8 @@ async fn synthetic(
         AppKind::Python => python_counter(&p).await?,
     };
     let n = (per_shard * 8) as usize;
-    let extra = ["--kinesis-endpoint", server.endpoint.as_str()];
+    let mut extra = vec!["--kinesis-endpoint", server.endpoint.as_str()];
+    extra.extend(worker_args.split_whitespace());
     let tallies = read_passes(&p, &app, n, passes, clients, &extra, Some(&server)).await?;
     let source =
         format!("synthetic endpoint, {shape:?} CBOR, {n} records a pass, {app_kind:?} app");
@@ -574,8 +577,27 @@ async fn main() -> Result<()> {
             Some("python") => AppKind::Python,
             Some(other) => return Err(format!("--app {other}: rust or python").into()),
         };
-        synthetic(per_shard, 100, passes, &clients, shape, app_kind).await?;
-        synthetic(per_shard / 4, 1024, passes, &clients, shape, app_kind).await?;
+        let worker_args = args
+            .iter()
+            .position(|a| a == "--worker-args")
+            .and_then(|i| args.get(i + 1))
+            .map_or("", String::as_str);
+        let sizes = match args
+            .iter()
+            .position(|a| a == "--size")
+            .and_then(|i| args.get(i + 1))
+        {
+            Some(s) => vec![s.parse::<usize>()?],
+            None => vec![100, 1024],
+        };
+        for size in sizes {
+            let per = if size >= 1024 {
+                per_shard / 4
+            } else {
+                per_shard
+            };
+            synthetic(per, size, passes, &clients, shape, app_kind, worker_args).await?;
+        }
     }
     if run("memory") {
         memory_at_64_shards().await?;

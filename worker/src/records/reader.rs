@@ -28,11 +28,27 @@ use crate::lease::discovery::StreamRef;
 /// Kinesis returns at most 10,000 records per GetRecords call.
 pub const MAX_RECORDS_LIMIT: i32 = 10_000;
 
+/// Default page size a reader aims for (bytes): see [`ReaderConfig::page_bytes`].
+pub const DEFAULT_PAGE_BYTES: usize = 2 * 1024 * 1024;
+
+/// What a record costs in a page beyond its data (sequence number, framing, bookkeeping),
+/// bytes: so that pages of tiny records are not underestimated.
+const RECORD_OVERHEAD_BYTES: usize = 128;
+
+/// Assumed size of a record before a shard's first page tells (bytes).
+const FIRST_RECORD_BYTES: usize = 1024;
+
 /// Settings of a reader.
 #[derive(Debug, Clone)]
 pub struct ReaderConfig {
-    /// Records per GetRecords call (1..=10,000).
+    /// Records per GetRecords call (1..=10,000): the most; see `page_bytes`.
     pub max_records: i32,
+    /// The page size a read aims for (bytes): each call's `Limit` is this divided by the
+    /// size of a record of the shard's last page (its data, key and [`RECORD_OVERHEAD_BYTES`]),
+    /// at most `max_records`. Kinesis serves a shard at most 2 MB/s at 5 calls/s, so pages of
+    /// 2 MiB lose no throughput, while 10 MB pages of 1 KB records make every shard hold
+    /// 10 MB several times over (the answer, the request to the app, its HTTP/2 copy).
+    pub page_bytes: usize,
     /// For a lease at `AT_TIMESTAMP`: the application's initial timestamp (epoch ms).
     pub initial_timestamp_ms: Option<i64>,
     /// First retry delay after a throttle or transient error.
@@ -48,6 +64,7 @@ impl Default for ReaderConfig {
     fn default() -> Self {
         Self {
             max_records: MAX_RECORDS_LIMIT,
+            page_bytes: DEFAULT_PAGE_BYTES,
             initial_timestamp_ms: None,
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
@@ -216,6 +233,26 @@ pub struct ShardReader {
     ended: bool,
     children: Vec<String>,
     backoff: Backoff,
+    /// Average size of a record of the last non-empty page (data, key and overhead).
+    record_bytes: Option<usize>,
+}
+
+/// The `Limit` of the next GetRecords call: as many records of `record_bytes` (the last
+/// page's average; unknown before the first page) as fit in `page_bytes`, between 1 and
+/// `max_records` (itself at most 10,000).
+pub fn page_limit(max_records: i32, page_bytes: usize, record_bytes: Option<usize>) -> i32 {
+    let per_record = record_bytes.unwrap_or(FIRST_RECORD_BYTES).max(1);
+    let fit = i32::try_from(page_bytes / per_record).unwrap_or(i32::MAX);
+    fit.clamp(1, max_records.clamp(1, MAX_RECORDS_LIMIT))
+}
+
+/// Average size of `records` as [`page_limit`] counts it; `None` for an empty page.
+fn average_record_bytes(records: &[KinesisRecord]) -> Option<usize> {
+    let total: usize = records
+        .iter()
+        .map(|r| r.data.len() + r.partition_key.len() + RECORD_OVERHEAD_BYTES)
+        .sum();
+    total.checked_div(records.len())
 }
 
 impl ShardReader {
@@ -241,6 +278,7 @@ impl ShardReader {
             ended,
             children: Vec::new(),
             backoff,
+            record_bytes: None,
         }
     }
 
@@ -374,6 +412,9 @@ impl ShardReader {
                 }
             };
             self.backoff.reset();
+            if let Some(bytes) = average_record_bytes(&page.records) {
+                self.record_bytes = Some(bytes);
+            }
             let resume = self.resume_at();
             if let Some(last) = page.records.last() {
                 self.position = Position::After(last.sequence_number.to_string());
@@ -403,7 +444,11 @@ impl ShardReader {
 
     /// One GetRecords call, through our client or the SDK.
     async fn fetch(&self, iterator: &str) -> Result<RecordsPage, Fetch> {
-        let limit = self.config.max_records.clamp(1, MAX_RECORDS_LIMIT);
+        let limit = page_limit(
+            self.config.max_records,
+            self.config.page_bytes,
+            self.record_bytes,
+        );
         if let Some(wire) = &self.config.get_records {
             match wire.get_records(iterator, limit).await {
                 Ok(page) => return Ok(page),
@@ -457,5 +502,48 @@ impl ShardReader {
                 Err(Fetch::Retry(DisplayErrorContext(&e).to_string()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(data: usize, key: &str) -> KinesisRecord {
+        KinesisRecord {
+            data: bytes::Bytes::from(vec![0u8; data]),
+            partition_key: key.to_string().into(),
+            sequence_number: "1".to_string().into(),
+            approximate_arrival_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_page_of_1_kb_records_is_sized_to_the_target_not_to_10_mb() {
+        let avg = average_record_bytes(&[record(1024, "k1"), record(1024, "k2")]);
+        assert_eq!(avg, Some(1024 + 2 + RECORD_OVERHEAD_BYTES));
+        let limit = page_limit(10_000, DEFAULT_PAGE_BYTES, avg);
+        assert_eq!(limit, 1_817);
+        // The page it asks for stays within the target.
+        assert!(limit as usize * 1024 <= DEFAULT_PAGE_BYTES);
+    }
+
+    #[test]
+    fn small_records_still_get_full_pages_and_max_records_still_caps() {
+        let avg = average_record_bytes(&[record(50, "key")]);
+        assert_eq!(page_limit(10_000, DEFAULT_PAGE_BYTES, avg), 10_000);
+        assert_eq!(page_limit(500, DEFAULT_PAGE_BYTES, avg), 500);
+        // Out-of-range settings are clamped to what Kinesis accepts.
+        assert_eq!(page_limit(0, DEFAULT_PAGE_BYTES, avg), 1);
+        assert_eq!(page_limit(50_000, usize::MAX, avg), MAX_RECORDS_LIMIT);
+    }
+
+    #[test]
+    fn huge_records_read_one_at_a_time_and_the_first_page_assumes_1_kib() {
+        let avg = average_record_bytes(&[record(1_000_000, "k")]);
+        assert_eq!(page_limit(10_000, DEFAULT_PAGE_BYTES, avg), 2);
+        assert_eq!(page_limit(10_000, 1, avg), 1);
+        assert_eq!(page_limit(10_000, DEFAULT_PAGE_BYTES, None), 2_048);
+        assert_eq!(average_record_bytes(&[]), None);
     }
 }
