@@ -12,6 +12,7 @@
 //! slower than its interval. Timings are therefore in whole rounds, and real ones add request
 //! latency and up to one round of phase between workers.
 //!
+//! Options: `--round-secs S` (default 1), `--failover-secs S` (default 10).
 //! Run: `cargo run --release -p kinesis-operator-tests --bin lease_sim -- --shards 10000
 //! --workers 500`; `--bench-items` shapes items as `lease_bench` writes them (short worker
 //! ids, no sequence numbers), to check the model against a measured run.
@@ -29,8 +30,8 @@ use kinesis_worker::lease::table::item_size;
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
+/// Default failover time (seconds); `--failover-secs`.
 const FAILOVER: f64 = 10.0;
-const BEAT: f64 = FAILOVER / 3.0;
 const HANDOFF_TIMEOUT: f64 = 5.0;
 const MAX_MOVES: usize = 16;
 /// On-demand prices, us-east-1: dollars per million read / write request units.
@@ -44,6 +45,8 @@ struct Opts {
     bench_items: bool,
     /// Seconds per round (the scan interval).
     round: f64,
+    /// Failover time (seconds); heartbeats every third of it.
+    failover: f64,
 }
 
 fn opts() -> Result<Opts> {
@@ -52,6 +55,7 @@ fn opts() -> Result<Opts> {
         workers: 500,
         bench_items: false,
         round: 1.0,
+        failover: FAILOVER,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -59,6 +63,7 @@ fn opts() -> Result<Opts> {
         match flag.as_str() {
             "--bench-items" => o.bench_items = true,
             "--round-secs" => o.round = it.next().ok_or("needs a value")?.parse()?,
+            "--failover-secs" => o.failover = it.next().ok_or("needs a value")?.parse()?,
             "--shards" | "--workers" => {
                 let v: usize = it.next().ok_or("needs a value")?.parse()?;
                 if flag == "--shards" {
@@ -187,6 +192,7 @@ struct Worker {
 struct Sim {
     t: f64,
     round: f64,
+    failover: f64,
     base: Instant,
     shapes: Shapes,
     leases: BTreeMap<String, Lease>,
@@ -209,6 +215,7 @@ impl Sim {
         let mut s = Sim {
             t: 0.0,
             round: o.round,
+            failover: o.failover,
             base: Instant::now(),
             leases: BTreeMap::new(),
             workers: Vec::new(),
@@ -247,7 +254,7 @@ impl Sim {
         let i = self.workers.len();
         // The first heartbeat at start (seen by the next scan), the second about a round
         // after it (the proof of life; in the worker half a scan interval after the first),
-        // then every BEAT; starts are spread a little, as pods' are.
+        // then every third of the failover time; starts are spread a little, as pods' are.
         let phase = (i as f64 * 0.013) % self.round + self.round * 1.5;
         self.workers.push(Worker {
             id: self.shapes.worker_id(i),
@@ -281,7 +288,7 @@ impl Sim {
         for i in 0..self.workers.len() {
             while self.workers[i].alive && self.workers[i].next_beat <= self.t {
                 self.workers[i].beat += 1;
-                self.workers[i].next_beat += BEAT;
+                self.workers[i].next_beat += self.failover / 3.0;
                 let size = self
                     .shapes
                     .heartbeat_item(&self.workers[i].id, self.workers[i].held.len());
@@ -336,7 +343,7 @@ impl Sim {
             w.watch.observe(&holder, beat, now);
             let stale = w
                 .watch
-                .is_stale(&holder, now, Duration::from_secs_f64(FAILOVER));
+                .is_stale(&holder, now, Duration::from_secs_f64(self.failover));
             if assign::watch(Some(&holder), stale, false) == Watch::Claim {
                 // A strongly consistent read, then the conditional claim: this one wins.
                 self.units.read(100, true);
@@ -347,7 +354,7 @@ impl Sim {
                 self.observer.observe(
                     &format!("hb:{holder}"),
                     beat,
-                    now - Duration::from_secs_f64(FAILOVER * 2.0),
+                    now - Duration::from_secs_f64(self.failover * 2.0),
                 );
                 self.pending.clear();
                 eprintln!(
@@ -361,7 +368,7 @@ impl Sim {
 
     fn assigner_round(&mut self) {
         let now = self.now();
-        let failover = Duration::from_secs_f64(FAILOVER);
+        let failover = Duration::from_secs_f64(self.failover);
         // An eventually consistent scan of every item; the role item, strongly.
         let bytes: usize = self
             .leases
@@ -399,7 +406,7 @@ impl Sim {
             .filter(|w| live.contains(&w.id) && proven(w))
             .map(|w| w.id.clone())
             .collect();
-        let proof_time = Duration::from_secs_f64(BEAT + 2.0 * self.round);
+        let proof_time = Duration::from_secs_f64(self.failover / 3.0 + 2.0 * self.round);
         let live: BTreeSet<String> = self
             .workers
             .iter()
@@ -548,8 +555,10 @@ impl Sim {
         self.accepted().values().sum::<usize>() == self.leases.len()
     }
 
-    /// Ticks until `done` holds; returns the seconds taken.
+    /// Ticks until `done` holds; returns the seconds taken. `limit` is for the default
+    /// timings, stretched with slower rounds or a longer failover time.
     fn until(&mut self, what: &str, limit: f64, done: impl Fn(&Sim) -> bool) -> Result<f64> {
+        let limit = limit * (self.failover / FAILOVER).max(self.round).max(1.0);
         let t0 = self.t;
         while !done(self) {
             if self.t - t0 > limit {
@@ -571,9 +580,10 @@ fn main() -> Result<()> {
     let o = opts()?;
     let mut sim = Sim::new(&o);
     println!(
-        "lease sim: {} shards, {} workers, failover {FAILOVER} s, {} s rounds, {} items",
+        "lease sim: {} shards, {} workers, failover {} s, {} s rounds, {} items",
         o.shards,
         o.workers,
+        o.failover,
         o.round,
         if o.bench_items {
             "lease_bench-shaped"
@@ -589,7 +599,9 @@ fn main() -> Result<()> {
 
     let before = sim.units;
     let t0 = sim.t;
-    while sim.t - t0 < 60.0 {
+    // 60 s at the default timings: 18 heartbeats a worker; as many with a longer failover.
+    let window = 60.0 * (o.failover / FAILOVER).max(1.0);
+    while sim.t - t0 < window {
         sim.tick();
     }
     let secs = sim.t - t0;
@@ -649,7 +661,8 @@ fn main() -> Result<()> {
         s.all_accepted() && !s.accepted().contains_key(&vid)
     })?;
     println!(
-        "kill -9 of a worker → its shards accepted by others: {t:.0} s (failover {FAILOVER} s)"
+        "kill -9 of a worker → its shards accepted by others: {t:.0} s (failover {} s)",
+        o.failover
     );
 
     // The assigner killed.
