@@ -15,7 +15,6 @@ use kinesis_processor::v1::record_processor_client::RecordProcessorClient;
 use crate::metrics::{CallLabels, Metrics};
 
 use crate::records::aggregation::UserRecord;
-use bytes::Bytes;
 use kinesis_processor::tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use prost::Message;
 use prost::encoding::WireType;
@@ -24,38 +23,48 @@ use prost::encoding::WireType;
 const ATTEMPT_FIELD: u32 = 4;
 const PROCESS_RECORDS: &str = "/kinesis_operator.processor.v1.RecordProcessor/ProcessRecords";
 
-/// A `ProcessRecordsRequest` encoded once, sent again on every attempt without cloning or
-/// encoding its records again.
+/// A `ProcessRecordsRequest` for records `range` of a shared batch: encoded straight into
+/// tonic's send buffer on each attempt, so neither the records nor an encoded copy of them is
+/// cloned, and the worker holds no second copy of the batch besides tonic's.
 ///
-/// Each attempt appends its `attempt` field after the encoded request (which has none):
-/// protobuf parsers take the last value of a scalar field, so the app reads that attempt.
+/// Each attempt writes its `attempt` field after the request (which has none): protobuf
+/// parsers take the last value of a scalar field, so the app reads that attempt.
 #[derive(Debug, Clone)]
 pub struct EncodedBatch {
-    body: Bytes,
+    parts: Arc<Parts>,
+}
+
+#[derive(Debug)]
+struct Parts {
+    shard_id: String,
+    records: Arc<Vec<UserRecord>>,
+    range: std::ops::Range<usize>,
+    /// Encoded size of each record's message.
+    sizes: Vec<usize>,
+    millis_behind_latest: i64,
+    lease_owner: String,
+    lease_counter: u64,
+    /// Encoded size of the whole request (without the attempt field).
+    len: usize,
 }
 
 impl EncodedBatch {
-    /// Encodes `req` (its `attempt` is dropped: each call sets its own).
-    pub fn new(mut req: v1::ProcessRecordsRequest) -> Self {
-        req.attempt = 0;
-        Self {
-            body: Bytes::from(req.encode_to_vec()),
-        }
-    }
-
-    /// Encodes a `ProcessRecordsRequest` for `records` straight from them: the same bytes
-    /// prost writes for the request built with [`to_proto`] (fields in order, defaults left
-    /// out), without building that request (no per-record strings or message to drop).
+    /// The request for `records[range]` (an empty range past the end is an empty batch):
+    /// the same bytes prost writes for the request built with [`to_proto`] (fields in order,
+    /// defaults left out), without building that request (no per-record strings or message
+    /// to drop).
     pub fn from_records(
         shard_id: &str,
-        records: &[UserRecord],
+        records: Arc<Vec<UserRecord>>,
+        range: std::ops::Range<usize>,
         millis_behind_latest: i64,
         lease_owner: &str,
         lease_counter: u64,
     ) -> Self {
-        use prost::encoding::{encode_varint, encoded_len_varint, key_len};
-        let sizes: Vec<usize> = records.iter().map(record_len).collect();
-        let total = text_len(1, shard_id)
+        use prost::encoding::{encoded_len_varint, key_len};
+        let part = records.get(range.clone()).unwrap_or(&[]);
+        let sizes: Vec<usize> = part.iter().map(record_len).collect();
+        let len = text_len(1, shard_id)
             + sizes
                 .iter()
                 .map(|n| key_len(2) + encoded_len_varint(*n as u64) + n)
@@ -63,40 +72,54 @@ impl EncodedBatch {
             + int_len(3, millis_behind_latest as u64)
             + text_len(5, lease_owner)
             + int_len(6, lease_counter);
-        let mut buf = Vec::with_capacity(total);
-        put_text(1, shard_id.as_bytes(), &mut buf);
-        for (r, n) in records.iter().zip(&sizes) {
-            prost::encoding::encode_key(2, WireType::LengthDelimited, &mut buf);
-            encode_varint(*n as u64, &mut buf);
-            put_text(1, &r.data, &mut buf);
-            put_text(2, r.partition_key.as_bytes(), &mut buf);
-            put_text(3, r.sequence_number.as_bytes(), &mut buf);
-            put_int(4, r.sub_sequence_number, &mut buf);
-            put_int(5, r.approximate_arrival_ms.unwrap_or(0) as u64, &mut buf);
+        Self {
+            parts: Arc::new(Parts {
+                shard_id: shard_id.to_string(),
+                records,
+                range,
+                sizes,
+                millis_behind_latest,
+                lease_owner: lease_owner.to_string(),
+                lease_counter,
+                len,
+            }),
+        }
+    }
+
+    /// Writes the request (without the attempt field): [`Self::len`] bytes.
+    fn write(&self, buf: &mut impl bytes::BufMut) {
+        use prost::encoding::encode_varint;
+        let p = &*self.parts;
+        let part = p.records.get(p.range.clone()).unwrap_or(&[]);
+        put_text(1, p.shard_id.as_bytes(), buf);
+        for (r, n) in part.iter().zip(&p.sizes) {
+            prost::encoding::encode_key(2, WireType::LengthDelimited, buf);
+            encode_varint(*n as u64, buf);
+            put_text(1, &r.data, buf);
+            put_text(2, r.partition_key.as_bytes(), buf);
+            put_text(3, r.sequence_number.as_bytes(), buf);
+            put_int(4, r.sub_sequence_number, buf);
+            put_int(5, r.approximate_arrival_ms.unwrap_or(0) as u64, buf);
             put_text(
                 6,
                 r.explicit_hash_key.as_deref().unwrap_or("").as_bytes(),
-                &mut buf,
+                buf,
             );
-            put_int(7, u64::from(r.aggregated), &mut buf);
+            put_int(7, u64::from(r.aggregated), buf);
         }
-        put_int(3, millis_behind_latest as u64, &mut buf);
-        put_text(5, lease_owner.as_bytes(), &mut buf);
-        put_int(6, lease_counter, &mut buf);
-        debug_assert_eq!(buf.len(), total);
-        Self {
-            body: Bytes::from(buf),
-        }
+        put_int(3, p.millis_behind_latest as u64, buf);
+        put_text(5, p.lease_owner.as_bytes(), buf);
+        put_int(6, p.lease_counter, buf);
     }
 
     /// The encoded size (without the attempt field).
     pub fn len(&self) -> usize {
-        self.body.len()
+        self.parts.len
     }
 
     /// Never true for a batch with records.
     pub fn is_empty(&self) -> bool {
-        self.body.is_empty()
+        self.parts.len == 0
     }
 }
 
@@ -137,15 +160,15 @@ fn int_len(tag: u32, v: u64) -> usize {
     }
 }
 
-fn put_text(tag: u32, b: &[u8], buf: &mut Vec<u8>) {
+fn put_text(tag: u32, b: &[u8], buf: &mut impl bytes::BufMut) {
     if !b.is_empty() {
         prost::encoding::encode_key(tag, WireType::LengthDelimited, buf);
         prost::encoding::encode_varint(b.len() as u64, buf);
-        buf.extend_from_slice(b);
+        buf.put_slice(b);
     }
 }
 
-fn put_int(tag: u32, v: u64, buf: &mut Vec<u8>) {
+fn put_int(tag: u32, v: u64, buf: &mut impl bytes::BufMut) {
     if v != 0 {
         prost::encoding::encode_key(tag, WireType::Varint, buf);
         prost::encoding::encode_varint(v, buf);
@@ -177,7 +200,7 @@ struct BatchEncoder {
 }
 
 impl Encoder for BatchEncoder {
-    type Item = (Bytes, u32);
+    type Item = (EncodedBatch, u32);
     type Error = Status;
 
     /// A buffer the batch fits in (gRPC's 5-byte header and the attempt field included), so
@@ -188,17 +211,17 @@ impl Encoder for BatchEncoder {
 
     fn encode(
         &mut self,
-        (body, attempt): Self::Item,
+        (batch, attempt): Self::Item,
         dst: &mut EncodeBuf<'_>,
     ) -> Result<(), Status> {
-        write_attempt(&body, attempt, dst);
+        write_attempt(&batch, attempt, dst);
         Ok(())
     }
 }
 
-/// The encoded batch, then its attempt number.
-fn write_attempt(body: &[u8], attempt: u32, dst: &mut impl bytes::BufMut) {
-    dst.put_slice(body);
+/// The batch, then its attempt number.
+fn write_attempt(batch: &EncodedBatch, attempt: u32, dst: &mut impl bytes::BufMut) {
+    batch.write(dst);
     if attempt != 0 {
         prost::encoding::uint32::encode(ATTEMPT_FIELD, &attempt, dst);
     }
@@ -224,7 +247,7 @@ impl Decoder for ResponseDecoder {
 }
 
 impl Codec for BatchCodec {
-    type Encode = (Bytes, u32);
+    type Encode = (EncodedBatch, u32);
     type Decode = v1::ProcessRecordsResponse;
     type Encoder = BatchEncoder;
     type Decoder = ResponseDecoder;
@@ -330,8 +353,8 @@ impl App {
         self.timed("ProcessRecords", c.process_records(req)).await
     }
 
-    /// `ProcessRecords` with a batch encoded once, as attempt `attempt`: a retry copies
-    /// nothing but the encoded bytes into the HTTP/2 frame.
+    /// `ProcessRecords` with `batch` as attempt `attempt`: each attempt encodes the records
+    /// straight into tonic's buffer.
     ///
     /// # Errors
     /// The app's error or the transport's.
@@ -349,11 +372,9 @@ impl App {
             })?;
             let path = http::uri::PathAndQuery::from_static(PROCESS_RECORDS);
             grpc.unary(
-                tonic::Request::new((batch.body.clone(), attempt)),
+                tonic::Request::new((batch.clone(), attempt)),
                 path,
-                BatchCodec {
-                    size: batch.body.len(),
-                },
+                BatchCodec { size: batch.len() },
             )
             .await
         };
@@ -398,6 +419,7 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use proptest::prelude::*;
 
     fn user_record() -> impl Strategy<Value = UserRecord> {
@@ -434,7 +456,11 @@ mod tests {
             owner in ".{0,12}",
             counter in any::<u64>(),
         ) {
-            let ours = EncodedBatch::from_records(&shard, &records, behind, &owner, counter);
+            let all = Arc::new(records.clone());
+            let ours = EncodedBatch::from_records(&shard, all, 0..records.len(), behind, &owner, counter);
+            let mut bytes = Vec::new();
+            ours.write(&mut bytes);
+            prop_assert_eq!(bytes.len(), ours.len());
             let prost = v1::ProcessRecordsRequest {
                 shard_id: shard,
                 records: records.into_iter().map(to_proto).collect(),
@@ -444,41 +470,56 @@ mod tests {
                 lease_counter: counter,
             }
             .encode_to_vec();
-            prop_assert_eq!(&ours.body[..], &prost[..]);
+            prop_assert_eq!(&bytes[..], &prost[..]);
         }
     }
 
     #[test]
-    fn each_attempt_is_read_with_its_own_number_and_the_same_records()
+    fn each_attempt_is_read_with_its_own_number_and_the_records_of_its_range()
     -> Result<(), prost::DecodeError> {
-        let req = v1::ProcessRecordsRequest {
+        let records: Vec<UserRecord> = (0..5)
+            .map(|i| UserRecord {
+                data: Bytes::from(format!("record-{i}")),
+                partition_key: format!("k{i}").into(),
+                explicit_hash_key: None,
+                sequence_number: format!("4959{i}").into(),
+                sub_sequence_number: 0,
+                approximate_arrival_ms: Some(1_700_000_000_000 + i),
+                aggregated: false,
+            })
+            .collect();
+        let all = Arc::new(records.clone());
+        let batch =
+            EncodedBatch::from_records("shardId-000000000001", all.clone(), 1..4, 42, "w1", 7);
+        let want = v1::ProcessRecordsRequest {
             shard_id: "shardId-000000000001".into(),
-            records: (0..3)
-                .map(|i| v1::Record {
-                    data: Bytes::from(format!("record-{i}")),
-                    partition_key: format!("k{i}"),
-                    sequence_number: format!("4959{i}"),
-                    ..Default::default()
-                })
-                .collect(),
+            records: records[1..4].iter().cloned().map(to_proto).collect(),
             millis_behind_latest: 42,
-            attempt: 9,
+            attempt: 0,
             lease_owner: "w1".into(),
             lease_counter: 7,
         };
-        let batch = EncodedBatch::new(req.clone());
         for attempt in [1, 2, 300, u32::MAX] {
             let mut wire = Vec::new();
-            write_attempt(&batch.body, attempt, &mut wire);
+            write_attempt(&batch, attempt, &mut wire);
             let got = v1::ProcessRecordsRequest::decode(&wire[..])?;
             assert_eq!(
                 got,
                 v1::ProcessRecordsRequest {
                     attempt,
-                    ..req.clone()
+                    ..want.clone()
                 }
             );
         }
+        // A range past the end is an empty batch, not a panic.
+        let empty = EncodedBatch::from_records("s", all, 7..9, 0, "", 0);
+        let mut wire = Vec::new();
+        write_attempt(&empty, 0, &mut wire);
+        assert_eq!(wire.len(), empty.len());
+        assert_eq!(
+            v1::ProcessRecordsRequest::decode(&wire[..])?.records,
+            Vec::<v1::Record>::new()
+        );
         Ok(())
     }
 }

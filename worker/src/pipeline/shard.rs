@@ -946,7 +946,8 @@ impl ShardTask {
             }
         }
         let len = chunk.len();
-        let records = chunk;
+        // Shared with each attempt's request, which encodes its range from it.
+        let records = Arc::new(chunk);
         let mut plan = Plan::new(len, policy);
         let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
         while let Some(seg) = plan.next() {
@@ -983,7 +984,7 @@ impl ShardTask {
                 }
             }
             let count = seg.len() as u64;
-            // Encoded once per segment: a retry sends the same bytes with its own attempt.
+            // One request per segment: each attempt encodes it into tonic's buffer.
             let part = &records[seg.start..seg.end];
             let bytes: u64 = part.iter().map(|r| r.data.len() as u64).sum();
             let first = part
@@ -992,7 +993,8 @@ impl ShardTask {
                 .unwrap_or_default();
             let batch = EncodedBatch::from_records(
                 &d.shard,
-                part,
+                Arc::clone(&records),
+                seg.start..seg.end,
                 millis_behind_latest,
                 &d.fencing.0,
                 d.fencing.1,
