@@ -10,6 +10,23 @@ use crate::TestEnv;
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
+/// A reader of `shard` of `stream` from its oldest record (TRIM_HORIZON), with `config`.
+pub fn from_trim_horizon(
+    kinesis: &aws_sdk_kinesis::Client,
+    stream: &str,
+    shard: &str,
+    config: ReaderConfig,
+) -> ShardReader {
+    ShardReader::new(
+        kinesis.clone(),
+        kinesis_worker::lease::discovery::StreamRef::Name(stream.to_string()),
+        shard,
+        kinesis_worker::lease::checkpoint::Checkpoint::TrimHorizon,
+        None,
+        config,
+    )
+}
+
 /// Reads until the tip (an empty read with no lag) or the shard's end (then its children).
 ///
 /// # Errors

@@ -4,7 +4,7 @@
 //! of a split parent, in every client: `shard_reader.rs`.)
 
 use aws_sdk_kinesis::primitives::Blob;
-use kinesis_operator_tests::reading::{every_client, read_to_tip};
+use kinesis_operator_tests::reading::{every_client, from_trim_horizon, read_to_tip};
 use kinesis_operator_tests::{TestEnv, unique_name};
 use kinesis_worker::lease::checkpoint::{Checkpoint, SequenceNumber};
 use kinesis_worker::lease::discovery::StreamRef;
@@ -57,14 +57,7 @@ async fn cbor_json_and_sdk_read_the_same_records() -> Result<()> {
     // Small pages too, so that iterators chain across many calls.
     for max_records in [10_000, 7] {
         for (name, config) in every_client(&env, max_records).await? {
-            let mut reader = ShardReader::new(
-                kinesis.clone(),
-                StreamRef::Name(stream.clone()),
-                SHARD,
-                Checkpoint::TrimHorizon,
-                None,
-                config,
-            );
+            let mut reader = from_trim_horizon(&kinesis, &stream, SHARD, config);
             let (records, end) = read_to_tip(&mut reader).await?;
             assert_eq!(end, None, "{name}: the open shard has no end");
             reads.push((format!("{name}/{max_records}"), records));

@@ -4,7 +4,7 @@
 //! client: the SDK, ours in CBOR and in JSON).
 
 use aws_sdk_kinesis::primitives::Blob;
-use kinesis_operator_tests::reading::{every_client, read_to_tip};
+use kinesis_operator_tests::reading::{every_client, from_trim_horizon, read_to_tip};
 use kinesis_operator_tests::{TestEnv, unique_name};
 use kinesis_worker::lease::checkpoint::{Checkpoint, SequenceNumber};
 use kinesis_worker::lease::discovery::StreamRef;
@@ -109,14 +109,7 @@ async fn a_split_parent_ends_after_its_last_record_with_its_children() -> Result
 
     // The same end through every GetRecords client.
     for (name, config) in every_client(&env, 10_000).await? {
-        let mut reader = ShardReader::new(
-            kinesis.clone(),
-            StreamRef::Name(stream.clone()),
-            SHARD,
-            Checkpoint::TrimHorizon,
-            None,
-            config,
-        );
+        let mut reader = from_trim_horizon(&kinesis, &stream, SHARD, config);
         let (records, end) = read_to_tip(&mut reader).await?;
         assert_eq!(texts(&records), ["before"], "{name}");
         let mut children = end.ok_or_else(|| format!("{name}: the closed parent must end"))?;
@@ -161,14 +154,7 @@ async fn pages_of_large_records_are_cut_to_the_page_target() -> Result<()> {
     for (name, mut config) in every_client(&env, 10_000).await? {
         // 8 records of 1 KiB before the first page tells the size, then 8192 / 1154 = 7.
         config.page_bytes = 8 * 1024;
-        let mut reader = ShardReader::new(
-            kinesis.clone(),
-            StreamRef::Name(stream.clone()),
-            SHARD,
-            Checkpoint::TrimHorizon,
-            None,
-            config,
-        );
+        let mut reader = from_trim_horizon(&kinesis, &stream, SHARD, config);
         let mut all = Vec::new();
         let mut pages = Vec::new();
         while all.len() < expected.len() && pages.len() < 100 {
