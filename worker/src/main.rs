@@ -127,7 +127,7 @@ struct RunArgs {
     /// The GetRecords page size to aim for (KiB): each call's Limit is this divided by the
     /// size of a record of the shard's last page (at most --max-records). A shard is served at
     /// most 2 MB/s, so 2048 loses no throughput; it bounds what each shard holds in memory
-    /// (a 10 MB page is held about three times over while it is delivered).
+    /// (a page is held more than once while it is read and delivered).
     #[arg(long, env = "MAX_PAGE_KIB", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(16..=10_240))]
     max_page_kib: u32,
     /// Sleep between reads of a shard at its tip (milliseconds).

@@ -242,8 +242,15 @@ async fn read_passes(
                     || async { (leases(&w).await >= 8.0).then_some(()) },
                 )
                 .await?;
-                // A few empty reads of each shard, so that start-up is behind us.
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Three empty reads a shard on average, so that start-up is behind us.
+                let calls = server.calls();
+                wait_for(
+                    "empty reads at the tip",
+                    Duration::from_secs(60),
+                    Duration::from_millis(20),
+                    || async { (server.calls() >= calls + 24).then_some(()) },
+                )
+                .await?;
             } else {
                 wait_for(
                     "first record",

@@ -30,7 +30,7 @@ const PROCESS_RECORDS: &str = "/kinesis_operator.processor.v1.RecordProcessor/Pr
 /// Each attempt writes its `attempt` field after the request (which has none): protobuf
 /// parsers take the last value of a scalar field, so the app reads that attempt.
 #[derive(Debug, Clone)]
-pub struct EncodedBatch {
+pub struct BatchRequest {
     parts: Arc<Parts>,
 }
 
@@ -48,7 +48,7 @@ struct Parts {
     len: usize,
 }
 
-impl EncodedBatch {
+impl BatchRequest {
     /// The request for `records[range]` (an empty range past the end is an empty batch):
     /// the same bytes prost writes for the request built with [`to_proto`] (fields in order,
     /// defaults left out), without building that request (no per-record strings or message
@@ -123,7 +123,7 @@ impl EncodedBatch {
     }
 }
 
-/// A record as the contract's message (what [`EncodedBatch::from_records`] encodes).
+/// A record as the contract's message (what [`BatchRequest::from_records`] encodes).
 #[cfg(test)]
 fn to_proto(r: UserRecord) -> v1::Record {
     v1::Record {
@@ -186,7 +186,7 @@ fn record_len(r: &UserRecord) -> usize {
         + int_len(7, u64::from(r.aggregated))
 }
 
-/// Sends an [`EncodedBatch`] of `size` bytes with its attempt number; reads the answer with
+/// Sends a [`BatchRequest`] of `size` bytes with its attempt number; reads the answer with
 /// prost.
 #[derive(Debug, Clone, Copy, Default)]
 struct BatchCodec {
@@ -200,7 +200,7 @@ struct BatchEncoder {
 }
 
 impl Encoder for BatchEncoder {
-    type Item = (EncodedBatch, u32);
+    type Item = (BatchRequest, u32);
     type Error = Status;
 
     /// A buffer the batch fits in (gRPC's 5-byte header and the attempt field included), so
@@ -220,7 +220,7 @@ impl Encoder for BatchEncoder {
 }
 
 /// The batch, then its attempt number.
-fn write_attempt(batch: &EncodedBatch, attempt: u32, dst: &mut impl bytes::BufMut) {
+fn write_attempt(batch: &BatchRequest, attempt: u32, dst: &mut impl bytes::BufMut) {
     batch.write(dst);
     if attempt != 0 {
         prost::encoding::uint32::encode(ATTEMPT_FIELD, &attempt, dst);
@@ -247,7 +247,7 @@ impl Decoder for ResponseDecoder {
 }
 
 impl Codec for BatchCodec {
-    type Encode = (EncodedBatch, u32);
+    type Encode = (BatchRequest, u32);
     type Decode = v1::ProcessRecordsResponse;
     type Encoder = BatchEncoder;
     type Decoder = ResponseDecoder;
@@ -360,7 +360,7 @@ impl App {
     /// The app's error or the transport's.
     pub async fn process_encoded(
         &self,
-        batch: &EncodedBatch,
+        batch: &BatchRequest,
         attempt: u32,
     ) -> Result<v1::ProcessRecordsResponse, Status> {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone())
@@ -457,7 +457,7 @@ mod tests {
             counter in any::<u64>(),
         ) {
             let all = Arc::new(records.clone());
-            let ours = EncodedBatch::from_records(&shard, all, 0..records.len(), behind, &owner, counter);
+            let ours = BatchRequest::from_records(&shard, all, 0..records.len(), behind, &owner, counter);
             let mut bytes = Vec::new();
             ours.write(&mut bytes);
             prop_assert_eq!(bytes.len(), ours.len());
@@ -490,7 +490,7 @@ mod tests {
             .collect();
         let all = Arc::new(records.clone());
         let batch =
-            EncodedBatch::from_records("shardId-000000000001", all.clone(), 1..4, 42, "w1", 7);
+            BatchRequest::from_records("shardId-000000000001", all.clone(), 1..4, 42, "w1", 7);
         let want = v1::ProcessRecordsRequest {
             shard_id: "shardId-000000000001".into(),
             records: records[1..4].iter().cloned().map(to_proto).collect(),
@@ -512,7 +512,7 @@ mod tests {
             );
         }
         // A range past the end is an empty batch, not a panic.
-        let empty = EncodedBatch::from_records("s", all, 7..9, 0, "", 0);
+        let empty = BatchRequest::from_records("s", all, 7..9, 0, "", 0);
         let mut wire = Vec::new();
         write_attempt(&empty, 0, &mut wire);
         assert_eq!(wire.len(), empty.len());

@@ -11,7 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::PipelineConfig;
-use super::app::{App, EncodedBatch};
+use super::app::{App, BatchRequest};
 use super::destination::{About, Reason, message};
 use super::lanes::{Watermark, lane_of};
 use super::policy::{AfterFailure, Plan, Segment};
@@ -991,7 +991,7 @@ impl ShardTask {
                 .first()
                 .map(|r| r.sequence_number.clone())
                 .unwrap_or_default();
-            let batch = EncodedBatch::from_records(
+            let batch = BatchRequest::from_records(
                 &d.shard,
                 Arc::clone(&records),
                 seg.start..seg.end,
