@@ -1687,3 +1687,50 @@ async fn a_graceful_shutdown_mid_batch_in_lanes_redelivers_nothing() -> Result<(
     w2.stop(DEADLINE).await?;
     p.cleanup().await
 }
+
+/// The shard read limit (`--read-kb-per-second`, docs/OPERATIONS.md): a worker catching up
+/// reads a shard no faster than the limit, where Kinesis would refuse it. 8 records of
+/// 50,000 bytes (data and key), one a page (`--max-records 1`), at 50 kB/s: the call that
+/// reads the 8th cannot start before the 7 pages before it are paid for, 7 s after the worker
+/// started; with only the 5-calls-a-second spacing it comes 1.4 s after the first read (seen:
+/// this test fails with `--read-kb-per-second 0`). Every record still arrives, once, in order.
+#[tokio::test]
+async fn a_shard_catching_up_is_read_no_faster_than_its_read_limit() -> Result<()> {
+    let p = Pipeline::new(1).await?;
+    let kinesis = p.env.kinesis().await;
+    let n = 8;
+    for i in 0..n {
+        let mut data = format!("r:{i}:").into_bytes();
+        data.resize(50_000 - "k".len(), b'.');
+        p.put(&kinesis, "k", &data).await?;
+    }
+    let app = p.app("a", &[]).await?;
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let w = p.worker(
+        "w",
+        &app.address,
+        &["--max-records", "1", "--read-kb-per-second", "50"],
+    )?;
+    let got = until_received(&[app.out.as_path()], n).await?;
+    let order: Vec<String> = got
+        .iter()
+        .map(|r| r.data.split(':').nth(1).unwrap_or("?").to_string())
+        .collect();
+    let expected: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    assert_eq!(order, expected, "each record once, in order");
+    let last = got.iter().map(Received::recv_ns).max().unwrap_or(0);
+    let paid = Duration::from_secs(7); // 7 pages × 50,000 B at 50,000 B/s
+    let took = Duration::from_nanos(u64::try_from(last.saturating_sub(started.as_nanos()))?);
+    eprintln!("the 8th record arrived {took:?} after the worker started");
+    assert!(
+        took >= paid,
+        "the 8th record arrived {took:?} after the worker started: the shard was read faster than 50 kB/s"
+    );
+    let (_, page) = http_get(&w.admin, "/metrics").await?;
+    assert!(
+        metric(&page, "kinesis_worker_read_paced_seconds_total") > 0.0,
+        "the wait for the read limit is counted"
+    );
+    w.stop(DEADLINE).await?;
+    p.cleanup().await
+}

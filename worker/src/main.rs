@@ -130,6 +130,13 @@ struct RunArgs {
     /// (a page is held more than once while it is read and delivered).
     #[arg(long, env = "MAX_PAGE_KIB", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(16..=10_240))]
     max_page_kib: u32,
+    /// Most record bytes read from one shard a second, in kB (1,000 bytes, data and keys):
+    /// each GetRecords call waits until the last page's bytes are paid at this rate. Kinesis
+    /// serves a shard 2 MB/s across all polling applications of the stream and refuses
+    /// (ProvisionedThroughputExceeded) past it; lower this when several read one stream.
+    /// 0: no limit but the 5 calls a second.
+    #[arg(long, env = "READ_KB_PER_SECOND", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    read_kb_per_second: u64,
     /// Sleep between reads of a shard at its tip (milliseconds).
     #[arg(long, env = "IDLE_TIME_MS", default_value_t = 250)]
     idle_time_ms: u64,
@@ -485,6 +492,8 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
     }
     pipeline_config.reader.initial_timestamp_ms = lease_args.initial_timestamp;
     pipeline_config.idle_time = Duration::from_millis(args.idle_time_ms);
+    pipeline_config.read_pace.bytes_per_second =
+        (args.read_kb_per_second > 0).then(|| args.read_kb_per_second * 1_000);
     pipeline_config.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
     pipeline_config.max_attempts = (args.max_attempts > 0).then_some(args.max_attempts);
     pipeline_config.bisect_on_error = args.bisect_on_error;

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
@@ -105,6 +105,9 @@ pub struct Metrics {
     pub lanes_busy: Gauge,
     /// Shards found gone from the stream (past its retention) and treated as ended.
     pub shards_expired: Counter,
+    /// Seconds shards waited before a GetRecords call for the per-shard byte limit
+    /// (`--read-kb-per-second`), beyond the 5-calls-a-second spacing.
+    pub read_paced_seconds: Counter<f64, AtomicU64>,
     /// App call latency by RPC.
     pub app_call_seconds: Family<CallLabels, Histogram>,
     /// Failed app calls by RPC.
@@ -166,6 +169,7 @@ impl Metrics {
             lanes_busy: Gauge::default(),
             records_per_call: Histogram::new([1.0, 10.0, 100.0, 500.0, 1_000.0, 5_000.0, 10_000.0]),
             shards_expired: Counter::default(),
+            read_paced_seconds: Counter::default(),
             app_call_seconds: Family::new_with_constructor(|| Histogram::new(app_buckets())),
             app_call_errors: Family::default(),
             app_ready: Gauge::default(),
@@ -248,6 +252,11 @@ impl Metrics {
             "shards_expired",
             "Shards no longer in the stream (past its retention) treated as ended",
             m.shards_expired.clone(),
+        );
+        r.register(
+            "read_paced_seconds",
+            "Seconds shards waited before a GetRecords call to stay within the shard read limit (--read-kb-per-second), beyond the 5-calls-a-second spacing",
+            m.read_paced_seconds.clone(),
         );
         r.register(
             "app_call_duration_seconds",

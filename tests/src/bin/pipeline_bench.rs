@@ -162,6 +162,11 @@ async fn synthetic(
     };
     let n = (per_shard * 8) as usize;
     let mut extra = vec!["--kinesis-endpoint", server.endpoint.as_str()];
+    // The synthetic endpoint has no read limit: measure the worker at its own speed, not
+    // paced to Kinesis's 2 MB/s a shard.
+    if !worker_args.contains("--read-kb-per-second") {
+        extra.extend(["--read-kb-per-second", "0"]);
+    }
     extra.extend(worker_args.split_whitespace());
     let tallies = read_passes(&p, &app, n, passes, clients, &extra, Some(&server)).await?;
     let source =

@@ -26,11 +26,16 @@
 //!   lease (or cannot confirm its own heartbeat) stops before anyone else may take over.
 //! - A shard's end is checkpointed as `SHARD_END` only after the app answered `ShardEnded`;
 //!   its children start after that.
+//! - A polled shard's GetRecords calls start at least `read_pace.min_interval` apart and
+//!   each waits until the page before it is paid for at `read_pace.bytes_per_second`, so a
+//!   shard catching up stays within Kinesis's read limits instead of being refused
+//!   ([`pace`]; test: `pipeline_delivery::a_shard_catching_up_is_read_no_faster…`).
 
 mod app;
 pub mod destination;
 pub mod filter;
 pub mod lanes;
+pub mod pace;
 pub mod policy;
 pub mod position;
 mod shard;
@@ -70,8 +75,9 @@ pub struct PipelineConfig {
     pub lag: LagBoard,
     /// Sleep between reads when a shard is at its tip.
     pub idle_time: Duration,
-    /// The least time between two GetRecords calls on one shard (Kinesis allows 5 per second).
-    pub min_read_interval: Duration,
+    /// How a shard's GetRecords calls are spaced: Kinesis's 5 calls and 2 MB a second per
+    /// shard ([`pace`]).
+    pub read_pace: pace::ReadPace,
     /// At most one checkpoint write per shard per this interval.
     pub checkpoint_interval: Duration,
     /// Hand a batch to `destination` after this many failed deliveries; `None` (or no
@@ -124,7 +130,7 @@ impl PipelineConfig {
             fan_out_consumer: None,
             lag: LagBoard::default(),
             idle_time: Duration::from_millis(250),
-            min_read_interval: Duration::from_millis(200),
+            read_pace: pace::ReadPace::default(),
             checkpoint_interval: Duration::from_secs(5),
             max_attempts: None,
             destination: None,

@@ -363,25 +363,38 @@ async fn read_ahead(
         })
         .clone();
     let mut errors = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-    let mut last_call: Option<Instant> = None;
+    // When the next GetRecords call may start: Kinesis's 5 calls and 2 MB a second per
+    // shard (`pace`); fan-out pushes at its own pace.
+    let mut next_call: Option<Instant> = None;
+    let mut started = Instant::now();
     loop {
         // While delivery retries, read no further ahead.
         if stalled.wait_for(|s| !*s).await.is_err() {
             return;
         }
-        // Kinesis allows 5 GetRecords calls per second per shard (fan-out pushes).
-        if let Some(t) = last_call
+        if let Some(t) = next_call
             && !reader.pushes()
         {
-            tokio::time::sleep_until(t + config.min_read_interval).await;
+            // The metric counts only the wait the byte limit adds to the call limit's.
+            let floor = (started + config.read_pace.min_interval).max(Instant::now());
+            if t > floor {
+                metrics.read_paced_seconds.inc_by((t - floor).as_secs_f64());
+            }
+            tokio::time::sleep_until(t).await;
         }
-        last_call = Some(Instant::now());
+        started = Instant::now();
+        next_call = Some(started + config.read_pace.min_interval);
         match reader.next_batch().await {
             Ok(Batch::Records {
                 records,
                 millis_behind_latest,
             }) => {
                 errors.reset();
+                let read: u64 = records
+                    .iter()
+                    .map(|r| super::pace::record_bytes(r.data.len(), r.partition_key.len()))
+                    .sum();
+                next_call = Some(started + config.read_pace.gap(read));
                 let behind = millis_behind_latest.unwrap_or(0);
                 gauge.set(behind);
                 config.lag.set(&shard, behind);
