@@ -284,7 +284,8 @@ pub struct WorkerSpec {
     /// Worker image (default: the operator's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Worker resources (default: requests 10m CPU / 32Mi, limit 128Mi).
+    /// Worker resources (default: requests 10m CPU / 32Mi; memory limit 64Mi + 20Mi per
+    /// shardsPerWorker, between 128Mi and 4096Mi).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Extra environment of the worker container (e.g. AWS_STS_REGIONAL_ENDPOINTS, a proxy,

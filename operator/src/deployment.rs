@@ -219,7 +219,9 @@ fn filters_env(filters: &[String]) -> Option<String> {
     Some(serde_json::Value::Array(patterns).to_string())
 }
 
-fn default_resources() -> ResourceRequirements {
+/// The worker container's resources when `spec.worker.resources` names none: 10m CPU and
+/// 32Mi requested, and a memory limit of [`default_memory_limit_mib`].
+fn default_resources(shards_per_worker: i32) -> ResourceRequirements {
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".into(), Quantity("10m".into())),
@@ -227,10 +229,20 @@ fn default_resources() -> ResourceRequirements {
         ])),
         limits: Some(BTreeMap::from([(
             "memory".into(),
-            Quantity("128Mi".into()),
+            Quantity(format!("{}Mi", default_memory_limit_mib(shards_per_worker))),
         )])),
         ..Default::default()
     }
+}
+
+/// The default memory limit of a worker (MiB): 64 and 10 for each shard it may read a backlog
+/// of at once, twice `shardsPerWorker` (after a failover the others hold the dead worker's
+/// shards too), at least 128 and at most 4096 (docs/OPERATIONS.md, "Memory and CPU of the
+/// worker"). It follows the spec alone, never the stream's shard count, so a reshard never
+/// changes the pod template (which would restart every worker).
+pub fn default_memory_limit_mib(shards_per_worker: i32) -> i64 {
+    let shards = i64::from(shards_per_worker.max(1)) * 2;
+    (64 + 10 * shards).clamp(128, 4096)
 }
 
 /// Seconds a pod may take to stop: the worker's drain (hand-over timeout, final
@@ -350,7 +362,7 @@ pub fn deployment(
             spec.worker
                 .resources
                 .clone()
-                .unwrap_or_else(default_resources),
+                .unwrap_or_else(|| default_resources(spec.scaling.shards_per_worker)),
         ),
         volume_mounts: mount.clone().map(|m| vec![m]),
         security_context: Some(SecurityContext {

@@ -268,3 +268,42 @@ fn the_worker_passes_the_restricted_pod_security_profile() {
         assert!(port.host_port.is_none());
     }
 }
+
+/// The default memory limit grows with `shardsPerWorker` (10 MiB a shard for twice the
+/// share, after a failover), from 128 MiB up to 4 GiB, and a spec's own resources win.
+#[test]
+fn the_default_memory_limit_follows_shards_per_worker() {
+    let limit = |spec: serde_json::Value| {
+        let d = deployment(&app(spec), 2, &settings(), None);
+        let worker = pod(&d)
+            .containers
+            .into_iter()
+            .find(|c| c.name == WORKER_CONTAINER)
+            .unwrap_or_else(|| panic!("no worker container"));
+        worker
+            .resources
+            .and_then(|r| r.limits)
+            .and_then(|l| l.get("memory").cloned())
+            .map(|q| q.0)
+            .unwrap_or_default()
+    };
+    assert_eq!(limit(json!({})), "128Mi");
+    assert_eq!(limit(json!({"scaling": {"shardsPerWorker": 3}})), "128Mi");
+    assert_eq!(limit(json!({"scaling": {"shardsPerWorker": 4}})), "144Mi");
+    assert_eq!(limit(json!({"scaling": {"shardsPerWorker": 20}})), "464Mi");
+    assert_eq!(
+        limit(json!({"scaling": {"shardsPerWorker": 100000}})),
+        "4096Mi"
+    );
+    assert_eq!(
+        limit(json!({
+            "scaling": {"shardsPerWorker": 20},
+            "worker": {"resources": {"limits": {"memory": "1Gi"}}}
+        })),
+        "1Gi"
+    );
+    // Never from the stream's shard count: the same spec, any replicas, the same limit.
+    let d1 = deployment(&app(json!({})), 1, &settings(), None);
+    let d9 = deployment(&app(json!({})), 9, &settings(), None);
+    assert_eq!(d1.spec.template, d9.spec.template);
+}
