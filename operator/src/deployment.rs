@@ -240,7 +240,7 @@ fn default_resources(shards_per_worker: i32) -> ResourceRequirements {
 /// shards too), at least 128 and at most 4096 (docs/OPERATIONS.md, "Memory and CPU of the
 /// worker"). It follows the spec alone, never the stream's shard count, so a reshard never
 /// changes the pod template (which would restart every worker).
-pub fn default_memory_limit_mib(shards_per_worker: i32) -> i64 {
+fn default_memory_limit_mib(shards_per_worker: i32) -> i64 {
     let shards = i64::from(shards_per_worker.max(1)) * 2;
     (64 + 10 * shards).clamp(128, 4096)
 }

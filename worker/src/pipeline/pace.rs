@@ -56,12 +56,6 @@ impl ReadPace {
     }
 }
 
-/// The bytes Kinesis counts against a shard's read limit for one record: its data and its
-/// partition key.
-pub fn record_bytes(data: usize, partition_key: usize) -> u64 {
-    u64::try_from(data.saturating_add(partition_key)).unwrap_or(u64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

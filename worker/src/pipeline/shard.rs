@@ -363,38 +363,39 @@ async fn read_ahead(
         })
         .clone();
     let mut errors = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-    // When the next GetRecords call may start: Kinesis's 5 calls and 2 MB a second per
-    // shard (`pace`); fan-out pushes at its own pace.
-    let mut next_call: Option<Instant> = None;
+    // The last call's start and when the next may start: Kinesis's 5 calls and 2 MB a
+    // second per shard (`pace`); fan-out pushes at its own pace.
     let mut started = Instant::now();
+    let mut next_call = started;
     loop {
         // While delivery retries, read no further ahead.
         if stalled.wait_for(|s| !*s).await.is_err() {
             return;
         }
-        if let Some(t) = next_call
-            && !reader.pushes()
-        {
+        if !reader.pushes() {
             // The metric counts only the wait the byte limit adds to the call limit's.
             let floor = (started + config.read_pace.min_interval).max(Instant::now());
-            if t > floor {
-                metrics.read_paced_seconds.inc_by((t - floor).as_secs_f64());
+            if next_call > floor {
+                metrics
+                    .read_paced_seconds
+                    .inc_by((next_call - floor).as_secs_f64());
             }
-            tokio::time::sleep_until(t).await;
+            tokio::time::sleep_until(next_call).await;
         }
         started = Instant::now();
-        next_call = Some(started + config.read_pace.min_interval);
+        next_call = started + config.read_pace.min_interval;
         match reader.next_batch().await {
             Ok(Batch::Records {
                 records,
                 millis_behind_latest,
             }) => {
                 errors.reset();
-                let read: u64 = records
-                    .iter()
-                    .map(|r| super::pace::record_bytes(r.data.len(), r.partition_key.len()))
-                    .sum();
-                next_call = Some(started + config.read_pace.gap(read));
+                // One pass: data bytes for the budget, data and keys for the read limit.
+                let (bytes, key_bytes) = records.iter().fold((0usize, 0usize), |(d, k), r| {
+                    (d + r.data.len(), k + r.partition_key.len())
+                });
+                let read = u64::try_from(bytes.saturating_add(key_bytes)).unwrap_or(u64::MAX);
+                next_call = started + config.read_pace.gap(read);
                 let behind = millis_behind_latest.unwrap_or(0);
                 gauge.set(behind);
                 config.lag.set(&shard, behind);
@@ -404,7 +405,6 @@ async fn read_ahead(
                     }
                     continue;
                 }
-                let bytes: usize = records.iter().map(|r| r.data.len()).sum();
                 let kib = u32::try_from(bytes.div_ceil(1024))
                     .unwrap_or(u32::MAX)
                     .min(config.max_buffered_kib);
