@@ -34,6 +34,9 @@ pub enum Action {
     ServerError,
     /// Forward the request after this long (a slow call that lands late).
     Delay(std::time::Duration),
+    /// Answer Kinesis's `ResourceNotFoundException` (HTTP 400), as Kinesis does for a shard
+    /// it does not (yet, or any more) know.
+    NotFound,
 }
 
 /// A fault for the requests whose text (head and body, lowercased) contains every one of
@@ -76,6 +79,7 @@ x-amzn-RequestId: fault-proxy\r\nConnection: close\r\nContent-Length: {len}\r\n\
 const DYNAMODB_THROTTLE: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException","message":"Rate of requests exceeds the allowed throughput (injected by the test proxy)"}"#;
 const KINESIS_THROTTLE: &str = r#"{"__type":"ProvisionedThroughputExceededException","message":"Rate exceeded for shard (injected by the test proxy)"}"#;
 const SERVER_ERROR: &str = r#"{"__type":"InternalFailure","message":"injected by the test proxy"}"#;
+const KINESIS_NOT_FOUND: &str = r#"{"__type":"ResourceNotFoundException","message":"Shard not found (injected by the test proxy)"}"#;
 
 /// The error reply for a request whose lowercased head is `head`.
 fn fault_reply(head: &str, server_error: bool) -> String {
@@ -250,6 +254,15 @@ async fn serve(
                 client
                     .write_all(fault_reply(&text, true).as_bytes())
                     .await?;
+                return client.shutdown().await;
+            }
+            Action::NotFound => {
+                let reply = REPLY
+                    .replace("{status}", "400 Bad Request")
+                    .replace("{json}", "1.1")
+                    .replace("{len}", &KINESIS_NOT_FOUND.len().to_string())
+                    .replace("{body}", KINESIS_NOT_FOUND);
+                client.write_all(reply.as_bytes()).await?;
                 return client.shutdown().await;
             }
         }

@@ -103,12 +103,26 @@ impl AwsSettings {
         sdk: &SdkConfig,
         counter: Option<&AwsCallCounter>,
     ) -> aws_sdk_kinesis::Client {
+        self.kinesis_with(sdk, counter, None)
+    }
+
+    /// A Kinesis client whose calls are counted, and whose answers set `clock` (Kinesis's
+    /// time, for pins and record ages: [`crate::clock`]).
+    pub fn kinesis_with(
+        &self,
+        sdk: &SdkConfig,
+        counter: Option<&AwsCallCounter>,
+        clock: Option<&crate::clock::KinesisClock>,
+    ) -> aws_sdk_kinesis::Client {
         let mut b =
             aws_sdk_kinesis::config::Builder::from(sdk).timeout_config(self.timeouts.kinesis());
         if let Some(url) = &self.kinesis_endpoint {
             b = b.endpoint_url(url);
         }
         if let Some(c) = counter {
+            b = b.interceptor(c.clone());
+        }
+        if let Some(c) = clock {
             b = b.interceptor(c.clone());
         }
         aws_sdk_kinesis::Client::from_conf(b.build())

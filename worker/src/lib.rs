@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod aws;
 pub mod backoff;
+pub mod clock;
 pub mod lease;
 pub mod metrics;
 pub mod pipeline;

@@ -144,6 +144,16 @@ struct RunArgs {
     /// hand-over and shutdown anyway.
     #[arg(long, env = "CHECKPOINT_INTERVAL_MS", default_value_t = 5_000)]
     checkpoint_interval_ms: u64,
+    /// The longest the app may take to answer one call (Initialize, ProcessRecords,
+    /// ShardEnded; milliseconds). A call past it is cancelled and counts as a failed
+    /// attempt (retried, then the failure policy), so a hung app holds its shard for at
+    /// most this long; a lost lease cancels a call at once.
+    #[arg(long, env = "APP_CALL_TIMEOUT_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(100..))]
+    app_call_timeout_ms: u64,
+    /// Tests only: shifts this worker's wall clock by this much (milliseconds), as a worker
+    /// whose clock is wrong; pins and record ages follow Kinesis's clock all the same.
+    #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
+    test_clock_offset_ms: i64,
     /// Send a batch to --on-failure-destination after this many failed deliveries; 0 retries
     /// forever. Needs a destination: records are never just skipped.
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 0)]
@@ -432,7 +442,8 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
     let config = coordinator_config(lease_args);
     let worker_id = config.worker_id.clone();
     let stream = stream_ref(&lease_args.stream);
-    let kinesis = settings.kinesis_counted(&sdk, Some(&counter));
+    let clock = kinesis_worker::clock::KinesisClock::with_wall_offset(args.test_clock_offset_ms);
+    let kinesis = settings.kinesis_with(&sdk, Some(&counter), Some(&clock));
     let dynamodb = settings.dynamodb_counted(&sdk, Some(&counter));
 
     // The admin port first: probes and /metrics answer while the worker waits.
@@ -495,6 +506,8 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
     pipeline_config.read_pace.bytes_per_second =
         (args.read_kb_per_second > 0).then(|| args.read_kb_per_second * 1_000);
     pipeline_config.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
+    pipeline_config.app_call_timeout = Duration::from_millis(args.app_call_timeout_ms);
+    pipeline_config.clock = clock;
     pipeline_config.max_attempts = (args.max_attempts > 0).then_some(args.max_attempts);
     pipeline_config.bisect_on_error = args.bisect_on_error;
     pipeline_config.max_record_age =

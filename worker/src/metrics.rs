@@ -93,6 +93,8 @@ pub struct Metrics {
     pub records_to_destination: Family<ReasonLabels, Counter>,
     /// Failed sends to the on-failure destination (each retried).
     pub destination_errors: Counter,
+    /// App calls cancelled at their deadline (`--app-call-timeout-ms`).
+    pub app_call_timeouts: Counter,
     /// Failing batches split in halves (bisect on error).
     pub bisections: Counter,
     /// Records that matched no filter: not sent to the app, counted as processed.
@@ -163,6 +165,7 @@ impl Metrics {
             batch_retries: Counter::default(),
             records_to_destination: Family::default(),
             destination_errors: Counter::default(),
+            app_call_timeouts: Counter::default(),
             bisections: Counter::default(),
             records_filtered: Counter::default(),
             partial_batch_failures: Counter::default(),
@@ -222,6 +225,11 @@ impl Metrics {
             "destination_errors",
             "Failed sends to the on-failure destination (retried; the shard waits)",
             m.destination_errors.clone(),
+        );
+        r.register(
+            "app_call_timeouts",
+            "App calls cancelled at their deadline (--app-call-timeout-ms); each counts as failed",
+            m.app_call_timeouts.clone(),
         );
         r.register(
             "bisections",

@@ -122,15 +122,32 @@ impl ShardCache {
     /// # Errors
     /// As [`list_shards`] (a failed listing is not cached).
     pub async fn get(&self) -> Result<std::sync::Arc<Vec<ShardInfo>>, DiscoveryError> {
+        let since = std::time::Instant::now().checked_sub(self.inner.max_age);
+        self.listed_after(since).await
+    }
+
+    /// The shards, from a listing begun after `since` (`None`: any cached listing will do):
+    /// for a decision that must not trust a listing older than what it saw (a shard
+    /// reported missing may have been created after the cached listing). Concurrent callers
+    /// share one listing.
+    ///
+    /// # Errors
+    /// As [`list_shards`] (a failed listing is not cached).
+    pub async fn listed_after(
+        &self,
+        since: Option<std::time::Instant>,
+    ) -> Result<std::sync::Arc<Vec<ShardInfo>>, DiscoveryError> {
         let mut last = self.inner.last.lock().await;
         if let Some((at, shards)) = last.as_ref()
-            && at.elapsed() < self.inner.max_age
+            && since.is_none_or(|since| *at > since)
         {
             return Ok(shards.clone());
         }
+        // Dated by its start: a listing begun before `since` may miss what came after.
+        let started = std::time::Instant::now();
         let shards =
             std::sync::Arc::new(list_shards(&self.inner.client, &self.inner.stream).await?);
-        *last = Some((std::time::Instant::now(), shards.clone()));
+        *last = Some((started, shards.clone()));
         Ok(shards)
     }
 }

@@ -24,6 +24,11 @@
 //!   was acknowledged since the last write, never less than everything unacknowledged.
 //! - Records are delivered only while [`ShardLease::is_valid`] holds: a worker that lost its
 //!   lease (or cannot confirm its own heartbeat) stops before anyone else may take over.
+//! - Every app call has a deadline (`app_call_timeout`; `shutdown_call_timeout` for
+//!   `ShutdownRequested`), and a lost lease cancels the call in flight: a hung app never
+//!   holds a shard's next processor back for longer than that. A hand-over or shutdown
+//!   interrupts every wait (a retry's backoff, a destination that is down), so the final
+//!   checkpoint lands before the grant deadline; only an app call in flight is finished.
 //! - A shard's end is checkpointed as `SHARD_END` only after the app answered `ShardEnded`;
 //!   its children start after that.
 //! - A polled shard's GetRecords calls start at least `read_pace.min_interval` apart and
@@ -113,6 +118,12 @@ pub struct PipelineConfig {
     pub max_buffered_kib: u32,
     /// How long the app may take to answer `ShutdownRequested`.
     pub shutdown_call_timeout: Duration,
+    /// How long the app may take to answer any other call: past it the call is cancelled
+    /// and counts as failed.
+    pub app_call_timeout: Duration,
+    /// Kinesis's time (pins of `LATEST` leases, record ages); set by the Kinesis client's
+    /// answers when it carries this clock's interceptor.
+    pub clock: crate::clock::KinesisClock,
 }
 
 impl PipelineConfig {
@@ -146,6 +157,8 @@ impl PipelineConfig {
             max_call_bytes: 3 * 1024 * 1024,
             max_buffered_kib: 64 * 1024,
             shutdown_call_timeout: Duration::from_secs(10),
+            app_call_timeout: Duration::from_secs(300),
+            clock: crate::clock::KinesisClock::default(),
         }
     }
 }

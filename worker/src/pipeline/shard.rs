@@ -26,9 +26,12 @@ use crate::records::aggregation::UserRecord;
 use crate::records::fanout::FanOutReader;
 use crate::records::reader::{Batch, ShardReader};
 
-/// How far before "now" a `LATEST` lease is pinned: covers a worker clock ahead of
-/// Kinesis's (arrival timestamps are Kinesis's clock). A next owner may therefore get up to
-/// this much from before the first owner's start, never less than from it.
+/// How far before Kinesis's "now" ([`crate::clock`]) a `LATEST` lease is pinned: covers
+/// the skew between Kinesis's own hosts (the `Date` of one answer against the arrival
+/// timestamps another assigns), and a worker clock ahead of Kinesis's by up to this much
+/// while Kinesis has not answered yet (a listing is asked for first, so only when Kinesis
+/// sends no `Date`). A next owner may therefore get up to this much from before the first
+/// owner's start, never less than from it.
 const PIN_MARGIN_MS: i64 = 5_000;
 
 /// Kept free before a shutdown deadline for the final checkpoint write.
@@ -145,6 +148,33 @@ enum Flow {
     /// The lease is gone (lost or revoked).
     Lost,
 }
+
+/// How a guarded wait on something outside the worker (an app call, a destination send, a
+/// retry's backoff) ended; see [`ShardTask::guard`].
+enum Guarded<T> {
+    /// It finished.
+    Done(T),
+    /// It took longer than its deadline: cancelled.
+    TimedOut,
+    /// A `Shutdown` came (kept in `Delivery::deferred`) and the wait was one a shutdown
+    /// interrupts: cancelled.
+    Interrupted,
+    /// The lease is gone (a `Lost` came, or the lease is no longer valid): cancelled.
+    Lost,
+}
+
+/// What a `Shutdown` does to a guarded wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnShutdown {
+    /// Finish it (an app call in flight: its records stay one unbroken stretch).
+    Finish,
+    /// Cancel it (a backoff, a destination send: the next owner does it again).
+    Interrupt,
+}
+
+/// How often a guarded wait looks at the lease's validity (a local check, no I/O): a worker
+/// that cannot confirm its own heartbeat stops its calls within this much of noticing.
+const VALIDITY_CHECK: Duration = Duration::from_millis(250);
 
 /// Sleeps until `at`; forever when `None`.
 async fn sleep_until_some(at: Option<Instant>) {
@@ -287,13 +317,6 @@ fn starting_position(c: &Checkpoint) -> v1::StartingPosition {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// Splits a batch into calls of at most `max_bytes` of record data (at least one record
 /// each) and at most `max_records` records, keeping the order.
 fn chunks(
@@ -326,11 +349,17 @@ fn chunks(
     out
 }
 
-/// After "not found" for `shard`: `Some(children)` if the stream exists and no longer lists
-/// the shard (it expired), `None` if the stream itself is gone or cannot be listed (then
-/// the read is retried, nothing is given up).
-async fn expired(shards: &crate::lease::discovery::ShardCache, shard: &str) -> Option<Vec<String>> {
-    let shards = shards.get().await.ok()?;
+/// After "not found" for `shard` (seen at `seen`): `Some(children)` if the stream exists
+/// and a listing made after that answer no longer lists the shard (it expired), `None` if
+/// it does, or the stream itself is gone or cannot be listed (then the read is retried,
+/// nothing is given up). A cached listing from before the answer is never trusted: a child
+/// created after it would be declared expired and ended with none of its records.
+async fn expired(
+    shards: &crate::lease::discovery::ShardCache,
+    shard: &str,
+    seen: std::time::Instant,
+) -> Option<Vec<String>> {
+    let shards = shards.listed_after(Some(seen)).await.ok()?;
     if shards.iter().any(|s| s.shard_id == shard) {
         return None;
     }
@@ -437,8 +466,9 @@ async fn read_ahead(
                 return;
             }
             Err(e) => {
+                let seen = std::time::Instant::now();
                 if matches!(e, crate::records::reader::ReadError::NotFound { .. })
-                    && let Some(children) = expired(&shards, &shard).await
+                    && let Some(children) = expired(&shards, &shard, seen).await
                 {
                     // A closed shard past the stream's retention: nothing left to read. Its
                     // end, so its children start (retrying would hold them back forever).
@@ -469,24 +499,6 @@ impl ShardTask {
             // A LATEST lease pinned by an earlier owner: resume where that one started.
             reader_config.initial_timestamp_ms = Some(ts);
         }
-        let reader = match &self.config.fan_out_consumer {
-            None => ShardSource::Polling(Box::new(ShardReader::new(
-                self.kinesis.clone(),
-                self.config.stream.clone(),
-                shard.clone(),
-                self.lease.checkpoint.clone(),
-                hash_range,
-                reader_config,
-            ))),
-            Some(consumer_arn) => ShardSource::FanOut(Box::new(FanOutReader::new(
-                self.shards.clone(),
-                consumer_arn.clone(),
-                shard.clone(),
-                self.lease.checkpoint.clone(),
-                hash_range,
-                reader_config,
-            ))),
-        };
         let mut d = Delivery {
             shard: shard.clone(),
             committed: self.lease.checkpoint.clone(),
@@ -499,13 +511,35 @@ impl ShardTask {
             lanes: (self.config.parallelization > 1)
                 .then(|| Lanes::new(self.config.parallelization)),
         };
-        if self.lease.checkpoint == Checkpoint::Latest
-            && !self.pin_latest(&mut d, &mut control).await
-        {
-            self.finish_lost(&mut d, false).await;
-            return;
+        // The first owner of a LATEST lease pins it before anything is read, and then reads
+        // from its own pin like every later owner: a LATEST iterator asked for after the pin
+        // (a slow Kinesis, an app slow to initialize) would skip what was put in between.
+        if self.lease.checkpoint == Checkpoint::Latest {
+            match self.pin_latest(&mut d, &mut control).await {
+                Some(at) => reader_config.initial_timestamp_ms = Some(at),
+                None => return self.finish_lost(&mut d, false).await,
+            }
         }
-        if !self.initialize(&mut d, &mut control).await {
+        let start = d.committed.clone();
+        let reader = match &self.config.fan_out_consumer {
+            None => ShardSource::Polling(Box::new(ShardReader::new(
+                self.kinesis.clone(),
+                self.config.stream.clone(),
+                shard.clone(),
+                start.clone(),
+                hash_range,
+                reader_config,
+            ))),
+            Some(consumer_arn) => ShardSource::FanOut(Box::new(FanOutReader::new(
+                self.shards.clone(),
+                consumer_arn.clone(),
+                shard.clone(),
+                start.clone(),
+                hash_range,
+                reader_config,
+            ))),
+        };
+        if !self.initialize(&mut d, &start, &mut control).await {
             self.finish_lost(&mut d, false).await;
             return;
         }
@@ -574,7 +608,10 @@ impl ShardTask {
                         && self.lease.is_valid()
                     {
                         last_call = Instant::now();
-                        self.idle_call(&mut d).await;
+                        self.idle_call(&mut d, &mut control).await;
+                        if !self.lease.is_valid() {
+                            return self.finish_lost(&mut d, true).await;
+                        }
                     }
                     if let Flow::Lost = self.flush(&mut d, false).await {
                         return self.finish_lost(&mut d, true).await;
@@ -625,58 +662,111 @@ impl ShardTask {
         }
     }
 
-    /// Waits for `delay` unless a control message comes first (kept for later; `Lost` ends
-    /// the wait at once). Returns false when the lease is lost.
-    async fn pause(
+    /// Runs `work` until it finishes, its `timeout` passes, the lease is lost (a `Lost`
+    /// control message, or [`ShardLease::is_valid`] turning false) or, with
+    /// [`OnShutdown::Interrupt`], a `Shutdown` comes. Control messages that come meanwhile
+    /// are kept in `d.deferred`. Whatever ends it other than [`Guarded::Done`] cancels
+    /// `work` (drops it).
+    ///
+    /// # Guarantees
+    /// No wait of a shard task outlives its lease by more than [`VALIDITY_CHECK`], nor a
+    /// hand-over request when it is interruptible.
+    async fn guard<F: std::future::Future>(
         &self,
         d: &mut Delivery,
-        delay: Duration,
         control: &mut mpsc::Receiver<Control>,
-    ) -> bool {
-        let until = Instant::now() + delay;
+        timeout: Duration,
+        on_shutdown: OnShutdown,
+        work: F,
+    ) -> Guarded<F::Output> {
+        match &d.deferred {
+            Some(Control::Lost) => return Guarded::Lost,
+            Some(Control::Shutdown { .. }) if on_shutdown == OnShutdown::Interrupt => {
+                return Guarded::Interrupted;
+            }
+            _ => {}
+        }
+        tokio::pin!(work);
+        let deadline = Instant::now() + timeout;
+        let mut check = tokio::time::interval(VALIDITY_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(until) => return self.lease.is_valid(),
+                biased;
                 c = control.recv(), if d.deferred.is_none() => {
                     let c = c.unwrap_or(Control::Lost);
                     let lost = matches!(c, Control::Lost);
                     d.deferred = Some(c);
                     if lost {
-                        return false;
+                        return Guarded::Lost;
+                    }
+                    if on_shutdown == OnShutdown::Interrupt {
+                        return Guarded::Interrupted;
+                    }
+                }
+                out = &mut work => return Guarded::Done(out),
+                _ = tokio::time::sleep_until(deadline) => return Guarded::TimedOut,
+                _ = check.tick() => {
+                    if !self.lease.is_valid() {
+                        return Guarded::Lost;
                     }
                 }
             }
         }
     }
 
+    /// Waits for `delay` (a retry's backoff): `Continue` when it passed with the lease still
+    /// valid, `Interrupted` when a `Shutdown` came first (kept in `d.deferred`), `Lost`
+    /// when the lease went away.
+    async fn pause(
+        &self,
+        d: &mut Delivery,
+        delay: Duration,
+        control: &mut mpsc::Receiver<Control>,
+    ) -> Flow {
+        let sleep = tokio::time::sleep(delay);
+        match self
+            .guard(d, control, delay * 2, OnShutdown::Interrupt, sleep)
+            .await
+        {
+            Guarded::Done(()) | Guarded::TimedOut if self.lease.is_valid() => Flow::Continue,
+            Guarded::Interrupted => Flow::Interrupted,
+            _ => Flow::Lost,
+        }
+    }
+
     /// Pins a `LATEST` lease to where this owner starts (minus [`PIN_MARGIN_MS`] for clock
     /// skew against Kinesis's arrival timestamps) before anything is read: a next owner then
     /// resumes there instead of at its own, later, tip, so a quiet shard that moves before
-    /// its first checkpoint skips nothing. Retried until it lands; false when the lease went
-    /// away meanwhile.
-    async fn pin_latest(&self, d: &mut Delivery, control: &mut mpsc::Receiver<Control>) -> bool {
+    /// its first checkpoint skips nothing. This owner reads from the pin too. Retried until
+    /// it lands; the pinned time (ms), or `None` when the lease went away meanwhile.
+    async fn pin_latest(
+        &self,
+        d: &mut Delivery,
+        control: &mut mpsc::Receiver<Control>,
+    ) -> Option<i64> {
         let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
         loop {
             if !self.lease.is_valid() || d.deferred.is_some() {
-                return false;
+                return None;
             }
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
-                .unwrap_or(0);
-            let at = now_ms.saturating_sub(PIN_MARGIN_MS);
+            if !self.config.clock.is_known() {
+                // Any answer of Kinesis sets its clock: a listing (shared, cached).
+                let _ = self.shards.get().await;
+            }
+            let at = self.config.clock.now_ms().saturating_sub(PIN_MARGIN_MS);
             match self.lease.pin_start(at).await {
                 Ok(()) => {
                     tracing::info!(shard = %d.shard, at_timestamp_ms = at, "LATEST start pinned");
                     d.committed = Checkpoint::AtTimestamp;
-                    return true;
+                    return Some(at);
                 }
-                Err(LeaseError::LeaseLost { .. }) => return false,
+                Err(LeaseError::LeaseLost { .. }) => return None,
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(shard = %d.shard, error = %e, retry_in = ?delay, "pinning the LATEST start failed; retrying");
-                    if !self.pause(d, delay, control).await {
-                        return false;
+                    if !matches!(self.pause(d, delay, control).await, Flow::Continue) {
+                        return None;
                     }
                 }
             }
@@ -684,10 +774,15 @@ impl ShardTask {
     }
 
     /// Calls `Initialize` until it succeeds. False when the lease went away meanwhile.
-    async fn initialize(&self, d: &mut Delivery, control: &mut mpsc::Receiver<Control>) -> bool {
+    async fn initialize(
+        &self,
+        d: &mut Delivery,
+        start: &Checkpoint,
+        control: &mut mpsc::Receiver<Control>,
+    ) -> bool {
         let req = v1::InitializeRequest {
             shard_id: d.shard.clone(),
-            starting_position: Some(starting_position(&self.lease.checkpoint)),
+            starting_position: Some(starting_position(start)),
             stream: self.config.stream.to_string(),
             application: self.config.application.clone(),
             worker_id: self.config.worker_id.clone(),
@@ -697,15 +792,23 @@ impl ShardTask {
             if !self.lease.is_valid() || d.deferred.is_some() {
                 return false;
             }
-            match self.app.initialize(req.clone()).await {
-                Ok(()) => return true,
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(shard = %d.shard, error = %e.message(), code = ?e.code(), attempt = backoff.failures(), retry_in = ?delay, "app Initialize failed");
-                    if !self.pause(d, delay, control).await {
-                        return false;
-                    }
+            let call = self.app.initialize(req.clone());
+            let timeout = self.config.app_call_timeout;
+            let error = match self
+                .guard(d, control, timeout, OnShutdown::Interrupt, call)
+                .await
+            {
+                Guarded::Done(Ok(())) => return true,
+                Guarded::Done(Err(e)) => format!("{:?}: {}", e.code(), e.message()),
+                Guarded::TimedOut => {
+                    format!("no answer within {timeout:?} (--app-call-timeout-ms)")
                 }
+                Guarded::Interrupted | Guarded::Lost => return false,
+            };
+            let delay = backoff.next_delay();
+            tracing::warn!(shard = %d.shard, error = %error, attempt = backoff.failures(), retry_in = ?delay, "app Initialize failed");
+            if !matches!(self.pause(d, delay, control).await, Flow::Continue) {
+                return false;
             }
         }
     }
@@ -979,7 +1082,7 @@ impl ShardTask {
                 return Flow::Lost;
             }
             if let (Some(age), true) = (self.config.max_record_age, policy.destination) {
-                let now_ms = now_ms();
+                let now_ms = self.config.clock.now_ms();
                 let limit = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
                 let stale = records[seg.start..seg.end]
                     .iter()
@@ -987,13 +1090,13 @@ impl ShardTask {
                     .count();
                 if let Some(expired) = plan.expire_front(stale) {
                     let reason = Reason::RecordAge;
-                    if let Flow::Lost = self
+                    match self
                         .destine(d, &records, &positions, expired, reason, None, control)
                         .await
                     {
-                        return Flow::Lost;
+                        Flow::Continue => continue,
+                        flow => return flow,
                     }
-                    continue;
                 }
             }
             let count = seg.len() as u64;
@@ -1019,19 +1122,22 @@ impl ShardTask {
                     return Flow::Lost;
                 }
                 let call = self.app.process_encoded(&batch, seg.failures + 1);
-                tokio::pin!(call);
-                let res = loop {
-                    tokio::select! {
-                        r = &mut call => break r,
-                        c = control.recv(), if d.deferred.is_none() => {
-                            match c.unwrap_or(Control::Lost) {
-                                // Cancels the call: the new owner gets these records again.
-                                Control::Lost => { d.deferred = Some(Control::Lost); return Flow::Lost; }
-                                // Finish the batch in flight first.
-                                c @ Control::Shutdown { .. } => d.deferred = Some(c),
-                            }
-                        }
+                let timeout = self.config.app_call_timeout;
+                // A hand-over lets the batch in flight finish; a lost lease cancels it (the
+                // new owner gets these records again), and so does the deadline (a failed
+                // attempt).
+                let res = match self
+                    .guard(d, control, timeout, OnShutdown::Finish, call)
+                    .await
+                {
+                    Guarded::Done(r) => r,
+                    Guarded::TimedOut => {
+                        self.metrics.app_call_timeouts.inc();
+                        Err(kinesis_processor::tonic::Status::deadline_exceeded(
+                            format!("no answer within {timeout:?} (--app-call-timeout-ms)"),
+                        ))
                     }
+                    Guarded::Interrupted | Guarded::Lost => return Flow::Lost,
                 };
                 // How many records of the segment the app acknowledged, and why not the rest.
                 let (acked, error) = match res {
@@ -1080,13 +1186,13 @@ impl ShardTask {
                             Some(code) => format!("{code:?}: {error}"),
                             None => error,
                         });
-                        if let Flow::Lost = self
+                        match self
                             .destine(d, &records, &positions, given_up, reason, error, control)
                             .await
                         {
-                            return Flow::Lost;
+                            Flow::Continue => break,
+                            flow => return flow,
                         }
-                        break;
                     }
                     AfterFailure::Bisected => {
                         self.metrics.bisections.inc();
@@ -1101,8 +1207,10 @@ impl ShardTask {
                     // Shutting down: the next owner retries these records.
                     return Flow::Interrupted;
                 }
-                if !self.pause(d, delay, control).await {
-                    return Flow::Lost;
+                match self.pause(d, delay, control).await {
+                    Flow::Continue => {}
+                    // A hand-over ends the backoff: the next owner retries these records.
+                    flow => return flow,
                 }
                 match (after, plan.next()) {
                     // The very same records: the same bytes go again.
@@ -1173,10 +1281,18 @@ impl ShardTask {
         error: Option<String>,
         control: &mut mpsc::Receiver<Control>,
     ) -> Flow {
-        let (Some(destination), Some(last)) =
-            (&self.config.destination, positions.get(seg.end - 1))
-        else {
-            return Flow::Continue;
+        // Records are passed over only once the destination took them: anything short of
+        // that (no destination, no position, no message) keeps them, and the processor
+        // stops (the next owner reads them again) rather than skip them.
+        let fail = |what: &str| {
+            tracing::error!(shard = %d.shard, records = seg.len(), problem = what, "cannot send records to the on-failure destination: the processor stops without passing over them");
+            Flow::Lost
+        };
+        let Some(destination) = &self.config.destination else {
+            return fail("no destination configured");
+        };
+        let Some(last) = seg.end.checked_sub(1).and_then(|i| positions.get(i)) else {
+            return fail("the records' positions are missing");
         };
         let about = About {
             application: &self.config.application,
@@ -1186,26 +1302,36 @@ impl ShardTask {
             attempts: seg.failures,
             error,
         };
-        let Some(body) = message(&about, &records[seg.start..seg.end], destination.limit()) else {
-            return Flow::Continue;
+        let Some(body) = records
+            .get(seg.start..seg.end)
+            .and_then(|part| message(&about, part, destination.limit()))
+        else {
+            return fail("no records to send");
         };
         let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
+        let shard = d.shard.clone();
         loop {
-            if !self.lease.is_valid() {
-                return Flow::Lost;
-            }
-            match destination.send(&d.shard, body.clone()).await {
-                Ok(()) => break,
-                Err(e) => {
-                    self.metrics.destination_errors.inc();
-                    self.config.lag.set_stalled(&d.shard, true);
-                    d.ledger.stall();
-                    let delay = backoff.next_delay();
-                    tracing::error!(shard = %d.shard, error = %e, retry_in = ?delay, "sending to the on-failure destination failed; the shard waits until it succeeds");
-                    if !self.pause(d, delay, control).await {
-                        return Flow::Lost;
-                    }
-                }
+            // A hand-over cancels the send (the next owner sends these records again).
+            let send = destination.send(&shard, body.clone());
+            let timeout = self.config.app_call_timeout;
+            let error = match self
+                .guard(d, control, timeout, OnShutdown::Interrupt, send)
+                .await
+            {
+                Guarded::Done(Ok(())) => break,
+                Guarded::Done(Err(e)) => e.to_string(),
+                Guarded::TimedOut => format!("no answer within {timeout:?}"),
+                Guarded::Interrupted => return Flow::Interrupted,
+                Guarded::Lost => return Flow::Lost,
+            };
+            self.metrics.destination_errors.inc();
+            self.config.lag.set_stalled(&d.shard, true);
+            d.ledger.stall();
+            let delay = backoff.next_delay();
+            tracing::error!(shard = %d.shard, error = %error, retry_in = ?delay, "sending to the on-failure destination failed; the shard waits until it succeeds");
+            match self.pause(d, delay, control).await {
+                Flow::Continue => {}
+                flow => return flow,
             }
         }
         d.ledger.unstall();
@@ -1223,7 +1349,7 @@ impl ShardTask {
 
     /// `ProcessRecords` with no records, so the app can answer a checkpoint; a failure is
     /// only logged (nothing was delivered that could be lost).
-    async fn idle_call(&self, d: &mut Delivery) {
+    async fn idle_call(&self, d: &mut Delivery, control: &mut mpsc::Receiver<Control>) {
         let req = v1::ProcessRecordsRequest {
             shard_id: d.shard.clone(),
             records: Vec::new(),
@@ -1232,11 +1358,22 @@ impl ShardTask {
             lease_owner: d.fencing.0.clone(),
             lease_counter: d.fencing.1,
         };
-        match self.app.process_records(req).await {
-            Ok(resp) => self.want(d, &wanted_of(resp.checkpoint)),
-            Err(e) => {
+        let call = self.app.process_records(req);
+        let timeout = self.config.app_call_timeout;
+        match self
+            .guard(d, control, timeout, OnShutdown::Finish, call)
+            .await
+        {
+            Guarded::Done(Ok(resp)) => self.want(d, &wanted_of(resp.checkpoint)),
+            Guarded::Done(Err(e)) => {
                 tracing::debug!(shard = %d.shard, error = %e.message(), "idle ProcessRecords failed")
             }
+            Guarded::TimedOut => {
+                self.metrics.app_call_timeouts.inc();
+                tracing::warn!(shard = %d.shard, timeout = ?timeout, "idle ProcessRecords got no answer in time; cancelled")
+            }
+            // The main loop sees `d.deferred` (or the lease's validity) next.
+            Guarded::Interrupted | Guarded::Lost => {}
         }
     }
 
@@ -1353,18 +1490,27 @@ impl ShardTask {
                     return self.finish_shutdown(d, done, reason, deadline).await;
                 }
             }
-            if !self.lease.is_valid() {
+            if matches!(d.deferred, Some(Control::Lost)) || !self.lease.is_valid() {
                 return self.finish_lost(d, true).await;
             }
-            match self.app.shard_ended(req.clone()).await {
-                Ok(()) => break,
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(shard = %d.shard, error = %e.message(), retry_in = ?delay, "app ShardEnded failed; retrying");
-                    if !self.pause(d, delay, control).await {
-                        return self.finish_lost(d, true).await;
-                    }
+            let call = self.app.shard_ended(req.clone());
+            let timeout = self.config.app_call_timeout;
+            let error = match self
+                .guard(d, control, timeout, OnShutdown::Finish, call)
+                .await
+            {
+                Guarded::Done(Ok(())) => break,
+                Guarded::Done(Err(e)) => e.message().to_string(),
+                Guarded::TimedOut => {
+                    self.metrics.app_call_timeouts.inc();
+                    format!("no answer within {timeout:?} (--app-call-timeout-ms)")
                 }
+                Guarded::Interrupted | Guarded::Lost => continue,
+            };
+            let delay = backoff.next_delay();
+            tracing::warn!(shard = %d.shard, error = %error, retry_in = ?delay, "app ShardEnded failed; retrying");
+            if let Flow::Lost = self.pause(d, delay, control).await {
+                return self.finish_lost(d, true).await;
             }
         }
         let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
@@ -1382,8 +1528,12 @@ impl ShardTask {
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(shard = %d.shard, error = %e, retry_in = ?delay, "writing SHARD_END failed; retrying");
-                    if !self.pause(d, delay, control).await {
-                        return self.finish_lost(d, false).await;
+                    match self.pause(d, delay, control).await {
+                        Flow::Continue => {}
+                        // The app has finished the shard: the write is still the right
+                        // answer to a hand-over (it is fenced, so it cannot land late).
+                        Flow::Interrupted => tokio::time::sleep(delay).await,
+                        Flow::Lost => return self.finish_lost(d, false).await,
                     }
                 }
             }
