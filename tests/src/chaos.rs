@@ -1,28 +1,53 @@
 //! The chaos suite: the real worker (`kinesis-worker run` processes, each with its own
 //! `record-app`) against the local emulators, behind fault-injecting proxies, under a seeded
-//! schedule of faults, while a producer writes per-key counters. Then an invariant checker
-//! accounts for every record produced.
+//! schedule of faults, while a producer writes per-key counters. Then a strict invariant
+//! checker ([`check`], a pure function of a run's [`History`]) accounts for every record.
 //!
-//! What it reports ([`Report`]): records lost (must be 0), per-key order violations (0),
-//! checkpoint regressions in the lease table (0, from a sampler that scans the table every
-//! 200 ms past the proxies), duplicates and the faults they are attributed to (graceful
-//! faults: 0). A duplicate is attributed to the last fault that started before it was
-//! delivered (faults are spaced so that each one's effects are over before the next).
+//! What it judges, as plain data: every record the apps received, each call they
+//! acknowledged (answered successfully), how each of their tenures of a shard ended (the
+//! lifecycle call they got: `record-app`'s output file), the producer's log (the shard and
+//! sequence number of every record), every shard's final checkpoint in the lease table, and
+//! the faults injected. A lease tenure is (shard, owner, counter): the fencing token every
+//! delivery carries. Each rule is a count in [`Report`], and [`Report::holds`] requires every
+//! one to be 0:
+//!
+//! 1. **lost**: a record never received, or received, never acknowledged by any app and
+//!    covered by its shard's final checkpoint (checkpointed past without being processed);
+//! 2. **order**: within a tenure, per key, in receive order, every delivery (redeliveries
+//!    included) is the previous index + 1, or a replay (index <= previous) at a higher
+//!    attempt (a retry restarts from the failed part); a gap or a replay without a retry is a
+//!    violation (a key's first delivery in a tenure may be any index). Across tenures, the
+//!    first deliveries of each key's records are in index order;
+//! 3. **two owners**: on a shard, a delivery under a lower lease counter after (in receive
+//!    time) the first delivery under a higher one (a former owner still delivering, e.g. a
+//!    worker resumed after SIGSTOP with a batch in flight);
+//! 4. **graceful duplicates**: a record delivered again after the tenure of its earlier
+//!    delivery ended by `ShutdownRequested` (a hand-over, a drain) or `ShardEnded`, as the app
+//!    recorded it, whatever fault happened around it. Every duplicate is blamed on its cause,
+//!    not on a time window: `lease-lost`, `no-word (killed)` (the tenure ended with no
+//!    lifecycle call: its worker or app was killed), `retry (same tenure)`, each with the last
+//!    non-graceful fault started before the redelivery;
+//! 5. **stalls**: every shard's final checkpoint reaches its last record (or `SHARD_END`);
+//!
+//! and no checkpoint went backwards between two samples of the lease table (every 200 ms,
+//! past the proxies).
 //!
 //! Used by `tests/tests/chaos.rs` (the short form, in `cargo xtask test`) and by the `chaos`
 //! binary (the long form: `cargo run -p kinesis-operator-tests --bin chaos -- --help`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use kinesis_worker::lease::checkpoint::Checkpoint;
+use kinesis_worker::lease::checkpoint::{Checkpoint, SequenceNumber};
 use kinesis_worker::lease::table::LeaseTable;
 
 use crate::faults::{FaultProxy, Mode};
-use crate::pipeline::{App, Pipeline, Worker, received};
+use crate::pipeline::{Ack, App, AppEvent, Pipeline, Received, Worker, acks, app_events, received};
 use crate::wait_for;
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
@@ -155,32 +180,75 @@ pub fn schedule(seed: u64, n: usize, workers: usize) -> Vec<(Fault, usize)> {
     out
 }
 
+/// What a run left behind, as plain data: what [`check`] judges.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// Every record the apps received ([`received`]: by receive time, then file order).
+    pub deliveries: Vec<Received>,
+    /// Every call the apps acknowledged ([`acks`]).
+    pub acks: Vec<Ack>,
+    /// How the apps' tenures of shards ended ([`app_events`]).
+    pub events: Vec<AppEvent>,
+    /// The producer's log: per key, per index, where the record landed (shard, sequence
+    /// number).
+    pub written: Vec<Vec<(String, String)>>,
+    /// Each shard's final checkpoint (a lease deleted once finished: `SHARD_END`).
+    pub checkpoints: BTreeMap<String, Checkpoint>,
+    /// The faults injected: (start, in ns since the epoch; kind).
+    pub timeline: Vec<(u128, Fault)>,
+}
+
 /// What the invariant checker found.
 #[derive(Debug, Default)]
 pub struct Report {
     /// Records the producer wrote.
     pub produced: usize,
-    /// Distinct records delivered.
+    /// Distinct records received by an app.
     pub delivered: usize,
-    /// Produced, never delivered.
+    /// Distinct records acknowledged by an app (a call delivering them answered successfully).
+    pub acked: usize,
+    /// Rule 1: records lost: never received, or received, never acknowledged and
+    /// checkpointed past.
     pub lost: usize,
-    /// Keys whose records were first delivered out of order.
+    /// Of `lost`: received, never acknowledged, covered by the shard's final checkpoint.
+    pub lost_unacked: usize,
+    /// Deliveries of records not in the producer's log (not judged): a put that failed yet
+    /// landed writes a second record with the same data.
+    pub unlogged: usize,
+    /// Rule 2: keys whose records were first delivered out of order.
     pub order_violations: usize,
+    /// Rule 2: deliveries out of per-key order within a tenure (a gap, or a replay without a
+    /// retry).
+    pub tenure_order_violations: usize,
+    /// A few order violations of either kind, described.
+    pub order_examples: Vec<String>,
+    /// Rule 3: deliveries on a shard under a lower lease counter after the first delivery
+    /// under a higher one.
+    pub two_owner_deliveries: usize,
+    /// A few of them, described.
+    pub two_owner_examples: Vec<String>,
     /// Deliveries beyond the first of a record.
     pub duplicates: usize,
-    /// Duplicates by the fault they are attributed to (`None`: before any fault).
-    pub duplicates_by_fault: BTreeMap<String, usize>,
-    /// Duplicates attributed to graceful faults.
+    /// Duplicates by cause (how the earlier delivery's tenure ended, and the last
+    /// non-graceful fault before the redelivery).
+    pub duplicates_by_cause: BTreeMap<String, usize>,
+    /// Rule 4: duplicates whose earlier delivery's tenure ended gracefully
+    /// (`ShutdownRequested`, `ShardEnded`).
     pub graceful_duplicates: usize,
+    /// A few graceful duplicates: the record, every delivery of it (receive time in ns,
+    /// shard, lease owner and counter, attempt) and the faults, to tell why.
+    pub graceful_examples: Vec<String>,
+    /// Rule 5: shards whose final checkpoint is short of the last record written to them.
+    pub stalled_shards: usize,
+    /// A few stalled shards, described.
+    pub stall_examples: Vec<String>,
     /// Times a lease's checkpoint went backwards between two samples.
     pub checkpoint_regressions: usize,
-    /// A few duplicates attributed to graceful faults: the record and every delivery of it
-    /// (time in ns, shard, lease owner, lease counter), to tell why.
-    pub graceful_examples: Vec<String>,
     /// The first lost records (key, index).
     pub lost_records: Vec<(usize, usize)>,
-    /// The first lost records: where the producer wrote each (shard, sequence number) and
-    /// the deliveries on that shard just before and after it, to tell why.
+    /// The first lost records: where the producer wrote each (shard, sequence number), whether
+    /// it was received, the shard's final checkpoint, and the deliveries on that shard just
+    /// before and after it, to tell why.
     pub lost_examples: Vec<String>,
     /// Where the failed run's logs were kept (worker and app logs, app outputs).
     pub logs_kept: Option<String>,
@@ -195,10 +263,27 @@ impl std::fmt::Display for Report {
         writeln!(f, "faults injected: {:?}", self.faults)?;
         writeln!(
             f,
-            "produced {}, delivered {}, lost {}",
-            self.produced, self.delivered, self.lost
+            "produced {}, received {}, acknowledged {}; lost {} (never received {}, received but \
+             never acknowledged and checkpointed past {}); not in the producer's log {}",
+            self.produced,
+            self.delivered,
+            self.acked,
+            self.lost,
+            self.lost.saturating_sub(self.lost_unacked),
+            self.lost_unacked,
+            self.unlogged
         )?;
-        writeln!(f, "per-key order violations: {}", self.order_violations)?;
+        writeln!(
+            f,
+            "per-key order violations: {} keys first delivered out of order, {} deliveries out of \
+             order within a tenure",
+            self.order_violations, self.tenure_order_violations
+        )?;
+        writeln!(
+            f,
+            "two owners on a shard: {} deliveries; stalled shards: {}",
+            self.two_owner_deliveries, self.stalled_shards
+        )?;
         writeln!(
             f,
             "checkpoint regressions: {} (in {} table samples)",
@@ -206,14 +291,20 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "duplicates: {} (graceful faults: {}), by fault: {:?}",
-            self.duplicates, self.graceful_duplicates, self.duplicates_by_fault
+            "duplicates: {} (graceful: {}), by cause: {:?}",
+            self.duplicates, self.graceful_duplicates, self.duplicates_by_cause
         )?;
-        for e in &self.graceful_examples {
-            writeln!(f, "  graceful duplicate: {e}")?;
-        }
-        for e in &self.lost_examples {
-            writeln!(f, "  lost: {e}")?;
+        let examples = [
+            ("out of order", &self.order_examples),
+            ("two owners", &self.two_owner_examples),
+            ("graceful duplicate", &self.graceful_examples),
+            ("stalled", &self.stall_examples),
+            ("lost", &self.lost_examples),
+        ];
+        for (what, list) in examples {
+            for e in list {
+                writeln!(f, "  {what}: {e}")?;
+            }
         }
         if let Some(dir) = &self.logs_kept {
             writeln!(f, "logs kept in {dir}")?;
@@ -223,17 +314,18 @@ impl std::fmt::Display for Report {
 }
 
 impl Report {
-    /// Lost = 0, order violations = 0, regressions = 0, graceful duplicates = 0.
+    /// Every rule holds: nothing lost, no order violation of either kind, no two owners on a
+    /// shard, no graceful duplicate, no stalled shard, no checkpoint regression.
     pub fn holds(&self) -> bool {
         self.lost == 0
             && self.order_violations == 0
-            && self.checkpoint_regressions == 0
+            && self.tenure_order_violations == 0
+            && self.two_owner_deliveries == 0
             && self.graceful_duplicates == 0
+            && self.stalled_shards == 0
+            && self.checkpoint_regressions == 0
     }
 }
-
-/// A lease tenure: shard, owner, counter (the fencing token every delivery carries).
-type Token = (String, String, u64);
 
 fn now_ns() -> u128 {
     SystemTime::now()
@@ -296,29 +388,99 @@ async fn produce(
     Ok(written)
 }
 
-/// Scans the table (past the proxies) every 200 ms; counts checkpoints that went backwards.
-async fn sample_checkpoints(table: LeaseTable, stop: Arc<AtomicBool>) -> (usize, usize) {
-    let mut last: HashMap<String, Checkpoint> = HashMap::new();
+/// The last checkpoint seen of every shard, published by the sampler.
+type Seen = Arc<std::sync::Mutex<BTreeMap<String, Checkpoint>>>;
+
+/// Merges one scan of the table (shard, checkpoint) into the last checkpoints seen; returns
+/// the regressions (`shard: from -> to`). A lease seen before and absent now was deleted,
+/// which the worker does only while its checkpoint is `SHARD_END` (a conditional delete:
+/// `LeaseTable::delete_finished_lease`), so it stays at `SHARD_END`.
+fn merge_scan(
+    last: &mut BTreeMap<String, Checkpoint>,
+    scan: Vec<(String, Checkpoint)>,
+) -> Vec<String> {
+    let present: HashSet<String> = scan.iter().map(|(shard, _)| shard.clone()).collect();
+    let mut regressions = Vec::new();
+    for (shard, cp) in scan {
+        if let Some(prev) = last.get(&shard)
+            && !prev.may_advance_to(&cp)
+        {
+            regressions.push(format!("{shard}: {prev} -> {cp}"));
+        }
+        last.insert(shard, cp);
+    }
+    for (shard, cp) in last.iter_mut() {
+        if !present.contains(shard) {
+            *cp = Checkpoint::ShardEnd;
+        }
+    }
+    regressions
+}
+
+/// Scans the table (past the proxies) every 200 ms; counts checkpoints that went backwards
+/// and publishes the last checkpoint seen of every shard in `seen`. Returns (regressions,
+/// samples).
+async fn sample_checkpoints(
+    table: LeaseTable,
+    seen: Seen,
+    stop: Arc<AtomicBool>,
+) -> (usize, usize) {
+    let mut last: BTreeMap<String, Checkpoint> = BTreeMap::new();
     let (mut regressions, mut samples) = (0, 0);
     while !stop.load(Ordering::SeqCst) {
         if let Ok(snap) = table.scan().await {
             samples += 1;
-            for l in snap.leases {
-                if let Some(prev) = last.get(&l.shard_id)
-                    && !prev.may_advance_to(&l.checkpoint)
-                {
-                    eprintln!(
-                        "checkpoint regression on {}: {prev} -> {}",
-                        l.shard_id, l.checkpoint
-                    );
-                    regressions += 1;
-                }
-                last.insert(l.shard_id, l.checkpoint);
+            let scan = snap
+                .leases
+                .into_iter()
+                .map(|l| (l.shard_id, l.checkpoint))
+                .collect();
+            for r in merge_scan(&mut last, scan) {
+                eprintln!("checkpoint regression on {r}");
+                regressions += 1;
+            }
+            if let Ok(mut m) = seen.lock() {
+                m.clone_from(&last);
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     (regressions, samples)
+}
+
+/// A copy of the checkpoints the sampler last saw.
+fn seen_now(seen: &Seen) -> BTreeMap<String, Checkpoint> {
+    match seen.lock() {
+        Ok(m) => m.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+/// Has a run settled: every record of the producer's log acknowledged by an app, and every
+/// shard's checkpoint at its end?
+fn settled(h: &History) -> bool {
+    let (ds, _) = logged(h);
+    let acked: HashSet<Rec> = ds.iter().filter(|d| d.acked).map(|d| d.rec).collect();
+    acked.len() >= h.written.iter().map(Vec::len).sum::<usize>() && stalls(h).is_empty()
+}
+
+/// Waits (`timeout` at most) until the run [`settled`], from the apps' outputs and the
+/// checkpoints the sampler last saw; `h` holds the producer's log, and its deliveries, acks
+/// and checkpoints are refreshed on every look. Whether it settled.
+async fn settle(h: &mut History, outs: &[&Path], seen: &Seen, timeout: Duration) -> bool {
+    let started = Instant::now();
+    loop {
+        h.deliveries = received(outs);
+        h.acks = acks(outs);
+        h.checkpoints = seen_now(seen);
+        if settled(h) {
+            return true;
+        }
+        if started.elapsed() >= timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 async fn open_shards(p: &Pipeline) -> Result<Vec<(String, u128, u128)>> {
@@ -386,27 +548,7 @@ pub async fn run(config: &ChaosConfig) -> Result<Report> {
     let upstream = |e: &str| e.trim_start_matches("http://").to_string();
     let kinesis_proxy = FaultProxy::start(&upstream(&p.env.kinesis_endpoint)).await?;
     let dynamodb_proxy = FaultProxy::start(&upstream(&p.env.dynamodb_endpoint)).await?;
-    let mut extra: Vec<String> = vec![
-        "--kinesis-endpoint".into(),
-        kinesis_proxy.endpoint.clone(),
-        "--dynamodb-endpoint".into(),
-        dynamodb_proxy.endpoint.clone(),
-    ];
-    if config.latest {
-        extra.extend(["--initial-position".into(), "LATEST".into()]);
-    }
-    if config.fan_out {
-        extra.extend(["--consumer-mode".into(), "enhanced-fan-out".into()]);
-    }
-    if config.lanes > 1 {
-        // Small calls, so a page is spread over every lane.
-        extra.extend([
-            "--parallelization-factor".into(),
-            config.lanes.to_string(),
-            "--batch-size".into(),
-            "10".into(),
-        ]);
-    }
+    let extra = worker_args(config, &kinesis_proxy.endpoint, &dynamodb_proxy.endpoint);
     let extra_ref: Vec<&str> = extra.iter().map(String::as_str).collect();
     let mut slots = Vec::new();
     for n in 0..config.workers {
@@ -464,7 +606,12 @@ pub async fn run(config: &ChaosConfig) -> Result<Report> {
     ));
     // Sampled until everything settled, not only while records are produced.
     let sampler_stop = Arc::new(AtomicBool::new(false));
-    let sampler = tokio::spawn(sample_checkpoints(table.clone(), sampler_stop.clone()));
+    let seen: Seen = Arc::default();
+    let sampler = tokio::spawn(sample_checkpoints(
+        table.clone(),
+        seen.clone(),
+        sampler_stop.clone(),
+    ));
 
     let mut report = Report::default();
     let mut timeline: Vec<(u128, Fault)> = Vec::new();
@@ -475,83 +622,24 @@ pub async fn run(config: &ChaosConfig) -> Result<Report> {
         *report.faults.entry(format!("{fault:?}")).or_insert(0) += 1;
         timeline.push((now_ns(), fault));
         let started = Instant::now();
-        let s = &mut slots[slot];
-        match fault {
-            Fault::Kill => {
-                s.worker.proc.signal("KILL");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                s.worker = p.worker(&s.id, &s.app.address, &extra_ref)?;
-            }
-            Fault::Term => {
-                s.worker.proc.signal("TERM");
-                let _ = s.worker.until_exit(Duration::from_secs(40)).await;
-                s.worker = p.worker(&s.id, &s.app.address, &extra_ref)?;
-            }
-            Fault::Pause => {
-                s.worker.proc.signal("STOP");
-                // Past the test timings' failover time (3 s).
-                tokio::time::sleep(Duration::from_secs(4)).await;
-                s.worker.proc.signal("CONT");
-            }
-            Fault::AppCrash => {
-                s.app.proc.signal("KILL");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                s.app = p.app(&s.app_name, &[]).await?;
-            }
-            Fault::Split | Fault::Merge => reshard(&p, fault, rng.below(1 << 16)).await?,
-            Fault::KinesisThrottle | Fault::KinesisErrors => {
-                kinesis_proxy.set(if fault == Fault::KinesisThrottle {
-                    Mode::ThrottleHalf
-                } else {
-                    Mode::ServerErrorHalf
-                });
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                kinesis_proxy.set(Mode::Pass);
-            }
-            Fault::DynamoThrottle | Fault::DynamoErrors => {
-                dynamodb_proxy.set(if fault == Fault::DynamoThrottle {
-                    Mode::ThrottleHalf
-                } else {
-                    Mode::ServerErrorHalf
-                });
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                dynamodb_proxy.set(Mode::Pass);
-            }
-        }
+        let proxies = (&kinesis_proxy, &dynamodb_proxy);
+        inject(&p, &mut slots[slot], fault, &extra_ref, proxies, &mut rng).await?;
         // The spacing starts once the fault's own action is over (a pause, a restart).
         eprintln!("chaos: {fault:?} took {:?}", started.elapsed());
         tokio::time::sleep(config.spacing).await;
     }
-    // Settle: the producer stops; every record must arrive.
+    // Settle: the producer stops; every record must be acknowledged and every checkpoint
+    // reach the end.
     stop.store(true, Ordering::SeqCst);
-    let written = producer.await??;
-    let produced: Vec<usize> = written.iter().map(Vec::len).collect();
-    report.produced = produced.iter().sum();
-    let outs: Vec<std::path::PathBuf> = slots.iter().map(|s| s.app.out.clone()).collect();
-    let out_refs: Vec<&std::path::Path> = outs.iter().map(|o| o.as_path()).collect();
-    let want = report.produced;
-    let _ = wait_for(
-        "every record delivered",
-        Duration::from_secs(90),
-        Duration::from_millis(250),
-        || async {
-            let distinct: std::collections::HashSet<String> =
-                received(&out_refs).into_iter().map(|r| r.data).collect();
-            (distinct.len() >= want).then_some(())
-        },
-    )
-    .await;
-    sampler_stop.store(true, Ordering::SeqCst);
-    let (regressions, samples) = sampler.await.unwrap_or((0, 0));
-    report.checkpoint_regressions = regressions;
-    report.samples = samples;
-    let deliveries = received(&out_refs);
-    check(&mut report, &deliveries, &produced, &timeline);
-    report.lost_examples = report
-        .lost_records
-        .iter()
-        .map(|&(k, i)| explain_lost(k, i, &written, &deliveries))
-        .collect();
+    let history = History {
+        written: producer.await??,
+        timeline,
+        ..History::default()
+    };
+    let outs: Vec<PathBuf> = slots.iter().map(|s| s.app.out.clone()).collect();
+    let out_refs: Vec<&Path> = outs.iter().map(PathBuf::as_path).collect();
+    let sampler = (sampler_stop, sampler);
+    judge(&mut report, history, &out_refs, &table, &seen, sampler).await;
     if !report.holds() {
         let kept = std::env::temp_dir().join(format!("chaos-failed-{}", now_ns()));
         if std::fs::rename(&p.dir, &kept).is_ok() {
@@ -569,26 +657,253 @@ pub async fn run(config: &ChaosConfig) -> Result<Report> {
     Ok(report)
 }
 
-/// Where lost record `key-k:i` was written, and what was delivered on its shard around it.
-fn explain_lost(
-    k: usize,
-    i: usize,
-    written: &[Vec<(String, String)>],
-    deliveries: &[crate::pipeline::Received],
-) -> String {
-    let Some((shard, seq)) = written.get(k).and_then(|w| w.get(i)) else {
+/// The workers' arguments beyond the pipeline's: the proxies' endpoints and the run's
+/// options.
+fn worker_args(config: &ChaosConfig, kinesis: &str, dynamodb: &str) -> Vec<String> {
+    let mut extra: Vec<String> = vec![
+        "--kinesis-endpoint".into(),
+        kinesis.into(),
+        "--dynamodb-endpoint".into(),
+        dynamodb.into(),
+    ];
+    if config.latest {
+        extra.extend(["--initial-position".into(), "LATEST".into()]);
+    }
+    if config.fan_out {
+        extra.extend(["--consumer-mode".into(), "enhanced-fan-out".into()]);
+    }
+    if config.lanes > 1 {
+        // Small calls, so a page is spread over every lane.
+        extra.extend([
+            "--parallelization-factor".into(),
+            config.lanes.to_string(),
+            "--batch-size".into(),
+            "10".into(),
+        ]);
+    }
+    extra
+}
+
+/// After the schedule (`history` holds the producer's log and the faults): waits until the
+/// run settled (90 s at most), stops the sampler, reads the final checkpoints (the last the
+/// sampler saw, then one more scan) and the apps' outputs, and [`check`]s.
+async fn judge(
+    report: &mut Report,
+    mut history: History,
+    outs: &[&Path],
+    table: &LeaseTable,
+    seen: &Seen,
+    (sampler_stop, sampler): (Arc<AtomicBool>, tokio::task::JoinHandle<(usize, usize)>),
+) {
+    if !settle(&mut history, outs, seen, Duration::from_secs(90)).await {
+        eprintln!("chaos: not settled within 90 s (records unacknowledged or checkpoints short)");
+    }
+    sampler_stop.store(true, Ordering::SeqCst);
+    let (regressions, samples) = sampler.await.unwrap_or((0, 0));
+    report.checkpoint_regressions = regressions;
+    report.samples = samples;
+    let mut finals = seen_now(seen);
+    if let Ok(snap) = table.scan().await {
+        let scan = snap
+            .leases
+            .into_iter()
+            .map(|l| (l.shard_id, l.checkpoint))
+            .collect();
+        report.checkpoint_regressions += merge_scan(&mut finals, scan).len();
+    }
+    history.checkpoints = finals;
+    history.deliveries = received(outs);
+    history.acks = acks(outs);
+    history.events = app_events(outs);
+    check(report, &history);
+}
+
+/// Injects `fault` on slot `s` and waits until its own action is over (a restart, the end
+/// of a pause or of an error window).
+async fn inject(
+    p: &Pipeline,
+    s: &mut Slot,
+    fault: Fault,
+    extra: &[&str],
+    (kinesis_proxy, dynamodb_proxy): (&FaultProxy, &FaultProxy),
+    rng: &mut Rng,
+) -> Result<()> {
+    match fault {
+        Fault::Kill => {
+            s.worker.proc.signal("KILL");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            s.worker = p.worker(&s.id, &s.app.address, extra)?;
+        }
+        Fault::Term => {
+            s.worker.proc.signal("TERM");
+            let _ = s.worker.until_exit(Duration::from_secs(40)).await;
+            s.worker = p.worker(&s.id, &s.app.address, extra)?;
+        }
+        Fault::Pause => {
+            s.worker.proc.signal("STOP");
+            // Past the test timings' failover time (3 s).
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            s.worker.proc.signal("CONT");
+        }
+        Fault::AppCrash => {
+            s.app.proc.signal("KILL");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            s.app = p.app(&s.app_name, &[]).await?;
+        }
+        Fault::Split | Fault::Merge => reshard(p, fault, rng.below(1 << 16)).await?,
+        Fault::KinesisThrottle | Fault::KinesisErrors => {
+            kinesis_proxy.set(if fault == Fault::KinesisThrottle {
+                Mode::ThrottleHalf
+            } else {
+                Mode::ServerErrorHalf
+            });
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            kinesis_proxy.set(Mode::Pass);
+        }
+        Fault::DynamoThrottle | Fault::DynamoErrors => {
+            dynamodb_proxy.set(if fault == Fault::DynamoThrottle {
+                Mode::ThrottleHalf
+            } else {
+                Mode::ServerErrorHalf
+            });
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            dynamodb_proxy.set(Mode::Pass);
+        }
+    }
+    Ok(())
+}
+
+/// A record of the producer's log: key `k` and index `i` (its data is `key-k:i`).
+type Rec = (usize, usize);
+
+/// A lease tenure: shard, owner, counter (the fencing token every delivery carries).
+type Tenure<'a> = (&'a str, &'a str, u64);
+
+/// The tenure a record was delivered under.
+fn tenure(r: &Received) -> Tenure<'_> {
+    (r.shard.as_str(), r.owner.as_str(), r.counter)
+}
+
+/// Parses data `key-k:i`.
+fn key_index(data: &str) -> Option<Rec> {
+    let (key, i) = data.split_once(':')?;
+    let k = key.strip_prefix("key-")?.parse::<usize>().ok()?;
+    Some((k, i.parse::<usize>().ok()?))
+}
+
+/// The same sequence number (leading zeros aside)?
+fn same_seq(a: &str, b: &str) -> bool {
+    a.trim_start_matches('0') == b.trim_start_matches('0')
+}
+
+/// Does checkpoint `cp` cover the record at sequence number `seq`: `SHARD_END`, or a
+/// sequence number at or past it?
+fn covers(cp: Option<&Checkpoint>, seq: &str) -> bool {
+    match cp {
+        Some(Checkpoint::ShardEnd) => true,
+        Some(Checkpoint::Sequence { sequence, .. }) => {
+            SequenceNumber::parse(seq).is_ok_and(|s| *sequence >= s)
+        }
+        _ => false,
+    }
+}
+
+/// One delivery of a record of the producer's log.
+struct Delivery<'a> {
+    /// The record.
+    rec: Rec,
+    /// As the app wrote it.
+    r: &'a Received,
+    /// Receive time, ns.
+    t: u128,
+    /// Did the app acknowledge the call that delivered it?
+    acked: bool,
+}
+
+/// The deliveries of records of the producer's log (the same shard and sequence number: a
+/// put that failed yet landed wrote a second record with the same data), in receive order
+/// (time, then the order given), each with whether its call was acknowledged; and how many
+/// deliveries were of other records.
+fn logged(h: &History) -> (Vec<Delivery<'_>>, usize) {
+    let acked_calls: HashSet<&str> = h.acks.iter().map(|a| a.ack.as_str()).collect();
+    let in_log = |r: &Received, (k, i): Rec| {
+        h.written
+            .get(k)
+            .and_then(|w| w.get(i))
+            .is_some_and(|(shard, seq)| *shard == r.shard && same_seq(seq, &r.seq))
+    };
+    let mut out = Vec::with_capacity(h.deliveries.len());
+    for r in &h.deliveries {
+        if let Some(rec) = key_index(&r.data)
+            && in_log(r, rec)
+        {
+            out.push(Delivery {
+                rec,
+                r,
+                t: r.recv_ns(),
+                acked: !r.call.is_empty() && acked_calls.contains(r.call.as_str()),
+            });
+        }
+    }
+    let unlogged = h.deliveries.len() - out.len();
+    out.sort_by_key(|d| d.t);
+    (out, unlogged)
+}
+
+/// Rule 1: a record never received, or received, never acknowledged and covered by its
+/// shard's final checkpoint, is lost. Also counts the records received and acknowledged.
+fn find_lost(report: &mut Report, h: &History, ds: &[Delivery<'_>]) {
+    // Record → acknowledged by any of its deliveries?
+    let mut acked: HashMap<Rec, bool> = HashMap::new();
+    for d in ds {
+        *acked.entry(d.rec).or_insert(false) |= d.acked;
+    }
+    report.delivered = acked.len();
+    report.acked = acked.values().filter(|a| **a).count();
+    for (k, w) in h.written.iter().enumerate() {
+        for (i, (shard, seq)) in w.iter().enumerate() {
+            let lost = match acked.get(&(k, i)) {
+                None => true,
+                Some(true) => false,
+                // Not checkpointed past: not lost, but its shard is stalled (rule 5).
+                Some(false) => covers(h.checkpoints.get(shard), seq),
+            };
+            if !lost {
+                continue;
+            }
+            report.lost += 1;
+            if acked.contains_key(&(k, i)) {
+                report.lost_unacked += 1;
+            }
+            if report.lost_records.len() < 10 {
+                report.lost_records.push((k, i));
+            }
+        }
+    }
+}
+
+/// Where lost record `key-k:i` was written, whether it was received, its shard's final
+/// checkpoint, and what was delivered on its shard around it.
+fn explain_lost(k: usize, i: usize, h: &History, ds: &[Delivery<'_>]) -> String {
+    let Some((shard, seq)) = h.written.get(k).and_then(|w| w.get(i)) else {
         return format!("key-{k}:{i} (not in the producer's log)");
     };
-    let at = |k2: usize, i2: usize| written.get(k2).and_then(|w| w.get(i2));
+    let status = if ds.iter().any(|d| d.rec == (k, i)) {
+        "received, never acknowledged"
+    } else {
+        "never received"
+    };
+    let seq_of = |(k2, i2): Rec| {
+        let (_, s) = h.written.get(k2)?.get(i2)?;
+        SequenceNumber::parse(s).ok()
+    };
     // Deliveries on the same shard, by the sequence number the producer got for them.
-    let mut around: Vec<(u128, String)> = deliveries
+    let mut around: Vec<(SequenceNumber, String)> = ds
         .iter()
-        .filter(|r| r.shard == *shard)
-        .filter_map(|r| {
-            let (key, idx) = r.data.split_once(':')?;
-            let (k2, i2) = (key.strip_prefix("key-")?.parse().ok()?, idx.parse().ok()?);
-            let (_, s2) = at(k2, i2)?;
-            let n: u128 = s2.parse().ok()?;
+        .filter(|d| d.r.shard == *shard)
+        .filter_map(|d| {
+            let n = seq_of(d.rec)?;
+            let r = d.r;
             Some((
                 n,
                 format!("{} by {}#{} at {}", r.data, r.owner, r.counter, r.recv),
@@ -596,189 +911,633 @@ fn explain_lost(
         })
         .collect();
     around.sort();
-    let n: u128 = seq.parse().unwrap_or(0);
-    let before = around.iter().rev().find(|(s, _)| *s < n).map(|(_, d)| d);
-    let after = around.iter().find(|(s, _)| *s > n).map(|(_, d)| d);
+    let n = SequenceNumber::parse(seq).ok();
+    let before = n
+        .as_ref()
+        .and_then(|n| around.iter().rev().find(|(s, _)| s < n))
+        .map(|(_, d)| d);
+    let after = n
+        .as_ref()
+        .and_then(|n| around.iter().find(|(s, _)| s > n))
+        .map(|(_, d)| d);
+    let cp = h
+        .checkpoints
+        .get(shard)
+        .map_or_else(|| "none".to_string(), ToString::to_string);
     format!(
-        "key-{k}:{i} on {shard} seq {seq}; delivered before it: {before:?}; after it: {after:?}"
+        "key-{k}:{i} on {shard} seq {seq}, {status}, final checkpoint {cp}; delivered before \
+         it: {before:?}; after it: {after:?}"
     )
 }
 
-/// The invariant checker over every delivery (all apps' outputs) and what was produced.
-pub fn check(
-    report: &mut Report,
-    deliveries: &[crate::pipeline::Received],
-    produced: &[usize],
-    timeline: &[(u128, Fault)],
-) {
-    // (key, index) -> (delivery time, the lease it was delivered under).
-    let mut seen: HashMap<(usize, usize), Vec<(u128, Token)>> = HashMap::new();
-    // A lease tenure (shard, owner, counter) -> its deliveries' times.
-    let mut tenure: HashMap<Token, Vec<u128>> = HashMap::new();
-    let mut how: HashMap<(usize, usize), Vec<String>> = HashMap::new();
-    for r in deliveries {
-        let Some((key, i)) = r.data.split_once(':') else {
-            continue;
-        };
-        let (Some(k), Ok(i)) = (
-            key.strip_prefix("key-")
-                .and_then(|k| k.parse::<usize>().ok()),
-            i.parse::<usize>(),
-        ) else {
-            continue;
-        };
-        let token = (r.shard.clone(), r.owner.clone(), r.counter);
-        let t = r.recv_ns();
-        tenure.entry(token.clone()).or_default().push(t);
-        seen.entry((k, i)).or_default().push((t, token));
-        how.entry((k, i)).or_default().push(format!(
-            "{} {} {}#{} attempt {}",
-            r.recv, r.shard, r.owner, r.counter, r.attempt
-        ));
+/// Rule 2, across tenures: per key, the first deliveries of its records are in index
+/// order. Returns the keys out of order, described.
+fn first_order(ds: &[Delivery<'_>]) -> Vec<String> {
+    // Record → its first receive time (`ds` is in time order).
+    let mut first: BTreeMap<Rec, u128> = BTreeMap::new();
+    for d in ds {
+        first.entry(d.rec).or_insert(d.t);
     }
-    report.delivered = seen.len();
-    for times in tenure.values_mut() {
-        times.sort_unstable();
+    let mut bad: BTreeMap<usize, String> = BTreeMap::new();
+    let mut prev: Option<(Rec, u128)> = None;
+    for (&(k, i), &t) in &first {
+        if let Some(((pk, pi), pt)) = prev
+            && pk == k
+            && t < pt
+        {
+            bad.entry(k).or_insert_with(|| {
+                format!("key-{k}: key-{k}:{i} first delivered before key-{k}:{pi}")
+            });
+        }
+        prev = Some(((k, i), t));
     }
-    for (k, n) in produced.iter().enumerate() {
-        let mut first_times = Vec::with_capacity(*n);
-        for i in 0..*n {
-            match seen.get(&(k, i)) {
-                None => {
-                    report.lost += 1;
-                    if report.lost_records.len() < 10 {
-                        report.lost_records.push((k, i));
-                    }
-                }
-                Some(times) => {
-                    first_times.push(times.iter().map(|(t, _)| *t).min().unwrap_or(0));
-                }
+    bad.into_values().collect()
+}
+
+/// Rule 2, within each tenure: per key, in receive order, each delivery is the previous
+/// index + 1, or a replay (index <= previous) at a higher attempt than the previous delivery
+/// (a retry restarts from the failed part); a key's first delivery in a tenure may be any
+/// index. Returns the violations (gaps, replays without a retry), described.
+fn tenure_order(ds: &[Delivery<'_>]) -> Vec<String> {
+    // (tenure, key) → the previous delivery's (index, attempt).
+    let mut prev: HashMap<(Tenure<'_>, usize), (usize, u32)> = HashMap::new();
+    let mut bad = Vec::new();
+    for d in ds {
+        let (k, i) = d.rec;
+        let r = d.r;
+        let at = (tenure(r), k);
+        if let Some(&(p, attempt)) = prev.get(&at) {
+            let fine = i == p + 1 || (i <= p && r.attempt > attempt);
+            if !fine {
+                let what = if i > p + 1 {
+                    "gap"
+                } else {
+                    "replay without a retry"
+                };
+                bad.push(format!(
+                    "{what} on {} under {}#{}: key-{k}:{i} attempt {} after key-{k}:{p} attempt \
+                     {attempt}",
+                    r.shard, r.owner, r.counter, r.attempt
+                ));
             }
         }
-        if first_times.windows(2).any(|w| w[1] < w[0]) {
-            report.order_violations += 1;
+        prev.insert(at, (i, r.attempt));
+    }
+    bad
+}
+
+/// Rule 3: per shard, deliveries under a lower lease counter after (in receive time) the
+/// first delivery under a higher one: two owners delivering. Returns them, described.
+fn two_owners(ds: &[Delivery<'_>]) -> Vec<String> {
+    // Shard → counter → its first delivery (time, owner); `ds` is in time order.
+    let mut first: HashMap<&str, BTreeMap<u64, (u128, &str)>> = HashMap::new();
+    for d in ds {
+        first
+            .entry(d.r.shard.as_str())
+            .or_default()
+            .entry(d.r.counter)
+            .or_insert((d.t, d.r.owner.as_str()));
+    }
+    let mut bad = Vec::new();
+    for d in ds {
+        let r = d.r;
+        let newer = first.get(r.shard.as_str()).and_then(|m| {
+            m.range((Bound::Excluded(r.counter), Bound::Unbounded))
+                .find(|(_, (t, _))| *t < d.t)
+        });
+        if let Some((c, (t, owner))) = newer {
+            bad.push(format!(
+                "{} by {}#{} at {} on {}, after {owner}#{c} delivered from {t}",
+                r.data, r.owner, r.counter, r.recv, r.shard
+            ));
         }
     }
-    for (record, times) in &seen {
-        let mut times = times.clone();
-        times.sort();
-        for pair in times.windows(2) {
-            let ((first, a), (again, b)) = (&pair[0], &pair[1]);
+    bad
+}
+
+/// What a duplicate is blamed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cause {
+    /// The old tenure ended gracefully, as its app recorded it (`shutdown-requested REASON`,
+    /// `shard-ended`): a failure.
+    Graceful(String),
+    /// `lease-lost`, `no-word (killed)`, `retry (same tenure)` or `replay (same tenure, no
+    /// retry)`.
+    Hard(&'static str),
+}
+
+/// How each tenure ended: its first lifecycle line (in time), by tenure.
+fn endings(events: &[AppEvent]) -> HashMap<Tenure<'_>, &AppEvent> {
+    let mut sorted: Vec<&AppEvent> = events.iter().collect();
+    sorted.sort_by_key(|e| e.recv_ns());
+    let mut out = HashMap::new();
+    for e in sorted {
+        out.entry((e.shard.as_str(), e.owner.as_str(), e.counter))
+            .or_insert(e);
+    }
+    out
+}
+
+/// Blames the redelivery `next` of a record, after its previous delivery `prev`, on how the
+/// old tenure ended (`ends`, from the apps' lifecycle lines), not on a time window.
+fn cause<'a>(
+    prev: &Delivery<'a>,
+    next: &Delivery<'a>,
+    ends: &HashMap<Tenure<'a>, &'a AppEvent>,
+) -> Cause {
+    let (a, b) = (tenure(prev.r), tenure(next.r));
+    if a == b {
+        return Cause::Hard(if next.r.attempt > prev.r.attempt {
+            "retry (same tenure)"
+        } else {
+            "replay (same tenure, no retry)"
+        });
+    }
+    // A record lives on one shard: the old tenure is the lower lease counter, even when it
+    // delivered last (a paused worker resuming with a batch in flight).
+    let old = if a.0 == b.0 && b.2 < a.2 { b } else { a };
+    match ends
+        .get(&old)
+        .map(|e| (e.event.as_str(), e.reason.as_str()))
+    {
+        Some(("shutdown-requested", reason)) => {
+            Cause::Graceful(format!("shutdown-requested {reason}"))
+        }
+        Some(("shard-ended", _)) => Cause::Graceful("shard-ended".to_string()),
+        Some(("lease-lost", _)) => Cause::Hard("lease-lost"),
+        _ => Cause::Hard("no-word (killed)"),
+    }
+}
+
+/// The last non-graceful fault started at or before `t`.
+fn last_hard_fault(timeline: &[(u128, Fault)], t: u128) -> String {
+    timeline
+        .iter()
+        .filter(|(at, f)| *at <= t && !f.graceful())
+        .max_by_key(|(at, _)| *at)
+        .map_or_else(|| "no hard fault".to_string(), |(_, f)| format!("{f:?}"))
+}
+
+/// Every delivery of a record, described.
+fn deliveries_of(list: &[&Delivery<'_>]) -> String {
+    let each: Vec<String> = list
+        .iter()
+        .map(|d| {
+            let r = d.r;
+            let acked = if d.acked { "" } else { " (not acknowledged)" };
+            format!(
+                "{} on {} by {}#{} attempt {}{acked}",
+                r.recv, r.shard, r.owner, r.counter, r.attempt
+            )
+        })
+        .collect();
+    each.join("; ")
+}
+
+/// Rule 4: counts the duplicates, blames each on how the old tenure ended ([`cause`]), and
+/// counts the graceful ones (with a few examples).
+fn blame(report: &mut Report, h: &History, ds: &[Delivery<'_>]) {
+    let ends = endings(&h.events);
+    let mut by_rec: BTreeMap<Rec, Vec<&Delivery<'_>>> = BTreeMap::new();
+    for d in ds {
+        by_rec.entry(d.rec).or_default().push(d);
+    }
+    for (&(k, i), list) in &by_rec {
+        for pair in list.windows(2) {
+            let [prev, next] = pair else {
+                continue;
+            };
             report.duplicates += 1;
-            // Delivered again under another lease: the cause is what ended the old tenure
-            // (the last fault started before the old holder's last delivery, or just after
-            // it: a kill). On one shard the old tenure is the lower lease counter, even when
-            // it delivered last (a paused worker that resumed with a record in flight).
-            // Under the same lease (a retry): what came before the retry.
-            let (old, new) = if a.0 == b.0 && b.2 < a.2 {
-                (b, a)
-            } else {
-                (a, b)
-            };
-            let at = if a == b {
-                *again
-            } else {
-                // The old tenure's last delivery before the new one's first.
-                let next_started = tenure.get(new).and_then(|t| t.first()).copied();
-                tenure
-                    .get(old)
-                    .and_then(|t| {
-                        t.iter()
-                            .rev()
-                            .find(|x| next_started.is_none_or(|n| **x < n))
-                            .copied()
-                    })
-                    .unwrap_or(*first)
-                    + 1_000_000_000
-            };
-            let cause = timeline
-                .iter()
-                .rev()
-                .find(|(t, _)| *t <= at)
-                .map(|(_, f)| *f);
-            let name = cause.map_or_else(|| "none".to_string(), |f| format!("{f:?}"));
-            if cause.is_some_and(Fault::graceful) {
-                report.graceful_duplicates += 1;
-                if report.graceful_examples.len() < 5 {
-                    let faults: Vec<String> = timeline
-                        .iter()
-                        .map(|(at, f)| format!("{f:?}@{at}"))
-                        .collect();
-                    report.graceful_examples.push(format!(
-                        "key-{}:{} delivered {:?}; faults {:?}",
-                        record.0,
-                        record.1,
-                        how.get(record),
-                        faults
-                    ));
+            let name = match cause(prev, next, &ends) {
+                Cause::Graceful(how) => {
+                    report.graceful_duplicates += 1;
+                    if report.graceful_examples.len() < 5 {
+                        let faults: Vec<String> = h
+                            .timeline
+                            .iter()
+                            .map(|(at, f)| format!("{f:?}@{at}"))
+                            .collect();
+                        report.graceful_examples.push(format!(
+                            "key-{k}:{i}: the old tenure ended by {how}; delivered {}; faults {}",
+                            deliveries_of(list),
+                            faults.join(", ")
+                        ));
+                    }
+                    format!("graceful: {how}")
                 }
-            }
-            *report.duplicates_by_fault.entry(name).or_insert(0) += 1;
+                Cause::Hard(how) => {
+                    format!("{how} after {}", last_hard_fault(&h.timeline, next.t))
+                }
+            };
+            *report.duplicates_by_cause.entry(name).or_insert(0) += 1;
         }
     }
+}
+
+/// Rule 5: every shard's final checkpoint covers the last record the producer wrote to it
+/// (or is `SHARD_END`). Returns the stalled shards, described.
+fn stalls(h: &History) -> Vec<String> {
+    // Shard → its last record: (sequence number, as written, record).
+    let mut last: BTreeMap<&str, (Option<SequenceNumber>, &str, Rec)> = BTreeMap::new();
+    for (k, w) in h.written.iter().enumerate() {
+        for (i, (shard, seq)) in w.iter().enumerate() {
+            let n = SequenceNumber::parse(seq).ok();
+            let e = last
+                .entry(shard.as_str())
+                .or_insert((None, seq.as_str(), (k, i)));
+            if n > e.0 {
+                *e = (n, seq.as_str(), (k, i));
+            }
+        }
+    }
+    last.into_iter()
+        .filter(|(shard, (_, seq, _))| !covers(h.checkpoints.get(*shard), seq))
+        .map(|(shard, (_, seq, (k, i)))| {
+            let cp = h
+                .checkpoints
+                .get(shard)
+                .map_or_else(|| "none (no lease)".to_string(), ToString::to_string);
+            format!("{shard}: final checkpoint {cp}, its last record key-{k}:{i} at {seq}")
+        })
+        .collect()
+}
+
+/// The invariant checker: judges a run's [`History`] by the rules of the module docs and
+/// fills `report` (its faults, samples and checkpoint regressions are the caller's). A pure
+/// function.
+pub fn check(report: &mut Report, h: &History) {
+    report.produced = h.written.iter().map(Vec::len).sum();
+    let (ds, unlogged) = logged(h);
+    report.unlogged = unlogged;
+    find_lost(report, h, &ds);
+    report.lost_examples = report
+        .lost_records
+        .iter()
+        .map(|&(k, i)| explain_lost(k, i, h, &ds))
+        .collect();
+    let first = first_order(&ds);
+    let within = tenure_order(&ds);
+    report.order_violations = first.len();
+    report.tenure_order_violations = within.len();
+    report.order_examples = first
+        .into_iter()
+        .take(5)
+        .chain(within.into_iter().take(5))
+        .collect();
+    let two = two_owners(&ds);
+    report.two_owner_deliveries = two.len();
+    report.two_owner_examples = two.into_iter().take(5).collect();
+    blame(report, h, &ds);
+    let stalled = stalls(h);
+    report.stalled_shards = stalled.len();
+    report.stall_examples = stalled.into_iter().take(5).collect();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn delivery(data: &str, owner: &str, counter: u64, secs: u64) -> crate::pipeline::Received {
+    const S: u128 = 1_000_000_000;
+
+    /// Where the producer's log puts `key-k:i`: sequence number 1000 + 10 i + k.
+    fn seq_of(k: usize, i: usize) -> String {
+        (1000 + 10 * i + k).to_string()
+    }
+
+    /// The producer's log: `per_key[k]` records of key `k`, all on shard `s`.
+    fn log(per_key: &[usize]) -> Vec<Vec<(String, String)>> {
+        per_key
+            .iter()
+            .enumerate()
+            .map(|(k, n)| (0..*n).map(|i| ("s".to_string(), seq_of(k, i))).collect())
+            .collect()
+    }
+
+    /// `data` (`key-k:i`) received on shard `s` under `owner#counter` at `secs`, at
+    /// `attempt`, in a call of its own.
+    fn at(data: &str, owner: &str, counter: u64, secs: u64, attempt: u32) -> Received {
+        let (k, i) = key_index(data).unwrap_or_else(|| unreachable!("test data is key-k:i"));
         let line = serde_json::json!({
-            "shard": "s", "key": "k", "seq": format!("{secs}{counter}"), "sub": 0, "agg": false,
-            "ehk": "", "arrival": 0, "data": data, "attempt": 1, "owner": owner,
-            "counter": counter, "recv": (u128::from(secs) * 1_000_000_000).to_string(),
+            "shard": "s", "key": format!("key-{k}"), "seq": seq_of(k, i), "sub": 0,
+            "agg": false, "ehk": "", "arrival": 0, "data": data, "attempt": attempt,
+            "owner": owner, "counter": counter, "recv": (u128::from(secs) * S).to_string(),
+            "call": format!("{data}@{secs}/{attempt}"),
         });
         serde_json::from_value(line).unwrap_or_else(|_| unreachable!("a valid record"))
     }
 
+    /// As [`at`], at attempt 1.
+    fn delivery(data: &str, owner: &str, counter: u64, secs: u64) -> Received {
+        at(data, owner, counter, secs, 1)
+    }
+
+    /// Every call of `deliveries` acknowledged.
+    fn acks_of(deliveries: &[Received]) -> Vec<Ack> {
+        deliveries
+            .iter()
+            .map(|r| Ack {
+                ack: r.call.clone(),
+                shard: r.shard.clone(),
+                owner: r.owner.clone(),
+                counter: r.counter,
+                attempt: r.attempt,
+                n: 1,
+                recv: r.recv.clone(),
+            })
+            .collect()
+    }
+
+    /// An app's lifecycle line for the tenure `s`, `owner#counter`, at `secs`.
+    fn event(event: &str, reason: &str, owner: &str, counter: u64, secs: u64) -> AppEvent {
+        AppEvent {
+            event: event.to_string(),
+            reason: reason.to_string(),
+            shard: "s".to_string(),
+            owner: owner.to_string(),
+            counter,
+            recv: (u128::from(secs) * S).to_string(),
+        }
+    }
+
+    /// A history of `deliveries` of `per_key` records, every call acknowledged, shard `s`
+    /// ended (checkpoint `SHARD_END`), no fault, no lifecycle line.
+    fn history(deliveries: Vec<Received>, per_key: &[usize]) -> History {
+        History {
+            acks: acks_of(&deliveries),
+            deliveries,
+            written: log(per_key),
+            checkpoints: BTreeMap::from([("s".to_string(), Checkpoint::ShardEnd)]),
+            ..History::default()
+        }
+    }
+
+    fn checked(h: &History) -> Report {
+        let mut r = Report::default();
+        check(&mut r, h);
+        r
+    }
+
+    /// A checkpoint at `key-k:i`'s sequence number.
+    fn checkpoint_at(k: usize, i: usize) -> Checkpoint {
+        Checkpoint::from_kcl(&seq_of(k, i), 0).unwrap_or_else(|_| unreachable!("a number"))
+    }
+
+    /// The clean history: w1#1 delivers key-0:0 and :1 and is killed (no word from its app);
+    /// a split follows; w2#2 delivers :1 again, then :2 and :3; the app crashes and :3 is
+    /// retried under the same lease (attempt 2). Two duplicates, both of hard faults.
+    fn clean() -> History {
+        let mut h = history(
+            vec![
+                delivery("key-0:0", "w1", 1, 10),
+                delivery("key-0:1", "w1", 1, 11),
+                delivery("key-0:1", "w2", 2, 15),
+                delivery("key-0:2", "w2", 2, 15),
+                delivery("key-0:3", "w2", 2, 16),
+                at("key-0:3", "w2", 2, 21, 2),
+            ],
+            &[4],
+        );
+        h.timeline = vec![
+            (11 * S + S / 2, Fault::Kill),
+            (14 * S, Fault::Split),
+            (20 * S, Fault::AppCrash),
+        ];
+        h
+    }
+
     #[test]
     fn a_duplicate_is_blamed_on_what_ended_the_old_lease_not_on_the_next_fault() {
-        let s = |n: u64| u128::from(n) * 1_000_000_000;
-        let deliveries = vec![
+        let r = checked(&clean());
+        assert!(r.holds(), "{r}");
+        assert_eq!((r.produced, r.delivered, r.acked), (4, 4, 4));
+        assert_eq!((r.duplicates, r.graceful_duplicates), (2, 0), "{r}");
+        let by = &r.duplicates_by_cause;
+        assert_eq!(by.get("no-word (killed) after Kill"), Some(&1), "{by:?}");
+        assert_eq!(
+            by.get("retry (same tenure) after AppCrash"),
+            Some(&1),
+            "{by:?}"
+        );
+        // The same with w1's app told its lease was lost.
+        let mut h = clean();
+        h.events = vec![event("lease-lost", "", "w1", 1, 12)];
+        let r = checked(&h);
+        assert!(r.holds(), "{r}");
+        let by = &r.duplicates_by_cause;
+        assert_eq!(by.get("lease-lost after Kill"), Some(&1), "{by:?}");
+    }
+
+    #[test]
+    fn a_record_received_never_acknowledged_and_checkpointed_past_is_lost() {
+        let mut h = history(
+            vec![
+                delivery("key-0:0", "w1", 1, 10),
+                delivery("key-0:1", "w1", 1, 11),
+                delivery("key-0:2", "w1", 1, 12),
+            ],
+            &[3],
+        );
+        h.acks.retain(|a| a.ack != "key-0:1@11/1");
+        let r = checked(&h);
+        assert_eq!((r.delivered, r.acked), (3, 2));
+        assert_eq!((r.lost, r.lost_unacked), (1, 1), "{r}");
+        assert_eq!(r.lost_records, vec![(0, 1)]);
+        assert!(!r.holds());
+        // Not checkpointed past: not lost, but the shard is stalled.
+        h.checkpoints.insert("s".into(), checkpoint_at(0, 0));
+        let r = checked(&h);
+        assert_eq!((r.lost, r.stalled_shards), (0, 1), "{r}");
+        assert!(!r.holds());
+    }
+
+    #[test]
+    fn a_record_never_received_is_lost() {
+        let h = history(
+            vec![
+                delivery("key-0:0", "w1", 1, 10),
+                delivery("key-0:2", "w1", 1, 12),
+            ],
+            &[3, 2],
+        );
+        let r = checked(&h);
+        // key-0:1, and both records of key-1.
+        assert_eq!((r.lost, r.lost_unacked), (3, 0), "{r}");
+        assert_eq!(r.lost_records, vec![(0, 1), (1, 0), (1, 1)]);
+        assert!(r.lost_examples.iter().all(|e| e.contains("never received")));
+        assert!(!r.holds());
+    }
+
+    #[test]
+    fn a_redelivery_out_of_order_within_a_tenure_is_a_violation() {
+        // A retry (attempt 2) restarts from the failed part: in order.
+        let retried = vec![
+            delivery("key-0:0", "w1", 1, 10),
+            delivery("key-0:1", "w1", 1, 10),
+            delivery("key-0:2", "w1", 1, 10),
+            at("key-0:1", "w1", 1, 12, 2),
+            at("key-0:2", "w1", 1, 12, 2),
+        ];
+        let r = checked(&history(retried.clone(), &[3]));
+        assert!(r.holds(), "{r}");
+        assert_eq!(r.duplicates, 2);
+        // Then key-0:1 again at the same attempt, after key-0:2: out of order.
+        let mut bad = retried;
+        bad.push(at("key-0:1", "w1", 1, 13, 2));
+        let r = checked(&history(bad, &[3]));
+        assert_eq!(r.tenure_order_violations, 1, "{r}");
+        assert!(!r.holds());
+        // A replay at attempt 1 (no retry) is one too, even in order.
+        let replay = vec![
             delivery("key-0:0", "w1", 1, 10),
             delivery("key-0:1", "w1", 1, 11),
-            // w1 killed at 11.5 s, a split at 14 s, w2 takes over and delivers again at 15 s.
-            delivery("key-0:0", "w2", 2, 15),
-            delivery("key-0:1", "w2", 2, 15),
-            delivery("key-0:2", "w2", 2, 15),
-            // A retry under the same lease after an app crash at 20 s.
-            delivery("key-0:2", "w2", 2, 21),
+            delivery("key-0:0", "w1", 1, 12),
+            delivery("key-0:1", "w1", 1, 13),
+            delivery("key-0:2", "w1", 1, 14),
         ];
-        let timeline = vec![
-            (s(11) + 500_000_000, Fault::Kill),
-            (s(14), Fault::Split),
-            (s(20), Fault::AppCrash),
-        ];
-        let mut r = Report::default();
-        check(&mut r, &deliveries, &[3], &timeline);
-        assert_eq!((r.lost, r.order_violations, r.duplicates), (0, 0, 3));
-        assert_eq!(r.graceful_duplicates, 0, "{:?}", r.duplicates_by_fault);
-        assert_eq!(r.duplicates_by_fault.get("Kill"), Some(&2));
-        assert_eq!(r.duplicates_by_fault.get("AppCrash"), Some(&1));
+        let r = checked(&history(replay, &[3]));
+        assert_eq!(r.tenure_order_violations, 1, "{r}");
+        assert_eq!(
+            r.duplicates_by_cause
+                .get("replay (same tenure, no retry) after no hard fault"),
+            Some(&2)
+        );
+    }
 
-        // A worker paused at 30 s (w2#2) loses the lease to w3#3, which delivers key-0:3 at
-        // 34 s; w2 resumes at 34.5 s with key-0:3 in flight and delivers it again; a merge
-        // at 33 s (graceful) must not take the blame.
-        let mut zombie = deliveries.clone();
-        zombie.push(delivery("key-0:3", "w2", 2, 29));
-        zombie.push(delivery("key-0:3", "w3", 3, 34));
-        zombie.push(delivery("key-0:3", "w2", 2, 35));
-        let mut timeline = timeline.clone();
-        timeline.push((s(30), Fault::Pause));
-        timeline.push((s(33), Fault::Merge));
-        let mut r = Report::default();
-        check(&mut r, &zombie, &[4], &timeline);
-        assert_eq!(r.graceful_duplicates, 0, "{:?}", r.duplicates_by_fault);
-        assert_eq!(r.duplicates_by_fault.get("Pause"), Some(&2));
-        // A record never delivered is lost; one first delivered before its predecessor is
-        // an order violation.
-        let mut r = Report::default();
-        let out_of_order = vec![
-            delivery("key-0:1", "w1", 1, 1),
-            delivery("key-0:0", "w1", 1, 2),
-        ];
-        check(&mut r, &out_of_order, &[3], &timeline);
-        assert_eq!((r.lost, r.order_violations), (1, 1));
+    #[test]
+    fn a_gap_within_a_tenure_is_a_violation() {
+        let h = history(
+            vec![
+                delivery("key-0:0", "w1", 1, 10),
+                delivery("key-0:1", "w1", 1, 11),
+                delivery("key-0:3", "w1", 1, 12),
+                delivery("key-0:2", "w2", 2, 15),
+                delivery("key-0:3", "w2", 2, 15),
+            ],
+            &[4],
+        );
+        let r = checked(&h);
+        assert_eq!(r.lost, 0, "{r}");
+        assert_eq!(r.tenure_order_violations, 1, "{r}");
+        assert!(r.order_examples.iter().any(|e| e.starts_with("gap")), "{r}");
+        // key-0:3 was first delivered before key-0:2.
+        assert_eq!(r.order_violations, 1, "{r}");
+        assert!(!r.holds());
+    }
+
+    #[test]
+    fn a_former_owner_delivering_after_its_successor_is_two_owners() {
+        // w2#2 paused at 30 s loses the lease to w3#3, which delivers key-0:1 at 34 s; w2
+        // resumes with key-0:1 in flight and delivers it at 35 s, then hears LeaseLost. A
+        // merge at 33 s (graceful) takes no blame.
+        let mut h = history(
+            vec![
+                delivery("key-0:0", "w2", 2, 29),
+                delivery("key-0:1", "w3", 3, 34),
+                delivery("key-0:1", "w2", 2, 35),
+            ],
+            &[2],
+        );
+        h.events = vec![event("lease-lost", "", "w2", 2, 36)];
+        h.timeline = vec![(30 * S, Fault::Pause), (33 * S, Fault::Merge)];
+        let r = checked(&h);
+        assert_eq!(r.two_owner_deliveries, 1, "{r}");
+        assert_eq!((r.duplicates, r.graceful_duplicates), (1, 0), "{r}");
+        let by = &r.duplicates_by_cause;
+        assert_eq!(by.get("lease-lost after Pause"), Some(&1), "{by:?}");
+        assert!(!r.holds());
+    }
+
+    #[test]
+    fn a_duplicate_after_shutdown_requested_is_graceful_even_right_after_a_kill() {
+        // w1#1's app is asked to shut down (a hand-over) at 12 s; a kill (of some worker)
+        // at 11 s does not excuse the redelivery of key-0:1 by w2#2.
+        let mut h = history(
+            vec![
+                delivery("key-0:0", "w1", 1, 10),
+                delivery("key-0:1", "w1", 1, 11),
+                delivery("key-0:1", "w2", 2, 13),
+                delivery("key-0:2", "w2", 2, 13),
+            ],
+            &[3],
+        );
+        h.timeline = vec![(11 * S, Fault::Kill)];
+        h.events = vec![event("shutdown-requested", "REASON_HANDOFF", "w1", 1, 12)];
+        let r = checked(&h);
+        assert_eq!((r.duplicates, r.graceful_duplicates), (1, 1), "{r}");
+        let by = &r.duplicates_by_cause;
+        assert_eq!(
+            by.get("graceful: shutdown-requested REASON_HANDOFF"),
+            Some(&1)
+        );
+        assert_eq!(r.graceful_examples.len(), 1);
+        assert!(!r.holds());
+        // The same after ShardEnded.
+        h.events = vec![event("shard-ended", "", "w1", 1, 12)];
+        let r = checked(&h);
+        assert_eq!(r.graceful_duplicates, 1, "{r}");
+        assert!(!r.holds());
+    }
+
+    #[test]
+    fn a_shard_whose_checkpoint_stops_short_of_its_last_record_is_stalled() {
+        let mut h = history(
+            vec![
+                delivery("key-0:0", "w1", 1, 10),
+                delivery("key-0:1", "w1", 1, 11),
+                delivery("key-0:2", "w1", 1, 12),
+            ],
+            &[3],
+        );
+        for (cp, stalled) in [
+            (Some(checkpoint_at(0, 1)), 1),
+            (Some(Checkpoint::Latest), 1),
+            (None, 1),
+            (Some(checkpoint_at(0, 2)), 0),
+            (Some(Checkpoint::ShardEnd), 0),
+        ] {
+            h.checkpoints = cp.iter().map(|c| ("s".to_string(), c.clone())).collect();
+            let r = checked(&h);
+            assert_eq!(r.stalled_shards, stalled, "{cp:?}: {r}");
+            assert_eq!(r.lost, 0, "{cp:?}: {r}");
+            assert_eq!(r.holds(), stalled == 0);
+        }
+    }
+
+    #[test]
+    fn a_deleted_lease_stays_finished_and_a_backward_checkpoint_is_a_regression() {
+        let mut last = BTreeMap::new();
+        let regressions = merge_scan(
+            &mut last,
+            vec![
+                ("a".into(), Checkpoint::TrimHorizon),
+                ("b".into(), checkpoint_at(0, 5)),
+            ],
+        );
+        assert!(regressions.is_empty());
+        // b deleted (only ever while at SHARD_END); a moves on.
+        let regressions = merge_scan(&mut last, vec![("a".into(), checkpoint_at(0, 3))]);
+        assert!(regressions.is_empty());
+        assert_eq!(last.get("b"), Some(&Checkpoint::ShardEnd));
+        let regressions = merge_scan(&mut last, vec![("a".into(), Checkpoint::TrimHorizon)]);
+        assert_eq!(regressions.len(), 1, "{regressions:?}");
+    }
+
+    #[test]
+    fn a_record_of_a_failed_put_that_landed_is_not_judged() {
+        // key-0:1 also landed at another sequence number (a put that failed, then retried).
+        let mut ghost = delivery("key-0:1", "w1", 1, 11);
+        ghost.seq = "999".into();
+        let h = history(
+            vec![
+                delivery("key-0:0", "w1", 1, 10),
+                ghost,
+                delivery("key-0:1", "w1", 1, 12),
+            ],
+            &[2],
+        );
+        let r = checked(&h);
+        assert_eq!((r.unlogged, r.duplicates), (1, 0), "{r}");
+        assert!(r.holds(), "{r}");
     }
 
     #[test]

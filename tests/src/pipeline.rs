@@ -57,10 +57,70 @@ pub struct Received {
     pub counter: u64,
     /// When the app received it (ns since the epoch, as a string).
     pub recv: String,
+    /// The call that delivered it (`record-app`'s process and call number); an [`Ack`] with
+    /// this id says the app answered that call successfully.
+    #[serde(default)]
+    pub call: String,
 }
 
 impl Received {
     /// Receive time in ns.
+    pub fn recv_ns(&self) -> u128 {
+        self.recv.parse().unwrap_or(0)
+    }
+}
+
+/// A test app's acknowledgement of a `ProcessRecords` call: it answered the call successfully,
+/// which acknowledges every record it wrote for that call (with `--fail-from`, only the records
+/// before the failed one are written). Written after the call's records, before the answer.
+/// Its line has no `key`, `seq` nor `data`, so [`received`] skips it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Ack {
+    /// The call's id (as in [`Received::call`]).
+    pub ack: String,
+    /// Shard.
+    pub shard: String,
+    /// The lease's owner the call came under.
+    #[serde(default)]
+    pub owner: String,
+    /// The lease's counter the call came under.
+    #[serde(default)]
+    pub counter: u64,
+    /// Delivery attempt of the call's batch.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Records the call acknowledged.
+    #[serde(default)]
+    pub n: usize,
+    /// When the app received the call (ns since the epoch, as a string).
+    pub recv: String,
+}
+
+/// How a test app's tenure of a shard ended, as it wrote it: `shutdown-requested` (with its
+/// `reason`), `lease-lost` or `shard-ended`, with the fencing token of the app's last
+/// `ProcessRecords` call for the shard since its `Initialize` (empty owner, counter 0: none).
+/// Its line has no `key`, `seq` nor `data`, so [`received`] skips it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AppEvent {
+    /// `shutdown-requested`, `lease-lost` or `shard-ended`.
+    pub event: String,
+    /// The reason of a `shutdown-requested` (`REASON_HANDOFF`, `REASON_WORKER_SHUTDOWN`).
+    #[serde(default)]
+    pub reason: String,
+    /// Shard.
+    pub shard: String,
+    /// The lease's owner of the app's last call for the shard.
+    #[serde(default)]
+    pub owner: String,
+    /// The lease's counter of the app's last call for the shard.
+    #[serde(default)]
+    pub counter: u64,
+    /// When the app got the call (ns since the epoch, as a string).
+    pub recv: String,
+}
+
+impl AppEvent {
+    /// Time of the call in ns.
     pub fn recv_ns(&self) -> u128 {
         self.recv.parse().unwrap_or(0)
     }
@@ -260,7 +320,12 @@ impl Pipeline {
             &local,
         ]);
         if self.test_timings {
-            cmd.args(TEST_TIMINGS);
+            // A timing `extra` sets itself overrides the test timing's.
+            for pair in TEST_TIMINGS.chunks(2) {
+                if !extra.contains(&pair[0]) {
+                    cmd.args(pair);
+                }
+            }
         }
         cmd.args(extra);
         let proc = Proc::spawn(cmd, self.dir.join(format!("worker-{application}-{id}.log")))?;
@@ -391,7 +456,8 @@ pub async fn until_socket(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Every record in the apps' output files, merged in the order the apps received them.
+/// Every record in the apps' output files (not their [`Ack`] and [`AppEvent`] lines), merged in
+/// the order the apps received them (receive time, then file order).
 pub fn received(outs: &[&Path]) -> Vec<Received> {
     let mut all: Vec<(u128, usize, Received)> = Vec::new();
     for out in outs {
@@ -405,6 +471,32 @@ pub fn received(outs: &[&Path]) -> Vec<Received> {
     }
     all.sort_by_key(|(t, n, _)| (*t, *n));
     all.into_iter().map(|(_, _, r)| r).collect()
+}
+
+/// Every line of kind `T` in the apps' output files, file by file in file order (lines of
+/// other kinds skipped).
+fn lines_of<T: serde::de::DeserializeOwned>(outs: &[&Path]) -> Vec<T> {
+    let mut all = Vec::new();
+    for out in outs {
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        all.extend(
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<T>(l).ok()),
+        );
+    }
+    all
+}
+
+/// Every call acknowledgement in the apps' output files (see [`Ack`]).
+pub fn acks(outs: &[&Path]) -> Vec<Ack> {
+    lines_of(outs)
+}
+
+/// Every lifecycle line in the apps' output files (see [`AppEvent`]), in time order.
+pub fn app_events(outs: &[&Path]) -> Vec<AppEvent> {
+    let mut all: Vec<AppEvent> = lines_of(outs);
+    all.sort_by_key(AppEvent::recv_ns);
+    all
 }
 
 /// For data `key:index` records: every index of `0..per_key` for each of `keys` keys seen,

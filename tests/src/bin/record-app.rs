@@ -5,10 +5,23 @@
 //! record-app --address unix:///tmp/x.sock [--out records.jsonl] [--fail-first N]
 //!            [--crash-at-batch N] [--checkpoint all|none|first] [--slow-lease-lost-ms N]
 //!            [--fail-shard SHARD] [--delay-ms N] [--poison DATA] [--fail-from DATA]
+//!            [--hang-on-empty]
 //! ```
 //!
 //! `--fail-from DATA` answers a batch holding a record with that data as a partial batch
 //! failure: the records before it are written out and acknowledged, `failed_from` names it.
+//!
+//! The output file (`--out`) holds three kinds of JSON lines (read by `pipeline::received`,
+//! `pipeline::acks` and `pipeline::app_events`):
+//! - a record: `{"shard", "key", "seq", "data", "attempt", "owner", "counter", "recv", "call",
+//!   …}`, one per record a `ProcessRecords` call delivered (written before the app answers);
+//! - an acknowledgement, `{"ack": CALL, "shard", "owner", "counter", "attempt", "n", "recv"}`,
+//!   once the call's records are written and the app is about to answer it successfully: it
+//!   acknowledges exactly the records written with that `call` id (a call that fails, or an
+//!   app killed before answering, leaves its records received and not acknowledged);
+//! - a lifecycle call, `{"event": "shutdown-requested" | "lease-lost" | "shard-ended",
+//!   "reason", "shard", "owner", "counter", "recv"}`, with the fencing token of the app's last
+//!   `ProcessRecords` call for the shard since its `Initialize` (none: owner "", counter 0).
 //!
 //! Two calls for the same shard in flight at once break the contract (docs/PROCESSOR.md):
 //! the app prints `overlap <shard> <call> <call in flight>` when it sees one.
@@ -35,8 +48,16 @@ struct RecordApp {
     slow_lease_lost: std::time::Duration,
     /// Time taken by every ProcessRecords call with records (a slow app).
     delay: std::time::Duration,
+    /// Never answer a ProcessRecords call without records (a hung app; `--hang-on-empty`).
+    hang_on_empty: bool,
     /// Shard → the call in flight for it.
     in_flight: std::sync::Arc<Mutex<std::collections::HashMap<String, &'static str>>>,
+    /// Names this process in call ids (pid and start time): a restarted app appends to the
+    /// same file, and its call numbers start again at 1.
+    instance: String,
+    /// Shard → the fencing token (owner, counter) of its last `ProcessRecords` call since its
+    /// `Initialize`: what a lifecycle line names as the tenure that ended.
+    tokens: Mutex<std::collections::HashMap<String, (String, u64)>>,
 }
 
 /// Marks a call for a shard in flight until dropped.
@@ -54,6 +75,39 @@ impl Drop for InFlight {
 }
 
 impl RecordApp {
+    /// Appends JSON lines to the output, if any, and flushes it.
+    fn write(&self, lines: &[serde_json::Value]) -> Result<(), Status> {
+        let Some(out) = &self.out else {
+            return Ok(());
+        };
+        let mut out = out
+            .lock()
+            .map_err(|_| Status::internal("output lock poisoned"))?;
+        for line in lines {
+            writeln!(out, "{line}").map_err(|e| Status::internal(e.to_string()))?;
+        }
+        out.flush().map_err(|e| Status::internal(e.to_string()))
+    }
+
+    /// Appends a lifecycle line: the app's tenure of `shard` ended by `event` (with `reason`),
+    /// naming the fencing token of its last call for the shard (and forgetting it).
+    fn ended(&self, shard: &str, event: &str, reason: &str) -> Result<(), Status> {
+        let (owner, counter) = self
+            .tokens
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(shard))
+            .unwrap_or_default();
+        self.write(&[serde_json::json!({
+            "event": event,
+            "reason": reason,
+            "shard": shard,
+            "owner": owner,
+            "counter": counter,
+            "recv": now_ns().to_string(),
+        })])
+    }
+
     fn enter(&self, shard: &str, call: &'static str) -> InFlight {
         if let Ok(mut m) = self.in_flight.lock()
             && let Some(other) = m.insert(shard.to_string(), call)
@@ -65,6 +119,13 @@ impl RecordApp {
             map: self.in_flight.clone(),
         }
     }
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 fn say(line: String) {
@@ -81,6 +142,10 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
     ) -> Result<Response<v1::InitializeResponse>, Status> {
         let r = r.into_inner();
         let _call = self.enter(&r.shard_id, "initialize");
+        // A new tenure: until its first call, no token to name.
+        if let Ok(mut m) = self.tokens.lock() {
+            m.remove(&r.shard_id);
+        }
         let start = match r.starting_position.and_then(|p| p.position) {
             Some(v1::starting_position::Position::After(p)) => {
                 format!("after:{}/{}", p.sequence_number, p.sub_sequence_number)
@@ -97,7 +162,16 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
         r: Request<v1::ProcessRecordsRequest>,
     ) -> Result<Response<v1::ProcessRecordsResponse>, Status> {
         let _call = self.enter(&r.get_ref().shard_id, "process_records");
+        if let Ok(mut m) = self.tokens.lock() {
+            let q = r.get_ref();
+            m.insert(q.shard_id.clone(), (q.lease_owner.clone(), q.lease_counter));
+        }
+        if self.hang_on_empty && r.get_ref().records.is_empty() {
+            say(format!("hanging {}", r.get_ref().shard_id));
+            std::future::pending::<()>().await;
+        }
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let call = format!("{}/{n}", self.instance);
         if self.crash_at == Some(n) {
             say(format!("crash at batch {n}"));
             std::process::exit(3);
@@ -133,32 +207,30 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
                 sub_sequence_number: f.sub_sequence_number,
             })
         });
-        let recv = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        if let Some(out) = &self.out {
-            let mut out = out
-                .lock()
-                .map_err(|_| Status::internal("output lock poisoned"))?;
-            for rec in &r.records {
-                let line = serde_json::json!({
-                    "shard": r.shard_id,
-                    "key": rec.partition_key,
-                    "seq": rec.sequence_number,
-                    "sub": rec.sub_sequence_number,
-                    "agg": rec.aggregated,
-                    "ehk": rec.explicit_hash_key,
-                    "arrival": rec.approximate_arrival_timestamp_ms,
-                    "data": String::from_utf8_lossy(&rec.data),
-                    "attempt": r.attempt,
-                    "owner": r.lease_owner,
-                    "counter": r.lease_counter,
-                    "recv": recv.to_string(),
-                });
-                writeln!(out, "{line}").map_err(|e| Status::internal(e.to_string()))?;
-            }
-            out.flush().map_err(|e| Status::internal(e.to_string()))?;
+        let recv = now_ns();
+        if self.out.is_some() {
+            let lines: Vec<serde_json::Value> = r
+                .records
+                .iter()
+                .map(|rec| {
+                    serde_json::json!({
+                        "shard": r.shard_id,
+                        "key": rec.partition_key,
+                        "seq": rec.sequence_number,
+                        "sub": rec.sub_sequence_number,
+                        "agg": rec.aggregated,
+                        "ehk": rec.explicit_hash_key,
+                        "arrival": rec.approximate_arrival_timestamp_ms,
+                        "data": String::from_utf8_lossy(&rec.data),
+                        "attempt": r.attempt,
+                        "owner": r.lease_owner,
+                        "counter": r.lease_counter,
+                        "recv": recv.to_string(),
+                        "call": call,
+                    })
+                })
+                .collect();
+            self.write(&lines)?;
         }
         let checkpoint = match self.checkpoint.as_str() {
             "none" => None,
@@ -180,6 +252,18 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
                 target: Some(v1::checkpoint::Target::AllDelivered(v1::AllDelivered {})),
             }),
         };
+        // Answered successfully from here on: the records written above are acknowledged.
+        if !r.records.is_empty() {
+            self.write(&[serde_json::json!({
+                "ack": call,
+                "shard": r.shard_id,
+                "owner": r.lease_owner,
+                "counter": r.lease_counter,
+                "attempt": r.attempt,
+                "n": r.records.len(),
+                "recv": recv.to_string(),
+            })])?;
+        }
         Ok(Response::new(v1::ProcessRecordsResponse {
             checkpoint,
             failed_from,
@@ -192,6 +276,7 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
     ) -> Result<Response<v1::LeaseLostResponse>, Status> {
         let shard = r.into_inner().shard_id;
         let _call = self.enter(&shard, "lease_lost");
+        self.ended(&shard, "lease-lost", "")?;
         tokio::time::sleep(self.slow_lease_lost).await;
         say(format!("lease-lost {shard}"));
         Ok(Response::new(v1::LeaseLostResponse {}))
@@ -203,6 +288,7 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
     ) -> Result<Response<v1::ShardEndedResponse>, Status> {
         let r = r.into_inner();
         let _call = self.enter(&r.shard_id, "shard_ended");
+        self.ended(&r.shard_id, "shard-ended", "")?;
         say(format!(
             "shard-ended {} {}",
             r.shard_id,
@@ -217,6 +303,7 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
     ) -> Result<Response<v1::ShutdownRequestedResponse>, Status> {
         let r = r.into_inner();
         let _call = self.enter(&r.shard_id, "shutdown_requested");
+        self.ended(&r.shard_id, "shutdown-requested", r.reason().as_str_name())?;
         say(format!(
             "shutdown-requested {} {}",
             r.shard_id,
@@ -277,6 +364,9 @@ async fn run(args: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {
         delay: std::time::Duration::from_millis(
             arg(&args, "--delay-ms").map_or(Ok(0), |v| v.parse())?,
         ),
+        hang_on_empty: args.iter().any(|a| a == "--hang-on-empty"),
+        instance: format!("{}.{}", std::process::id(), now_ns()),
+        tokens: Mutex::default(),
     };
     say(format!("serving {address}"));
     kinesis_processor::serve(&address, app, kinesis_processor::shutdown_signal()).await?;
