@@ -30,6 +30,27 @@ PROTO = "kinesis_operator/processor/v1/processor.proto"
 log = logging.getLogger("pageview-counter")
 
 
+class RefuseAfterLease(grpc.ServerInterceptor):
+    """Refuses a call that reached the app after its lease's validity
+    (`kinesis-lease-valid-until-ms`, ms since the epoch): its worker was paused after its lease
+    check, and the shard may be another worker's by now (docs/PROCESSOR.md, "Fencing")."""
+
+    def intercept_service(self, continuation, details):
+        for key, value in details.invocation_metadata or ():
+            if key != "kinesis-lease-valid-until-ms":
+                continue
+            try:
+                late = time.time() * 1000 > int(value)
+            except ValueError:
+                late = False
+            if late:
+                def refuse(_request, context):
+                    context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                  "the call's lease expired before it reached the app")
+                return grpc.unary_unary_rpc_method_handler(refuse)
+        return continuation(details)
+
+
 def load_stubs(proto_dir):
     """Generates the Python stubs of the contract into a temporary folder and imports them."""
     out = tempfile.mkdtemp(prefix="kinesis-processor-")
@@ -203,6 +224,7 @@ def main():
         if os.path.exists(path):
             os.remove(path)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32),
+                         interceptors=[RefuseAfterLease()],
                          options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
     counter = make_counter(pb, pb_grpc, dynamodb, table, flush_interval)
     pb_grpc.add_RecordProcessorServicer_to_server(counter, server)

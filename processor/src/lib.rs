@@ -31,6 +31,51 @@ const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 /// Largest HTTP/2 frame the app accepts (bytes).
 const MAX_FRAME: u32 = 1024 * 1024;
 
+/// The gRPC metadata key of a `ProcessRecords` call that carries its lease's validity: ms
+/// since the epoch (the pod's clock, which the worker and the app share) after which the
+/// worker may no longer own the shard. [`serve`] refuses a call that arrives later, before
+/// any of your code sees it; an app in another language should do the same
+/// (docs/PROCESSOR.md, "Fencing your own writes").
+pub const LEASE_VALID_UNTIL: &str = "kinesis-lease-valid-until-ms";
+
+/// Has a lease valid until `until_ms` expired at `now_ms`?
+fn expired(until_ms: i64, now_ms: i64) -> bool {
+    now_ms > until_ms
+}
+
+/// The interceptor [`serve`] puts in front of the processor: a call whose
+/// [`LEASE_VALID_UNTIL`] has passed is refused with `FAILED_PRECONDITION` (the worker that
+/// sent it was paused after its lease check and may have lost the shard since; a call that
+/// reaches the app in time goes through).
+///
+/// # Errors
+/// `FAILED_PRECONDITION` for a late call, `INVALID_ARGUMENT` for a value that is not a
+/// number.
+#[allow(clippy::result_large_err)]
+pub fn refuse_after_lease(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let Some(value) = req.metadata().get(LEASE_VALID_UNTIL) else {
+        return Ok(req);
+    };
+    let until: i64 = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            tonic::Status::invalid_argument(format!("{LEASE_VALID_UNTIL} is not a number"))
+        })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    if expired(until, now) {
+        return Err(tonic::Status::failed_precondition(format!(
+            "the call's lease expired {} ms before it reached the app (its worker was paused): not delivered",
+            now - until
+        )));
+    }
+    Ok(req)
+}
+
 /// The socket the worker and the app share in a pod (the operator mounts an `emptyDir` at
 /// `/var/run/kinesis`).
 pub const DEFAULT_SOCKET: &str = "/var/run/kinesis/processor.sock";
@@ -163,9 +208,12 @@ where
         .initial_connection_window_size(Some(2 * STREAM_WINDOW))
         .max_frame_size(Some(MAX_FRAME))
         .add_service(health)
-        .add_service(v1::record_processor_server::RecordProcessorServer::new(
-            processor,
-        ));
+        .add_service(
+            v1::record_processor_server::RecordProcessorServer::with_interceptor(
+                processor,
+                refuse_after_lease as fn(_) -> _,
+            ),
+        );
     let bind_error = |source| ServeError::Bind {
         address: address.to_string(),
         source,
@@ -230,6 +278,34 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_that_arrives_after_its_lease_is_refused() {
+        let with = |v: &str| {
+            let mut r = tonic::Request::new(());
+            if let Ok(v) = v.parse() {
+                r.metadata_mut().insert(LEASE_VALID_UNTIL, v);
+            }
+            refuse_after_lease(r).map(drop).map_err(|e| e.code())
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        assert_eq!(with(&(now + 60_000).to_string()), Ok(()));
+        assert_eq!(
+            with(&(now - 1_000).to_string()),
+            Err(tonic::Code::FailedPrecondition)
+        );
+        assert_eq!(with("soon"), Err(tonic::Code::InvalidArgument));
+        assert_eq!(
+            refuse_after_lease(tonic::Request::new(()))
+                .map(drop)
+                .map_err(|e| e.code()),
+            Ok(())
+        );
+        assert!(expired(10, 11) && !expired(10, 10));
+    }
 
     #[test]
     fn addresses() {

@@ -73,6 +73,8 @@ pub struct ChaosConfig {
     pub fan_out: bool,
     /// Lanes per shard (`--parallelization-factor`); 1: one call per shard at a time.
     pub lanes: usize,
+    /// Peer coordination (every worker scans the table) instead of the default assigner.
+    pub peer: bool,
     /// Time between two faults (each fault's effects should be over by the next).
     pub spacing: Duration,
 }
@@ -89,6 +91,7 @@ impl Default for ChaosConfig {
             latest: false,
             fan_out: false,
             lanes: 1,
+            peer: false,
             spacing: Duration::from_secs(5),
         }
     }
@@ -671,6 +674,9 @@ fn worker_args(config: &ChaosConfig, kinesis: &str, dynamodb: &str) -> Vec<Strin
     }
     if config.fan_out {
         extra.extend(["--consumer-mode".into(), "enhanced-fan-out".into()]);
+    }
+    if config.peer {
+        extra.extend(["--coordination".into(), "peer".into()]);
     }
     if config.lanes > 1 {
         // Small calls, so a page is spread over every lane.

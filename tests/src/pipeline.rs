@@ -61,6 +61,10 @@ pub struct Received {
     /// this id says the app answered that call successfully.
     #[serde(default)]
     pub call: String,
+    /// The lease validity the call carried (`kinesis-lease-valid-until-ms`, ms since the
+    /// epoch), if any.
+    #[serde(default)]
+    pub valid_until: Option<i64>,
 }
 
 impl Received {

@@ -65,16 +65,24 @@ async fn first_owner_reads_from_its_pin(extra: &[&str]) -> Result<()> {
     ];
     args.extend_from_slice(extra);
     let w = p.worker("w", &app.address, &args)?;
-    wait_for("the lease pinned at AT_TIMESTAMP", DEADLINE, POLL, || async {
-        let l = leases(&p).await.ok()?;
-        l.iter()
-            .any(|(_, o, c)| o.as_deref() == Some("w") && *c == Checkpoint::AtTimestamp)
-            .then_some(())
-    })
+    wait_for(
+        "the lease pinned at AT_TIMESTAMP",
+        DEADLINE,
+        POLL,
+        || async {
+            let l = leases(&p).await.ok()?;
+            l.iter()
+                .any(|(_, o, c)| o.as_deref() == Some("w") && *c == Checkpoint::AtTimestamp)
+                .then_some(())
+        },
+    )
     .await?;
-    wait_for("the reader's GetShardIterator held", DEADLINE, POLL, || async {
-        (kinesis_proxy.injected() >= 1).then_some(())
-    })
+    wait_for(
+        "the reader's GetShardIterator held",
+        DEADLINE,
+        POLL,
+        || async { (kinesis_proxy.injected() >= 1).then_some(()) },
+    )
     .await?;
     // Put while the reader's GetShardIterator is held by the proxy.
     p.put_sequence(5, 0, 1).await?;
@@ -145,17 +153,22 @@ async fn a_hand_over_during_a_destination_outage_is_graceful() -> Result<()> {
     let (_, arn2) = p.env.create_queue(&name).await?;
     assert_eq!(arn, arn2);
     let w2 = p.worker("w2", &app.address, &args)?;
-    wait_for("w2 sent the poison record to the destination", DEADLINE, POLL, || async {
-        let (s, page) = kinesis_operator_tests::pipeline::http_get(&w2.admin, "/metrics")
-            .await
-            .ok()?;
-        (s == 200
-            && kinesis_operator_tests::pipeline::metric_with(
-                &page,
-                r#"reason="attempts_exhausted""#,
-            ) >= 1.0)
-            .then_some(())
-    })
+    wait_for(
+        "w2 sent the poison record to the destination",
+        DEADLINE,
+        POLL,
+        || async {
+            let (s, page) = kinesis_operator_tests::pipeline::http_get(&w2.admin, "/metrics")
+                .await
+                .ok()?;
+            (s == 200
+                && kinesis_operator_tests::pipeline::metric_with(
+                    &page,
+                    r#"reason="attempts_exhausted""#,
+                ) >= 1.0)
+                .then_some(())
+        },
+    )
     .await?;
     p.put_sequence(3, 3, 1).await?;
     let got = until_received(&[app.out.as_path()], 12).await?;
@@ -285,3 +298,178 @@ async fn a_hung_app_call_is_cancelled_when_the_lease_is_lost() -> Result<()> {
     p.cleanup().await
 }
 
+/// Item 9: a shard whose app keeps answering keeps checkpointing, even when every page
+/// after its records is filtered out. The app acknowledges 3 matching records without a
+/// checkpoint and checkpoints only on empty calls (a timer); then records that match no
+/// filter keep coming. The app must still get its empty call once per checkpoint interval,
+/// and the checkpoint must move past its records. On the code before, every filtered page
+/// counted as a call, so no empty call came while records flowed and the checkpoint stayed
+/// at `TRIM_HORIZON` (seen: timed out).
+#[tokio::test]
+async fn a_shard_whose_pages_are_all_filtered_still_lets_the_app_checkpoint() -> Result<()> {
+    let p = Pipeline::new(1).await?;
+    let kinesis = p.env.kinesis().await;
+    let mut last_vip = String::new();
+    for i in 0..3 {
+        last_vip = p
+            .put(&kinesis, "vip", format!("vip-{i}").as_bytes())
+            .await?;
+    }
+    let app = p.app("a", &["--checkpoint", "idle"]).await?;
+    let w = p.worker(
+        "w",
+        &app.address,
+        &["--filters", r#"[{"partitionKey": ["vip"]}]"#],
+    )?;
+    until_received(&[app.out.as_path()], 3).await?;
+    let table = LeaseTable::open(p.env.dynamodb().await, &p.app, false).await?;
+    let vip = kinesis_worker::lease::checkpoint::SequenceNumber::parse(&last_vip)?;
+    // Records no filter matches, one every 200 ms, while the checkpoint is awaited.
+    let mut i = 0;
+    let moved = wait_for(
+        "the checkpoint past the app's records",
+        DEADLINE,
+        Duration::from_millis(200),
+        || {
+            i += 1;
+            let (p, kinesis, table, vip) = (&p, &kinesis, &table, &vip);
+            async move {
+                p.put(kinesis, "other", format!("other-{i}").as_bytes())
+                    .await
+                    .ok()?;
+                let snap = table.scan().await.ok()?;
+                snap.leases.iter().find_map(|l| match &l.checkpoint {
+                    Checkpoint::Sequence { sequence, .. } if sequence >= vip => Some(()),
+                    _ => None,
+                })
+            }
+        },
+    )
+    .await;
+    moved.map_err(|e| format!("checkpoint held back: {e}"))?;
+    assert_eq!(
+        received(&[app.out.as_path()]).len(),
+        3,
+        "only the vip records"
+    );
+    w.stop(DEADLINE).await?;
+    p.cleanup().await
+}
+
+/// Item 7, the zombie window: a `ProcessRecords` call that reaches the app after the lease
+/// validity it carries (`kinesis-lease-valid-until-ms`: a worker paused between its lease
+/// check and its call) is refused by `kinesis_processor::serve` before the app's code sees
+/// it; one in time goes through. Called here straight on a `record-app` process, as a worker
+/// resumed from `SIGSTOP` would.
+#[tokio::test]
+async fn a_call_that_arrives_after_its_lease_is_refused_before_the_app_sees_it() -> Result<()> {
+    use kinesis_processor::v1;
+    let p = Pipeline::new(1).await?;
+    let app = p.app("a", &[]).await?;
+    let channel = kinesis_processor::connect(&app.address.parse()?)?;
+    let mut client = v1::record_processor_client::RecordProcessorClient::new(channel);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let call = |until: u128, data: &str| {
+        let mut r = kinesis_processor::tonic::Request::new(v1::ProcessRecordsRequest {
+            shard_id: "shardId-000000000000".into(),
+            records: vec![v1::Record {
+                data: data.as_bytes().to_vec().into(),
+                partition_key: "key-0".into(),
+                sequence_number: "1".into(),
+                ..v1::Record::default()
+            }],
+            millis_behind_latest: 0,
+            attempt: 1,
+            lease_owner: "w".into(),
+            lease_counter: 1,
+        });
+        if let Ok(v) = until.to_string().parse() {
+            r.metadata_mut()
+                .insert(kinesis_processor::LEASE_VALID_UNTIL, v);
+        }
+        r
+    };
+    let late = client
+        .process_records(call(now_ms - 2_000, "key-0:0"))
+        .await;
+    assert_eq!(
+        late.map(drop).map_err(|e| e.code()),
+        Err(kinesis_processor::tonic::Code::FailedPrecondition)
+    );
+    client
+        .process_records(call(now_ms + 60_000, "key-0:1"))
+        .await?;
+    let got = received(&[app.out.as_path()]);
+    let data: Vec<&str> = got.iter().map(|r| r.data.as_str()).collect();
+    assert_eq!(data, ["key-0:1"], "the late call reached the app's code");
+
+    // A worker's calls carry their lease's validity, a little ahead of their arrival.
+    let w = p.worker("w", &app.address, &[])?;
+    p.put_sequence(2, 0, 2).await?;
+    let got = until_received(&[app.out.as_path()], 5).await?;
+    for r in got.iter().skip(1) {
+        let until = r
+            .valid_until
+            .ok_or("a worker's call without its lease validity")?;
+        let recv_ms = i64::try_from(r.recv_ns() / 1_000_000)?;
+        // Within the test's failover time (3 s) of when it arrived.
+        assert!(
+            until > recv_ms && until <= recv_ms + 3_000,
+            "valid until {until}, received at {recv_ms}"
+        );
+    }
+    w.stop(DEADLINE).await?;
+    p.cleanup().await
+}
+
+/// Item 5 with a hung app: a hand-over while the app leaves a batch unanswered is still
+/// graceful. The app acknowledges records (checkpointed only every 60 s) and then hangs on a
+/// batch; the worker is asked to drain. The hung call is cancelled shortly before the
+/// hand-over's deadline, the app gets `ShutdownRequested` and what it acknowledged is
+/// checkpointed: the next worker delivers the hung batch again, and nothing before it. On
+/// the code before, the call was waited for until the lease was revoked, the app saw
+/// `lease-lost` and the acknowledged records came again (seen failing).
+#[tokio::test]
+async fn a_hand_over_while_the_app_hangs_on_a_batch_is_graceful() -> Result<()> {
+    let p = Pipeline::new(1).await?;
+    let app = p.app("a", &["--hang-on", "stuck"]).await?;
+    let args = ["--checkpoint-interval-ms", "60000"];
+    let w1 = p.worker("w1", &app.address, &args)?;
+    p.put_sequence(3, 0, 1).await?;
+    until_received(&[app.out.as_path()], 3).await?;
+    // The first checkpoint is written at once; these wait for the 60 s interval.
+    p.put_sequence(3, 1, 2).await?;
+    until_received(&[app.out.as_path()], 9).await?;
+    let kinesis = p.env.kinesis().await;
+    p.put(&kinesis, "key-0", b"stuck").await?;
+    wait_for("the app hangs on the batch", DEADLINE, POLL, || async {
+        (!app.said("hanging").is_empty()).then_some(())
+    })
+    .await?;
+    w1.stop(DEADLINE).await?;
+    let said = app.proc.lines();
+    assert!(
+        !app.said("shutdown-requested").is_empty() && app.said("lease-lost").is_empty(),
+        "the drain was not graceful: {said:?}"
+    );
+    let b = p.app("b", &[]).await?;
+    let _w2 = p.worker("w2", &b.address, &args)?;
+    p.put_sequence(3, 3, 1).await?;
+    let got = until_received(&[b.out.as_path()], 4).await?;
+    let data: Vec<&str> = got.iter().map(|r| r.data.as_str()).collect();
+    assert_eq!(
+        data.first().copied(),
+        Some("stuck"),
+        "w2 starts at the hung batch: {data:?}"
+    );
+    let all = received(&[app.out.as_path(), b.out.as_path()]);
+    let numbered: Vec<_> = all.into_iter().filter(|r| r.data != "stuck").collect();
+    assert_eq!(
+        check_sequence(&numbered, 3, 4)?,
+        0,
+        "acknowledged records delivered again"
+    );
+    p.cleanup().await
+}

@@ -7,11 +7,12 @@
 //!
 //! # Guarantees
 //! Once Kinesis has answered one call of the client this interceptor is on,
-//! [`KinesisClock::now_ms`] is never ahead of Kinesis's clock (a `Date` header is truncated
-//! to the second and read after the answer travelled, so each reading is a lower bound, and
-//! the clock keeps the greatest), and behind it by at most about a second plus the answer's
-//! travel time. It advances with the monotonic clock between answers, so a jump of the
-//! wall clock changes nothing. Before any answer it is the wall clock.
+//! [`KinesisClock::now_ms`] is not ahead of Kinesis's clock, except by this machine's
+//! monotonic drift since the last answer (a `Date` header is truncated to the second and read
+//! after the answer travelled, so each reading is a lower bound; the clock keeps the greatest
+//! of the last minute's), and behind it by at most about a second plus the answer's travel
+//! time. It advances with the monotonic clock between answers, so a jump of the wall clock
+//! changes nothing. Before any answer it is the wall clock.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -32,11 +33,22 @@ pub struct KinesisClock {
     wall_offset_ms: i64,
 }
 
-/// The better of two lower bounds of the same clock, each (ms, when it held), at `now`.
+/// A reading older than this is replaced by the next one even if it extrapolates later: this
+/// machine's monotonic clock may run fast (a node without NTP), and an old reading carried
+/// forward would drift ahead of Kinesis (50 ppm is 4 s a day). Within this age the drift is
+/// at most a few ms.
+const READING_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The better of two lower bounds of the same clock, each (ms, when it held), at `now`:
+/// the later, unless the kept one `a` is older than [`READING_MAX_AGE`].
 fn later(a: Option<(i64, Instant)>, b: (i64, Instant), now: Instant) -> (i64, Instant) {
     let at_now = |(ms, at): (i64, Instant)| ms.saturating_add(elapsed_ms(at, now));
     match a {
-        Some(a) if at_now(a) >= at_now(b) => a,
+        Some(a)
+            if now.saturating_duration_since(a.1) < READING_MAX_AGE && at_now(a) >= at_now(b) =>
+        {
+            a
+        }
         _ => b,
     }
 }
@@ -146,6 +158,12 @@ mod tests {
             (1_003_000, t1)
         );
         assert_eq!(later(None, (5, t1), t1), (5, t1));
+        // A reading past its age gives way to the next, even to a lower one.
+        let t2 = t0 + READING_MAX_AGE + Duration::from_secs(1);
+        assert_eq!(
+            later(Some((1_000_000, t0)), (1_000_000, t2), t2),
+            (1_000_000, t2)
+        );
         // A worker clock an hour ahead: once Kinesis answered, its time is Kinesis's.
         let c = KinesisClock::with_wall_offset(3_600_000);
         let wall = KinesisClock::default().now_ms();

@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run -p kinesis-operator-tests --bin chaos -- [--seed N] [--faults N] [--shards N]
 //!     [--workers N] [--keys N] [--rate N] [--spacing-ms N] [--latest] [--fan-out] [--lanes N]
+//!     [--peer]
 //! ```
 //!
 //! Needs the environment up (`cargo xtask env up`). Prints the report; exits 1 if an
@@ -29,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "chaos [--seed N] [--faults N] [--shards N] [--workers N] [--keys N] [--rate N] [--spacing-ms N] [--latest] [--fan-out] [--lanes N]"
+            "chaos [--seed N] [--faults N] [--shards N] [--workers N] [--keys N] [--rate N] [--spacing-ms N] [--latest] [--fan-out] [--lanes N] [--peer]"
         );
         return Ok(());
     }
@@ -45,6 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         latest: args.iter().any(|a| a == "--latest"),
         fan_out: args.iter().any(|a| a == "--fan-out"),
         lanes: arg(&args, "--lanes")?.unwrap_or(d.lanes),
+        peer: args.iter().any(|a| a == "--peer"),
     };
     eprintln!("{config:?}");
     let report = run(&config).await?;

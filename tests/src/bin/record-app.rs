@@ -3,9 +3,9 @@
 //!
 //! ```text
 //! record-app --address unix:///tmp/x.sock [--out records.jsonl] [--fail-first N]
-//!            [--crash-at-batch N] [--checkpoint all|none|first] [--slow-lease-lost-ms N]
+//!            [--crash-at-batch N] [--checkpoint all|none|first|idle] [--slow-lease-lost-ms N]
 //!            [--fail-shard SHARD] [--delay-ms N] [--poison DATA] [--fail-from DATA]
-//!            [--hang-on-empty]
+//!            [--hang-on-empty] [--hang-on DATA]
 //! ```
 //!
 //! `--fail-from DATA` answers a batch holding a record with that data as a partial batch
@@ -50,6 +50,8 @@ struct RecordApp {
     delay: std::time::Duration,
     /// Never answer a ProcessRecords call without records (a hung app; `--hang-on-empty`).
     hang_on_empty: bool,
+    /// Never answer a call that carries a record with exactly this data (`--hang-on DATA`).
+    hang_on: Option<String>,
     /// Shard → the call in flight for it.
     in_flight: std::sync::Arc<Mutex<std::collections::HashMap<String, &'static str>>>,
     /// Names this process in call ids (pid and start time): a restarted app appends to the
@@ -166,6 +168,12 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
             let q = r.get_ref();
             m.insert(q.shard_id.clone(), (q.lease_owner.clone(), q.lease_counter));
         }
+        if let Some(h) = &self.hang_on
+            && r.get_ref().records.iter().any(|x| x.data == h.as_bytes())
+        {
+            say(format!("hanging {}", r.get_ref().shard_id));
+            std::future::pending::<()>().await;
+        }
         if self.hang_on_empty && r.get_ref().records.is_empty() {
             say(format!("hanging {}", r.get_ref().shard_id));
             std::future::pending::<()>().await;
@@ -195,6 +203,11 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
         if n <= self.fail_first {
             return Err(Status::unavailable(format!("failing call {n} on purpose")));
         }
+        let valid_until: Option<i64> = r
+            .metadata()
+            .get(kinesis_processor::LEASE_VALID_UNTIL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let mut r = r.into_inner();
         if !r.records.is_empty() {
             tokio::time::sleep(self.delay).await;
@@ -227,6 +240,7 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
                         "counter": r.lease_counter,
                         "recv": recv.to_string(),
                         "call": call,
+                        "valid_until": valid_until,
                     })
                 })
                 .collect();
@@ -247,6 +261,10 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
                     sequence_number: "9".repeat(60),
                     sub_sequence_number: 0,
                 })),
+            }),
+            // Only on an empty call (an app that checkpoints from a timer).
+            "idle" => r.records.is_empty().then_some(v1::Checkpoint {
+                target: Some(v1::checkpoint::Target::AllDelivered(v1::AllDelivered {})),
             }),
             _ => Some(v1::Checkpoint {
                 target: Some(v1::checkpoint::Target::AllDelivered(v1::AllDelivered {})),
@@ -365,6 +383,7 @@ async fn run(args: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {
             arg(&args, "--delay-ms").map_or(Ok(0), |v| v.parse())?,
         ),
         hang_on_empty: args.iter().any(|a| a == "--hang-on-empty"),
+        hang_on: arg(&args, "--hang-on"),
         instance: format!("{}.{}", std::process::id(), now_ns()),
         tokens: Mutex::default(),
     };

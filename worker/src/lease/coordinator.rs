@@ -210,6 +210,14 @@ impl SelfLiveness {
         }
     }
 
+    /// Until when this worker may consider itself alive (from its last confirmed heartbeat).
+    fn alive_until(&self) -> Option<Instant> {
+        self.confirmed_at
+            .lock()
+            .ok()
+            .and_then(|at| at.checked_add(self.valid_for))
+    }
+
     fn is_alive(&self, now: Instant) -> bool {
         self.confirmed_at
             .lock()
@@ -234,6 +242,15 @@ impl LeaseHandle {
         !self.revoked.load(Ordering::SeqCst)
             && self.liveness.epoch() == self.epoch
             && self.liveness.is_alive(Instant::now())
+    }
+
+    fn valid_until(&self) -> Option<Instant> {
+        if self.revoked.load(Ordering::SeqCst) || self.liveness.epoch() != self.epoch {
+            return None;
+        }
+        self.liveness
+            .alive_until()
+            .filter(|until| *until > Instant::now())
     }
 }
 
@@ -262,6 +279,14 @@ impl ShardLease {
     /// recently enough (a paused or cut-off worker stops by itself).
     pub fn is_valid(&self) -> bool {
         self.inner.is_valid()
+    }
+
+    /// Until when [`ShardLease::is_valid`] holds at the latest, unless a heartbeat lands
+    /// meanwhile; `None` when it does not hold now. A call made under this lease carries it
+    /// to the app (docs/PROCESSOR.md, "Fencing"), which refuses the call once it passed: a
+    /// worker paused between its lease check and its call cannot deliver late.
+    pub fn valid_until(&self) -> Option<Instant> {
+        self.inner.valid_until()
     }
 
     /// The lease's fencing token: this worker and the lease counter it holds the lease at

@@ -358,10 +358,14 @@ impl App {
     ///
     /// # Errors
     /// The app's error or the transport's.
+    ///
+    /// `valid_until_ms` (ms since the epoch, the lease's validity) travels as
+    /// [`kinesis_processor::LEASE_VALID_UNTIL`]: the app refuses the call once it passed.
     pub async fn process_encoded(
         &self,
         batch: &BatchRequest,
         attempt: u32,
+        valid_until_ms: Option<i64>,
     ) -> Result<v1::ProcessRecordsResponse, Status> {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -371,12 +375,16 @@ impl App {
                 Status::unavailable(format!("the app's connection is not ready: {e}"))
             })?;
             let path = http::uri::PathAndQuery::from_static(PROCESS_RECORDS);
-            grpc.unary(
-                tonic::Request::new((batch.clone(), attempt)),
-                path,
-                BatchCodec { size: batch.len() },
-            )
-            .await
+            let mut request = tonic::Request::new((batch.clone(), attempt));
+            if let Some(until) = valid_until_ms
+                && let Ok(value) = until.to_string().parse()
+            {
+                request
+                    .metadata_mut()
+                    .insert(kinesis_processor::LEASE_VALID_UNTIL, value);
+            }
+            grpc.unary(request, path, BatchCodec { size: batch.len() })
+                .await
         };
         self.timed("ProcessRecords", call).await
     }

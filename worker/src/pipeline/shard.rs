@@ -176,6 +176,18 @@ enum OnShutdown {
 /// that cannot confirm its own heartbeat stops its calls within this much of noticing.
 const VALIDITY_CHECK: Duration = Duration::from_millis(250);
 
+/// When a call that finishes during a hand-over (`deferred` holds the `Shutdown`) is cut
+/// off: enough before the hand-over's deadline for `ShutdownRequested` and the final
+/// checkpoint write.
+fn shutdown_cutoff(deferred: &Option<Control>) -> Option<Instant> {
+    match deferred {
+        Some(Control::Shutdown { deadline, .. }) => {
+            Some(deadline.checked_sub(FLUSH_RESERVE * 2).unwrap_or(*deadline))
+        }
+        _ => None,
+    }
+}
+
 /// Sleeps until `at`; forever when `None`.
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
@@ -187,12 +199,11 @@ async fn sleep_until_some(at: Option<Instant>) {
 /// Records the app will not see (filtered out, or taken by the destination) up to and
 /// including `last` count as delivered. They are checkpointed at once only if the app had
 /// nothing acknowledged but not yet checkpointed before them; otherwise the app's next
-/// checkpoint covers them (an app that buffers keeps its say).
+/// checkpoint covers them (an app that buffers keeps its say). A lane's last delivery may lie
+/// behind the shard's checkpoint (the other lanes moved it): nothing of it is pending then.
 fn pass_over(d: &mut Delivery, last: Position) {
-    let nothing_pending = d
-        .delivered
-        .as_ref()
-        .is_none_or(|p| p.checkpoint() == d.floor());
+    let floor = d.floor();
+    let nothing_pending = d.delivered.as_ref().is_none_or(|p| !p.is_beyond(&floor));
     d.delivered = Some(last.clone());
     if nothing_pending {
         d.wanted = Some(last);
@@ -244,6 +255,10 @@ struct Delivery {
     ledger: Arc<Ledger>,
     /// With more than one lane (parallelism within the shard): what each lane did.
     lanes: Option<Lanes>,
+    /// When the app was last called for this shard (records or not): a shard whose pages
+    /// the app never sees (all filtered, all destined) still gets an empty call once per
+    /// checkpoint interval, so the app can checkpoint what it acknowledged before them.
+    last_call: Instant,
 }
 
 /// The lanes of a shard delivered in parallel: the shard's `delivered` and `wanted` are the
@@ -359,6 +374,13 @@ async fn expired(
     shard: &str,
     seen: std::time::Instant,
 ) -> Option<Vec<String>> {
+    // A listing that has the shard settles it without a call (every shard of a stream
+    // whose fan-out consumer was deleted answers "not found": no listing storm); only its
+    // absence must be confirmed by a listing begun after the answer.
+    let cached = shards.listed_after(None).await.ok()?;
+    if cached.iter().any(|s| s.shard_id == shard) {
+        return None;
+    }
     let shards = shards.listed_after(Some(seen)).await.ok()?;
     if shards.iter().any(|s| s.shard_id == shard) {
         return None;
@@ -510,6 +532,7 @@ impl ShardTask {
             ledger: Arc::new(Ledger::new()),
             lanes: (self.config.parallelization > 1)
                 .then(|| Lanes::new(self.config.parallelization)),
+            last_call: Instant::now(),
         };
         // The first owner of a LATEST lease pins it before anything is read, and then reads
         // from its own pin like every later owner: a LATEST iterator asked for after the pin
@@ -556,7 +579,6 @@ impl ShardTask {
         let _abort = AbortOnDrop(reading);
         let mut tick = tokio::time::interval(self.config.checkpoint_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_call = Instant::now();
         loop {
             if let Some(c) = d.deferred.take() {
                 match c {
@@ -580,7 +602,6 @@ impl ShardTask {
                         let mut batch = Gathered { records, millis_behind_latest, tickets: vec![ticket], end: None };
                         self.gather(&mut d, &mut batch, &mut rx, &mut control).await;
                         if d.deferred.is_none() {
-                            last_call = Instant::now();
                             let records = std::mem::take(&mut batch.records);
                             let flow = self.deliver(&mut d, records, batch.millis_behind_latest, &mut control).await;
                             if let Flow::Lost = flow {
@@ -604,10 +625,10 @@ impl ShardTask {
                     // A shard gone quiet still lets the app checkpoint what it finished since
                     // its last answer (e.g. counts written by a timer): an empty call.
                     if d.delivered.is_some()
-                        && last_call.elapsed() >= self.config.checkpoint_interval
+                        && d.last_call.elapsed() >= self.config.checkpoint_interval
                         && self.lease.is_valid()
                     {
-                        last_call = Instant::now();
+                        d.last_call = Instant::now();
                         self.idle_call(&mut d, &mut control).await;
                         if !self.lease.is_valid() {
                             return self.finish_lost(&mut d, true).await;
@@ -690,6 +711,10 @@ impl ShardTask {
         let deadline = Instant::now() + timeout;
         let mut check = tokio::time::interval(VALIDITY_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A call finishing during a hand-over gets until shortly before the hand-over's
+        // deadline: then it is cancelled, so `ShutdownRequested` and the final checkpoint
+        // still land (a hung call must not turn a hand-over into a lost lease).
+        let mut cutoff = shutdown_cutoff(&d.deferred);
         loop {
             tokio::select! {
                 biased;
@@ -703,8 +728,10 @@ impl ShardTask {
                     if on_shutdown == OnShutdown::Interrupt {
                         return Guarded::Interrupted;
                     }
+                    cutoff = shutdown_cutoff(&d.deferred);
                 }
                 out = &mut work => return Guarded::Done(out),
+                _ = sleep_until_some(cutoff) => return Guarded::Interrupted,
                 _ = tokio::time::sleep_until(deadline) => return Guarded::TimedOut,
                 _ = check.tick() => {
                     if !self.lease.is_valid() {
@@ -750,9 +777,17 @@ impl ShardTask {
             if !self.lease.is_valid() || d.deferred.is_some() {
                 return None;
             }
-            if !self.config.clock.is_known() {
-                // Any answer of Kinesis sets its clock: a listing (shared, cached).
-                let _ = self.shards.get().await;
+            if !self.config.clock.is_known()
+                && let Err(e) = self.shards.get().await
+            {
+                // Any answer of Kinesis sets its clock (a listing, shared and cached): no
+                // pin by this worker's own clock while Kinesis does not answer.
+                let delay = backoff.next_delay();
+                tracing::warn!(shard = %d.shard, error = %e, retry_in = ?delay, "asking Kinesis its time before pinning failed; retrying");
+                if !matches!(self.pause(d, delay, control).await, Flow::Continue) {
+                    return None;
+                }
+                continue;
             }
             let at = self.config.clock.now_ms().saturating_sub(PIN_MARGIN_MS);
             match self.lease.pin_start(at).await {
@@ -794,13 +829,16 @@ impl ShardTask {
             }
             let call = self.app.initialize(req.clone());
             let timeout = self.config.app_call_timeout;
+            // Finished even on a hand-over: an app that initialized gets its
+            // `ShutdownRequested` (the main loop sees the deferred Shutdown first).
             let error = match self
-                .guard(d, control, timeout, OnShutdown::Interrupt, call)
+                .guard(d, control, timeout, OnShutdown::Finish, call)
                 .await
             {
                 Guarded::Done(Ok(())) => return true,
                 Guarded::Done(Err(e)) => format!("{:?}: {}", e.code(), e.message()),
                 Guarded::TimedOut => {
+                    self.metrics.app_call_timeouts.inc();
                     format!("no answer within {timeout:?} (--app-call-timeout-ms)")
                 }
                 Guarded::Interrupted | Guarded::Lost => return false,
@@ -929,6 +967,7 @@ impl ShardTask {
                 fencing: d.fencing.clone(),
                 ledger: d.ledger.clone(),
                 lanes: None,
+                last_call: d.last_call,
             };
             runs.push(async move {
                 let _busy = Busy::new(&self.metrics.lanes_busy);
@@ -980,6 +1019,7 @@ impl ShardTask {
         let mut lost = false;
         for (i, ld, flow) in done {
             lost |= matches!(flow, Flow::Lost);
+            d.last_call = d.last_call.max(ld.last_call);
             if let Some(p) = &ld.delivered {
                 lanes.delivered.confirm(i, p);
             }
@@ -1076,7 +1116,8 @@ impl ShardTask {
                 }
             };
             let Some(last) = at(seg.end - 1) else {
-                return Flow::Continue;
+                tracing::error!(shard = %d.shard, "a batch without the position of its last record: the processor stops rather than skip it");
+                return Flow::Lost;
             };
             if !self.lease.is_valid() {
                 return Flow::Lost;
@@ -1121,7 +1162,13 @@ impl ShardTask {
                 if !self.lease.is_valid() {
                     return Flow::Lost;
                 }
-                let call = self.app.process_encoded(&batch, seg.failures + 1);
+                d.last_call = Instant::now();
+                // Taken with the check above: a worker paused between the two cannot deliver
+                // after it resumes (the app refuses the call).
+                let valid_until = self.valid_until_ms();
+                let call = self
+                    .app
+                    .process_encoded(&batch, seg.failures + 1, valid_until);
                 let timeout = self.config.app_call_timeout;
                 // A hand-over lets the batch in flight finish; a lost lease cancels it (the
                 // new owner gets these records again), and so does the deadline (a failed
@@ -1137,7 +1184,10 @@ impl ShardTask {
                             format!("no answer within {timeout:?} (--app-call-timeout-ms)"),
                         ))
                     }
-                    Guarded::Interrupted | Guarded::Lost => return Flow::Lost,
+                    // Cut off before the hand-over's deadline: not acknowledged, so the next
+                    // owner gets these records; what came before is checkpointed.
+                    Guarded::Interrupted => return Flow::Interrupted,
+                    Guarded::Lost => return Flow::Lost,
                 };
                 // How many records of the segment the app acknowledged, and why not the rest.
                 let (acked, error) = match res {
@@ -1377,6 +1427,19 @@ impl ShardTask {
         }
     }
 
+    /// The lease's validity as wall-clock ms (the app shares this machine's clock); `None`
+    /// when it is not valid now.
+    fn valid_until_ms(&self) -> Option<i64> {
+        let left = self
+            .lease
+            .valid_until()?
+            .saturating_duration_since(std::time::Instant::now());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
+        i64::try_from(now.saturating_add(left).as_millis()).ok()
+    }
+
     /// Records what the app asked to checkpoint (refusing what it may not).
     fn want(&self, d: &mut Delivery, wanted: &Wanted) {
         match resolve(&d.shard, wanted, d.delivered.as_ref(), &d.floor()) {
@@ -1532,7 +1595,13 @@ impl ShardTask {
                         Flow::Continue => {}
                         // The app has finished the shard: the write is still the right
                         // answer to a hand-over (it is fenced, so it cannot land late).
-                        Flow::Interrupted => tokio::time::sleep(delay).await,
+                        Flow::Interrupted => {
+                            if shutdown_cutoff(&d.deferred).is_some_and(|c| Instant::now() >= c) {
+                                // The hand-over's time is up: the next owner ends the shard.
+                                return self.finish_lost(d, true).await;
+                            }
+                            tokio::time::sleep(delay).await;
+                        }
                         Flow::Lost => return self.finish_lost(d, false).await,
                     }
                 }
@@ -1576,6 +1645,49 @@ mod tests {
             approximate_arrival_ms: None,
             aggregated: false,
         }
+    }
+
+    fn at(seq: u64) -> Position {
+        Position {
+            sequence: SequenceNumber::parse(&seq.to_string())
+                .unwrap_or_else(|_| unreachable!("a valid sequence number")),
+            sub_sequence: 0,
+        }
+    }
+
+    fn delivery(committed: Checkpoint, delivered: Option<Position>) -> Delivery {
+        Delivery {
+            shard: "s".into(),
+            committed,
+            wanted: None,
+            delivered,
+            last_write: None,
+            deferred: None,
+            fencing: ("w".into(), 1),
+            ledger: Arc::new(Ledger::new()),
+            lanes: None,
+            last_call: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn records_passed_over_are_checkpointed_only_when_nothing_is_pending_before_them() {
+        // Nothing delivered yet, or everything delivered checkpointed: checkpointed at once.
+        let mut d = delivery(Checkpoint::TrimHorizon, None);
+        pass_over(&mut d, at(5));
+        assert_eq!(d.wanted, Some(at(5)));
+        let mut d = delivery(at(4).checkpoint(), Some(at(4)));
+        pass_over(&mut d, at(5));
+        assert_eq!(d.wanted, Some(at(5)));
+        // Acknowledged beyond the checkpoint: the app's next checkpoint decides.
+        let mut d = delivery(at(3).checkpoint(), Some(at(4)));
+        pass_over(&mut d, at(5));
+        assert_eq!((d.wanted, d.delivered), (None, Some(at(5))));
+        // A lane whose last delivery lies behind the shard's checkpoint (other lanes moved
+        // it) has nothing pending: its destined records must not hold the shard back.
+        let mut d = delivery(at(7).checkpoint(), Some(at(2)));
+        pass_over(&mut d, at(9));
+        assert_eq!(d.wanted, Some(at(9)));
     }
 
     #[test]
