@@ -259,6 +259,18 @@ pub struct Report {
     pub faults: BTreeMap<String, usize>,
     /// Table samples taken.
     pub samples: usize,
+    /// Hand-overs the workers logged as forced (`hand-over forced`: the record processor did
+    /// not finish in time, so the lease moved without its final checkpoint). Reported, not
+    /// judged: the app sees such a tenure end with `LeaseLost`, so its duplicates count as
+    /// "lease-lost".
+    pub forced_handovers: usize,
+}
+
+/// Lines of a worker's log that say a hand-over was forced.
+fn forced_handovers(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("hand-over forced"))
+        .count()
 }
 
 impl std::fmt::Display for Report {
@@ -291,6 +303,11 @@ impl std::fmt::Display for Report {
             f,
             "checkpoint regressions: {} (in {} table samples)",
             self.checkpoint_regressions, self.samples
+        )?;
+        writeln!(
+            f,
+            "hand-overs forced (worker logs): {}",
+            self.forced_handovers
         )?;
         writeln!(
             f,
@@ -626,7 +643,8 @@ pub async fn run(config: &ChaosConfig) -> Result<Report> {
         timeline.push((now_ns(), fault));
         let started = Instant::now();
         let proxies = (&kinesis_proxy, &dynamodb_proxy);
-        inject(&p, &mut slots[slot], fault, &extra_ref, proxies, &mut rng).await?;
+        report.forced_handovers +=
+            inject(&p, &mut slots[slot], fault, &extra_ref, proxies, &mut rng).await?;
         // The spacing starts once the fault's own action is over (a pause, a restart).
         eprintln!("chaos: {fault:?} took {:?}", started.elapsed());
         tokio::time::sleep(config.spacing).await;
@@ -654,6 +672,7 @@ pub async fn run(config: &ChaosConfig) -> Result<Report> {
     }
     for s in &mut slots {
         let _ = s.worker.until_exit(Duration::from_secs(30)).await;
+        report.forced_handovers += forced_handovers(&s.worker.proc.log_text());
     }
     drop(slots);
     p.cleanup().await?;
@@ -725,7 +744,8 @@ async fn judge(
 }
 
 /// Injects `fault` on slot `s` and waits until its own action is over (a restart, the end
-/// of a pause or of an error window).
+/// of a pause or of an error window). Returns the forced hand-overs the log of a worker it
+/// replaced holds (the restarted worker's log starts anew).
 async fn inject(
     p: &Pipeline,
     s: &mut Slot,
@@ -733,16 +753,19 @@ async fn inject(
     extra: &[&str],
     (kinesis_proxy, dynamodb_proxy): (&FaultProxy, &FaultProxy),
     rng: &mut Rng,
-) -> Result<()> {
+) -> Result<usize> {
+    let mut forced = 0;
     match fault {
         Fault::Kill => {
             s.worker.proc.signal("KILL");
             tokio::time::sleep(Duration::from_secs(1)).await;
+            forced = forced_handovers(&s.worker.proc.log_text());
             s.worker = p.worker(&s.id, &s.app.address, extra)?;
         }
         Fault::Term => {
             s.worker.proc.signal("TERM");
             let _ = s.worker.until_exit(Duration::from_secs(40)).await;
+            forced = forced_handovers(&s.worker.proc.log_text());
             s.worker = p.worker(&s.id, &s.app.address, extra)?;
         }
         Fault::Pause => {
@@ -776,7 +799,7 @@ async fn inject(
             dynamodb_proxy.set(Mode::Pass);
         }
     }
-    Ok(())
+    Ok(forced)
 }
 
 /// A record of the producer's log: key `k` and index `i` (its data is `key-k:i`).
@@ -1544,6 +1567,16 @@ mod tests {
         let r = checked(&h);
         assert_eq!((r.unlogged, r.duplicates), (1, 0), "{r}");
         assert!(r.holds(), "{r}");
+    }
+
+    #[test]
+    fn forced_hand_overs_are_counted_from_the_worker_log() {
+        let log = "INFO lease acquired shard=a\n\
+                   WARN hand-over forced: the record processor did not finish shard=a\n\
+                   INFO lease revoked for hand-over shard=a\n\
+                   WARN hand-over forced: the record processor did not finish shard=b\n";
+        assert_eq!(forced_handovers(log), 2);
+        assert_eq!(forced_handovers("INFO lease handed over shard=a"), 0);
     }
 
     #[test]

@@ -147,7 +147,8 @@ struct RunArgs {
     /// The longest the app may take to answer one call (Initialize, ProcessRecords,
     /// ShardEnded; milliseconds). A call past it is cancelled and counts as a failed
     /// attempt (retried, then the failure policy), so a hung app holds its shard for at
-    /// most this long; a lost lease cancels a call at once.
+    /// most this long; a lost lease cancels a call at once. Each send to the on-failure
+    /// destination is bounded by it too.
     #[arg(long, env = "APP_CALL_TIMEOUT_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(100..))]
     app_call_timeout_ms: u64,
     /// Tests only: shifts this worker's wall clock by this much (milliseconds), as a worker
