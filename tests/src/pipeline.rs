@@ -596,6 +596,21 @@ pub fn metric_with(page: &str, label: &str) -> f64 {
         .sum()
 }
 
+/// Waits until the `/metrics` page of the worker at `admin` shows at least `min` for the
+/// samples whose line contains `selector` (a metric name, or a label such as
+/// `reason="attempts_exhausted"`; as [`metric_with`]), and returns that page.
+///
+/// # Errors
+/// Not within [`crate::fleet::DEADLINE`]: the error names `what`.
+pub async fn until_metric(admin: &str, what: &str, selector: &str, min: f64) -> Result<String> {
+    let page = crate::wait_for(what, crate::fleet::DEADLINE, crate::fleet::POLL, || async {
+        let (s, page) = http_get(admin, "/metrics").await.ok()?;
+        (s == 200 && metric_with(&page, selector) >= min).then_some(page)
+    })
+    .await?;
+    Ok(page)
+}
+
 /// The value of metric `name` (the sum over its label sets) in a `/metrics` page.
 pub fn metric(page: &str, name: &str) -> f64 {
     page.lines()

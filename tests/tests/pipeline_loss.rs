@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use kinesis_operator_tests::faults::{Action, FaultProxy, Mode, Rule};
 use kinesis_operator_tests::fleet::{DEADLINE, POLL};
-use kinesis_operator_tests::pipeline::{Pipeline, check_sequence, received, until_received};
+use kinesis_operator_tests::pipeline::{
+    Pipeline, check_sequence, received, until_metric, until_received,
+};
 use kinesis_operator_tests::wait_for;
 use kinesis_worker::lease::checkpoint::Checkpoint;
 use kinesis_worker::lease::table::LeaseTable;
@@ -127,21 +129,11 @@ async fn a_hand_over_during_a_destination_outage_is_graceful() -> Result<()> {
     sqs.delete_queue().queue_url(&queue).send().await?;
     let kinesis = p.env.kinesis().await;
     p.put(&kinesis, "key-0", b"poison").await?;
-    wait_for(
+    until_metric(
+        &w1.admin,
         "sends to the deleted queue retried",
-        DEADLINE,
-        POLL,
-        || async {
-            let (s, page) = kinesis_operator_tests::pipeline::http_get(&w1.admin, "/metrics")
-                .await
-                .ok()?;
-            (s == 200
-                && kinesis_operator_tests::pipeline::metric(
-                    &page,
-                    "kinesis_worker_destination_errors_total",
-                ) >= 2.0)
-                .then_some(())
-        },
+        "kinesis_worker_destination_errors_total",
+        2.0,
     )
     .await?;
     w1.stop(DEADLINE).await?;
@@ -153,21 +145,11 @@ async fn a_hand_over_during_a_destination_outage_is_graceful() -> Result<()> {
     let (_, arn2) = p.env.create_queue(&name).await?;
     assert_eq!(arn, arn2);
     let w2 = p.worker("w2", &app.address, &args)?;
-    wait_for(
+    until_metric(
+        &w2.admin,
         "w2 sent the poison record to the destination",
-        DEADLINE,
-        POLL,
-        || async {
-            let (s, page) = kinesis_operator_tests::pipeline::http_get(&w2.admin, "/metrics")
-                .await
-                .ok()?;
-            (s == 200
-                && kinesis_operator_tests::pipeline::metric_with(
-                    &page,
-                    r#"reason="attempts_exhausted""#,
-                ) >= 1.0)
-                .then_some(())
-        },
+        r#"reason="attempts_exhausted""#,
+        1.0,
     )
     .await?;
     p.put_sequence(3, 3, 1).await?;
