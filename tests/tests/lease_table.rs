@@ -188,7 +188,8 @@ async fn release_lets_anyone_take_at_once() -> Result<()> {
 }
 
 #[tokio::test]
-async fn a_handoff_request_is_answered_by_the_owner_or_taken_after_the_timeout() -> Result<()> {
+async fn a_handoff_request_is_answered_by_the_owner_or_taken_after_its_grant_timed_out()
+-> Result<()> {
     let (t, _) = table().await?;
     for shard in [
         "shardId-000000000010",
@@ -236,10 +237,34 @@ async fn a_handoff_request_is_answered_by_the_owner_or_taken_after_the_timeout()
         .ok_or("declined")?;
     assert!(matches!(err, LeaseError::LeaseLost { .. }), "{err}");
 
-    // Unanswered: taken after the timeout, and the silent owner is fenced.
+    // Not granted: never taken by timeout (the owner may still deliver); a grant for
+    // another worker is refused.
     let l = lease_of(&t, "shardId-000000000012").await?;
     assert!(t.request_handoff(&l, "joiner").await?);
+    let err = t
+        .take_after_handoff_timeout(&l, "joiner")
+        .await
+        .err()
+        .ok_or("taken without the owner's grant")?;
+    assert!(matches!(err, LeaseError::LeaseLost { .. }), "{err}");
+    let owner_held = held.get("shardId-000000000012").ok_or("held")?;
+    let err = t
+        .grant_handoff(owner_held, "owner", "other")
+        .await
+        .err()
+        .ok_or("granted to a worker that did not ask")?;
+    assert!(matches!(err, LeaseError::LeaseLost { .. }), "{err}");
+    // Granted and not handed over: taken after the timeout, and the silent owner is fenced.
+    t.grant_handoff(owner_held, "owner", "joiner").await?;
+    let granted = lease_of(&t, "shardId-000000000012").await?;
+    assert!(granted.handoff_granted);
+    assert_eq!(
+        granted.counter, l.counter,
+        "a grant does not move the counter"
+    );
     t.take_after_handoff_timeout(&l, "joiner").await?;
+    let after = lease_of(&t, "shardId-000000000012").await?;
+    assert!(!after.handoff_granted && after.handoff_to.is_none());
     let mut old = held.get("shardId-000000000012").ok_or("held")?.clone();
     let err = t
         .checkpoint(&mut old, "owner", seq("9", 0)?)

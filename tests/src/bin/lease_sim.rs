@@ -24,6 +24,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use kinesis_worker::lease::assign::{self, AssignerView, HeldState, OwnedLease, Watch};
 use kinesis_worker::lease::balance::{self, LeaseState};
 use kinesis_worker::lease::checkpoint::Checkpoint;
+use kinesis_worker::lease::handoff;
 use kinesis_worker::lease::liveness::Observer;
 use kinesis_worker::lease::model::{Heartbeat, Lease};
 use kinesis_worker::lease::table::item_size;
@@ -199,7 +200,7 @@ struct Sim {
     workers: Vec<Worker>,
     assigner: usize,
     observer: Observer,
-    pending: HashMap<String, (String, u64, f64)>,
+    pending: HashMap<String, handoff::Request<f64>>,
     units: Units,
     next_shard: usize,
     /// The assigner's successors (they watch it every round).
@@ -428,21 +429,19 @@ impl Sim {
         let states: Vec<LeaseState<'_>> = balance::classify(&leases, |_, o| alive(o));
         let by_shard: HashMap<&str, &Lease> =
             leases.iter().map(|l| (l.shard_id.as_str(), l)).collect();
-        self.pending.retain(|s, (to, c, _)| {
-            by_shard
-                .get(s.as_str())
-                .is_some_and(|l| l.counter == *c && l.handoff_to.as_deref() == Some(to))
-        });
-        let timed_out: Vec<(String, String)> = self
-            .pending
-            .iter()
-            .filter(|(_, (_, _, since))| self.t - since > HANDOFF_TIMEOUT)
-            .map(|(s, (to, _, _))| (s.clone(), to.clone()))
+        // As the coordinator: a request times out only after its owner granted it.
+        let t = self.t;
+        let timed_out: Vec<(String, String)> =
+            handoff::follow_up(&mut self.pending, &by_shard, t, |seen| {
+                t - seen > HANDOFF_TIMEOUT
+            })
+            .into_iter()
+            .map(|(l, to)| (l.shard_id, to))
             .collect();
         let pending: HashMap<String, String> = self
             .pending
             .iter()
-            .map(|(s, (to, _, _))| (s.clone(), to.clone()))
+            .map(|(s, r)| (s.clone(), r.to.clone()))
             .collect();
         let plan = assign::plan(
             &leases,
@@ -478,7 +477,7 @@ impl Sim {
             if let Some(l) = self.leases.get_mut(shard) {
                 l.handoff_to = Some(to.clone());
                 self.pending
-                    .insert(shard.clone(), (to.clone(), l.counter, self.t));
+                    .insert(shard.clone(), handoff::Request::new(to.clone(), l.counter));
             }
             self.units.write(300, 1);
         }
@@ -502,8 +501,10 @@ impl Sim {
             w.held.remove(s);
         }
         for (shard, to) in &plan.grant {
-            // The app answers at once: the owner hands over in this round.
+            // The app answers at once: the owner grants (one write, not indexed) and hands
+            // over in this round.
             if let (Some(l), Some(h)) = (self.leases.get_mut(shard), w.held.remove(shard)) {
+                self.units.write(300, 0);
                 l.owner = Some(to.clone());
                 l.counter = h.counter + 1;
                 l.handoff_to = None;

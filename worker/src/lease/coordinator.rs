@@ -36,6 +36,7 @@ use super::balance::{self, Fleet};
 use super::checkpoint::Checkpoint;
 use super::cleanup;
 use super::discovery::{self, StreamRef};
+use super::handoff;
 use super::liveness::Observer;
 use super::model::{AssignerItem, Heartbeat, Lease, TableSnapshot};
 use super::table::{HeldLease, LeaseError, LeaseTable};
@@ -513,8 +514,8 @@ pub struct Coordinator {
     commands_tx: mpsc::Sender<Command>,
     commands: mpsc::Receiver<Command>,
     held: HashMap<String, Held>,
-    /// shard → (counter when we asked, when)
-    pending: HashMap<String, (u64, Instant)>,
+    /// This worker's outstanding hand-over requests: shard → request.
+    pending: HashMap<String, handoff::Request<Instant>>,
     /// Workers of another coordination mode already reported (`worker/mode`).
     mixed_warned: HashSet<String>,
     observer: Observer,
@@ -545,8 +546,8 @@ struct Role {
     rounds_since_read: u32,
     /// This worker is the assigner.
     mine: bool,
-    /// The assigner's outstanding hand-over requests: shard → (for whom, counter, since).
-    pending: HashMap<String, (String, u64, Instant)>,
+    /// The assigner's outstanding hand-over requests: shard → request (for whom).
+    pending: HashMap<String, handoff::Request<Instant>>,
     /// Shards this worker left (released, handed over, lost) → the counter it left them at.
     left: HashMap<String, u64>,
     /// A finished lease has children without a lease yet: list the shards soon.
@@ -560,10 +561,11 @@ const ASSIGNER_REREAD_ROUNDS: u32 = 30;
 
 /// How long an owner gives its record processor to finish a granted hand-over (the batch in
 /// flight, the app's ShutdownRequested, the final checkpoint) before it hands the lease over
-/// anyway: the requester's `handoff_timeout`, counted from when its request landed, minus
-/// the owner's delay in seeing the request (one scan interval) and 500 ms for the scan and
-/// the hand-over write, so the owner's hand-over lands before the requester gives up waiting
-/// (at least half the timeout).
+/// anyway: the requester's `handoff_timeout`, which runs from when the requester *sees* the
+/// owner's grant (written after this wait started, see [`handoff`](super::handoff)), minus
+/// one scan interval and 500 ms for the rounds and the hand-over write, so the owner's
+/// hand-over normally lands before the requester gives up waiting (at least half the
+/// timeout). However late the owner saw the request, its processor stops before any take.
 pub fn owner_wait(handoff_timeout: Duration, scan_interval: Duration) -> Duration {
     handoff_timeout
         .saturating_sub(scan_interval + Duration::from_millis(500))
@@ -853,14 +855,35 @@ impl Coordinator {
 
     /// Grants a hand-over of `shard` to `to`: the record processor is asked to finish, then
     /// the lease is handed over (see [`owner_wait`] for the timing).
+    ///
+    /// The deadline starts before the grant is written, and the requester's timeout only when
+    /// it sees the grant: the processor is stopped before any take by timeout. A grant that
+    /// does not land (the request is gone, the lease moved, DynamoDB failed) starts nothing;
+    /// a request still there is answered next round.
     async fn start_handover(&mut self, shard: &str, to: &str) {
-        let handle = self.held.get_mut(shard).map(|h| {
+        let Some(handle) = self
+            .held
+            .get(shard)
+            .filter(|h| !h.handing_over)
+            .map(|h| h.handle.clone())
+        else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now()
+            + owner_wait(self.config.handoff_timeout, self.config.scan_interval);
+        let held = handle.held.lock().await.clone();
+        if let Err(e) = self
+            .table
+            .grant_handoff(&held, &self.config.worker_id, to)
+            .await
+        {
+            tracing::debug!(shard = %shard, to = %to, error = %e, "granting a hand-over failed");
+            return;
+        }
+        if let Some(h) = self.held.get_mut(shard) {
             h.handing_over = true;
-            h.handle.clone()
-        });
-        if let Some(handle) = handle {
-            let deadline = tokio::time::Instant::now()
-                + owner_wait(self.config.handoff_timeout, self.config.scan_interval);
+        }
+        {
             let done = self.grant(shard.to_string(), handle, to.to_string(), deadline);
             let _ = self
                 .events
@@ -1001,21 +1024,16 @@ impl Coordinator {
             .await;
         // 4. Take free leases.
         self.take_planned(&plan, &by_shard, epoch).await;
-        // 5. Follow up on earlier hand-over requests: answered, declined, or timed out.
-        let (done, timed_out) = follow_up_handoffs(
-            &self.pending,
-            &by_shard,
-            &me,
-            now,
-            self.config.handoff_timeout,
-        );
-        for shard in done {
-            self.pending.remove(&shard);
-        }
-        for lease in timed_out {
+        // 5. Follow up on earlier hand-over requests: answered, declined, or granted and
+        //    not handed over in time.
+        let timeout = self.config.handoff_timeout;
+        let timed_out = handoff::follow_up(&mut self.pending, &by_shard, now, |seen| {
+            now.saturating_duration_since(seen) > timeout
+        });
+        for (lease, _) in timed_out {
             match self.table.take_after_handoff_timeout(&lease, &me).await {
                 Ok(held) => {
-                    tracing::info!(shard = %lease.shard_id, "owner did not answer the hand-over request: taken");
+                    tracing::info!(shard = %lease.shard_id, "owner did not answer the hand-over request: taken after its grant timed out");
                     self.acquired(&lease, held, epoch).await;
                 }
                 Err(e) => {
@@ -1129,7 +1147,7 @@ impl Coordinator {
                 && self
                     .pending
                     .get(shard)
-                    .is_some_and(|(asked_at, _)| lease.counter == asked_at + 1);
+                    .is_some_and(|r| lease.counter == r.counter + 1);
             if handed_to_us {
                 self.pending.remove(shard);
                 let held = HeldLease {
@@ -1154,7 +1172,7 @@ impl Coordinator {
     }
 
     /// Peer mode: writes the hand-over requests `plan` names; the requester's clock starts
-    /// once its request is written.
+    /// once it sees the owner's grant.
     async fn request_handoffs(&mut self, plan: &balance::Plan, by_shard: &HashMap<&str, &Lease>) {
         let me = self.config.worker_id.clone();
         for (shard, _owner) in &plan.request_handoff {
@@ -1164,7 +1182,7 @@ impl Coordinator {
             match self.table.request_handoff(lease, &me).await {
                 Ok(true) => {
                     self.pending
-                        .insert(shard.clone(), (lease.counter, Instant::now()));
+                        .insert(shard.clone(), handoff::Request::new(&me, lease.counter));
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -1356,34 +1374,6 @@ fn lost_leases(held: &[(String, u64)], by_shard: &HashMap<&str, &Lease>, me: &st
         .collect()
 }
 
-/// This worker's earlier hand-over requests (`pending`: shard → counter asked at, when): the
-/// ones that are over (answered, declined, lease gone: forget them) and, of those, the leases
-/// whose owner did not answer within `timeout` (take them).
-fn follow_up_handoffs(
-    pending: &HashMap<String, (u64, Instant)>,
-    by_shard: &HashMap<&str, &Lease>,
-    me: &str,
-    now: Instant,
-    timeout: Duration,
-) -> (Vec<String>, Vec<Lease>) {
-    let mut done = Vec::new();
-    let mut timed_out = Vec::new();
-    for (shard, (counter, asked)) in pending {
-        let Some(lease) = by_shard.get(shard.as_str()) else {
-            done.push(shard.clone());
-            continue;
-        };
-        let still_waiting = lease.counter == *counter && lease.handoff_to.as_deref() == Some(me);
-        if !still_waiting {
-            done.push(shard.clone());
-        } else if now.saturating_duration_since(*asked) > timeout {
-            done.push(shard.clone());
-            timed_out.push((*lease).clone());
-        }
-    }
-    (done, timed_out)
-}
-
 /// The live workers (alive and not draining; `me` unless it drains) and every lease's state,
 /// from one scan and the observations.
 fn fleet_view<'a>(
@@ -1535,44 +1525,6 @@ mod tests {
         let mut lost = lost_leases(&held, &by_shard, "me");
         lost.sort();
         assert_eq!(lost, vec!["b", "c", "gone"]);
-    }
-
-    #[test]
-    fn a_handoff_request_ends_when_answered_declined_or_timed_out() {
-        let leases = [
-            lease_of("waiting", "owner", 5, Some("me")),
-            lease_of("granted", "me", 6, None),
-            lease_of("declined", "owner", 5, None),
-            lease_of("late", "owner", 5, Some("me")),
-        ];
-        let by_shard: HashMap<&str, &Lease> =
-            leases.iter().map(|l| (l.shard_id.as_str(), l)).collect();
-        let now = Instant::now();
-        let timeout = Duration::from_secs(4);
-        let recent = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
-        let Some(old) = now.checked_sub(Duration::from_secs(5)) else {
-            return; // a clock this close to its start cannot express the case
-        };
-        let pending: HashMap<String, (u64, Instant)> = [
-            ("waiting", recent),
-            ("granted", recent),
-            ("declined", recent),
-            ("late", old),
-            ("gone", recent),
-        ]
-        .into_iter()
-        .map(|(s, at)| (s.to_string(), (5, at)))
-        .collect();
-        let (mut done, timed_out) = follow_up_handoffs(&pending, &by_shard, "me", now, timeout);
-        done.sort();
-        assert_eq!(done, vec!["declined", "gone", "granted", "late"]);
-        assert_eq!(
-            timed_out
-                .iter()
-                .map(|l| l.shard_id.as_str())
-                .collect::<Vec<_>>(),
-            vec!["late"]
-        );
     }
 
     fn liveness(confirmed_ago: Duration, valid_for: Duration) -> SelfLiveness {

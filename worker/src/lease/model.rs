@@ -34,6 +34,10 @@ pub mod attr {
     pub const PENDING_CHECKPOINT_STATE: &str = "pendingCheckpointState";
     /// Ours: a worker asks the owner to hand the lease over (S, the asking worker's id).
     pub const HANDOFF_TO: &str = "koHandoffTo";
+    /// Ours: the owner granted the request in `koHandoffTo` (S, the same worker id): its
+    /// record processor is finishing, and the requester's timeout runs from when it sees
+    /// this. A request without it is never taken by timeout.
+    pub const HANDOFF_GRANTED: &str = "koHandoffGranted";
     /// Ours: a heartbeat's counter (N), incremented on every heartbeat.
     pub const HEARTBEAT: &str = "koHeartbeat";
     /// Ours: the heartbeat's worker id (S).
@@ -100,6 +104,8 @@ pub struct Lease {
     pub hash_range: Option<(String, String)>,
     /// A worker that asked the owner to hand this lease over.
     pub handoff_to: Option<String>,
+    /// The owner granted the request in `handoff_to` (it is finishing its processor).
+    pub handoff_granted: bool,
     /// With checkpoint `AT_TIMESTAMP`: this lease's own start (epoch ms), written when a
     /// `LATEST` lease was pinned; `None`: the application's initial timestamp.
     pub start_timestamp_ms: Option<i64>,
@@ -126,6 +132,7 @@ impl Lease {
             child_shard_ids: Vec::new(),
             hash_range: None,
             handoff_to: None,
+            handoff_granted: false,
             start_timestamp_ms: None,
             assigned: false,
         }

@@ -665,6 +665,14 @@ impl LeaseTable {
             parent_shard_ids: strings(attr::PARENT_SHARD_IDS),
             child_shard_ids: strings(attr::CHILD_SHARD_IDS),
             hash_range,
+            handoff_granted: item
+                .get(attr::HANDOFF_GRANTED)
+                .and_then(|v| v.as_s().ok())
+                .is_some_and(|g| {
+                    item.get(attr::HANDOFF_TO)
+                        .and_then(|v| v.as_s().ok())
+                        .is_some_and(|to| to == g)
+                }),
             handoff_to: item
                 .get(attr::HANDOFF_TO)
                 .and_then(|v| v.as_s().ok())
@@ -760,7 +768,7 @@ impl LeaseTable {
         to: &str,
     ) -> Result<HeldLease, LeaseError> {
         Ok(self
-            .take_if(lease, to, "#c = :expected AND #h = :me", true)
+            .take_if(lease, to, "#c = :expected AND #h = :me AND #g = :me", true)
             .await?
             .0)
     }
@@ -810,16 +818,17 @@ impl LeaseTable {
             .key(attr::LEASE_KEY, s(&lease.shard_id));
         let req = if mark {
             req.update_expression(
-                "SET #o = :me, #c = :next, #sw = if_not_exists(#sw, :zero) + :one, #as = :yes REMOVE #h",
+                "SET #o = :me, #c = :next, #sw = if_not_exists(#sw, :zero) + :one, #as = :yes REMOVE #h, #g",
             )
             .expression_attribute_values(":yes", AttributeValue::Bool(true))
         } else {
             req.update_expression(
-                "SET #o = :me, #c = :next, #sw = if_not_exists(#sw, :zero) + :one REMOVE #h, #as",
+                "SET #o = :me, #c = :next, #sw = if_not_exists(#sw, :zero) + :one REMOVE #h, #g, #as",
             )
         };
         let res = req
             .expression_attribute_names("#as", attr::ASSIGNED)
+            .expression_attribute_names("#g", attr::HANDOFF_GRANTED)
             .condition_expression(condition)
             .expression_attribute_names("#o", attr::LEASE_OWNER)
             .expression_attribute_names("#c", attr::LEASE_COUNTER)
@@ -1045,9 +1054,9 @@ impl LeaseTable {
         self.fenced(
             held,
             worker,
-            "SET #c = :next REMOVE #o, #h",
+            "SET #c = :next REMOVE #o, #h, #g",
             vec![(":next", n(held.counter + 1))],
-            vec![("#h", attr::HANDOFF_TO)],
+            vec![("#h", attr::HANDOFF_TO), ("#g", attr::HANDOFF_GRANTED)],
             1,
         )
         .await
@@ -1073,9 +1082,9 @@ impl LeaseTable {
         ];
         let update = if mark {
             values.push((":yes", AttributeValue::Bool(true)));
-            "SET #o = :to, #c = :next, #sw = if_not_exists(#sw, :zero) + :one, #as = :yes REMOVE #h"
+            "SET #o = :to, #c = :next, #sw = if_not_exists(#sw, :zero) + :one, #as = :yes REMOVE #h, #g"
         } else {
-            "SET #o = :to, #c = :next, #sw = if_not_exists(#sw, :zero) + :one REMOVE #h, #as"
+            "SET #o = :to, #c = :next, #sw = if_not_exists(#sw, :zero) + :one REMOVE #h, #g, #as"
         };
         self.fenced(
             held,
@@ -1084,6 +1093,7 @@ impl LeaseTable {
             values,
             vec![
                 ("#h", attr::HANDOFF_TO),
+                ("#g", attr::HANDOFF_GRANTED),
                 ("#sw", attr::OWNER_SWITCHES),
                 ("#as", attr::ASSIGNED),
             ],
@@ -1100,10 +1110,40 @@ impl LeaseTable {
         self.fenced(
             held,
             worker,
-            "REMOVE #h",
+            "REMOVE #h, #g",
             Vec::new(),
-            vec![("#h", attr::HANDOFF_TO)],
+            vec![("#h", attr::HANDOFF_TO), ("#g", attr::HANDOFF_GRANTED)],
             1,
+        )
+        .await
+    }
+
+    /// Grants the hand-over request of `to` on a lease `worker` holds: written before the
+    /// owner asks its record processor to finish, so the requester's timeout (which runs from
+    /// when it sees the grant) always ends after the owner's own deadline.
+    ///
+    /// # Guarantees
+    /// Lands only while `worker` holds the lease at its counter and the request is still
+    /// `to`'s; the counter does not move (the owner keeps checkpointing), and the owner index
+    /// does not project the grant (no index write).
+    ///
+    /// # Errors
+    /// [`LeaseError::LeaseLost`] if the lease moved or the request is gone;
+    /// [`LeaseError::Dynamo`].
+    pub async fn grant_handoff(
+        &self,
+        held: &HeldLease,
+        worker: &str,
+        to: &str,
+    ) -> Result<(), LeaseError> {
+        self.fenced_if(
+            held,
+            worker,
+            Some("#h = :to"),
+            "SET #g = :to",
+            vec![(":to", s(to))],
+            vec![("#h", attr::HANDOFF_TO), ("#g", attr::HANDOFF_GRANTED)],
+            0,
         )
         .await
     }
@@ -1121,9 +1161,10 @@ impl LeaseTable {
             .update_item()
             .table_name(&self.name)
             .key(attr::LEASE_KEY, s(&lease.shard_id))
-            .update_expression("SET #h = :me")
+            .update_expression("SET #h = :me REMOVE #g")
             .condition_expression("#c = :expected AND attribute_not_exists(#h)")
             .expression_attribute_names("#h", attr::HANDOFF_TO)
+            .expression_attribute_names("#g", attr::HANDOFF_GRANTED)
             .expression_attribute_names("#c", attr::LEASE_COUNTER)
             .expression_attribute_values(":me", s(worker))
             .expression_attribute_values(":expected", n(lease.counter))
@@ -1136,8 +1177,9 @@ impl LeaseTable {
         }
     }
 
-    /// Takes a lease whose owner did not answer a hand-over request in time: only if the
-    /// request is still ours and the counter unchanged.
+    /// Takes a lease whose owner granted a hand-over request and did not hand it over in
+    /// time: only if the request is still ours, granted, and the counter unchanged. A
+    /// request the owner has not granted is never taken (its processor may still deliver).
     ///
     /// # Errors
     /// [`LeaseError::LeaseLost`] if the owner declined, handed it over, or it moved;
@@ -1148,7 +1190,12 @@ impl LeaseTable {
         worker: &str,
     ) -> Result<HeldLease, LeaseError> {
         Ok(self
-            .take_if(lease, worker, "#c = :expected AND #h = :me", false)
+            .take_if(
+                lease,
+                worker,
+                "#c = :expected AND #h = :me AND #g = :me",
+                false,
+            )
             .await?
             .0)
     }

@@ -191,44 +191,20 @@ impl Coordinator {
             .map(|l| (l.shard_id.as_str(), l))
             .collect();
 
-        // Outstanding requests: answered ones are forgotten, ones found in the table (an
-        // earlier assigner's) are adopted from now.
-        self.role.pending.retain(|shard, (to, counter, _)| {
-            by_shard.get(shard.as_str()).is_some_and(|l| {
-                l.counter == *counter && l.handoff_to.as_deref() == Some(to.as_str())
-            })
+        // Outstanding requests: ones found in the table (an earlier assigner's) are adopted
+        // from now; answered ones are forgotten; granted ones not handed over in time go to
+        // the requester anyway (never one the owner has not granted: see `handoff`).
+        handoff::adopt(&mut self.role.pending, &snapshot.leases, now);
+        let timeout = self.config.handoff_timeout;
+        let timed_out = handoff::follow_up(&mut self.role.pending, &by_shard, now, |seen| {
+            now.saturating_duration_since(seen) > timeout
         });
-        for l in &snapshot.leases {
-            if let Some(to) = &l.handoff_to {
-                self.role
-                    .pending
-                    .entry(l.shard_id.clone())
-                    .or_insert_with(|| (to.clone(), l.counter, now));
-            }
-        }
-        // Owners that did not answer in time: the lease goes to the requester anyway.
-        let timed_out: Vec<(Lease, String)> = self
-            .role
-            .pending
-            .iter()
-            .filter(|(_, (_, _, since))| {
-                now.saturating_duration_since(*since) > self.config.handoff_timeout
-            })
-            .filter_map(|(shard, (to, _, _))| {
-                by_shard
-                    .get(shard.as_str())
-                    .map(|l| ((*l).clone(), to.clone()))
-            })
-            .collect();
-        for (lease, _) in &timed_out {
-            self.role.pending.remove(&lease.shard_id);
-        }
 
         let pending: HashMap<String, String> = self
             .role
             .pending
             .iter()
-            .map(|(s, (to, _, _))| (s.clone(), to.clone()))
+            .map(|(s, r)| (s.clone(), r.to.clone()))
             .collect();
         let plan = assign::plan(
             &snapshot.leases,
@@ -298,7 +274,7 @@ impl Coordinator {
                 match res {
                     Ok(held) => {
                         if after_timeout {
-                            tracing::info!(shard = %lease.shard_id, to = %to, "owner did not answer the hand-over request in time: lease given anyway");
+                            tracing::info!(shard = %lease.shard_id, to = %to, "owner did not answer the hand-over request in time after granting it: lease given anyway");
                         } else {
                             tracing::debug!(shard = %lease.shard_id, to = %to, "lease assigned");
                         }
@@ -329,9 +305,10 @@ impl Coordinator {
                 let Ok((lease, to, res)) = done else { continue };
                 match res {
                     Ok(true) => {
-                        self.role
-                            .pending
-                            .insert(lease.shard_id.clone(), (to, lease.counter, Instant::now()));
+                        self.role.pending.insert(
+                            lease.shard_id.clone(),
+                            handoff::Request::new(to, lease.counter),
+                        );
                     }
                     Ok(false) => {}
                     Err(e) => {
