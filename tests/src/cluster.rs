@@ -290,3 +290,83 @@ pub async fn until_counts(
         }
     }
 }
+
+/// Restarts the test node's kubelet as a node's restart of it does: SIGTERM to the running one
+/// (the pid in the environment's pid file, checked against its program), then the same
+/// program, arguments, environment and working folder started again in its own process group,
+/// its output appended to its log, its pid written back so `cargo xtask env down` stops it.
+/// The pods keep running under containerd meanwhile. Returns once the new kubelet's health
+/// port answers.
+///
+/// # Errors
+/// No running kubelet recorded, it did not stop within 30 s, or the new one did not answer
+/// within 60 s.
+pub async fn restart_kubelet() -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let env_dir = crate::env_file()
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .ok_or("environment folder")?;
+    let pid_file = env_dir.join("pids/kubelet.pid");
+    let text = std::fs::read_to_string(&pid_file)?;
+    let mut lines = text.lines();
+    let pid: u32 = lines.next().ok_or("pid")?.trim().parse()?;
+    let exe = lines.next().ok_or("program")?.trim().to_string();
+    let running = std::fs::read_link(format!("/proc/{pid}/exe"))?;
+    if running.to_string_lossy().trim_end_matches(" (deleted)") != exe {
+        return Err(format!("pid {pid} is not the kubelet ({exe})").into());
+    }
+    let split = |bytes: Vec<u8>| -> Vec<std::ffi::OsString> {
+        bytes
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| std::ffi::OsStr::from_bytes(s).to_os_string())
+            .collect()
+    };
+    let argv = split(std::fs::read(format!("/proc/{pid}/cmdline"))?);
+    let environ = split(std::fs::read(format!("/proc/{pid}/environ"))?);
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))?;
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    wait_for(
+        "the kubelet stopped",
+        Duration::from_secs(30),
+        POLL,
+        || async { (!std::path::Path::new(&format!("/proc/{pid}/exe")).exists()).then_some(()) },
+    )
+    .await?;
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(env_dir.join("logs/kubelet.log"))?;
+    let (program, args) = argv.split_first().ok_or("kubelet command line")?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    for pair in &environ {
+        if let Some((k, v)) = pair.to_string_lossy().split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    let child = cmd.spawn()?;
+    std::fs::write(&pid_file, format!("{}\n{exe}\n", child.id()))?;
+    wait_for(
+        "the kubelet answers",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            let (status, _) = crate::pipeline::http_get("127.0.0.1:10248", "/healthz")
+                .await
+                .ok()?;
+            (status == 200).then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! The operator on the real cluster: a KinesisApplication becomes a Deployment of worker +
 //! pageview-counter pods (locally built images) that count records end to end, follows
-//! resharding 4 → 8 → 4 with no lost records, and reports status; bad specs and a missing
+//! resharding 4 → 8 → 4 with no lost records (4 → 8 while the operator is killed, two pods are
+//! deleted without a drain and the kubelet restarts), and reports status; bad specs and a missing
 //! stream become conditions and Warning Events, never a Deployment.
 
 use std::collections::BTreeMap;
@@ -12,7 +13,7 @@ use k8s_openapi::api::events::v1::Event;
 use kinesis_operator::crd::KinesisApplication;
 use kinesis_operator_tests::cluster::{
     application, delete_all, delete_namespace, install_crd, namespace, operator, produce,
-    until_counts,
+    restart_kubelet, until_counts,
 };
 use kinesis_operator_tests::{TestEnv, unique_name, wait_for};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -133,12 +134,35 @@ async fn an_application_counts_end_to_end_and_follows_resharding() -> Result<()>
     );
     eprintln!("{table_text}");
 
-    // 4 → 8: the workers follow within the resync interval, and every record counts.
-    reshard(&env, &stream, 8).await?;
-    until_replicas(&deployments, "counter", 8, false).await?;
+    // 4 → 8 with the operator, the pods and the node failing during the reshard (issue 26):
+    // the operator is killed (SIGKILL) as the reshard starts, two worker pods are deleted
+    // without a drain (grace 0), the kubelet restarts, records keep coming; a new operator
+    // process takes over. Every record is counted once: the totals are exact.
+    env.kinesis()
+        .await
+        .update_shard_count()
+        .stream_name(&stream)
+        .target_shard_count(8)
+        .scaling_type(aws_sdk_kinesis::types::ScalingType::UniformScaling)
+        .send()
+        .await?;
+    op.proc.signal("KILL");
+    add(&mut expected, produce(&env, &stream, 200)?);
+    let deleted = delete_pods_at_once(&client, &ns, 2).await?;
+    restart_kubelet().await?;
+    add(&mut expected, produce(&env, &stream, 200)?);
+    env.wait_stream_active(&stream).await?;
+    drop(op);
+    let op = operator(&env, &ns, 3)?;
+    until_replicas(&deployments, "counter", 8, false)
+        .await
+        .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
     add(&mut expected, produce(&env, &stream, 400)?);
     until_replicas(&deployments, "counter", 8, true).await?;
     until_counts(&env, &table, &expected, &op.log_tail()).await?;
+    eprintln!(
+        "operator killed, pods {deleted:?} deleted at once, kubelet restarted during 4 → 8: counts exact"
+    );
 
     // 8 → 4: the workers shrink, leases move through /drain, nothing is lost.
     reshard(&env, &stream, 4).await?;
@@ -211,6 +235,24 @@ async fn an_application_counts_end_to_end_and_follows_resharding() -> Result<()>
     delete_namespace(&client, &ns).await?;
     env.remove(Some(&stream), &[&table]).await;
     Ok(())
+}
+
+/// Deletes `n` of the application's pods at once (grace 0: no drain, as a node failure or
+/// `kubectl delete --force` does); returns their names.
+async fn delete_pods_at_once(client: &kube::Client, ns: &str, n: usize) -> Result<Vec<String>> {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=kinesis-operator"))
+        .await?;
+    let mut names: Vec<String> = list.items.iter().map(|p| p.name_any()).collect();
+    names.sort();
+    names.truncate(n);
+    for name in &names {
+        pods.delete(name, &kube::api::DeleteParams::default().grace_period(0))
+            .await?;
+    }
+    Ok(names)
 }
 
 /// Patches `spec` into KinesisApplication `name` (JSON merge patch).
