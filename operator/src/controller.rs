@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::ownership::{Owner, TableCleanup, table_cleanup};
 use crate::plan;
 use crate::sizing::SIZED_ANNOTATION;
-use crate::validate::{application_name, arn_stream_name, validate};
+use crate::validate::{AllowedEndpoints, application_name, arn_stream_name, validate};
 
 /// Field manager of everything the operator applies.
 pub const MANAGER: &str = "kinesis-operator";
@@ -83,6 +83,8 @@ pub struct Context {
     /// This cluster's name, recorded as the owner of what the operator creates (unique per
     /// cluster that shares an AWS account).
     pub cluster: String,
+    /// The endpoint overrides a spec may name (see [`AllowedEndpoints`]).
+    pub allowed_endpoints: AllowedEndpoints,
     aws: Mutex<HashMap<AwsKey, AwsClients>>,
     failures: Mutex<HashMap<(String, String), Backoff>>,
     /// Lease tables described once (key schema checked, ACTIVE): not described again.
@@ -103,6 +105,7 @@ impl Context {
         metrics: Arc<Metrics>,
         reporter: Reporter,
         cluster: String,
+        allowed_endpoints: AllowedEndpoints,
     ) -> Self {
         Self {
             client,
@@ -111,6 +114,7 @@ impl Context {
             metrics,
             reporter,
             cluster,
+            allowed_endpoints,
             aws: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             tables: Mutex::new(HashSet::new()),
@@ -178,7 +182,13 @@ impl Context {
         &self,
         app: &KinesisApplication,
     ) -> Result<Vec<ShardInfo>, DiscoveryError> {
-        let aws = self.aws(app).await;
+        let aws = self
+            .aws(app)
+            .await
+            .map_err(|refused| DiscoveryError::Kinesis {
+                stream: stream_ref(app).to_string(),
+                detail: refused,
+            })?;
         list_shards(&aws.kinesis, &stream_ref(app)).await
     }
 
@@ -229,10 +239,23 @@ impl Context {
         }
     }
 
-    async fn aws(&self, app: &KinesisApplication) -> AwsClients {
+    /// The AWS clients for `app`'s region and endpoints, made once per combination.
+    ///
+    /// # Errors
+    /// An endpoint of the spec is not on the administrator's list (what is wrong, as a
+    /// sentence): no client is made for it, so no request of the operator's goes there.
+    async fn aws(&self, app: &KinesisApplication) -> Result<AwsClients, String> {
+        let refused = crate::validate::endpoints(app, &self.allowed_endpoints);
+        if !refused.is_empty() {
+            return Err(refused
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "));
+        }
         let key = self.aws_key(app);
         if let Some(c) = self.aws.lock().ok().and_then(|m| m.get(&key).cloned()) {
-            return c;
+            return Ok(c);
         }
         let settings = kinesis_worker::aws::AwsSettings {
             region: key.0.clone(),
@@ -249,7 +272,7 @@ impl Context {
         if let Ok(mut m) = self.aws.lock() {
             m.insert(key, clients.clone());
         }
-        clients
+        Ok(clients)
     }
 }
 
@@ -397,8 +420,9 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
     });
     status.stream = stream_name.clone();
 
-    // 1. The spec.
-    let invalid = validate(app);
+    // 1. The spec, and the endpoints the operator would call with its own identity.
+    let mut invalid = validate(app);
+    invalid.extend(crate::validate::endpoints(app, &ctx.allowed_endpoints));
     if !invalid.is_empty() {
         let message = invalid
             .iter()
@@ -516,7 +540,13 @@ async fn observe(
     let generation = app.metadata.generation;
     let app_name = application_name(app);
     status.application_name = Some(app_name.clone());
-    let aws = ctx.aws(app).await;
+    let aws = match ctx.aws(app).await {
+        Ok(aws) => aws,
+        // `apply` refused such a spec already; kept so no path calls a refused endpoint.
+        Err(refused) => {
+            return Ok(Err(Problem::new("Ready", "InvalidSpec", refused)));
+        }
+    };
     let stream = stream_ref(app);
     let region = region(app, &ctx.settings).unwrap_or_else(|| "the operator's region".into());
 
@@ -832,7 +862,22 @@ async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Erro
         .forget(&app.namespace().unwrap_or_default(), &app.name_any());
     ctx.forget_application(app);
     let app_name = application_name(app);
-    let aws = ctx.aws(app).await;
+    let aws = match ctx.aws(app).await {
+        Ok(aws) => aws,
+        // An endpoint the administrator does not allow (now): the operator calls nothing
+        // there, so it cannot clean up; the object may go.
+        Err(refused) => {
+            event(
+                ctx,
+                app,
+                EventType::Warning,
+                "CleanupSkipped",
+                format!("no AWS cleanup (no lease table or consumer deleted): {refused}"),
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+    };
     let owner = ctx.owner(app);
     let info = claims::table_info(&aws.dynamodb, &app_name)
         .await

@@ -86,6 +86,11 @@ struct Args {
     /// consumers the operator creates: give every cluster that shares an AWS account its own.
     #[arg(long, env = "CLUSTER_NAME", default_value = "kubernetes")]
     cluster_name: String,
+    /// Endpoints a KinesisApplication may name in spec.stream.endpoint/dynamoDbEndpoint
+    /// (comma-separated URLs, e.g. local servers or VPC endpoints). The operator sends its own
+    /// signed requests there, so by default none: a spec naming one is refused (InvalidSpec).
+    #[arg(long, env = "ALLOWED_ENDPOINTS", value_delimiter = ',')]
+    allowed_endpoints: Vec<String>,
 }
 
 #[tokio::main]
@@ -190,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
             instance: Some(identity),
         },
         args.cluster_name.clone(),
+        kinesis_operator::validate::AllowedEndpoints::new(&args.allowed_endpoints),
     ));
     let (apps, deployments): (Api<KinesisApplication>, Api<Deployment>) =
         match &args.watch_namespace {

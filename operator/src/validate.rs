@@ -61,6 +61,60 @@ pub fn application_name(app: &KinesisApplication) -> String {
         })
 }
 
+/// The endpoints the operator's administrator allows in `spec.stream` (`--allowed-endpoints`,
+/// the chart's `aws.allowedEndpoints`): the operator sends its own signed requests to a
+/// spec's endpoint, so a tenant must not choose one. Empty (the default): no override at
+/// all; AWS's own endpoints only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedEndpoints(Vec<String>);
+
+impl AllowedEndpoints {
+    /// The allow-list (compared without case and trailing `/`).
+    pub fn new<S: AsRef<str>>(endpoints: impl IntoIterator<Item = S>) -> Self {
+        Self(
+            endpoints
+                .into_iter()
+                .map(|e| normalize_endpoint(e.as_ref()))
+                .filter(|e| !e.is_empty())
+                .collect(),
+        )
+    }
+
+    /// Is `endpoint` on the list?
+    pub fn allows(&self, endpoint: &str) -> bool {
+        let e = normalize_endpoint(endpoint);
+        self.0.contains(&e)
+    }
+}
+
+fn normalize_endpoint(e: &str) -> String {
+    e.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
+/// The endpoint overrides of `app` that `allowed` does not list, each naming its field.
+///
+/// # Guarantees
+/// Empty only when every endpoint the operator would call for `app` (with its own
+/// identity) is AWS's default or one the administrator listed.
+pub fn endpoints(app: &KinesisApplication, allowed: &AllowedEndpoints) -> Vec<Invalid> {
+    let stream = &app.spec.stream;
+    [
+        ("spec.stream.endpoint", stream.endpoint.as_deref()),
+        ("spec.stream.dynamoDbEndpoint", stream.dynamo_db_endpoint.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(field, e)| Some((field, e?)))
+    .filter(|(_, e)| !allowed.allows(e))
+    .map(|(field, e)| {
+        let shown: String = e.chars().take(100).collect();
+        invalid(
+            field,
+            format!("`{shown}` is not an endpoint the operator's administrator allowed: remove it to use AWS's own endpoint, or ask them to add it to the chart's aws.allowedEndpoints"),
+        )
+    })
+    .collect()
+}
+
 /// Every rule `app` breaks (empty: valid).
 pub fn validate(app: &KinesisApplication) -> Vec<Invalid> {
     let spec = &app.spec;

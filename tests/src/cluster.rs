@@ -150,6 +150,11 @@ pub fn operator_with(
         .args(["--admin-address", &format!("127.0.0.1:{port}")])
         .args(["--watch-namespace", ns, "--lease-namespace", ns])
         .args(["--log-format", "text", "--identity", name])
+        // The local servers the test specs name (the operator refuses any other endpoint).
+        .args([
+            "--allowed-endpoints",
+            &format!("{},{}", env.kinesis_endpoint, env.dynamodb_endpoint),
+        ])
         .args(extra);
     let logs = crate::env_file()
         .parent()

@@ -308,11 +308,24 @@ async fn the_chart_runs_the_operator_under_its_own_rbac_upgrades_and_keeps_the_c
                 "logFormat=text",
                 "--set-json",
                 &format!("extraEnv={extra_env}"),
+                "--set-json",
+                &format!(
+                    "aws.allowedEndpoints={}",
+                    serde_json::json!([env.kinesis_endpoint, env.dynamodb_endpoint])
+                ),
             ],
         )?,
         "helm install",
     )?;
     assert!(install.contains("Next steps"), "NOTES.txt shown: {install}");
+    assert!(
+        install.contains("with its OWN identity")
+            && install.contains(&format!(
+                "Endpoint overrides allowed in specs: {}",
+                env.kinesis_endpoint
+            )),
+        "NOTES.txt says which AWS identity and endpoints: {install}"
+    );
 
     // The operator runs under the chart's ServiceAccount.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);

@@ -678,3 +678,140 @@ async fn another_pod_cannot_drain_a_worker_and_fan_out_consumers_are_the_operato
         .await;
     Ok(())
 }
+
+/// A server of the tenant's: counts the connections it gets and answers each with a 500.
+struct TenantServer {
+    endpoint: String,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TenantServer {
+    async fn start() -> Result<Self> {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hits.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = socket
+                    .write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        Ok(Self {
+            endpoint,
+            hits,
+            task,
+        })
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for TenantServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Issue 27: nothing a tenant writes selects an endpoint the operator's credentials go to.
+/// A spec naming a server of the tenant's as `dynamoDbEndpoint` is refused (`InvalidSpec`,
+/// naming the field) and the server gets no connection; so is an
+/// application that was healthy and then points `endpoint` at it (the reshard watch, which
+/// lists its stream every few seconds, included). On the code before, the operator sent its
+/// signed ListShards/DescribeTable/claim requests there (seen: no `InvalidSpec`, the
+/// server counted connections).
+#[tokio::test]
+async fn an_endpoint_the_administrator_did_not_allow_gets_none_of_the_operators_requests()
+-> Result<()> {
+    let env = TestEnv::require();
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "endpoints").await?;
+    let stream = unique_name("endpoints");
+    env.create_stream(&stream, 1).await?;
+    let tenant = TenantServer::start().await?;
+    let op = operator_with(&env, &ns, 3, "operator", &["--shard-poll-seconds", "1"])?;
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+
+    let spec = json!({"stream": {"dynamoDbEndpoint": tenant.endpoint}});
+    apps.create(
+        &PostParams::default(),
+        &app("tenant", &env, &stream, "unused", spec)?,
+    )
+    .await?;
+    let c = until_condition(&apps, "tenant", "Ready", "False", "InvalidSpec", &op).await?;
+    assert!(
+        c.message.contains("spec.stream.dynamoDbEndpoint")
+            && c.message.contains("allowedEndpoints"),
+        "the condition names the setting and the fix: {}",
+        c.message
+    );
+    assert!(
+        events(&client, &ns)
+            .await?
+            .iter()
+            .any(|(t, r, n)| t == "Warning"
+                && r == "InvalidSpec"
+                && n.contains("dynamoDbEndpoint")),
+        "a Warning Event says so"
+    );
+
+    // A healthy application whose spec then names the tenant's server.
+    apps.create(
+        &PostParams::default(),
+        &app("victim", &env, &stream, "unused", json!({}))?,
+    )
+    .await?;
+    wait_for(
+        "victim observed its stream",
+        Duration::from_secs(90),
+        POLL,
+        || async { apps.get("victim").await.ok()?.status?.shards.map(|_| ()) },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    let patch = json!({"spec": {"stream": {"endpoint": tenant.endpoint}}});
+    apps.patch(
+        "victim",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await?;
+    until_condition(&apps, "victim", "Ready", "False", "InvalidSpec", &op).await?;
+    // The reshard watch (every second) kept the victim (it was healthy): three of its
+    // rounds later, each refused before any call.
+    wait_for(
+        "three reshard-watch rounds refused",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            let refused = op
+                .proc
+                .log_text()
+                .lines()
+                .filter(|l| l.contains("reshard watch") && l.contains("not an endpoint"))
+                .count();
+            (refused >= 3).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    assert_eq!(
+        tenant.hits(),
+        0,
+        "the tenant's server got the operator's requests\n{}",
+        op.log_tail()
+    );
+    delete_all(&apps).await?;
+    assert_eq!(tenant.hits(), 0, "nor while deleting");
+    drop(op);
+    delete_namespace(&client, &ns).await?;
+    env.remove(Some(&stream), &[]).await;
+    Ok(())
+}

@@ -376,7 +376,13 @@ pub fn run_demo(paths: &Paths, mode: Mode, started: Instant) -> Result<()> {
             "logFormat=text",
         ])
         .arg("--set-json")
-        .arg(format!("extraEnv={extra_env}")))?;
+        .arg(format!("extraEnv={extra_env}"))
+        // The local servers the example's spec names: the operator refuses other endpoints.
+        .arg("--set-json")
+        .arg(format!(
+            "aws.allowedEndpoints={}",
+            serde_json::json!([d.kinesis, d.dynamodb])
+        )))?;
     // The CRD is a chart template: served only once Established.
     run(d.kubectl().args([
         "wait",

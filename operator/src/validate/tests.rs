@@ -181,3 +181,46 @@ fn arn_parts() {
     assert_eq!(arn_stream_name(arn), Some("Pageviews"));
     assert_eq!(arn_stream_name("arn:aws:kinesis:eu-west-1:1:stream/"), None);
 }
+
+#[test]
+fn an_endpoint_the_administrator_did_not_allow_is_refused_naming_the_field() {
+    let allowed = AllowedEndpoints::new(["http://10.250.0.1:4567/", "HTTP://10.250.0.1:4569"]);
+    let stream = |endpoints: Value| {
+        let mut s = json!({"name": "s"});
+        if let (Some(s), Some(e)) = (s.as_object_mut(), endpoints.as_object()) {
+            s.extend(e.clone());
+        }
+        app(json!({"stream": s}))
+    };
+    // None set: AWS's own endpoints, nothing to refuse, whatever the list.
+    assert_eq!(
+        endpoints(&stream(json!({})), &AllowedEndpoints::default()),
+        vec![]
+    );
+    // Listed ones (any case, a trailing slash or not).
+    let ok = stream(json!({"endpoint": "http://10.250.0.1:4567",
+        "dynamoDbEndpoint": "http://10.250.0.1:4569/"}));
+    assert_eq!(endpoints(&ok, &allowed), vec![]);
+    // A tenant's own server: refused, each field named; an empty list refuses every override.
+    let bad = stream(json!({"endpoint": "http://10.250.0.1:4567",
+        "dynamoDbEndpoint": "http://attacker.team-a.svc:8000"}));
+    let got = endpoints(&bad, &allowed);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].field, "spec.stream.dynamoDbEndpoint");
+    assert!(
+        got[0].message.contains("aws.allowedEndpoints"),
+        "{}",
+        got[0]
+    );
+    let fields: Vec<String> = endpoints(&ok, &AllowedEndpoints::default())
+        .into_iter()
+        .map(|i| i.field)
+        .collect();
+    assert_eq!(
+        fields,
+        ["spec.stream.endpoint", "spec.stream.dynamoDbEndpoint"]
+    );
+    // A prefix of an allowed endpoint is not allowed.
+    let prefix = stream(json!({"endpoint": "http://10.250.0.1:45"}));
+    assert_eq!(endpoints(&prefix, &allowed).len(), 1);
+}
