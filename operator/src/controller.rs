@@ -453,7 +453,10 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
         Err(p) => return degrade(ctx, app, status, p.condition, p.reason, p.message).await,
     };
 
-    // 4. Size and apply.
+    // 4. Size and apply — never over an object of the same name that is not this one's.
+    if let Some(message) = name_conflict_of(app, ctx).await? {
+        return degrade(ctx, app, status, "Ready", "NameConflict", message).await;
+    }
     let sizing = plan::size(app, &observed.shards, observed.snapshot.as_ref());
     let desired = sizing.replicas.desired;
     if sizing.replicas.write_sized.is_some() || sizing.replicas.released {
@@ -687,6 +690,47 @@ async fn observe(
 
 /// Applies the worker Deployment with `desired` replicas (and the ServiceAccount, when the
 /// spec names an IAM role), server-side; returns what the Deployment reports.
+/// Reads the Deployment (and, with `aws.roleArn`, the ServiceAccount) `app` would apply and
+/// says if one is somebody else's ([`crate::deployment::name_conflict`]). One GET per
+/// reconcile (two with a role).
+async fn name_conflict_of(
+    app: &KinesisApplication,
+    ctx: &Context,
+) -> Result<Option<String>, Error> {
+    let ns = app.namespace().unwrap_or_default();
+    let name = app.name_any();
+    let existing = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&name)
+        .await?;
+    if let Some(m) = crate::deployment::name_conflict(
+        app,
+        "Deployment",
+        &name,
+        existing.as_ref().map(|d| &d.metadata),
+    ) {
+        return Ok(Some(m));
+    }
+    if app
+        .spec
+        .aws
+        .as_ref()
+        .and_then(|a| a.role_arn.as_ref())
+        .is_some()
+    {
+        let sa_name = service_account_name(app);
+        let existing = Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&sa_name)
+            .await?;
+        return Ok(crate::deployment::name_conflict(
+            app,
+            "ServiceAccount",
+            &sa_name,
+            existing.as_ref().map(|s| &s.metadata),
+        ));
+    }
+    Ok(None)
+}
+
 async fn apply_workers(
     app: &KinesisApplication,
     ctx: &Context,

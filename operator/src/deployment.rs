@@ -54,6 +54,33 @@ pub fn service_account_name(app: &KinesisApplication) -> String {
     format!("{}-kinesis", app.name_any())
 }
 
+/// Whether an object the operator is about to apply as `kind` `name` for `app` already
+/// exists as somebody else's: it is `app`'s only if its controller owner reference is `app`
+/// (by uid). Returns the `NameConflict` message (what to rename) if not.
+///
+/// # Guarantees
+/// The operator never takes over (server-side apply with `force`) an object it did not
+/// create for this very KinesisApplication: not another application's, not one a user made.
+pub fn name_conflict(
+    app: &KinesisApplication,
+    kind: &str,
+    name: &str,
+    existing: Option<&ObjectMeta>,
+) -> Option<String> {
+    let meta = existing?;
+    let uid = app.metadata.uid.as_deref()?;
+    let ours = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == uid);
+    (!ours).then(|| {
+        format!(
+            "{kind} `{name}` already exists and was not created by the operator for this KinesisApplication: rename the KinesisApplication, or delete or rename that {kind}"
+        )
+    })
+}
+
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
         name: name.into(),

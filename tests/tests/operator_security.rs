@@ -815,3 +815,108 @@ async fn an_endpoint_the_administrator_did_not_allow_gets_none_of_the_operators_
     env.remove(Some(&stream), &[]).await;
     Ok(())
 }
+
+/// Issue 27, attack 6: the operator never takes over an object of the same name it did not
+/// create for this very KinesisApplication. A Deployment `counter` a user made, and a
+/// ServiceAccount `billing-kinesis` (the name an application with `aws.roleArn` gets): the
+/// applications `counter` and `billing` get `Ready=False`, reason `NameConflict`, naming the
+/// object, and both objects stay as they were (no worker container, no role annotation, no
+/// field of the operator's). On the code before, server-side apply with `force` took the
+/// ServiceAccount over (seen: it got the role annotation) and tried the Deployment, which
+/// survived only because its selector is immutable: the apply failed as an error, never a
+/// condition (seen: no `NameConflict` within 90 s).
+#[tokio::test]
+async fn an_object_of_the_same_name_that_is_not_the_applications_is_never_taken_over() -> Result<()>
+{
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let env = TestEnv::require();
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "takeover").await?;
+    let stream = unique_name("takeover");
+    env.create_stream(&stream, 1).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let theirs: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "counter", "labels": {"team": "web"}},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "localhost/pageview-counter:dev",
+                    "imagePullPolicy": "Never"}]}
+            }
+        }
+    }))?;
+    deployments.create(&PostParams::default(), &theirs).await?;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+    let account: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "billing-kinesis"}}))?;
+    accounts.create(&PostParams::default(), &account).await?;
+
+    let op = operator_with(&env, &ns, 3, "operator", &[])?;
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+    apps.create(
+        &PostParams::default(),
+        &app("counter", &env, &stream, "unused", json!({}))?,
+    )
+    .await?;
+    let role = json!({"aws": {"roleArn": "arn:aws:iam::123456789012:role/billing"}});
+    apps.create(
+        &PostParams::default(),
+        &app("billing", &env, &stream, "unused", role)?,
+    )
+    .await?;
+    let c = until_condition(&apps, "counter", "Ready", "False", "NameConflict", &op).await?;
+    assert!(c.message.contains("Deployment `counter`"), "{}", c.message);
+    let c = until_condition(&apps, "billing", "Ready", "False", "NameConflict", &op).await?;
+    assert!(
+        c.message.contains("ServiceAccount `billing-kinesis`"),
+        "{}",
+        c.message
+    );
+
+    let d = deployments.get("counter").await?;
+    let containers: Vec<String> = d
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .map(|p| p.containers.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(containers, ["web"], "the user's Deployment is unchanged");
+    assert_eq!(d.spec.replicas, Some(0));
+    assert!(d.metadata.owner_references.is_none(), "not adopted");
+    let managers: Vec<String> = d
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        !managers.iter().any(|m| m.contains("kinesis-operator")),
+        "no field of the operator's: {managers:?}"
+    );
+    let sa = accounts.get("billing-kinesis").await?;
+    assert!(
+        !sa.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("eks.amazonaws.com/role-arn"),
+        "the ServiceAccount got no role"
+    );
+    assert!(
+        deployments.get_opt("billing").await?.is_none(),
+        "no Deployment for an application whose ServiceAccount is taken"
+    );
+    delete_all(&apps).await?;
+    assert!(
+        deployments.get_opt("counter").await?.is_some(),
+        "the user's Deployment survives the application"
+    );
+    drop(op);
+    delete_namespace(&client, &ns).await?;
+    env.remove(Some(&stream), &[]).await;
+    Ok(())
+}

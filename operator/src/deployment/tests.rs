@@ -307,3 +307,40 @@ fn the_default_memory_limit_follows_shards_per_worker() {
     let d9 = deployment(&app(json!({})), 9, &settings(), None);
     assert_eq!(d1.spec.template, d9.spec.template);
 }
+
+#[test]
+fn an_object_of_the_same_name_is_taken_over_only_if_it_is_this_applications() {
+    let a = app(json!({}));
+    let meta = |owner: Option<(&str, bool)>| -> ObjectMeta {
+        serde_json::from_value(json!({
+            "name": "counter",
+            "ownerReferences": owner.map(|(uid, controller)| vec![json!({
+                "apiVersion": "kinesis-operator.io/v1alpha1", "kind": "KinesisApplication",
+                "name": "counter", "uid": uid, "controller": controller,
+            })]),
+        }))
+        .unwrap_or_else(|e| panic!("meta: {e}"))
+    };
+    // None there yet: nothing in the way.
+    assert_eq!(name_conflict(&a, "Deployment", "counter", None), None);
+    // Ours (controller reference with this uid): applied as usual.
+    let ours = meta(Some(("0000-1111", true)));
+    assert_eq!(
+        name_conflict(&a, "Deployment", "counter", Some(&ours)),
+        None
+    );
+    // A user's, another object's (same name, other uid: deleted and recreated), or ours
+    // only as a non-controller reference: refused, naming the object.
+    for other in [
+        meta(None),
+        meta(Some(("9999", true))),
+        meta(Some(("0000-1111", false))),
+    ] {
+        let msg = name_conflict(&a, "Deployment", "counter", Some(&other))
+            .unwrap_or_else(|| panic!("{other:?} taken over"));
+        assert!(
+            msg.starts_with("Deployment `counter` already exists"),
+            "{msg}"
+        );
+    }
+}
