@@ -77,6 +77,11 @@ pub struct ChaosConfig {
     pub peer: bool,
     /// Time between two faults (each fault's effects should be over by the next).
     pub spacing: Duration,
+    /// Told (stream, application) once every lease is owned (the soak starts an operator
+    /// on them).
+    pub started: Option<tokio::sync::mpsc::UnboundedSender<(String, String)>>,
+    /// More worker arguments (a timing given here overrides the test timing's).
+    pub worker_args: Vec<String>,
 }
 
 impl Default for ChaosConfig {
@@ -93,6 +98,8 @@ impl Default for ChaosConfig {
             lanes: 1,
             peer: false,
             spacing: Duration::from_secs(5),
+            started: None,
+            worker_args: Vec::new(),
         }
     }
 }
@@ -616,6 +623,9 @@ pub async fn run(config: &ChaosConfig) -> Result<Report> {
     )
     .await?;
 
+    if let Some(tx) = &config.started {
+        let _ = tx.send((p.stream.clone(), p.app.clone()));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let producer = tokio::spawn(produce(
         p.env.kinesis().await,
@@ -697,6 +707,7 @@ fn worker_args(config: &ChaosConfig, kinesis: &str, dynamodb: &str) -> Vec<Strin
     if config.peer {
         extra.extend(["--coordination".into(), "peer".into()]);
     }
+    extra.extend(config.worker_args.iter().cloned());
     if config.lanes > 1 {
         // Small calls, so a page is spread over every lane.
         extra.extend([

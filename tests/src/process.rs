@@ -27,6 +27,9 @@ fn release() -> bool {
 /// # Errors
 /// The build failed.
 pub fn binary(bin: &str) -> Result<PathBuf, String> {
+    if let Some(dir) = PRIVATE.get() {
+        return Ok(dir.join(bin));
+    }
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let root = workspace_root();
     BUILT
@@ -60,6 +63,27 @@ pub fn binary(bin: &str) -> Result<PathBuf, String> {
         .unwrap_or_else(|| root.join("target"));
     let profile = if release() { "release" } else { "debug" };
     Ok(target.join(profile).join(bin))
+}
+
+/// Where [`binary`] finds the binaries once [`use_private_copies`] made them.
+static PRIVATE: OnceLock<PathBuf> = OnceLock::new();
+
+/// For a long run (the soak): builds the workspace's binaries as [`binary`] does, copies
+/// `bins` into `dir`, and makes [`binary`] return those copies from now on, so a build during
+/// the run never changes what it restarts. Returns `dir`.
+///
+/// # Errors
+/// The build or a copy failed, or copies were made already.
+pub fn use_private_copies(bins: &[&str], dir: &Path) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for bin in bins {
+        let from = binary(bin)?;
+        std::fs::copy(&from, dir.join(bin)).map_err(|e| format!("copying {bin}: {e}"))?;
+    }
+    PRIVATE
+        .set(dir.to_path_buf())
+        .map_err(|_| "private copies were made already".to_string())?;
+    Ok(dir.to_path_buf())
 }
 
 /// A running child process; killed (SIGKILL) when dropped, so no test leaves one behind.

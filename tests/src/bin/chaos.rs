@@ -47,6 +47,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         fan_out: args.iter().any(|a| a == "--fan-out"),
         lanes: arg(&args, "--lanes")?.unwrap_or(d.lanes),
         peer: args.iter().any(|a| a == "--peer"),
+        started: None,
+        worker_args: Vec::new(),
     };
     eprintln!("{config:?}");
     let report = run(&config).await?;
