@@ -341,23 +341,33 @@ pub async fn deregister_consumer(
     }
 }
 
-/// The ARN of stream `name`.
+/// The ARN of stream `name`; `None` if the stream does not exist (any more).
 ///
 /// # Errors
 /// Kinesis' error, as text.
-pub async fn stream_arn(kinesis: &aws_sdk_kinesis::Client, name: &str) -> Result<String, String> {
-    kinesis
+pub async fn stream_arn(
+    kinesis: &aws_sdk_kinesis::Client,
+    name: &str,
+) -> Result<Option<String>, String> {
+    match kinesis
         .describe_stream_summary()
         .stream_name(name)
         .send()
         .await
-        .map_err(|e| {
-            format!(
-                "DescribeStreamSummary `{name}`: {}",
-                aws_sdk_kinesis::error::DisplayErrorContext(e)
-            )
-        })?
-        .stream_description_summary
-        .map(|s| s.stream_arn)
-        .ok_or_else(|| format!("DescribeStreamSummary `{name}` gave no description"))
+    {
+        Ok(out) => out
+            .stream_description_summary
+            .map(|s| Some(s.stream_arn))
+            .ok_or_else(|| format!("DescribeStreamSummary `{name}` gave no description")),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(format!(
+            "DescribeStreamSummary `{name}`: {}",
+            aws_sdk_kinesis::error::DisplayErrorContext(e)
+        )),
+    }
 }

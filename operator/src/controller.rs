@@ -424,11 +424,13 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
     let mut invalid = validate(app);
     invalid.extend(crate::validate::endpoints(app, &ctx.allowed_endpoints));
     if !invalid.is_empty() {
-        let message = invalid
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
+        let message = crate::message::bounded(
+            &invalid
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
         let already = previous
             .conditions
             .iter()
@@ -566,7 +568,10 @@ async fn observe(
                 ),
                 DiscoveryError::Kinesis { detail, .. } => (
                     aws_problem(detail),
-                    format!("reading stream `{stream}` in {region} failed: {detail}"),
+                    format!(
+                        "reading stream `{stream}` in {region} failed: {}",
+                        crate::message::excerpt(detail)
+                    ),
                 ),
             };
             return Ok(Err(Problem::new("StreamReady", reason, message)));
@@ -592,7 +597,10 @@ async fn observe(
                 LeaseError::WrongKeySchema { .. } => "WrongKeySchema",
                 _ => aws_problem(&e.to_string()),
             };
-            let message = format!("lease table `{app_name}` in {region}: {e}");
+            let message = format!(
+                "lease table `{app_name}` in {region}: {}",
+                crate::message::excerpt(&e.to_string())
+            );
             return Ok(Err(Problem::new("LeaseTableReady", reason, message)));
         }
     };
@@ -616,7 +624,10 @@ async fn observe(
         Err(detail) => {
             // Perhaps the table is gone: the next reconcile describes it again.
             ctx.forget_table(app, &app_name);
-            let message = format!("claiming lease table `{app_name}` in {region}: {detail}");
+            let message = format!(
+                "claiming lease table `{app_name}` in {region}: {}",
+                crate::message::excerpt(&detail)
+            );
             return Ok(Err(Problem::new(
                 "LeaseTableReady",
                 aws_problem(&detail),
@@ -636,7 +647,11 @@ async fn observe(
     // The fan-out consumer: registered once, here, not by every pod.
     let consumer_arn = if app.spec.consumer.mode == ConsumerMode::EnhancedFanOut {
         let consumer = match stream_arn_of(app, &aws.kinesis).await {
-            Ok(arn) => {
+            Ok(None) => Err(format!(
+                "stream `{}` not found: create it, or fix spec.stream",
+                stream_ref(app)
+            )),
+            Ok(Some(arn)) => {
                 claims::ensure_consumer(
                     &aws.kinesis,
                     &aws.dynamodb,
@@ -659,8 +674,10 @@ async fn observe(
                 Some(c.arn)
             }
             Err(detail) => {
-                let message =
-                    format!("fan-out consumer `{app_name}` of stream `{stream}`: {detail}");
+                let message = format!(
+                    "fan-out consumer `{app_name}` of stream `{stream}`: {}",
+                    crate::message::excerpt(&detail)
+                );
                 return Ok(Err(Problem::new(
                     "StreamReady",
                     aws_problem(&detail),
@@ -688,8 +705,6 @@ async fn observe(
     }))
 }
 
-/// Applies the worker Deployment with `desired` replicas (and the ServiceAccount, when the
-/// spec names an IAM role), server-side; returns what the Deployment reports.
 /// Reads the Deployment (and, with `aws.roleArn`, the ServiceAccount) `app` would apply and
 /// says if one is somebody else's ([`crate::deployment::name_conflict`]). One GET per
 /// reconcile (two with a role).
@@ -731,6 +746,8 @@ async fn name_conflict_of(
     Ok(None)
 }
 
+/// Applies the worker Deployment with `desired` replicas (and the ServiceAccount, when the
+/// spec names an IAM role), server-side; returns what the Deployment reports.
 async fn apply_workers(
     app: &KinesisApplication,
     ctx: &Context,
@@ -839,6 +856,7 @@ async fn degrade(
     reason: &str,
     message: String,
 ) -> Result<Action, Error> {
+    let message = crate::message::bounded(&message);
     let generation = app.metadata.generation;
     let already = status
         .conditions
@@ -881,12 +899,13 @@ async fn degrade(
     )))
 }
 
+/// The ARN of `app`'s stream; `None` if the stream (named) does not exist any more.
 async fn stream_arn_of(
     app: &KinesisApplication,
     kinesis: &aws_sdk_kinesis::Client,
-) -> Result<String, String> {
+) -> Result<Option<String>, String> {
     match (&app.spec.stream.arn, &app.spec.stream.name) {
-        (Some(arn), _) => Ok(arn.clone()),
+        (Some(arn), _) => Ok(Some(arn.clone())),
         (None, Some(name)) => claims::stream_arn(kinesis, name).await,
         (None, None) => Err("no stream".into()),
     }
@@ -944,18 +963,34 @@ async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Erro
     if let Some(c) = claim.as_ref().filter(|_| holds_claim)
         && let Some(consumer) = &c.consumer
     {
-        let arn = stream_arn_of(app, &aws.kinesis).await.map_err(retry)?;
-        claims::deregister_consumer(&aws.kinesis, &arn, consumer)
-            .await
-            .map_err(retry)?;
-        event(
-            ctx,
-            app,
-            EventType::Normal,
-            "ConsumerDeregistered",
-            format!("fan-out consumer `{consumer}` deregistered (the operator registered it for this application)"),
-        )
-        .await;
+        match stream_arn_of(app, &aws.kinesis).await.map_err(retry)? {
+            Some(arn) => {
+                claims::deregister_consumer(&aws.kinesis, &arn, consumer)
+                    .await
+                    .map_err(retry)?;
+                event(
+                    ctx,
+                    app,
+                    EventType::Normal,
+                    "ConsumerDeregistered",
+                    format!("fan-out consumer `{consumer}` deregistered (the operator registered it for this application)"),
+                )
+                .await;
+            }
+            // A consumer is deleted with its stream: nothing left to deregister.
+            None => {
+                event(
+                    ctx,
+                    app,
+                    EventType::Normal,
+                    "ConsumerGone",
+                    format!(
+                        "fan-out consumer `{consumer}` went with its stream, which no longer exists"
+                    ),
+                )
+                .await;
+            }
+        }
     } else if app.spec.consumer.mode == ConsumerMode::EnhancedFanOut {
         event(
             ctx,
@@ -1011,7 +1046,10 @@ async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Erro
                     app,
                     EventType::Warning,
                     "LeaseTableNotDeleted",
-                    format!("deleting lease table `{app_name}` failed: {detail}"),
+                    format!(
+                        "deleting lease table `{app_name}` failed: {}",
+                        crate::message::excerpt(&detail)
+                    ),
                 )
                 .await;
                 return Err(retry(detail));

@@ -12,6 +12,7 @@ pub mod controller;
 pub mod crd;
 pub mod deployment;
 pub mod leader;
+pub mod message;
 pub mod metrics;
 pub mod ownership;
 pub mod plan;

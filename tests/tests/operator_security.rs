@@ -688,6 +688,11 @@ struct TenantServer {
 
 impl TenantServer {
     async fn start() -> Result<Self> {
+        Self::answering(String::new()).await
+    }
+
+    /// A server that answers every request with HTTP 400 and `body`.
+    async fn answering(body: String) -> Result<Self> {
         use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
@@ -696,9 +701,16 @@ impl TenantServer {
         let task = tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
                 counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let _ = socket
-                    .write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    .await;
+                let status = if body.is_empty() {
+                    "500 Internal Server Error"
+                } else {
+                    "400 Bad Request"
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
             }
         });
         Ok(Self {
@@ -736,7 +748,24 @@ async fn an_endpoint_the_administrator_did_not_allow_gets_none_of_the_operators_
     let stream = unique_name("endpoints");
     env.create_stream(&stream, 1).await?;
     let tenant = TenantServer::start().await?;
-    let op = operator_with(&env, &ns, 3, "operator", &["--shard-poll-seconds", "1"])?;
+    // An endpoint the administrator did allow that answers kilobytes of its own text.
+    let junk = TenantServer::answering(format!(
+        "<html><body><h1>Oops</h1>{}</body></html>",
+        "team-b secret ".repeat(400)
+    ))
+    .await?;
+    let op = operator_with(
+        &env,
+        &ns,
+        3,
+        "operator",
+        &[
+            "--shard-poll-seconds",
+            "1",
+            "--allowed-endpoints",
+            &junk.endpoint,
+        ],
+    )?;
     let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
 
     let spec = json!({"stream": {"dynamoDbEndpoint": tenant.endpoint}});
@@ -807,6 +836,39 @@ async fn an_endpoint_the_administrator_did_not_allow_gets_none_of_the_operators_
         0,
         "the tenant's server got the operator's requests\n{}",
         op.log_tail()
+    );
+
+    // Item 10: what the status repeats of a failed call is one bounded line, not the SDK's
+    // Debug dump nor the endpoint's answer.
+    let spec = json!({"stream": {"endpoint": junk.endpoint}});
+    apps.create(
+        &PostParams::default(),
+        &app("junk", &env, &stream, "unused", spec)?,
+    )
+    .await?;
+    let c = wait_for(
+        "junk: Ready=False",
+        Duration::from_secs(120),
+        POLL,
+        || async {
+            let s = apps.get("junk").await.ok()?.status?;
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready" && c.status == "False")
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    eprintln!("junk endpoint: Ready=False {}: {}", c.reason, c.message);
+    assert!(junk.hits() > 0, "the allowed endpoint was called");
+    assert!(
+        c.message.chars().count() <= 512
+            && !c.message.contains('\n')
+            && !c.message.contains(" { ")
+            && c.message.matches("team-b secret").count() <= 20,
+        "a bounded line: {} chars: {}",
+        c.message.chars().count(),
+        c.message
     );
     delete_all(&apps).await?;
     assert_eq!(tenant.hits(), 0, "nor while deleting");
@@ -918,5 +980,69 @@ async fn an_object_of_the_same_name_that_is_not_the_applications_is_never_taken_
     drop(op);
     delete_namespace(&client, &ns).await?;
     env.remove(Some(&stream), &[]).await;
+    Ok(())
+}
+
+/// Issue 27, attack 5: a finalizer that never finishes. A fan-out application whose stream
+/// was deleted: the consumer went with the stream, so deleting the application must not wait
+/// on DescribeStreamSummary for ever — it is gone within a minute, with a `ConsumerGone`
+/// Event. On the code before, the cleanup retried DescribeStreamSummary (ResourceNotFound)
+/// for ever and the object stayed (seen: not deleted within 60 s).
+#[tokio::test]
+async fn a_fan_out_application_whose_stream_is_gone_can_still_be_deleted() -> Result<()> {
+    let env = TestEnv::require();
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "gone").await?;
+    let stream = unique_name("gone");
+    env.create_stream(&stream, 1).await?;
+    let op = operator_with(&env, &ns, 3, "operator", &[])?;
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+    let efo = json!({"replicas": 0, "consumer": {"mode": "EnhancedFanOut"}});
+    apps.create(
+        &PostParams::default(),
+        &app("efo", &env, &stream, "unused", efo)?,
+    )
+    .await?;
+    wait_for(
+        "the consumer registered",
+        Duration::from_secs(90),
+        POLL,
+        || async { apps.get("efo").await.ok()?.status?.consumer.map(|_| ()) },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    env.remove(Some(&stream), &[]).await;
+    wait_for(
+        "the stream deleted",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            env.kinesis()
+                .await
+                .describe_stream_summary()
+                .stream_name(&stream)
+                .send()
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await?;
+    apps.delete("efo", &DeleteParams::default()).await?;
+    wait_for("efo deleted", Duration::from_secs(60), POLL, || async {
+        apps.get_opt("efo").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    assert!(
+        events(&client, &ns)
+            .await?
+            .iter()
+            .any(|(_, r, _)| r == "ConsumerGone"),
+        "an Event says the consumer went with the stream"
+    );
+    drop(op);
+    delete_namespace(&client, &ns).await?;
     Ok(())
 }
