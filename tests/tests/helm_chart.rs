@@ -163,6 +163,8 @@ async fn the_rendered_chart_is_least_privilege_and_restricted() -> Result<()> {
             "create deployments",
             "create events",
             "create serviceaccounts",
+            "get deployments",
+            "get serviceaccounts",
             "list deployments",
             "list kinesisapplications",
             "patch deployments",
