@@ -11,7 +11,9 @@ pub fn desired_workers(spec: &KinesisApplicationSpec, open_shards: i32) -> i32 {
     }
     let s = &spec.scaling;
     let per = s.shards_per_worker.max(1);
-    let wanted = (open_shards.max(0) + per - 1) / per;
+    // Rounded up without `open + per - 1`, which overflows for a huge shardsPerWorker.
+    let open = open_shards.max(0);
+    let wanted = open / per + i32::from(open % per != 0);
     let clamped = wanted.max(s.min_workers.max(0));
     let clamped = s.max_workers.map_or(clamped, |m| clamped.min(m.max(1)));
     clamped.min(open_shards.max(1))
@@ -63,6 +65,23 @@ pub fn replicas(spec_replicas: Option<i32>, sized: Option<i32>, for_shards: i32)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_shards_per_worker_sizes_without_overflow() {
+        let spec = |per: i32| -> KinesisApplicationSpec {
+            serde_json::from_value(serde_json::json!({
+                "stream": {"name": "s"},
+                "scaling": {"shardsPerWorker": per},
+                "template": {"spec": {"containers": [{"name": "app"}]}}
+            }))
+            .unwrap_or_else(|e| panic!("spec: {e}"))
+        };
+        assert_eq!(desired_workers(&spec(i32::MAX), i32::MAX), 1);
+        assert_eq!(desired_workers(&spec(i32::MAX), 10_000), 1);
+        assert_eq!(desired_workers(&spec(3), 10), 4);
+        assert_eq!(desired_workers(&spec(1), i32::MAX), i32::MAX);
+        assert_eq!(desired_workers(&spec(2), 0), 1);
+    }
 
     #[test]
     fn the_operator_sizes_until_someone_else_sets_the_replicas() {
