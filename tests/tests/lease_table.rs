@@ -249,13 +249,14 @@ async fn a_handoff_request_is_answered_by_the_owner_or_taken_after_its_grant_tim
     assert!(matches!(err, LeaseError::LeaseLost { .. }), "{err}");
     let owner_held = held.get("shardId-000000000012").ok_or("held")?;
     let err = t
-        .grant_handoff(owner_held, "owner", "other")
+        .grant_handoff(&owner_held.shard_id, owner_held.counter, "owner", "other")
         .await
         .err()
         .ok_or("granted to a worker that did not ask")?;
     assert!(matches!(err, LeaseError::LeaseLost { .. }), "{err}");
     // Granted and not handed over: taken after the timeout, and the silent owner is fenced.
-    t.grant_handoff(owner_held, "owner", "joiner").await?;
+    t.grant_handoff(&owner_held.shard_id, owner_held.counter, "owner", "joiner")
+        .await?;
     let granted = lease_of(&t, "shardId-000000000012").await?;
     assert!(granted.handoff_granted);
     assert_eq!(
@@ -571,5 +572,56 @@ async fn a_late_checkpoint_of_the_old_owner_and_a_lower_one_of_the_new_owner_nev
     );
     t.checkpoint(&mut new, "new-owner", seq("130", 0)?).await?;
     assert_eq!(lease_of(&t, shard).await?.checkpoint, seq("130", 0)?);
+    Ok(())
+}
+
+/// A grant left behind by a write that does not clear it (a worker from before the grant,
+/// during a rollout: it takes after its timeout and removes only `koHandoffTo`) never counts
+/// for a later request: a grant names the counter it was given at.
+#[tokio::test]
+async fn a_stale_grant_never_counts_for_a_later_request() -> Result<()> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let (t, client) = table().await?;
+    let shard = "shardId-000000000020";
+    t.create_lease(&Lease::new(shard, Checkpoint::TrimHorizon, Vec::new()))
+        .await?;
+    let held = t.take(&lease_of(&t, shard).await?, "owner").await?;
+    assert!(
+        t.request_handoff(&lease_of(&t, shard).await?, "joiner")
+            .await?
+    );
+    t.grant_handoff(shard, held.counter, "owner", "joiner")
+        .await?;
+    assert!(lease_of(&t, shard).await?.handoff_granted);
+    // An old worker's take and a later old-style request by the same worker: the grant
+    // attribute is still there, with the earlier counter.
+    let key = |u: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder| {
+        u.table_name(t.name())
+            .key("leaseKey", AttributeValue::S(shard.into()))
+    };
+    key(client.update_item())
+        .update_expression("SET leaseOwner = :o, leaseCounter = :c REMOVE koHandoffTo")
+        .expression_attribute_values(":o", AttributeValue::S("old".into()))
+        .expression_attribute_values(":c", AttributeValue::N((held.counter + 1).to_string()))
+        .send()
+        .await?;
+    key(client.update_item())
+        .update_expression("SET koHandoffTo = :j")
+        .expression_attribute_values(":j", AttributeValue::S("joiner".into()))
+        .send()
+        .await?;
+    let l = lease_of(&t, shard).await?;
+    assert_eq!(l.handoff_to.as_deref(), Some("joiner"));
+    assert!(
+        !l.handoff_granted,
+        "a grant of counter {} is not one of {}",
+        held.counter, l.counter
+    );
+    let err = t
+        .take_after_handoff_timeout(&l, "joiner")
+        .await
+        .err()
+        .ok_or("taken on a stale grant")?;
+    assert!(matches!(err, LeaseError::LeaseLost { .. }), "{err}");
     Ok(())
 }

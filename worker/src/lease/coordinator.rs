@@ -428,6 +428,9 @@ impl CoordinatorHandle {
 
 struct Held {
     handle: Arc<LeaseHandle>,
+    /// The counter it was taken at (fixed for the tenure; the handle's lock need not be
+    /// awaited in the round to know it).
+    counter: u64,
     handing_over: bool,
     /// The record processor's token (see [`ShardLease`]).
     task: Weak<()>,
@@ -861,24 +864,33 @@ impl Coordinator {
     /// does not land (the request is gone, the lease moved, DynamoDB failed) starts nothing;
     /// a request still there is answered next round.
     async fn start_handover(&mut self, shard: &str, to: &str) {
-        let Some(handle) = self
+        let Some((handle, counter)) = self
             .held
             .get(shard)
             .filter(|h| !h.handing_over)
-            .map(|h| h.handle.clone())
+            .map(|h| (h.handle.clone(), h.counter))
         else {
             return;
         };
         let deadline = tokio::time::Instant::now()
             + owner_wait(self.config.handoff_timeout, self.config.scan_interval);
-        let held = handle.held.lock().await.clone();
-        if let Err(e) = self
+        match self
             .table
-            .grant_handoff(&held, &self.config.worker_id, to)
+            .grant_handoff(shard, counter, &self.config.worker_id, to)
             .await
         {
-            tracing::debug!(shard = %shard, to = %to, error = %e, "granting a hand-over failed");
-            return;
+            Ok(()) => {}
+            // The request is gone or the lease moved: nothing to hand over.
+            Err(LeaseError::LeaseLost { .. }) => {
+                tracing::debug!(shard = %shard, to = %to, "hand-over request gone before the grant");
+                return;
+            }
+            // The grant may have landed all the same (a retry whose answer was lost): go on
+            // as granted, so the requester's timeout never runs while this processor
+            // delivers. The hand-over itself does not need the grant.
+            Err(e) => {
+                tracing::info!(shard = %shard, to = %to, error = %e, "the grant's write failed; handing over all the same");
+            }
         }
         if let Some(h) = self.held.get_mut(shard) {
             h.handing_over = true;
@@ -1207,6 +1219,7 @@ impl Coordinator {
             lease.shard_id.clone(),
             Held {
                 handle: handle.clone(),
+                counter: held.counter,
                 handing_over: false,
                 task: Arc::downgrade(&task),
             },
@@ -1253,17 +1266,35 @@ impl Coordinator {
             if let Some(h) = self.held.remove(&shard) {
                 h.handle.revoked.store(true, Ordering::SeqCst);
                 let held = h.handle.held.lock().await.clone();
-                self.left_at(&shard, held.counter);
                 let (table, me) = (self.table.clone(), me.clone());
                 releases.spawn(async move {
-                    match table.release(&held, &me).await {
-                        Ok(()) => tracing::info!(shard = %shard, checkpoint = %held.checkpoint, "record processor stopped: lease released"),
-                        Err(e) => tracing::info!(shard = %shard, error = %e, "record processor stopped; releasing its lease failed (the lease moved, or others take it after failover)"),
-                    }
+                    // Left: released, or moved on already. A release that failed otherwise
+                    // (throttling) is not left: the lease is still ours in the table, and the
+                    // next member round takes it back rather than strand it (assigner mode:
+                    // a lease left is never accepted again at that counter).
+                    let left = match table.release(&held, &me).await {
+                        Ok(()) => {
+                            tracing::info!(shard = %shard, checkpoint = %held.checkpoint, "record processor stopped: lease released");
+                            true
+                        }
+                        Err(LeaseError::LeaseLost { .. }) => {
+                            tracing::info!(shard = %shard, "record processor stopped; its lease had moved already");
+                            true
+                        }
+                        Err(e) => {
+                            tracing::info!(shard = %shard, error = %e, "record processor stopped; releasing its lease failed (taken back next round)");
+                            false
+                        }
+                    };
+                    (shard, held.counter, left)
                 });
             }
         }
-        while releases.join_next().await.is_some() {}
+        while let Some(done) = releases.join_next().await {
+            if let Ok((shard, counter, true)) = done {
+                self.left_at(&shard, counter);
+            }
+        }
     }
 
     async fn shutdown(&mut self) {

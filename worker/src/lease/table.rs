@@ -665,13 +665,17 @@ impl LeaseTable {
             parent_shard_ids: strings(attr::PARENT_SHARD_IDS),
             child_shard_ids: strings(attr::CHILD_SHARD_IDS),
             hash_range,
+            // A grant names the requester and the counter it was given at: one left behind
+            // by a write that does not clear it (an older worker's) never matches a later
+            // request.
             handoff_granted: item
                 .get(attr::HANDOFF_GRANTED)
                 .and_then(|v| v.as_s().ok())
                 .is_some_and(|g| {
+                    let counter = num(item, attr::LEASE_COUNTER).ok().flatten().unwrap_or(0);
                     item.get(attr::HANDOFF_TO)
                         .and_then(|v| v.as_s().ok())
-                        .is_some_and(|to| to == g)
+                        .is_some_and(|to| *g == grant_value(to, counter))
                 }),
             handoff_to: item
                 .get(attr::HANDOFF_TO)
@@ -768,7 +772,12 @@ impl LeaseTable {
         to: &str,
     ) -> Result<HeldLease, LeaseError> {
         Ok(self
-            .take_if(lease, to, "#c = :expected AND #h = :me AND #g = :me", true)
+            .take_if(
+                lease,
+                to,
+                "#c = :expected AND #h = :me AND #g = :grant",
+                true,
+            )
             .await?
             .0)
     }
@@ -825,6 +834,12 @@ impl LeaseTable {
             req.update_expression(
                 "SET #o = :me, #c = :next, #sw = if_not_exists(#sw, :zero) + :one REMOVE #h, #g, #as",
             )
+        };
+        // A take after a granted hand-over names the grant it depends on.
+        let req = if condition.contains(":grant") {
+            req.expression_attribute_values(":grant", s(&grant_value(worker, lease.counter)))
+        } else {
+            req
         };
         let res = req
             .expression_attribute_names("#as", attr::ASSIGNED)
@@ -1132,16 +1147,23 @@ impl LeaseTable {
     /// [`LeaseError::Dynamo`].
     pub async fn grant_handoff(
         &self,
-        held: &HeldLease,
+        shard_id: &str,
+        counter: u64,
         worker: &str,
         to: &str,
     ) -> Result<(), LeaseError> {
+        let held = HeldLease {
+            shard_id: shard_id.to_string(),
+            counter,
+            checkpoint: Checkpoint::TrimHorizon,
+            start_timestamp_ms: None,
+        };
         self.fenced_if(
-            held,
+            &held,
             worker,
             Some("#h = :to"),
-            "SET #g = :to",
-            vec![(":to", s(to))],
+            "SET #g = :grant",
+            vec![(":to", s(to)), (":grant", s(&grant_value(to, counter)))],
             vec![("#h", attr::HANDOFF_TO), ("#g", attr::HANDOFF_GRANTED)],
             0,
         )
@@ -1193,7 +1215,7 @@ impl LeaseTable {
             .take_if(
                 lease,
                 worker,
-                "#c = :expected AND #h = :me AND #g = :me",
+                "#c = :expected AND #h = :me AND #g = :grant",
                 false,
             )
             .await?
@@ -1696,6 +1718,11 @@ fn owner_index(
         )
         .set_provisioned_throughput(throughput)
         .build()
+}
+
+/// The value of `koHandoffGranted`: the requester and the lease counter it was granted at.
+fn grant_value(to: &str, counter: u64) -> String {
+    format!("{to}@{counter}")
 }
 
 fn num(item: &HashMap<String, AttributeValue>, a: &str) -> Result<Option<u64>, String> {
