@@ -220,7 +220,10 @@ pub async fn table_info(
 pub struct Consumer {
     /// Its ARN (passed to the workers).
     pub arn: String,
-    /// The operator registered it for this object (and deregisters it on deletion).
+    /// This call registered it (the operator records that in the status, which tenants
+    /// cannot write, and deregisters only what the status records). An existing consumer is
+    /// not proven the operator's, whatever the claim item says: the tenant's worker role can
+    /// write the claim item.
     pub registered_by_operator: bool,
 }
 
@@ -242,7 +245,7 @@ pub async fn ensure_consumer(
         Some(arn) => {
             return Ok(Consumer {
                 arn,
-                registered_by_operator: ours,
+                registered_by_operator: false,
             });
         }
         None if !ours => record_consumer(dynamodb, table, &claim.owner, name).await?,
@@ -275,7 +278,7 @@ pub async fn ensure_consumer(
                 .ok_or_else(|| format!("consumer `{name}` is in use but cannot be described"))?;
             Ok(Consumer {
                 arn,
-                registered_by_operator: true,
+                registered_by_operator: false,
             })
         }
         Err(e) => Err(format!(
@@ -311,31 +314,30 @@ async fn describe_consumer(
     }
 }
 
-/// Deregisters fan-out consumer `name` of `stream_arn` (gone already is fine).
+/// Deregisters the fan-out consumer `arn` (one registration: a consumer made again under
+/// the same name has another ARN). Returns whether it still existed.
 ///
 /// # Errors
 /// Kinesis' error, as text.
-pub async fn deregister_consumer(
+pub async fn deregister_consumer_arn(
     kinesis: &aws_sdk_kinesis::Client,
-    stream_arn: &str,
-    name: &str,
-) -> Result<(), String> {
+    arn: &str,
+) -> Result<bool, String> {
     match kinesis
         .deregister_stream_consumer()
-        .stream_arn(stream_arn)
-        .consumer_name(name)
+        .consumer_arn(arn)
         .send()
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(true),
         Err(e)
             if e.as_service_error()
                 .is_some_and(|s| s.is_resource_not_found_exception()) =>
         {
-            Ok(())
+            Ok(false)
         }
         Err(e) => Err(format!(
-            "DeregisterStreamConsumer `{name}`: {}",
+            "DeregisterStreamConsumer `{arn}`: {}",
             aws_sdk_kinesis::error::DisplayErrorContext(e)
         )),
     }

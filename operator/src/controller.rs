@@ -666,10 +666,16 @@ async fn observe(
         };
         match consumer {
             Ok(c) => {
+                // Registered by this reconcile, or recorded as the operator's (same ARN)
+                // by an earlier one: the status is the only record tenants cannot write.
+                let recorded = status
+                    .consumer
+                    .as_ref()
+                    .is_some_and(|p| p.arn == c.arn && p.registered_by_operator);
                 status.consumer = Some(FanOutConsumer {
                     name: app_name.clone(),
                     arn: c.arn.clone(),
-                    registered_by_operator: c.registered_by_operator,
+                    registered_by_operator: c.registered_by_operator || recorded,
                 });
                 Some(c.arn)
             }
@@ -941,6 +947,47 @@ async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Erro
             return Ok(Action::await_change());
         }
     };
+    // The fan-out consumer (it costs money while registered): only the one the operator
+    // registered for this very object, by the ARN it recorded in the status — which tenants
+    // cannot write, unlike the claim item — and an ARN names one registration, so a consumer
+    // made again under the same name, or another team's, is never it.
+    let recorded = app
+        .status
+        .as_ref()
+        .and_then(|s| s.consumer.as_ref())
+        .filter(|c| c.registered_by_operator);
+    if let Some(c) = recorded {
+        let found = claims::deregister_consumer_arn(&aws.kinesis, &c.arn)
+            .await
+            .map_err(retry)?;
+        let (reason, note) = if found {
+            (
+                "ConsumerDeregistered",
+                format!(
+                    "fan-out consumer `{}` deregistered (the operator registered it for this application)",
+                    c.name
+                ),
+            )
+        } else {
+            (
+                "ConsumerGone",
+                format!(
+                    "fan-out consumer `{}` no longer exists (a consumer goes with its stream)",
+                    c.name
+                ),
+            )
+        };
+        event(ctx, app, EventType::Normal, reason, note).await;
+    } else if app.spec.consumer.mode == ConsumerMode::EnhancedFanOut {
+        event(
+            ctx,
+            app,
+            EventType::Warning,
+            "ConsumerKept",
+            format!("fan-out consumer `{app_name}` is kept: the operator did not register it for this application"),
+        )
+        .await;
+    }
     let owner = ctx.owner(app);
     let info = claims::table_info(&aws.dynamodb, &app_name)
         .await
@@ -957,51 +1004,6 @@ async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Erro
     } else {
         None
     };
-    let holds_claim = claim.as_ref().is_some_and(|c| c.owner.uid == owner.uid);
-
-    // The fan-out consumer (it costs money while registered).
-    if let Some(c) = claim.as_ref().filter(|_| holds_claim)
-        && let Some(consumer) = &c.consumer
-    {
-        match stream_arn_of(app, &aws.kinesis).await.map_err(retry)? {
-            Some(arn) => {
-                claims::deregister_consumer(&aws.kinesis, &arn, consumer)
-                    .await
-                    .map_err(retry)?;
-                event(
-                    ctx,
-                    app,
-                    EventType::Normal,
-                    "ConsumerDeregistered",
-                    format!("fan-out consumer `{consumer}` deregistered (the operator registered it for this application)"),
-                )
-                .await;
-            }
-            // A consumer is deleted with its stream: nothing left to deregister.
-            None => {
-                event(
-                    ctx,
-                    app,
-                    EventType::Normal,
-                    "ConsumerGone",
-                    format!(
-                        "fan-out consumer `{consumer}` went with its stream, which no longer exists"
-                    ),
-                )
-                .await;
-            }
-        }
-    } else if app.spec.consumer.mode == ConsumerMode::EnhancedFanOut {
-        event(
-            ctx,
-            app,
-            EventType::Warning,
-            "ConsumerKept",
-            format!("fan-out consumer `{app_name}` is kept: the operator did not register it for this application"),
-        )
-        .await;
-    }
-
     match table_cleanup(
         app.spec.lease_table.deletion_policy,
         &app_name,

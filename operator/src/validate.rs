@@ -252,6 +252,25 @@ pub fn validate(app: &KinesisApplication) -> Vec<Invalid> {
             format!("a volume is named `{SOCKET_VOLUME}`, the operator's socket volume: rename it"),
         ));
     }
+    // A registered fan-out consumer belongs to the stream it was registered on: moving the
+    // object to another stream would orphan it (and the cleanup would look on the new one).
+    if let Some(status) = app.status.as_ref()
+        && let (Some(consumer), Some(previous)) = (status.consumer.as_ref(), status.stream.as_ref())
+    {
+        let now = spec.stream.name.clone().or_else(|| {
+            spec.stream
+                .arn
+                .as_deref()
+                .and_then(arn_stream_name)
+                .map(String::from)
+        });
+        if now.as_deref().is_some_and(|n| n != previous) {
+            out.push(invalid(
+                "spec.stream",
+                format!("changed from `{previous}` while fan-out consumer `{}` is registered on it: set it back (another stream needs a new KinesisApplication)", consumer.name),
+            ));
+        }
+    }
     let current = application_name(app);
     if let Some(previous) = app
         .status

@@ -1046,3 +1046,143 @@ async fn a_fan_out_application_whose_stream_is_gone_can_still_be_deleted() -> Re
     delete_namespace(&client, &ns).await?;
     Ok(())
 }
+
+/// The consumers registered on `stream`: their names.
+async fn consumer_names(env: &TestEnv, stream: &str) -> Result<Vec<String>> {
+    let kinesis = env.kinesis().await;
+    let arn = kinesis
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
+        .await?
+        .stream_description_summary
+        .map(|s| s.stream_arn)
+        .ok_or("stream arn")?;
+    Ok(kinesis
+        .list_stream_consumers()
+        .stream_arn(arn)
+        .send()
+        .await?
+        .consumers()
+        .iter()
+        .map(|c| c.consumer_name().to_string())
+        .collect())
+}
+
+/// Issue 27, attack 1: deregistering another tenant's fan-out consumer. Team A's worker role
+/// may write its lease table, so it rewrites its claim item to name team B's consumer, points
+/// its spec at team B's stream and deletes its KinesisApplication. The stream change is
+/// refused (`InvalidSpec`), and the cleanup deregisters only the consumer the operator
+/// registered for team A — by the ARN recorded in the status, which tenants cannot write —
+/// so team B's consumer stays and team A's own is gone (nothing orphaned). On the code
+/// before, the cleanup deregistered the consumer the claim item named on the stream the spec
+/// named (seen: team B's consumer deregistered).
+#[tokio::test]
+async fn a_tenant_cannot_make_the_operator_deregister_another_teams_consumer() -> Result<()> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let env = TestEnv::require();
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "consumers").await?;
+    let (stream_a, stream_b) = (unique_name("team-a"), unique_name("team-b"));
+    env.create_stream(&stream_a, 1).await?;
+    env.create_stream(&stream_b, 1).await?;
+    let kinesis = env.kinesis().await;
+    let arn_b = kinesis
+        .describe_stream_summary()
+        .stream_name(&stream_b)
+        .send()
+        .await?
+        .stream_description_summary
+        .map(|s| s.stream_arn)
+        .ok_or("stream arn")?;
+    let theirs = unique_name("team-b-consumer");
+    kinesis
+        .register_stream_consumer()
+        .stream_arn(&arn_b)
+        .consumer_name(&theirs)
+        .send()
+        .await?;
+    let op = operator_with(&env, &ns, 3, "operator", &[])?;
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+    let efo = json!({"replicas": 0, "consumer": {"mode": "EnhancedFanOut"}});
+    apps.create(
+        &PostParams::default(),
+        &app("a", &env, &stream_a, "unused", efo)?,
+    )
+    .await?;
+    let status = wait_for(
+        "team A's consumer registered",
+        Duration::from_secs(90),
+        POLL,
+        || async {
+            let s = apps.get("a").await.ok()?.status?;
+            s.consumer.as_ref()?.registered_by_operator.then_some(s)
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    let table = status.application_name.clone().ok_or("applicationName")?;
+    let ours = status.consumer.map(|c| c.name).ok_or("consumer")?;
+
+    // The attack: the spec names team B's stream; once the operator has seen that, the
+    // claim item names team B's consumer, and the object is deleted.
+    let patch = json!({"spec": {"stream": {"name": stream_b}}});
+    apps.patch(
+        "a",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await?;
+    // The operator has seen the new spec (whatever it made of it), then the object goes.
+    let ready = wait_for(
+        "the new spec observed",
+        Duration::from_secs(90),
+        POLL,
+        || async {
+            let s = apps.get("a").await.ok()?.status?;
+            (s.observed_generation? >= 2).then(|| {
+                s.conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Ready")
+                    .map(|c| (c.reason, c.message))
+            })
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    env.dynamodb()
+        .await
+        .update_item()
+        .table_name(&table)
+        .key(
+            "leaseKey",
+            AttributeValue::S("kinesis-operator:claim".into()),
+        )
+        .update_expression("SET koClaimConsumer = :c")
+        .expression_attribute_values(":c", AttributeValue::S(theirs.clone()))
+        .send()
+        .await?;
+    delete_app(&apps, "a").await?;
+
+    assert!(
+        consumer_names(&env, &stream_b).await?.contains(&theirs),
+        "team B's consumer survives\n{}",
+        op.log_tail()
+    );
+    let (reason, message) = ready.ok_or("a Ready condition")?;
+    assert_eq!(
+        reason, "InvalidSpec",
+        "the stream change is refused: {message}"
+    );
+    assert!(message.contains("spec.stream"), "{message}");
+    assert!(
+        !consumer_names(&env, &stream_a).await?.contains(&ours),
+        "team A's own consumer is deregistered, not orphaned"
+    );
+    drop(op);
+    delete_namespace(&client, &ns).await?;
+    env.remove(Some(&stream_a), &[]).await;
+    env.remove(Some(&stream_b), &[]).await;
+    Ok(())
+}

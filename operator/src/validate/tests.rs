@@ -224,3 +224,33 @@ fn an_endpoint_the_administrator_did_not_allow_is_refused_naming_the_field() {
     let prefix = stream(json!({"endpoint": "http://10.250.0.1:45"}));
     assert_eq!(endpoints(&prefix, &allowed).len(), 1);
 }
+
+#[test]
+fn a_fan_out_application_cannot_move_to_another_stream() {
+    use crate::crd::FanOutConsumer;
+    let mut a = app(json!({"stream": {"name": "Other", "region": "us-east-1"}}));
+    a.status = Some(KinesisApplicationStatus {
+        stream: Some("Pageviews".into()),
+        consumer: Some(FanOutConsumer {
+            name: "default.counter".into(),
+            arn:
+                "arn:aws:kinesis:us-east-1:000000000000:stream/Pageviews/consumer/default.counter:1"
+                    .into(),
+            registered_by_operator: true,
+        }),
+        ..Default::default()
+    });
+    let msg = one(&a);
+    assert!(
+        msg.starts_with("spec.stream:") && msg.contains("from `Pageviews`"),
+        "{msg}"
+    );
+    // Same stream, or no consumer: fine.
+    a.spec.stream.name = Some("Pageviews".into());
+    assert_eq!(validate(&a), vec![]);
+    a.spec.stream.name = Some("Other".into());
+    if let Some(s) = a.status.as_mut() {
+        s.consumer = None;
+    }
+    assert_eq!(validate(&a), vec![]);
+}
