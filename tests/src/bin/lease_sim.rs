@@ -429,8 +429,10 @@ impl Sim {
         let states: Vec<LeaseState<'_>> = balance::classify(&leases, |_, o| alive(o));
         let by_shard: HashMap<&str, &Lease> =
             leases.iter().map(|l| (l.shard_id.as_str(), l)).collect();
-        // As the coordinator: a request times out only after its owner granted it.
+        // As the coordinator: requests found in the table (an earlier assigner's) are adopted,
+        // and a request times out only after its owner granted it.
         let t = self.t;
+        handoff::adopt(&mut self.pending, &leases, t);
         let timed_out: Vec<(String, String)> =
             handoff::follow_up(&mut self.pending, &by_shard, t, |seen| {
                 t - seen > HANDOFF_TIMEOUT
