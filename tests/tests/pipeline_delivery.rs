@@ -1734,3 +1734,71 @@ async fn a_shard_catching_up_is_read_no_faster_than_its_read_limit() -> Result<(
     w.stop(DEADLINE).await?;
     p.cleanup().await
 }
+
+/// Issue 27, attack 8: the admin port under a flood from another pod. 200 `/readyz` at once
+/// send the app at most a couple of gRPC health checks (one a second, shared), and of 100
+/// `/drained` long-polls at once all but a bounded few are refused at once (503) while
+/// `/healthz` keeps answering. On the code before, every `/readyz` was a health call of its
+/// own (seen: 200 more checks) and every `/drained` was held open.
+#[tokio::test]
+async fn the_admin_port_bounds_readiness_checks_and_drain_waiters() -> Result<()> {
+    use kinesis_operator_tests::pipeline::{http_get, metric, until_metric};
+    let p = Pipeline::new(1).await?;
+    let app = p.app("a", &[]).await?;
+    let w = p.worker("w", &app.address, &[])?;
+    until_metric(
+        &w.admin,
+        "the app checked once",
+        "kinesis_worker_app_health_checks_total",
+        1.0,
+    )
+    .await?;
+    let checks = |page: &str| metric(page, "kinesis_worker_app_health_checks_total");
+    let (_, before) = http_get(&w.admin, "/metrics").await?;
+    let floods: Vec<_> = (0..200)
+        .map(|_| {
+            let admin = w.admin.clone();
+            tokio::spawn(async move { http_get(&admin, "/readyz").await.map(|(s, _)| s).ok() })
+        })
+        .collect();
+    let mut ok = 0;
+    for f in floods {
+        if f.await.ok().flatten() == Some(200) {
+            ok += 1;
+        }
+    }
+    let (_, after) = http_get(&w.admin, "/metrics").await?;
+    let sent = checks(&after) - checks(&before);
+    eprintln!("200 /readyz: {ok} answered 200, {sent} health checks sent to the app");
+    assert_eq!(ok, 200, "every /readyz answered ready");
+    assert!(sent <= 3.0, "{sent} health checks for 200 /readyz");
+
+    let waiters: Vec<_> = (0..100)
+        .map(|_| {
+            let admin = w.admin.clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(5), http_get(&admin, "/drained"))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .map(|(s, _)| s)
+            })
+        })
+        .collect();
+    let (status, _) = http_get(&w.admin, "/healthz").await?;
+    assert_eq!(status, 200, "the admin port still answers");
+    let mut refused = 0;
+    let mut held = 0;
+    for wt in waiters {
+        match wt.await.ok().flatten() {
+            Some(503) => refused += 1,
+            None => held += 1,
+            Some(s) => return Err(format!("/drained answered {s} before any drain").into()),
+        }
+    }
+    eprintln!("100 /drained: {refused} refused at once, {held} held open");
+    assert!(held <= 16, "{held} /drained held open");
+    assert_eq!(refused + held, 100);
+    w.stop(DEADLINE).await?;
+    p.cleanup().await
+}

@@ -3,7 +3,9 @@
 //! - The **admin port** (`--admin-address`, `0.0.0.0:8080` by default): `/metrics`, `/healthz`,
 //!   `/readyz` and `/drained`. Nothing on it changes what the worker does: `/drained` only
 //!   *waits* for a drain that something else started, so a request from another pod cannot
-//!   stop consumption.
+//!   stop consumption. A flood from another pod stays cheap: `/readyz` answers from one
+//!   health check of the app a second at most, and at most [`DRAINED_WAITERS`] `/drained`
+//!   requests wait at once (more get 503 at once).
 //! - The **local port** (`--local-admin-address`, `127.0.0.1:8081`; loopback only, the pod's
 //!   own network namespace): `POST /drain` starts a drain and answers when it is done. Used by
 //!   `kinesis-worker drain` (an exec preStop hook, or by hand) from inside the pod.
@@ -69,6 +71,32 @@ struct AdminState {
     table: Option<LeaseTable>,
     app: Option<App>,
     drain: Drain,
+    /// The app's last health answer and when it came: `/readyz` asks the app at most once
+    /// per [`READY_FOR`], however many ask it (a flood from another pod costs the app
+    /// nothing).
+    ready: Arc<tokio::sync::Mutex<Option<(std::time::Instant, bool)>>>,
+    /// `/drained` long-polls at most [`DRAINED_WAITERS`] at once (the kubelet's preStop hook
+    /// needs one); more are refused at once.
+    waiters: Arc<tokio::sync::Semaphore>,
+}
+
+/// How long one health answer of the app serves `/readyz`.
+const READY_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+/// `/drained` requests held open at once, at most.
+pub const DRAINED_WAITERS: usize = 16;
+
+/// The app's readiness, from a health answer at most [`READY_FOR`] old (one check at a
+/// time: concurrent callers wait for it and share it).
+async fn app_ready(s: &AdminState, app: &App) -> bool {
+    let mut last = s.ready.lock().await;
+    if let Some((at, ready)) = *last
+        && at.elapsed() < READY_FOR
+    {
+        return ready;
+    }
+    let ready = app.is_ready().await;
+    *last = Some((std::time::Instant::now(), ready));
+    ready
 }
 
 async fn metrics_page(State(s): State<AdminState>) -> impl IntoResponse {
@@ -92,7 +120,7 @@ async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
     }
     match &s.app {
         None => (StatusCode::OK, "ok\n".into()),
-        Some(app) if app.is_ready().await => (StatusCode::OK, "ok: the app answers\n".into()),
+        Some(app) if app_ready(&s, app).await => (StatusCode::OK, "ok: the app answers\n".into()),
         Some(app) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -104,9 +132,18 @@ async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
 }
 
 /// Waits for a drain started elsewhere (SIGTERM, the local `/drain`); starts nothing.
-async fn drained(State(s): State<AdminState>) -> &'static str {
+async fn drained(State(s): State<AdminState>) -> (StatusCode, &'static str) {
+    let Ok(_permit) = s.waiters.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many /drained requests waiting already\n",
+        );
+    };
     s.drain.finished().await;
-    "drained: every lease handed over or released\n"
+    (
+        StatusCode::OK,
+        "drained: every lease handed over or released\n",
+    )
 }
 
 async fn drain(State(s): State<AdminState>) -> &'static str {
@@ -197,6 +234,8 @@ pub async fn serve(
         table,
         app,
         drain: drain_switch,
+        ready: Arc::default(),
+        waiters: Arc::new(tokio::sync::Semaphore::new(DRAINED_WAITERS)),
     };
     let public = Router::new()
         .route("/metrics", get(metrics_page))

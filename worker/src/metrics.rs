@@ -95,6 +95,8 @@ pub struct Metrics {
     pub destination_errors: Counter,
     /// App calls cancelled at their deadline (`--app-call-timeout-ms`).
     pub app_call_timeouts: Counter,
+    /// gRPC health checks sent to the app (`/readyz` and the start-up wait).
+    pub app_health_checks: Counter,
     /// Failing batches split in halves (bisect on error).
     pub bisections: Counter,
     /// Records that matched no filter: not sent to the app, counted as processed.
@@ -166,6 +168,7 @@ impl Metrics {
             records_to_destination: Family::default(),
             destination_errors: Counter::default(),
             app_call_timeouts: Counter::default(),
+            app_health_checks: Counter::default(),
             bisections: Counter::default(),
             records_filtered: Counter::default(),
             partial_batch_failures: Counter::default(),
@@ -230,6 +233,11 @@ impl Metrics {
             "app_call_timeouts",
             "App calls cancelled at their deadline (--app-call-timeout-ms); each counts as failed",
             m.app_call_timeouts.clone(),
+        );
+        r.register(
+            "app_health_checks",
+            "gRPC health checks sent to the app (/readyz answers from one check a second at most)",
+            m.app_health_checks.clone(),
         );
         r.register(
             "bisections",

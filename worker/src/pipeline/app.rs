@@ -299,6 +299,7 @@ impl App {
 
     /// Does the app answer its health check with SERVING? Updates `app_ready`.
     pub async fn is_ready(&self) -> bool {
+        self.metrics.app_health_checks.inc();
         let mut health = self.health.clone();
         let ready = matches!(
             tokio::time::timeout(
