@@ -273,12 +273,15 @@ pub async fn ensure_consumer(
             if e.as_service_error()
                 .is_some_and(|s| s.is_resource_in_use_exception()) =>
         {
+            // Our own registration, retried by the SDK after its answer was lost (it was
+            // not there when described just before, under a name only this object's claim
+            // uses).
             let arn = describe_consumer(kinesis, stream_arn, name)
                 .await?
                 .ok_or_else(|| format!("consumer `{name}` is in use but cannot be described"))?;
             Ok(Consumer {
                 arn,
-                registered_by_operator: false,
+                registered_by_operator: true,
             })
         }
         Err(e) => Err(format!(

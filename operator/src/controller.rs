@@ -677,6 +677,11 @@ async fn observe(
                     arn: c.arn.clone(),
                     registered_by_operator: c.registered_by_operator || recorded,
                 });
+                // Registered just now: record it at once, so a failure later in this
+                // reconcile cannot leave a consumer the status does not know as ours.
+                if c.registered_by_operator && !recorded {
+                    patch_status(ctx, app, status).await?;
+                }
                 Some(c.arn)
             }
             Err(detail) => {
