@@ -52,6 +52,22 @@ use crate::wait_for;
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
+/// The value after `name` in a command line (`--seed 7`), parsed; `None` when absent.
+///
+/// # Errors
+/// `name` without a value, or a value that does not parse.
+pub fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>, String> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(None),
+        Some(i) => args
+            .get(i + 1)
+            .ok_or(format!("{name} needs a value"))?
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{name}: not a number")),
+    }
+}
+
 /// How a run is set up.
 #[derive(Debug, Clone)]
 pub struct ChaosConfig {

@@ -11,19 +11,7 @@
 
 use std::time::Duration;
 
-use kinesis_operator_tests::chaos::{ChaosConfig, run};
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>, String> {
-    match args.iter().position(|a| a == name) {
-        None => Ok(None),
-        Some(i) => args
-            .get(i + 1)
-            .ok_or(format!("{name} needs a value"))?
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("{name}: not a number")),
-    }
-}
+use kinesis_operator_tests::chaos::{ChaosConfig, arg, run};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

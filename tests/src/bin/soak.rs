@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use kinesis_operator::crd::KinesisApplication;
 use kinesis_operator_tests::TestEnv;
-use kinesis_operator_tests::chaos::{ChaosConfig, run};
+use kinesis_operator_tests::chaos::{ChaosConfig, arg, run};
 use kinesis_operator_tests::cluster::{
     application, delete_all, delete_namespace, install_crd, namespace, operator,
 };
@@ -28,18 +28,6 @@ use kube::Api;
 use kube::api::PostParams;
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>, String> {
-    match args.iter().position(|a| a == name) {
-        None => Ok(None),
-        Some(i) => args
-            .get(i + 1)
-            .ok_or(format!("{name} needs a value"))?
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("{name}: not a number")),
-    }
-}
 
 const BINS: [&str; 3] = ["kinesis-worker", "record-app", "kinesis-operator"];
 
