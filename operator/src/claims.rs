@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 
 use crate::ownership::{CLAIM_KEY, Claim, Owner, attr as claim_attr, claim_item, parse_claim};
@@ -42,7 +41,7 @@ pub async fn read_claim(
         .consistent_read(consistent)
         .send()
         .await
-        .map_err(|e| format!("GetItem {CLAIM_KEY}: {}", DisplayErrorContext(e)))?;
+        .map_err(|e| crate::message::aws_error(&format!("GetItem {CLAIM_KEY}"), &e))?;
     Ok(out.item.as_ref().and_then(parse_claim))
 }
 
@@ -93,7 +92,10 @@ pub async fn claim(
                 )),
             }
         }
-        Err(e) => Err(format!("PutItem {CLAIM_KEY}: {}", DisplayErrorContext(e))),
+        Err(e) => Err(crate::message::aws_error(
+            &format!("PutItem {CLAIM_KEY}"),
+            &e,
+        )),
     }
 }
 
@@ -120,7 +122,7 @@ pub async fn record_consumer(
         .return_values(ReturnValue::None)
         .send()
         .await
-        .map_err(|e| format!("UpdateItem {CLAIM_KEY}: {}", DisplayErrorContext(e)))?;
+        .map_err(|e| crate::message::aws_error(&format!("UpdateItem {CLAIM_KEY}"), &e))?;
     Ok(())
 }
 
@@ -152,9 +154,9 @@ pub async fn release(
         {
             Ok(())
         }
-        Err(e) => Err(format!(
-            "DeleteItem {CLAIM_KEY}: {}",
-            DisplayErrorContext(e)
+        Err(e) => Err(crate::message::aws_error(
+            &format!("DeleteItem {CLAIM_KEY}"),
+            &e,
         )),
     }
 }
@@ -184,7 +186,7 @@ pub async fn table_info(
         {
             return Ok(None);
         }
-        Err(e) => return Err(format!("DescribeTable: {}", DisplayErrorContext(e))),
+        Err(e) => return Err(crate::message::aws_error("DescribeTable", &e)),
     };
     let Some(description) = described.table() else {
         return Err(format!("DescribeTable `{table}` gave no table"));
@@ -203,7 +205,7 @@ pub async fn table_info(
             .set_next_token(next.take())
             .send()
             .await
-            .map_err(|e| format!("ListTagsOfResource: {}", DisplayErrorContext(e)))?;
+            .map_err(|e| crate::message::aws_error("ListTagsOfResource", &e))?;
         for t in out.tags() {
             tags.insert(t.key().to_string(), t.value().to_string());
         }
@@ -284,9 +286,9 @@ pub async fn ensure_consumer(
                 registered_by_operator: true,
             })
         }
-        Err(e) => Err(format!(
-            "RegisterStreamConsumer `{name}`: {}",
-            aws_sdk_kinesis::error::DisplayErrorContext(e)
+        Err(e) => Err(crate::message::aws_error(
+            &format!("RegisterStreamConsumer `{name}`"),
+            &e,
         )),
     }
 }
@@ -310,9 +312,9 @@ async fn describe_consumer(
         {
             Ok(None)
         }
-        Err(e) => Err(format!(
-            "DescribeStreamConsumer `{name}`: {}",
-            aws_sdk_kinesis::error::DisplayErrorContext(e)
+        Err(e) => Err(crate::message::aws_error(
+            &format!("DescribeStreamConsumer `{name}`"),
+            &e,
         )),
     }
 }
@@ -339,9 +341,9 @@ pub async fn deregister_consumer_arn(
         {
             Ok(false)
         }
-        Err(e) => Err(format!(
-            "DeregisterStreamConsumer `{arn}`: {}",
-            aws_sdk_kinesis::error::DisplayErrorContext(e)
+        Err(e) => Err(crate::message::aws_error(
+            &format!("DeregisterStreamConsumer `{arn}`"),
+            &e,
         )),
     }
 }
@@ -370,9 +372,9 @@ pub async fn stream_arn(
         {
             Ok(None)
         }
-        Err(e) => Err(format!(
-            "DescribeStreamSummary `{name}`: {}",
-            aws_sdk_kinesis::error::DisplayErrorContext(e)
+        Err(e) => Err(crate::message::aws_error(
+            &format!("DescribeStreamSummary `{name}`"),
+            &e,
         )),
     }
 }

@@ -24,6 +24,7 @@ use crate::crd::{
     ConsumerMode, FanOutConsumer, KinesisApplication, KinesisApplicationStatus, labels,
 };
 use crate::deployment::{WorkerSettings, deployment, region, service_account_name};
+use crate::identity::{Bounded, Identity, Mode, RoleMap};
 use crate::metrics::Metrics;
 use crate::ownership::{Owner, TableCleanup, table_cleanup};
 use crate::plan;
@@ -83,9 +84,11 @@ pub struct Context {
     /// This cluster's name, recorded as the owner of what the operator creates (unique per
     /// cluster that shares an AWS account).
     pub cluster: String,
-    /// The endpoint overrides a spec may name (see [`AllowedEndpoints`]).
-    pub allowed_endpoints: AllowedEndpoints,
-    aws: Mutex<HashMap<AwsKey, AwsClients>>,
+    /// Where and as whom each application's AWS calls go.
+    pub identity: IdentitySettings,
+    /// The administrator's namespace-to-role mapping as last read (`None`: no ConfigMap).
+    roles: Mutex<Option<RoleMap>>,
+    aws: Mutex<Bounded<ClientKey, AwsClients>>,
     failures: Mutex<HashMap<(String, String), Backoff>>,
     /// Lease tables described once (key schema checked, ACTIVE): not described again.
     tables: Mutex<HashSet<(AwsKey, String)>>,
@@ -96,6 +99,45 @@ pub struct Context {
 /// (region, Kinesis endpoint, DynamoDB endpoint).
 type AwsKey = (Option<String>, Option<String>, Option<String>);
 
+/// One set of clients: where they go and as whom.
+type ClientKey = (AwsKey, Identity);
+
+/// Where and as whom the operator makes applications' AWS calls (see [`crate::identity`]).
+#[derive(Clone, Debug)]
+pub struct IdentitySettings {
+    /// The endpoint overrides a spec may name (see [`AllowedEndpoints`]).
+    pub allowed_endpoints: AllowedEndpoints,
+    /// The operator's own, or the role mapped to each namespace.
+    pub mode: Mode,
+    /// The mapping's ConfigMap as `NAMESPACE/NAME` (named in conditions).
+    pub roles_source: String,
+    /// Where AssumeRole goes (`None`: the SDK's default, e.g. `AWS_ENDPOINT_URL_STS`).
+    pub sts_endpoint: Option<String>,
+    /// At most this many sets of AWS clients (each with its own credentials) are kept.
+    pub max_clients: usize,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        Self {
+            allowed_endpoints: AllowedEndpoints::default(),
+            mode: Mode::Operator,
+            roles_source: String::new(),
+            sts_endpoint: None,
+            max_clients: 512,
+        }
+    }
+}
+
+/// Why the operator makes no AWS call for an application: a condition reason and message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// `InvalidSpec` (an endpoint not allowed) or `NoAwsIdentity`.
+    pub reason: &'static str,
+    /// One sentence naming what is wrong and the fix.
+    pub message: String,
+}
+
 impl Context {
     /// A context with an empty AWS client cache.
     pub fn new(
@@ -105,8 +147,9 @@ impl Context {
         metrics: Arc<Metrics>,
         reporter: Reporter,
         cluster: String,
-        allowed_endpoints: AllowedEndpoints,
+        identity: IdentitySettings,
     ) -> Self {
+        let max_clients = identity.max_clients;
         Self {
             client,
             settings,
@@ -114,8 +157,9 @@ impl Context {
             metrics,
             reporter,
             cluster,
-            allowed_endpoints,
-            aws: Mutex::new(HashMap::new()),
+            identity,
+            roles: Mutex::new(None),
+            aws: Mutex::new(Bounded::new(max_clients)),
             failures: Mutex::new(HashMap::new()),
             tables: Mutex::new(HashSet::new()),
             open_shards: Mutex::new(HashMap::new()),
@@ -172,6 +216,39 @@ impl Context {
             m.remove(&Self::key(app));
         }
         self.forget_table(app, &application_name(app));
+        // Its assumed-role session (keyed by namespace and name) is of no further use.
+        let (ns, name) = Self::key(app);
+        let session = crate::identity::session_name(&ns, &name);
+        if let Ok(mut c) = self.aws.lock() {
+            c.retain(|(_, id)| !matches!(id, Identity::Role(s) if s.namespace == ns && s.session_name == session));
+        }
+    }
+
+    /// The administrator's namespace-to-role mapping changed (`None`: its ConfigMap is gone).
+    pub fn set_roles(&self, roles: Option<RoleMap>) {
+        if let Ok(mut r) = self.roles.lock() {
+            *r = roles;
+        }
+    }
+
+    /// The identity for `app`'s AWS calls.
+    ///
+    /// # Errors
+    /// [`NoIdentity`](crate::identity::NoIdentity) when its namespace has no role.
+    pub fn identity_of(
+        &self,
+        app: &KinesisApplication,
+    ) -> Result<Identity, crate::identity::NoIdentity> {
+        let (ns, name) = Self::key(app);
+        let roles = self.roles.lock().ok().and_then(|r| r.clone());
+        crate::identity::identity_for(
+            self.identity.mode,
+            roles.as_ref(),
+            &self.identity.roles_source,
+            &self.cluster,
+            &ns,
+            &name,
+        )
     }
 
     /// Lists the shards of `app`'s stream (the reshard watch).
@@ -187,7 +264,7 @@ impl Context {
             .await
             .map_err(|refused| DiscoveryError::Kinesis {
                 stream: stream_ref(app).to_string(),
-                detail: refused,
+                detail: refused.message,
             })?;
         list_shards(&aws.kinesis, &stream_ref(app)).await
     }
@@ -239,31 +316,64 @@ impl Context {
         }
     }
 
-    /// The AWS clients for `app`'s region and endpoints, made once per combination.
+    /// The AWS clients for `app`'s region, endpoints and identity, made once per combination
+    /// (at most [`IdentitySettings::max_clients`] kept; the least recently used goes first).
+    ///
+    /// # Guarantees
+    /// No client is made for an endpoint the administrator did not allow, nor, in
+    /// `namespace-role` mode, for a namespace without a role: no request of the operator's
+    /// goes anywhere for such an object. An assumed role's credentials are fetched on first
+    /// use and refreshed by the SDK's identity cache before they expire.
     ///
     /// # Errors
-    /// An endpoint of the spec is not on the administrator's list (what is wrong, as a
-    /// sentence): no client is made for it, so no request of the operator's goes there.
-    async fn aws(&self, app: &KinesisApplication) -> Result<AwsClients, String> {
-        let refused = crate::validate::endpoints(app, &self.allowed_endpoints);
+    /// A [`Refusal`]: an endpoint not on the list (`InvalidSpec`) or no role (`NoAwsIdentity`).
+    async fn aws(&self, app: &KinesisApplication) -> Result<AwsClients, Refusal> {
+        let refused = crate::validate::endpoints(app, &self.identity.allowed_endpoints);
         if !refused.is_empty() {
-            return Err(refused
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "));
+            return Err(Refusal {
+                reason: "InvalidSpec",
+                message: refused
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            });
         }
-        let key = self.aws_key(app);
-        if let Some(c) = self.aws.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        let identity = self.identity_of(app).map_err(|e| Refusal {
+            reason: "NoAwsIdentity",
+            message: e.0,
+        })?;
+        let key = (self.aws_key(app), identity);
+        if let Some(c) = self.aws.lock().ok().and_then(|mut m| m.get(&key)) {
             return Ok(c);
         }
         let settings = kinesis_worker::aws::AwsSettings {
-            region: key.0.clone(),
-            kinesis_endpoint: key.1.clone(),
-            dynamodb_endpoint: key.2.clone(),
+            region: key.0.0.clone(),
+            kinesis_endpoint: key.0.1.clone(),
+            dynamodb_endpoint: key.0.2.clone(),
             timeouts: kinesis_worker::aws::AwsTimeouts::default(),
         };
-        let sdk = settings.sdk_config().await;
+        let own = settings.sdk_config().await;
+        let sdk = match &key.1 {
+            Identity::Operator => own,
+            Identity::Role(session) => {
+                let mut base = own.clone().into_builder();
+                if let Some(sts) = &self.identity.sts_endpoint {
+                    base = base.endpoint_url(sts);
+                }
+                let provider = aws_config::sts::AssumeRoleProvider::builder(&session.role_arn)
+                    .session_name(&session.session_name)
+                    .tags(session.tags.clone())
+                    .configure(&base.build())
+                    .build()
+                    .await;
+                own.into_builder()
+                    .credentials_provider(
+                        aws_credential_types::provider::SharedCredentialsProvider::new(provider),
+                    )
+                    .build()
+            }
+        };
         let counter = self.metrics.aws_counter();
         let clients = AwsClients {
             kinesis: settings.kinesis_counted(&sdk, Some(&counter)),
@@ -395,7 +505,10 @@ fn stream_ref(app: &KinesisApplication) -> StreamRef {
 
 /// A problem reaching the stream or the table, as a condition reason and message.
 fn aws_problem(detail: &str) -> &'static str {
-    if detail.contains("AccessDenied") || detail.contains("not authorized") {
+    if detail.contains("AccessDenied")
+        || detail.contains("access denied")
+        || detail.contains("not authorized")
+    {
         "AccessDenied"
     } else if detail.contains("Throttl") || detail.contains("LimitExceeded") {
         "Throttled"
@@ -422,7 +535,7 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
 
     // 1. The spec, and the endpoints the operator would call with its own identity.
     let mut invalid = validate(app);
-    invalid.extend(crate::validate::endpoints(app, &ctx.allowed_endpoints));
+    invalid.extend(crate::validate::endpoints(app, &ctx.identity.allowed_endpoints));
     if !invalid.is_empty() {
         let message = crate::message::bounded(
             &invalid
@@ -547,9 +660,10 @@ async fn observe(
     status.application_name = Some(app_name.clone());
     let aws = match ctx.aws(app).await {
         Ok(aws) => aws,
-        // `apply` refused such a spec already; kept so no path calls a refused endpoint.
+        // No call at all: an endpoint not allowed (`apply` refused such a spec already), or
+        // no identity for this namespace.
         Err(refused) => {
-            return Ok(Err(Problem::new("Ready", "InvalidSpec", refused)));
+            return Ok(Err(Problem::new("Ready", refused.reason, refused.message)));
         }
     };
     let stream = stream_ref(app);
@@ -857,6 +971,17 @@ async fn write_replicas(
     Ok(())
 }
 
+/// Whose permissions an `AccessDenied` of `app` is about, and the fix (never an ARN).
+fn access_hint(ctx: &Context, app: &KinesisApplication) -> String {
+    match ctx.identity.mode {
+        Mode::Operator => "grant the action to the operator's own AWS identity (aws-identity: operator; docs/IAM.md)".into(),
+        Mode::NamespaceRole => format!(
+            "grant the action to the IAM role mapped to namespace `{}` (docs/IAM.md)",
+            app.namespace().unwrap_or_default()
+        ),
+    }
+}
+
 /// Reports a failure to reach the stream or the table: the condition, Ready=False,
 /// Degraded=True, a Warning Event when new; the Deployment stays as it is.
 async fn degrade(
@@ -867,7 +992,10 @@ async fn degrade(
     reason: &str,
     message: String,
 ) -> Result<Action, Error> {
-    let message = crate::message::bounded(&message);
+    let message = crate::message::bounded(&match reason {
+        "AccessDenied" => format!("{message}; {}", access_hint(ctx, app)),
+        _ => message,
+    });
     let generation = app.metadata.generation;
     let already = status
         .conditions
@@ -938,15 +1066,19 @@ async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Erro
     let app_name = application_name(app);
     let aws = match ctx.aws(app).await {
         Ok(aws) => aws,
-        // An endpoint the administrator does not allow (now): the operator calls nothing
-        // there, so it cannot clean up; the object may go.
+        // An endpoint the administrator does not allow (now), or no identity for this
+        // namespace (now): the operator calls nothing for it, so it cannot clean up; the
+        // object may go.
         Err(refused) => {
             event(
                 ctx,
                 app,
                 EventType::Warning,
                 "CleanupSkipped",
-                format!("no AWS cleanup (no lease table or consumer deleted): {refused}"),
+                format!(
+                    "no AWS cleanup (no lease table or consumer deleted): {}",
+                    refused.message
+                ),
             )
             .await;
             return Ok(Action::await_change());
@@ -1047,16 +1179,13 @@ async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Erro
                 if e.as_service_error()
                     .is_some_and(|s| s.is_resource_not_found_exception()) => {}
             Err(e) => {
-                let detail = aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string();
+                let detail = crate::message::aws_error("DeleteTable", &e);
                 event(
                     ctx,
                     app,
                     EventType::Warning,
                     "LeaseTableNotDeleted",
-                    format!(
-                        "deleting lease table `{app_name}` failed: {}",
-                        crate::message::excerpt(&detail)
-                    ),
+                    format!("deleting lease table `{app_name}`: {detail}"),
                 )
                 .await;
                 return Err(retry(detail));

@@ -11,6 +11,7 @@ pub mod claims;
 pub mod controller;
 pub mod crd;
 pub mod deployment;
+pub mod identity;
 pub mod leader;
 pub mod message;
 pub mod metrics;

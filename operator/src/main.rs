@@ -9,9 +9,13 @@ use axum::routing::get;
 use clap::{Parser, ValueEnum};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use kinesis_operator::controller::{Context, desired_state, error_policy, reconcile};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kinesis_operator::controller::{
+    Context, IdentitySettings, desired_state, error_policy, reconcile,
+};
 use kinesis_operator::crd::KinesisApplication;
 use kinesis_operator::deployment::WorkerSettings;
+use kinesis_operator::identity::{Mode, RoleMap};
 use kinesis_operator::leader::Election;
 use kinesis_operator::metrics::Metrics;
 use kube::Api;
@@ -91,6 +95,76 @@ struct Args {
     /// signed requests there, so by default none: a spec naming one is refused (InvalidSpec).
     #[arg(long, env = "ALLOWED_ENDPOINTS", value_delimiter = ',')]
     allowed_endpoints: Vec<String>,
+    /// Whose AWS identity applications' calls use: `operator` (its own; every namespace
+    /// that may create a KinesisApplication is trusted with it) or `namespace-role` (the role
+    /// the ConfigMap --namespace-roles maps to the object's namespace, assumed per object;
+    /// a namespace without one gets no AWS call).
+    #[arg(long, env = "AWS_IDENTITY", value_enum, default_value_t = IdentityMode::Operator)]
+    aws_identity: IdentityMode,
+    /// The ConfigMap (in the operator's namespace, --lease-namespace) mapping namespace →
+    /// IAM role ARN, read in `namespace-role` mode.
+    #[arg(
+        long,
+        env = "NAMESPACE_ROLES",
+        default_value = "kinesis-operator-namespace-roles"
+    )]
+    namespace_roles: String,
+    /// STS endpoint for AssumeRole (default: the SDK's, e.g. the regional one).
+    #[arg(long, env = "STS_ENDPOINT")]
+    sts_endpoint: Option<String>,
+    /// At most this many sets of AWS clients (one per region, endpoints and identity; in
+    /// `namespace-role` mode one per application) are kept; the least recently used goes.
+    #[arg(long, env = "MAX_AWS_CLIENTS", default_value_t = 512)]
+    max_aws_clients: usize,
+}
+
+/// `--aws-identity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "kebab-case")]
+enum IdentityMode {
+    Operator,
+    NamespaceRole,
+}
+
+/// Reads the namespace-to-role ConfigMap before the first reconcile, then follows its
+/// changes (a watch on that one object) into `ctx`.
+async fn follow_role_map(client: &kube::Client, ns: &str, name: &str, ctx: &Arc<Context>) {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let (store, writer) = reflector::store();
+    let stream = watcher(
+        api,
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .default_backoff()
+    .reflect(writer);
+    let (ready, store_ready) = (ctx.clone(), store.clone());
+    let name = name.to_string();
+    let ns = ns.to_string();
+    let apply = move || {
+        let key = reflector::ObjectRef::<ConfigMap>::new(&name).within(&ns);
+        let map = store_ready
+            .get(&key)
+            .map(|cm| RoleMap::parse(&cm.data.clone().unwrap_or_default()));
+        tracing::info!(
+            mapped = map.as_ref().map(RoleMap::len),
+            "namespace roles read"
+        );
+        ready.set_roles(map);
+    };
+    let follow = apply.clone();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        // Every event (applied, deleted, relisted) has reached the store when it comes out.
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => follow(),
+                Err(e) => tracing::warn!(error = %e, "watching the namespace roles failed"),
+            }
+        }
+    });
+    if store.wait_until_ready().await.is_ok() {
+        apply();
+    }
 }
 
 #[tokio::main]
@@ -195,8 +269,22 @@ async fn main() -> anyhow::Result<()> {
             instance: Some(identity),
         },
         args.cluster_name.clone(),
-        kinesis_operator::validate::AllowedEndpoints::new(&args.allowed_endpoints),
+        IdentitySettings {
+            allowed_endpoints: kinesis_operator::validate::AllowedEndpoints::new(
+                &args.allowed_endpoints,
+            ),
+            mode: match args.aws_identity {
+                IdentityMode::Operator => Mode::Operator,
+                IdentityMode::NamespaceRole => Mode::NamespaceRole,
+            },
+            roles_source: format!("{}/{}", args.lease_namespace, args.namespace_roles),
+            sts_endpoint: args.sts_endpoint.clone(),
+            max_clients: args.max_aws_clients,
+        },
     ));
+    if args.aws_identity == IdentityMode::NamespaceRole {
+        follow_role_map(&client, &args.lease_namespace, &args.namespace_roles, &ctx).await;
+    }
     let (apps, deployments): (Api<KinesisApplication>, Api<Deployment>) =
         match &args.watch_namespace {
             Some(ns) => (

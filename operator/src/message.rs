@@ -19,6 +19,58 @@ pub fn excerpt(detail: &str) -> String {
     cut(trimmed, DETAIL_LIMIT)
 }
 
+/// What failed of AWS call `op`, as a message may repeat it: the AWS error code and the HTTP
+/// status with a bounded excerpt of AWS's message; an answer without a readable error (an
+/// endpoint answering 403 in another format) by its status alone; a failure before any answer
+/// (timeout, connection) by the head of its text.
+pub fn aws_error<E>(
+    op: &str,
+    e: &aws_sdk_kinesis::error::SdkError<E, aws_sdk_kinesis::config::http::HttpResponse>,
+) -> String
+where
+    E: aws_sdk_kinesis::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let code = match e {
+        aws_sdk_kinesis::error::SdkError::ServiceError(s) => s.err().code(),
+        _ => None,
+    };
+    let message = match e {
+        aws_sdk_kinesis::error::SdkError::ServiceError(s) => s.err().message(),
+        _ => None,
+    };
+    described(
+        op,
+        code,
+        status,
+        message,
+        &aws_sdk_kinesis::error::DisplayErrorContext(e).to_string(),
+    )
+}
+
+/// [`aws_error`]'s sentence from the parts of an error (pure).
+pub fn described(
+    op: &str,
+    code: Option<&str>,
+    status: Option<u16>,
+    message: Option<&str>,
+    text: &str,
+) -> String {
+    let said = message.map(excerpt).filter(|m| !m.is_empty());
+    match (code, status) {
+        (Some(code), Some(status)) => match said {
+            Some(m) => format!("{op} failed: {code} (HTTP {status}): {m}"),
+            None => format!("{op} failed: {code} (HTTP {status})"),
+        },
+        (Some(code), None) => format!("{op} failed: {code}"),
+        (None, Some(403)) => format!("{op} failed: access denied (HTTP 403)"),
+        (None, Some(status)) if status >= 300 => {
+            format!("{op} failed: HTTP {status} with no readable error")
+        }
+        _ => format!("{op} failed: {}", excerpt(text)),
+    }
+}
+
 /// `message` bounded to [`MESSAGE_LIMIT`] characters, on one line.
 pub fn bounded(message: &str) -> String {
     cut(
@@ -97,6 +149,35 @@ mod tests {
         let m = bounded(&format!("lease table `t`: {}\n{}", "a".repeat(1_000), "b"));
         assert_eq!(m.chars().count(), MESSAGE_LIMIT);
         assert!(!m.contains('\n'));
+    }
+
+    #[test]
+    fn an_aws_error_reads_as_its_code_status_and_message_never_its_body() {
+        assert_eq!(
+            described(
+                "RegisterStreamConsumer",
+                Some("AccessDeniedException"),
+                Some(400),
+                Some("User x is not authorized"),
+                "ignored"
+            ),
+            "RegisterStreamConsumer failed: AccessDeniedException (HTTP 400): User x is not authorized"
+        );
+        // An answer in another format (moto's XML 403, a tenant's web page): its status only.
+        let body = "response error: invalid input: malformed JSON error body: <ErrorResponse><Message>secret</Message>";
+        let d = described("RegisterStreamConsumer", None, Some(403), None, body);
+        assert_eq!(d, "RegisterStreamConsumer failed: access denied (HTTP 403)");
+        let d = described("Scan", None, Some(502), None, body);
+        assert_eq!(d, "Scan failed: HTTP 502 with no readable error");
+        // No answer at all: the head of the text.
+        let d = described(
+            "Scan",
+            None,
+            None,
+            None,
+            "dispatch failure: io error (ConnectorError { x })",
+        );
+        assert_eq!(d, "Scan failed: dispatch failure: io error");
     }
 
     #[test]

@@ -130,6 +130,21 @@ pub fn operator_with(
     name: &str,
     extra: &[&str],
 ) -> Result<Operator> {
+    operator_as(env, ns, resync_seconds, name, extra, ("test", "test"))
+}
+
+/// As [`operator_with`], with the AWS access key `(id, secret)` as its own identity.
+///
+/// # Errors
+/// It could not be built or started.
+pub fn operator_as(
+    env: &TestEnv,
+    ns: &str,
+    resync_seconds: u64,
+    name: &str,
+    extra: &[&str],
+    key: (&str, &str),
+) -> Result<Operator> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -140,8 +155,8 @@ pub fn operator_with(
     };
     let mut cmd = Command::new(program);
     cmd.env("KUBECONFIG", &env.kubeconfig)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_ACCESS_KEY_ID", key.0)
+        .env("AWS_SECRET_ACCESS_KEY", key.1)
         .env("LOG_LEVEL", "info,kinesis_operator=debug")
         .args(["--worker-image", &crate::image("kinesis-worker")])
         .args(["--worker-image-pull-policy", "Never"])

@@ -12,6 +12,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod faults;
 pub mod fleet;
+pub mod iam;
 pub mod pipeline;
 pub mod process;
 pub mod reading;
@@ -81,6 +82,10 @@ pub struct TestEnv {
     pub region: String,
     /// Python with the Python example app's packages (grpcio, grpcio-tools, boto3).
     pub python: PathBuf,
+    /// moto's server program, for a test that runs a moto of its own (`None` in an
+    /// environment brought up by an older `env up`).
+    #[serde(default)]
+    pub moto_server: Option<PathBuf>,
 }
 
 /// The environment file: `$KINESIS_OPERATOR_ENV_FILE`, else `env.json` in the environment

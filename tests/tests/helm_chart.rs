@@ -74,6 +74,14 @@ async fn lint_is_clean_and_bad_values_are_rejected() -> Result<()> {
             "nosuchvalue=1",
             "Additional property nosuchvalue is not allowed",
         ),
+        (
+            "aws.identity=everyone",
+            "aws.identity: aws.identity must be one of the following",
+        ),
+        (
+            "aws.namespaceRoles.team-a=arn:aws:iam::123456789012:user/x",
+            "aws.namespaceRoles.team-a: Does not match pattern",
+        ),
     ] {
         let out = run(&env, &env.helm, &["template", "x", &chart, "--set", set])?;
         let err = String::from_utf8_lossy(&out.stderr);
@@ -116,6 +124,55 @@ fn kinds(docs: &[serde_json::Value]) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// `aws.identity=namespace-role`: the mapping is a ConfigMap in the release's namespace, the
+/// operator may only read ConfigMaps there (never write one), and it is told the mode.
+#[tokio::test]
+async fn namespace_role_mode_renders_the_mapping_and_only_read_access_to_it() -> Result<()> {
+    let env = TestEnv::require();
+    let role = "arn:aws:iam::123456789012:role/team-a";
+    let docs = render(
+        &env,
+        &[
+            "aws.identity=namespace-role",
+            &format!("aws.namespaceRoles.team-a={role}"),
+        ],
+    )?;
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .cloned()
+            .ok_or_else(|| format!("no {kind} {name}"))
+    };
+    let cm = find("ConfigMap", "ko-kinesis-operator-namespace-roles")?;
+    assert_eq!(cm["metadata"]["namespace"], "ops");
+    assert_eq!(cm["data"]["team-a"], role);
+    let rules = find("Role", "ko-kinesis-operator-namespace-roles")?["rules"].clone();
+    assert_eq!(
+        rules,
+        serde_json::json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}])
+    );
+    let deployment = find("Deployment", "ko-kinesis-operator")?;
+    let env_of = |name: &str| {
+        deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .and_then(|e| e.iter().find(|v| v["name"] == name))
+            .map(|v| v["value"].clone())
+    };
+    assert_eq!(env_of("AWS_IDENTITY"), Some("namespace-role".into()));
+    assert_eq!(
+        env_of("NAMESPACE_ROLES"),
+        Some("ko-kinesis-operator-namespace-roles".into())
+    );
+    // The default is the operator's own identity, and no mapping is rendered.
+    let default = render(&env, &[])?;
+    assert!(
+        !kinds(&default)
+            .iter()
+            .any(|(_, n)| n.ends_with("namespace-roles"))
+    );
+    Ok(())
 }
 
 /// The rendered chart: RBAC scoped by watchNamespace with only the verbs the operator uses,

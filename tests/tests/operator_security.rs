@@ -1186,3 +1186,157 @@ async fn a_tenant_cannot_make_the_operator_deregister_another_teams_consumer() -
     env.remove(Some(&stream_b), &[]).await;
     Ok(())
 }
+
+/// The sum of the operator's `kinesis_operator_aws_calls_total` samples.
+async fn operator_aws_calls(op: &Operator) -> Result<f64> {
+    let (_, page) = kinesis_operator_tests::pipeline::http_get(&op.admin, "/metrics").await?;
+    Ok(kinesis_operator_tests::pipeline::metric(
+        &page,
+        "kinesis_operator_aws_calls_total",
+    ))
+}
+
+/// `namespace-role` mode against a moto that enforces IAM: the operator's own user may only
+/// assume roles. Without a mapping the application gets `NoAwsIdentity` and no AWS call;
+/// with one, the operator creates the lease table as the namespace's role (it could not as
+/// itself), and the role's missing `kinesis:RegisterStreamConsumer` — which the operator's
+/// own user lacks too — leaves nothing registered and says so.
+#[tokio::test]
+async fn in_namespace_role_mode_the_namespaces_role_decides_and_an_unmapped_namespace_gets_no_call()
+-> Result<()> {
+    let env = TestEnv::require();
+    let stream = unique_name("tenant");
+    let moto = kinesis_operator_tests::iam::IamMoto::start(&env, &stream).await?;
+    let p = moto.principals.clone();
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "roles").await?;
+    let roles = "namespace-roles";
+    let op = kinesis_operator_tests::cluster::operator_as(
+        &env,
+        &ns,
+        3,
+        "operator",
+        &[
+            "--aws-identity",
+            "namespace-role",
+            "--namespace-roles",
+            roles,
+            "--sts-endpoint",
+            &moto.url,
+            "--allowed-endpoints",
+            &moto.url,
+        ],
+        (&p.operator.id, &p.operator.secret),
+    )?;
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+    let spec = json!({
+        "replicas": 0,
+        "consumer": {"mode": "EnhancedFanOut"},
+        "stream": {"endpoint": moto.url, "dynamoDbEndpoint": moto.url},
+    });
+    apps.create(
+        &PostParams::default(),
+        &app("a", &env, &stream, "unused", spec)?,
+    )
+    .await?;
+
+    // 1. No mapping: NoAwsIdentity, and not one AWS call.
+    let c = until_condition(&apps, "a", "Ready", "False", "NoAwsIdentity", &op).await?;
+    assert!(
+        c.message.contains(&ns) && c.message.contains(roles),
+        "{}",
+        c.message
+    );
+    assert_eq!(operator_aws_calls(&op).await?, 0.0, "{}", op.log_tail());
+
+    // 2. The administrator maps the namespace to the role.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": roles},
+            "data": {ns.clone(): p.role.clone()},
+        }))?,
+    )
+    .await?;
+    until_condition(&apps, "a", "LeaseTableReady", "True", "TableActive", &op).await?;
+    let denied = until_condition(&apps, "a", "StreamReady", "False", "AccessDenied", &op).await?;
+    assert!(
+        denied.message.contains("RegisterStreamConsumer"),
+        "the condition names the action: {}",
+        denied.message
+    );
+    eprintln!("denied: {}", denied.message);
+    assert!(
+        denied.message.contains("access denied")
+            && denied
+                .message
+                .contains(&format!("role mapped to namespace `{ns}`"))
+            && !denied.message.contains('<')
+            && !denied.message.contains(&p.role),
+        "one sentence, the fix, no body and no ARN: {}",
+        denied.message
+    );
+    let table = apps
+        .get("a")
+        .await?
+        .status
+        .and_then(|s| s.application_name)
+        .ok_or("applicationName")?;
+
+    // What the administrator sees: the table exists, no consumer was registered.
+    let admin_kinesis = moto.kinesis(&env, &p.admin).await;
+    let arn = admin_kinesis
+        .describe_stream_summary()
+        .stream_name(&stream)
+        .send()
+        .await?
+        .stream_description_summary
+        .map(|s| s.stream_arn)
+        .ok_or("stream arn")?;
+    let consumers = admin_kinesis
+        .list_stream_consumers()
+        .stream_arn(&arn)
+        .send()
+        .await?
+        .consumers
+        .unwrap_or_default();
+    assert!(consumers.is_empty(), "{consumers:?}");
+    let admin_dynamodb = moto.dynamodb(&env, &p.admin).await;
+    admin_dynamodb
+        .describe_table()
+        .table_name(&table)
+        .send()
+        .await?;
+
+    // The operator's own identity could have done neither.
+    let own = moto.kinesis(&env, &p.operator).await;
+    let register = own
+        .register_stream_consumer()
+        .stream_arn(&arn)
+        .consumer_name("own")
+        .send()
+        .await;
+    assert!(
+        register.is_err(),
+        "the operator's own user may not register"
+    );
+    let own_dynamodb = moto.dynamodb(&env, &p.operator).await;
+    assert!(
+        own_dynamodb.list_tables().send().await.is_err(),
+        "the operator's own user may not use DynamoDB"
+    );
+
+    // 3. Deleting the object cleans up as the role (deletionPolicy: Delete).
+    delete_app(&apps, "a").await?;
+    let gone = admin_dynamodb
+        .describe_table()
+        .table_name(&table)
+        .send()
+        .await;
+    assert!(gone.is_err(), "the table was deleted as the role");
+    drop(op);
+    delete_namespace(&client, &ns).await?;
+    Ok(())
+}

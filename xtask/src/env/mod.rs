@@ -360,6 +360,8 @@ pub fn up(paths: &Paths) -> Result<()> {
         "region": REGION,
         "kubernetes_version": versions::KUBERNETES,
         "python": paths.python_examples_venv().join("bin/python"),
+        // A test that needs its own moto (e.g. with IAM enforcement on) starts this one.
+        "moto_server": paths.moto_venv().join("bin/moto_server"),
     });
     write_atomic(&paths.env_file(), serde_json::to_vec_pretty(&env)?)?;
     step(format!(
