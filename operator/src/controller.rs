@@ -97,7 +97,10 @@ pub struct Context {
 }
 
 /// (region, Kinesis endpoint, DynamoDB endpoint).
-type AwsKey = (Option<String>, Option<String>, Option<String>);
+pub type AwsKey = (Option<String>, Option<String>, Option<String>);
+
+/// Endpoints, (role, namespace) and stream: see [`Context::listing_key`].
+pub type ListingKey = (AwsKey, Option<(String, String)>, String);
 
 /// One set of clients: where they go and as whom.
 type ClientKey = (AwsKey, Identity);
@@ -249,6 +252,20 @@ impl Context {
             &ns,
             &name,
         )
+    }
+
+    /// What applications sharing one reshard-watch listing have in common: endpoints,
+    /// identity (the role and namespace in `namespace-role` mode; everyone in `operator`
+    /// mode) and stream. `None` when no AWS call may be made for `app`.
+    pub fn listing_key(&self, app: &KinesisApplication) -> Option<ListingKey> {
+        if !crate::validate::endpoints(app, &self.identity.allowed_endpoints).is_empty() {
+            return None;
+        }
+        let who = match self.identity_of(app).ok()? {
+            Identity::Operator => None,
+            Identity::Role(s) => Some((s.role_arn, s.namespace)),
+        };
+        Some((self.aws_key(app), who, stream_ref(app).to_string()))
     }
 
     /// Lists the shards of `app`'s stream (the reshard watch).
@@ -535,7 +552,10 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
 
     // 1. The spec, and the endpoints the operator would call with its own identity.
     let mut invalid = validate(app);
-    invalid.extend(crate::validate::endpoints(app, &ctx.identity.allowed_endpoints));
+    invalid.extend(crate::validate::endpoints(
+        app,
+        &ctx.identity.allowed_endpoints,
+    ));
     if !invalid.is_empty() {
         let message = crate::message::bounded(
             &invalid

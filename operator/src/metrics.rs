@@ -51,6 +51,7 @@ pub struct Metrics {
     aws_errors: Family<AwsErrorLabels, Counter>,
     kube_requests: Family<KubeLabels, Counter>,
     reshard_polls: Counter,
+    reshard_rounds: Counter,
     reshards_noticed: Counter,
 }
 
@@ -72,6 +73,7 @@ impl Metrics {
             aws_errors: Family::default(),
             kube_requests: Family::default(),
             reshard_polls: Counter::default(),
+            reshard_rounds: Counter::default(),
             reshards_noticed: Counter::default(),
         };
         registry.register("reconciles", "Reconciles run", m.reconciles.clone());
@@ -127,8 +129,13 @@ impl Metrics {
         );
         registry.register(
             "reshard_polls",
-            "Shard listings of the reshard watch",
+            "Applications the reshard watch checked (one listing serves every application of a stream and identity)",
             m.reshard_polls.clone(),
+        );
+        registry.register(
+            "reshard_rounds",
+            "Rounds of the reshard watch (one every --shard-poll-seconds)",
+            m.reshard_rounds.clone(),
         );
         registry.register(
             "reshards_noticed",
@@ -214,6 +221,11 @@ impl Metrics {
         if noticed {
             self.reshards_noticed.inc();
         }
+    }
+
+    /// The reshard watch started a round.
+    pub fn reshard_round(&self) {
+        self.reshard_rounds.inc();
     }
 
     /// Whether this replica leads.

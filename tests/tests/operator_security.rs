@@ -1340,3 +1340,112 @@ async fn in_namespace_role_mode_the_namespaces_role_decides_and_an_unmapped_name
     delete_namespace(&client, &ns).await?;
     Ok(())
 }
+
+/// The sum of the operator's samples of `name` whose line contains `label` ("" for all).
+async fn operator_metric(op: &Operator, name: &str, label: &str) -> Result<f64> {
+    let (_, page) = kinesis_operator_tests::pipeline::http_get(&op.admin, "/metrics").await?;
+    Ok(page
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Attack 2: many objects naming one stream (another team's, say) must not multiply the
+/// operator's calls on it. In `operator` identity mode the reshard watch lists each stream
+/// once a round, however many applications read it.
+#[tokio::test]
+async fn many_applications_on_one_stream_cost_it_one_shard_listing_a_round() -> Result<()> {
+    const APPS: usize = 8;
+    let env = TestEnv::require();
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "watch").await?;
+    let stream = unique_name("shared");
+    env.create_stream(&stream, 2).await?;
+    // Reconciles far apart: the listings counted are the watch's.
+    let op = operator_with(&env, &ns, 600, "operator", &["--shard-poll-seconds", "1"])?;
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+    for i in 0..APPS {
+        apps.create(
+            &PostParams::default(),
+            &app(
+                &format!("a{i}"),
+                &env,
+                &stream,
+                "unused",
+                json!({"replicas": 0}),
+            )?,
+        )
+        .await?;
+    }
+    for i in 0..APPS {
+        until_condition(
+            &apps,
+            &format!("a{i}"),
+            "LeaseTableReady",
+            "True",
+            "TableActive",
+            &op,
+        )
+        .await?;
+    }
+    // Every application has been sized (the watch checks it from the next round on).
+    let r = operator_metric(&op, "kinesis_operator_reshard_rounds", "").await?;
+    wait_for("two more rounds", Duration::from_secs(60), POLL, || async {
+        let now = operator_metric(&op, "kinesis_operator_reshard_rounds", "")
+            .await
+            .ok()?;
+        (now >= r + 2.0).then_some(())
+    })
+    .await?;
+    let listed = |op: &Operator| {
+        let op_admin = op.admin.clone();
+        async move {
+            let page = kinesis_operator_tests::pipeline::http_get(&op_admin, "/metrics").await?;
+            let calls: f64 = page
+                .1
+                .lines()
+                .filter(|l| {
+                    l.starts_with("kinesis_operator_aws_calls_total") && l.contains("ListShards")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            Ok::<f64, Box<dyn std::error::Error>>(calls)
+        }
+    };
+    let (calls0, rounds0, checked0) = (
+        listed(&op).await?,
+        operator_metric(&op, "kinesis_operator_reshard_rounds", "").await?,
+        operator_metric(&op, "kinesis_operator_reshard_polls", "").await?,
+    );
+    wait_for("ten more rounds", Duration::from_secs(60), POLL, || async {
+        let r = operator_metric(&op, "kinesis_operator_reshard_rounds", "")
+            .await
+            .ok()?;
+        (r >= rounds0 + 10.0).then_some(())
+    })
+    .await?;
+    let (calls1, rounds1, checked1) = (
+        listed(&op).await?,
+        operator_metric(&op, "kinesis_operator_reshard_rounds", "").await?,
+        operator_metric(&op, "kinesis_operator_reshard_polls", "").await?,
+    );
+    let (calls, rounds, checked) = (calls1 - calls0, rounds1 - rounds0, checked1 - checked0);
+    eprintln!("{rounds} rounds: {checked} applications checked, {calls} ListShards calls");
+    assert!(
+        checked >= (rounds - 1.0) * APPS as f64,
+        "every application checked each round"
+    );
+    // One listing a round (one page: 2 shards), plus at most one in-flight round.
+    assert!(
+        calls <= rounds + 1.0,
+        "{calls} ListShards for {rounds} rounds of {APPS} applications on one stream\n{}",
+        op.log_tail()
+    );
+    delete_all(&apps).await?;
+    drop(op);
+    delete_namespace(&client, &ns).await?;
+    env.remove(Some(&stream), &[]).await;
+    Ok(())
+}
