@@ -149,6 +149,14 @@ pub fn identity_for(
     }
 }
 
+/// The default cluster name: `k8s-` and the uid of namespace `kube-system` (made when the
+/// cluster was, never the same on two clusters). `None` without a uid.
+pub fn cluster_name_from_uid(uid: Option<&str>) -> Option<String> {
+    uid.map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| format!("k8s-{u}"))
+}
+
 /// The characters STS allows in a session name, others replaced by `-`.
 fn session_char(c: char) -> char {
     if c.is_ascii_alphanumeric() || "+=,.@-_".contains(c) {
@@ -365,6 +373,16 @@ mod tests {
         );
         let tags = session_tags("my cluster/eu#1", "ns", "n");
         assert_eq!(tags[0].1, "my cluster/eu-1");
+    }
+
+    #[test]
+    fn the_default_cluster_name_is_the_clusters_own() {
+        assert_eq!(
+            cluster_name_from_uid(Some("0b6f3c1e-9a7d-4f0e-8c55-3d1b2a9e7f10")).as_deref(),
+            Some("k8s-0b6f3c1e-9a7d-4f0e-8c55-3d1b2a9e7f10")
+        );
+        assert_eq!(cluster_name_from_uid(Some(" ")), None);
+        assert_eq!(cluster_name_from_uid(None), None);
     }
 
     #[test]

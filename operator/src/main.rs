@@ -9,7 +9,7 @@ use axum::routing::get;
 use clap::{Parser, ValueEnum};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kinesis_operator::controller::{
     Context, IdentitySettings, desired_state, error_policy, reconcile,
 };
@@ -87,9 +87,11 @@ struct Args {
     #[arg(long, env = "WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
     /// This cluster's name, recorded (tags, claim items) as the owner of the lease tables and
-    /// consumers the operator creates: give every cluster that shares an AWS account its own.
-    #[arg(long, env = "CLUSTER_NAME", default_value = "kubernetes")]
-    cluster_name: String,
+    /// consumers the operator creates: every cluster that shares an AWS account needs its own.
+    /// Default (unset or empty): `k8s-` and the uid of namespace kube-system, which no other
+    /// cluster has.
+    #[arg(long, env = "CLUSTER_NAME")]
+    cluster_name: Option<String>,
     /// Endpoints a KinesisApplication may name in spec.stream.endpoint/dynamoDbEndpoint
     /// (comma-separated URLs, e.g. local servers or VPC endpoints). The operator sends its own
     /// signed requests there, so by default none: a spec naming one is refused (InvalidSpec).
@@ -192,7 +194,24 @@ async fn main() -> anyhow::Result<()> {
         ))
         .build();
     let version = client.apiserver_version().await?;
-    tracing::info!(server = %version.git_version, cluster = %args.cluster_name, "connected to the API server");
+    let cluster_name = match args.cluster_name.as_deref().map(str::trim) {
+        Some(name) if !name.is_empty() => name.to_string(),
+        _ => {
+            let ns = Api::<Namespace>::all(client.clone())
+                .get("kube-system")
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "naming this cluster after namespace kube-system's uid failed ({e}): set --cluster-name (the chart's clusterName), or let the operator get namespace kube-system"
+                    )
+                })?;
+            kinesis_operator::identity::cluster_name_from_uid(ns.metadata.uid.as_deref())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("namespace kube-system has no uid: set --cluster-name")
+                })?
+        }
+    };
+    tracing::info!(server = %version.git_version, cluster = %cluster_name, "connected to the API server");
 
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "operator".into());
@@ -268,7 +287,7 @@ async fn main() -> anyhow::Result<()> {
             controller: "kinesis-operator".into(),
             instance: Some(identity),
         },
-        args.cluster_name.clone(),
+        cluster_name,
         IdentitySettings {
             allowed_endpoints: kinesis_operator::validate::AllowedEndpoints::new(
                 &args.allowed_endpoints,

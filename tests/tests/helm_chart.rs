@@ -193,8 +193,10 @@ async fn the_rendered_chart_is_least_privilege_and_restricted() -> Result<()> {
     assert!(scoped.contains(&("RoleBinding".into(), "ko-kinesis-operator".into())));
     assert!(
         !scoped.contains(&("ClusterRole".into(), "ko-kinesis-operator".into()))
-            && !scoped.iter().any(|(k, _)| k == "ClusterRoleBinding"),
-        "no cluster-wide grant with watchNamespace: {scoped:?}"
+            && !scoped
+                .iter()
+                .any(|(k, n)| k == "ClusterRoleBinding" && n != "ko-kinesis-operator-cluster-name"),
+        "no cluster-wide grant with watchNamespace but `get` on namespace kube-system (checked below): {scoped:?}"
     );
     let role = docs
         .iter()
@@ -298,7 +300,35 @@ async fn the_rendered_chart_is_least_privilege_and_restricted() -> Result<()> {
         .flatten()
         .filter_map(|e| e["name"].as_str())
         .collect();
-    assert!(env_names.contains(&"CLUSTER_NAME"), "{env_names:?}");
+    // No cluster name set: the operator names the cluster after kube-system's uid, and may get
+    // that one namespace (and nothing else of namespaces).
+    assert!(!env_names.contains(&"CLUSTER_NAME"), "{env_names:?}");
+    let role = docs
+        .iter()
+        .chain(render(&env, &[])?.iter())
+        .find(|d| {
+            d["kind"] == "ClusterRole"
+                && d["metadata"]["name"] == "ko-kinesis-operator-cluster-name"
+        })
+        .cloned()
+        .ok_or("no ClusterRole ko-kinesis-operator-cluster-name")?;
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["namespaces"], "resourceNames": ["kube-system"], "verbs": ["get"]}])
+    );
+    let named = render(&env, &["clusterName=prod-eu-1"])?;
+    assert!(
+        !kinds(&named)
+            .iter()
+            .any(|(_, n)| n.ends_with("cluster-name")),
+        "a named cluster needs no access to kube-system"
+    );
+    let named_env = named
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .map(|d| d["spec"]["template"]["spec"]["containers"][0]["env"].to_string())
+        .unwrap_or_default();
+    assert!(named_env.contains("prod-eu-1"), "{named_env}");
     Ok(())
 }
 
