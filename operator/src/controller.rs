@@ -91,7 +91,7 @@ pub struct Context {
     aws: Mutex<Bounded<ClientKey, AwsClients>>,
     failures: Mutex<HashMap<(String, String), Backoff>>,
     /// Lease tables described once (key schema checked, ACTIVE): not described again.
-    tables: Mutex<HashSet<(AwsKey, String)>>,
+    tables: Mutex<HashSet<(AwsKey, Option<Identity>, String)>>,
     /// Open shards of each application as its last healthy reconcile saw them.
     open_shards: Mutex<HashMap<(String, String), i32>>,
 }
@@ -139,6 +139,9 @@ pub struct Refusal {
     pub reason: &'static str,
     /// One sentence naming what is wrong and the fix.
     pub message: String,
+    /// Likely to pass (the mapping's ConfigMap is missing, e.g. during an upgrade): a cleanup
+    /// waits for it rather than give up.
+    pub transient: bool,
 }
 
 impl Context {
@@ -178,7 +181,11 @@ impl Context {
         name: &str,
         owner: &Owner,
     ) -> Result<LeaseTable, LeaseError> {
-        let key = (self.aws_key(app), name.to_string());
+        let key = (
+            self.aws_key(app),
+            self.identity_of(app).ok(),
+            name.to_string(),
+        );
         if self.tables.lock().is_ok_and(|t| t.contains(&key)) {
             return Ok(LeaseTable::opened(aws.dynamodb.clone(), name));
         }
@@ -194,7 +201,11 @@ impl Context {
     /// A call on table `name` failed: describe it again next time.
     fn forget_table(&self, app: &KinesisApplication, name: &str) {
         if let Ok(mut t) = self.tables.lock() {
-            t.remove(&(self.aws_key(app), name.to_string()));
+            t.remove(&(
+                self.aws_key(app),
+                self.identity_of(app).ok(),
+                name.to_string(),
+            ));
         }
     }
 
@@ -354,11 +365,13 @@ impl Context {
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join("; "),
+                transient: false,
             });
         }
         let identity = self.identity_of(app).map_err(|e| Refusal {
             reason: "NoAwsIdentity",
             message: e.0,
+            transient: self.roles.lock().is_ok_and(|r| r.is_none()),
         })?;
         let key = (self.aws_key(app), identity);
         if let Some(c) = self.aws.lock().ok().and_then(|mut m| m.get(&key)) {
@@ -377,6 +390,11 @@ impl Context {
                 let mut base = own.clone().into_builder();
                 if let Some(sts) = &self.identity.sts_endpoint {
                     base = base.endpoint_url(sts);
+                }
+                // STS in the operator's region (its endpoint, VPC endpoint and signature),
+                // not the one the tenant's spec names for its stream.
+                if let Some(r) = &self.settings.default_region {
+                    base = base.region(aws_config::Region::new(r.clone()));
                 }
                 let provider = aws_config::sts::AssumeRoleProvider::builder(&session.role_arn)
                     .session_name(&session.session_name)
@@ -417,7 +435,10 @@ pub async fn reconcile(app: Arc<KinesisApplication>, ctx: Arc<Context>) -> Resul
     let res = if app.metadata.deletion_timestamp.is_some() {
         if app.finalizers().iter().any(|f| f == FINALIZER) {
             match cleanup(&app, &ctx).await {
-                Ok(action) => set_finalizer(&ctx, &app, false).await.map(|()| action),
+                Ok(action) => {
+                    ctx.forget_application(&app);
+                    set_finalizer(&ctx, &app, false).await.map(|()| action)
+                }
                 Err(e) => Err(e),
             }
         } else {
@@ -522,7 +543,9 @@ fn stream_ref(app: &KinesisApplication) -> StreamRef {
 
 /// A problem reaching the stream or the table, as a condition reason and message.
 fn aws_problem(detail: &str) -> &'static str {
-    if detail.contains("AccessDenied")
+    if detail.contains("AssumeRole failed") || crate::message::is_credentials_failure(detail) {
+        "AssumeRoleFailed"
+    } else if detail.contains("AccessDenied")
         || detail.contains("access denied")
         || detail.contains("not authorized")
     {
@@ -704,7 +727,7 @@ async fn observe(
                     aws_problem(detail),
                     format!(
                         "reading stream `{stream}` in {region} failed: {}",
-                        crate::message::excerpt(detail)
+                        crate::message::readable(detail)
                     ),
                 ),
             };
@@ -733,7 +756,7 @@ async fn observe(
             };
             let message = format!(
                 "lease table `{app_name}` in {region}: {}",
-                crate::message::excerpt(&e.to_string())
+                crate::message::readable(&e.to_string())
             );
             return Ok(Err(Problem::new("LeaseTableReady", reason, message)));
         }
@@ -760,7 +783,7 @@ async fn observe(
             ctx.forget_table(app, &app_name);
             let message = format!(
                 "claiming lease table `{app_name}` in {region}: {}",
-                crate::message::excerpt(&detail)
+                crate::message::readable(&detail)
             );
             return Ok(Err(Problem::new(
                 "LeaseTableReady",
@@ -821,7 +844,7 @@ async fn observe(
             Err(detail) => {
                 let message = format!(
                     "fan-out consumer `{app_name}` of stream `{stream}`: {}",
-                    crate::message::excerpt(&detail)
+                    crate::message::readable(&detail)
                 );
                 return Ok(Err(Problem::new(
                     "StreamReady",
@@ -1082,13 +1105,18 @@ fn retry(detail: String) -> Error {
 async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error> {
     ctx.metrics
         .forget(&app.namespace().unwrap_or_default(), &app.name_any());
-    ctx.forget_application(app);
     let app_name = application_name(app);
     let aws = match ctx.aws(app).await {
         Ok(aws) => aws,
         // An endpoint the administrator does not allow (now), or no identity for this
         // namespace (now): the operator calls nothing for it, so it cannot clean up; the
         // object may go.
+        Err(refused) if refused.transient => {
+            return Err(retry(format!(
+                "cleanup waits: {} (the finalizer stays until it is back)",
+                refused.message
+            )));
+        }
         Err(refused) => {
             event(
                 ctx,

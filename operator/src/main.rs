@@ -139,6 +139,7 @@ async fn follow_role_map(client: &kube::Client, ns: &str, name: &str, ctx: &Arc<
     )
     .default_backoff()
     .reflect(writer);
+    let (ns_for_log, name_for_log) = (ns.to_string(), name.to_string());
     let (ready, store_ready) = (ctx.clone(), store.clone());
     let name = name.to_string();
     let ns = ns.to_string();
@@ -164,8 +165,14 @@ async fn follow_role_map(client: &kube::Client, ns: &str, name: &str, ctx: &Arc<
             }
         }
     });
-    if store.wait_until_ready().await.is_ok() {
-        apply();
+    // Without read access (RBAC) the first list never comes: say so and stop rather than
+    // lead with no mapping.
+    match tokio::time::timeout(Duration::from_secs(60), store.wait_until_ready()).await {
+        Ok(Ok(())) => apply(),
+        _ => {
+            tracing::error!(configmap = %format!("{ns_for_log}/{name_for_log}"), "could not read the namespace roles within 60 s (may the operator get, list and watch ConfigMaps in its namespace?): stopping");
+            std::process::exit(1);
+        }
     }
 }
 

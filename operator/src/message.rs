@@ -14,7 +14,11 @@ pub const MESSAGE_LIMIT: usize = 512;
 /// (`…` marks a cut).
 pub fn excerpt(detail: &str) -> String {
     let head = &detail[..debug_dump_start(detail).unwrap_or(detail.len())];
-    let one_line = head.split_whitespace().collect::<Vec<_>>().join(" ");
+    let one_line = head
+        .split_whitespace()
+        .map(redact_arn)
+        .collect::<Vec<_>>()
+        .join(" ");
     let trimmed = one_line.trim_end_matches([' ', '(', ':', ',']);
     cut(trimmed, DETAIL_LIMIT)
 }
@@ -67,9 +71,43 @@ pub fn described(
         (None, Some(status)) if status >= 300 => {
             format!("{op} failed: HTTP {status} with no readable error")
         }
+        _ if is_credentials_failure(text) => format!("{op} failed: {NO_CREDENTIALS}"),
         _ => format!("{op} failed: {}", excerpt(text)),
     }
 }
+
+/// A word that is (or holds) an ARN — `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION` in
+/// AWS's "User: … is not authorized" — becomes `<arn>`: a message never names the identity
+/// the operator called as, its account, or another tenant's resource.
+fn redact_arn(word: &str) -> &str {
+    if word.contains("arn:aws") {
+        "<arn>"
+    } else {
+        word
+    }
+}
+
+/// Whether `text` (an SDK error's) says credentials could not be had: for an assumed role,
+/// AssumeRole failed (the role's trust policy, or the operator's sts:AssumeRole/TagSession).
+pub fn is_credentials_failure(text: &str) -> bool {
+    text.contains("failed to load credentials")
+        || text.contains("loading credentials")
+        || text.contains("CredentialsNotLoaded")
+        || text.contains("ProviderError")
+}
+
+/// The sentence to repeat of an error's text: for a credentials failure what to fix (the
+/// text itself says only "an error occurred while loading credentials"), else its
+/// [`excerpt`].
+pub fn readable(detail: &str) -> String {
+    if is_credentials_failure(detail) {
+        NO_CREDENTIALS.to_string()
+    } else {
+        excerpt(detail)
+    }
+}
+
+const NO_CREDENTIALS: &str = "no credentials (AssumeRole failed: the role must trust the operator, which needs sts:AssumeRole and sts:TagSession on it)";
 
 /// `message` bounded to [`MESSAGE_LIMIT`] characters, on one line.
 pub fn bounded(message: &str) -> String {
@@ -178,6 +216,26 @@ mod tests {
             "dispatch failure: io error (ConnectorError { x })",
         );
         assert_eq!(d, "Scan failed: dispatch failure: io error");
+    }
+
+    #[test]
+    fn no_message_names_an_identity_or_an_account() {
+        let aws = "User: arn:aws:sts::123456789012:assumed-role/kinesis-operator/i-0abc is not authorized to perform: kinesis:RegisterStreamConsumer on resource: arn:aws:kinesis:eu-west-1:123456789012:stream/orders";
+        let d = described(
+            "RegisterStreamConsumer",
+            Some("AccessDeniedException"),
+            Some(400),
+            Some(aws),
+            "",
+        );
+        assert_eq!(
+            d,
+            "RegisterStreamConsumer failed: AccessDeniedException (HTTP 400): User: <arn> is not authorized to perform: kinesis:RegisterStreamConsumer on resource: <arn>"
+        );
+        assert!(!excerpt(aws).contains("123456789012"));
+        let creds = "dispatch failure: other: failed to load credentials (AssumeRole AccessDenied)";
+        let d = described("ListShards", None, None, None, creds);
+        assert!(d.contains("AssumeRole failed"), "{d}");
     }
 
     #[test]

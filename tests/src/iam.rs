@@ -36,6 +36,8 @@ pub struct Principals {
     /// A role the operator user may assume, allowed the Kinesis reads and DynamoDB, not
     /// `kinesis:RegisterStreamConsumer`.
     pub role: String,
+    /// A role allowed everything that trusts only the admin user (not the operator).
+    pub untrusting: String,
 }
 
 /// The moto process with enforcement on, and its principals.
@@ -70,6 +72,9 @@ role = iam.create_role(RoleName="team-a-kinesis", AssumeRolePolicyDocument=trust
 iam.put_role_policy(RoleName="team-a-kinesis", PolicyName="p", PolicyDocument=allow([
     "kinesis:ListShards", "kinesis:DescribeStreamSummary", "kinesis:DescribeStream",
     "kinesis:DescribeStreamConsumer", "kinesis:ListStreamConsumers", "dynamodb:*"]))
+untrusting = iam.create_role(RoleName="trusts-only-admin", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"AWS": admin["arn"]}, "Action": "sts:AssumeRole"}]}))["Role"]["Arn"]
+iam.put_role_policy(RoleName="trusts-only-admin", PolicyName="p", PolicyDocument=allow(["*"]))
 kinesis = boto3.client("kinesis", **kw)
 kinesis.create_stream(StreamName=stream, ShardCount=1)
 for _ in range(100):
@@ -78,7 +83,7 @@ for _ in range(100):
     time.sleep(0.1)
 req = urllib.request.Request(url + "/moto-api/reset-auth", data=b"0", method="POST", headers={"Content-Type": "text/plain"})
 urllib.request.urlopen(req).read()
-print(json.dumps({"operator": op, "admin": admin, "role": role}))
+print(json.dumps({"operator": op, "admin": admin, "role": role, "untrusting": untrusting}))
 "#;
 
 impl IamMoto {

@@ -1250,14 +1250,29 @@ async fn in_namespace_role_mode_the_namespaces_role_decides_and_an_unmapped_name
     );
     assert_eq!(operator_aws_calls(&op).await?, 0.0, "{}", op.log_tail());
 
-    // 2. The administrator maps the namespace to the role.
+    // 2. The administrator maps the namespace to a role that does not trust the operator:
+    // AssumeRole fails, and the condition says where to look.
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let untrusting = p.untrusting.clone();
     cms.create(
         &PostParams::default(),
         &serde_json::from_value(json!({
             "metadata": {"name": roles},
-            "data": {ns.clone(): p.role.clone()},
+            "data": {ns.clone(): untrusting},
         }))?,
+    )
+    .await?;
+    let failed = until_condition(&apps, "a", "Ready", "False", "AssumeRoleFailed", &op).await?;
+    assert!(
+        failed.message.contains("trust") && !failed.message.contains("arn:"),
+        "{}",
+        failed.message
+    );
+    // 3. The administrator maps it to the right role (a change the operator follows).
+    cms.patch(
+        roles,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"data": {ns.clone(): p.role.clone()}})),
     )
     .await?;
     until_condition(&apps, "a", "LeaseTableReady", "True", "TableActive", &op).await?;
@@ -1328,7 +1343,7 @@ async fn in_namespace_role_mode_the_namespaces_role_decides_and_an_unmapped_name
         "the operator's own user may not use DynamoDB"
     );
 
-    // 3. Deleting the object cleans up as the role (deletionPolicy: Delete).
+    // 4. Deleting the object cleans up as the role (deletionPolicy: Delete).
     delete_app(&apps, "a").await?;
     let gone = admin_dynamodb
         .describe_table()

@@ -174,7 +174,14 @@ pub async fn list_shards(
             let not_found = e
                 .as_service_error()
                 .is_some_and(|se| se.is_resource_not_found_exception());
-            let detail = DisplayErrorContext(e).to_string();
+            // An answer that is no readable AWS error (a 403 in XML from a proxy or an
+            // emulator) is named by its status first.
+            let status = e.raw_response().map(|r| r.status().as_u16());
+            let unreadable = e.as_service_error().is_none();
+            let mut detail = DisplayErrorContext(&e).to_string();
+            if unreadable && status == Some(403) {
+                detail = format!("access denied (HTTP 403): {detail}");
+            }
             if not_found {
                 DiscoveryError::StreamNotFound {
                     stream: stream.to_string(),
