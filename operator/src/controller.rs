@@ -267,16 +267,24 @@ impl Context {
 
     /// What applications sharing one reshard-watch listing have in common: endpoints,
     /// identity (the role and namespace in `namespace-role` mode; everyone in `operator`
-    /// mode) and stream. `None` when no AWS call may be made for `app`.
-    pub fn listing_key(&self, app: &KinesisApplication) -> Option<ListingKey> {
-        if !crate::validate::endpoints(app, &self.identity.allowed_endpoints).is_empty() {
-            return None;
+    /// mode) and stream.
+    ///
+    /// # Errors
+    /// No AWS call may be made for `app` (why, as a sentence).
+    pub fn listing_key(&self, app: &KinesisApplication) -> Result<ListingKey, String> {
+        let refused = crate::validate::endpoints(app, &self.identity.allowed_endpoints);
+        if !refused.is_empty() {
+            return Err(refused
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "));
         }
-        let who = match self.identity_of(app).ok()? {
+        let who = match self.identity_of(app).map_err(|e| e.0)? {
             Identity::Operator => None,
             Identity::Role(s) => Some((s.role_arn, s.namespace)),
         };
-        Some((self.aws_key(app), who, stream_ref(app).to_string()))
+        Ok((self.aws_key(app), who, stream_ref(app).to_string()))
     }
 
     /// Lists the shards of `app`'s stream (the reshard watch).

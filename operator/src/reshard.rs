@@ -72,7 +72,13 @@ pub async fn watch(
             .filter(|a| ctx.open_shards_seen(a).is_some())
             .collect();
         ctx.metrics.reshard_round();
-        let groups = groups(apps, |a| ctx.listing_key(a));
+        let groups = groups(apps, |a| match ctx.listing_key(a) {
+            Ok(k) => Some(k),
+            Err(refused) => {
+                tracing::debug!(application = %a.name_any(), "reshard watch: not listed, no AWS call may be made for it: {refused}");
+                None
+            }
+        });
         futures::stream::iter(groups)
             .for_each_concurrent(CONCURRENCY, |group| {
                 let ctx = ctx.clone();
