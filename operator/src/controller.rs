@@ -12,7 +12,8 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kinesis_worker::backoff::Backoff;
 use kinesis_worker::lease::discovery::{DiscoveryError, ShardInfo, StreamRef, list_shards};
 use kinesis_worker::lease::model::TableSnapshot;
-use kinesis_worker::lease::table::{LeaseError, LeaseTable};
+use kinesis_worker::lease::model::attr;
+use kinesis_worker::lease::table::{LeaseError, LeaseTable, ScanBounds};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -666,6 +667,40 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
     )))
 }
 
+/// What the status scan of a lease table may read (attack: a tenant's worker role writes
+/// 300 KB items or 200 MB of junk; the operator scans every application's table every resync,
+/// eight at once). A lease of ours or KCL's is well under 2 KB without its
+/// `pendingCheckpointState` (not read), a heartbeat about 40 bytes per shard its worker holds
+/// (1,000 shards: 40 KB); 10,000 shards' leases are about 3 MB.
+pub const STATUS_SCAN: ScanBounds = ScanBounds {
+    attributes: Some(&[
+        attr::LEASE_KEY,
+        attr::LEASE_OWNER,
+        attr::LEASE_COUNTER,
+        attr::CHECKPOINT,
+        attr::CHECKPOINT_SUB,
+        attr::PENDING_CHECKPOINT,
+        attr::PENDING_CHECKPOINT_SUB,
+        attr::OWNER_SWITCHES,
+        attr::PARENT_SHARD_IDS,
+        attr::CHILD_SHARD_IDS,
+        attr::STARTING_HASH_KEY,
+        attr::ENDING_HASH_KEY,
+        attr::HANDOFF_TO,
+        attr::HANDOFF_GRANTED,
+        attr::START_TIMESTAMP,
+        attr::ASSIGNED,
+        attr::HEARTBEAT,
+        attr::DRAINING,
+        attr::LAG,
+        attr::COORDINATION,
+        attr::STALLED,
+    ]),
+    max_item_bytes: 128 * 1024,
+    max_total_bytes: 8 * 1024 * 1024,
+    max_pages: 64,
+};
+
 /// What a reconcile read before deciding.
 struct Observed {
     /// The stream's shards.
@@ -865,9 +900,15 @@ async fn observe(
         status.consumer = None;
         None
     };
-    // The status only reports from it, so an eventually consistent read does (half the cost).
-    let snapshot = match table.scan_with(false).await {
-        Ok(s) => Some(s),
+    // The status only reports from it, so an eventually consistent read does (half the cost),
+    // of the attributes it shows, within bounds (a tenant's worker role can write the table).
+    let snapshot = match table.scan_bounded(false, &STATUS_SCAN).await {
+        Ok((s, report)) if !report.truncated => Some(s),
+        Ok((_, report)) => {
+            tracing::warn!(table = %app_name, pages = report.pages, bytes = report.bytes, oversized = report.oversized, "the lease table is larger than the status scan reads: no shard owners or lag in the status");
+            ctx.metrics.failed("StatusScanBounded");
+            None
+        }
         Err(e) => {
             tracing::warn!(table = %app_name, error = %e, "scanning the lease table for the status failed");
             ctx.forget_table(app, &app_name);

@@ -1464,3 +1464,130 @@ async fn many_applications_on_one_stream_cost_it_one_shard_listing_a_round() -> 
     env.remove(Some(&stream), &[]).await;
     Ok(())
 }
+
+/// The operator's peak resident memory (VmHWM), in bytes.
+fn peak_rss(op: &Operator) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", op.proc.pid()))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or("no VmHWM")?;
+    Ok(kb * 1024)
+}
+
+/// Attack 4: the tenant's worker role can write its lease table, and the operator scans every
+/// application's table every resync. 36 MB of 300 KB `pendingCheckpointState` on lease items,
+/// and 200 KB child-shard lists: the operator's peak memory grows by far less than that (only the
+/// status's attributes are read, an oversized item is skipped, the scan is bounded), it keeps
+/// reconciling, and another application is served.
+#[tokio::test]
+async fn a_lease_table_full_of_large_junk_neither_exhausts_the_operator_nor_stalls_others()
+-> Result<()> {
+    use aws_sdk_dynamodb::primitives::Blob;
+    let env = TestEnv::require();
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "junk").await?;
+    let stream = unique_name("junk");
+    env.create_stream(&stream, 1).await?;
+    let op = operator_with(&env, &ns, 2, "operator", &[])?;
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+    apps.create(
+        &PostParams::default(),
+        &app("junk", &env, &stream, "unused", json!({"replicas": 0}))?,
+    )
+    .await?;
+    until_condition(&apps, "junk", "LeaseTableReady", "True", "TableActive", &op).await?;
+    let table = apps
+        .get("junk")
+        .await?
+        .status
+        .and_then(|s| s.application_name)
+        .ok_or("applicationName")?;
+    let reconciles = || operator_metric(&op, "kinesis_operator_reconciles", "");
+    let more_reconciles = |n: f64| async move {
+        let from = reconciles().await?;
+        wait_for(
+            "more reconciles",
+            Duration::from_secs(120),
+            POLL,
+            || async { (reconciles().await.ok()? >= from + n).then_some(()) },
+        )
+        .await?;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    };
+    more_reconciles(3.0).await?;
+    let before = peak_rss(&op)?;
+
+    // The tenant's junk: lease items with 300 KB of checkpoint state, and 200 KB child lists.
+    let dynamodb = env.dynamodb().await;
+    let state = Blob::new(vec![7u8; 300 * 1024]);
+    for i in 0..120 {
+        dynamodb
+            .put_item()
+            .table_name(&table)
+            .item(
+                "leaseKey",
+                AttributeValue::S(format!("shardId-junk-{i:04}")),
+            )
+            .item("checkpoint", AttributeValue::S("TRIM_HORIZON".into()))
+            .item("leaseCounter", AttributeValue::N("1".into()))
+            .item("pendingCheckpointState", AttributeValue::B(state.clone()))
+            .send()
+            .await?;
+    }
+    for i in 0..20 {
+        dynamodb
+            .put_item()
+            .table_name(&table)
+            .item("leaseKey", AttributeValue::S(format!("shardId-big-{i:04}")))
+            .item(
+                "childShardIds",
+                AttributeValue::Ss(
+                    (0..100)
+                        .map(|c| format!("{c:04}{}", "c".repeat(2044)))
+                        .collect(),
+                ),
+            )
+            .send()
+            .await?;
+    }
+    more_reconciles(10.0).await?;
+    apps.create(
+        &PostParams::default(),
+        &app("other", &env, &stream, "unused", json!({"replicas": 0}))?,
+    )
+    .await?;
+    until_condition(
+        &apps,
+        "other",
+        "LeaseTableReady",
+        "True",
+        "TableActive",
+        &op,
+    )
+    .await?;
+    more_reconciles(5.0).await?;
+    let after = peak_rss(&op)?;
+    let grown = after.saturating_sub(before) as f64 / 1048576.0;
+    eprintln!(
+        "operator peak RSS {:.1} → {:.1} MiB (+{grown:.1} MiB) over a 40 MB table",
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0
+    );
+    assert!(
+        grown < 20.0,
+        "the operator's peak memory grew {grown:.1} MiB scanning 40 MB of junk\n{}",
+        op.log_tail()
+    );
+    assert!(
+        op.proc.log_text().contains("skipping a lease table item"),
+        "the oversized items are reported"
+    );
+    delete_all(&apps).await?;
+    drop(op);
+    delete_namespace(&client, &ns).await?;
+    env.remove(Some(&stream), &[]).await;
+    Ok(())
+}

@@ -217,6 +217,75 @@ fn value_size(v: &AttributeValue) -> usize {
     }
 }
 
+/// What a [`LeaseTable::scan_bounded`] may read.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanBounds {
+    /// Read only these attributes (a projection); `None`: all.
+    pub attributes: Option<&'static [&'static str]>,
+    /// An item larger than this (as read) is skipped.
+    pub max_item_bytes: usize,
+    /// Stop once the items kept would exceed this.
+    pub max_total_bytes: usize,
+    /// Stop after this many pages.
+    pub max_pages: usize,
+}
+
+impl ScanBounds {
+    /// Everything (a worker's scan: it needs every lease, whole).
+    pub const UNBOUNDED: Self = Self {
+        attributes: None,
+        max_item_bytes: usize::MAX,
+        max_total_bytes: usize::MAX,
+        max_pages: usize::MAX,
+    };
+}
+
+/// What a bounded scan read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Pages read.
+    pub pages: usize,
+    /// Bytes of the items kept.
+    pub bytes: usize,
+    /// Items skipped for their size.
+    pub oversized: usize,
+    /// A bound stopped the scan: the snapshot is partial.
+    pub truncated: bool,
+}
+
+/// What a bounded scan does with the next item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Keep it.
+    Keep,
+    /// Skip it: larger than an item may be.
+    Oversized,
+    /// Stop: the items kept would exceed the total.
+    Stop,
+}
+
+impl ScanReport {
+    /// Decides on an item of `size` bytes and records it (pure).
+    pub fn admit(&mut self, size: usize, bounds: &ScanBounds) -> Admit {
+        if size > bounds.max_item_bytes {
+            self.oversized += 1;
+            Admit::Oversized
+        } else if self.bytes.saturating_add(size) > bounds.max_total_bytes {
+            self.truncated = true;
+            Admit::Stop
+        } else {
+            self.bytes += size;
+            Admit::Keep
+        }
+    }
+}
+
+/// A key as a log line may repeat it: at most 128 characters (a tenant may write a key of
+/// 2 KB).
+pub fn bounded_key(key: &str) -> String {
+    key.chars().take(128).collect()
+}
+
 /// The lease table of one application.
 #[derive(Debug, Clone)]
 pub struct LeaseTable {
@@ -495,30 +564,77 @@ impl LeaseTable {
     /// # Errors
     /// As [`LeaseTable::scan`].
     pub async fn scan_with(&self, consistent: bool) -> Result<TableSnapshot, LeaseError> {
+        self.scan_bounded(consistent, &ScanBounds::UNBOUNDED)
+            .await
+            .map(|(snapshot, _)| snapshot)
+    }
+
+    /// Scans the table as [`LeaseTable::scan_with`] does, within `bounds`: only the
+    /// attributes it names are read, an item larger than its bound is skipped (counted and
+    /// logged as a bad item), and the scan stops after its pages or bytes (the snapshot is
+    /// then partial, and the report says so).
+    ///
+    /// # Guarantees
+    /// Memory: at most one page (≤ 1 MB, DynamoDB's limit) plus `max_total_bytes` of items
+    /// at once. Read cost: at most `max_pages` pages.
+    ///
+    /// # Errors
+    /// [`LeaseError::Dynamo`] (and the kinds it maps to).
+    pub async fn scan_bounded(
+        &self,
+        consistent: bool,
+        bounds: &ScanBounds,
+    ) -> Result<(TableSnapshot, ScanReport), LeaseError> {
         let mut snapshot = TableSnapshot::default();
+        let mut report = ScanReport::default();
         let mut start: Option<HashMap<String, AttributeValue>> = None;
         loop {
+            if report.pages >= bounds.max_pages {
+                report.truncated = true;
+                break;
+            }
             TableCounters::add(&self.counters.reads);
-            let out = self
+            let mut req = self
                 .client
                 .scan()
                 .table_name(&self.name)
                 .consistent_read(consistent)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| self.dynamo("Scan", e))?;
+                .set_exclusive_start_key(start.take());
+            if let Some(attributes) = bounds.attributes {
+                let names: Vec<String> = (0..attributes.len()).map(|i| format!("#a{i}")).collect();
+                req = req.projection_expression(names.join(", "));
+                for (n, a) in names.iter().zip(attributes) {
+                    req = req.expression_attribute_names(n.clone(), *a);
+                }
+            }
+            let out = req.send().await.map_err(|e| self.dynamo("Scan", e))?;
+            report.pages += 1;
             self.counters
                 .read(out.items().iter().map(item_size).sum(), consistent);
             self.counters
                 .items_read
                 .fetch_add(out.items().len() as u64, Ordering::Relaxed);
             for item in out.items() {
+                let size = item_size(item);
                 let key = item
                     .get(attr::LEASE_KEY)
                     .and_then(|v| v.as_s().ok())
                     .cloned()
                     .unwrap_or_default();
+                match report.admit(size, bounds) {
+                    Admit::Keep => {}
+                    Admit::Oversized => {
+                        self.report_bad(
+                            &key,
+                            &format!(
+                                "{size} bytes, more than {} a lease or heartbeat needs",
+                                bounds.max_item_bytes
+                            ),
+                        );
+                        continue;
+                    }
+                    Admit::Stop => return Ok((snapshot, report)),
+                }
                 // One malformed item must not stop the fleet's scans: it is skipped, counted
                 // and logged (its shard is not processed until the item is fixed; a lease
                 // for it cannot be created over it either, creation is conditional).
@@ -533,15 +649,7 @@ impl LeaseTable {
                         .map(|l| snapshot.leases.push(l))
                 };
                 if let Err(e) = parsed {
-                    TableCounters::add(&self.counters.bad_items);
-                    let first = self
-                        .reported
-                        .lock()
-                        .map(|mut r| r.insert(key.clone()))
-                        .unwrap_or(true);
-                    if first {
-                        tracing::warn!(table = %self.name, key = %key, error = %e, "skipping a lease table item that cannot be read; fix or delete it by hand");
-                    }
+                    self.report_bad(&key, &e.to_string());
                 }
             }
             match out.last_evaluated_key() {
@@ -549,7 +657,20 @@ impl LeaseTable {
                 _ => break,
             }
         }
-        Ok(snapshot)
+        Ok((snapshot, report))
+    }
+
+    /// Counts a skipped item, and logs it the first time.
+    fn report_bad(&self, key: &str, why: &str) {
+        TableCounters::add(&self.counters.bad_items);
+        let first = self
+            .reported
+            .lock()
+            .map(|mut r| r.insert(key.to_string()))
+            .unwrap_or(true);
+        if first {
+            tracing::warn!(table = %self.name, key = %crate::lease::table::bounded_key(key), error = %why, "skipping a lease table item that cannot be read; fix or delete it by hand");
+        }
     }
 
     fn bad(&self, key: &str, reason: impl Into<String>) -> LeaseError {
@@ -1733,5 +1854,36 @@ fn num(item: &HashMap<String, AttributeValue>, a: &str) -> Result<Option<u64>, S
             .map(Some)
             .map_err(|_| format!("{a} = {v} is not a whole number")),
         Some(other) => Err(format!("{a} is {other:?}, expected a number")),
+    }
+}
+
+#[cfg(test)]
+mod bounded_scan_tests {
+    use super::*;
+
+    #[test]
+    fn a_bounded_scan_skips_oversized_items_and_stops_at_its_total() {
+        let b = ScanBounds {
+            attributes: None,
+            max_item_bytes: 100,
+            max_total_bytes: 250,
+            max_pages: 2,
+        };
+        let mut r = ScanReport::default();
+        assert_eq!(r.admit(100, &b), Admit::Keep);
+        assert_eq!(r.admit(101, &b), Admit::Oversized);
+        assert_eq!(r.admit(100, &b), Admit::Keep);
+        assert_eq!(r.admit(60, &b), Admit::Stop);
+        assert_eq!(
+            r,
+            ScanReport {
+                pages: 0,
+                bytes: 200,
+                oversized: 1,
+                truncated: true
+            }
+        );
+        let mut u = ScanReport::default();
+        assert_eq!(u.admit(usize::MAX, &ScanBounds::UNBOUNDED), Admit::Keep);
     }
 }
