@@ -211,6 +211,54 @@ async fn kpl_aggregated_records_arrive_as_their_sub_records() -> Result<()> {
     p.cleanup().await
 }
 
+/// The worker's peak resident memory (VmHWM) in MiB.
+fn peak_rss_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or("no VmHWM")?;
+    Ok(kb / 1024.0)
+}
+
+/// Attack 7 of issue 27: one 1 MB KPL aggregate of ~170,000 empty records (6 bytes each on
+/// the wire) decodes to tens of MB while it carries almost no data bytes. The worker delivers
+/// every sub-record in order and its peak memory stays far below the default limit (128 MiB).
+#[tokio::test]
+async fn a_kpl_aggregate_of_170000_empty_records_is_delivered_within_the_workers_memory()
+-> Result<()> {
+    use kinesis_worker::records::aggregation::aggregate;
+    const SUBS: usize = 170_000;
+    let p = Pipeline::new(1).await?;
+    let app = p.app("a", &[]).await?;
+    let w = p.worker("w", &app.address, &[])?;
+    let kinesis = p.env.kinesis().await;
+    let subs: Vec<(String, Option<String>, Vec<u8>)> = (0..SUBS)
+        .map(|_| ("k".to_string(), None, Vec::new()))
+        .collect();
+    let blob = aggregate(&subs);
+    assert!(blob.len() <= 1024 * 1024, "{} bytes", blob.len());
+    let idle = peak_rss_mib(w.proc.pid())?;
+    let seq = p.put(&kinesis, "k", &blob).await?;
+    let got = until_received(&[app.out.as_path()], SUBS).await?;
+    let peak = peak_rss_mib(w.proc.pid())?;
+    eprintln!("worker peak RSS {idle:.1} MiB idle → {peak:.1} MiB after {SUBS} empty sub-records");
+    assert_eq!(got.len(), SUBS);
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, r)| r.agg && r.seq == seq && r.sub == i as u64),
+        "every sub-record once, in order"
+    );
+    assert!(
+        peak < 100.0,
+        "the worker's peak memory reached {peak:.1} MiB for one 1 MB record"
+    );
+    drop(w);
+    p.cleanup().await
+}
+
 #[tokio::test]
 async fn an_unready_app_holds_the_worker_back_and_drain_hands_everything_over() -> Result<()> {
     let p = Pipeline::new(2).await?;

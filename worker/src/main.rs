@@ -197,7 +197,8 @@ struct RunArgs {
     /// SQS endpoint override (for the on-failure destination), e.g. a local server.
     #[arg(long, env = "SQS_ENDPOINT")]
     sqs_endpoint: Option<String>,
-    /// Most record data read ahead of delivery across all shards (MiB).
+    /// Most records read ahead of delivery across all shards (MiB): their data and 128 bytes
+    /// per record for the record itself.
     #[arg(long, env = "MAX_BUFFERED_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     max_buffered_mib: u32,
     /// Log format.

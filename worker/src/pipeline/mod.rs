@@ -114,7 +114,8 @@ pub struct PipelineConfig {
     pub retry_max: Duration,
     /// Most record bytes in one `ProcessRecords` call (a GetRecords page is split to fit).
     pub max_call_bytes: usize,
-    /// Most record data, in KiB, read ahead of delivery across all shards.
+    /// Most records, in KiB, read ahead of delivery across all shards (their data and
+    /// [`crate::records::reader::RECORD_OVERHEAD_BYTES`] each).
     pub max_buffered_kib: u32,
     /// How long the app may take to answer `ShutdownRequested`.
     pub shutdown_call_timeout: Duration,

@@ -441,11 +441,18 @@ async fn read_ahead(
                 millis_behind_latest,
             }) => {
                 errors.reset();
-                // One pass: data bytes for the budget, data and keys for the read limit.
-                let (bytes, key_bytes) = records.iter().fold((0usize, 0usize), |(d, k), r| {
+                // One pass: data bytes, and each record's own memory, for the budget (a KPL
+                // aggregate of 170,000 empty records holds tens of MB and no data); data and
+                // keys for the read limit.
+                let (data_bytes, key_bytes) = records.iter().fold((0usize, 0usize), |(d, k), r| {
                     (d + r.data.len(), k + r.partition_key.len())
                 });
-                let read = u64::try_from(bytes.saturating_add(key_bytes)).unwrap_or(u64::MAX);
+                let bytes = data_bytes.saturating_add(
+                    records
+                        .len()
+                        .saturating_mul(crate::records::reader::RECORD_OVERHEAD_BYTES),
+                );
+                let read = u64::try_from(data_bytes.saturating_add(key_bytes)).unwrap_or(u64::MAX);
                 next_call = started + config.read_pace.gap(read);
                 let behind = millis_behind_latest.unwrap_or(0);
                 gauge.set(behind);

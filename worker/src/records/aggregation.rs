@@ -172,15 +172,34 @@ pub fn deaggregate(
     range: Option<HashRange>,
     after_sub_sequence: Option<u64>,
 ) -> Vec<UserRecord> {
+    deaggregate_part(&record, range, after_sub_sequence, usize::MAX).0
+}
+
+/// As [`deaggregate`], at most `limit` (≥ 1) user records: with the index of the last
+/// sub-record it went through when more remain (pass it as `after_sub_sequence` for the next
+/// part), `None` when the record is done. A 1 MB aggregate can hold ~175,000 empty records,
+/// tens of MB once decoded: taken in parts, only one part is held at a time.
+pub fn deaggregate_part(
+    record: &KinesisRecord,
+    range: Option<HashRange>,
+    after_sub_sequence: Option<u64>,
+    limit: usize,
+) -> (Vec<UserRecord>, Option<u64>) {
     let Some(agg) = parse(&record.data) else {
-        return passthrough(record);
+        return (passthrough(record.clone()), None);
     };
-    let mut out = Vec::with_capacity(agg.records.len());
+    let limit = limit.max(1);
+    let total = agg.records.len();
+    let mut out = Vec::with_capacity(total.min(limit));
     let keys: Vec<Str> = agg.partition_key_table.into_iter().map(Str::from).collect();
     for (index, entry) in agg.records.into_iter().enumerate() {
         let sub = index as u64;
         if after_sub_sequence.is_some_and(|after| sub <= after) {
             continue;
+        }
+        if out.len() == limit {
+            // Full, and this sub-record (at least) is left for the next part.
+            return (out, Some(sub - 1));
         }
         // Indexes were checked in `parse`; each key is shared by its sub-records.
         let partition_key = keys
@@ -209,7 +228,7 @@ pub fn deaggregate(
             aggregated: true,
         });
     }
-    out
+    (out, None)
 }
 
 /// Packs user records the way the KPL does (for tests and tools).

@@ -18,7 +18,7 @@ use aws_sdk_kinesis::error::DisplayErrorContext;
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 
-use super::aggregation::{HashRange, KinesisRecord, UserRecord, deaggregate};
+use super::aggregation::{HashRange, KinesisRecord, UserRecord};
 use super::wire::RecordsPage;
 use super::wire::client::{CallError, WireClient};
 use crate::backoff::Backoff;
@@ -32,8 +32,9 @@ pub const MAX_RECORDS_LIMIT: i32 = 10_000;
 pub const DEFAULT_PAGE_BYTES: usize = 2 * 1024 * 1024;
 
 /// What a record costs in a page beyond its data (sequence number, framing, bookkeeping),
-/// bytes: so that pages of tiny records are not underestimated.
-const RECORD_OVERHEAD_BYTES: usize = 128;
+/// bytes: so that pages of tiny records are not underestimated, and the read-ahead budget
+/// counts a held record's own memory (an empty record is not free).
+pub const RECORD_OVERHEAD_BYTES: usize = 128;
 
 /// Assumed size of a record before a shard's first page tells (bytes).
 const FIRST_RECORD_BYTES: usize = 1024;
@@ -140,25 +141,86 @@ pub(crate) fn user_records(
     resume: Option<&(String, u64)>,
     hash_range: Option<HashRange>,
 ) -> Vec<UserRecord> {
-    let mut records = Vec::with_capacity(raw_records.len());
-    for raw in raw_records {
-        let after = resume
-            .filter(|(seq, _)| *seq == raw.sequence_number)
-            .map(|(_, sub)| *sub);
-        if after.is_none() && !super::aggregation::looks_aggregated(&raw.data) {
-            records.push(super::aggregation::plain(raw));
-            continue;
-        }
-        let users = deaggregate(raw, hash_range, after);
-        // The checkpointed record itself, when it is a plain one, is done.
-        records.extend(
-            users
-                .into_iter()
-                .filter(|u| after.is_none() || u.aggregated),
-        );
-    }
-    records
+    Expander::new(raw_records, resume.cloned(), hash_range).next_part(usize::MAX)
 }
+
+/// User records of a read at most so many at a time ([`MAX_USER_RECORDS_PER_BATCH`]): a page
+/// of KPL aggregates is expanded part by part as the pipeline asks for it (each part counted
+/// in the read-ahead budget), never all at once.
+#[derive(Debug, Default)]
+pub(crate) struct Expander {
+    raw: std::collections::VecDeque<KinesisRecord>,
+    /// The checkpoint to resume after: its record's sub-records up to it are done.
+    resume: Option<(String, u64)>,
+    /// The front record's sub-records up to this one are done (it is partly expanded).
+    front_after: Option<u64>,
+    hash_range: Option<HashRange>,
+}
+
+impl Expander {
+    pub(crate) fn new(
+        raw: Vec<KinesisRecord>,
+        resume: Option<(String, u64)>,
+        hash_range: Option<HashRange>,
+    ) -> Self {
+        Self {
+            raw: raw.into(),
+            resume,
+            front_after: None,
+            hash_range,
+        }
+    }
+
+    /// Nothing left to expand.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// The next user records, at most `max` (≥ 1), in shard order.
+    pub(crate) fn next_part(&mut self, max: usize) -> Vec<UserRecord> {
+        let max = max.max(1);
+        let mut records = Vec::new();
+        while records.len() < max {
+            let Some(raw) = self.raw.front() else { break };
+            let resumed = self
+                .resume
+                .as_ref()
+                .filter(|(seq, _)| *seq == raw.sequence_number)
+                .map(|(_, sub)| *sub);
+            let after = self.front_after.or(resumed);
+            if after.is_none() && !super::aggregation::looks_aggregated(&raw.data) {
+                if let Some(raw) = self.raw.pop_front() {
+                    records.push(super::aggregation::plain(raw));
+                }
+                continue;
+            }
+            let (users, more) = super::aggregation::deaggregate_part(
+                raw,
+                self.hash_range,
+                after,
+                max - records.len(),
+            );
+            // The checkpointed record itself, when it is a plain one, is done.
+            records.extend(
+                users
+                    .into_iter()
+                    .filter(|u| after.is_none() || u.aggregated),
+            );
+            match more {
+                Some(last) => self.front_after = Some(last),
+                None => {
+                    self.raw.pop_front();
+                    self.front_after = None;
+                }
+            }
+        }
+        records
+    }
+}
+
+/// The most user records one batch of a shard holds: a page of KPL aggregates is handed to
+/// the pipeline in parts of this many, each waiting for its share of the read-ahead budget.
+pub const MAX_USER_RECORDS_PER_BATCH: usize = 10_000;
 
 /// An SDK record as ours: the data moved, not copied (it is the bulk of the worker's memory
 /// traffic).
@@ -235,6 +297,10 @@ pub struct ShardReader {
     backoff: Backoff,
     /// Average size of a record of the last non-empty page (data, key and overhead).
     record_bytes: Option<usize>,
+    /// What is left of the last page (its aggregates expanded part by part), and how far
+    /// behind the tip that page was.
+    pending: Expander,
+    pending_behind: Option<i64>,
 }
 
 /// The `Limit` of the next GetRecords call: as many records of `record_bytes` (the last
@@ -279,6 +345,8 @@ impl ShardReader {
             children: Vec::new(),
             backoff,
             record_bytes: None,
+            pending: Expander::default(),
+            pending_behind: None,
         }
     }
 
@@ -387,6 +455,12 @@ impl ShardReader {
     /// [`ReadError`] for what retrying cannot fix.
     pub async fn next_batch(&mut self) -> Result<Batch, ReadError> {
         loop {
+            if !self.pending.is_empty() {
+                return Ok(Batch::Records {
+                    records: self.pending.next_part(MAX_USER_RECORDS_PER_BATCH),
+                    millis_behind_latest: self.pending_behind,
+                });
+            }
             if self.ended {
                 return Ok(Batch::ShardEnd {
                     child_shard_ids: self.children.clone(),
@@ -419,16 +493,15 @@ impl ShardReader {
             if let Some(last) = page.records.last() {
                 self.position = Position::After(last.sequence_number.to_string());
             }
-            let records = user_records(
-                std::mem::take(&mut page.records),
-                resume.as_ref(),
-                self.hash_range,
-            );
+            self.pending =
+                Expander::new(std::mem::take(&mut page.records), resume, self.hash_range);
+            self.pending_behind = page.millis_behind_latest;
+            let records = self.pending.next_part(MAX_USER_RECORDS_PER_BATCH);
             self.iterator = page.next_shard_iterator.take();
             if self.iterator.is_none() {
                 self.ended = true;
                 self.children = std::mem::take(&mut page.child_shard_ids);
-                if records.is_empty() {
+                if records.is_empty() && self.pending.is_empty() {
                     return Ok(Batch::ShardEnd {
                         child_shard_ids: self.children.clone(),
                     });
@@ -502,6 +575,81 @@ impl ShardReader {
                 Err(Fetch::Retry(DisplayErrorContext(&e).to_string()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod expander_tests {
+    use super::*;
+    use crate::records::aggregation::aggregate;
+
+    fn raw(seq: &str, data: Vec<u8>) -> KinesisRecord {
+        KinesisRecord {
+            data: data.into(),
+            partition_key: "k".into(),
+            sequence_number: seq.into(),
+            approximate_arrival_ms: None,
+        }
+    }
+
+    fn agg(n: usize) -> Vec<u8> {
+        let subs: Vec<(String, Option<String>, Vec<u8>)> = (0..n)
+            .map(|i| (format!("k{i}"), None, Vec::new()))
+            .collect();
+        aggregate(&subs)
+    }
+
+    fn ids(rs: &[UserRecord]) -> Vec<(String, u64)> {
+        rs.iter()
+            .map(|r| (r.sequence_number.to_string(), r.sub_sequence_number))
+            .collect()
+    }
+
+    #[test]
+    fn a_page_of_aggregates_is_expanded_in_parts_in_order_and_whole() {
+        let mut e = Expander::new(
+            vec![
+                raw("1", b"plain".to_vec()),
+                raw("2", agg(25)),
+                raw("3", b"x".to_vec()),
+            ],
+            None,
+            None,
+        );
+        let mut all = Vec::new();
+        let mut sizes = Vec::new();
+        while !e.is_empty() {
+            let part = e.next_part(10);
+            sizes.push(part.len());
+            all.extend(ids(&part));
+        }
+        assert_eq!(sizes, vec![10, 10, 7]);
+        let mut expected = vec![("1".to_string(), 0)];
+        expected.extend((0..25).map(|i| ("2".to_string(), i)));
+        expected.push(("3".to_string(), 0));
+        assert_eq!(all, expected);
+    }
+
+    #[test]
+    fn a_checkpoint_inside_an_aggregate_resumes_after_it_across_parts() {
+        let mut e = Expander::new(vec![raw("2", agg(25))], Some(("2".into(), 4)), None);
+        let first = e.next_part(10);
+        assert_eq!(first.first().map(|r| r.sub_sequence_number), Some(5));
+        let mut rest = ids(&first);
+        while !e.is_empty() {
+            rest.extend(ids(&e.next_part(10)));
+        }
+        assert_eq!(
+            rest,
+            (5..25).map(|i| ("2".to_string(), i)).collect::<Vec<_>>()
+        );
+        // A plain record at the checkpoint is done.
+        let mut p = Expander::new(
+            vec![raw("7", b"p".to_vec()), raw("8", b"q".to_vec())],
+            Some(("7".into(), 0)),
+            None,
+        );
+        assert_eq!(ids(&p.next_part(10)), vec![("8".to_string(), 0)]);
     }
 }
 
