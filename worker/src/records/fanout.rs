@@ -26,7 +26,8 @@ use aws_sdk_kinesis::types::{
 
 use super::aggregation::HashRange;
 use super::reader::{
-    Batch, Position, ReadError, ReaderConfig, ShardReader, from_sdk, permanent_error, user_records,
+    Batch, Expander, MAX_USER_RECORDS_PER_BATCH, Position, ReadError, ReaderConfig, ShardReader,
+    from_sdk, permanent_error,
 };
 use crate::backoff::Backoff;
 use crate::lease::checkpoint::Checkpoint;
@@ -160,6 +161,10 @@ pub struct FanOutReader {
     backoff: Backoff,
     /// Polling the rest of a shard seen closed at the tip (see the module docs).
     drain: Option<Box<ShardReader>>,
+    /// What is left of the last event (its aggregates expanded part by part), and how far
+    /// behind the tip that event was.
+    pending: Expander,
+    pending_behind: i64,
 }
 
 impl std::fmt::Debug for FanOutReader {
@@ -202,6 +207,8 @@ impl FanOutReader {
             children: Vec::new(),
             backoff,
             drain: None,
+            pending: Expander::default(),
+            pending_behind: 0,
         }
     }
 
@@ -311,6 +318,12 @@ impl FanOutReader {
     /// [`ReadError`] for what retrying cannot fix.
     pub async fn next_batch(&mut self) -> Result<Batch, ReadError> {
         loop {
+            if !self.pending.is_empty() {
+                return Ok(Batch::Records {
+                    records: self.pending.next_part(MAX_USER_RECORDS_PER_BATCH),
+                    millis_behind_latest: Some(self.pending_behind),
+                });
+            }
             if self.ended {
                 return Ok(Batch::ShardEnd {
                     child_shard_ids: self.children.clone(),
@@ -348,15 +361,19 @@ impl FanOutReader {
                     if !ev.continuation_sequence_number.is_empty() {
                         self.position = Position::After(ev.continuation_sequence_number.clone());
                     }
-                    let records = user_records(
+                    self.pending = Expander::new(
                         std::mem::take(&mut ev.records)
                             .into_iter()
                             .map(from_sdk)
                             .collect(),
-                        resume.as_ref(),
+                        resume,
                         self.hash_range,
                     );
-                    self.at_tip = records.is_empty() && ev.millis_behind_latest == 0;
+                    self.pending_behind = ev.millis_behind_latest;
+                    let records = self.pending.next_part(MAX_USER_RECORDS_PER_BATCH);
+                    self.at_tip = records.is_empty()
+                        && self.pending.is_empty()
+                        && ev.millis_behind_latest == 0;
                     let children: Vec<String> = ev
                         .child_shards
                         .unwrap_or_default()
@@ -370,7 +387,7 @@ impl FanOutReader {
                         self.start_drain();
                         continue;
                     }
-                    if self.ended && records.is_empty() {
+                    if self.ended && records.is_empty() && self.pending.is_empty() {
                         continue;
                     }
                     return Ok(Batch::Records {

@@ -134,17 +134,8 @@ pub(crate) enum Position {
 }
 
 /// The user records of a page of Kinesis records (KPL records split into their sub-records,
-/// sub-records of other shards dropped). `resume` = `(sequence, sub)` of a checkpoint: that
-/// record's user records up to `sub` are skipped.
-pub(crate) fn user_records(
-    raw_records: Vec<KinesisRecord>,
-    resume: Option<&(String, u64)>,
-    hash_range: Option<HashRange>,
-) -> Vec<UserRecord> {
-    Expander::new(raw_records, resume.cloned(), hash_range).next_part(usize::MAX)
-}
-
-/// User records of a read at most so many at a time ([`MAX_USER_RECORDS_PER_BATCH`]): a page
+/// sub-records of other shards dropped; `resume` = `(sequence, sub)` of a checkpoint: that
+/// record's user records up to `sub` are skipped), at most so many at a time ([`MAX_USER_RECORDS_PER_BATCH`]): a page
 /// of KPL aggregates is expanded part by part as the pipeline asks for it (each part counted
 /// in the read-ahead budget), never all at once.
 #[derive(Debug, Default)]
