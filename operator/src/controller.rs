@@ -30,7 +30,9 @@ use crate::metrics::Metrics;
 use crate::ownership::{Owner, TableCleanup, table_cleanup};
 use crate::plan;
 use crate::sizing::SIZED_ANNOTATION;
-use crate::validate::{AllowedEndpoints, application_name, arn_stream_name, validate};
+use crate::validate::{
+    AllowedEndpoints, UnprefixedNames, application_name, arn_stream_name, validate,
+};
 
 /// Field manager of everything the operator applies.
 pub const MANAGER: &str = "kinesis-operator";
@@ -111,6 +113,8 @@ type ClientKey = (AwsKey, Identity);
 pub struct IdentitySettings {
     /// The endpoint overrides a spec may name (see [`AllowedEndpoints`]).
     pub allowed_endpoints: AllowedEndpoints,
+    /// The namespaces that may name any application name (see [`UnprefixedNames`]).
+    pub unprefixed_names: UnprefixedNames,
     /// The operator's own, or the role mapped to each namespace.
     pub mode: Mode,
     /// The mapping's ConfigMap as `NAMESPACE/NAME` (named in conditions).
@@ -125,6 +129,7 @@ impl Default for IdentitySettings {
     fn default() -> Self {
         Self {
             allowed_endpoints: AllowedEndpoints::default(),
+            unprefixed_names: UnprefixedNames::default(),
             mode: Mode::Operator,
             roles_source: String::new(),
             sts_endpoint: None,
@@ -588,6 +593,10 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
         app,
         &ctx.identity.allowed_endpoints,
     ));
+    invalid.extend(crate::validate::application_name_refused(
+        app,
+        &ctx.identity.unprefixed_names,
+    ));
     if !invalid.is_empty() {
         let message = crate::message::bounded(
             &invalid
@@ -797,10 +806,16 @@ async fn observe(
                 LeaseError::WrongKeySchema { .. } => "WrongKeySchema",
                 _ => aws_problem(&e.to_string()),
             };
-            let message = format!(
-                "lease table `{app_name}` in {region}: {}",
-                crate::message::readable(&e.to_string())
-            );
+            let message = match &e {
+                // Not the table's key schema: it may be another team's table.
+                LeaseError::WrongKeySchema { .. } => format!(
+                    "table `{app_name}` in {region} exists and is not a lease table (its key is not `leaseKey`): choose another spec.applicationName"
+                ),
+                _ => format!(
+                    "lease table `{app_name}` in {region}: {}",
+                    crate::message::readable(&e.to_string())
+                ),
+            };
             return Ok(Err(Problem::new("LeaseTableReady", reason, message)));
         }
     };
@@ -811,9 +826,17 @@ async fn observe(
             c
         }
         Ok(ClaimOutcome::Theirs(other)) => {
+            // Who holds it is said only within the namespace (and cluster): another
+            // tenant's objects are none of this one's business.
+            let holder = if other.owner.namespace == owner.namespace
+                && other.owner.cluster == owner.cluster
+            {
+                other.owner.to_string()
+            } else {
+                "another application".to_string()
+            };
             let message = format!(
-                "lease table `{app_name}` is claimed by {}: two applications must not share a lease table (their checkpoints would mix); set spec.applicationName to a name of this application's own",
-                other.owner
+                "lease table `{app_name}` is claimed by {holder}: two applications must not share a lease table (their checkpoints would mix); set spec.applicationName to a name of this application's own"
             );
             return Ok(Err(Problem::new(
                 "LeaseTableReady",

@@ -97,6 +97,11 @@ struct Args {
     /// signed requests there, so by default none: a spec naming one is refused (InvalidSpec).
     #[arg(long, env = "ALLOWED_ENDPOINTS", value_delimiter = ',')]
     allowed_endpoints: Vec<String>,
+    /// Namespaces whose KinesisApplications may set spec.applicationName outside their own
+    /// `NAMESPACE.` prefix (comma-separated; `*`: all), e.g. to adopt an existing KCL table.
+    /// Others get InvalidSpec: such a name reaches tables other teams own or will create.
+    #[arg(long, env = "UNPREFIXED_APPLICATION_NAMES", value_delimiter = ',')]
+    unprefixed_application_names: Vec<String>,
     /// Whose AWS identity applications' calls use: `operator` (its own; every namespace
     /// that may create a KinesisApplication is trusted with it) or `namespace-role` (the role
     /// the ConfigMap --namespace-roles maps to the object's namespace, assumed per object;
@@ -298,6 +303,9 @@ async fn main() -> anyhow::Result<()> {
         IdentitySettings {
             allowed_endpoints: kinesis_operator::validate::AllowedEndpoints::new(
                 &args.allowed_endpoints,
+            ),
+            unprefixed_names: kinesis_operator::validate::UnprefixedNames::new(
+                &args.unprefixed_application_names,
             ),
             mode: match args.aws_identity {
                 IdentityMode::Operator => Mode::Operator,

@@ -115,6 +115,62 @@ pub fn endpoints(app: &KinesisApplication, allowed: &AllowedEndpoints) -> Vec<In
     .collect()
 }
 
+/// The namespaces whose objects may name an `spec.applicationName` outside their own
+/// `NAMESPACE.` prefix (`--unprefixed-application-names`, the chart's
+/// `applicationNames.unprefixedAllowedIn`; `*`: every namespace). Such a name reaches a table
+/// (or consumer) another team may own or be about to create — an existing KCL table to adopt,
+/// a retained one, `team-b.orders` before team-b exists — so it needs an administrator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnprefixedNames(Vec<String>);
+
+impl UnprefixedNames {
+    /// The namespaces (blank entries ignored; `*` allows all).
+    pub fn new<S: AsRef<str>>(namespaces: impl IntoIterator<Item = S>) -> Self {
+        Self(
+            namespaces
+                .into_iter()
+                .map(|n| n.as_ref().trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect(),
+        )
+    }
+
+    fn allows(&self, namespace: &str) -> bool {
+        self.0.iter().any(|n| n == "*" || n == namespace)
+    }
+}
+
+/// The application name rule: `spec.applicationName` starts with `NAMESPACE.`, or is the one
+/// this object already uses (`status.applicationName`: an object made before this rule keeps
+/// its table), or the administrator allowed the namespace any name.
+///
+/// # Guarantees
+/// `None` only when the name cannot be another namespace's default (`OTHER.NAME`) or an
+/// arbitrary table, unless an administrator allowed it.
+pub fn application_name_refused(
+    app: &KinesisApplication,
+    unprefixed: &UnprefixedNames,
+) -> Option<Invalid> {
+    let name = app.spec.application_name.as_deref()?;
+    let ns = app.metadata.namespace.as_deref().unwrap_or("default");
+    let in_use = app
+        .status
+        .as_ref()
+        .and_then(|s| s.application_name.as_deref())
+        == Some(name);
+    if name.starts_with(&format!("{ns}.")) || in_use || unprefixed.allows(ns) {
+        return None;
+    }
+    let shown: String = name.chars().take(100).collect();
+    Some(invalid(
+        "spec.applicationName",
+        format!(
+            "`{shown}` is outside this namespace's names: use `{ns}.<name>`, or leave it out (default `{ns}.{}`); to adopt an existing table (a KCL application's) ask the operator's administrator to allow this namespace (chart value applicationNames.unprefixedAllowedIn)",
+            app.metadata.name.as_deref().unwrap_or_default()
+        ),
+    ))
+}
+
 /// Every rule `app` breaks (empty: valid).
 pub fn validate(app: &KinesisApplication) -> Vec<Invalid> {
     let spec = &app.spec;

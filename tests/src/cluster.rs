@@ -171,6 +171,11 @@ pub fn operator_as(
             &format!("{},{}", env.kinesis_endpoint, env.dynamodb_endpoint),
         ])
         .args(extra);
+    // The test applications name their own lease tables (`unique_name`), outside the
+    // namespace's prefix; a test of that rule passes the flag itself.
+    if !extra.contains(&"--unprefixed-application-names") {
+        cmd.args(["--unprefixed-application-names", "*"]);
+    }
     let logs = crate::env_file()
         .parent()
         .map(|d| d.join("logs/test-operators"))

@@ -527,11 +527,11 @@ async fn the_chart_runs_the_operator_under_its_own_rbac_upgrades_and_keeps_the_c
     env.create_stream(&stream, 2).await?;
     let table = unique_name("counts");
     let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
-    apps.create(
-        &PostParams::default(),
-        &application("counter", &env, &stream, &table)?,
-    )
-    .await?;
+    // The chart's default: application names within the namespace's prefix only (the
+    // default `NAMESPACE.counter`).
+    let mut counter = application("counter", &env, &stream, &table)?;
+    counter.spec.application_name = None;
+    apps.create(&PostParams::default(), &counter).await?;
     let expected = produce(&env, &stream, 200)?;
     let logs = String::from_utf8_lossy(
         &run(

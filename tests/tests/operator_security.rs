@@ -382,10 +382,11 @@ async fn two_applications_never_share_a_lease_table() -> Result<()> {
     ] {
         let c = until_condition(apps, name, "Ready", "False", "LeaseTableConflict", op).await?;
         assert!(
-            c.message.contains(&format!("{ns_a}/counter"))
-                && c.message.contains("cluster `c1`")
+            !c.message.contains(&format!("{ns_a}/counter"))
+                && !c.message.contains("uid")
+                && c.message.contains("claimed by another application")
                 && c.message.contains("spec.applicationName"),
-            "the message names the owner and the fix: {}",
+            "the message names the fix, and not another namespace's owner: {}",
             c.message
         );
         let d: Api<Deployment> = Api::namespaced(client.clone(), ns);
@@ -1589,5 +1590,102 @@ async fn a_lease_table_full_of_large_junk_neither_exhausts_the_operator_nor_stal
     drop(op);
     delete_namespace(&client, &ns).await?;
     env.remove(Some(&stream), &[]).await;
+    Ok(())
+}
+
+/// Attack 3: a tenant names a table outside its namespace's prefix — another team's default
+/// name before that team exists, or an existing KCL table to adopt (and publish its owners
+/// and checkpoints in its own status). Without the administrator's allowance the object gets
+/// `InvalidSpec` naming the fix, and no table is created, claimed or read.
+#[tokio::test]
+async fn an_application_name_outside_the_namespace_is_refused_unless_the_administrator_allows_it()
+-> Result<()> {
+    let env = TestEnv::require();
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "names").await?;
+    let stream = unique_name("names");
+    env.create_stream(&stream, 1).await?;
+    // An existing KCL application's table, with a lease in it.
+    let kcl = unique_name("kcl-orders");
+    create_table(&env, &kcl, "leaseKey").await?;
+    let dynamodb = env.dynamodb().await;
+    dynamodb
+        .put_item()
+        .table_name(&kcl)
+        .item("leaseKey", AttributeValue::S("shardId-000000000000".into()))
+        .item("leaseOwner", AttributeValue::S("kcl-worker-1".into()))
+        .item(
+            "checkpoint",
+            AttributeValue::S("49590338271490256608559692538361571095921575989136588898".into()),
+        )
+        .send()
+        .await?;
+    let squatted = format!("{}.orders", unique_name("team-b"));
+    // Only namespace `migration` may use any name.
+    let op = operator_with(
+        &env,
+        &ns,
+        3,
+        "operator",
+        &["--unprefixed-application-names", "migration"],
+    )?;
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+    let replicas0 = |name: &str| json!({"replicas": 0, "applicationName": name});
+    apps.create(
+        &PostParams::default(),
+        &app("squat", &env, &stream, "unused", replicas0(&squatted))?,
+    )
+    .await?;
+    apps.create(
+        &PostParams::default(),
+        &app("adopt", &env, &stream, "unused", replicas0(&kcl))?,
+    )
+    .await?;
+    let own = format!("{ns}.orders");
+    apps.create(
+        &PostParams::default(),
+        &app("own", &env, &stream, "unused", replicas0(&own))?,
+    )
+    .await?;
+    for name in ["squat", "adopt"] {
+        let c = until_condition(&apps, name, "Ready", "False", "InvalidSpec", &op).await?;
+        assert!(
+            c.message.contains("spec.applicationName")
+                && c.message.contains(&format!("{ns}.<name>")),
+            "{name}: {}",
+            c.message
+        );
+        let a = apps.get(name).await?;
+        assert!(
+            a.metadata.finalizers.unwrap_or_default().is_empty(),
+            "{name}: a refused object owns nothing"
+        );
+        assert!(
+            a.status.map(|s| s.shard_status.is_empty()).unwrap_or(true),
+            "{name}: nothing of the table is published"
+        );
+    }
+    // The object in its own names is served.
+    until_condition(&apps, "own", "LeaseTableReady", "True", "TableActive", &op).await?;
+    assert!(
+        !table_exists(&env, &squatted).await,
+        "no table made for the squatted name"
+    );
+    let claim = dynamodb
+        .get_item()
+        .table_name(&kcl)
+        .key(
+            "leaseKey",
+            AttributeValue::S("kinesis-operator:claim".into()),
+        )
+        .consistent_read(true)
+        .send()
+        .await?;
+    assert!(claim.item.is_none(), "the KCL table is not claimed");
+    delete_all(&apps).await?;
+    drop(op);
+    delete_namespace(&client, &ns).await?;
+    env.remove(Some(&stream), &[&kcl]).await;
     Ok(())
 }

@@ -254,3 +254,44 @@ fn a_fan_out_application_cannot_move_to_another_stream() {
     }
     assert_eq!(validate(&a), vec![]);
 }
+
+#[test]
+fn an_application_name_outside_the_namespace_needs_the_administrator() {
+    let none = UnprefixedNames::default();
+    let named = |n: &str| app(json!({"applicationName": n}));
+    // The namespace's own names, and the default, pass.
+    assert_eq!(
+        application_name_refused(&named("default.orders"), &none),
+        None
+    );
+    assert_eq!(application_name_refused(&app(json!({})), &none), None);
+    // Another namespace's default, an existing table, a bare prefix: refused, naming the fix.
+    for squat in ["team-b.orders", "orders-kcl", "defaultx.orders", "default"] {
+        let e = application_name_refused(&named(squat), &none)
+            .map(|i| i.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.starts_with("spec.applicationName:")
+                && e.contains("default.<name>")
+                && e.contains("applicationNames.unprefixedAllowedIn"),
+            "{squat}: {e}"
+        );
+    }
+    // Allowed by the administrator, for this namespace or all.
+    for allowed in [vec!["default"], vec!["*"], vec!["other", " default "]] {
+        assert_eq!(
+            application_name_refused(&named("orders-kcl"), &UnprefixedNames::new(allowed)),
+            None
+        );
+    }
+    assert!(
+        application_name_refused(&named("orders-kcl"), &UnprefixedNames::new(["other"])).is_some()
+    );
+    // A name this object already uses (from before the rule) keeps working.
+    let mut legacy = named("orders-kcl");
+    legacy.status = Some(KinesisApplicationStatus {
+        application_name: Some("orders-kcl".into()),
+        ..Default::default()
+    });
+    assert_eq!(application_name_refused(&legacy, &none), None);
+}
