@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kinesis_worker::backoff::Backoff;
 use kinesis_worker::lease::discovery::{DiscoveryError, ShardInfo, StreamRef, list_shards};
 use kinesis_worker::lease::model::TableSnapshot;
@@ -965,6 +966,20 @@ async fn name_conflict_of(
     ) {
         return Ok(Some(m));
     }
+    if ctx.settings.network_policy_from.is_some() {
+        let np_name = crate::netpol::name(app);
+        let existing = Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&np_name)
+            .await?;
+        if let Some(m) = crate::deployment::name_conflict(
+            app,
+            "NetworkPolicy",
+            &np_name,
+            existing.as_ref().map(|n| &n.metadata),
+        ) {
+            return Ok(Some(m));
+        }
+    }
     if app
         .spec
         .aws
@@ -1011,6 +1026,16 @@ async fn apply_workers(
         }))?;
         Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns)
             .patch(&service_account_name(app), &params, &Patch::Apply(&sa))
+            .await?;
+    }
+    if let Some(from) = &ctx.settings.network_policy_from {
+        let mut body = serde_json::to_value(crate::netpol::network_policy(app, from))?;
+        if let Some(o) = body.as_object_mut() {
+            o.insert("apiVersion".into(), json!("networking.k8s.io/v1"));
+            o.insert("kind".into(), json!("NetworkPolicy"));
+        }
+        Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &ns)
+            .patch(&crate::netpol::name(app), &params, &Patch::Apply(&body))
             .await?;
     }
     let mut d = deployment(app, desired, &ctx.settings, consumer_arn);

@@ -42,6 +42,9 @@ pub struct WorkerSettings {
     pub pull_policy: Option<String>,
     /// Region when the resource names none (the operator's own).
     pub default_region: Option<String>,
+    /// The peers the worker pods' admin port admits (see [`crate::netpol`]); `None`: no
+    /// NetworkPolicy is made.
+    pub network_policy_from: Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>>,
 }
 
 /// The Deployment's name: the resource's.

@@ -15,6 +15,7 @@ pub mod identity;
 pub mod leader;
 pub mod message;
 pub mod metrics;
+pub mod netpol;
 pub mod ownership;
 pub mod plan;
 pub mod report;

@@ -102,6 +102,12 @@ struct Args {
     /// Others get InvalidSpec: such a name reaches tables other teams own or will create.
     #[arg(long, env = "UNPREFIXED_APPLICATION_NAMES", value_delimiter = ',')]
     unprefixed_application_names: Vec<String>,
+    /// Make a NetworkPolicy for each application's worker pods: their admin port (metrics,
+    /// readiness, drain) admits only these peers (a JSON list of NetworkPolicy peers, e.g.
+    /// `[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]`;
+    /// `[]`: nobody); the app containers' declared ports stay open. Unset: no NetworkPolicy.
+    #[arg(long, env = "WORKER_NETWORK_POLICY_FROM")]
+    worker_network_policy_from: Option<String>,
     /// Whose AWS identity applications' calls use: `operator` (its own; every namespace
     /// that may create a KinesisApplication is trusted with it) or `namespace-role` (the role
     /// the ConfigMap --namespace-roles maps to the object's namespace, assumed per object;
@@ -285,7 +291,14 @@ async fn main() -> anyhow::Result<()> {
         metrics.set_leader(true);
     }
 
+    let network_policy_from = match args.worker_network_policy_from.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(json) => {
+            Some(kinesis_operator::netpol::parse_peers(json).map_err(anyhow::Error::msg)?)
+        }
+    };
     let settings = WorkerSettings {
+        network_policy_from,
         image: args.worker_image.clone(),
         pull_policy: args.worker_image_pull_policy.clone(),
         default_region: args.region.clone(),

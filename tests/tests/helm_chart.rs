@@ -126,6 +126,43 @@ fn kinds(docs: &[serde_json::Value]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `worker.networkPolicy.enabled`: the operator is told the peers and may manage
+/// NetworkPolicies (and only then).
+#[tokio::test]
+async fn the_worker_network_policy_is_opt_in_with_its_own_rbac() -> Result<()> {
+    let env = TestEnv::require();
+    let rules_of = |docs: &[serde_json::Value]| {
+        docs.iter()
+            .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "ko-kinesis-operator")
+            .map(|d| d["rules"].to_string())
+            .unwrap_or_default()
+    };
+    let off = render(&env, &[])?;
+    assert!(!rules_of(&off).contains("networkpolicies"));
+    let on = render(
+        &env,
+        &[
+            "worker.networkPolicy.enabled=true",
+            "worker.networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=mon",
+        ],
+    )?;
+    assert!(
+        rules_of(&on).contains("networkpolicies"),
+        "{}",
+        rules_of(&on)
+    );
+    let env_text = on
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .map(|d| d["spec"]["template"]["spec"]["containers"][0]["env"].to_string())
+        .unwrap_or_default();
+    assert!(
+        env_text.contains("WORKER_NETWORK_POLICY_FROM") && env_text.contains("team"),
+        "{env_text}"
+    );
+    Ok(())
+}
+
 /// `aws.identity=namespace-role`: the mapping is a ConfigMap in the release's namespace, the
 /// operator may only read ConfigMaps there (never write one), and it is told the mode.
 #[tokio::test]

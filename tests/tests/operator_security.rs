@@ -1689,3 +1689,104 @@ async fn an_application_name_outside_the_namespace_is_refused_unless_the_adminis
     env.remove(Some(&stream), &[&kcl]).await;
     Ok(())
 }
+
+/// Attack 8, the chart's part: with `worker.networkPolicy` on, each application's worker pods
+/// get a NetworkPolicy admitting only the chosen peers to the admin port (the app's own ports
+/// stay open), made and kept by the operator — and one of that name that is not the
+/// application's is never taken over. (The test cluster's network plugin enforces no
+/// NetworkPolicy: what is checked is the object, not the packets.)
+#[tokio::test]
+async fn the_worker_admin_port_admits_only_the_chosen_peers() -> Result<()> {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let env = TestEnv::require();
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "netpol").await?;
+    let stream = unique_name("netpol");
+    env.create_stream(&stream, 1).await?;
+    let peers =
+        r#"[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]"#;
+    let op = operator_with(
+        &env,
+        &ns,
+        3,
+        "operator",
+        &["--worker-network-policy-from", peers],
+    )?;
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    // Somebody else's policy under the name the second application's would have.
+    policies
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "taken-workers"},
+                "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{}]},
+            }))?,
+        )
+        .await?;
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+    let mut a = app("orders", &env, &stream, "unused", json!({"replicas": 0}))?;
+    if let Some(c) = a
+        .spec
+        .template
+        .spec
+        .as_mut()
+        .and_then(|p| p.containers.first_mut())
+    {
+        c.ports = Some(vec![serde_json::from_value(
+            json!({"containerPort": 9000}),
+        )?]);
+    }
+    apps.create(&PostParams::default(), &a).await?;
+    apps.create(
+        &PostParams::default(),
+        &app("taken", &env, &stream, "unused", json!({"replicas": 0}))?,
+    )
+    .await?;
+    let np = wait_for(
+        "the workers' NetworkPolicy",
+        Duration::from_secs(90),
+        POLL,
+        || async { policies.get_opt("orders-workers").await.ok()? },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    let spec = serde_json::to_value(np.spec)?;
+    assert_eq!(
+        spec["ingress"],
+        json!([
+            {"from": serde_json::from_str::<Value>(peers)?, "ports": [{"port": 8080, "protocol": "TCP"}]},
+            {"ports": [{"port": 9000, "protocol": "TCP"}]},
+        ]),
+        "{spec}"
+    );
+    let d: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let selector = d
+        .get("orders")
+        .await?
+        .spec
+        .selector
+        .match_labels
+        .ok_or("the Deployment's selector")?;
+    assert_eq!(
+        spec["podSelector"]["matchLabels"],
+        serde_json::to_value(selector)?
+    );
+    let c = until_condition(&apps, "taken", "Ready", "False", "NameConflict", &op).await?;
+    assert!(
+        c.message.contains("NetworkPolicy `taken-workers`"),
+        "{}",
+        c.message
+    );
+    let theirs = policies.get("taken-workers").await?;
+    assert_eq!(
+        serde_json::to_value(theirs.spec)?["ingress"],
+        json!([{}]),
+        "the other policy is untouched"
+    );
+    delete_all(&apps).await?;
+    drop(op);
+    delete_namespace(&client, &ns).await?;
+    env.remove(Some(&stream), &[]).await;
+    Ok(())
+}

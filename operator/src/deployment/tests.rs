@@ -28,6 +28,7 @@ fn settings() -> WorkerSettings {
         image: "localhost/kinesis-worker:dev".into(),
         pull_policy: Some("Never".into()),
         default_region: Some("eu-west-1".into()),
+        network_policy_from: None,
     }
 }
 
