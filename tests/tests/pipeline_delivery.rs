@@ -1007,6 +1007,84 @@ async fn bisect_sends_only_the_poison_record_to_the_destination() -> Result<()> 
     p.cleanup().await
 }
 
+/// A Kinesis stream as the on-failure destination (issue 27, item 9): the worker sends to the
+/// stream its ARN names (`StreamARN`, so another account's stream is that one, not a
+/// same-named stream in the worker's account), and the given-up record arrives there.
+#[tokio::test]
+async fn a_kinesis_destination_gets_the_given_up_record_at_the_stream_its_arn_names() -> Result<()>
+{
+    let p = Pipeline::new(1).await?;
+    let app = p.app("a", &["--poison", "key-0:3"]).await?;
+    let dlq = kinesis_operator_tests::unique_name("dlq-stream");
+    p.env.create_stream(&dlq, 1).await?;
+    let kinesis = p.env.kinesis().await;
+    let arn = kinesis
+        .describe_stream_summary()
+        .stream_name(&dlq)
+        .send()
+        .await?
+        .stream_description_summary
+        .map(|s| s.stream_arn)
+        .ok_or("stream arn")?;
+    p.put_sequence(1, 0, 10).await?;
+    let w = p.worker(
+        "w",
+        &app.address,
+        &[
+            "--max-attempts",
+            "2",
+            "--bisect-on-error",
+            "--on-failure-destination",
+            &arn,
+        ],
+    )?;
+    until_received(&[app.out.as_path()], 9).await?;
+    let shard = kinesis
+        .list_shards()
+        .stream_name(&dlq)
+        .send()
+        .await?
+        .shards
+        .and_then(|s| s.into_iter().next())
+        .map(|s| s.shard_id)
+        .ok_or("a shard")?;
+    let iterator = kinesis
+        .get_shard_iterator()
+        .stream_name(&dlq)
+        .shard_id(&shard)
+        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+        .send()
+        .await?
+        .shard_iterator
+        .ok_or("an iterator")?;
+    let records = wait_for(
+        "the record in the destination stream",
+        DEADLINE,
+        POLL,
+        || {
+            let kinesis = kinesis.clone();
+            let iterator = iterator.clone();
+            async move {
+                let out = kinesis
+                    .get_records()
+                    .shard_iterator(iterator)
+                    .send()
+                    .await
+                    .ok()?;
+                let r = out.records;
+                (!r.is_empty()).then_some(r)
+            }
+        },
+    )
+    .await?;
+    assert_eq!(records.len(), 1);
+    let m: serde_json::Value = serde_json::from_slice(records[0].data.as_ref())?;
+    assert_eq!(m["records"][0]["data"], "a2V5LTA6Mw=="); // base64 of key-0:3
+    w.stop(DEADLINE).await?;
+    p.env.remove(Some(&dlq), &[]).await;
+    p.cleanup().await
+}
+
 /// Maximum record age (issue 15, policy 4): records older than the limit when their turn comes
 /// go to the destination, not to the app; fresh ones reach the app. Every record is in one of
 /// the two.

@@ -369,9 +369,11 @@ impl Destination {
                 .map_err(|e| {
                     failed(aws_smithy_types::error::display::DisplayErrorContext(&e).to_string())
                 }),
-            Self::Kinesis { client, name, .. } => client
+            // By ARN, not name: a name means "in the client's account", and the ARN may name
+            // another account's stream (a cross-account destination).
+            Self::Kinesis { client, arn, .. } => client
                 .put_record()
-                .stream_name(name)
+                .stream_arn(arn)
                 .partition_key(shard)
                 .data(aws_sdk_kinesis::primitives::Blob::new(body.into_bytes()))
                 .send()
