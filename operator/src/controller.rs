@@ -103,6 +103,14 @@ pub struct Context {
 /// (region, Kinesis endpoint, DynamoDB endpoint).
 pub type AwsKey = (Option<String>, Option<String>, Option<String>);
 
+/// The keys of `known` that are not in `live` (pure).
+pub fn gone<'a, K: Clone + Eq + std::hash::Hash + 'a>(
+    known: impl Iterator<Item = &'a K>,
+    live: &HashSet<K>,
+) -> Vec<K> {
+    known.filter(|k| !live.contains(*k)).cloned().collect()
+}
+
 /// Endpoints, (role, namespace) and stream: see [`Context::listing_key`].
 pub type ListingKey = (AwsKey, Option<(String, String)>, String);
 
@@ -243,6 +251,45 @@ impl Context {
         if let Ok(mut c) = self.aws.lock() {
             c.retain(|(_, id)| !matches!(id, Identity::Role(s) if s.namespace == ns && s.session_name == session));
         }
+    }
+
+    /// Forgets every application not in `live` (namespace, name): its metric series, backoff,
+    /// sized shard count, lease-table check and assumed-role clients. The finalizer's cleanup
+    /// does this for an object it sees go; this catches one deleted with its finalizer
+    /// stripped (never reconciled again). Returns how many were forgotten.
+    pub fn sweep(&self, live: &[Arc<KinesisApplication>]) -> usize {
+        let keys: HashSet<(String, String)> = live.iter().map(|a| Self::key(a)).collect();
+        let names: HashSet<String> = live.iter().map(|a| application_name(a)).collect();
+        let gone: Vec<(String, String)> = self
+            .open_shards
+            .lock()
+            .map(|m| gone(m.keys(), &keys))
+            .unwrap_or_default();
+        for (ns, name) in &gone {
+            self.metrics.forget(ns, name);
+        }
+        if let Ok(mut m) = self.open_shards.lock() {
+            m.retain(|k, _| keys.contains(k));
+        }
+        if let Ok(mut f) = self.failures.lock() {
+            f.retain(|k, _| keys.contains(k));
+        }
+        if let Ok(mut t) = self.tables.lock() {
+            t.retain(|(_, _, name)| names.contains(name));
+        }
+        let sessions: HashSet<(String, String)> = keys
+            .iter()
+            .map(|(ns, name)| (ns.clone(), crate::identity::session_name(ns, name)))
+            .collect();
+        if let Ok(mut c) = self.aws.lock() {
+            c.retain(|(_, id)| match id {
+                Identity::Operator => true,
+                Identity::Role(s) => {
+                    sessions.contains(&(s.namespace.clone(), s.session_name.clone()))
+                }
+            });
+        }
+        gone.len()
     }
 
     /// The administrator's namespace-to-role mapping changed (`None`: its ConfigMap is gone).
@@ -1417,6 +1464,20 @@ mod tests {
         assert_eq!(
             resync_after(resync, Some("x")),
             resync_after(resync, Some("x"))
+        );
+    }
+
+    #[test]
+    fn what_is_no_longer_live_is_gone() {
+        let live: HashSet<(String, String)> =
+            [("a".to_string(), "x".to_string())].into_iter().collect();
+        let known = [
+            ("a".to_string(), "x".to_string()),
+            ("a".to_string(), "y".to_string()),
+        ];
+        assert_eq!(
+            gone(known.iter(), &live),
+            vec![("a".to_string(), "y".to_string())]
         );
     }
 

@@ -352,6 +352,28 @@ async fn main() -> anyhow::Result<()> {
             resharded,
         ));
     }
+    // What the operator keeps per application is dropped once the object is gone, even if
+    // its finalizer was stripped (then no reconcile sees it go).
+    {
+        let (store, ctx) = (reader.clone(), ctx.clone());
+        let every = Duration::from_secs(args.resync_seconds.max(1));
+        // No `wait_until_ready` here: its future keeps one waker, and the controller waits on
+        // the same store (this task was never woken). Nothing is kept of an application
+        // before its first reconcile, which comes after the store is ready.
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let live = store.state();
+                let n = ctx.sweep(&live);
+                if n > 0 {
+                    tracing::info!(
+                        forgotten = n,
+                        "dropped what was kept of applications that are gone"
+                    );
+                }
+            }
+        });
+    }
     let trigger = watcher(apps, watcher::Config::default())
         .default_backoff()
         .reflect(writer)

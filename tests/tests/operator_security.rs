@@ -1790,3 +1790,70 @@ async fn the_worker_admin_port_admits_only_the_chosen_peers() -> Result<()> {
     env.remove(Some(&stream), &[]).await;
     Ok(())
 }
+
+/// Item 9: an object deleted with its finalizer stripped is never reconciled again; what the
+/// operator kept of it (its metric series, caches, assumed-role clients) goes anyway.
+#[tokio::test]
+async fn what_the_operator_keeps_of_an_application_goes_with_it_even_without_its_finalizer()
+-> Result<()> {
+    let env = TestEnv::require();
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "stripped").await?;
+    let stream = unique_name("stripped");
+    env.create_stream(&stream, 1).await?;
+    let op = operator_with(&env, &ns, 2, "operator", &[])?;
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+    apps.create(
+        &PostParams::default(),
+        &app("gone", &env, &stream, "unused", json!({"replicas": 0}))?,
+    )
+    .await?;
+    let series = r#"application="gone""#;
+    wait_for(
+        "its metric series",
+        Duration::from_secs(90),
+        POLL,
+        || async {
+            (operator_metric(&op, "kinesis_operator_workers_desired", series)
+                .await
+                .ok()?
+                >= 0.0
+                && kinesis_operator_tests::pipeline::http_get(&op.admin, "/metrics")
+                    .await
+                    .ok()?
+                    .1
+                    .contains(series))
+            .then_some(())
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    // Strip the finalizer, then delete: the operator never reconciles it again.
+    apps.patch(
+        "gone",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await?;
+    apps.delete("gone", &DeleteParams::default()).await?;
+    wait_for(
+        "its series dropped",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            let page = kinesis_operator_tests::pipeline::http_get(&op.admin, "/metrics")
+                .await
+                .ok()?
+                .1;
+            (!page.contains(series)).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    drop(op);
+    delete_namespace(&client, &ns).await?;
+    // Its lease table stays (no cleanup ran): removed here.
+    env.remove(Some(&stream), &[]).await;
+    Ok(())
+}
