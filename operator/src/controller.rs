@@ -142,7 +142,7 @@ impl Default for IdentitySettings {
             mode: Mode::Operator,
             roles_source: String::new(),
             sts_endpoint: None,
-            max_clients: 512,
+            max_clients: 2048,
         }
     }
 }

@@ -127,7 +127,7 @@ struct Args {
     sts_endpoint: Option<String>,
     /// At most this many sets of AWS clients (one per region, endpoints and identity; in
     /// `namespace-role` mode one per application) are kept; the least recently used goes.
-    #[arg(long, env = "MAX_AWS_CLIENTS", default_value_t = 512)]
+    #[arg(long, env = "MAX_AWS_CLIENTS", default_value_t = 2048)]
     max_aws_clients: usize,
 }
 

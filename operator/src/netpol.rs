@@ -5,6 +5,11 @@
 //!
 //! Kubelet probes come from the node; most network plugins let node traffic through whatever
 //! the policy says, but where one does not, add the nodes' CIDR as an `ipBlock` peer.
+//!
+//! Limits: a port the app listens on without declaring it (or a sidecar a webhook injects)
+//! is closed by the policy; NetworkPolicies add up, so another policy that admits everyone to
+//! these pods opens the admin port again; turning the feature off leaves the policies made
+//! (delete them by the label `app.kubernetes.io/managed-by=kinesis-operator`).
 
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -46,7 +51,15 @@ pub fn network_policy(app: &KinesisApplication, admin_from: &[NetworkPolicyPeer]
         .template
         .spec
         .iter()
-        .flat_map(|p| p.containers.iter())
+        // The app's containers, and its sidecars (init containers that keep running).
+        .flat_map(|p| {
+            p.containers.iter().chain(
+                p.init_containers
+                    .iter()
+                    .flatten()
+                    .filter(|c| c.restart_policy.as_deref() == Some("Always")),
+            )
+        })
         .flat_map(|c| c.ports.iter().flatten())
         .filter(|p| p.container_port != ADMIN_PORT)
         .map(|p| tcp(IntOrString::Int(p.container_port), p.protocol.clone()))

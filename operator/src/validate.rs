@@ -141,8 +141,9 @@ impl UnprefixedNames {
 }
 
 /// The application name rule: `spec.applicationName` starts with `NAMESPACE.`, or is the one
-/// this object already uses (`status.applicationName`: an object made before this rule keeps
-/// its table), or the administrator allowed the namespace any name.
+/// this object already holds (`status.applicationName` with `LeaseTableReady=True`: an object
+/// made before this rule keeps its table), or the administrator allowed the namespace any
+/// name. The status is the operator's: nobody may be granted `kinesisapplications/status`.
 ///
 /// # Guarantees
 /// `None` only when the name cannot be another namespace's default (`OTHER.NAME`) or an
@@ -153,11 +154,14 @@ pub fn application_name_refused(
 ) -> Option<Invalid> {
     let name = app.spec.application_name.as_deref()?;
     let ns = app.metadata.namespace.as_deref().unwrap_or("default");
-    let in_use = app
-        .status
-        .as_ref()
-        .and_then(|s| s.application_name.as_deref())
-        == Some(name);
+    // In use: the status names it *and* says this object holds its table (the name is
+    // recorded before the claim, so a refused claim must not count).
+    let in_use = app.status.as_ref().is_some_and(|s| {
+        s.application_name.as_deref() == Some(name)
+            && s.conditions.iter().any(|c| {
+                c.type_ == "LeaseTableReady" && c.status == "True" && c.reason == "TableActive"
+            })
+    });
     if name.starts_with(&format!("{ns}.")) || in_use || unprefixed.allows(ns) {
         return None;
     }

@@ -293,5 +293,17 @@ fn an_application_name_outside_the_namespace_needs_the_administrator() {
         application_name: Some("orders-kcl".into()),
         ..Default::default()
     });
+    // Named in the status but never held (a refused claim): still refused.
+    assert!(application_name_refused(&legacy, &none).is_some());
+    if let Some(s) = legacy.status.as_mut() {
+        crate::plan::set_condition(
+            &mut s.conditions,
+            "LeaseTableReady",
+            true,
+            "TableActive",
+            "held",
+            Some(1),
+        );
+    }
     assert_eq!(application_name_refused(&legacy, &none), None);
 }

@@ -418,12 +418,16 @@ async fn read_ahead(
     // second per shard (`pace`); fan-out pushes at its own pace.
     let mut started = Instant::now();
     let mut next_call = started;
+    // Bytes of the last call's page handed out so far (a page of KPL aggregates comes in
+    // parts: only the call is paced, by the whole page).
+    let mut page_read: u64 = 0;
     loop {
         // While delivery retries, read no further ahead.
         if stalled.wait_for(|s| !*s).await.is_err() {
             return;
         }
-        if !reader.pushes() {
+        let from_page = reader.has_pending();
+        if !reader.pushes() && !from_page {
             // The metric counts only the wait the byte limit adds to the call limit's.
             let floor = (started + config.read_pace.min_interval).max(Instant::now());
             if next_call > floor {
@@ -433,8 +437,11 @@ async fn read_ahead(
             }
             tokio::time::sleep_until(next_call).await;
         }
-        started = Instant::now();
-        next_call = started + config.read_pace.min_interval;
+        if !from_page {
+            started = Instant::now();
+            next_call = started + config.read_pace.min_interval;
+            page_read = 0;
+        }
         match reader.next_batch().await {
             Ok(Batch::Records {
                 records,
@@ -453,7 +460,8 @@ async fn read_ahead(
                         .saturating_mul(crate::records::reader::RECORD_OVERHEAD_BYTES),
                 );
                 let read = u64::try_from(data_bytes.saturating_add(key_bytes)).unwrap_or(u64::MAX);
-                next_call = started + config.read_pace.gap(read);
+                page_read = page_read.saturating_add(read);
+                next_call = started + config.read_pace.gap(page_read);
                 let behind = millis_behind_latest.unwrap_or(0);
                 gauge.set(behind);
                 config.lag.set(&shard, behind);

@@ -312,6 +312,11 @@ impl FanOutReader {
             .is_some_and(|s| s.closed)
     }
 
+    /// Is part of the last event still to be handed out?
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// The next batch. Renews subscriptions and retries transient errors itself.
     ///
     /// # Errors

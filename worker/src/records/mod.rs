@@ -26,6 +26,15 @@ impl ShardSource {
         }
     }
 
+    /// Is part of the last read still to be handed out (a page of KPL aggregates expanded
+    /// part by part)? The next batch then makes no call.
+    pub fn has_pending(&self) -> bool {
+        match self {
+            Self::Polling(r) => r.has_pending(),
+            Self::FanOut(r) => r.has_pending(),
+        }
+    }
+
     /// Does the stream push records (no polling pace to keep)?
     pub fn pushes(&self) -> bool {
         matches!(self, Self::FanOut(_))

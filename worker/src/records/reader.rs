@@ -440,6 +440,11 @@ impl ShardReader {
         }
     }
 
+    /// Is part of the last page still to be handed out (no call for the next batch)?
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// The next batch. Retries throttling, expired iterators and transient errors itself.
     ///
     /// # Errors
