@@ -968,6 +968,7 @@ impl Coordinator {
         // round (a slow scan) leaves them invalid, and the next round takes them back.
         let epoch = self.liveness.epoch();
         self.drop_stopped().await;
+        let asked = Instant::now();
         let snapshot = match self.table.scan().await {
             Ok(s) => s,
             Err(e) => {
@@ -996,7 +997,7 @@ impl Coordinator {
             &me,
             self.draining,
             self.config.failover_time,
-            now,
+            asked,
         );
         self.last_live = live.clone();
         let by_shard: HashMap<&str, &Lease> = snapshot

@@ -109,17 +109,22 @@ impl Coordinator {
         if self.role.mine || self.draining {
             return;
         }
-        let now = Instant::now();
+        // A value is as old as when it was seen (after the read), and staleness counts up to
+        // when it was asked (before it): a read answered late (a pause, throttled retries)
+        // must not make a live assigner look dead.
+        let asked = Instant::now();
         let (stale, gone_or_draining) = match holder.as_deref() {
             None => (false, false),
             Some(h) => match self.table.read_heartbeat(h).await {
                 Ok(Some(hb)) => {
+                    let answered = Instant::now();
                     // The same observation as a scan's, kept in the same observer: once this
                     // worker is the assigner, the old one's shards are free at once.
-                    self.observer.observe(&heartbeat_key(h), hb.counter, now);
+                    self.observer
+                        .observe(&heartbeat_key(h), hb.counter, answered);
                     let stale =
                         self.observer
-                            .is_stale(&heartbeat_key(h), now, self.config.failover_time);
+                            .is_stale(&heartbeat_key(h), asked, self.config.failover_time);
                     (stale, hb.draining)
                 }
                 Ok(None) => (false, true),
@@ -174,13 +179,14 @@ impl Coordinator {
         let me = self.config.worker_id.clone();
         observe(&mut self.observer, &snapshot, now);
         self.warn_of_other_modes(&snapshot);
+        // Staleness up to when the scan was asked, not answered (see `check_role`).
         let (live, states) = fleet_view(
             &snapshot,
             &self.observer,
             &me,
             self.draining,
             self.config.failover_time,
-            now,
+            started,
         );
         let proof_time = self.config.heartbeat_interval + self.config.scan_interval * 2;
         let (counted, receivers) =
