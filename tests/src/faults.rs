@@ -62,6 +62,19 @@ impl Rule {
 
 type Rules = Arc<Mutex<Vec<(u64, Rule)>>>;
 
+/// What the proxy counts.
+#[derive(Default)]
+struct Counters {
+    /// Requests answered with an injected error, or held by a rule.
+    injected: AtomicU64,
+    /// Requests forwarded.
+    forwarded: AtomicU64,
+    /// Requests seen by the mode (every second one fails in the half modes).
+    seen: AtomicU64,
+    /// Delayed requests whose delay is over (each then goes on upstream).
+    delays_done: AtomicU64,
+}
+
 /// A running proxy; stops when dropped.
 pub struct FaultProxy {
     /// `http://127.0.0.1:PORT`.
@@ -69,8 +82,7 @@ pub struct FaultProxy {
     rules: Rules,
     next_rule: AtomicU64,
     mode: Arc<AtomicU8>,
-    injected: Arc<AtomicU64>,
-    forwarded: Arc<AtomicU64>,
+    counters: Arc<Counters>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -106,29 +118,15 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let mode = Arc::new(AtomicU8::new(Mode::Pass as u8));
-        let injected = Arc::new(AtomicU64::new(0));
-        let forwarded = Arc::new(AtomicU64::new(0));
-        let seen = Arc::new(AtomicU64::new(0));
+        let counters = Arc::new(Counters::default());
         let rules: Rules = Arc::default();
         let upstream = upstream.to_string();
-        let (m, i, f, r) = (
-            mode.clone(),
-            injected.clone(),
-            forwarded.clone(),
-            rules.clone(),
-        );
+        let (m, c, r) = (mode.clone(), counters.clone(), rules.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (m, i, f, seen, upstream, r) = (
-                    m.clone(),
-                    i.clone(),
-                    f.clone(),
-                    seen.clone(),
-                    upstream.clone(),
-                    r.clone(),
-                );
+                let (m, c, upstream, r) = (m.clone(), c.clone(), upstream.clone(), r.clone());
                 tokio::spawn(async move {
-                    let _ = serve(client, &upstream, &m, &i, &f, &seen, &r).await;
+                    let _ = serve(client, &upstream, &m, &c, &r).await;
                 });
             }
         });
@@ -137,8 +135,7 @@ impl FaultProxy {
             rules,
             next_rule: AtomicU64::new(0),
             mode,
-            injected,
-            forwarded,
+            counters,
             task,
         })
     }
@@ -166,12 +163,17 @@ impl FaultProxy {
 
     /// Requests answered with an injected error so far.
     pub fn injected(&self) -> u64 {
-        self.injected.load(Ordering::SeqCst)
+        self.counters.injected.load(Ordering::SeqCst)
     }
 
     /// Requests forwarded so far.
     pub fn forwarded(&self) -> u64 {
-        self.forwarded.load(Ordering::SeqCst)
+        self.counters.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// Delayed requests whose delay is over (each then goes on upstream).
+    pub fn delays_done(&self) -> u64 {
+        self.counters.delays_done.load(Ordering::SeqCst)
     }
 }
 
@@ -215,11 +217,10 @@ async fn serve(
     mut client: TcpStream,
     upstream: &str,
     mode: &AtomicU8,
-    injected: &AtomicU64,
-    forwarded: &AtomicU64,
-    seen: &AtomicU64,
+    counters: &Counters,
     rules: &Rules,
 ) -> std::io::Result<()> {
+    let (injected, forwarded, seen) = (&counters.injected, &counters.forwarded, &counters.seen);
     let Some(request) = read_request(&mut client).await? else {
         return Ok(());
     };
@@ -237,6 +238,7 @@ async fn serve(
         match action {
             Action::Delay(d) => {
                 tokio::time::sleep(d).await;
+                counters.delays_done.fetch_add(1, Ordering::SeqCst);
                 delayed = true;
             }
             Action::Hang => {

@@ -125,6 +125,21 @@ impl Proc {
         self.child.id()
     }
 
+    /// Its peak resident memory so far (`VmHWM`), in MiB.
+    ///
+    /// # Errors
+    /// `/proc/PID/status` cannot be read (the process is gone) or has no `VmHWM`.
+    pub fn peak_rss_mib(&self) -> Result<f64, String> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .map_err(|e| format!("/proc/{}/status: {e}", self.pid()))?;
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .ok_or("no VmHWM")?;
+        Ok(kb / 1024.0)
+    }
+
     /// Every stdout line so far.
     pub fn lines(&self) -> Vec<String> {
         self.lines.lock().map(|l| l.clone()).unwrap_or_default()

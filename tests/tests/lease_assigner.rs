@@ -243,11 +243,10 @@ async fn a_slow_read_of_the_assigners_heartbeat_does_not_make_it_dead() -> Resul
         c
     };
     let before = counters(&fleet.snapshot().await.ok_or("a snapshot")?);
-    eprintln!("through the proxy so far: {} requests", proxy.forwarded());
     // Three times: one read of w1's heartbeat by w2 is answered 4.5 s late (failover 3 s);
     // the next, a quarter second later, most likely sees the same counter.
     for _ in 0..3 {
-        let seen = proxy.injected();
+        let (seen, done) = (proxy.injected(), proxy.delays_done());
         let id = proxy.add(Rule::new(
             &["dynamodb_20120810.getitem", "kinesis-operator:worker:w1"],
             Action::Delay(Duration::from_millis(4_500)),
@@ -260,8 +259,17 @@ async fn a_slow_read_of_the_assigners_heartbeat_does_not_make_it_dead() -> Resul
         )
         .await?;
         proxy.remove(id);
-        // The delayed read lands, then a few normal rounds.
-        tokio::time::sleep(Duration::from_millis(6_000)).await;
+        // The delayed read lands; then w2 goes on for several rounds (60 more requests of its
+        // own, each round with a read of w1's heartbeat) before the next one.
+        wait_for("the delayed read answered", DEADLINE, POLL, || async {
+            (proxy.delays_done() > done).then_some(())
+        })
+        .await?;
+        let after_landing = proxy.forwarded();
+        wait_for("w2's next rounds", DEADLINE, POLL, || async {
+            (proxy.forwarded() >= after_landing + 60).then_some(())
+        })
+        .await?;
     }
     let role = fleet
         .table

@@ -211,17 +211,6 @@ async fn kpl_aggregated_records_arrive_as_their_sub_records() -> Result<()> {
     p.cleanup().await
 }
 
-/// The worker's peak resident memory (VmHWM) in MiB.
-fn peak_rss_mib(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .ok_or("no VmHWM")?;
-    Ok(kb / 1024.0)
-}
-
 /// Attack 7 of issue 27: one 1 MB KPL aggregate of ~170,000 empty records (6 bytes each on
 /// the wire) decodes to tens of MB while it carries almost no data bytes. The worker delivers
 /// every sub-record in order and its peak memory stays far below the default limit (128 MiB).
@@ -239,10 +228,10 @@ async fn a_kpl_aggregate_of_170000_empty_records_is_delivered_within_the_workers
         .collect();
     let blob = aggregate(&subs);
     assert!(blob.len() <= 1024 * 1024, "{} bytes", blob.len());
-    let idle = peak_rss_mib(w.proc.pid())?;
+    let idle = w.proc.peak_rss_mib()?;
     let seq = p.put(&kinesis, "k", &blob).await?;
     let got = until_received(&[app.out.as_path()], SUBS).await?;
-    let peak = peak_rss_mib(w.proc.pid())?;
+    let peak = w.proc.peak_rss_mib()?;
     eprintln!("worker peak RSS {idle:.1} MiB idle → {peak:.1} MiB after {SUBS} empty sub-records");
     assert_eq!(got.len(), SUBS);
     assert!(
