@@ -10,11 +10,11 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kinesis_worker::backoff::Backoff;
-use kinesis_worker::lease::discovery::{DiscoveryError, ShardInfo, StreamRef, list_shards};
-use kinesis_worker::lease::model::TableSnapshot;
-use kinesis_worker::lease::model::attr;
-use kinesis_worker::lease::table::{LeaseError, LeaseTable, ScanBounds};
+use kinesis_lease::backoff::Backoff;
+use kinesis_lease::discovery::{DiscoveryError, ShardInfo, StreamRef, list_shards};
+use kinesis_lease::model::TableSnapshot;
+use kinesis_lease::model::attr;
+use kinesis_lease::table::{LeaseError, LeaseTable, ScanBounds};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -439,11 +439,11 @@ impl Context {
         if let Some(c) = self.aws.lock().ok().and_then(|mut m| m.get(&key)) {
             return Ok(c);
         }
-        let settings = kinesis_worker::aws::AwsSettings {
+        let settings = kinesis_lease::aws::AwsSettings {
             region: key.0.0.clone(),
             kinesis_endpoint: key.0.1.clone(),
             dynamodb_endpoint: key.0.2.clone(),
-            timeouts: kinesis_worker::aws::AwsTimeouts::default(),
+            timeouts: kinesis_lease::aws::AwsTimeouts::default(),
         };
         let own = settings.sdk_config().await;
         let sdk = match &key.1 {
@@ -484,7 +484,7 @@ impl Context {
 }
 
 pub use crate::plan::set_condition;
-pub use kinesis_worker::status::human_lag;
+pub use kinesis_lease::status::human_lag;
 
 /// Entry point for the controller: clean up an object being deleted (if it holds our
 /// finalizer), else apply it. The finalizer is added only once the object owns something in

@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use kinesis_worker::metrics::{AwsCallCounter, AwsErrorLabels, AwsLabels};
+use kinesis_lease::metrics::{AwsCallCounter, AwsErrorLabels, AwsLabels};
 
 /// Labels naming a failed reconcile's cause.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use aws_sdk_kinesis::primitives::{DateTime, DateTimeFormat};
-use kinesis_worker::lease::checkpoint::Checkpoint;
-use kinesis_worker::lease::discovery::ShardInfo;
-use kinesis_worker::lease::model::{Lease, TableSnapshot};
-use kinesis_worker::status::human_lag;
+use kinesis_lease::checkpoint::Checkpoint;
+use kinesis_lease::discovery::ShardInfo;
+use kinesis_lease::model::{Lease, TableSnapshot};
+use kinesis_lease::status::human_lag;
 
 use crate::crd::{
     Condition, KinesisApplication, KinesisApplicationSpec, KinesisApplicationStatus, ShardCounts,
@@ -189,7 +189,7 @@ pub fn healthy_status(
     let Applied { ready, .. } = applied;
     // Lag only from each shard's current owner (a dead owner's heartbeat may linger).
     let views = snapshot
-        .map(|snap| kinesis_worker::status::shard_views(shards, snap))
+        .map(|snap| kinesis_lease::status::shard_views(shards, snap))
         .unwrap_or_default();
     let report = shard_report(&views, shards, SHARD_STATUS_LIMIT);
     let stalled: Vec<&str> = views

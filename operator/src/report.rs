@@ -7,8 +7,8 @@
 
 use std::cmp::Reverse;
 
-use kinesis_worker::lease::discovery::ShardInfo;
-use kinesis_worker::status::{ShardState, ShardView};
+use kinesis_lease::discovery::ShardInfo;
+use kinesis_lease::status::{ShardState, ShardView};
 
 use crate::crd::ShardStatus;
 
@@ -71,7 +71,7 @@ pub fn shard_report(views: &[ShardView], shards: &[ShardInfo], limit: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kinesis_worker::lease::checkpoint::Checkpoint;
+    use kinesis_lease::checkpoint::Checkpoint;
 
     fn shard(i: usize, closed: bool) -> ShardInfo {
         ShardInfo {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
-use kinesis_worker::lease::discovery::ShardInfo;
+use kinesis_lease::discovery::ShardInfo;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 

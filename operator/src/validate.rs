@@ -221,7 +221,7 @@ pub fn validate(app: &KinesisApplication) -> Vec<Invalid> {
     let delivery = &spec.delivery;
     match &delivery.on_failure_destination {
         Some(arn) => {
-            if let Err(e) = kinesis_worker::pipeline::destination::Target::parse(arn) {
+            if let Err(e) = kinesis_spec::destination::Target::parse(arn) {
                 out.push(invalid("spec.delivery.onFailureDestination", e.to_string()));
             }
         }
@@ -240,7 +240,7 @@ pub fn validate(app: &KinesisApplication) -> Vec<Invalid> {
             }
         }
     }
-    if let Err(e) = kinesis_worker::pipeline::filter::Filters::parse(&delivery.filters) {
+    if let Err(e) = kinesis_spec::filter::Filters::parse(&delivery.filters) {
         out.push(invalid("spec.delivery.filters", e.to_string()));
     }
     let s = &spec.scaling;

@@ -192,6 +192,7 @@ impl TestEnv {
         std::sync::Arc<kinesis_worker::records::wire::client::WireClient>,
         kinesis_worker::records::wire::client::SetupError,
     > {
+        use kinesis_worker::aws::GetRecordsClients;
         let sdk = self.sdk_config().await;
         let settings = kinesis_worker::aws::AwsSettings {
             region: Some(self.region.clone()),

@@ -6,11 +6,11 @@
 
 pub mod admin;
 pub mod aws;
-pub mod backoff;
-pub mod clock;
-pub mod lease;
 pub mod metrics;
 pub mod pipeline;
 pub mod preflight;
 pub mod records;
-pub mod status;
+
+/// Shard leases in DynamoDB: the [`kinesis_lease`] crate, which the operator shares.
+pub use kinesis_lease as lease;
+pub use kinesis_lease::{backoff, clock, status};

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use kinesis_processor::Address;
 use kinesis_worker::admin::{self, Drain};
+use kinesis_worker::aws::GetRecordsClients;
 use kinesis_worker::aws::{AwsSettings, AwsTimeouts};
 use kinesis_worker::lease::checkpoint::Checkpoint;
 use kinesis_worker::lease::coordinator::{
@@ -14,7 +15,7 @@ use kinesis_worker::lease::coordinator::{
 };
 use kinesis_worker::lease::discovery::StreamRef;
 use kinesis_worker::lease::table::LeaseTable;
-use kinesis_worker::metrics::{AwsCallCounter, Metrics};
+use kinesis_worker::metrics::Metrics;
 use kinesis_worker::pipeline::{App, Pipeline, PipelineConfig};
 use kinesis_worker::preflight;
 use kinesis_worker::records::wire::WireFormat;
@@ -424,7 +425,7 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
         ("application", &args.leases.application),
         ("stream", &args.leases.stream),
     ]);
-    let counter = AwsCallCounter::new(metrics.clone());
+    let counter = metrics.aws_counter();
     if args.on_failure_destination.is_none()
         && (args.max_attempts > 0 || args.max_record_age_seconds > 0)
     {

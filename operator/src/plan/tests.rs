@@ -1,5 +1,5 @@
 use super::*;
-use kinesis_worker::lease::model::{Heartbeat, Lease, TableSnapshot};
+use kinesis_lease::model::{Heartbeat, Lease, TableSnapshot};
 
 fn app(spec: serde_json::Value, annotations: serde_json::Value) -> KinesisApplication {
     let v = serde_json::json!({

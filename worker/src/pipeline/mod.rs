@@ -38,7 +38,6 @@
 
 mod app;
 pub mod destination;
-pub mod filter;
 pub mod lanes;
 pub mod pace;
 pub mod policy;
@@ -52,6 +51,8 @@ use std::time::Duration;
 
 pub use app::App;
 use kinesis_processor::v1::shutdown_requested_request::Reason;
+/// Record filters: [`kinesis_spec::filter`], which the operator also checks specs with.
+pub use kinesis_spec::filter;
 use shard::{Control, ShardTask};
 use tokio::sync::{Semaphore, mpsc};
 

@@ -92,6 +92,21 @@ pub struct UserRecord {
     pub aggregated: bool,
 }
 
+impl kinesis_spec::filter::FilterRecord for UserRecord {
+    fn partition_key(&self) -> &str {
+        &self.partition_key
+    }
+    fn sequence_number(&self) -> &str {
+        &self.sequence_number
+    }
+    fn explicit_hash_key(&self) -> Option<&str> {
+        self.explicit_hash_key.as_deref()
+    }
+    fn data(&self) -> &[u8] {
+        &self.data
+    }
+}
+
 /// A shard's hash key range, inclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HashRange {

@@ -11,7 +11,7 @@ use minicbor::Encoder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::aws::AwsSettings;
+use crate::aws::{AwsSettings, GetRecordsClients};
 use crate::lease::checkpoint::Checkpoint;
 use crate::lease::discovery::StreamRef;
 use crate::records::reader::{Batch, ReadError, ReaderConfig, ShardReader};

@@ -8,9 +8,9 @@
 
 use std::collections::HashMap;
 
-use crate::lease::checkpoint::Checkpoint;
-use crate::lease::discovery::ShardInfo;
-use crate::lease::model::TableSnapshot;
+use crate::checkpoint::Checkpoint;
+use crate::discovery::ShardInfo;
+use crate::model::TableSnapshot;
 
 /// Where a shard is in its life, for this application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,7 @@ pub fn shard_views(shards: &[ShardInfo], snapshot: &TableSnapshot) -> Vec<ShardV
         .filter(|l| l.checkpoint.is_progress())
         .map(|l| l.shard_id.as_str())
         .collect();
-    let cleaned = crate::lease::discovery::finished_ancestors(shards, &existing, &started);
+    let cleaned = crate::discovery::finished_ancestors(shards, &existing, &started);
     let heartbeats: HashMap<&str, _> = snapshot
         .heartbeats
         .iter()
@@ -154,7 +154,7 @@ pub fn render(views: &[ShardView]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::model::{Heartbeat, Lease};
+    use crate::model::{Heartbeat, Lease};
 
     fn shard(id: &str, closed: bool) -> ShardInfo {
         ShardInfo {

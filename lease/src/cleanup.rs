@@ -94,8 +94,8 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::checkpoint::SequenceNumber;
-    use crate::lease::model::{Heartbeat, Lease};
+    use crate::checkpoint::SequenceNumber;
+    use crate::model::{Heartbeat, Lease};
 
     fn lease(id: &str, parents: &[&str], cp: Checkpoint) -> Lease {
         Lease::new(id, cp, parents.iter().map(|p| (*p).to_string()).collect())

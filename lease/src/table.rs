@@ -669,7 +669,7 @@ impl LeaseTable {
             .map(|mut r| r.insert(key.to_string()))
             .unwrap_or(true);
         if first {
-            tracing::warn!(table = %self.name, key = %crate::lease::table::bounded_key(key), error = %why, "skipping a lease table item that cannot be read; fix or delete it by hand");
+            tracing::warn!(table = %self.name, key = %crate::table::bounded_key(key), error = %why, "skipping a lease table item that cannot be read; fix or delete it by hand");
         }
     }
 

@@ -413,10 +413,10 @@ impl Coordinator {
             self.acquired(&lease, held, epoch).await;
         }
         for owned in plan.release {
-            let held = crate::lease::table::HeldLease {
+            let held = crate::table::HeldLease {
                 shard_id: owned.shard_id.clone(),
                 counter: owned.counter,
-                checkpoint: crate::lease::checkpoint::Checkpoint::TrimHorizon,
+                checkpoint: crate::checkpoint::Checkpoint::TrimHorizon,
                 start_timestamp_ms: None,
             };
             match self.table.release(&held, &me).await {

@@ -1,7 +1,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::*;
-use crate::lease::checkpoint::{Checkpoint, SequenceNumber};
+use crate::checkpoint::{Checkpoint, SequenceNumber};
 
 fn lease(shard: &str, owner: Option<&str>) -> Lease {
     let mut l = Lease::new(shard, Checkpoint::TrimHorizon, Vec::new());

@@ -88,7 +88,7 @@ pub fn follow_up<T: Copy>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::checkpoint::Checkpoint;
+    use crate::checkpoint::Checkpoint;
 
     fn lease(shard: &str, counter: u64, to: Option<&str>, granted: bool) -> Lease {
         let mut l = Lease::new(shard, Checkpoint::TrimHorizon, Vec::new());

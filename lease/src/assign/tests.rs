@@ -1,8 +1,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::*;
-use crate::lease::balance::classify;
-use crate::lease::checkpoint::Checkpoint;
+use crate::balance::classify;
+use crate::checkpoint::Checkpoint;
 
 fn lease(shard: &str, owner: Option<&str>) -> Lease {
     let mut l = Lease::new(shard, Checkpoint::TrimHorizon, Vec::new());

@@ -1,0 +1,10 @@
+//! kinesis-spec: the parts of a `KinesisApplication` that the operator checks and the worker
+//! carries out, parsed by one piece of code so the two cannot disagree. Pure: no I/O, no AWS,
+//! no Kubernetes.
+//!
+//! - [`filter`]: record filters (Lambda's `FilterCriteria`).
+//! - [`destination`]: the on-failure destination's ARN.
+#![deny(missing_docs)]
+
+pub mod destination;
+pub mod filter;
