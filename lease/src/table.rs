@@ -2,7 +2,6 @@
 //! per worker. Every write that depends on ownership is conditional on the lease's owner and
 //! counter, so a worker that lost a lease cannot change it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -17,9 +16,19 @@ use aws_sdk_dynamodb::types::{
 use super::assign::OwnedLease;
 use super::checkpoint::Checkpoint;
 use super::model::{
-    ASSIGNER_KEY, AssignerItem, HEARTBEAT_KEY_PREFIX, Heartbeat, Lease, OWNER_INDEX,
-    RESERVED_KEY_PREFIX, TableSnapshot, attr,
+    ASSIGNER_KEY, AssignerItem, Heartbeat, Lease, OWNER_INDEX, TableSnapshot, attr,
 };
+
+mod codec;
+mod paging;
+#[cfg(test)]
+mod tests;
+
+pub use codec::{bounded_key, item_size};
+pub use paging::{Admit, ScanBounds, ScanReport};
+
+use codec::{Entry, Item, grant_value, n, s};
+use paging::{Decoded, Page, read_pages};
 
 /// How long a new table may take to become ACTIVE.
 const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -192,100 +201,6 @@ impl TableCounters {
     }
 }
 
-/// An item's size as DynamoDB counts it (attribute names plus values; numbers approximated
-/// by their digits), for the request-unit counters.
-pub fn item_size(item: &HashMap<String, AttributeValue>) -> usize {
-    item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
-}
-
-fn value_size(v: &AttributeValue) -> usize {
-    match v {
-        AttributeValue::S(s) => s.len(),
-        AttributeValue::N(n) => n.len().div_ceil(2) + 1,
-        AttributeValue::B(b) => b.as_ref().len(),
-        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
-        AttributeValue::Ss(v) => v.iter().map(String::len).sum(),
-        AttributeValue::Ns(v) => v.iter().map(|n| n.len().div_ceil(2) + 1).sum(),
-        AttributeValue::M(m) => {
-            3 + m
-                .iter()
-                .map(|(k, v)| k.len() + value_size(v) + 1)
-                .sum::<usize>()
-        }
-        AttributeValue::L(l) => 3 + l.iter().map(|v| value_size(v) + 1).sum::<usize>(),
-        _ => 0,
-    }
-}
-
-/// What a [`LeaseTable::scan_bounded`] may read.
-#[derive(Debug, Clone, Copy)]
-pub struct ScanBounds {
-    /// Read only these attributes (a projection); `None`: all.
-    pub attributes: Option<&'static [&'static str]>,
-    /// An item larger than this (as read) is skipped.
-    pub max_item_bytes: usize,
-    /// Stop once the items kept would exceed this.
-    pub max_total_bytes: usize,
-    /// Stop after this many pages.
-    pub max_pages: usize,
-}
-
-impl ScanBounds {
-    /// Everything (a worker's scan: it needs every lease, whole).
-    pub const UNBOUNDED: Self = Self {
-        attributes: None,
-        max_item_bytes: usize::MAX,
-        max_total_bytes: usize::MAX,
-        max_pages: usize::MAX,
-    };
-}
-
-/// What a bounded scan read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ScanReport {
-    /// Pages read.
-    pub pages: usize,
-    /// Bytes of the items kept.
-    pub bytes: usize,
-    /// Items skipped for their size.
-    pub oversized: usize,
-    /// A bound stopped the scan: the snapshot is partial.
-    pub truncated: bool,
-}
-
-/// What a bounded scan does with the next item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admit {
-    /// Keep it.
-    Keep,
-    /// Skip it: larger than an item may be.
-    Oversized,
-    /// Stop: the items kept would exceed the total.
-    Stop,
-}
-
-impl ScanReport {
-    /// Decides on an item of `size` bytes and records it (pure).
-    pub fn admit(&mut self, size: usize, bounds: &ScanBounds) -> Admit {
-        if size > bounds.max_item_bytes {
-            self.oversized += 1;
-            Admit::Oversized
-        } else if self.bytes.saturating_add(size) > bounds.max_total_bytes {
-            self.truncated = true;
-            Admit::Stop
-        } else {
-            self.bytes += size;
-            Admit::Keep
-        }
-    }
-}
-
-/// A key as a log line may repeat it: at most 128 characters (a tenant may write a key of
-/// 2 KB).
-pub fn bounded_key(key: &str) -> String {
-    key.chars().take(128).collect()
-}
-
 /// The lease table of one application.
 #[derive(Debug, Clone)]
 pub struct LeaseTable {
@@ -296,12 +211,14 @@ pub struct LeaseTable {
     reported: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
-fn s(v: &str) -> AttributeValue {
-    AttributeValue::S(v.to_string())
-}
-
-fn n(v: u64) -> AttributeValue {
-    AttributeValue::N(v.to_string())
+/// How a skipped item is logged: a scan's wording (key bounded), or the owner-index
+/// query's.
+#[derive(Debug, Clone, Copy)]
+enum BadItemLog {
+    /// Scans: "skipping a lease table item that cannot be read".
+    TableItem,
+    /// [`LeaseTable::query_owned`]: "skipping a lease that cannot be read".
+    OwnedLease,
 }
 
 fn is_conditional_failure<E, R>(e: &SdkError<E, R>) -> bool
@@ -585,91 +502,93 @@ impl LeaseTable {
         consistent: bool,
         bounds: &ScanBounds,
     ) -> Result<(TableSnapshot, ScanReport), LeaseError> {
-        let mut snapshot = TableSnapshot::default();
         let mut report = ScanReport::default();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            if report.pages >= bounds.max_pages {
-                report.truncated = true;
-                break;
-            }
-            TableCounters::add(&self.counters.reads);
-            let mut req = self
-                .client
-                .scan()
-                .table_name(&self.name)
-                .consistent_read(consistent)
-                .set_exclusive_start_key(start.take());
-            if let Some(attributes) = bounds.attributes {
-                let names: Vec<String> = (0..attributes.len()).map(|i| format!("#a{i}")).collect();
-                req = req.projection_expression(names.join(", "));
-                for (n, a) in names.iter().zip(attributes) {
-                    req = req.expression_attribute_names(n.clone(), *a);
+        let this = self;
+        let paged = read_pages(
+            bounds.max_pages,
+            move |start| {
+                TableCounters::add(&this.counters.reads);
+                let mut req = this
+                    .client
+                    .scan()
+                    .table_name(&this.name)
+                    .consistent_read(consistent)
+                    .set_exclusive_start_key(start);
+                if let Some(attributes) = bounds.attributes {
+                    let names: Vec<String> =
+                        (0..attributes.len()).map(|i| format!("#a{i}")).collect();
+                    req = req.projection_expression(names.join(", "));
+                    for (n, a) in names.iter().zip(attributes) {
+                        req = req.expression_attribute_names(n.clone(), *a);
+                    }
                 }
-            }
-            let out = req.send().await.map_err(|e| self.dynamo("Scan", e))?;
-            report.pages += 1;
-            self.counters
-                .read(out.items().iter().map(item_size).sum(), consistent);
-            self.counters
-                .items_read
-                .fetch_add(out.items().len() as u64, Ordering::Relaxed);
-            for item in out.items() {
+                async move {
+                    let out = req.send().await.map_err(|e| this.dynamo("Scan", e))?;
+                    let page = Page::from(out);
+                    this.counters
+                        .read(page.items.iter().map(item_size).sum(), consistent);
+                    this.counters
+                        .items_read
+                        .fetch_add(page.items.len() as u64, Ordering::Relaxed);
+                    Ok::<Page, LeaseError>(page)
+                }
+            },
+            |item| {
                 let size = item_size(item);
-                let key = item
-                    .get(attr::LEASE_KEY)
-                    .and_then(|v| v.as_s().ok())
-                    .cloned()
-                    .unwrap_or_default();
+                let key = codec::lease_key(item);
                 match report.admit(size, bounds) {
                     Admit::Keep => {}
                     Admit::Oversized => {
-                        self.report_bad(
-                            &key,
-                            &format!(
-                                "{size} bytes, more than {} a lease or heartbeat needs",
-                                bounds.max_item_bytes
-                            ),
+                        let why = format!(
+                            "{size} bytes, more than {} a lease or heartbeat needs",
+                            bounds.max_item_bytes
                         );
-                        continue;
+                        return Decoded::Bad { key, why };
                     }
-                    Admit::Stop => return Ok((snapshot, report)),
+                    Admit::Stop => return Decoded::Stop,
                 }
                 // One malformed item must not stop the fleet's scans: it is skipped, counted
                 // and logged (its shard is not processed until the item is fixed; a lease
-                // for it cannot be created over it either, creation is conditional).
-                let parsed = if key.starts_with(HEARTBEAT_KEY_PREFIX) {
-                    self.parse_heartbeat(&key, item)
-                        .map(|h| snapshot.heartbeats.push(h))
-                } else if key.starts_with(RESERVED_KEY_PREFIX) {
-                    // The operator's claim item, and any later item of ours: not a lease.
-                    continue;
-                } else {
-                    self.parse_lease(&key, item)
-                        .map(|l| snapshot.leases.push(l))
-                };
-                if let Err(e) = parsed {
-                    self.report_bad(&key, &e.to_string());
+                // for it cannot be created over it either, creation is conditional). The
+                // operator's claim item, and any later item of ours, is not a lease.
+                match codec::entry_from_item(&key, item) {
+                    Ok(Some(entry)) => Decoded::Keep(entry),
+                    Ok(None) => Decoded::Skip,
+                    Err(reason) => {
+                        let why = self.bad(&key, reason).to_string();
+                        Decoded::Bad { key, why }
+                    }
                 }
-            }
-            match out.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => break,
+            },
+            |key, why| self.report_bad(key, why, BadItemLog::TableItem),
+        )
+        .await?;
+        report.pages = paged.pages;
+        if paged.out_of_pages {
+            report.truncated = true;
+        }
+        let mut snapshot = TableSnapshot::default();
+        for entry in paged.items {
+            match entry {
+                Entry::Heartbeat(h) => snapshot.heartbeats.push(h),
+                Entry::Lease(l) => snapshot.leases.push(l),
             }
         }
         Ok((snapshot, report))
     }
 
-    /// Counts a skipped item, and logs it the first time.
-    fn report_bad(&self, key: &str, why: &str) {
+    /// Counts a skipped item, and logs it the first time (in the wording `log` names).
+    fn report_bad(&self, key: &str, why: &str, log: BadItemLog) {
         TableCounters::add(&self.counters.bad_items);
-        let first = self
-            .reported
-            .lock()
-            .map(|mut r| r.insert(key.to_string()))
-            .unwrap_or(true);
-        if first {
-            tracing::warn!(table = %self.name, key = %crate::table::bounded_key(key), error = %why, "skipping a lease table item that cannot be read; fix or delete it by hand");
+        if paging::first_report(&self.reported, key) {
+            match log {
+                BadItemLog::TableItem => {
+                    tracing::warn!(table = %self.name, key = %crate::table::bounded_key(key), error = %why, "skipping a lease table item that cannot be read; fix or delete it by hand");
+                }
+                BadItemLog::OwnedLease => {
+                    tracing::warn!(table = %self.name, key = %key, error = %why, "skipping a lease that cannot be read; fix or delete it by hand");
+                }
+            }
         }
     }
 
@@ -681,168 +600,19 @@ impl LeaseTable {
         }
     }
 
-    fn parse_heartbeat(
-        &self,
-        key: &str,
-        item: &HashMap<String, AttributeValue>,
-    ) -> Result<Heartbeat, LeaseError> {
-        let worker_id = key.trim_start_matches(HEARTBEAT_KEY_PREFIX).to_string();
-        Ok(Heartbeat {
-            worker_id,
-            counter: num(item, attr::HEARTBEAT)
-                .map_err(|r| self.bad(key, r))?
-                .unwrap_or(0),
-            draining: item
-                .get(attr::DRAINING)
-                .and_then(|v| v.as_bool().ok())
-                .copied()
-                .unwrap_or(false),
-            lag: item
-                .get(attr::LAG)
-                .and_then(|v| v.as_m().ok())
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_n().ok()?.parse().ok()?)))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            coordination: item
-                .get(attr::COORDINATION)
-                .and_then(|v| v.as_s().ok())
-                .cloned(),
-            stalled: item
-                .get(attr::STALLED)
-                .and_then(|v| v.as_ss().ok())
-                .map(|s| s.iter().cloned().collect())
-                .unwrap_or_default(),
-        })
-    }
-
-    /// Parses a lease item written by us or by KCL (any version since 1.x).
-    fn parse_lease(
-        &self,
-        key: &str,
-        item: &HashMap<String, AttributeValue>,
-    ) -> Result<Lease, LeaseError> {
-        if key.is_empty() {
-            return Err(self.bad(key, "no leaseKey string"));
-        }
-        let checkpoint_of = |cp: &str, sub: &str| -> Result<Option<Checkpoint>, LeaseError> {
-            match item.get(cp).and_then(|v| v.as_s().ok()) {
-                None => Ok(None),
-                Some(text) => {
-                    let sub = num(item, sub).map_err(|r| self.bad(key, r))?.unwrap_or(0);
-                    Checkpoint::from_kcl(text, sub)
-                        .map(Some)
-                        .map_err(|e| self.bad(key, e.to_string()))
-                }
-            }
-        };
-        // KCL always writes a checkpoint; an item without one starts from the oldest record,
-        // which skips nothing.
-        let checkpoint = checkpoint_of(attr::CHECKPOINT, attr::CHECKPOINT_SUB)?
-            .unwrap_or(Checkpoint::TrimHorizon);
-        let strings = |a: &str| -> Vec<String> {
-            match item.get(a) {
-                Some(AttributeValue::Ss(v)) => {
-                    let mut v = v.clone();
-                    v.sort();
-                    v
-                }
-                // Older KCL versions wrote a single parent as a string.
-                Some(AttributeValue::S(v)) => vec![v.clone()],
-                _ => Vec::new(),
-            }
-        };
-        let hash_range = match (
-            item.get(attr::STARTING_HASH_KEY)
-                .and_then(|v| v.as_s().ok()),
-            item.get(attr::ENDING_HASH_KEY).and_then(|v| v.as_s().ok()),
-        ) {
-            (Some(a), Some(b)) => Some((a.clone(), b.clone())),
-            _ => None,
-        };
-        Ok(Lease {
-            shard_id: key.to_string(),
-            owner: item
-                .get(attr::LEASE_OWNER)
-                .and_then(|v| v.as_s().ok())
-                .cloned(),
-            counter: num(item, attr::LEASE_COUNTER)
-                .map_err(|r| self.bad(key, r))?
-                .unwrap_or(0),
-            checkpoint,
-            pending_checkpoint: checkpoint_of(
-                attr::PENDING_CHECKPOINT,
-                attr::PENDING_CHECKPOINT_SUB,
-            )?,
-            pending_checkpoint_state: item
-                .get(attr::PENDING_CHECKPOINT_STATE)
-                .and_then(|v| v.as_b().ok())
-                .map(|b| b.as_ref().to_vec()),
-            owner_switches_since_checkpoint: num(item, attr::OWNER_SWITCHES)
-                .map_err(|r| self.bad(key, r))?
-                .unwrap_or(0),
-            parent_shard_ids: strings(attr::PARENT_SHARD_IDS),
-            child_shard_ids: strings(attr::CHILD_SHARD_IDS),
-            hash_range,
-            // A grant names the requester and the counter it was given at: one left behind
-            // by a write that does not clear it (an older worker's) never matches a later
-            // request.
-            handoff_granted: item
-                .get(attr::HANDOFF_GRANTED)
-                .and_then(|v| v.as_s().ok())
-                .is_some_and(|g| {
-                    let counter = num(item, attr::LEASE_COUNTER).ok().flatten().unwrap_or(0);
-                    item.get(attr::HANDOFF_TO)
-                        .and_then(|v| v.as_s().ok())
-                        .is_some_and(|to| *g == grant_value(to, counter))
-                }),
-            handoff_to: item
-                .get(attr::HANDOFF_TO)
-                .and_then(|v| v.as_s().ok())
-                .cloned(),
-            start_timestamp_ms: item
-                .get(attr::START_TIMESTAMP)
-                .and_then(|v| v.as_n().ok())
-                .and_then(|v| v.parse().ok()),
-            assigned: item
-                .get(attr::ASSIGNED)
-                .and_then(|v| v.as_bool().ok())
-                .copied()
-                .unwrap_or(false),
-        })
-    }
-
     /// Creates the lease for a new shard unless one exists (idempotent).
     /// Returns whether it created it.
     ///
     /// # Errors
     /// [`LeaseError::Dynamo`].
     pub async fn create_lease(&self, lease: &Lease) -> Result<bool, LeaseError> {
-        let (cp, sub) = lease.checkpoint.to_kcl();
-        let mut put = self
+        let put = self
             .client
             .put_item()
             .table_name(&self.name)
-            .item(attr::LEASE_KEY, s(&lease.shard_id))
-            .item(attr::LEASE_COUNTER, n(lease.counter))
-            .item(attr::CHECKPOINT, s(cp))
-            .item(attr::CHECKPOINT_SUB, n(sub))
-            .item(attr::OWNER_SWITCHES, n(0))
+            .set_item(Some(codec::new_lease_item(lease)))
             .condition_expression("attribute_not_exists(#k)")
             .expression_attribute_names("#k", attr::LEASE_KEY);
-        if !lease.parent_shard_ids.is_empty() {
-            put = put.item(
-                attr::PARENT_SHARD_IDS,
-                AttributeValue::Ss(lease.parent_shard_ids.clone()),
-            );
-        }
-        if let Some((start, end)) = &lease.hash_range {
-            put = put
-                .item(attr::STARTING_HASH_KEY, s(start))
-                .item(attr::ENDING_HASH_KEY, s(end));
-        }
         self.counters.write(0, 0);
         match put.send().await {
             Ok(_) => Ok(true),
@@ -987,7 +757,7 @@ impl LeaseTable {
                 // unreadable) the scanned checkpoint is used: we own the lease either way.
                 let now = out
                     .attributes()
-                    .and_then(|item| self.parse_lease(&lease.shard_id, item).ok());
+                    .and_then(|item| codec::lease_from_item(&lease.shard_id, item).ok());
                 let (checkpoint, start_timestamp_ms) = now.as_ref().map_or_else(
                     || (lease.checkpoint.clone(), lease.start_timestamp_ms),
                     |l| (l.checkpoint.clone(), l.start_timestamp_ms),
@@ -1351,51 +1121,11 @@ impl LeaseTable {
     pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), LeaseError> {
         TableCounters::add(&self.counters.heartbeat_writes);
         // The item's size: key, worker id, counter, flag, and the lag map.
-        let size = attr::LEASE_KEY.len()
-            + Heartbeat::key(&beat.worker_id).len()
-            + attr::WORKER_ID.len()
-            + beat.worker_id.len()
-            + attr::HEARTBEAT.len()
-            + 8
-            + attr::DRAINING.len()
-            + 1
-            + attr::LAG.len()
-            + beat.lag.keys().map(|k| k.len() + 8).sum::<usize>()
-            + beat
-                .coordination
-                .as_ref()
-                .map_or(0, |c| attr::COORDINATION.len() + c.len())
-            + if beat.stalled.is_empty() {
-                0
-            } else {
-                attr::STALLED.len() + beat.stalled.iter().map(String::len).sum::<usize>()
-            };
-        self.counters.write(size, 0);
-        let mut put = self.client.put_item();
-        if let Some(c) = &beat.coordination {
-            put = put.item(attr::COORDINATION, s(c));
-        }
-        // A string set cannot be empty: absent means none.
-        if !beat.stalled.is_empty() {
-            put = put.item(
-                attr::STALLED,
-                AttributeValue::Ss(beat.stalled.iter().cloned().collect()),
-            );
-        }
-        put.table_name(&self.name)
-            .item(attr::LEASE_KEY, s(&Heartbeat::key(&beat.worker_id)))
-            .item(attr::WORKER_ID, s(&beat.worker_id))
-            .item(attr::HEARTBEAT, n(beat.counter))
-            .item(attr::DRAINING, AttributeValue::Bool(beat.draining))
-            .item(
-                attr::LAG,
-                AttributeValue::M(
-                    beat.lag
-                        .iter()
-                        .map(|(shard, ms)| (shard.clone(), AttributeValue::N(ms.to_string())))
-                        .collect(),
-                ),
-            )
+        self.counters.write(codec::heartbeat_size(beat), 0);
+        self.client
+            .put_item()
+            .table_name(&self.name)
+            .set_item(Some(codec::heartbeat_item(beat)))
             .send()
             .await
             .map_err(|e| self.dynamo("PutItem", e))?;
@@ -1585,68 +1315,45 @@ impl LeaseTable {
     /// [`LeaseError::Dynamo`] (also when the index does not exist: see
     /// [`LeaseTable::ensure_owner_index`]).
     pub async fn query_owned(&self, worker: &str) -> Result<Vec<OwnedLease>, LeaseError> {
-        let mut owned = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            TableCounters::add(&self.counters.queries);
-            let out = self
-                .client
-                .query()
-                .table_name(&self.name)
-                .index_name(OWNER_INDEX)
-                .key_condition_expression("#o = :me")
-                .expression_attribute_names("#o", attr::LEASE_OWNER)
-                .expression_attribute_values(":me", s(worker))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| self.dynamo("Query", e))?;
-            self.counters
-                .read(out.items().iter().map(item_size).sum(), false);
-            for item in out.items() {
-                let key = item
-                    .get(attr::LEASE_KEY)
-                    .and_then(|v| v.as_s().ok())
-                    .cloned()
-                    .unwrap_or_default();
-                if key.is_empty() || key.starts_with(RESERVED_KEY_PREFIX) {
-                    continue;
+        let this = self;
+        let paged = read_pages(
+            usize::MAX,
+            move |start| {
+                TableCounters::add(&this.counters.queries);
+                let req = this
+                    .client
+                    .query()
+                    .table_name(&this.name)
+                    .index_name(OWNER_INDEX)
+                    .key_condition_expression("#o = :me")
+                    .expression_attribute_names("#o", attr::LEASE_OWNER)
+                    .expression_attribute_values(":me", s(worker))
+                    .set_exclusive_start_key(start);
+                async move {
+                    let out = req.send().await.map_err(|e| this.dynamo("Query", e))?;
+                    let page = Page::from(out);
+                    this.counters
+                        .read(page.items.iter().map(item_size).sum(), false);
+                    Ok::<Page, LeaseError>(page)
                 }
-                match num(item, attr::LEASE_COUNTER) {
-                    Ok(counter) => owned.push(OwnedLease {
-                        shard_id: key,
-                        counter: counter.unwrap_or(0),
-                        handoff_to: item
-                            .get(attr::HANDOFF_TO)
-                            .and_then(|v| v.as_s().ok())
-                            .cloned(),
-                    }),
-                    Err(reason) => {
-                        TableCounters::add(&self.counters.bad_items);
-                        let first = self
-                            .reported
-                            .lock()
-                            .map(|mut r| r.insert(key.clone()))
-                            .unwrap_or(true);
-                        if first {
-                            tracing::warn!(table = %self.name, key = %key, error = %reason, "skipping a lease that cannot be read; fix or delete it by hand");
-                        }
-                    }
+            },
+            |item| {
+                let key = codec::lease_key(item);
+                if !codec::is_indexed_lease(&key) {
+                    return Decoded::Skip;
                 }
-            }
-            match out.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => break,
-            }
-        }
-        Ok(owned)
+                match codec::owned_from_item(&key, item) {
+                    Ok(owned) => Decoded::Keep(owned),
+                    Err(why) => Decoded::Bad { key, why },
+                }
+            },
+            |key, why| self.report_bad(key, why, BadItemLog::OwnedLease),
+        )
+        .await?;
+        Ok(paged.items)
     }
 
-    async fn get(
-        &self,
-        key: &str,
-        consistent: bool,
-    ) -> Result<Option<HashMap<String, AttributeValue>>, LeaseError> {
+    async fn get(&self, key: &str, consistent: bool) -> Result<Option<Item>, LeaseError> {
         TableCounters::add(&self.counters.gets);
         let out = self
             .client
@@ -1670,7 +1377,9 @@ impl LeaseTable {
         let key = Heartbeat::key(worker_id);
         match self.get(&key, false).await? {
             None => Ok(None),
-            Some(item) => self.parse_heartbeat(&key, &item).map(Some),
+            Some(item) => codec::heartbeat_from_item(&key, &item)
+                .map(Some)
+                .map_err(|r| self.bad(&key, r)),
         }
     }
 
@@ -1684,23 +1393,9 @@ impl LeaseTable {
     ) -> Result<Option<AssignerItem>, LeaseError> {
         match self.get(ASSIGNER_KEY, consistent).await? {
             None => Ok(None),
-            Some(item) => Ok(Some(AssignerItem {
-                owner: item
-                    .get(attr::LEASE_OWNER)
-                    .and_then(|v| v.as_s().ok())
-                    .cloned(),
-                term: num(&item, attr::LEASE_COUNTER)
-                    .map_err(|r| self.bad(ASSIGNER_KEY, r))?
-                    .unwrap_or(0),
-                successors: match item.get(attr::SUCCESSORS) {
-                    Some(AttributeValue::Ss(v)) => {
-                        let mut v = v.clone();
-                        v.sort();
-                        v
-                    }
-                    _ => Vec::new(),
-                },
-            })),
+            Some(item) => codec::assigner_from_item(&item)
+                .map(Some)
+                .map_err(|r| self.bad(ASSIGNER_KEY, r)),
         }
     }
 
@@ -1839,51 +1534,4 @@ fn owner_index(
         )
         .set_provisioned_throughput(throughput)
         .build()
-}
-
-/// The value of `koHandoffGranted`: the requester and the lease counter it was granted at.
-fn grant_value(to: &str, counter: u64) -> String {
-    format!("{to}@{counter}")
-}
-
-fn num(item: &HashMap<String, AttributeValue>, a: &str) -> Result<Option<u64>, String> {
-    match item.get(a) {
-        None => Ok(None),
-        Some(AttributeValue::N(v)) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("{a} = {v} is not a whole number")),
-        Some(other) => Err(format!("{a} is {other:?}, expected a number")),
-    }
-}
-
-#[cfg(test)]
-mod bounded_scan_tests {
-    use super::*;
-
-    #[test]
-    fn a_bounded_scan_skips_oversized_items_and_stops_at_its_total() {
-        let b = ScanBounds {
-            attributes: None,
-            max_item_bytes: 100,
-            max_total_bytes: 250,
-            max_pages: 2,
-        };
-        let mut r = ScanReport::default();
-        assert_eq!(r.admit(100, &b), Admit::Keep);
-        assert_eq!(r.admit(101, &b), Admit::Oversized);
-        assert_eq!(r.admit(100, &b), Admit::Keep);
-        assert_eq!(r.admit(60, &b), Admit::Stop);
-        assert_eq!(
-            r,
-            ScanReport {
-                pages: 0,
-                bytes: 200,
-                oversized: 1,
-                truncated: true
-            }
-        );
-        let mut u = ScanReport::default();
-        assert_eq!(u.admit(usize::MAX, &ScanBounds::UNBOUNDED), Admit::Keep);
-    }
 }
