@@ -10,18 +10,26 @@
 //! - [`member_plan`]: every worker's round over its *own* leases only (a query on the owner
 //!   index): which it lost, which it was given and must accept, which hand-overs it grants.
 //! - [`watch`]: whether this worker should try to become the assigner.
+//! - [`assigner_decision`] and [`member_decision`]: a whole round's decisions from what its
+//!   reads returned (liveness, hand-over follow-up, [`plan`] / [`member_plan`]). The
+//!   coordinator acts on them, and the lease simulation (`tests/src/bin/lease_sim.rs`) calls
+//!   the very same functions, so the two cannot decide differently.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use super::balance::{LeaseState, may_move};
-use super::model::Lease;
+use super::handoff;
+use super::liveness::{self, Observer};
+use super::model::{Lease, TableSnapshot};
 
 /// What the assigner knows besides the leases.
 pub struct AssignerView<'a> {
     /// Workers alive and not draining: the fair share is computed over them.
     pub live: &'a BTreeSet<String>,
-    /// Of those, the ones that may receive leases (proven alive: see the coordinator's
-    /// `fleet_view`); a worker not among them keeps what it has and gets nothing new yet.
+    /// Of those, the ones that may receive leases (proven alive: see
+    /// [`liveness::proven_alive`]); a worker not among them keeps what it has and gets
+    /// nothing new yet.
     pub receivers: &'a BTreeSet<String>,
     /// Outstanding hand-over requests: shard → the worker it was asked for.
     pub pending: &'a HashMap<String, String>,
@@ -240,6 +248,213 @@ pub fn member_plan(
     }
     out
 }
+
+/// The assigner's settings for one round (from the coordinator's configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct AssignerSettings<'a> {
+    /// This worker (the assigner).
+    pub me: &'a str,
+    /// Is this worker shutting down? Then it is not live and receives nothing.
+    pub draining: bool,
+    /// A worker whose heartbeat has not changed for this long is dead.
+    pub failover_time: Duration,
+    /// How often workers write their heartbeats (see [`liveness::proof_time`]).
+    pub heartbeat_interval: Duration,
+    /// How often the assigner scans.
+    pub scan_interval: Duration,
+    /// How long after the assigner saw an owner's grant the lease is taken anyway.
+    pub handoff_timeout: Duration,
+    /// Hand-over requests per round at most (raised to one per live worker).
+    pub max_handoffs_per_round: usize,
+}
+
+/// A take the assigner makes on a worker's behalf, conditional on the scanned counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Take {
+    /// The lease as scanned.
+    pub lease: Lease,
+    /// The worker it goes to (the assigner itself takes as in peer mode: accepted at once).
+    pub to: String,
+    /// The owner granted a hand-over and did not hand over within the timeout (otherwise
+    /// the lease is free).
+    pub after_timeout: bool,
+}
+
+/// Everything the assigner decides in one round, from one scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignerDecision {
+    /// Workers alive and not draining, as of when the scan was asked.
+    pub live: BTreeSet<String>,
+    /// Of those, the ones the fair share is computed over (see [`liveness::proven_alive`]).
+    pub counted: BTreeSet<String>,
+    /// Of those, the ones proven alive: they may receive leases.
+    pub receivers: BTreeSet<String>,
+    /// The plan over the leases (for its counts; [`AssignerDecision::takes`] and
+    /// [`AssignerDecision::requests`] are what to write).
+    pub plan: AssignerPlan,
+    /// Takes on workers' behalf: first the timed-out hand-overs, then the free leases of
+    /// [`AssignerPlan::assign`].
+    pub takes: Vec<Take>,
+    /// Hand-over requests to write: (the lease as scanned, for whom). One that lands is
+    /// remembered with [`handoff::Request::new`] at the scanned counter.
+    pub requests: Vec<(Lease, String)>,
+    /// Outstanding hand-over requests followed this round (before the new ones).
+    pub pending: usize,
+    /// Of the takes, the ones after a hand-over timeout.
+    pub timed_out: usize,
+    /// The successors the role item should name ([`successors`] over
+    /// [`AssignerDecision::live`]).
+    pub successors: Vec<String>,
+    /// This worker's own leases, as the scan shows them.
+    pub mine: Vec<OwnedLease>,
+    /// A finished lease names a child that has no lease yet: list the shards soon.
+    pub children_missing: bool,
+}
+
+/// The assigner's round, decided: from one scan (asked at `asked`, answered at `now`), it
+/// records the liveness evidence in `observer`, judges who is live, counted and proven
+/// ([`liveness::fleet_view`], [`liveness::proven_alive`]), follows the outstanding
+/// hand-over requests in `pending` ([`handoff::adopt`]: an earlier assigner's are adopted;
+/// [`handoff::follow_up`]: answered ones are forgotten, granted ones not handed over within
+/// `handoff_timeout` go to the requester anyway), and plans ([`plan`]).
+///
+/// # Guarantees
+/// No I/O and no clock: the same inputs give the same decision. A lease is taken after a
+/// timeout only when its owner granted the hand-over (see [`handoff`]); a worker is dead
+/// only once its heartbeat has not changed for `failover_time` up to `asked`; free leases
+/// and new hand-over requests go only to [`AssignerDecision::receivers`] (a timed-out
+/// hand-over goes to the worker it was requested for).
+pub fn assigner_decision(
+    snapshot: &TableSnapshot,
+    observer: &mut Observer,
+    pending: &mut HashMap<String, handoff::Request<Instant>>,
+    settings: &AssignerSettings<'_>,
+    asked: Instant,
+    now: Instant,
+) -> AssignerDecision {
+    let me = settings.me;
+    observer.observe_scan(snapshot, now);
+    // Staleness up to when the scan was asked, not answered.
+    let (live, states) = liveness::fleet_view(
+        snapshot,
+        observer,
+        me,
+        settings.draining,
+        settings.failover_time,
+        asked,
+    );
+    let proof_time = liveness::proof_time(settings.heartbeat_interval, settings.scan_interval);
+    let (counted, receivers) =
+        liveness::proven_alive(snapshot, observer, &live, me, proof_time, now);
+    let by_shard: HashMap<&str, &Lease> = snapshot
+        .leases
+        .iter()
+        .map(|l| (l.shard_id.as_str(), l))
+        .collect();
+
+    handoff::adopt(pending, &snapshot.leases, now);
+    let timeout = settings.handoff_timeout;
+    let timed_out = handoff::follow_up(pending, &by_shard, now, |seen| {
+        now.saturating_duration_since(seen) > timeout
+    });
+    let outstanding: HashMap<String, String> = pending
+        .iter()
+        .map(|(s, r)| (s.clone(), r.to.clone()))
+        .collect();
+    let planned = plan(
+        &snapshot.leases,
+        &states,
+        &AssignerView {
+            live: &counted,
+            receivers: &receivers,
+            pending: &outstanding,
+            // Up to one move per live worker a round (at least the peer mode's bound).
+            max_moves: settings.max_handoffs_per_round.max(live.len()),
+        },
+    );
+
+    let timed_out_n = timed_out.len();
+    let mut takes: Vec<Take> = timed_out
+        .into_iter()
+        .map(|(lease, to)| Take {
+            lease,
+            to,
+            after_timeout: true,
+        })
+        .collect();
+    takes.extend(planned.assign.iter().filter_map(|(shard, to)| {
+        by_shard.get(shard.as_str()).map(|l| Take {
+            lease: (*l).clone(),
+            to: to.clone(),
+            after_timeout: false,
+        })
+    }));
+    let requests = planned
+        .request
+        .iter()
+        .filter_map(|(shard, _from, to)| {
+            by_shard
+                .get(shard.as_str())
+                .map(|l| ((*l).clone(), to.clone()))
+        })
+        .collect();
+    let mine = snapshot
+        .leases
+        .iter()
+        .filter(|l| l.owner.as_deref() == Some(me))
+        .map(|l| OwnedLease {
+            shard_id: l.shard_id.clone(),
+            counter: l.counter,
+            handoff_to: l.handoff_to.clone(),
+        })
+        .collect();
+    AssignerDecision {
+        successors: successors(me, &live),
+        children_missing: children_missing(snapshot),
+        pending: outstanding.len(),
+        timed_out: timed_out_n,
+        live,
+        counted,
+        receivers,
+        plan: planned,
+        takes,
+        requests,
+        mine,
+    }
+}
+
+/// Does a finished lease name a child that has no lease yet? (Its children need creating:
+/// list the shards now rather than at the next periodic sync.)
+pub fn children_missing(snapshot: &TableSnapshot) -> bool {
+    let present: HashSet<&str> = snapshot
+        .leases
+        .iter()
+        .map(|l| l.shard_id.as_str())
+        .collect();
+    snapshot.leases.iter().any(|l| {
+        l.is_finished()
+            && l.child_shard_ids
+                .iter()
+                .any(|c| !present.contains(c.as_str()))
+    })
+}
+
+/// A member's round, decided: forgets the shards it left that its index no longer shows
+/// (`left`: they need no memory), then [`member_plan`].
+pub fn member_decision(
+    me: &str,
+    mine: &[OwnedLease],
+    held: &HashMap<String, HeldState>,
+    left: &mut HashMap<String, u64>,
+    draining: bool,
+) -> MemberPlan {
+    left.retain(|s, _| mine.iter().any(|l| &l.shard_id == s));
+    member_plan(me, mine, held, left, draining)
+}
+
+/// A follower re-reads the assigner item every this many rounds (it also re-reads it when
+/// the holder looks dead or gone); a successor watches the assigner's heartbeat every round.
+pub const ASSIGNER_REREAD_ROUNDS: u32 = 30;
 
 /// How many workers watch the assigner's heartbeat every round (its successors); every
 /// other worker looks every 30 rounds, so a fleet of 500 does not pay 500 reads a second for

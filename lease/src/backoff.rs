@@ -37,12 +37,10 @@ impl Backoff {
             .base
             .saturating_mul(1u32 << self.failures.min(16))
             .min(self.max);
-        // Full jitter from the clock's sub-second nanos: no RNG dependency, spread enough.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        cap.mul_f64(f64::from(nanos % 1000) / 1000.0)
+        // Full jitter from a per-thread random generator (seeded from the OS): workers
+        // that failed together do not retry together. (The clock's sub-second digits,
+        // used before, are constant on a clock of microsecond resolution.)
+        cap.mul_f64(fastrand::f64())
     }
 
     /// Counts a failure and sleeps.
@@ -69,5 +67,24 @@ mod tests {
         b.reset();
         assert_eq!(b.failures(), 0);
         assert!(b.next_delay() <= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn delays_spread_over_the_whole_range() {
+        // Full jitter: 1,000 draws at one cap fill each tenth of [0, cap]; a source that
+        // repeats (a coarse clock) puts them all in one or two tenths.
+        let cap = Duration::from_secs(1);
+        let mut tenths = [0u32; 10];
+        for _ in 0..1000 {
+            let mut b = Backoff::new(Duration::from_millis(500), cap);
+            let d = b.next_delay();
+            assert!(d <= cap);
+            let i = ((d.as_secs_f64() * 10.0) as usize).min(9);
+            tenths[i] += 1;
+        }
+        assert!(
+            tenths.iter().all(|&n| (50..=150).contains(&n)),
+            "not spread: {tenths:?}"
+        );
     }
 }

@@ -23,6 +23,12 @@
 //! - On [`CoordinatorHandle::shutdown`], in-flight work is asked to finish
 //!   ([`LeaseEvent::ShutdownRequested`]), then every lease is released and the heartbeat
 //!   removed, so other workers take the shards on their next scan.
+//!
+//! Layout: this file holds the configuration, the events and the loop; `heartbeat` the
+//! worker's own liveness and the heartbeat task; `handles` the [`ShardLease`]s the pipeline
+//! holds; `peer` and `assigned` the rounds of each [`Coordination`]. The rounds only read,
+//! call a pure decision ([`super::balance`], [`super::assign`], [`super::liveness`],
+//! [`super::handoff`]) and write.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,15 +37,24 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::assign::{self, AssignerView, HeldState, OwnedLease, Watch};
+use super::assign::{self, ASSIGNER_REREAD_ROUNDS, HeldState, OwnedLease, Watch};
 use super::balance::{self, Fleet};
 use super::checkpoint::Checkpoint;
 use super::cleanup;
 use super::discovery::{self, StreamRef};
 use super::handoff;
-use super::liveness::Observer;
+use super::liveness::{self, Observer, heartbeat_key};
 use super::model::{AssignerItem, Heartbeat, Lease, TableSnapshot};
 use super::table::{HeldLease, LeaseError, LeaseTable};
+
+mod assigned;
+mod handles;
+mod heartbeat;
+mod peer;
+
+use handles::LeaseHandle;
+pub use handles::ShardLease;
+use heartbeat::{Beater, SelfLiveness};
 
 /// Settings of the coordinator.
 #[derive(Debug, Clone)]
@@ -179,191 +194,6 @@ impl CoordinatorConfig {
     }
 }
 
-/// When this worker last confirmed it is alive (the send time of its last successful
-/// heartbeat), shared by the coordinator and every [`ShardLease`].
-#[derive(Debug)]
-struct SelfLiveness {
-    confirmed_at: Mutex<Instant>,
-    /// `failover_time` minus a margin: past it, this worker must stop.
-    valid_for: Duration,
-    /// Goes up at every lapse (a heartbeat confirmed after the previous one's validity had
-    /// run out): a lease acquired in an earlier epoch is invalid for good, even though the
-    /// worker is alive again. Others may have declared it dead in that moment.
-    epoch: AtomicU64,
-}
-
-impl SelfLiveness {
-    fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
-    }
-
-    /// A heartbeat sent at `sent_at` landed. If it lands after the last one's validity ran
-    /// out, the epoch ends first: a heartbeat that lands late makes the worker alive again,
-    /// never the leases it held while it was not.
-    fn confirm(&self, sent_at: Instant) {
-        if let Ok(mut at) = self.confirmed_at.lock() {
-            if Instant::now().saturating_duration_since(*at) >= self.valid_for {
-                self.epoch.fetch_add(1, Ordering::SeqCst);
-            }
-            if sent_at > *at {
-                *at = sent_at;
-            }
-        }
-    }
-
-    /// Until when this worker may consider itself alive (from its last confirmed heartbeat).
-    fn alive_until(&self) -> Option<Instant> {
-        self.confirmed_at
-            .lock()
-            .ok()
-            .and_then(|at| at.checked_add(self.valid_for))
-    }
-
-    fn is_alive(&self, now: Instant) -> bool {
-        self.confirmed_at
-            .lock()
-            .map(|at| now.saturating_duration_since(*at) < self.valid_for)
-            .unwrap_or(false)
-    }
-}
-
-#[derive(Debug)]
-struct LeaseHandle {
-    table: LeaseTable,
-    worker_id: String,
-    held: tokio::sync::Mutex<HeldLease>,
-    revoked: AtomicBool,
-    liveness: Arc<SelfLiveness>,
-    /// The liveness epoch the lease was taken in.
-    epoch: u64,
-}
-
-impl LeaseHandle {
-    fn is_valid(&self) -> bool {
-        !self.revoked.load(Ordering::SeqCst)
-            && self.liveness.epoch() == self.epoch
-            && self.liveness.is_alive(Instant::now())
-    }
-
-    fn valid_until(&self) -> Option<Instant> {
-        if self.revoked.load(Ordering::SeqCst) || self.liveness.epoch() != self.epoch {
-            return None;
-        }
-        self.liveness
-            .alive_until()
-            .filter(|until| *until > Instant::now())
-    }
-}
-
-/// A shard this worker owns, handed to the record pipeline.
-#[derive(Debug, Clone)]
-pub struct ShardLease {
-    /// The shard.
-    pub shard_id: String,
-    /// Resume after this checkpoint (or start at this initial position).
-    pub checkpoint: Checkpoint,
-    /// KCL's prepared checkpoint, if the previous owner left one.
-    pub pending_checkpoint: Option<Checkpoint>,
-    /// The shard's hash key range, when known (to drop KPL sub-records of other shards).
-    pub hash_range: Option<(String, String)>,
-    /// With checkpoint `AT_TIMESTAMP`: the lease's own pinned start (epoch ms), if any.
-    pub start_timestamp_ms: Option<i64>,
-    inner: Arc<LeaseHandle>,
-    /// Alive while the record processor holds this lease: the coordinator sees it dropped
-    /// (the processor ended, however) and releases the lease.
-    _task: Arc<()>,
-}
-
-impl ShardLease {
-    /// May records of this shard still be delivered? False once the lease is lost, handed
-    /// over or released, and whenever this worker has not confirmed its own heartbeat
-    /// recently enough (a paused or cut-off worker stops by itself).
-    pub fn is_valid(&self) -> bool {
-        self.inner.is_valid()
-    }
-
-    /// Until when [`ShardLease::is_valid`] holds at the latest, unless a heartbeat lands
-    /// meanwhile; `None` when it does not hold now. A call made under this lease carries it
-    /// to the app (docs/PROCESSOR.md, "Fencing"), which refuses the call once it passed: a
-    /// worker paused between its lease check and its call cannot deliver late.
-    pub fn valid_until(&self) -> Option<Instant> {
-        self.inner.valid_until()
-    }
-
-    /// The lease's fencing token: this worker and the lease counter it holds the lease at
-    /// (the counter grows with every change of owner and stays while the owner keeps it).
-    pub async fn fencing_token(&self) -> (String, u64) {
-        let held = self.inner.held.lock().await;
-        (self.inner.worker_id.clone(), held.counter)
-    }
-
-    /// Writes a checkpoint.
-    ///
-    /// # Guarantees
-    /// Lands only while this worker still owns the lease (fenced by the counter) and never
-    /// moves the checkpoint backwards.
-    ///
-    /// # Errors
-    /// [`LeaseError::LeaseLost`] when the lease is no longer ours (then it is revoked);
-    /// [`LeaseError::CheckpointBackwards`]; [`LeaseError::Dynamo`] (transient: retry).
-    pub async fn checkpoint(&self, to: Checkpoint) -> Result<(), LeaseError> {
-        self.write(Write::Checkpoint(to)).await
-    }
-
-    /// Pins a lease at `LATEST` to `AT_TIMESTAMP` `timestamp_ms` (see
-    /// [`LeaseTable::pin_start`]).
-    ///
-    /// # Errors
-    /// As [`ShardLease::checkpoint`].
-    pub async fn pin_start(&self, timestamp_ms: i64) -> Result<(), LeaseError> {
-        self.write(Write::PinStart(timestamp_ms)).await
-    }
-
-    /// A fenced write under the lease's lock: refused at once when the lease is no longer
-    /// valid, and a lost ownership condition revokes the lease.
-    async fn write(&self, write: Write) -> Result<(), LeaseError> {
-        let mut held = self.inner.held.lock().await;
-        if !self.is_valid() {
-            return Err(LeaseError::LeaseLost {
-                shard_id: held.shard_id.clone(),
-                counter: held.counter,
-            });
-        }
-        let (table, me) = (&self.inner.table, &self.inner.worker_id);
-        let res = match write {
-            Write::Checkpoint(to) => table.checkpoint(&mut held, me, to).await,
-            Write::PinStart(ms) => table.pin_start(&mut held, me, ms).await,
-        };
-        if matches!(res, Err(LeaseError::LeaseLost { .. })) {
-            self.inner.revoked.store(true, Ordering::SeqCst);
-        }
-        res
-    }
-
-    /// Records the shard's children when it ended.
-    ///
-    /// # Errors
-    /// As [`ShardLease::checkpoint`].
-    pub async fn set_children(&self, children: &[String]) -> Result<(), LeaseError> {
-        let held = self.inner.held.lock().await;
-        self.inner
-            .table
-            .set_children(&held, &self.inner.worker_id, children)
-            .await
-    }
-
-    /// The checkpoint as of the last write or take.
-    pub async fn current_checkpoint(&self) -> Checkpoint {
-        self.inner.held.lock().await.checkpoint.clone()
-    }
-}
-
-/// A write of [`ShardLease`] that depends on holding the lease.
-enum Write {
-    Checkpoint(Checkpoint),
-    PinStart(i64),
-}
-
 /// What the coordinator tells the record pipeline.
 #[derive(Debug)]
 pub enum LeaseEvent {
@@ -436,78 +266,6 @@ struct Held {
     task: Weak<()>,
 }
 
-/// Writes the heartbeat item, on a task of its own.
-struct Beater {
-    table: LeaseTable,
-    worker_id: String,
-    interval: Duration,
-    /// Retry delay after a failed heartbeat.
-    retry: Duration,
-    /// Longest wait for one heartbeat write.
-    timeout: Duration,
-    counter: u64,
-    liveness: Arc<SelfLiveness>,
-    draining: Arc<AtomicBool>,
-    lag: LagBoard,
-    /// Beat now (e.g. to announce draining).
-    now: Arc<Notify>,
-    /// Recorded in every heartbeat.
-    coordination: Coordination,
-}
-
-impl Beater {
-    /// Writes one heartbeat; `true` if it landed in time.
-    async fn beat(&mut self) -> bool {
-        let sent_at = Instant::now();
-        self.counter += 1;
-        let beat = Heartbeat {
-            worker_id: self.worker_id.clone(),
-            counter: self.counter,
-            draining: self.draining.load(Ordering::SeqCst),
-            lag: self.lag.snapshot(),
-            coordination: Some(self.coordination.as_str().to_string()),
-            stalled: self.lag.stalled(),
-        };
-        match tokio::time::timeout(self.timeout, self.table.heartbeat(&beat)).await {
-            Ok(Ok(())) => {
-                self.liveness.confirm(sent_at);
-                true
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "heartbeat failed; retrying shortly");
-                false
-            }
-            Err(_) => {
-                tracing::warn!(timeout = ?self.timeout, "heartbeat timed out; retrying shortly");
-                false
-            }
-        }
-    }
-
-    /// Beats until `stop` fires (or its sender is dropped). After a failed heartbeat the
-    /// next try comes soon, not a whole interval later: under throttling a worker gets many
-    /// tries before its own failover deadline instead of two or three.
-    async fn run(mut self, mut stop: oneshot::Receiver<()>, mut last_ok: bool) {
-        let now = self.now.clone();
-        loop {
-            // The first heartbeats follow each other quickly (half a scan interval apart, for
-            // more than a scan interval): a changed counter is the assigner's proof that a new
-            // worker is alive (see `proven_alive`), so a joiner is proven within a round.
-            let wait = if !last_ok || self.counter < FAST_BEATS {
-                self.retry
-            } else {
-                self.interval
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = now.notified() => {}
-                _ = &mut stop => return,
-            }
-            last_ok = self.beat().await;
-        }
-    }
-}
-
 /// The coordinator's state; see the module docs.
 pub struct Coordinator {
     table: LeaseTable,
@@ -558,10 +316,6 @@ struct Role {
     last_sync: Option<Instant>,
 }
 
-/// A follower re-reads the assigner item every this many rounds (it also re-reads it when
-/// the holder looks dead or gone).
-const ASSIGNER_REREAD_ROUNDS: u32 = 30;
-
 /// How long an owner gives its record processor to finish a granted hand-over (the batch in
 /// flight, the app's ShutdownRequested, the final checkpoint) before it hands the lease over
 /// anyway: the requester's `handoff_timeout`, which runs from when the requester *sees* the
@@ -575,22 +329,8 @@ pub fn owner_wait(handoff_timeout: Duration, scan_interval: Duration) -> Duratio
         .max(handoff_timeout / 2)
 }
 
-mod assigned;
-
-/// A worker's first heartbeats come this many (minus one) half scan intervals apart, before
-/// the regular interval: three extra writes per start.
-const FAST_BEATS: u64 = 4;
-
 /// Lease creations in flight at once during a shard sync.
 const CREATE_CONCURRENCY: usize = 32;
-
-fn heartbeat_key(worker: &str) -> String {
-    Heartbeat::key(worker)
-}
-
-fn lease_key(shard: &str) -> String {
-    format!("lease:{shard}")
-}
 
 impl Coordinator {
     /// A coordinator for `table`; with `stream` it also discovers shards. Events go to
@@ -963,103 +703,6 @@ impl Coordinator {
         }
     }
 
-    async fn peer_round(&mut self) {
-        // Leases taken in this round belong to the epoch it started in: a lapse during the
-        // round (a slow scan) leaves them invalid, and the next round takes them back.
-        let epoch = self.liveness.epoch();
-        self.drop_stopped().await;
-        let asked = Instant::now();
-        let snapshot = match self.table.scan().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "lease table scan failed; keeping current leases");
-                self.fence_self().await;
-                return;
-            }
-        };
-        let now = Instant::now();
-        let me = self.config.worker_id.clone();
-        observe(&mut self.observer, &snapshot, now);
-        self.warn_of_other_modes(&snapshot);
-
-        if !self.liveness.is_alive(now) {
-            // Our own heartbeat is not confirmed: we may be the one considered dead. Take
-            // nothing until it is.
-            self.last_snapshot = snapshot;
-            self.scanned = true;
-            self.fence_self().await;
-            return;
-        }
-
-        let (live, states) = fleet_view(
-            &snapshot,
-            &self.observer,
-            &me,
-            self.draining,
-            self.config.failover_time,
-            asked,
-        );
-        self.last_live = live.clone();
-        let by_shard: HashMap<&str, &Lease> = snapshot
-            .leases
-            .iter()
-            .map(|l| (l.shard_id.as_str(), l))
-            .collect();
-
-        // 1. Leases we hold that changed under us are lost.
-        let mut held_now = Vec::with_capacity(self.held.len());
-        for (shard, held) in &self.held {
-            if !held.handing_over {
-                held_now.push((shard.clone(), held.handle.held.lock().await.counter));
-            }
-        }
-        let lost = lost_leases(&held_now, &by_shard, &me);
-        self.lose(lost).await;
-
-        // 2. Decide.
-        let held_ids: HashSet<String> = self.held.keys().cloned().collect();
-        let pending_ids: HashSet<String> = self.pending.keys().cloned().collect();
-        let plan = balance::plan(
-            &snapshot.leases,
-            &states,
-            &Fleet {
-                me: &me,
-                live: &live,
-                draining: self.draining,
-                held: &held_ids,
-                pending_handoffs: &pending_ids,
-                max_handoffs_per_round: self.config.max_handoffs_per_round,
-            },
-        );
-
-        // 3. Hand-over requests on our leases: grant what we can spare, decline the rest.
-        self.answer_handoff_requests(&snapshot, &states, &live, plan.target)
-            .await;
-        // 4. Take free leases.
-        self.take_planned(&plan, &by_shard, epoch).await;
-        // 5. Follow up on earlier hand-over requests: answered, declined, or granted and
-        //    not handed over in time.
-        let timeout = self.config.handoff_timeout;
-        let timed_out = handoff::follow_up(&mut self.pending, &by_shard, now, |seen| {
-            now.saturating_duration_since(seen) > timeout
-        });
-        for (lease, _) in timed_out {
-            match self.table.take_after_handoff_timeout(&lease, &me).await {
-                Ok(held) => {
-                    tracing::info!(shard = %lease.shard_id, "owner did not answer the hand-over request: taken after its grant timed out");
-                    self.acquired(&lease, held, epoch).await;
-                }
-                Err(e) => {
-                    tracing::debug!(shard = %lease.shard_id, error = %e, "take after hand-over timeout failed")
-                }
-            }
-        }
-        // 6. Ask for hand-overs (after the follow-up, which judges requests by this scan).
-        self.request_handoffs(&plan, &by_shard).await;
-        self.last_snapshot = snapshot;
-        self.scanned = true;
-    }
-
     /// Logs (an error, once per worker and mode) every worker of another coordination mode in
     /// `snapshot`.
     fn warn_of_other_modes(&mut self, snapshot: &TableSnapshot) {
@@ -1071,136 +714,6 @@ impl Coordinator {
                     this_mode = self.config.coordination.as_str(),
                     "this fleet mixes coordination modes: start every worker of the application with the same --coordination (the workers fight over leases until then; every take stays fenced)"
                 );
-            }
-        }
-    }
-
-    /// Stops the processors of `lost` leases (another worker holds them now).
-    async fn lose(&mut self, lost: Vec<String>) {
-        for shard in lost {
-            if let Some(h) = self.held.remove(&shard) {
-                h.handle.revoked.store(true, Ordering::SeqCst);
-                tracing::info!(shard = %shard, "lease lost");
-                let _ = self.events.send(LeaseEvent::Lost { shard_id: shard }).await;
-            }
-        }
-    }
-
-    /// Peer mode: answers the hand-over requests on the leases this worker holds: grants what
-    /// it can spare above its fair share (`target`), declines the rest.
-    async fn answer_handoff_requests(
-        &mut self,
-        snapshot: &TableSnapshot,
-        states: &[balance::LeaseState<'_>],
-        live: &BTreeSet<String>,
-        target: usize,
-    ) {
-        let me = self.config.worker_id.clone();
-        let requests: Vec<(&str, &str)> = snapshot
-            .leases
-            .iter()
-            .filter(|l| l.owner.as_deref() == Some(me.as_str()))
-            .filter(|l| self.held.get(&l.shard_id).is_some_and(|h| !h.handing_over))
-            .filter_map(|l| l.handoff_to.as_deref().map(|to| (l.shard_id.as_str(), to)))
-            .collect();
-        if requests.is_empty() {
-            return;
-        }
-        let mut counts: HashMap<&str, usize> = HashMap::new();
-        for (l, s) in snapshot.leases.iter().zip(states) {
-            if let (balance::LeaseState::Owned(o), Some(_)) = (s, l.owner.as_deref()) {
-                *counts.entry(o).or_insert(0) += 1;
-            }
-        }
-        // What we hold as the fleet counts it: live leases only (a finished lease whose
-        // processor is still winding down counts for nobody).
-        let holding = snapshot
-            .leases
-            .iter()
-            .zip(states)
-            .filter(|(l, s)| {
-                matches!(s, balance::LeaseState::Owned(o) if *o == me)
-                    && self.held.get(&l.shard_id).is_some_and(|h| !h.handing_over)
-            })
-            .count();
-        let (grant, decline) = balance::grant_handoffs(&requests, holding, target, live, |w| {
-            counts.get(w).copied().unwrap_or(0)
-        });
-        for (shard, to) in grant {
-            self.start_handover(shard, to).await;
-        }
-        for shard in decline {
-            if let Some(h) = self.held.get(shard) {
-                let held = h.handle.held.lock().await.clone();
-                if let Err(e) = self.table.decline_handoff(&held, &me).await {
-                    tracing::debug!(shard = %shard, error = %e, "declining a hand-over failed");
-                }
-            }
-        }
-    }
-
-    /// Peer mode: takes the leases `plan` names. A lease handed to us in answer to our
-    /// request is ours already: the previous owner's fenced hand-over bumped the counter, so
-    /// no second write. A take lost to a faster worker is replaced by the next free lease of
-    /// `take_instead`.
-    async fn take_planned(
-        &mut self,
-        plan: &balance::Plan,
-        by_shard: &HashMap<&str, &Lease>,
-        epoch: u64,
-    ) {
-        let me = self.config.worker_id.clone();
-        let mut instead = plan.take_instead.iter();
-        let mut queue: std::collections::VecDeque<&String> = plan.take.iter().collect();
-        while let Some(shard) = queue.pop_front() {
-            let Some(lease) = by_shard.get(shard.as_str()) else {
-                continue;
-            };
-            let handed_to_us = lease.owner.as_deref() == Some(me.as_str())
-                && self
-                    .pending
-                    .get(shard)
-                    .is_some_and(|r| lease.counter == r.counter + 1);
-            if handed_to_us {
-                self.pending.remove(shard);
-                let held = HeldLease {
-                    shard_id: lease.shard_id.clone(),
-                    counter: lease.counter,
-                    checkpoint: lease.checkpoint.clone(),
-                    start_timestamp_ms: lease.start_timestamp_ms,
-                };
-                self.acquired(lease, held, epoch).await;
-                continue;
-            }
-            match self.table.take(lease, &me).await {
-                Ok(held) => self.acquired(lease, held, epoch).await,
-                Err(LeaseError::LeaseLost { .. }) => {
-                    if let Some(next) = instead.next() {
-                        queue.push_back(next);
-                    }
-                }
-                Err(e) => tracing::warn!(shard = %shard, error = %e, "take failed"),
-            }
-        }
-    }
-
-    /// Peer mode: writes the hand-over requests `plan` names; the requester's clock starts
-    /// once it sees the owner's grant.
-    async fn request_handoffs(&mut self, plan: &balance::Plan, by_shard: &HashMap<&str, &Lease>) {
-        let me = self.config.worker_id.clone();
-        for (shard, _owner) in &plan.request_handoff {
-            let Some(lease) = by_shard.get(shard.as_str()) else {
-                continue;
-            };
-            match self.table.request_handoff(lease, &me).await {
-                Ok(true) => {
-                    self.pending
-                        .insert(shard.clone(), handoff::Request::new(&me, lease.counter));
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(shard = %shard, error = %e, "hand-over request failed")
-                }
             }
         }
     }
@@ -1322,7 +835,11 @@ impl Coordinator {
                 .await;
             waits.push(rx);
         }
-        let _ = tokio::time::timeout(self.config.shutdown_timeout, futures_join_all(waits)).await;
+        let _ = tokio::time::timeout(
+            self.config.shutdown_timeout,
+            futures_util::future::join_all(waits),
+        )
+        .await;
         let me = self.config.worker_id.clone();
         // Released concurrently: the fleet's wait for our shards is one write long, not one
         // write per lease.
@@ -1375,143 +892,9 @@ impl Coordinator {
     }
 }
 
-/// Records one scan's liveness evidence (heartbeat counters, and lease counters for owners
-/// without a heartbeat item) and forgets keys that are gone.
-fn observe(observer: &mut Observer, snapshot: &TableSnapshot, now: Instant) {
-    for hb in &snapshot.heartbeats {
-        observer.observe(&heartbeat_key(&hb.worker_id), hb.counter, now);
-    }
-    for l in &snapshot.leases {
-        observer.observe(&lease_key(&l.shard_id), l.counter, now);
-    }
-    let present: HashSet<String> = snapshot
-        .heartbeats
-        .iter()
-        .map(|h| heartbeat_key(&h.worker_id))
-        .chain(snapshot.leases.iter().map(|l| lease_key(&l.shard_id)))
-        .collect();
-    observer.retain(|k| present.contains(k));
-}
-
-/// Of the leases this worker holds (`held`: shard and the counter it holds it at), those the
-/// scan shows with another owner or counter: lost (another worker took them).
-fn lost_leases(held: &[(String, u64)], by_shard: &HashMap<&str, &Lease>, me: &str) -> Vec<String> {
-    held.iter()
-        .filter(|(shard, counter)| {
-            !by_shard
-                .get(shard.as_str())
-                .is_some_and(|l| l.owner.as_deref() == Some(me) && l.counter == *counter)
-        })
-        .map(|(shard, _)| shard.clone())
-        .collect()
-}
-
-/// The live workers (alive and not draining; `me` unless it drains) and every lease's state,
-/// from one scan and the observations.
-fn fleet_view<'a>(
-    snapshot: &'a TableSnapshot,
-    observer: &Observer,
-    me: &str,
-    draining: bool,
-    failover: Duration,
-    now: Instant,
-) -> (BTreeSet<String>, Vec<balance::LeaseState<'a>>) {
-    let heartbeats: HashMap<&str, &Heartbeat> = snapshot
-        .heartbeats
-        .iter()
-        .map(|h| (h.worker_id.as_str(), h))
-        .collect();
-    let worker_alive = |w: &str| {
-        heartbeats
-            .get(w)
-            .is_some_and(|_| !observer.is_stale(&heartbeat_key(w), now, failover))
-    };
-    let mut live: BTreeSet<String> = snapshot
-        .heartbeats
-        .iter()
-        .filter(|h| !h.draining && worker_alive(&h.worker_id))
-        .map(|h| h.worker_id.clone())
-        .collect();
-    if draining {
-        live.remove(me);
-    } else {
-        live.insert(me.to_string());
-    }
-    let alive = |lease: &Lease, owner: &str| {
-        owner == me
-            || if heartbeats.contains_key(owner) {
-                worker_alive(owner)
-            } else {
-                // An owner without a heartbeat item (a KCL worker): KCL's rule on the lease
-                // counter itself.
-                !observer.is_stale(&lease_key(&lease.shard_id), now, failover)
-            }
-    };
-    let states = balance::classify(&snapshot.leases, alive);
-    (live, states)
-}
-
-/// The assigner's view of `live`: (the workers the fair share is computed over, the workers
-/// it may give leases to). First sight gives an *owner* the benefit of the doubt for a
-/// failover time (its leases are not taken), but a new assigner must not hand leases to a
-/// worker that died before it started watching, nor count it for the fair share. So a
-/// receiver is proven alive (this observer saw its heartbeat change; a new worker's first
-/// heartbeats are half a scan interval apart, so it is proven within a round or two);
-/// a worker counts for the share while proven or first seen less than `proof_time` ago (one
-/// heartbeat interval and a margin: a live worker is proven by then).
-fn proven_alive(
-    snapshot: &TableSnapshot,
-    observer: &Observer,
-    live: &BTreeSet<String>,
-    me: &str,
-    proof_time: Duration,
-    now: Instant,
-) -> (BTreeSet<String>, BTreeSet<String>) {
-    let mut counted = BTreeSet::new();
-    let mut receivers = BTreeSet::new();
-    for h in snapshot
-        .heartbeats
-        .iter()
-        .filter(|h| live.contains(&h.worker_id))
-    {
-        let key = heartbeat_key(&h.worker_id);
-        let proven = h.worker_id == me || observer.has_changed(&key);
-        if proven {
-            receivers.insert(h.worker_id.clone());
-        }
-        if proven
-            || observer
-                .unchanged_for(&key, now)
-                .is_none_or(|d| d <= proof_time)
-        {
-            counted.insert(h.worker_id.clone());
-        }
-    }
-    if live.contains(me) {
-        counted.insert(me.to_string());
-        receivers.insert(me.to_string());
-    }
-    (counted, receivers)
-}
-
-/// Waits for every receiver (answered or dropped).
-async fn futures_join_all(waits: Vec<oneshot::Receiver<()>>) {
-    for w in waits {
-        let _ = w.await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lease_of(shard: &str, owner: &str, counter: u64, handoff_to: Option<&str>) -> Lease {
-        let mut l = Lease::new(shard, Checkpoint::TrimHorizon, Vec::new());
-        l.owner = Some(owner.into());
-        l.counter = counter;
-        l.handoff_to = handoff_to.map(String::from);
-        l
-    }
 
     #[test]
     fn workers_of_another_mode_are_named_and_older_heartbeats_are_not() {
@@ -1540,34 +923,6 @@ mod tests {
     }
 
     #[test]
-    fn a_held_lease_is_lost_when_its_owner_or_counter_changed_or_it_is_gone() {
-        let leases = [
-            lease_of("a", "me", 3, None),
-            lease_of("b", "other", 4, None),
-            lease_of("c", "me", 9, None),
-        ];
-        let by_shard: HashMap<&str, &Lease> =
-            leases.iter().map(|l| (l.shard_id.as_str(), l)).collect();
-        let held = vec![
-            ("a".to_string(), 3),
-            ("b".to_string(), 3),
-            ("c".to_string(), 8),
-            ("gone".to_string(), 1),
-        ];
-        let mut lost = lost_leases(&held, &by_shard, "me");
-        lost.sort();
-        assert_eq!(lost, vec!["b", "c", "gone"]);
-    }
-
-    fn liveness(confirmed_ago: Duration, valid_for: Duration) -> SelfLiveness {
-        SelfLiveness {
-            confirmed_at: Mutex::new(Instant::now() - confirmed_ago),
-            valid_for,
-            epoch: AtomicU64::new(0),
-        }
-    }
-
-    #[test]
     fn the_owners_wait_and_the_requesters_timeout_add_up() {
         let s = Duration::from_secs;
         let ms = Duration::from_millis;
@@ -1580,21 +935,5 @@ mod tests {
         }
         // Never less than half the timeout.
         assert_eq!(owner_wait(s(1), s(1)), ms(500));
-    }
-
-    #[test]
-    fn a_heartbeat_landing_in_time_keeps_the_epoch_a_late_one_ends_it() {
-        let l = liveness(Duration::from_millis(100), Duration::from_secs(5));
-        l.confirm(Instant::now());
-        assert_eq!(l.epoch(), 0);
-        assert!(l.is_alive(Instant::now()));
-
-        // The last confirmed heartbeat was sent 6 s ago (valid 5 s); this one was sent 1 s
-        // ago and lands now: alive again, but in a new epoch.
-        let l = liveness(Duration::from_secs(6), Duration::from_secs(5));
-        assert!(!l.is_alive(Instant::now()));
-        l.confirm(Instant::now() - Duration::from_secs(1));
-        assert_eq!(l.epoch(), 1);
-        assert!(l.is_alive(Instant::now()));
     }
 }

@@ -3,6 +3,7 @@ use std::collections::{BTreeSet, HashMap};
 use super::*;
 use crate::balance::classify;
 use crate::checkpoint::Checkpoint;
+use crate::model::Heartbeat;
 
 fn lease(shard: &str, owner: Option<&str>) -> Lease {
     let mut l = Lease::new(shard, Checkpoint::TrimHorizon, Vec::new());
@@ -373,4 +374,239 @@ fn the_role_is_claimed_only_when_free_or_its_holder_is_dead_or_leaving() {
     assert_eq!(watch(Some("w1"), false, false), Watch::Follow);
     assert_eq!(watch(Some("w1"), true, false), Watch::Claim);
     assert_eq!(watch(Some("w1"), false, true), Watch::Claim);
+}
+
+#[test]
+fn a_member_forgets_what_it_left_once_its_index_no_longer_shows_it() {
+    let mut left = HashMap::from([("a".to_string(), 3), ("b".to_string(), 1)]);
+    // b is still indexed at the counter it was left at (the index lags): not accepted.
+    let p = member_decision("me", &[owned("b", 1, None)], &held(&[]), &mut left, false);
+    assert_eq!(left, HashMap::from([("b".to_string(), 1)]));
+    assert_eq!(p, MemberPlan::default());
+    // Given back since, at a higher counter: accepted.
+    let p = member_decision("me", &[owned("b", 2, None)], &held(&[]), &mut left, false);
+    assert_eq!(p.accept, vec![owned("b", 2, None)]);
+}
+
+#[test]
+fn children_are_missing_when_a_finished_lease_names_one_without_a_lease() {
+    let mut parent = lease("p", None);
+    parent.checkpoint = Checkpoint::ShardEnd;
+    parent.child_shard_ids = vec!["c".into()];
+    let mut scan = TableSnapshot {
+        leases: vec![parent],
+        heartbeats: Vec::new(),
+    };
+    assert!(children_missing(&scan));
+    scan.leases.push(lease("c", None));
+    assert!(!children_missing(&scan));
+}
+
+// The assigner's whole round (`assigner_decision`), as the coordinator and the lease
+// simulation both run it, at the default timings: failover 10 s, heartbeats every 3 s, scans
+// every second, hand-over timeout 5 s. "w1" is the assigner.
+
+fn settings() -> AssignerSettings<'static> {
+    AssignerSettings {
+        me: "w1",
+        draining: false,
+        failover_time: Duration::from_secs(10),
+        heartbeat_interval: Duration::from_secs(3),
+        scan_interval: Duration::from_secs(1),
+        handoff_timeout: Duration::from_secs(5),
+        max_handoffs_per_round: 16,
+    }
+}
+
+fn beat(worker: &str, counter: u64) -> Heartbeat {
+    Heartbeat {
+        worker_id: worker.into(),
+        counter,
+        draining: false,
+        lag: Default::default(),
+        coordination: Some("assigner".into()),
+        stalled: Default::default(),
+    }
+}
+
+fn lease_at(shard: &str, owner: &str, counter: u64) -> Lease {
+    let mut l = lease(shard, Some(owner));
+    l.counter = counter;
+    l
+}
+
+/// A lease whose owner granted a hand-over to `to`.
+fn granted(shard: &str, owner: &str, counter: u64, to: &str) -> Lease {
+    let mut l = lease_at(shard, owner, counter);
+    l.handoff_to = Some(to.into());
+    l.handoff_granted = true;
+    l
+}
+
+/// The assigner's memory across rounds, on a clock of whole seconds from `t0`.
+#[derive(Clone)]
+struct Assigner {
+    observer: Observer,
+    pending: HashMap<String, handoff::Request<Instant>>,
+    t0: Instant,
+}
+
+impl Assigner {
+    fn new() -> Self {
+        Self {
+            observer: Observer::new(),
+            pending: HashMap::new(),
+            t0: Instant::now(),
+        }
+    }
+
+    /// A round on a scan asked `asked` s and answered `answered` s after `t0`.
+    fn round_at(&mut self, scan: &TableSnapshot, asked: u64, answered: u64) -> AssignerDecision {
+        let at = |s| self.t0 + Duration::from_secs(s);
+        let (asked, answered) = (at(asked), at(answered));
+        assigner_decision(
+            scan,
+            &mut self.observer,
+            &mut self.pending,
+            &settings(),
+            asked,
+            answered,
+        )
+    }
+
+    fn round(&mut self, scan: &TableSnapshot, t: u64) -> AssignerDecision {
+        self.round_at(scan, t, t)
+    }
+}
+
+fn scan(leases: Vec<Lease>, beats: &[(&str, u64)]) -> TableSnapshot {
+    TableSnapshot {
+        leases,
+        heartbeats: beats.iter().map(|(w, c)| beat(w, *c)).collect(),
+    }
+}
+
+#[test]
+fn a_granted_hand_over_that_completes_is_forgotten() {
+    let mut a = Assigner::new();
+    a.pending.insert("a".into(), handoff::Request::new("w2", 5));
+    let rest = || {
+        vec![
+            lease_at("b", "w2", 1),
+            lease_at("c", "w1", 1),
+            lease_at("d", "w1", 1),
+        ]
+    };
+    let mut leases = vec![granted("a", "w1", 5, "w2")];
+    leases.extend(rest());
+    let d = a.round(&scan(leases, &[("w1", 1), ("w2", 1)]), 0);
+    assert!(d.takes.is_empty() && d.requests.is_empty(), "{d:?}");
+    assert_eq!(d.pending, 1);
+    assert!(a.pending["a"].granted_seen.is_some());
+    // The owner handed it over: a new owner, a new counter.
+    let mut leases = vec![lease_at("a", "w2", 6)];
+    leases.extend(rest());
+    let d = a.round(&scan(leases, &[("w1", 2), ("w2", 2)]), 1);
+    assert!(d.takes.is_empty() && d.requests.is_empty(), "{d:?}");
+    assert_eq!((d.pending, d.timed_out), (0, 0));
+    assert!(a.pending.is_empty());
+}
+
+#[test]
+fn a_granted_hand_over_not_done_within_the_timeout_is_taken_for_the_requester() {
+    let mut a = Assigner::new();
+    a.pending.insert("a".into(), handoff::Request::new("w2", 5));
+    let at = |t: u64| {
+        scan(
+            vec![
+                granted("a", "w1", 5, "w2"),
+                lease_at("b", "w2", 1),
+                lease_at("c", "w1", 1),
+                lease_at("d", "w1", 1),
+            ],
+            &[("w1", t + 1), ("w2", t + 1)],
+        )
+    };
+    // The timeout runs from when the grant was first seen (t = 0): 5 s, not more.
+    for t in 0..=5 {
+        let d = a.round(&at(t), t);
+        assert!(d.takes.is_empty() && d.requests.is_empty(), "t={t}: {d:?}");
+    }
+    let d = a.round(&at(6), 6);
+    assert_eq!(
+        d.takes,
+        vec![Take {
+            lease: granted("a", "w1", 5, "w2"),
+            to: "w2".into(),
+            after_timeout: true,
+        }]
+    );
+    assert_eq!(d.timed_out, 1);
+    assert!(!a.pending.contains_key("a"));
+}
+
+/// w1 and w2 beat every round; w3 at `w3(t)`. Two leases each.
+fn three(t: u64, w3: impl Fn(u64) -> u64) -> TableSnapshot {
+    let owners = ["w1", "w1", "w2", "w2", "w3", "w3"];
+    let leases = ["a", "b", "c", "d", "e", "f"]
+        .iter()
+        .zip(owners)
+        .map(|(s, o)| lease_at(s, o, 1))
+        .collect();
+    scan(leases, &[("w1", t + 1), ("w2", t + 1), ("w3", w3(t))])
+}
+
+#[test]
+fn a_dead_owners_leases_are_given_to_the_live_after_the_failover_time() {
+    let mut a = Assigner::new();
+    // w3's heartbeat never changes again.
+    for t in 0..=10 {
+        let d = a.round(&three(t, |_| 1), t);
+        assert!(d.takes.is_empty() && d.requests.is_empty(), "t={t}: {d:?}");
+        assert!(d.live.contains("w3"), "t={t}");
+    }
+    let d = a.round(&three(11, |_| 1), 11);
+    assert!(!d.live.contains("w3"));
+    let takes: Vec<(&str, &str, bool)> = d
+        .takes
+        .iter()
+        .map(|t| (t.lease.shard_id.as_str(), t.to.as_str(), t.after_timeout))
+        .collect();
+    assert_eq!(takes, vec![("e", "w1", false), ("f", "w2", false)]);
+    assert_eq!(d.successors, vec!["w2".to_string()]);
+}
+
+#[test]
+fn a_slow_but_live_owner_is_not_declared_dead_nor_by_a_slow_read() {
+    let mut a = Assigner::new();
+    // w3 beats every 9 s: slower than anyone else, within the failover time.
+    let slow = |t: u64| 1 + t / 9;
+    for t in 0..=25 {
+        let d = a.round(&three(t, slow), t);
+        assert!(d.takes.is_empty() && d.requests.is_empty(), "t={t}: {d:?}");
+        assert!(d.live.contains("w3"), "t={t}");
+    }
+    // A scan asked at 28 s and answered at 30 s still shows w3's beat of 18 s: stale as of
+    // the answer, not as of the question, so w3 is alive.
+    let mut late = a.clone();
+    let d = a.round_at(&three(30, |_| slow(25)), 28, 30);
+    assert!(d.live.contains("w3") && d.takes.is_empty(), "{d:?}");
+    // Judged as of the answer, the same read would have taken w3's leases.
+    let d = late.round_at(&three(30, |_| slow(25)), 30, 30);
+    assert!(!d.live.contains("w3") && d.takes.len() == 2, "{d:?}");
+}
+
+#[test]
+fn a_new_assigner_gives_nothing_to_the_unproven_and_counts_them_only_for_a_while() {
+    let mut a = Assigner::new();
+    // w3 died before this assigner started: first seen, never changing.
+    let d = a.round(&three(0, |_| 1), 0);
+    assert!(d.counted.contains("w3") && !d.receivers.contains("w3"));
+    assert!(!d.receivers.contains("w2"), "w2 is not proven yet either");
+    let d = a.round(&three(1, |_| 1), 1);
+    assert!(d.receivers.contains("w2") && !d.receivers.contains("w3"));
+    // Past the proof time (a heartbeat interval and two scans), w3 no longer counts.
+    let d = a.round(&three(6, |_| 1), 6);
+    assert_eq!(d.counted, live(&["w1", "w2"]));
+    assert!(d.live.contains("w3"));
 }

@@ -4,9 +4,10 @@
 //! heartbeat item (one eventually consistent GetItem) and claims the role when that
 //! heartbeat is stale for `failover_time`, gone, or draining; the assigner re-reads the role
 //! item (strongly consistent) to notice that it was replaced; (2) the assigner scans the
-//! table (eventually consistent) and acts on [`assign::plan`]; (3) every worker reads its own
-//! leases (the assigner from its scan, the others from the owner index) and acts on
-//! [`assign::member_plan`].
+//! table (eventually consistent) and acts on [`assign::assigner_decision`]; (3) every
+//! worker reads its own leases (the assigner from its scan, the others from the owner
+//! index) and acts on [`assign::member_decision`]. Every decision is one of those pure
+//! functions, which the lease simulation (`tests/src/bin/lease_sim.rs`) calls as well.
 //!
 //! Per round, per follower: 2 requests, 1 read unit (two eventually consistent reads of
 //! under 4 KB). The assigner: one eventually consistent scan (the table's size / 8 KB read
@@ -16,6 +17,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use super::*;
+use crate::assign::{AssignerSettings, Take};
 
 /// Writes of one assigner round in flight at once.
 const ACT_CONCURRENCY: usize = 32;
@@ -163,8 +165,9 @@ impl Coordinator {
         }
     }
 
-    /// Step (2), the assigner's: scan, decide for the fleet, act. Returns this worker's own
-    /// leases from the scan, or `None` if the scan failed.
+    /// Step (2), the assigner's: scan, decide for the fleet ([`assign::assigner_decision`],
+    /// pure), act (the takes, then the hand-over requests, then the successors). Returns this
+    /// worker's own leases from the scan, or `None` if the scan failed.
     async fn assigner_round(&mut self, epoch: u64) -> Option<Vec<OwnedLease>> {
         let started = Instant::now();
         let snapshot = match self.table.scan_with(false).await {
@@ -177,90 +180,70 @@ impl Coordinator {
         };
         let now = Instant::now();
         let me = self.config.worker_id.clone();
-        observe(&mut self.observer, &snapshot, now);
         self.warn_of_other_modes(&snapshot);
+        let settings = AssignerSettings {
+            me: &me,
+            draining: self.draining,
+            failover_time: self.config.failover_time,
+            heartbeat_interval: self.config.heartbeat_interval,
+            scan_interval: self.config.scan_interval,
+            handoff_timeout: self.config.handoff_timeout,
+            max_handoffs_per_round: self.config.max_handoffs_per_round,
+        };
         // Staleness up to when the scan was asked, not answered (see `check_role`).
-        let (live, states) = fleet_view(
+        let decision = assign::assigner_decision(
             &snapshot,
-            &self.observer,
-            &me,
-            self.draining,
-            self.config.failover_time,
+            &mut self.observer,
+            &mut self.role.pending,
+            &settings,
             started,
+            now,
         );
-        let proof_time = self.config.heartbeat_interval + self.config.scan_interval * 2;
-        let (counted, receivers) =
-            proven_alive(&snapshot, &self.observer, &live, &me, proof_time, now);
-        let by_shard: HashMap<&str, &Lease> = snapshot
-            .leases
-            .iter()
-            .map(|l| (l.shard_id.as_str(), l))
-            .collect();
-
-        // Outstanding requests: ones found in the table (an earlier assigner's) are adopted
-        // from now; answered ones are forgotten; granted ones not handed over in time go to
-        // the requester anyway (never one the owner has not granted: see `handoff`).
-        handoff::adopt(&mut self.role.pending, &snapshot.leases, now);
-        let timeout = self.config.handoff_timeout;
-        let timed_out = handoff::follow_up(&mut self.role.pending, &by_shard, now, |seen| {
-            now.saturating_duration_since(seen) > timeout
-        });
-
-        let pending: HashMap<String, String> = self
-            .role
-            .pending
-            .iter()
-            .map(|(s, r)| (s.clone(), r.to.clone()))
-            .collect();
-        let plan = assign::plan(
-            &snapshot.leases,
-            &states,
-            &AssignerView {
-                live: &counted,
-                receivers: &receivers,
-                pending: &pending,
-                // Up to one move per live worker a round (at least the peer mode's bound).
-                max_moves: self.config.max_handoffs_per_round.max(live.len()),
-            },
-        );
-        self.role.need_sync |= children_missing(&snapshot);
+        self.role.need_sync |= decision.children_missing;
         tracing::debug!(
             scan_ms = started.elapsed().as_millis() as u64,
             leases = snapshot.leases.len(),
-            live = live.len(),
-            target = plan.target,
-            assign = plan.assign.len(),
-            request = plan.request.len(),
-            pending = pending.len(),
-            timed_out = timed_out.len(),
+            live = decision.live.len(),
+            target = decision.plan.target,
+            assign = decision.plan.assign.len(),
+            request = decision.plan.request.len(),
+            pending = decision.pending,
+            timed_out = decision.timed_out,
             "assigner round"
         );
-        let mine: Vec<OwnedLease> = snapshot
-            .leases
-            .iter()
-            .filter(|l| l.owner.as_deref() == Some(me.as_str()))
-            .map(|l| OwnedLease {
-                shard_id: l.shard_id.clone(),
-                counter: l.counter,
-                handoff_to: l.handoff_to.clone(),
-            })
-            .collect();
+        let mine_now = self.act_takes(&decision.takes).await;
+        self.act_requests(&decision.requests).await;
+        self.name_successors(decision.successors).await;
+        // Taken for ourselves this round: ours at the new counter, which the scan predates.
+        let mut mine = decision.mine;
+        for (lease, held) in mine_now {
+            mine.retain(|l| l.shard_id != lease.shard_id);
+            mine.push(OwnedLease {
+                shard_id: lease.shard_id.clone(),
+                counter: held.counter,
+                handoff_to: None,
+            });
+            self.acquired(&lease, held, epoch).await;
+        }
+        self.last_live = decision.live;
+        self.last_snapshot = snapshot;
+        self.scanned = true;
+        Some(mine)
+    }
 
-        // Act: takes on behalf of the chosen workers (the timed-out hand-overs and the
-        // free leases), then the hand-over requests; many at once.
-        let mut takes: Vec<(Lease, String, bool)> = timed_out
-            .into_iter()
-            .map(|(lease, to)| (lease, to, true))
-            .collect();
-        takes.extend(plan.assign.iter().filter_map(|(shard, to)| {
-            by_shard
-                .get(shard.as_str())
-                .map(|l| ((*l).clone(), to.clone(), false))
-        }));
+    /// Takes on behalf of the chosen workers (the timed-out hand-overs and the free leases),
+    /// many at once. Returns the leases taken for this worker itself, with how it holds them.
+    async fn act_takes(&self, takes: &[Take]) -> Vec<(Lease, HeldLease)> {
+        let me = self.config.worker_id.clone();
         let mut mine_now = Vec::new();
         for chunk in takes.chunks(ACT_CONCURRENCY) {
             let mut acts = tokio::task::JoinSet::new();
-            for (lease, to, after_timeout) in chunk.iter().cloned() {
+            for take in chunk.iter().cloned() {
+                let Take {
+                    lease,
+                    to,
+                    after_timeout,
+                } = take;
                 let (table, me_) = (self.table.clone(), me.clone());
                 acts.spawn(async move {
                     // For itself the assigner takes as in peer mode: accepted at once.
@@ -295,13 +278,16 @@ impl Coordinator {
                 }
             }
         }
-        for chunk in plan.request.chunks(ACT_CONCURRENCY) {
+        mine_now
+    }
+
+    /// Writes the hand-over requests (lease as scanned, for whom), many at once, and
+    /// remembers the ones that landed in `role.pending`.
+    async fn act_requests(&mut self, requests: &[(Lease, String)]) {
+        for chunk in requests.chunks(ACT_CONCURRENCY) {
             let mut acts = tokio::task::JoinSet::new();
-            for (shard, _from, to) in chunk {
-                let Some(lease) = by_shard.get(shard.as_str()).map(|l| (*l).clone()) else {
-                    continue;
-                };
-                let (table, to) = (self.table.clone(), to.clone());
+            for (lease, to) in chunk.iter().cloned() {
+                let table = self.table.clone();
                 acts.spawn(async move {
                     let res = table.request_handoff(&lease, &to).await;
                     (lease, to, res)
@@ -323,29 +309,12 @@ impl Coordinator {
                 }
             }
         }
-        // Taken for ourselves this round: ours at the new counter, which the scan predates.
-        let mut mine = mine;
-        self.name_successors(&live).await;
-        for (lease, held) in mine_now {
-            mine.retain(|l| l.shard_id != lease.shard_id);
-            mine.push(OwnedLease {
-                shard_id: lease.shard_id.clone(),
-                counter: held.counter,
-                handoff_to: None,
-            });
-            self.acquired(&lease, held, epoch).await;
-        }
-        self.last_live = live;
-        self.last_snapshot = snapshot;
-        self.scanned = true;
-        Some(mine)
     }
 
-    /// Writes the successors into the role item when the live set changed them (rare: a
-    /// write per change of the first few worker ids).
-    async fn name_successors(&mut self, live: &BTreeSet<String>) {
+    /// Writes the successors `wanted` into the role item when they changed (rare: a write
+    /// per change of the first few live worker ids).
+    async fn name_successors(&mut self, wanted: Vec<String>) {
         let me = self.config.worker_id.clone();
-        let wanted = assign::successors(&me, live);
         let Some(item) = self.role.item.as_mut() else {
             return;
         };
@@ -373,10 +342,7 @@ impl Coordinator {
             );
         }
         // What the index no longer shows needs no memory.
-        self.role
-            .left
-            .retain(|s, _| mine.iter().any(|l| &l.shard_id == s));
-        let plan = assign::member_plan(&me, mine, &held, &self.role.left, self.draining);
+        let plan = assign::member_decision(&me, mine, &held, &mut self.role.left, self.draining);
         for shard in plan.lost {
             if let Some(h) = self.held.remove(&shard) {
                 h.handle.revoked.store(true, Ordering::SeqCst);
@@ -449,20 +415,4 @@ impl Coordinator {
         }
         self.role.mine = false;
     }
-}
-
-/// Does a finished lease name a child that has no lease yet? (Its children need creating:
-/// list the shards now rather than at the next periodic sync.)
-fn children_missing(snapshot: &TableSnapshot) -> bool {
-    let present: HashSet<&str> = snapshot
-        .leases
-        .iter()
-        .map(|l| l.shard_id.as_str())
-        .collect();
-    snapshot.leases.iter().any(|l| {
-        l.is_finished()
-            && l.child_shard_ids
-                .iter()
-                .any(|c| !present.contains(c.as_str()))
-    })
 }

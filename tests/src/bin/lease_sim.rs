@@ -1,9 +1,13 @@
 //! Assigner-mode coordination at a scale this machine cannot run for real (10,000 shards, 500
 //! workers): a discrete-time simulation that runs the **same decision code** as the worker
-//! (`lease::balance::classify`, `lease::assign::{plan, member_plan, watch}`,
-//! `lease::liveness::Observer`) against a model of the lease table that counts request units
-//! as DynamoDB bills them (`lease::table::item_size` over items shaped as the worker writes
-//! them).
+//! against a model of the lease table that counts request units as DynamoDB bills them
+//! (`lease::table::item_size` over items shaped as the worker writes them).
+//!
+//! Every decision is a call of the function the coordinator calls, never a copy of it:
+//! `lease::assign::assigner_decision` (liveness, proof of life, hand-over follow-up, the
+//! plan, the successors), `lease::assign::member_decision`, `lease::assign::watch` and
+//! `lease::liveness::Observer`. What is the simulation's own is the I/O: the table model the
+//! decisions are applied to, the request units, the timing of rounds and heartbeats.
 //!
 //! What it models: one round per worker per second, all workers' rounds in the same tick
 //! (assigner first); heartbeats every failover/3 at staggered phases; an owner index that is
@@ -17,23 +21,22 @@
 //! --workers 500`; `--bench-items` shapes items as `lease_bench` writes them (short worker
 //! ids, no sequence numbers), to check the model against a measured run.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use kinesis_worker::lease::assign::{self, AssignerView, HeldState, OwnedLease, Watch};
-use kinesis_worker::lease::balance::{self, LeaseState};
+use kinesis_worker::lease::assign::{self, AssignerSettings, HeldState, OwnedLease, Watch};
 use kinesis_worker::lease::checkpoint::Checkpoint;
 use kinesis_worker::lease::handoff;
-use kinesis_worker::lease::liveness::Observer;
-use kinesis_worker::lease::model::{Heartbeat, Lease};
+use kinesis_worker::lease::liveness::{Observer, heartbeat_key};
+use kinesis_worker::lease::model::{Heartbeat, Lease, TableSnapshot};
 use kinesis_worker::lease::table::item_size;
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
 /// Default failover time (seconds); `--failover-secs`.
 const FAILOVER: f64 = 10.0;
-const HANDOFF_TIMEOUT: f64 = 5.0;
+const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_MOVES: usize = 16;
 /// On-demand prices, us-east-1: dollars per million read / write request units.
 const RRU_PRICE: f64 = 0.125;
@@ -200,7 +203,7 @@ struct Sim {
     workers: Vec<Worker>,
     assigner: usize,
     observer: Observer,
-    pending: HashMap<String, handoff::Request<f64>>,
+    pending: HashMap<String, handoff::Request<Instant>>,
     units: Units,
     next_shard: usize,
     /// The assigner's successors (they watch it every round).
@@ -329,11 +332,12 @@ impl Sim {
             if i == self.assigner || !self.workers[i].alive {
                 continue;
             }
-            // Successors look every round, the others every 30 rounds (and re-read the role
-            // item then), as `coordinator::assigned::check_role`.
+            // Successors look every round, the others every ASSIGNER_REREAD_ROUNDS rounds (and
+            // re-read the role item then), as `coordinator::assigned::check_role`.
             let successor = self.successors.contains(&self.workers[i].id);
             if !successor {
-                if !(self.rounds + i as u64).is_multiple_of(30) {
+                let every = u64::from(assign::ASSIGNER_REREAD_ROUNDS);
+                if !(self.rounds + i as u64).is_multiple_of(every) {
                     continue;
                 }
                 self.units.read(200, false);
@@ -353,7 +357,7 @@ impl Sim {
                 // The new assigner's observer: its watch of the old one, nothing else yet.
                 self.observer = Observer::new();
                 self.observer.observe(
-                    &format!("hb:{holder}"),
+                    &heartbeat_key(&holder),
                     beat,
                     now - Duration::from_secs_f64(self.failover * 2.0),
                 );
@@ -369,7 +373,6 @@ impl Sim {
 
     fn assigner_round(&mut self) {
         let now = self.now();
-        let failover = Duration::from_secs_f64(self.failover);
         // An eventually consistent scan of every item; the role item, strongly.
         let bytes: usize = self
             .leases
@@ -386,76 +389,30 @@ impl Sim {
             self.units.read(in_page, false);
         }
         self.units.read(100, true);
-        for hb in self.heartbeats() {
-            self.observer
-                .observe(&format!("hb:{}", hb.worker_id), hb.counter, now);
-        }
+        let snapshot = TableSnapshot {
+            leases: self.leases.values().cloned().collect(),
+            heartbeats: self.heartbeats(),
+        };
         let me = self.workers[self.assigner].id.clone();
-        let observer = &self.observer;
-        let alive = |w: &str| w == me || !observer.is_stale(&format!("hb:{w}"), now, failover);
-        let live: BTreeSet<String> = self
-            .workers
-            .iter()
-            .filter(|w| alive(&w.id))
-            .map(|w| w.id.clone())
-            .collect();
-        // As the coordinator's `proven_alive`.
-        let proven = |w: &Worker| w.id == me || observer.has_changed(&format!("hb:{}", w.id));
-        let receivers: BTreeSet<String> = self
-            .workers
-            .iter()
-            .filter(|w| live.contains(&w.id) && proven(w))
-            .map(|w| w.id.clone())
-            .collect();
-        let proof_time = Duration::from_secs_f64(self.failover / 3.0 + 2.0 * self.round);
-        let live: BTreeSet<String> = self
-            .workers
-            .iter()
-            .filter(|w| live.contains(&w.id))
-            .filter(|w| {
-                proven(w)
-                    || observer
-                        .unchanged_for(&format!("hb:{}", w.id), now)
-                        .is_none_or(|d| d <= proof_time)
-            })
-            .map(|w| w.id.clone())
-            .collect();
-        let wanted = assign::successors(&me, &live);
-        if wanted != self.successors {
-            self.successors = wanted;
+        // The coordinator's decision, called as the coordinator calls it (a scan answered at
+        // once: asked and answered at the same instant).
+        let settings = self.settings(&me);
+        let decision = assign::assigner_decision(
+            &snapshot,
+            &mut self.observer,
+            &mut self.pending,
+            &settings,
+            now,
+            now,
+        );
+        if decision.successors != self.successors {
+            self.successors = decision.successors;
             self.units.write(200, 0);
         }
-        let leases: Vec<Lease> = self.leases.values().cloned().collect();
-        let states: Vec<LeaseState<'_>> = balance::classify(&leases, |_, o| alive(o));
-        let by_shard: HashMap<&str, &Lease> =
-            leases.iter().map(|l| (l.shard_id.as_str(), l)).collect();
-        // As the coordinator: requests found in the table (an earlier assigner's) are adopted,
-        // and a request times out only after its owner granted it.
-        let t = self.t;
-        handoff::adopt(&mut self.pending, &leases, t);
-        let timed_out: Vec<(String, String)> =
-            handoff::follow_up(&mut self.pending, &by_shard, t, |seen| {
-                t - seen > HANDOFF_TIMEOUT
-            })
-            .into_iter()
-            .map(|(l, to)| (l.shard_id, to))
-            .collect();
-        let pending: HashMap<String, String> = self
-            .pending
-            .iter()
-            .map(|(s, r)| (s.clone(), r.to.clone()))
-            .collect();
-        let plan = assign::plan(
-            &leases,
-            &states,
-            &AssignerView {
-                live: &live,
-                receivers: &receivers,
-                pending: &pending,
-                max_moves: MAX_MOVES.max(live.len()),
-            },
-        );
-        for (shard, to) in timed_out.iter().chain(plan.assign.iter()) {
+        // The table model: every take lands (conditional on the scanned counter, which
+        // nothing else changed in between).
+        for take in &decision.takes {
+            let (shard, to) = (&take.lease.shard_id, &take.to);
             self.pending.remove(shard);
             if let Some(l) = self.leases.get_mut(shard) {
                 l.owner = Some(to.clone());
@@ -475,13 +432,29 @@ impl Sim {
                 );
             }
         }
-        for (shard, _, to) in &plan.request {
-            if let Some(l) = self.leases.get_mut(shard) {
+        for (lease, to) in &decision.requests {
+            if let Some(l) = self.leases.get_mut(&lease.shard_id) {
                 l.handoff_to = Some(to.clone());
-                self.pending
-                    .insert(shard.clone(), handoff::Request::new(to.clone(), l.counter));
+                self.pending.insert(
+                    lease.shard_id.clone(),
+                    handoff::Request::new(to.clone(), l.counter),
+                );
             }
             self.units.write(300, 1);
+        }
+    }
+
+    /// The assigner's settings, as the worker derives them from its configuration: a scan
+    /// every round, a heartbeat every third of the failover time.
+    fn settings<'a>(&self, me: &'a str) -> AssignerSettings<'a> {
+        AssignerSettings {
+            me,
+            draining: false,
+            failover_time: Duration::from_secs_f64(self.failover),
+            heartbeat_interval: Duration::from_secs_f64(self.failover / 3.0),
+            scan_interval: Duration::from_secs_f64(self.round),
+            handoff_timeout: HANDOFF_TIMEOUT,
+            max_handoffs_per_round: MAX_MOVES,
         }
     }
 
@@ -497,8 +470,7 @@ impl Sim {
             self.units.read(bytes, false);
         }
         let w = &mut self.workers[i];
-        w.left.retain(|s, _| mine.iter().any(|l| &l.shard_id == s));
-        let plan = assign::member_plan(&me, &mine, &w.held, &w.left, false);
+        let plan = assign::member_decision(&me, &mine, &w.held, &mut w.left, false);
         for s in &plan.lost {
             w.held.remove(s);
         }
@@ -718,4 +690,50 @@ fn main() -> Result<()> {
     let t = sim.until("balanced again", 300.0, balanced)?;
     println!("  … and the fleet balanced again {t:.0} s later");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The simulation cannot decide otherwise than the coordinator: both call
+    // `assign::assigner_decision`, `assign::member_decision` and `assign::watch` (there is no
+    // copy of them here to drift). What this test guards is the simulation's own part, the
+    // table model the decisions are applied to: a small fleet must still balance, and lose
+    // nothing when a worker, then the assigner, is killed.
+    #[test]
+    fn a_small_fleet_balances_and_survives_a_worker_and_the_assigner_killed() -> Result<()> {
+        let mut sim = Sim::new(&Opts {
+            shards: 24,
+            workers: 4,
+            bench_items: false,
+            round: 1.0,
+            failover: FAILOVER,
+        });
+        let balanced = |s: &Sim| {
+            let live = s.workers.iter().filter(|w| w.alive).count();
+            let fair = s.leases.len().div_ceil(live);
+            s.all_accepted() && s.accepted().values().all(|n| *n + 1 >= fair && *n <= fair)
+        };
+        sim.until("initial balance", 120.0, balanced)?;
+
+        let victim = (sim.assigner + 1) % sim.workers.len();
+        sim.workers[victim].alive = false;
+        let vid = sim.workers[victim].id.clone();
+        let t = sim.until("killed worker's leases moved", 120.0, |s| {
+            s.all_accepted() && !s.accepted().contains_key(&vid)
+        })?;
+        // Not before its last heartbeat (at most a heartbeat interval old) went stale.
+        assert!(t > FAILOVER * 2.0 / 3.0, "declared dead after {t} s");
+
+        let a = sim.assigner;
+        let aid = sim.workers[a].id.clone();
+        sim.workers[a].alive = false;
+        sim.until("assigner's leases moved", 120.0, |s| {
+            s.all_accepted() && !s.accepted().contains_key(&aid)
+        })?;
+        assert_ne!(sim.assigner, a, "a new assigner");
+        sim.until("balanced after the assigner's death", 300.0, balanced)?;
+        Ok(())
+    }
 }
