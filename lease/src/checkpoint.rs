@@ -122,30 +122,35 @@ impl Checkpoint {
         matches!(self, Self::Sequence { .. } | Self::ShardEnd)
     }
 
+    /// Where this lies in a shard's progress, the one order checkpoints move in: every
+    /// initial position (`TRIM_HORIZON`, `LATEST`, `AT_TIMESTAMP`, all alike) before every
+    /// record, records by sequence number and then sub-sequence, `SHARD_END` after all.
+    fn rank(&self) -> (u8, Option<(&SequenceNumber, u64)>) {
+        match self {
+            Self::TrimHorizon | Self::Latest | Self::AtTimestamp => (0, None),
+            Self::Sequence {
+                sequence,
+                sub_sequence,
+            } => (1, Some((sequence, *sub_sequence))),
+            Self::ShardEnd => (2, None),
+        }
+    }
+
     /// May a checkpoint move from `self` to `next`?
     ///
     /// Positions only move forward: the initial positions come before every sequence
     /// number, sequence numbers (with their sub-sequence) move up or stay, and `SHARD_END`
-    /// is final.
+    /// is final. Re-stating an initial position (any of them) is harmless.
     pub fn may_advance_to(&self, next: &Checkpoint) -> bool {
-        match (self, next) {
-            (Self::ShardEnd, n) => *n == Self::ShardEnd,
-            (_, Self::ShardEnd) => true,
-            (Self::Sequence { .. }, Self::TrimHorizon | Self::Latest | Self::AtTimestamp) => false,
-            (
-                Self::Sequence {
-                    sequence: a,
-                    sub_sequence: sa,
-                },
-                Self::Sequence {
-                    sequence: b,
-                    sub_sequence: sb,
-                },
-            ) => (b, sb) >= (a, sa),
-            // From an initial position anything but another initial position is progress;
-            // re-stating an initial position is harmless.
-            _ => true,
-        }
+        next.rank() >= self.rank()
+    }
+
+    /// Where the record (`sequence`, `sub_sequence`) lies against this checkpoint, in the
+    /// order of [`Checkpoint::may_advance_to`]: `Greater` beyond it (not processed yet),
+    /// `Equal` the record checkpointed, `Less` before it. Every record lies beyond an initial
+    /// position and before `SHARD_END`.
+    pub fn locate(&self, sequence: &SequenceNumber, sub_sequence: u64) -> Ordering {
+        (1u8, Some((sequence, sub_sequence))).cmp(&self.rank())
     }
 }
 
@@ -231,5 +236,47 @@ mod tests {
         assert!(seq("10", 0).may_advance_to(&Checkpoint::ShardEnd));
         assert!(!Checkpoint::ShardEnd.may_advance_to(&seq("11", 0)));
         assert!(Checkpoint::ShardEnd.may_advance_to(&Checkpoint::ShardEnd));
+        // Re-stating an initial position, any of them, is harmless.
+        assert!(Checkpoint::Latest.may_advance_to(&Checkpoint::AtTimestamp));
+        assert!(Checkpoint::AtTimestamp.may_advance_to(&Checkpoint::TrimHorizon));
+        assert!(!Checkpoint::ShardEnd.may_advance_to(&Checkpoint::TrimHorizon));
+    }
+
+    #[test]
+    fn records_are_located_in_the_order_checkpoints_move_in() {
+        let n = |s: &str| SequenceNumber(s.into());
+        for initial in [
+            Checkpoint::TrimHorizon,
+            Checkpoint::Latest,
+            Checkpoint::AtTimestamp,
+        ] {
+            assert_eq!(initial.locate(&n("0"), 0), Ordering::Greater);
+        }
+        assert_eq!(Checkpoint::ShardEnd.locate(&n("99"), 9), Ordering::Less);
+        assert_eq!(seq("10", 2).locate(&n("10"), 2), Ordering::Equal);
+        assert_eq!(seq("10", 2).locate(&n("10"), 3), Ordering::Greater);
+        assert_eq!(seq("10", 2).locate(&n("9"), 7), Ordering::Less);
+        // Numeric, not lexical.
+        assert_eq!(seq("9", 0).locate(&n("10"), 0), Ordering::Greater);
+        // The same order as `may_advance_to`: a checkpoint may move to a record exactly
+        // when the record does not lie before it.
+        let all = [
+            Checkpoint::TrimHorizon,
+            Checkpoint::Latest,
+            Checkpoint::AtTimestamp,
+            seq("5", 0),
+            seq("5", 1),
+            seq("10", 0),
+            Checkpoint::ShardEnd,
+        ];
+        for from in &all {
+            for (s, sub) in [("5", 0), ("5", 1), ("7", 0), ("10", 0)] {
+                assert_eq!(
+                    from.may_advance_to(&seq(s, sub)),
+                    from.locate(&n(s), sub) != Ordering::Less,
+                    "{from} -> {s}/{sub}"
+                );
+            }
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! Parallelism within a shard (Lambda's `ParallelizationFactor`): a batch is split by
 //! partition key into up to N lanes delivered at once, and the shard's checkpoint is the low
-//! watermark of what every lane finished. Pure: the shard task splits with [`lane_of`] and
-//! asks a [`Watermark`] how far it may checkpoint.
+//! watermark of what every lane finished. Pure: the shard task splits with [`lane_of`]; its
+//! [`super::progress::LaneProgress`] keeps a [`Watermark`] of what the lanes delivered and
+//! one of what they asked to checkpoint, and is the one to say how far the shard may
+//! checkpoint ([`super::progress`]).
 //!
 //! # Guarantees
 //! - All records of one partition key go to one lane, in shard order, and a batch's lanes

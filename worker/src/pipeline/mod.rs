@@ -18,7 +18,8 @@
 //!   failed calls, or when older than `max_record_age`, they are sent there first, and the
 //!   shard waits (retrying the send) until the destination took them ([`destination`],
 //!   [`policy`]).
-//! - Nothing beyond what the app acknowledged and asked to checkpoint is checkpointed;
+//! - Nothing beyond what the app acknowledged and asked to checkpoint is checkpointed
+//!   (the one rule: [`progress`]);
 //!   checkpoint writes are coalesced to one per shard per `checkpoint_interval` and flushed
 //!   before a lease is handed over or released. A restart therefore redelivers at most what
 //!   was acknowledged since the last write, never less than everything unacknowledged.
@@ -42,6 +43,7 @@ pub mod lanes;
 pub mod pace;
 pub mod policy;
 pub mod position;
+pub mod progress;
 mod shard;
 
 use std::collections::HashMap;

@@ -1,6 +1,6 @@
 //! What to do with a batch the app failed: retry it, split it (bisect), or send it to the
-//! on-failure destination. Pure: the shard task asks [`Plan`] what to deliver next and
-//! tells it how the call went.
+//! on-failure destination; which records are too old for the app ([`stale_front`]). Pure:
+//! the shard task asks [`Plan`] what to deliver next and tells it how the call went.
 //!
 //! # Guarantees
 //! - Every record of a batch ends exactly once, in shard order, either acknowledged by the
@@ -12,6 +12,7 @@
 //!   poison record does not take its good neighbours with it.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 /// The settings the plan follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -156,6 +157,34 @@ impl Plan {
     }
 }
 
+/// How many records at the front of a segment are older than `max_age` at `now_ms` (Kinesis's
+/// time), given their arrival times in order (a record without one is not too old): those go
+/// to the destination, not to the app ([`Plan::expire_front`]).
+pub fn stale_front(
+    arrivals_ms: impl IntoIterator<Item = Option<i64>>,
+    now_ms: i64,
+    max_age: Duration,
+) -> usize {
+    let limit = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+    arrivals_ms
+        .into_iter()
+        .take_while(|t| t.is_some_and(|t| now_ms - t > limit))
+        .count()
+}
+
+/// After a failure of `seg` (that [`Plan::partly_acked`] answered with `after`) and its
+/// backoff: `next` ([`Plan::next`]) when it holds the very same records, so the same request
+/// goes again; `None` when the plan split or shortened the segment (or gave it up), so what
+/// is left is encoded anew.
+pub fn same_records(after: AfterFailure, seg: Segment, next: Option<Segment>) -> Option<Segment> {
+    match (after, next) {
+        (AfterFailure::Retry, Some(next)) if (next.start, next.end) == (seg.start, seg.end) => {
+            Some(next)
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +215,49 @@ mod tests {
             }
         }
         (acked, destined)
+    }
+
+    #[test]
+    fn only_a_run_of_old_records_at_the_front_is_stale() {
+        let age = Duration::from_secs(60);
+        let now = 1_000_000;
+        let old = Some(now - 60_001);
+        let young = Some(now - 1_000);
+        assert_eq!(stale_front([old, old, young, old], now, age), 2);
+        // Exactly the maximum age is not older than it.
+        assert_eq!(stale_front([Some(now - 60_000)], now, age), 0);
+        // No arrival time: not too old, and it ends the run.
+        assert_eq!(stale_front([None, old], now, age), 0);
+        assert_eq!(stale_front(Vec::new(), now, age), 0);
+        assert_eq!(stale_front([old], now, Duration::MAX), 0);
+    }
+
+    #[test]
+    fn only_the_very_same_records_are_sent_again_unchanged() {
+        // Retried forever (no destination, no bisect).
+        let mut plan = Plan::new(10, FailurePolicy::default());
+        let (Some(seg), after) = (plan.next(), plan.failed()) else {
+            unreachable!("a plan of ten records")
+        };
+        assert_eq!(after, AfterFailure::Retry);
+        let Some(next) = plan.next() else {
+            unreachable!("retried")
+        };
+        assert_eq!((next.start, next.end, next.failures), (0, 10, 1));
+        assert_eq!(same_records(after, seg, Some(next)), Some(next));
+        // Acknowledged in part: what is left is new.
+        let after = plan.partly_acked(4);
+        assert_eq!(after, AfterFailure::Retry);
+        let rest = plan.next();
+        assert_eq!(rest.map(|s| (s.start, s.end)), Some((4, 10)));
+        assert_eq!(same_records(after, next, rest), None);
+        // Split in halves, or given up: new as well.
+        assert_eq!(same_records(AfterFailure::Bisected, seg, Some(seg)), None);
+        assert_eq!(
+            same_records(AfterFailure::Destine(seg), seg, Some(seg)),
+            None
+        );
+        assert_eq!(same_records(AfterFailure::Retry, seg, None), None);
     }
 
     #[test]
