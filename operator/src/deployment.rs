@@ -11,6 +11,7 @@
 //! outside the pod can stop consumption.
 
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
@@ -23,6 +24,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kinesis_spec::settings as contract;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{ConsumerMode, InitialPosition, KinesisApplication, labels};
@@ -30,6 +32,9 @@ use crate::validate::{SOCKET_VOLUME, WORKER_CONTAINER, application_name, arn_reg
 
 /// The worker's admin port (metrics, probes, drain).
 pub const ADMIN_PORT: i32 = 8080;
+/// The worker's admin address: every interface, [`ADMIN_PORT`].
+const ADMIN_ADDRESS: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ADMIN_PORT as u16));
 /// Default socket of the record processor.
 pub const DEFAULT_SOCKET: &str = "/var/run/kinesis/processor.sock";
 
@@ -117,24 +122,91 @@ pub fn region(app: &KinesisApplication, settings: &WorkerSettings) -> Option<Str
         .or_else(|| settings.default_region.clone())
 }
 
+/// The worker's settings for `app`: the operator's side of the contract the worker reads
+/// ([`kinesis_spec::settings`]), rendered into the worker container's environment by
+/// [`deployment`]. `consumer_arn`: the fan-out consumer the operator registered (passed on
+/// in fan-out mode only).
+pub fn worker_settings(
+    app: &KinesisApplication,
+    settings: &WorkerSettings,
+    consumer_arn: Option<&str>,
+) -> contract::WorkerSettings {
+    let spec = &app.spec;
+    let c = &spec.consumer;
+    let d = &spec.delivery;
+    let fan_out = c.mode == ConsumerMode::EnhancedFanOut;
+    contract::WorkerSettings {
+        stream: spec
+            .stream
+            .arn
+            .clone()
+            .or_else(|| spec.stream.name.clone())
+            .unwrap_or_default(),
+        application: application_name(app),
+        app_address: processor_address(app).0,
+        admin_address: ADMIN_ADDRESS,
+        // The operator creates the table: workers need no CreateTable permission.
+        create_lease_table: false,
+        log_format: contract::LogFormat::Json,
+        log_level: spec
+            .worker
+            .log_level
+            .clone()
+            .unwrap_or_else(|| contract::defaults::LOG_LEVEL.into()),
+        region: region(app, settings),
+        kinesis_endpoint: spec.stream.endpoint.clone(),
+        dynamodb_endpoint: spec
+            .stream
+            .dynamo_db_endpoint
+            .clone()
+            .or_else(|| spec.stream.endpoint.clone()),
+        initial_position: spec.initial_position.map(|p| match p {
+            InitialPosition::Latest => contract::InitialPosition::Latest,
+            InitialPosition::TrimHorizon => contract::InitialPosition::TrimHorizon,
+            InitialPosition::AtTimestamp => contract::InitialPosition::AtTimestamp,
+        }),
+        initial_timestamp: spec.initial_timestamp.clone(),
+        consumer_mode: fan_out.then_some(contract::ConsumerMode::EnhancedFanOut),
+        // Registered by the operator, once: the pods register nothing.
+        consumer_arn: consumer_arn.filter(|_| fan_out).map(String::from),
+        max_records: c.max_records.map(i64::from),
+        idle_time_ms: c.idle_time_between_reads_ms,
+        failover_time_ms: c.failover_time_ms,
+        checkpoint_interval_ms: c.checkpoint_interval_ms,
+        max_attempts: c.max_attempts.map(i64::from),
+        max_record_age_seconds: d.maximum_record_age_seconds,
+        batch_size: d.batch_size.map(i64::from),
+        parallelization_factor: d.parallelization_factor.map(i64::from),
+        batching_window_ms: d
+            .maximum_batching_window_seconds
+            .map(|s| s.saturating_mul(1000)),
+        on_failure_destination: d.on_failure_destination.clone(),
+        bisect_on_error: d.bisect_batch_on_error == Some(true),
+        report_batch_item_failures: d.report_batch_item_failures == Some(true),
+        filters: filter_patterns(&d.filters),
+    }
+}
+
 fn worker_env(
     app: &KinesisApplication,
     settings: &WorkerSettings,
-    app_address: &str,
     consumer_arn: Option<&str>,
 ) -> Vec<EnvVar> {
-    let spec = &app.spec;
-    let stream = spec
-        .stream
-        .arn
-        .clone()
-        .or_else(|| spec.stream.name.clone())
-        .unwrap_or_default();
-    let mut out = vec![
-        env("KINESIS_STREAM", stream),
-        env("KINESIS_APPLICATION", application_name(app)),
+    let mut out: Vec<EnvVar> = worker_settings(app, settings, consumer_arn)
+        .to_env()
+        .into_iter()
+        .map(|(name, value)| env(name, value))
+        .collect();
+    // The worker id is the pod's name, right after the application name where it always
+    // was: another order would be another pod template, and restart every worker.
+    let after_application = out
+        .iter()
+        .position(|e| e.name == contract::env::APPLICATION)
+        .map_or(0, |i| i + 1);
+    out.insert(
+        after_application,
         EnvVar {
-            name: "WORKER_ID".into(),
+            name: contract::env::WORKER_ID.into(),
             value_from: Some(EnvVarSource {
                 field_ref: Some(ObjectFieldSelector {
                     field_path: "metadata.name".into(),
@@ -144,109 +216,50 @@ fn worker_env(
             }),
             ..Default::default()
         },
-        env("APP_ADDRESS", app_address),
-        env("ADMIN_ADDRESS", format!("0.0.0.0:{ADMIN_PORT}")),
-        // The operator creates the table: workers need no CreateTable permission.
-        env("CREATE_LEASE_TABLE", "false"),
-        env("LOG_FORMAT", "json"),
-        env(
-            "LOG_LEVEL",
-            spec.worker
-                .log_level
-                .clone()
-                .unwrap_or_else(|| "info".into()),
-        ),
-    ];
-    if let Some(r) = region(app, settings) {
-        out.push(env("AWS_REGION", r));
-    }
-    if let Some(e) = &spec.stream.endpoint {
-        out.push(env("KINESIS_ENDPOINT", e.clone()));
-    }
+    );
     // The user's own settings last: they win over the operator's.
-    let user_env = spec.worker.env.clone().unwrap_or_default();
-    if let Some(e) = spec
-        .stream
-        .dynamo_db_endpoint
-        .as_ref()
-        .or(spec.stream.endpoint.as_ref())
-    {
-        out.push(env("DYNAMODB_ENDPOINT", e.clone()));
-    }
-    if let Some(p) = spec.initial_position {
-        let v = match p {
-            InitialPosition::Latest => "LATEST",
-            InitialPosition::TrimHorizon => "TRIM_HORIZON",
-            InitialPosition::AtTimestamp => "AT_TIMESTAMP",
-        };
-        out.push(env("INITIAL_POSITION", v));
-    }
-    if let Some(t) = &spec.initial_timestamp {
-        out.push(env("INITIAL_TIMESTAMP", t.clone()));
-    }
-    let c = &spec.consumer;
-    if c.mode == ConsumerMode::EnhancedFanOut {
-        out.push(env("CONSUMER_MODE", "enhanced-fan-out"));
-        // Registered by the operator, once: the pods register nothing.
-        if let Some(arn) = consumer_arn {
-            out.push(env("CONSUMER_ARN", arn));
-        }
-    }
-    for (name, v) in [
-        ("MAX_RECORDS", c.max_records.map(i64::from)),
-        ("IDLE_TIME_MS", c.idle_time_between_reads_ms),
-        ("FAILOVER_TIME_MS", c.failover_time_ms),
-        ("CHECKPOINT_INTERVAL_MS", c.checkpoint_interval_ms),
-        ("MAX_ATTEMPTS", c.max_attempts.map(i64::from)),
-        (
-            "MAX_RECORD_AGE_SECONDS",
-            spec.delivery.maximum_record_age_seconds,
-        ),
-        ("BATCH_SIZE", spec.delivery.batch_size.map(i64::from)),
-        (
-            "PARALLELIZATION_FACTOR",
-            spec.delivery.parallelization_factor.map(i64::from),
-        ),
-        (
-            "BATCHING_WINDOW_MS",
-            spec.delivery
-                .maximum_batching_window_seconds
-                .map(|s| s.saturating_mul(1000)),
-        ),
-    ] {
-        if let Some(v) = v {
-            out.push(env(name, v.to_string()));
-        }
-    }
-    if let Some(arn) = &spec.delivery.on_failure_destination {
-        out.push(env("ON_FAILURE_DESTINATION", arn.clone()));
-    }
-    if spec.delivery.bisect_batch_on_error == Some(true) {
-        out.push(env("BISECT_ON_ERROR", "true"));
-    }
-    if spec.delivery.report_batch_item_failures == Some(true) {
-        out.push(env("REPORT_BATCH_ITEM_FAILURES", "true"));
-    }
-    if let Some(filters) = filters_env(&spec.delivery.filters) {
-        out.push(env("FILTERS", filters));
-    }
+    let user_env = app.spec.worker.env.clone().unwrap_or_default();
     out.retain(|e| !user_env.iter().any(|u| u.name == e.name));
     out.extend(user_env);
     out
 }
 
-/// `spec.delivery.filters` as the worker's `FILTERS`: one JSON array of the patterns.
+/// `spec.delivery.filters` as the worker's `FILTERS` patterns (rendered as one JSON array).
 /// Patterns that are not JSON are left out here; validation refuses the spec before any
 /// Deployment is written.
-fn filters_env(filters: &[String]) -> Option<String> {
+fn filter_patterns(filters: &[String]) -> Option<Vec<serde_json::Value>> {
     if filters.is_empty() {
         return None;
     }
-    let patterns: Vec<serde_json::Value> = filters
-        .iter()
-        .filter_map(|f| serde_json::from_str(f).ok())
-        .collect();
-    Some(serde_json::Value::Array(patterns).to_string())
+    Some(
+        filters
+            .iter()
+            .filter_map(|f| serde_json::from_str(f).ok())
+            .collect(),
+    )
+}
+
+/// Where the worker reaches the app (`APP_ADDRESS`), and the folder of the shared socket
+/// volume (`None`: the app serves on TCP, no volume).
+fn processor_address(app: &KinesisApplication) -> (String, Option<String>) {
+    let processor = &app.spec.processor;
+    match (&processor.port, &processor.socket) {
+        (Some(port), _) => (format!("http://127.0.0.1:{port}"), None),
+        (None, socket) => {
+            let path = socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into());
+            let dir = path
+                .rsplit_once('/')
+                .map(|(d, _)| {
+                    if d.is_empty() {
+                        "/".to_string()
+                    } else {
+                        d.to_string()
+                    }
+                })
+                .unwrap_or_else(|| "/".into());
+            (format!("unix://{path}"), Some(dir))
+        }
+    }
 }
 
 /// The worker container's resources when `spec.worker.resources` names none: 10m CPU and
@@ -278,7 +291,12 @@ fn default_memory_limit_mib(shards_per_worker: i32) -> i64 {
 /// Seconds a pod may take to stop: the worker's drain (hand-over timeout, final
 /// checkpoints) with margin, or the template's own if longer.
 pub fn grace_period(app: &KinesisApplication) -> i64 {
-    let failover_s = app.spec.consumer.failover_time_ms.unwrap_or(10_000) / 1000;
+    let failover_s = app
+        .spec
+        .consumer
+        .failover_time_ms
+        .unwrap_or(contract::defaults::FAILOVER_TIME_MS)
+        / 1000;
     let drain = 30 + failover_s;
     app.spec
         .template
@@ -299,23 +317,7 @@ pub fn deployment(
     let spec = &app.spec;
     let app_name = app.name_any();
     let selector = labels(&app_name);
-    let (app_address, socket_dir) = match (&spec.processor.port, &spec.processor.socket) {
-        (Some(port), _) => (format!("http://127.0.0.1:{port}"), None),
-        (None, socket) => {
-            let path = socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into());
-            let dir = path
-                .rsplit_once('/')
-                .map(|(d, _)| {
-                    if d.is_empty() {
-                        "/".to_string()
-                    } else {
-                        d.to_string()
-                    }
-                })
-                .unwrap_or_else(|| "/".into());
-            (format!("unix://{path}"), Some(dir))
-        }
-    };
+    let (app_address, socket_dir) = processor_address(app);
     let mount = socket_dir.as_ref().map(|dir| VolumeMount {
         name: SOCKET_VOLUME.into(),
         mount_path: dir.clone(),
@@ -371,7 +373,7 @@ pub fn deployment(
         ),
         image_pull_policy: settings.pull_policy.clone(),
         args: Some(vec!["run".into()]),
-        env: Some(worker_env(app, settings, &app_address, consumer_arn)),
+        env: Some(worker_env(app, settings, consumer_arn)),
         ports: Some(vec![ContainerPort {
             name: Some("admin".into()),
             container_port: ADMIN_PORT,

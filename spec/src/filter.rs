@@ -14,9 +14,15 @@
 //! `{"numeric": [op, n, (op, n)]}` with `=`, `<`, `<=`, `>`, `>=`, and `{"exists": bool}`.
 //! An event value that is an array matches when any of its elements does.
 //!
-//! Hand-written (about 300 lines, pure, no I/O) because no maintained Rust crate implements
-//! the EventBridge pattern language; the operators are the ones Lambda documents for event
-//! source mappings.
+//! Hand-written (about 300 lines, pure, no I/O); the operators are the ones Lambda documents
+//! for event source mappings. We looked at `quamina` (0.7, the Rust port of Tim Bray's
+//! matcher of the same pattern language) and kept ours, for three reasons: quamina matches
+//! an event's JSON bytes, so every record would first be copied into a synthetic document
+//! (`{"partitionKey": …, "data": …}`) where ours reads the record's fields and parses only
+//! `data`; Lambda's Kinesis rules are not quamina's (a leaf list on `data` matches non-JSON
+//! data as text; an unknown top-level field is refused, since it would silently filter out
+//! everything; Lambda's count and size limits); and it is a young one-maintainer port (0.x,
+//! with a yanked release), where a divergence would drop a tenant's records silently.
 //!
 //! # Errors
 //! [`Filters::parse`] refuses, naming the pattern and the key: a pattern that is not a JSON

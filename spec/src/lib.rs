@@ -4,7 +4,10 @@
 //!
 //! - [`filter`]: record filters (Lambda's `FilterCriteria`).
 //! - [`destination`]: the on-failure destination's ARN.
+//! - [`settings`]: the worker's settings, as the operator renders them into the worker
+//!   container's environment and the worker reads them.
 #![deny(missing_docs)]
 
 pub mod destination;
 pub mod filter;
+pub mod settings;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use kinesis_processor::Address;
+use kinesis_spec::settings::{self as contract, env as var};
 use kinesis_worker::admin::{self, Drain};
 use kinesis_worker::aws::GetRecordsClients;
 use kinesis_worker::aws::{AwsSettings, AwsTimeouts};
@@ -27,13 +28,13 @@ use tokio::sync::mpsc;
 #[command(version, about)]
 struct Cli {
     /// AWS region (default: the SDK's provider chain).
-    #[arg(long, env = "AWS_REGION", global = true)]
+    #[arg(long, env = var::REGION, global = true)]
     region: Option<String>,
     /// Kinesis endpoint override, e.g. http://10.250.0.1:4567.
-    #[arg(long, env = "KINESIS_ENDPOINT", global = true)]
+    #[arg(long, env = var::KINESIS_ENDPOINT, global = true)]
     kinesis_endpoint: Option<String>,
     /// DynamoDB endpoint override.
-    #[arg(long, env = "DYNAMODB_ENDPOINT", global = true)]
+    #[arg(long, env = var::DYNAMODB_ENDPOINT, global = true)]
     dynamodb_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -66,10 +67,10 @@ enum Command {
     Status {
         /// Application name: the lease table's name (`kubectl get kapp NAME -o
         /// jsonpath={.status.applicationName}`).
-        #[arg(long, env = "KINESIS_APPLICATION")]
+        #[arg(long, env = var::APPLICATION)]
         application: String,
         /// Stream name, or its ARN.
-        #[arg(long, env = "KINESIS_STREAM")]
+        #[arg(long, env = var::STREAM)]
         stream: String,
     },
     /// Ask the worker running beside this command to hand every lease over and exit
@@ -103,27 +104,27 @@ struct RunArgs {
     #[command(flatten)]
     leases: LeaseArgs,
     /// Where the app serves the record processor: unix:///path/to.sock or http://127.0.0.1:PORT.
-    #[arg(long, env = "APP_ADDRESS", default_value = kinesis_processor::DEFAULT_SOCKET)]
+    #[arg(long, env = var::APP_ADDRESS, default_value = kinesis_processor::DEFAULT_SOCKET)]
     app_address: String,
     /// Admin HTTP address (/metrics, /healthz, /readyz, /drained); changes nothing.
-    #[arg(long, env = "ADMIN_ADDRESS", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = var::ADMIN_ADDRESS, default_value = "0.0.0.0:8080")]
     admin_address: std::net::SocketAddr,
     /// Local admin address for `POST /drain` (loopback only: it stops consumption).
     #[arg(long, env = "LOCAL_ADMIN_ADDRESS", default_value = "127.0.0.1:8081")]
     local_admin_address: std::net::SocketAddr,
     /// Polling (GetRecords) or enhanced-fan-out (SubscribeToShard; needs
     /// kinesis:RegisterStreamConsumer, DescribeStreamConsumer, SubscribeToShard).
-    #[arg(long, env = "CONSUMER_MODE", value_enum, default_value_t = ConsumerMode::Polling)]
+    #[arg(long, env = var::CONSUMER_MODE, value_enum, default_value_t = ConsumerMode::Polling)]
     consumer_mode: ConsumerMode,
     /// Name of the fan-out consumer (default: the application name).
     #[arg(long, env = "CONSUMER_NAME")]
     consumer_name: Option<String>,
     /// ARN of a fan-out consumer registered already (the operator registers it and passes
     /// it in): the worker only waits for it to be ACTIVE and registers nothing.
-    #[arg(long, env = "CONSUMER_ARN")]
+    #[arg(long, env = var::CONSUMER_ARN)]
     consumer_arn: Option<String>,
     /// Records per GetRecords call (1-10000).
-    #[arg(long, env = "MAX_RECORDS", default_value_t = 10_000, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    #[arg(long, env = var::MAX_RECORDS, default_value_t = 10_000, value_parser = clap::value_parser!(i32).range(1..=10_000))]
     max_records: i32,
     /// The GetRecords page size to aim for (KiB): each call's Limit is this divided by the
     /// size of a record of the shard's last page (at most --max-records). A shard is served at
@@ -139,11 +140,11 @@ struct RunArgs {
     #[arg(long, env = "READ_KB_PER_SECOND", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     read_kb_per_second: u64,
     /// Sleep between reads of a shard at its tip (milliseconds).
-    #[arg(long, env = "IDLE_TIME_MS", default_value_t = 250)]
+    #[arg(long, env = var::IDLE_TIME_MS, default_value_t = 250)]
     idle_time_ms: u64,
     /// At most one checkpoint write per shard per this interval (milliseconds); flushed on
     /// hand-over and shutdown anyway.
-    #[arg(long, env = "CHECKPOINT_INTERVAL_MS", default_value_t = 5_000)]
+    #[arg(long, env = var::CHECKPOINT_INTERVAL_MS, default_value_t = 5_000)]
     checkpoint_interval_ms: u64,
     /// The longest the app may take to answer one call (Initialize, ProcessRecords,
     /// ShardEnded; milliseconds). A call past it is cancelled and counts as a failed
@@ -158,42 +159,42 @@ struct RunArgs {
     test_clock_offset_ms: i64,
     /// Send a batch to --on-failure-destination after this many failed deliveries; 0 retries
     /// forever. Needs a destination: records are never just skipped.
-    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 0)]
+    #[arg(long, env = var::MAX_ATTEMPTS, default_value_t = 0)]
     max_attempts: u32,
     /// Where records go that exhausted --max-attempts or exceeded --max-record-age-seconds,
     /// before the worker moves past them: an SQS queue ARN or a Kinesis stream ARN.
-    #[arg(long, env = "ON_FAILURE_DESTINATION")]
+    #[arg(long, env = var::ON_FAILURE_DESTINATION)]
     on_failure_destination: Option<String>,
     /// Split a failing batch in halves before retrying it, down to single records (a
     /// poison record then holds back only itself).
-    #[arg(long, env = "BISECT_ON_ERROR", default_value_t = false)]
+    #[arg(long, env = var::BISECT_ON_ERROR, default_value_t = false)]
     bisect_on_error: bool,
     /// Records older than this (by arrival time) go to the destination, not to the app; 0:
     /// no limit. Needs --on-failure-destination.
-    #[arg(long, env = "MAX_RECORD_AGE_SECONDS", default_value_t = 0)]
+    #[arg(long, env = var::MAX_RECORD_AGE_SECONDS, default_value_t = 0)]
     max_record_age_seconds: u64,
     /// Honour partial batch failures: an app answer with `failed_from` acknowledges the
     /// records before it, and only the rest is retried (Lambda's ReportBatchItemFailures).
     /// Off: such an answer fails the whole call.
-    #[arg(long, env = "REPORT_BATCH_ITEM_FAILURES", default_value_t = false)]
+    #[arg(long, env = var::REPORT_BATCH_ITEM_FAILURES, default_value_t = false)]
     report_batch_item_failures: bool,
     /// Only records matching one of these patterns reach the app; the rest count as
     /// processed. A JSON array of EventBridge-style patterns over partitionKey,
     /// sequenceNumber, explicitHashKey and data, e.g. '[{"data": {"type": ["click"]}}]'
     /// (docs/PROCESSOR.md "Filters").
-    #[arg(long, env = "FILTERS")]
+    #[arg(long, env = var::FILTERS)]
     filters: Option<String>,
     /// Most records in one ProcessRecords call (1-10000); default: a GetRecords page.
-    #[arg(long, env = "BATCH_SIZE", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, env = var::BATCH_SIZE, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch_size: Option<u32>,
     /// Gather records for up to this long (milliseconds, at most 300000) before calling the
     /// app, until --batch-size records are there; 0: call with each page as it is read.
-    #[arg(long, env = "BATCHING_WINDOW_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=300_000))]
+    #[arg(long, env = var::BATCHING_WINDOW_MS, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=300_000))]
     batching_window_ms: u64,
     /// Lanes per shard (1-10): each batch is split by partition key into this many parts
     /// delivered at once; per-key order holds, and the app sees concurrent calls for one
     /// shard (Lambda's ParallelizationFactor).
-    #[arg(long, env = "PARALLELIZATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
+    #[arg(long, env = var::PARALLELIZATION_FACTOR, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
     parallelization_factor: u32,
     /// SQS endpoint override (for the on-failure destination), e.g. a local server.
     #[arg(long, env = "SQS_ENDPOINT")]
@@ -203,13 +204,17 @@ struct RunArgs {
     #[arg(long, env = "MAX_BUFFERED_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     max_buffered_mib: u32,
     /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = var::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// How GetRecords is sent and read: our own client in CBOR (as KCL reads Kinesis; the
     /// fastest), our own in JSON, or the AWS SDK's (JSON). Fall back to `sdk` if an endpoint
     /// behaves differently.
     #[arg(long, env = "GET_RECORDS_CLIENT", value_enum, default_value_t = GetRecordsClient::Cbor)]
     get_records_client: GetRecordsClient,
+    /// Print the settings read (flags and environment) as JSON, as the operator renders them
+    /// (`kinesis_spec::settings::WorkerSettings`), and exit without starting anything.
+    #[arg(long, hide = true)]
+    print_settings: bool,
 }
 
 /// Which client sends GetRecords.
@@ -244,16 +249,16 @@ enum CoordinationArg {
 #[derive(clap::Args, Debug)]
 struct LeaseArgs {
     /// Application name: the lease table's name.
-    #[arg(long, env = "KINESIS_APPLICATION")]
+    #[arg(long, env = var::APPLICATION)]
     application: String,
     /// Stream name, or ARN (arn:aws:kinesis:…) for cross-account access.
-    #[arg(long, env = "KINESIS_STREAM")]
+    #[arg(long, env = var::STREAM)]
     stream: String,
     /// This worker's id, unique in the fleet (default: POD_NAME, else HOSTNAME-PID).
-    #[arg(long, env = "WORKER_ID")]
+    #[arg(long, env = var::WORKER_ID)]
     worker_id: Option<String>,
     /// A worker silent for this long is dead (milliseconds).
-    #[arg(long, env = "FAILOVER_TIME_MS", default_value_t = 10_000)]
+    #[arg(long, env = var::FAILOVER_TIME_MS, default_value_t = 10_000)]
     failover_time_ms: u64,
     /// How often the lease table is scanned (milliseconds).
     #[arg(long, env = "LEASE_SCAN_INTERVAL_MS", default_value_t = 1_000)]
@@ -265,14 +270,14 @@ struct LeaseArgs {
     #[arg(long, env = "SHARD_SYNC_INTERVAL_MS", default_value_t = 30_000)]
     shard_sync_interval_ms: u64,
     /// Where new leases start.
-    #[arg(long, env = "INITIAL_POSITION", value_enum, default_value_t = InitialPosition::TrimHorizon)]
+    #[arg(long, env = var::INITIAL_POSITION, value_enum, default_value_t = InitialPosition::TrimHorizon)]
     initial_position: InitialPosition,
     /// With AT_TIMESTAMP: the time to start at, RFC 3339 (2026-11-26T00:00:00Z) or epoch
     /// milliseconds.
-    #[arg(long, env = "INITIAL_TIMESTAMP", value_parser = parse_timestamp, required_if_eq("initial_position", "AT_TIMESTAMP"))]
+    #[arg(long, env = var::INITIAL_TIMESTAMP, value_parser = parse_timestamp, required_if_eq("initial_position", "AT_TIMESTAMP"))]
     initial_timestamp: Option<i64>,
     /// Create the lease table if it does not exist (needs dynamodb:CreateTable).
-    #[arg(long, env = "CREATE_LEASE_TABLE", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = var::CREATE_LEASE_TABLE, default_value_t = true, action = clap::ArgAction::Set)]
     create_table: bool,
     /// How the fleet coordinates: `peer` (every worker scans the table) or `assigner` (one
     /// elected worker scans; needs the owner index, added with dynamodb:UpdateTable if
@@ -418,6 +423,92 @@ fn parse_filters(text: Option<&str>) -> anyhow::Result<kinesis_worker::pipeline:
     })?;
     let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
     Filters::parse(&patterns).context("--filters")
+}
+
+/// What `run` read (flags and environment) as the operator's side of the contract names it
+/// ([`contract::WorkerSettings`]): what `run --print-settings` prints. A setting the worker
+/// defaults is given as it runs with it (as [`contract::WorkerSettings::effective`] does).
+fn settings_of(aws: &AwsSettings, args: &RunArgs) -> anyhow::Result<contract::WorkerSettings> {
+    let leases = &args.leases;
+    let number = |name: &str, n: u64| {
+        i64::try_from(n).with_context(|| format!("{name}: {n} is out of range"))
+    };
+    let filters = match args.filters.as_deref().filter(|t| !t.trim().is_empty()) {
+        Some(text) => Some(
+            serde_json::from_str::<Vec<serde_json::Value>>(text)
+                .context("--filters must be a JSON array of patterns")?,
+        ),
+        None => None,
+    };
+    let initial_timestamp = leases.initial_timestamp.map(|ms| {
+        use aws_sdk_kinesis::primitives::{DateTime, DateTimeFormat};
+        DateTime::from_millis(ms)
+            .fmt(DateTimeFormat::DateTime)
+            .unwrap_or_else(|_| ms.to_string())
+    });
+    Ok(contract::WorkerSettings {
+        stream: leases.stream.clone(),
+        application: leases.application.clone(),
+        app_address: args.app_address.clone(),
+        admin_address: args.admin_address,
+        create_lease_table: leases.create_table,
+        log_format: match args.log_format {
+            LogFormat::Text => contract::LogFormat::Text,
+            LogFormat::Json => contract::LogFormat::Json,
+        },
+        // Read by the log filter, not by a flag (see `run`).
+        log_level: std::env::var(var::LOG_LEVEL)
+            .unwrap_or_else(|_| contract::defaults::LOG_LEVEL.into()),
+        region: aws.region.clone(),
+        kinesis_endpoint: aws.kinesis_endpoint.clone(),
+        dynamodb_endpoint: aws.dynamodb_endpoint.clone(),
+        initial_position: Some(match leases.initial_position {
+            InitialPosition::TrimHorizon => contract::InitialPosition::TrimHorizon,
+            InitialPosition::Latest => contract::InitialPosition::Latest,
+            InitialPosition::AtTimestamp => contract::InitialPosition::AtTimestamp,
+        }),
+        initial_timestamp,
+        consumer_mode: Some(match args.consumer_mode {
+            ConsumerMode::Polling => contract::ConsumerMode::Polling,
+            ConsumerMode::EnhancedFanOut => contract::ConsumerMode::EnhancedFanOut,
+        }),
+        consumer_arn: args.consumer_arn.clone(),
+        max_records: Some(i64::from(args.max_records)),
+        idle_time_ms: Some(number(var::IDLE_TIME_MS, args.idle_time_ms)?),
+        failover_time_ms: Some(number(var::FAILOVER_TIME_MS, leases.failover_time_ms)?),
+        checkpoint_interval_ms: Some(number(
+            var::CHECKPOINT_INTERVAL_MS,
+            args.checkpoint_interval_ms,
+        )?),
+        max_attempts: Some(i64::from(args.max_attempts)),
+        max_record_age_seconds: Some(number(
+            var::MAX_RECORD_AGE_SECONDS,
+            args.max_record_age_seconds,
+        )?),
+        batch_size: args.batch_size.map(i64::from),
+        parallelization_factor: Some(i64::from(args.parallelization_factor)),
+        batching_window_ms: Some(number(var::BATCHING_WINDOW_MS, args.batching_window_ms)?),
+        on_failure_destination: args.on_failure_destination.clone(),
+        bisect_on_error: args.bisect_on_error,
+        report_batch_item_failures: args.report_batch_item_failures,
+        filters,
+    })
+}
+
+/// `run --print-settings`: prints [`settings_of`] as JSON; starts nothing.
+fn print_settings(aws: &AwsSettings, args: &RunArgs) -> ExitCode {
+    let json = settings_of(aws, args)
+        .and_then(|s| serde_json::to_string_pretty(&s).context("settings as JSON"));
+    match json {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()> {
@@ -628,7 +719,7 @@ fn main() -> ExitCode {
 async fn run(malloc: kinesis_processor::malloc::Tuning) -> ExitCode {
     let cli = Cli::parse();
     let json = matches!(&cli.command, Command::Run(a) if matches!(a.log_format, LogFormat::Json));
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
+    let filter = tracing_subscriber::EnvFilter::try_from_env(var::LOG_LEVEL)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -659,6 +750,7 @@ async fn run(malloc: kinesis_processor::malloc::Tuning) -> ExitCode {
                 }
             }
         }
+        Command::Run(args) if args.print_settings => print_settings(&settings, &args),
         Command::Run(args) => match run_worker(&settings, *args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

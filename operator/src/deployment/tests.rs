@@ -345,3 +345,113 @@ fn an_object_of_the_same_name_is_taken_over_only_if_it_is_this_applications() {
         );
     }
 }
+
+/// The worker's environment is [`worker_settings`] rendered, with the worker id from the pod's
+/// name, in the order it always had: another order is another pod template, and an operator
+/// upgrade would restart every worker. The names are spelled out here: the worker reads
+/// them (`tests/tests/worker_settings.rs` checks that it does).
+#[test]
+fn the_worker_env_keeps_its_names_and_order() {
+    let a = app(json!({
+        "initialPosition": "AT_TIMESTAMP",
+        "initialTimestamp": "2026-11-26T00:00:00Z",
+        "consumer": {"mode": "EnhancedFanOut", "maxRecords": 500, "idleTimeBetweenReadsMs": 100, "failoverTimeMs": 20000,
+                     "checkpointIntervalMs": 1000, "maxAttempts": 3},
+        "delivery": {"onFailureDestination": "arn:aws:sqs:us-east-1:123456789012:dlq", "bisectBatchOnError": true, "maximumRecordAgeSeconds": 3600,
+                     "reportBatchItemFailures": true, "batchSize": 100, "parallelizationFactor": 4, "maximumBatchingWindowSeconds": 2,
+                     "filters": ["{\"data\": {\"type\": [\"click\"]}}"]},
+        "worker": {"logLevel": "debug"}
+    }));
+    let arn = "arn:aws:kinesis:us-east-1:123456789012:stream/Pageviews/consumer/counter:1";
+    let d = deployment(&a, 1, &settings(), Some(arn));
+    let worker = pod(&d)
+        .containers
+        .into_iter()
+        .find(|c| c.name == WORKER_CONTAINER)
+        .unwrap_or_else(|| panic!("no worker container"));
+    let names: Vec<&str> = worker
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "KINESIS_STREAM",
+            "KINESIS_APPLICATION",
+            "WORKER_ID",
+            "APP_ADDRESS",
+            "ADMIN_ADDRESS",
+            "CREATE_LEASE_TABLE",
+            "LOG_FORMAT",
+            "LOG_LEVEL",
+            "AWS_REGION",
+            "KINESIS_ENDPOINT",
+            "DYNAMODB_ENDPOINT",
+            "INITIAL_POSITION",
+            "INITIAL_TIMESTAMP",
+            "CONSUMER_MODE",
+            "CONSUMER_ARN",
+            "MAX_RECORDS",
+            "IDLE_TIME_MS",
+            "FAILOVER_TIME_MS",
+            "CHECKPOINT_INTERVAL_MS",
+            "MAX_ATTEMPTS",
+            "MAX_RECORD_AGE_SECONDS",
+            "BATCH_SIZE",
+            "PARALLELIZATION_FACTOR",
+            "BATCHING_WINDOW_MS",
+            "ON_FAILURE_DESTINATION",
+            "BISECT_ON_ERROR",
+            "REPORT_BATCH_ITEM_FAILURES",
+            "FILTERS",
+        ]
+    );
+    let env = env_of(&worker);
+    for (k, v) in [
+        ("ADMIN_ADDRESS", "0.0.0.0:8080"),
+        ("LOG_FORMAT", "json"),
+        ("IDLE_TIME_MS", "100"),
+    ] {
+        assert_eq!(env.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    let rendered: BTreeMap<String, String> = worker_settings(&a, &settings(), Some(arn))
+        .to_env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    assert_eq!(env, rendered, "every value is the settings' own");
+}
+
+/// Polling: no consumer mode and no consumer ARN (even if one is passed), and the user's
+/// own variables replace the operator's.
+#[test]
+fn polling_renders_no_consumer_and_the_user_s_env_wins() {
+    let a = app(
+        json!({"worker": {"env": [{"name": "MAX_RECORDS", "value": "42"}, {"name": "LOG_FORMAT", "value": "text"}]}}),
+    );
+    let d = deployment(
+        &a,
+        1,
+        &settings(),
+        Some("arn:aws:kinesis:us-east-1:1:stream/P/consumer/c:1"),
+    );
+    let worker = pod(&d)
+        .containers
+        .into_iter()
+        .find(|c| c.name == WORKER_CONTAINER)
+        .unwrap_or_else(|| panic!("no worker container"));
+    let env = env_of(&worker);
+    assert_eq!(env.get("CONSUMER_MODE"), None);
+    assert_eq!(env.get("CONSUMER_ARN"), None);
+    assert_eq!(env.get("MAX_RECORDS").map(String::as_str), Some("42"));
+    assert_eq!(env.get("LOG_FORMAT").map(String::as_str), Some("text"));
+    let log_formats = worker
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| e.name == "LOG_FORMAT")
+        .count();
+    assert_eq!(log_formats, 1, "replaced, not doubled");
+}
