@@ -260,32 +260,20 @@ async fn main() -> anyhow::Result<()> {
             identity: identity.clone(),
             duration: Duration::from_secs(args.lease_duration_seconds),
         };
-        let every = election.duration / 3;
         tracing::info!(identity = %identity, lease = %args.lease_name, "waiting to lead");
-        loop {
-            if election.try_acquire().await {
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = kinesis_processor::shutdown_signal() => return Ok(()),
-            }
-        }
+        let Some(leadership) = election.acquire(kinesis_processor::shutdown_signal()).await else {
+            return Ok(());
+        };
         metrics.set_leader(true);
         tracing::info!(identity = %identity, "leading");
-        // Keep renewing; a leader that cannot renew for a whole lease duration stops, so it
-        // never acts beside a new leader (its restart makes it a standby).
+        // A leader that cannot renew stops, so it never acts beside a new leader (its
+        // restart makes it a standby).
+        let leading = metrics.clone();
         tokio::spawn(async move {
-            let mut last = tokio::time::Instant::now();
-            loop {
-                tokio::time::sleep(every).await;
-                if election.try_acquire().await {
-                    last = tokio::time::Instant::now();
-                } else if last.elapsed() >= election.duration.saturating_sub(every) {
-                    tracing::error!("lost the leader Lease: stopping");
-                    std::process::exit(1);
-                }
-            }
+            let lost = leadership.keep().await;
+            leading.set_leader(false);
+            tracing::error!(reason = %lost, "lost the leader Lease: stopping");
+            std::process::exit(1);
         });
     } else {
         metrics.set_leader(true);
@@ -388,12 +376,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .graceful_shutdown_on(kinesis_processor::shutdown_signal())
         .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => tracing::debug!(application = %obj.name, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile error"),
-            }
-        })
+        .for_each(|res| async move { kinesis_operator::controller::log_run_result(&res) })
         .await;
     tracing::info!("stopped");
     Ok(())
