@@ -10,30 +10,34 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kinesis_lease::backoff::Backoff;
 use kinesis_lease::discovery::{DiscoveryError, ShardInfo, StreamRef, list_shards};
-use kinesis_lease::model::TableSnapshot;
 use kinesis_lease::model::attr;
 use kinesis_lease::table::{LeaseError, LeaseTable, ScanBounds};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::claims::{self, ClaimOutcome};
-use crate::crd::{
-    ConsumerMode, FanOutConsumer, KinesisApplication, KinesisApplicationStatus, labels,
-};
+use crate::claims;
+use crate::crd::{Condition, ConsumerMode, KinesisApplication, KinesisApplicationStatus, labels};
 use crate::deployment::{WorkerSettings, deployment, region, service_account_name};
 use crate::identity::{Bounded, Identity, Mode, RoleMap};
 use crate::metrics::Metrics;
 use crate::ownership::{Owner, TableCleanup, table_cleanup};
-use crate::plan;
+use crate::plan::{self, already_reported, set_condition_at};
 use crate::sizing::SIZED_ANNOTATION;
 use crate::validate::{
     AllowedEndpoints, UnprefixedNames, application_name, arn_stream_name, validate,
 };
+
+mod observe;
+
+use observe::{Problem, Stop, observe};
 
 /// Field manager of everything the operator applies.
 pub const MANAGER: &str = "kinesis-operator";
@@ -559,6 +563,36 @@ pub fn error_policy(app: Arc<KinesisApplication>, error: &Error, ctx: Arc<Contex
     Action::requeue(delay)
 }
 
+/// What the controller's stream yields: a reconciled object, or what failed.
+pub type RunResult = Result<
+    (ObjectRef<KinesisApplication>, Action),
+    kube::runtime::controller::Error<Error, kube::runtime::watcher::Error>,
+>;
+
+/// Whether an error of the controller's stream is said elsewhere or expected (pure): a failed
+/// reconcile ([`error_policy`] logs it at warn), an object gone from the store before its
+/// reconcile. Anything else — the watch failing (the CRD missing, RBAC that forbids list or
+/// watch) or the runner — nothing else reports.
+pub fn reported_elsewhere<Q: 'static>(e: &kube::runtime::controller::Error<Error, Q>) -> bool {
+    use kube::runtime::controller::Error as RunError;
+    matches!(
+        e,
+        RunError::ReconcilerFailed(..) | RunError::ObjectNotFound(..)
+    )
+}
+
+/// Logs one item of the controller's stream: a success or an error said elsewhere at debug,
+/// any other error (a watch that fails: a missing CRD, missing RBAC) at warn.
+pub fn log_run_result(res: &RunResult) {
+    match res {
+        Ok((obj, _)) => tracing::debug!(application = %obj.name, "reconciled"),
+        Err(e) if reported_elsewhere(e) => tracing::debug!(error = %e, "reconcile error"),
+        Err(e) => {
+            tracing::warn!(error = %e, "controller error (a failing watch: is the CRD installed, may the operator list and watch KinesisApplications and Deployments?)");
+        }
+    }
+}
+
 async fn event(
     ctx: &Context,
     app: &KinesisApplication,
@@ -603,20 +637,89 @@ fn stream_ref(app: &KinesisApplication) -> StreamRef {
     }
 }
 
-/// A problem reaching the stream or the table, as a condition reason and message.
-fn aws_problem(detail: &str) -> &'static str {
-    if detail.contains("AssumeRole failed") || crate::message::is_credentials_failure(detail) {
-        "AssumeRoleFailed"
-    } else if detail.contains("AccessDenied")
-        || detail.contains("access denied")
-        || detail.contains("not authorized")
-    {
-        "AccessDenied"
-    } else if detail.contains("Throttl") || detail.contains("LimitExceeded") {
-        "Throttled"
-    } else {
-        "Unavailable"
+/// The stream's name: the spec's, or the one in its ARN.
+fn stream_name(app: &KinesisApplication) -> Option<String> {
+    app.spec.stream.name.clone().or_else(|| {
+        app.spec
+            .stream
+            .arn
+            .as_deref()
+            .and_then(arn_stream_name)
+            .map(String::from)
+    })
+}
+
+/// What is wrong with `app`'s spec, as one bounded message: its own rules, the endpoints the
+/// operator would call with its own identity, and an application name its namespace may not
+/// use. `None`: nothing.
+fn invalid_spec(app: &KinesisApplication, identity: &IdentitySettings) -> Option<String> {
+    let mut invalid = validate(app);
+    invalid.extend(crate::validate::endpoints(app, &identity.allowed_endpoints));
+    invalid.extend(crate::validate::application_name_refused(
+        app,
+        &identity.unprefixed_names,
+    ));
+    (!invalid.is_empty()).then(|| {
+        crate::message::bounded(
+            &invalid
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })
+}
+
+/// Records `problem` in `conditions` as of `now` (pure): its condition and `Ready` False,
+/// and, when `degraded` (the stream or table cannot be used, the workers may be stale),
+/// `Degraded` True, all with its reason and message. Returns whether its condition said the
+/// same already (then its Warning Event was published then, and is not again).
+fn record_problem(
+    conditions: &mut Vec<Condition>,
+    problem: &Problem,
+    degraded: bool,
+    generation: Option<i64>,
+    now: Time,
+) -> bool {
+    let Problem {
+        condition,
+        reason,
+        message,
+    } = problem;
+    let already = already_reported(conditions, condition, reason, message);
+    let mut types = vec![*condition, "Ready"];
+    if degraded {
+        types.push("Degraded");
     }
+    for type_ in types {
+        // Degraded is the one that is True when something is wrong.
+        let is_true = type_ == "Degraded";
+        set_condition_at(
+            conditions,
+            type_,
+            is_true,
+            reason,
+            message.clone(),
+            generation,
+            now.clone(),
+        );
+    }
+    already
+}
+
+/// The message of a problem reaching AWS as conditions and Events say it: for
+/// `AccessDenied`, with whose permissions it is about and the fix; bounded.
+fn problem_message(problem: Problem, mode: Mode, namespace: &str) -> Problem {
+    let Problem {
+        condition,
+        reason,
+        message,
+    } = problem;
+    let message = match reason {
+        "AccessDenied" => format!("{message}; {}", access_hint(mode, namespace)),
+        _ => message,
+    };
+    Problem::new(condition, reason, crate::message::bounded(&message))
 }
 
 async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error> {
@@ -625,61 +728,43 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
     let previous = app.status.clone().unwrap_or_default();
     let mut status = previous.clone();
     status.observed_generation = generation;
-    let stream_name = app.spec.stream.name.clone().or_else(|| {
-        app.spec
-            .stream
-            .arn
-            .as_deref()
-            .and_then(arn_stream_name)
-            .map(String::from)
-    });
-    status.stream = stream_name.clone();
+    status.stream = stream_name(app);
 
     // 1. The spec, and the endpoints the operator would call with its own identity.
-    let mut invalid = validate(app);
-    invalid.extend(crate::validate::endpoints(
-        app,
-        &ctx.identity.allowed_endpoints,
-    ));
-    invalid.extend(crate::validate::application_name_refused(
-        app,
-        &ctx.identity.unprefixed_names,
-    ));
-    if !invalid.is_empty() {
-        let message = crate::message::bounded(
-            &invalid
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        );
-        let already = previous
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.reason == "InvalidSpec" && c.message == message);
-        set_condition(
+    if let Some(message) = invalid_spec(app, &ctx.identity) {
+        let problem = Problem::new("Ready", "InvalidSpec", message);
+        let already = record_problem(
             &mut status.conditions,
-            "Ready",
+            &problem,
             false,
-            "InvalidSpec",
-            message.clone(),
             generation,
+            Time(Timestamp::now()),
         );
         patch_status(ctx, app, &status).await?;
         if !already {
-            event(ctx, app, EventType::Warning, "InvalidSpec", message).await;
+            event(
+                ctx,
+                app,
+                EventType::Warning,
+                problem.reason,
+                problem.message,
+            )
+            .await;
         }
         // A spec change triggers the next reconcile.
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
-    let observed = match observe(app, ctx, &mut status).await? {
+    // 2., 3. The stream, the lease table, the fan-out consumer.
+    let observed = match observe(app, ctx, &mut status).await {
         Ok(o) => o,
-        Err(p) => return degrade(ctx, app, status, p.condition, p.reason, p.message).await,
+        Err(Stop::Problem(p)) => return degrade(ctx, app, status, p).await,
+        Err(Stop::Failed(e)) => return Err(e),
     };
 
     // 4. Size and apply — never over an object of the same name that is not this one's.
     if let Some(message) = name_conflict_of(app, ctx).await? {
-        return degrade(ctx, app, status, "Ready", "NameConflict", message).await;
+        let problem = Problem::new("Ready", "NameConflict", message);
+        return degrade(ctx, app, status, problem).await;
     }
     let sizing = plan::size(app, &observed.shards, observed.snapshot.as_ref());
     let desired = sizing.replicas.desired;
@@ -757,241 +842,6 @@ pub const STATUS_SCAN: ScanBounds = ScanBounds {
     max_total_bytes: 8 * 1024 * 1024,
     max_pages: 64,
 };
-
-/// What a reconcile read before deciding.
-struct Observed {
-    /// The stream's shards.
-    shards: Vec<ShardInfo>,
-    /// The lease table (eventually consistent; `None` if the scan failed: the status then
-    /// lists no owners or lag, the size is the same).
-    snapshot: Option<TableSnapshot>,
-    /// The fan-out consumer's ARN, in fan-out mode.
-    consumer_arn: Option<String>,
-}
-
-/// A stream or table that cannot be used: the condition it fails, its reason and message.
-struct Problem {
-    condition: &'static str,
-    reason: &'static str,
-    message: String,
-}
-
-impl Problem {
-    fn new(condition: &'static str, reason: &'static str, message: String) -> Self {
-        Self {
-            condition,
-            reason,
-            message,
-        }
-    }
-}
-
-/// Reads the stream, opens (first time: creates) and claims the lease table, registers the
-/// fan-out consumer, and scans the table; records in `status` what it found. The finalizer is
-/// added once the claim is this object's.
-///
-/// Calls per reconcile: ListShards (a page per 1,000 shards), GetItem (the claim, eventually
-/// consistent), a Scan (eventually consistent: ≈ 1 read unit per 8 KB of leases), and, on an
-/// application's first reconcile after the operator starts, DescribeTable.
-async fn observe(
-    app: &KinesisApplication,
-    ctx: &Context,
-    status: &mut KinesisApplicationStatus,
-) -> Result<Result<Observed, Problem>, Error> {
-    let generation = app.metadata.generation;
-    let app_name = application_name(app);
-    status.application_name = Some(app_name.clone());
-    let aws = match ctx.aws(app).await {
-        Ok(aws) => aws,
-        // No call at all: an endpoint not allowed (`apply` refused such a spec already), or
-        // no identity for this namespace.
-        Err(refused) => {
-            return Ok(Err(Problem::new("Ready", refused.reason, refused.message)));
-        }
-    };
-    let stream = stream_ref(app);
-    let region = region(app, &ctx.settings).unwrap_or_else(|| "the operator's region".into());
-
-    // 2. The stream.
-    let shards = match list_shards(&aws.kinesis, &stream).await {
-        Ok(s) => s,
-        Err(e) => {
-            let (reason, message) = match &e {
-                DiscoveryError::StreamNotFound { .. } => (
-                    "StreamNotFound",
-                    format!(
-                        "stream `{stream}` not found in {region}: create it, or fix spec.stream.name / spec.stream.arn / spec.stream.region"
-                    ),
-                ),
-                DiscoveryError::Kinesis { detail, .. } => (
-                    aws_problem(detail),
-                    format!(
-                        "reading stream `{stream}` in {region} failed: {}",
-                        crate::message::readable(detail)
-                    ),
-                ),
-            };
-            return Ok(Err(Problem::new("StreamReady", reason, message)));
-        }
-    };
-    set_condition(
-        &mut status.conditions,
-        "StreamReady",
-        true,
-        "StreamFound",
-        format!("stream `{stream}` has {} shards", shards.len()),
-        generation,
-    );
-
-    // 3. The lease table (the operator creates it: workers need no CreateTable permission),
-    // tagged as this object's, and claimed by this object before anything else uses it.
-    let owner = ctx.owner(app);
-    let table = match ctx.table(app, &aws, &app_name, &owner).await {
-        Ok(t) => t,
-        Err(e) => {
-            let reason = match &e {
-                LeaseError::AccessDenied { .. } => "AccessDenied",
-                LeaseError::WrongKeySchema { .. } => "WrongKeySchema",
-                _ => aws_problem(&e.to_string()),
-            };
-            let message = match &e {
-                // Not the table's key schema: it may be another team's table.
-                LeaseError::WrongKeySchema { .. } => format!(
-                    "table `{app_name}` in {region} exists and is not a lease table (its key is not `leaseKey`): choose another spec.applicationName"
-                ),
-                _ => format!(
-                    "lease table `{app_name}` in {region}: {}",
-                    crate::message::readable(&e.to_string())
-                ),
-            };
-            return Ok(Err(Problem::new("LeaseTableReady", reason, message)));
-        }
-    };
-    let claim = match claims::claim(&aws.dynamodb, &app_name, &owner).await {
-        Ok(ClaimOutcome::Ours(c)) => {
-            // From now on there is something to clean up: the claim (and what comes next).
-            set_finalizer(ctx, app, true).await?;
-            c
-        }
-        Ok(ClaimOutcome::Theirs(other)) => {
-            // Who holds it is said only within the namespace (and cluster): another
-            // tenant's objects are none of this one's business.
-            let holder = if other.owner.namespace == owner.namespace
-                && other.owner.cluster == owner.cluster
-            {
-                other.owner.to_string()
-            } else {
-                "another application".to_string()
-            };
-            let message = format!(
-                "lease table `{app_name}` is claimed by {holder}: two applications must not share a lease table (their checkpoints would mix); set spec.applicationName to a name of this application's own"
-            );
-            return Ok(Err(Problem::new(
-                "LeaseTableReady",
-                "LeaseTableConflict",
-                message,
-            )));
-        }
-        Err(detail) => {
-            // Perhaps the table is gone: the next reconcile describes it again.
-            ctx.forget_table(app, &app_name);
-            let message = format!(
-                "claiming lease table `{app_name}` in {region}: {}",
-                crate::message::readable(&detail)
-            );
-            return Ok(Err(Problem::new(
-                "LeaseTableReady",
-                aws_problem(&detail),
-                message,
-            )));
-        }
-    };
-    set_condition(
-        &mut status.conditions,
-        "LeaseTableReady",
-        true,
-        "TableActive",
-        format!("lease table `{app_name}` is active and claimed by this application"),
-        generation,
-    );
-
-    // The fan-out consumer: registered once, here, not by every pod.
-    let consumer_arn = if app.spec.consumer.mode == ConsumerMode::EnhancedFanOut {
-        let consumer = match stream_arn_of(app, &aws.kinesis).await {
-            Ok(None) => Err(format!(
-                "stream `{}` not found: create it, or fix spec.stream",
-                stream_ref(app)
-            )),
-            Ok(Some(arn)) => {
-                claims::ensure_consumer(
-                    &aws.kinesis,
-                    &aws.dynamodb,
-                    &app_name,
-                    &claim,
-                    &arn,
-                    &app_name,
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        };
-        match consumer {
-            Ok(c) => {
-                // Registered by this reconcile, or recorded as the operator's (same ARN)
-                // by an earlier one: the status is the only record tenants cannot write.
-                let recorded = status
-                    .consumer
-                    .as_ref()
-                    .is_some_and(|p| p.arn == c.arn && p.registered_by_operator);
-                status.consumer = Some(FanOutConsumer {
-                    name: app_name.clone(),
-                    arn: c.arn.clone(),
-                    registered_by_operator: c.registered_by_operator || recorded,
-                });
-                // Registered just now: record it at once, so a failure later in this
-                // reconcile cannot leave a consumer the status does not know as ours.
-                if c.registered_by_operator && !recorded {
-                    patch_status(ctx, app, status).await?;
-                }
-                Some(c.arn)
-            }
-            Err(detail) => {
-                let message = format!(
-                    "fan-out consumer `{app_name}` of stream `{stream}`: {}",
-                    crate::message::readable(&detail)
-                );
-                return Ok(Err(Problem::new(
-                    "StreamReady",
-                    aws_problem(&detail),
-                    message,
-                )));
-            }
-        }
-    } else {
-        status.consumer = None;
-        None
-    };
-    // The status only reports from it, so an eventually consistent read does (half the cost),
-    // of the attributes it shows, within bounds (a tenant's worker role can write the table).
-    let snapshot = match table.scan_bounded(false, &STATUS_SCAN).await {
-        Ok((s, report)) if !report.truncated => Some(s),
-        Ok((_, report)) => {
-            tracing::warn!(table = %app_name, pages = report.pages, bytes = report.bytes, oversized = report.oversized, "the lease table is larger than the status scan reads: no shard owners or lag in the status");
-            ctx.metrics.failed("StatusScanBounded");
-            None
-        }
-        Err(e) => {
-            tracing::warn!(table = %app_name, error = %e, "scanning the lease table for the status failed");
-            ctx.forget_table(app, &app_name);
-            None
-        }
-    };
-    Ok(Ok(Observed {
-        shards,
-        snapshot,
-        consumer_arn,
-    }))
-}
 
 /// Reads the Deployment (and, with `aws.roleArn`, the ServiceAccount) `app` would apply and
 /// says if one is somebody else's ([`crate::deployment::name_conflict`]). One GET per
@@ -1158,13 +1008,13 @@ async fn write_replicas(
     Ok(())
 }
 
-/// Whose permissions an `AccessDenied` of `app` is about, and the fix (never an ARN).
-fn access_hint(ctx: &Context, app: &KinesisApplication) -> String {
-    match ctx.identity.mode {
+/// Whose permissions an `AccessDenied` of an application in `namespace` is about, and the
+/// fix (never an ARN).
+fn access_hint(mode: Mode, namespace: &str) -> String {
+    match mode {
         Mode::Operator => "grant the action to the operator's own AWS identity (aws-identity: operator; docs/IAM.md)".into(),
         Mode::NamespaceRole => format!(
-            "grant the action to the IAM role mapped to namespace `{}` (docs/IAM.md)",
-            app.namespace().unwrap_or_default()
+            "grant the action to the IAM role mapped to namespace `{namespace}` (docs/IAM.md)"
         ),
     }
 }
@@ -1175,50 +1025,31 @@ async fn degrade(
     ctx: &Context,
     app: &KinesisApplication,
     mut status: KinesisApplicationStatus,
-    condition: &str,
-    reason: &str,
-    message: String,
+    problem: Problem,
 ) -> Result<Action, Error> {
-    let message = crate::message::bounded(&match reason {
-        "AccessDenied" => format!("{message}; {}", access_hint(ctx, app)),
-        _ => message,
-    });
-    let generation = app.metadata.generation;
-    let already = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == condition && c.reason == reason && c.message == message);
-    set_condition(
+    let namespace = app.namespace().unwrap_or_default();
+    let problem = problem_message(problem, ctx.identity.mode, &namespace);
+    let already = record_problem(
         &mut status.conditions,
-        condition,
-        false,
-        reason,
-        message.clone(),
-        generation,
-    );
-    set_condition(
-        &mut status.conditions,
-        "Ready",
-        false,
-        reason,
-        message.clone(),
-        generation,
-    );
-    set_condition(
-        &mut status.conditions,
-        "Degraded",
+        &problem,
         true,
-        reason,
-        message.clone(),
-        generation,
+        app.metadata.generation,
+        Time(Timestamp::now()),
     );
     patch_status(ctx, app, &status).await?;
     if !already {
-        event(ctx, app, EventType::Warning, reason, message).await;
+        event(
+            ctx,
+            app,
+            EventType::Warning,
+            problem.reason,
+            problem.message,
+        )
+        .await;
     }
     // Counted as a failed reconcile, retried with backoff (at most a minute, so a stream
     // created later is found soon).
-    ctx.metrics.failed(reason);
+    ctx.metrics.failed(problem.reason);
     Ok(Action::requeue(ctx.next_backoff(
         app,
         Duration::from_secs(60).max(ctx.resync),
@@ -1491,16 +1322,140 @@ mod tests {
 
     #[test]
     fn a_condition_keeps_its_transition_time_while_its_status_holds() {
+        let earlier = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
         let mut c = Vec::new();
         set_condition(&mut c, "Ready", false, "WorkersStarting", "0/4", Some(1));
         let t0 = c[0].last_transition_time.clone();
-        c[0].last_transition_time = Some("earlier".into());
+        c[0].last_transition_time = earlier.clone();
         set_condition(&mut c, "Ready", false, "WorkersStarting", "2/4", Some(1));
-        assert_eq!(c[0].last_transition_time.as_deref(), Some("earlier"));
+        assert_eq!(c[0].last_transition_time, earlier);
         assert_eq!(c[0].message, "2/4");
         set_condition(&mut c, "Ready", true, "WorkersReady", "4/4", Some(2));
-        assert_ne!(c[0].last_transition_time.as_deref(), Some("earlier"));
-        assert!(t0.is_some());
+        assert_ne!(c[0].last_transition_time, earlier);
+        assert!(t0 > earlier);
         assert_eq!((c.len(), c[0].status.as_str()), (1, "True"));
+    }
+
+    fn at(seconds: i64) -> Time {
+        match Timestamp::from_second(seconds) {
+            Ok(t) => Time(t),
+            Err(e) => panic!("test time: {e}"),
+        }
+    }
+
+    /// (type, status, reason) of each condition.
+    fn said(c: &[Condition]) -> Vec<(&str, &str, &str)> {
+        c.iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_problem_fails_its_condition_and_ready_and_degrades_once() {
+        let p = Problem::new("StreamReady", "StreamNotFound", "no stream".into());
+        let mut c = Vec::new();
+        assert!(!record_problem(&mut c, &p, true, Some(4), at(1)));
+        assert_eq!(
+            said(&c),
+            vec![
+                ("StreamReady", "False", "StreamNotFound"),
+                ("Ready", "False", "StreamNotFound"),
+                ("Degraded", "True", "StreamNotFound"),
+            ]
+        );
+        assert!(
+            c.iter()
+                .all(|c| c.message == "no stream" && c.observed_generation == Some(4))
+        );
+        // The same again: reported already (no second Event), nothing moves.
+        let before = c.clone();
+        assert!(record_problem(&mut c, &p, true, Some(4), at(2)));
+        assert_eq!(c, before);
+        // Another message is new.
+        let p2 = Problem::new("StreamReady", "StreamNotFound", "still no stream".into());
+        assert!(!record_problem(&mut c, &p2, true, Some(4), at(3)));
+        assert_eq!(c[0].last_transition_time, at(1));
+    }
+
+    #[test]
+    fn an_invalid_spec_fails_ready_only() {
+        let p = Problem::new("Ready", "InvalidSpec", "bad".into());
+        let mut c = Vec::new();
+        set_condition_at(&mut c, "Ready", true, "WorkersReady", "1/1", Some(1), at(1));
+        assert!(!record_problem(&mut c, &p, false, Some(2), at(5)));
+        assert_eq!(said(&c), vec![("Ready", "False", "InvalidSpec")]);
+        assert_eq!(c[0].last_transition_time, at(5));
+        assert!(record_problem(&mut c, &p, false, Some(2), at(6)));
+    }
+
+    #[test]
+    fn access_denied_says_whose_permissions_and_the_fix() {
+        let p = Problem::new(
+            "LeaseTableReady",
+            "AccessDenied",
+            "lease table `t`: no".into(),
+        );
+        let op = problem_message(p.clone(), Mode::Operator, "team-a");
+        assert_eq!(
+            op.message,
+            "lease table `t`: no; grant the action to the operator's own AWS identity (aws-identity: operator; docs/IAM.md)"
+        );
+        let ns = problem_message(p, Mode::NamespaceRole, "team-a");
+        assert!(
+            ns.message
+                .ends_with("the IAM role mapped to namespace `team-a` (docs/IAM.md)"),
+            "{}",
+            ns.message
+        );
+        // Other reasons: the message as it is, bounded to one line.
+        let t = problem_message(
+            Problem::new("StreamReady", "Throttled", "slow\n down".into()),
+            Mode::Operator,
+            "team-a",
+        );
+        assert_eq!((t.reason, t.message.as_str()), ("Throttled", "slow down"));
+        let long = problem_message(
+            Problem::new("Ready", "Unavailable", "x".repeat(2000)),
+            Mode::Operator,
+            "team-a",
+        );
+        assert!(long.message.chars().count() <= crate::message::MESSAGE_LIMIT);
+    }
+
+    #[test]
+    fn the_spec_is_checked_with_the_administrators_rules() {
+        let ok = object(None);
+        assert_eq!(invalid_spec(&ok, &IdentitySettings::default()), None);
+        assert_eq!(stream_name(&ok).as_deref(), Some("s"));
+        let mut by_arn = ok.clone();
+        by_arn.spec.stream.name = None;
+        by_arn.spec.stream.arn =
+            Some("arn:aws:kinesis:eu-west-1:123456789012:stream/orders".into());
+        assert_eq!(stream_name(&by_arn).as_deref(), Some("orders"));
+        // An endpoint the administrator did not allow.
+        let mut local = ok.clone();
+        local.spec.stream.endpoint = Some("http://10.0.0.1:4567".into());
+        let Some(message) = invalid_spec(&local, &IdentitySettings::default()) else {
+            panic!("an endpoint not allowed was accepted")
+        };
+        assert!(!message.is_empty());
+        assert!(!message.contains('\n'), "{message}");
+    }
+
+    #[test]
+    fn watch_failures_are_loud_and_reconcile_failures_are_not_logged_twice() {
+        use kube::runtime::controller::Error as RunError;
+        use kube::runtime::watcher;
+        let gone: RunError<Error, watcher::Error> =
+            RunError::ObjectNotFound(Box::new(ObjectRef::<KinesisApplication>::new("a").erase()));
+        assert!(reported_elsewhere(&gone));
+        let failed: RunError<Error, watcher::Error> = RunError::ReconcilerFailed(
+            Error::Cleanup("x".into()),
+            Box::new(ObjectRef::<KinesisApplication>::new("a").erase()),
+        );
+        assert!(reported_elsewhere(&failed));
+        let watch: RunError<Error, watcher::Error> =
+            RunError::QueueError(watcher::Error::NoResourceVersion);
+        assert!(!reported_elsewhere(&watch));
     }
 }

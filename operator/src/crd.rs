@@ -12,6 +12,12 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// A status condition: Kubernetes' own type (`metav1.Condition`): `type` (one per list),
+/// `status` (True, False or Unknown), a CamelCase `reason`, `message`, `lastTransitionTime`
+/// (when `status` last changed) and `observedGeneration`. Set with
+/// [`crate::plan::set_condition`].
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
 /// A Kinesis consumer application: the worker Deployment that reads `stream` with the app
 /// containers of `template`, sized to the stream's shard count.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -368,8 +374,10 @@ pub struct KinesisApplicationStatus {
     /// When the worker count last changed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<String>,
-    /// Ready, StreamReady, LeaseTableReady, Progressing, Degraded.
+    /// Ready, StreamReady, LeaseTableReady, Progressing, Degraded, DeliveryStalled: one
+    /// each (a list keyed by type), as Kubernetes' own conditions (metav1.Condition).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 
@@ -432,27 +440,6 @@ pub struct ShardStatus {
     /// How far behind the tip its worker last read, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub millis_behind_latest: Option<i64>,
-}
-
-/// A condition, as in Kubernetes' own types.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Condition {
-    /// Ready, StreamReady, LeaseTableReady, Progressing or Degraded.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// True, False or Unknown.
-    pub status: String,
-    /// CamelCase reason, e.g. InvalidSpec, StreamNotFound.
-    pub reason: String,
-    /// What happened and what to do.
-    pub message: String,
-    /// When the status last changed (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_transition_time: Option<String>,
-    /// The generation it describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
 }
 
 /// Labels the operator puts on what it creates.

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use aws_sdk_kinesis::primitives::{DateTime, DateTimeFormat};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kinesis_lease::checkpoint::Checkpoint;
 use kinesis_lease::discovery::ShardInfo;
 use kinesis_lease::model::{Lease, TableSnapshot};
@@ -25,8 +27,8 @@ pub fn now() -> String {
         .unwrap_or_default()
 }
 
-/// Sets condition `type_` in `conditions`, keeping its transition time when the status did
-/// not change.
+/// Sets condition `type_` in `conditions` as of now, keeping its transition time when the
+/// status did not change (see [`set_condition_at`]).
 pub fn set_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
@@ -35,12 +37,36 @@ pub fn set_condition(
     message: impl Into<String>,
     generation: Option<i64>,
 ) {
+    set_condition_at(
+        conditions,
+        type_,
+        ok,
+        reason,
+        message,
+        generation,
+        Time(Timestamp::now()),
+    );
+}
+
+/// Sets condition `type_` in `conditions` (pure; `metav1.Condition` semantics, one condition
+/// per type): status `True` when `ok`, else `False`; reason, message and generation replaced;
+/// `lastTransitionTime` becomes `now` for a new condition or one whose status changes, and
+/// is kept otherwise.
+pub fn set_condition_at(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+    now: Time,
+) {
     let status = if ok { "True" } else { "False" };
     let message = message.into();
     match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(c) => {
             if c.status != status {
-                c.last_transition_time = Some(now());
+                c.last_transition_time = now;
             }
             c.status = status.into();
             c.reason = reason.into();
@@ -52,10 +78,23 @@ pub fn set_condition(
             status: status.into(),
             reason: reason.into(),
             message,
-            last_transition_time: Some(now()),
+            last_transition_time: now,
             observed_generation: generation,
         }),
     }
+}
+
+/// Whether `conditions` already say `type_` with this `reason` and `message` (then the
+/// Event was published when it was set, and is not again).
+pub fn already_reported(
+    conditions: &[Condition],
+    type_: &str,
+    reason: &str,
+    message: &str,
+) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.reason == reason && c.message == message)
 }
 
 /// The stream's shards as the sizing sees them, and the worker count decided from them.

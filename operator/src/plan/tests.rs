@@ -239,13 +239,18 @@ fn a_shard_stalled_on_the_destination_sets_delivery_stalled_once() {
         &sizing,
         applied,
     );
-    let c = first
+    let Some(c) = first
         .status
         .conditions
         .iter()
         .find(|c| c.type_ == "DeliveryStalled")
         .cloned()
-        .unwrap_or_default();
+    else {
+        panic!(
+            "no DeliveryStalled condition: {:?}",
+            first.status.conditions
+        );
+    };
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
         ("True", "DestinationFailing")
@@ -274,4 +279,119 @@ fn a_shard_stalled_on_the_destination_sets_delivery_stalled_once() {
             .iter()
             .all(|n| n.reason != "DestinationFailing")
     );
+}
+
+fn at(seconds: i64) -> Time {
+    match Timestamp::from_second(seconds) {
+        Ok(t) => Time(t),
+        Err(e) => panic!("test time: {e}"),
+    }
+}
+
+/// `metav1.Condition` semantics: one condition per type; `lastTransitionTime` moves only
+/// when the status does; reason, message and generation always follow the latest call.
+#[test]
+fn a_condition_moves_its_transition_time_only_when_its_status_changes() {
+    let mut c = Vec::new();
+    set_condition_at(
+        &mut c,
+        "Ready",
+        false,
+        "WorkersStarting",
+        "0/4",
+        Some(1),
+        at(10),
+    );
+    set_condition_at(
+        &mut c,
+        "Degraded",
+        false,
+        "AsExpected",
+        "fine",
+        Some(1),
+        at(10),
+    );
+    // Same status, later: new reason, message and generation, same transition time.
+    set_condition_at(
+        &mut c,
+        "Ready",
+        false,
+        "StreamNotFound",
+        "gone",
+        Some(2),
+        at(20),
+    );
+    let ready = |c: &[Condition]| c.iter().find(|c| c.type_ == "Ready").cloned();
+    let Some(r) = ready(&c) else {
+        panic!("no Ready: {c:?}")
+    };
+    assert_eq!(
+        (
+            r.status.as_str(),
+            r.reason.as_str(),
+            r.message.as_str(),
+            r.observed_generation,
+            r.last_transition_time.clone()
+        ),
+        ("False", "StreamNotFound", "gone", Some(2), at(10))
+    );
+    // The status changes: the transition time is now.
+    set_condition_at(
+        &mut c,
+        "Ready",
+        true,
+        "WorkersReady",
+        "4/4",
+        Some(2),
+        at(30),
+    );
+    let Some(r) = ready(&c) else {
+        panic!("no Ready: {c:?}")
+    };
+    assert_eq!(
+        (r.status.as_str(), r.last_transition_time),
+        ("True", at(30))
+    );
+    // Still one condition per type; the other one untouched.
+    assert_eq!(c.len(), 2);
+    assert_eq!(c[1].last_transition_time, at(10));
+}
+
+#[test]
+fn conditions_serialize_as_metav1_conditions_and_old_ones_still_parse() {
+    let mut c = Vec::new();
+    set_condition_at(&mut c, "Ready", true, "WorkersReady", "1/1", Some(3), at(0));
+    let json = serde_json::to_value(&c).unwrap_or_default();
+    assert_eq!(
+        json,
+        serde_json::json!([{
+            "type": "Ready", "status": "True", "reason": "WorkersReady", "message": "1/1",
+            "lastTransitionTime": "1970-01-01T00:00:00Z", "observedGeneration": 3
+        }])
+    );
+    // What earlier versions wrote (fractional seconds, no observedGeneration) still reads.
+    let old: Result<KinesisApplicationStatus, _> = serde_json::from_value(serde_json::json!({
+        "conditions": [{"type": "Ready", "status": "False", "reason": "InvalidSpec",
+            "message": "m", "lastTransitionTime": "2024-05-01T10:20:30.123Z"}]
+    }));
+    match old {
+        Ok(s) => assert_eq!(
+            (
+                s.conditions[0].reason.as_str(),
+                s.conditions[0].observed_generation
+            ),
+            ("InvalidSpec", None)
+        ),
+        Err(e) => panic!("an earlier status: {e}"),
+    }
+}
+
+#[test]
+fn an_event_is_not_repeated_for_a_condition_already_reported() {
+    let mut c = Vec::new();
+    set_condition_at(&mut c, "Ready", false, "InvalidSpec", "bad", Some(1), at(0));
+    assert!(already_reported(&c, "Ready", "InvalidSpec", "bad"));
+    assert!(!already_reported(&c, "Ready", "InvalidSpec", "worse"));
+    assert!(!already_reported(&c, "Ready", "StreamNotFound", "bad"));
+    assert!(!already_reported(&c, "StreamReady", "InvalidSpec", "bad"));
 }
