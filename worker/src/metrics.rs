@@ -5,8 +5,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -55,8 +57,8 @@ fn app_buckets() -> impl Iterator<Item = f64> {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// The registry's labels, rendered, for the series written by hand.
-    const_labels: String,
+    /// The registry's labels, for the lease table's counters (encoded per scrape).
+    const_labels: Vec<(Cow<'static, str>, Cow<'static, str>)>,
     /// User records delivered to the app (acknowledged by it).
     pub records_delivered: Counter,
     /// Bytes of record data delivered to the app.
@@ -122,21 +124,14 @@ impl Metrics {
     /// A registry whose every series carries `labels` (the worker passes `application` and
     /// `stream`, so a fleet's metrics group by application without relabelling).
     pub fn labelled(labels: &[(&str, &str)]) -> Arc<Self> {
-        let mut registry = Registry::with_prefix_and_labels(
-            "kinesis_worker",
-            labels
-                .iter()
-                .map(|(k, v)| (Cow::Owned(k.to_string()), Cow::Owned(v.to_string())))
-                .collect::<Vec<_>>()
-                .into_iter(),
-        );
-        let const_labels = labels
+        let const_labels: Vec<(Cow<'static, str>, Cow<'static, str>)> = labels
             .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
-            .collect::<Vec<_>>()
-            .join(",");
+            .map(|(k, v)| (Cow::Owned(k.to_string()), Cow::Owned(v.to_string())))
+            .collect();
+        let mut registry =
+            Registry::with_prefix_and_labels(PREFIX, const_labels.clone().into_iter());
         let m = Self {
-            const_labels: String::new(),
+            const_labels: Vec::new(),
             records_delivered: Counter::default(),
             bytes_delivered: Counter::default(),
             batches_delivered: Counter::default(),
@@ -310,51 +305,76 @@ impl Metrics {
 
     /// The text exposition of every metric, with the lease table's request counters.
     pub fn encode(&self, table: Option<&TableCounters>) -> String {
+        use prometheus_client::encoding::text::encode_registry;
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
-            return String::new();
-        }
+        let mut ok = encode_registry(&mut out, &self.registry).is_ok();
         if let Some(t) = table {
-            for (name, help, v) in [
-                (
-                    "lease_table_reads",
-                    "Lease table read requests (Scan pages, DescribeTable)",
-                    &t.reads,
-                ),
-                (
-                    "lease_table_items_read",
-                    "Items returned by lease table scans",
-                    &t.items_read,
-                ),
-                (
-                    "lease_table_writes",
-                    "Lease table write requests",
-                    &t.writes,
-                ),
-                (
-                    "lease_table_heartbeat_writes",
-                    "Heartbeat writes",
-                    &t.heartbeat_writes,
-                ),
-                (
-                    "lease_table_bad_items",
-                    "Lease table items skipped by scans because they cannot be read (each scan counts them)",
-                    &t.bad_items,
-                ),
-            ] {
-                let labels = if self.const_labels.is_empty() {
-                    String::new()
-                } else {
-                    format!("{{{}}}", self.const_labels)
-                };
-                out.push_str(&format!(
-                    "# HELP kinesis_worker_{name} {help}.\n# TYPE kinesis_worker_{name} counter\nkinesis_worker_{name}_total{labels} {}\n",
-                    v.load(Ordering::Relaxed)
-                ));
-            }
+            let mut per_scrape =
+                Registry::with_prefix_and_labels(PREFIX, self.const_labels.clone().into_iter());
+            per_scrape.register_collector(Box::new(TableCollector::of(t)));
+            ok &= encode_registry(&mut out, &per_scrape).is_ok();
+        }
+        if !ok {
+            return String::new();
         }
         out.push_str("# EOF\n");
         out
+    }
+}
+
+/// Every series' name starts with this.
+const PREFIX: &str = "kinesis_worker";
+
+/// The lease table's request counters, read at one scrape (they live in the table client,
+/// which the metrics registry does not own).
+#[derive(Debug)]
+struct TableCollector {
+    values: [(&'static str, &'static str, u64); 5],
+}
+
+impl TableCollector {
+    fn of(t: &TableCounters) -> Self {
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Self {
+            values: [
+                (
+                    "lease_table_reads",
+                    "Lease table read requests (Scan pages, DescribeTable).",
+                    v(&t.reads),
+                ),
+                (
+                    "lease_table_items_read",
+                    "Items returned by lease table scans.",
+                    v(&t.items_read),
+                ),
+                (
+                    "lease_table_writes",
+                    "Lease table write requests.",
+                    v(&t.writes),
+                ),
+                (
+                    "lease_table_heartbeat_writes",
+                    "Heartbeat writes.",
+                    v(&t.heartbeat_writes),
+                ),
+                (
+                    "lease_table_bad_items",
+                    "Lease table items skipped by scans because they cannot be read (each scan counts them).",
+                    v(&t.bad_items),
+                ),
+            ],
+        }
+    }
+}
+
+impl Collector for TableCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in self.values {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
     }
 }
 
@@ -362,5 +382,36 @@ impl Metrics {
     /// An AWS call counter counting into these metrics.
     pub fn aws_counter(&self) -> AwsCallCounter {
         AwsCallCounter::into_families(self.aws_calls.clone(), self.aws_errors.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_carries_the_table_counters_with_the_registry_labels() {
+        // (prometheus-client does not escape label values; application and stream names
+        // cannot hold a quote or a backslash.)
+        let m = Metrics::labelled(&[("application", "orders-eu"), ("stream", "s")]);
+        m.records_delivered.inc_by(3);
+        let t = TableCounters::default();
+        t.reads.fetch_add(7, Ordering::Relaxed);
+        t.bad_items.fetch_add(2, Ordering::Relaxed);
+        let page = m.encode(Some(&t));
+        let labels = r#"{application="orders-eu",stream="s"}"#;
+        for line in [
+            format!("kinesis_worker_records_delivered_total{labels} 3"),
+            format!("kinesis_worker_lease_table_reads_total{labels} 7"),
+            format!("kinesis_worker_lease_table_bad_items_total{labels} 2"),
+            format!("kinesis_worker_lease_table_writes_total{labels} 0"),
+            "# TYPE kinesis_worker_lease_table_reads counter".to_string(),
+            "# HELP kinesis_worker_lease_table_writes Lease table write requests.".to_string(),
+        ] {
+            assert!(page.lines().any(|l| l == line), "{line} missing in\n{page}");
+        }
+        assert_eq!(page.lines().last(), Some("# EOF"));
+        assert_eq!(page.matches("# EOF").count(), 1);
+        assert!(!m.encode(None).contains("lease_table"));
     }
 }
