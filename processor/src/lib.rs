@@ -258,6 +258,55 @@ where
     Ok(())
 }
 
+/// Runs a Rust app's `main`: glibc's malloc tuned for batches ([`malloc::tune_for_batches`],
+/// before any thread starts), then `app` to completion on a multi-threaded tokio runtime with
+/// every driver enabled. `app` is typically the future of an `async fn` that parses the
+/// arguments and calls [`serve`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> { Ok(()) }
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     kinesis_processor::run_app(run())?
+/// }
+/// ```
+///
+/// # Errors
+/// The runtime could not be built; `app`'s own outcome is the `Ok` value.
+pub fn run_app<F: Future>(app: F) -> std::io::Result<F::Output> {
+    malloc::tune_for_batches();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(app))
+}
+
+impl v1::Checkpoint {
+    /// Checkpoint the last record the worker delivered on the shard (`AllDelivered`).
+    pub fn all_delivered() -> Self {
+        Self {
+            target: Some(v1::checkpoint::Target::AllDelivered(v1::AllDelivered {})),
+        }
+    }
+
+    /// Checkpoint up to and including the record at `position` (`UpTo`).
+    pub fn up_to(position: v1::RecordPosition) -> Self {
+        Self {
+            target: Some(v1::checkpoint::Target::UpTo(position)),
+        }
+    }
+}
+
+impl v1::Record {
+    /// Where this record is in its shard: what [`v1::Checkpoint::up_to`] and a partial
+    /// failure's `failed_from` name.
+    pub fn position(&self) -> v1::RecordPosition {
+        v1::RecordPosition {
+            sequence_number: self.sequence_number.clone(),
+            sub_sequence_number: self.sub_sequence_number,
+        }
+    }
+}
+
 /// Completes on SIGTERM (Kubernetes stopping the container) or SIGINT (Ctrl-C): the
 /// `shutdown` future for [`serve`], and what the project's binaries wait on.
 pub async fn shutdown_signal() {

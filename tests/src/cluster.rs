@@ -267,6 +267,33 @@ pub fn produce(env: &TestEnv, stream: &str, count: u32) -> Result<BTreeMap<Strin
         .collect())
 }
 
+/// Adds the counts per client `more` (as [`produce`] returns them) to `total`.
+pub fn add_counts(total: &mut BTreeMap<String, u64>, more: BTreeMap<String, u64>) {
+    for (k, v) in more {
+        *total.entry(k).or_insert(0) += v;
+    }
+}
+
+/// `kubectl <args>` against the test cluster: its stdout, or the error with stderr.
+///
+/// # Errors
+/// kubectl could not be started or exited non-zero.
+pub fn kubectl(env: &TestEnv, args: &[&str]) -> Result<String> {
+    let out = Command::new(&env.kubectl)
+        .env("KUBECONFIG", &env.kubeconfig)
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
 /// client id → pageviews in a counts table.
 pub async fn counts(env: &TestEnv, table: &str) -> Option<BTreeMap<String, u64>> {
     let out = env

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub mod chaos;
 pub mod cluster;
 pub mod faults;
+pub mod fixtures;
 pub mod fleet;
 pub mod iam;
 pub mod pipeline;

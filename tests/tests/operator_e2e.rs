@@ -4,17 +4,15 @@
 //! deleted without a drain and the kubelet restarts), and reports status; bad specs and a missing
 //! stream become conditions and Warning Events, never a Deployment.
 
-use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::events::v1::Event;
 use kinesis_operator::crd::KinesisApplication;
 use kinesis_operator_tests::cluster::{
-    application, delete_all, delete_namespace, install_crd, namespace, operator, produce,
+    add_counts as add, application, delete_all, delete_namespace, kubectl, operator, produce,
     restart_kubelet, until_counts,
 };
+use kinesis_operator_tests::fixtures::{OperatorTest, crd_and_namespace, until_replicas};
 use kinesis_operator_tests::{TestEnv, unique_name, wait_for};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -23,43 +21,6 @@ use serde_json::{Value, json};
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
 const POLL: Duration = Duration::from_millis(500);
-
-fn add(total: &mut BTreeMap<String, u64>, more: BTreeMap<String, u64>) {
-    for (k, v) in more {
-        *total.entry(k).or_insert(0) += v;
-    }
-}
-
-async fn until_replicas(
-    deployments: &Api<Deployment>,
-    name: &str,
-    n: i32,
-    ready: bool,
-) -> Result<()> {
-    let started = std::time::Instant::now();
-    wait_for(
-        &format!("deployment {name} with {n} replicas (ready: {ready})"),
-        Duration::from_secs(240),
-        POLL,
-        || async {
-            let d = deployments.get_opt(name).await.ok()??;
-            let spec = d.spec.replicas == Some(n);
-            let status = d.status.unwrap_or_default();
-            let ok = if ready {
-                status.ready_replicas == Some(n) && status.replicas == Some(n)
-            } else {
-                spec
-            };
-            (spec && ok).then_some(())
-        },
-    )
-    .await?;
-    eprintln!(
-        "deployment {name}: {n} replicas (ready: {ready}) after {:?}",
-        started.elapsed()
-    );
-    Ok(())
-}
 
 async fn reshard(env: &TestEnv, stream: &str, to: i32) -> Result<()> {
     env.kinesis()
@@ -75,24 +36,18 @@ async fn reshard(env: &TestEnv, stream: &str, to: i32) -> Result<()> {
 
 #[tokio::test]
 async fn an_application_counts_end_to_end_and_follows_resharding() -> Result<()> {
-    let env = TestEnv::require();
-    env.require_image("kinesis-worker")?;
-    env.require_image("pageview-counter")?;
-    let client = env.kube().await?;
-    install_crd(&client).await?;
-    let ns = namespace(&client, "e2e").await?;
-    let stream = unique_name("pageviews");
-    env.create_stream(&stream, 4).await?;
+    let t = OperatorTest::with_stream("e2e", "pageviews", 4, 3).await?;
     let table = unique_name("counts");
-    let op = operator(&env, &ns, 3)?;
-    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let app = application("counter", &env, &stream, &table)?;
-    apps.create(&PostParams::default(), &app).await?;
-
-    until_replicas(&deployments, "counter", 4, true)
-        .await
-        .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    t.counter(&table, 4).await?;
+    let OperatorTest {
+        env,
+        client,
+        ns,
+        stream,
+        op,
+        apps,
+        deployments,
+    } = t;
     let mut expected = produce(&env, &stream, 400)?;
     until_counts(&env, &table, &expected, &op.log_tail()).await?;
 
@@ -120,11 +75,7 @@ async fn an_application_counts_end_to_end_and_follows_resharding() -> Result<()>
         "{:?}",
         status.conditions
     );
-    let out = Command::new(&env.kubectl)
-        .env("KUBECONFIG", &env.kubeconfig)
-        .args(["get", "kapp", "-n", &ns])
-        .output()?;
-    let table_text = String::from_utf8_lossy(&out.stdout);
+    let table_text = kubectl(&env, &["get", "kapp", "-n", &ns])?;
     for col in ["NAME", "STREAM", "SHARDS", "WORKERS", "LAG", "READY", "AGE"] {
         assert!(table_text.contains(col), "{col} in:\n{table_text}");
     }
@@ -268,13 +219,15 @@ async fn patch_spec(apps: &Api<KinesisApplication>, name: &str, spec: Value) -> 
 
 #[tokio::test]
 async fn bad_specs_and_a_missing_stream_become_conditions_and_events() -> Result<()> {
-    let env = TestEnv::require();
-    let client = env.kube().await?;
-    install_crd(&client).await?;
-    let ns = namespace(&client, "bad").await?;
-    let op = operator(&env, &ns, 3)?;
-    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let OperatorTest {
+        env,
+        client,
+        ns,
+        op,
+        apps,
+        deployments,
+        ..
+    } = OperatorTest::start("bad", 3).await?;
 
     let cases: Vec<(&str, Value, &str, &str)> = vec![
         (
@@ -436,9 +389,7 @@ async fn metric(op: &kinesis_operator_tests::cluster::Operator, name: &str) -> O
 async fn one_of_two_operators_leads_and_the_other_takes_over() -> Result<()> {
     use kinesis_operator_tests::cluster::operator_with;
     let env = TestEnv::require();
-    let client = env.kube().await?;
-    install_crd(&client).await?;
-    let ns = namespace(&client, "leader").await?;
+    let (client, ns) = crd_and_namespace(&env, "leader").await?;
     let lease = ["--lease-duration-seconds", "4"];
     let a = operator_with(&env, &ns, 3, "op-a", &lease)?;
     let b = operator_with(&env, &ns, 3, "op-b", &lease)?;
@@ -497,23 +448,6 @@ async fn one_of_two_operators_leads_and_the_other_takes_over() -> Result<()> {
     Ok(())
 }
 
-/// `kubectl <args>` against the test cluster: its stdout, or the error with stderr.
-fn kubectl(env: &TestEnv, args: &[&str]) -> Result<String> {
-    let out = Command::new(&env.kubectl)
-        .env("KUBECONFIG", &env.kubeconfig)
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).to_string())
-}
-
 /// The scale subresource as HPA and KEDA use it: with `spec.replicas` unset it reports the
 /// sized count (and the current replicas and selector); `kubectl scale` takes over the count
 /// and the operator leaves it; an `autoscaling/v2beta2` HorizontalPodAutoscaler reads and
@@ -522,17 +456,15 @@ fn kubectl(env: &TestEnv, args: &[&str]) -> Result<String> {
 #[tokio::test]
 async fn the_scale_subresource_serves_kubectl_scale_and_a_horizontal_pod_autoscaler() -> Result<()>
 {
-    let env = TestEnv::require();
-    env.require_image("kinesis-worker")?;
-    env.require_image("pageview-counter")?;
-    let client = env.kube().await?;
-    install_crd(&client).await?;
-    let ns = namespace(&client, "scale").await?;
-    let stream = unique_name("scaled");
-    env.create_stream(&stream, 2).await?;
-    let op = operator(&env, &ns, 3)?;
-    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let OperatorTest {
+        env,
+        client,
+        ns,
+        stream,
+        op,
+        apps,
+        deployments,
+    } = OperatorTest::with_stream("scale", "scaled", 2, 3).await?;
     let app = application("counter", &env, &stream, &unique_name("counts"))?;
     assert!(app.spec.replicas.is_none());
     apps.create(&PostParams::default(), &app).await?;
@@ -670,26 +602,18 @@ async fn the_scale_subresource_serves_kubectl_scale_and_a_horizontal_pod_autosca
 /// object itself is reconciled at once.
 #[tokio::test]
 async fn its_own_status_writes_trigger_no_reconcile() -> Result<()> {
-    let env = TestEnv::require();
-    env.require_image("kinesis-worker")?;
-    env.require_image("pageview-counter")?;
-    let client = env.kube().await?;
-    install_crd(&client).await?;
-    let ns = namespace(&client, "quiet").await?;
-    let stream = unique_name("quiet");
-    env.create_stream(&stream, 1).await?;
-    let op = operator(&env, &ns, 3)?;
-    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let t = OperatorTest::with_stream("quiet", "quiet", 1, 3).await?;
     let table = unique_name("counts");
-    apps.create(
-        &PostParams::default(),
-        &application("counter", &env, &stream, &table)?,
-    )
-    .await?;
-    until_replicas(&deployments, "counter", 1, true)
-        .await
-        .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    t.counter(&table, 1).await?;
+    let OperatorTest {
+        env,
+        client,
+        ns,
+        stream,
+        op,
+        apps,
+        ..
+    } = t;
     let expected = produce(&env, &stream, 50)?;
     until_counts(&env, &table, &expected, &op.log_tail()).await?;
 
@@ -714,9 +638,7 @@ async fn its_own_status_writes_trigger_no_reconcile() -> Result<()> {
     // Twenty rounds of records, a second apart: the checkpoint moves all the while.
     let mut total = expected;
     for _ in 0..20 {
-        for (k, v) in produce(&env, &stream, 20)? {
-            *total.entry(k).or_insert(0) += v;
-        }
+        add(&mut total, produce(&env, &stream, 20)?);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     until_counts(&env, &table, &total, &op.log_tail()).await?;
@@ -787,26 +709,18 @@ async fn its_own_status_writes_trigger_no_reconcile() -> Result<()> {
 /// triggers the reconcile either. Prints how long each resize took (docs/BENCHMARKS.md).
 #[tokio::test]
 async fn a_reshard_resizes_the_workers_before_the_next_resync() -> Result<()> {
-    let env = TestEnv::require();
-    env.require_image("kinesis-worker")?;
-    env.require_image("pageview-counter")?;
-    let client = env.kube().await?;
-    install_crd(&client).await?;
-    let ns = namespace(&client, "reshard").await?;
-    let stream = unique_name("reshard");
-    env.create_stream(&stream, 2).await?;
-    let op = operator(&env, &ns, 600)?;
-    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let t = OperatorTest::with_stream("reshard", "reshard", 2, 600).await?;
     let table = unique_name("counts");
-    apps.create(
-        &PostParams::default(),
-        &application("counter", &env, &stream, &table)?,
-    )
-    .await?;
-    until_replicas(&deployments, "counter", 2, true)
-        .await
-        .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    t.counter(&table, 2).await?;
+    let OperatorTest {
+        env,
+        client,
+        ns,
+        stream,
+        op,
+        apps,
+        deployments,
+    } = t;
     let mut figures = Vec::new();
     let mut from = 2;
     for to in [4, 2] {

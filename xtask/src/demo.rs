@@ -5,7 +5,7 @@
 //! leases follow. Ends with where to look and how to tear down.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::paths::Paths;
 use crate::sh::{output, run, step};
-use crate::{env, test};
+use crate::{env, programs};
 
 const NAMESPACE: &str = "kinesis-demo";
 const RELEASE: &str = "kinesis-operator";
@@ -42,10 +42,7 @@ impl Demo {
                 .with_context(|| format!("{k} missing in env.json"))
         };
         Ok(Self {
-            root: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default(),
+            root: programs::workspace_root(),
             kubectl: s("kubectl")?.into(),
             kubeconfig: s("kubeconfig")?.into(),
             helm: s("helm")?.into(),
@@ -303,7 +300,7 @@ pub fn demo(paths: &Paths, mode: Mode) -> Result<()> {
     );
     env::up(paths)?;
     step("2/6 building the programs and loading their images into the node");
-    test::images(paths, false)?;
+    programs::images(paths, false)?;
     run_demo(paths, mode, started)
 }
 

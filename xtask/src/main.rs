@@ -11,6 +11,7 @@ mod env;
 mod images;
 mod install;
 mod paths;
+mod programs;
 mod sh;
 mod test;
 
@@ -50,7 +51,7 @@ fn real_main() -> Result<()> {
         ["env", "up"] => env::up(&paths),
         ["env", "down"] => env::down(&paths),
         ["env", "status"] => env::status(&paths),
-        ["images", rest @ ..] => test::images(&paths, rest.contains(&"--release")),
+        ["images", rest @ ..] => programs::images(&paths, rest.contains(&"--release")),
         ["test", rest @ ..] => test::test(&paths, rest.contains(&"--keep-env")),
         ["help" | "-h" | "--help"] | [] => {
             println!("{USAGE}");

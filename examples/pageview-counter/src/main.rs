@@ -60,9 +60,7 @@ impl ShardCounts {
             return None;
         }
         self.reported = self.written.clone();
-        self.written.clone().map(|p| v1::Checkpoint {
-            target: Some(v1::checkpoint::Target::UpTo(p)),
-        })
+        self.written.clone().map(v1::Checkpoint::up_to)
     }
 }
 
@@ -91,12 +89,6 @@ struct Inner {
 #[derive(serde::Deserialize)]
 struct Pageview {
     client_id: String,
-}
-
-fn all_delivered() -> Option<v1::Checkpoint> {
-    Some(v1::Checkpoint {
-        target: Some(v1::checkpoint::Target::AllDelivered(v1::AllDelivered {})),
-    })
 }
 
 impl Inner {
@@ -196,10 +188,7 @@ impl v1::record_processor_server::RecordProcessor for Counter {
             }
         }
         if let Some(last) = r.records.last() {
-            s.last = Some(v1::RecordPosition {
-                sequence_number: last.sequence_number.clone(),
-                sub_sequence_number: last.sub_sequence_number,
-            });
+            s.last = Some(last.position());
         }
         let due = s
             .last_flush
@@ -253,7 +242,7 @@ impl v1::record_processor_server::RecordProcessor for Counter {
         self.forget(&r.shard_id);
         tracing::info!(shard = %r.shard_id, reason = r.reason().as_str_name(), written, "shard handed over");
         Ok(Response::new(v1::ShutdownRequestedResponse {
-            checkpoint: if written { all_delivered() } else { None },
+            checkpoint: written.then(v1::Checkpoint::all_delivered),
         }))
     }
 }
@@ -303,12 +292,9 @@ async fn ensure_table(client: &aws_sdk_dynamodb::Client, table: &str) -> anyhow:
 }
 
 fn main() -> anyhow::Result<()> {
-    // Batches of up to 10 MB arrive: keep their buffers in the heap (before any thread starts).
-    kinesis_processor::malloc::tune_for_batches();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    // Batches of up to 10 MB arrive: malloc tuned to keep their buffers in the heap, then
+    // the runtime.
+    kinesis_processor::run_app(run())?
 }
 
 async fn run() -> anyhow::Result<()> {

@@ -215,10 +215,7 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
         let failed_from = self.fail_from.as_ref().and_then(|p| {
             let i = r.records.iter().position(|x| x.data == p.as_bytes())?;
             let failed = r.records.split_off(i);
-            failed.first().map(|f| v1::RecordPosition {
-                sequence_number: f.sequence_number.clone(),
-                sub_sequence_number: f.sub_sequence_number,
-            })
+            failed.first().map(v1::Record::position)
         });
         let recv = now_ns();
         if self.out.is_some() {
@@ -249,26 +246,21 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
         let checkpoint = match self.checkpoint.as_str() {
             "none" => None,
             // Only the first record: exercises `up_to`.
-            "first" => r.records.first().map(|f| v1::Checkpoint {
-                target: Some(v1::checkpoint::Target::UpTo(v1::RecordPosition {
-                    sequence_number: f.sequence_number.clone(),
-                    sub_sequence_number: f.sub_sequence_number,
-                })),
-            }),
+            "first" => r
+                .records
+                .first()
+                .map(|f| v1::Checkpoint::up_to(f.position())),
             // Beyond the batch: must be refused by the worker.
-            "beyond" => Some(v1::Checkpoint {
-                target: Some(v1::checkpoint::Target::UpTo(v1::RecordPosition {
-                    sequence_number: "9".repeat(60),
-                    sub_sequence_number: 0,
-                })),
-            }),
+            "beyond" => Some(v1::Checkpoint::up_to(v1::RecordPosition {
+                sequence_number: "9".repeat(60),
+                sub_sequence_number: 0,
+            })),
             // Only on an empty call (an app that checkpoints from a timer).
-            "idle" => r.records.is_empty().then_some(v1::Checkpoint {
-                target: Some(v1::checkpoint::Target::AllDelivered(v1::AllDelivered {})),
-            }),
-            _ => Some(v1::Checkpoint {
-                target: Some(v1::checkpoint::Target::AllDelivered(v1::AllDelivered {})),
-            }),
+            "idle" => r
+                .records
+                .is_empty()
+                .then_some(v1::Checkpoint::all_delivered()),
+            _ => Some(v1::Checkpoint::all_delivered()),
         };
         // Answered successfully from here on: the records written above are acknowledged.
         if !r.records.is_empty() {
@@ -327,9 +319,7 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
             r.shard_id,
             r.reason().as_str_name()
         ));
-        let checkpoint = (self.checkpoint != "none").then(|| v1::Checkpoint {
-            target: Some(v1::checkpoint::Target::AllDelivered(v1::AllDelivered {})),
-        });
+        let checkpoint = (self.checkpoint != "none").then(v1::Checkpoint::all_delivered);
         Ok(Response::new(v1::ShutdownRequestedResponse { checkpoint }))
     }
 }
@@ -342,13 +332,10 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    // As the contract's docs advise a Rust app, before any thread starts (`GLIBC_TUNABLES=`,
-    // even empty, keeps glibc's defaults: how the benchmarks measure what this is worth).
-    kinesis_processor::malloc::tune_for_batches();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(args))
+    // malloc tuned as the contract's docs advise a Rust app, before any thread starts
+    // (`GLIBC_TUNABLES=`, even empty, keeps glibc's defaults: how the benchmarks measure what
+    // this is worth), then the runtime.
+    kinesis_processor::run_app(run(args))?
 }
 
 async fn run(args: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {

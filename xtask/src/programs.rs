@@ -1,0 +1,91 @@
+//! The project's programs: cargo run from the workspace root, the programs built and imported
+//! as images into the node (`cargo xtask images`). Used by `test` and `demo` alike.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::env;
+use crate::images::{Image, NONROOT, build_and_import};
+use crate::paths::Paths;
+use crate::sh::{run, step};
+
+/// The project's programs and the image each is packed into.
+pub const PROGRAMS: &[(&str, &str)] = &[
+    ("kinesis-worker", "localhost/kinesis-worker:dev"),
+    ("kinesis-operator", "localhost/kinesis-operator:dev"),
+    ("pageview-counter", "localhost/pageview-counter:dev"),
+];
+
+/// Debian's CA bundle (package ca-certificates), copied into every program image.
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The workspace's root folder.
+pub fn workspace_root() -> PathBuf {
+    let xtask = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    xtask.parent().map(PathBuf::from).unwrap_or(xtask)
+}
+
+/// `cargo` (the one running xtask), in the workspace root.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    // `cargo xtask` runs us with cargo's per-package variables (CARGO_PKG_*, …); passed on,
+    // they change what build scripts see and make cargo rebuild when the tests call it
+    // without them (tests/src/process.rs strips them the same way).
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
+            c.env_remove(&*k);
+        }
+    }
+    c
+}
+
+/// Builds the programs (`--release`, or the dev profile the tests build anyway) and imports
+/// one image per program into the node.
+pub fn images(paths: &Paths, release: bool) -> Result<()> {
+    let socket = env::containerd_socket(paths)?;
+    step(format!(
+        "building the programs ({})",
+        if release { "release" } else { "dev profile" }
+    ));
+    let mut build = cargo();
+    build.args(["build", "--workspace", "--bins"]);
+    if release {
+        build.arg("--release");
+    }
+    run(&mut build)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join(if release { "release" } else { "debug" });
+    let work = paths.cache.join("image-build");
+    std::fs::create_dir_all(&work)?;
+    for (program, reference) in PROGRAMS {
+        let stripped = work.join(format!("{program}.stripped"));
+        run(Command::new("strip")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(target.join(program)))
+        .with_context(|| format!("stripping {program}"))?;
+        build_and_import(
+            &Image {
+                reference,
+                files: vec![
+                    (stripped.clone(), format!("/usr/local/bin/{program}")),
+                    // The trust store for TLS to AWS (the SDK loads the platform's roots).
+                    (PathBuf::from(CA_BUNDLE), CA_BUNDLE.to_string()),
+                ],
+                entrypoint: &format!("/usr/local/bin/{program}"),
+                user: NONROOT,
+                with_libraries: true,
+            },
+            &work.join(program),
+            &socket,
+        )?;
+        std::fs::remove_file(&stripped)?;
+    }
+    Ok(())
+}
