@@ -1080,7 +1080,6 @@ fn retry(detail: String) -> Error {
 async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error> {
     ctx.metrics
         .forget(&app.namespace().unwrap_or_default(), &app.name_any());
-    let app_name = application_name(app);
     let aws = match ctx.aws(app).await {
         Ok(aws) => aws,
         // An endpoint the administrator does not allow (now), or no identity for this
@@ -1107,10 +1106,20 @@ async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Erro
             return Ok(Action::await_change());
         }
     };
-    // The fan-out consumer (it costs money while registered): only the one the operator
-    // registered for this very object, by the ARN it recorded in the status — which tenants
-    // cannot write, unlike the claim item — and an ARN names one registration, so a consumer
-    // made again under the same name, or another team's, is never it.
+    cleanup_consumer(app, ctx, &aws).await?;
+    cleanup_table(app, ctx, &aws).await?;
+    Ok(Action::await_change())
+}
+
+/// The fan-out consumer (it costs money while registered): only the one the operator
+/// registered for this very object, by the ARN it recorded in the status — which tenants
+/// cannot write, unlike the claim item — and an ARN names one registration, so a consumer
+/// made again under the same name, or another team's, is never it.
+async fn cleanup_consumer(
+    app: &KinesisApplication,
+    ctx: &Context,
+    aws: &AwsClients,
+) -> Result<(), Error> {
     let recorded = app
         .status
         .as_ref()
@@ -1120,23 +1129,7 @@ async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Erro
         let found = claims::deregister_consumer_arn(&aws.kinesis, &c.arn)
             .await
             .map_err(retry)?;
-        let (reason, note) = if found {
-            (
-                "ConsumerDeregistered",
-                format!(
-                    "fan-out consumer `{}` deregistered (the operator registered it for this application)",
-                    c.name
-                ),
-            )
-        } else {
-            (
-                "ConsumerGone",
-                format!(
-                    "fan-out consumer `{}` no longer exists (a consumer goes with its stream)",
-                    c.name
-                ),
-            )
-        };
+        let (reason, note) = consumer_cleaned(&c.name, found);
         event(ctx, app, EventType::Normal, reason, note).await;
     } else if app.spec.consumer.mode == ConsumerMode::EnhancedFanOut {
         event(
@@ -1144,17 +1137,49 @@ async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Erro
             app,
             EventType::Warning,
             "ConsumerKept",
-            format!("fan-out consumer `{app_name}` is kept: the operator did not register it for this application"),
+            format!(
+                "fan-out consumer `{}` is kept: the operator did not register it for this application",
+                application_name(app)
+            ),
         )
         .await;
     }
+    Ok(())
+}
+
+/// The Event for a deregistration the operator asked for: `found` is whether the consumer
+/// still existed.
+fn consumer_cleaned(name: &str, found: bool) -> (&'static str, String) {
+    if found {
+        (
+            "ConsumerDeregistered",
+            format!(
+                "fan-out consumer `{name}` deregistered (the operator registered it for this application)"
+            ),
+        )
+    } else {
+        (
+            "ConsumerGone",
+            format!("fan-out consumer `{name}` no longer exists (a consumer goes with its stream)"),
+        )
+    }
+}
+
+/// The lease table: kept, released or deleted as [`table_cleanup`] decides from the table's
+/// tags and claim.
+async fn cleanup_table(
+    app: &KinesisApplication,
+    ctx: &Context,
+    aws: &AwsClients,
+) -> Result<(), Error> {
+    let app_name = application_name(app);
     let owner = ctx.owner(app);
     let info = claims::table_info(&aws.dynamodb, &app_name)
         .await
         .map_err(retry)?;
     let Some(info) = info else {
         // No table: nothing of this object's can exist (the claim lives in the table).
-        return Ok(Action::await_change());
+        return Ok(());
     };
     // A table with another key (not a lease table) holds no claim: it is never ours.
     let claim = if info.lease_table {
@@ -1215,12 +1240,22 @@ async fn cleanup(app: &KinesisApplication, ctx: &Context) -> Result<Action, Erro
             }
         },
     }
-    Ok(Action::await_change())
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deregistration_is_told_as_done_or_as_already_gone() {
+        let (reason, note) = consumer_cleaned("orders", true);
+        assert_eq!(reason, "ConsumerDeregistered");
+        assert!(note.contains("`orders` deregistered"), "{note}");
+        let (reason, note) = consumer_cleaned("orders", false);
+        assert_eq!(reason, "ConsumerGone");
+        assert!(note.contains("no longer exists"), "{note}");
+    }
 
     fn object(status: Option<serde_json::Value>) -> KinesisApplication {
         let mut v = serde_json::json!({

@@ -165,7 +165,12 @@ pub fn worker_settings(
             InitialPosition::TrimHorizon => contract::InitialPosition::TrimHorizon,
             InitialPosition::AtTimestamp => contract::InitialPosition::AtTimestamp,
         }),
-        initial_timestamp: spec.initial_timestamp.clone(),
+        // The same instant in UTC: the worker reads no other offset (validation refused a
+        // time that is not RFC 3339).
+        initial_timestamp: spec
+            .initial_timestamp
+            .as_deref()
+            .map(|t| kinesis_spec::settings::utc_timestamp(t).unwrap_or_else(|_| t.to_string())),
         consumer_mode: fan_out.then_some(contract::ConsumerMode::EnhancedFanOut),
         // Registered by the operator, once: the pods register nothing.
         consumer_arn: consumer_arn.filter(|_| fan_out).map(String::from),

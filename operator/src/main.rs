@@ -190,51 +190,88 @@ async fn follow_role_map(client: &kube::Client, ns: &str, name: &str, ctx: &Arc<
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    init_logging(args.log_format);
+    let metrics = Metrics::new();
+    let client = connect(&metrics).await?;
+    let version = client.apiserver_version().await?;
+    let cluster_name = cluster_name(&client, args.cluster_name.as_deref()).await?;
+    tracing::info!(server = %version.git_version, cluster = %cluster_name, "connected to the API server");
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "operator".into());
+        format!("{host}-{}", std::process::id())
+    });
+    serve_admin(&metrics, args.admin_address).await?;
+    if args.leader_election {
+        if !lead(&client, &args, &identity, &metrics).await {
+            return Ok(());
+        }
+    } else {
+        metrics.set_leader(true);
+    }
+    let ctx = Arc::new(context(
+        &args,
+        client.clone(),
+        metrics,
+        identity,
+        cluster_name,
+    )?);
+    if args.aws_identity == IdentityMode::NamespaceRole {
+        follow_role_map(&client, &args.lease_namespace, &args.namespace_roles, &ctx).await;
+    }
+    run_controller(&args, &client, ctx).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Logs to stderr at `LOG_LEVEL` (default info), as text or JSON lines.
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);
-    match args.log_format {
+    match format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs.init(),
     }
-    let metrics = Metrics::new();
-    // Every request to the API server is counted (kinesis_operator_kube_requests).
-    let counted = metrics.clone();
-    let client = kube::client::ClientBuilder::try_from(kube::Config::infer().await?)?
-        .with_layer(&tower::util::MapRequestLayer::new(
-            move |req: http::Request<kube::client::Body>| {
-                let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
-                counted.kube_request(req.method().as_str(), watch);
-                req
-            },
-        ))
-        .build();
-    let version = client.apiserver_version().await?;
-    let cluster_name = match args.cluster_name.as_deref().map(str::trim) {
-        Some(name) if !name.is_empty() => name.to_string(),
-        _ => {
-            let ns = Api::<Namespace>::all(client.clone())
-                .get("kube-system")
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "naming this cluster after namespace kube-system's uid failed ({e}): set --cluster-name (the chart's clusterName), or let the operator get namespace kube-system"
-                    )
-                })?;
-            kinesis_operator::identity::cluster_name_from_uid(ns.metadata.uid.as_deref())
-                .ok_or_else(|| {
-                    anyhow::anyhow!("namespace kube-system has no uid: set --cluster-name")
-                })?
-        }
-    };
-    tracing::info!(server = %version.git_version, cluster = %cluster_name, "connected to the API server");
+}
 
-    let identity = args.identity.clone().unwrap_or_else(|| {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "operator".into());
-        format!("{host}-{}", std::process::id())
-    });
+/// A client of the API server whose every request is counted
+/// (`kinesis_operator_kube_requests`).
+async fn connect(metrics: &Arc<Metrics>) -> anyhow::Result<kube::Client> {
+    let counted = metrics.clone();
+    Ok(
+        kube::client::ClientBuilder::try_from(kube::Config::infer().await?)?
+            .with_layer(&tower::util::MapRequestLayer::new(
+                move |req: http::Request<kube::client::Body>| {
+                    let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
+                    counted.kube_request(req.method().as_str(), watch);
+                    req
+                },
+            ))
+            .build(),
+    )
+}
+
+/// `--cluster-name`, else `k8s-` and namespace kube-system's uid.
+async fn cluster_name(client: &kube::Client, given: Option<&str>) -> anyhow::Result<String> {
+    if let Some(name) = given.map(str::trim).filter(|n| !n.is_empty()) {
+        return Ok(name.to_string());
+    }
+    let ns = Api::<Namespace>::all(client.clone())
+        .get("kube-system")
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "naming this cluster after namespace kube-system's uid failed ({e}): set --cluster-name (the chart's clusterName), or let the operator get namespace kube-system"
+            )
+        })?;
+    kinesis_operator::identity::cluster_name_from_uid(ns.metadata.uid.as_deref())
+        .ok_or_else(|| anyhow::anyhow!("namespace kube-system has no uid: set --cluster-name"))
+}
+
+/// `/metrics`, `/healthz` and `/readyz` on `address`, in the background.
+async fn serve_admin(metrics: &Arc<Metrics>, address: std::net::SocketAddr) -> anyhow::Result<()> {
     let page = metrics.clone();
     let router = Router::new()
         .route(
@@ -246,39 +283,49 @@ async fn main() -> anyhow::Result<()> {
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }));
-    let listener = tokio::net::TcpListener::bind(args.admin_address).await?;
+    let listener = tokio::net::TcpListener::bind(address).await?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!(error = %e, "admin server failed");
         }
     });
+    Ok(())
+}
 
-    if args.leader_election {
-        let election = Election {
-            api: Api::namespaced(client.clone(), &args.lease_namespace),
-            name: args.lease_name.clone(),
-            identity: identity.clone(),
-            duration: Duration::from_secs(args.lease_duration_seconds),
-        };
-        tracing::info!(identity = %identity, lease = %args.lease_name, "waiting to lead");
-        let Some(leadership) = election.acquire(kinesis_processor::shutdown_signal()).await else {
-            return Ok(());
-        };
-        metrics.set_leader(true);
-        tracing::info!(identity = %identity, "leading");
-        // A leader that cannot renew stops, so it never acts beside a new leader (its
-        // restart makes it a standby).
-        let leading = metrics.clone();
-        tokio::spawn(async move {
-            let lost = leadership.keep().await;
-            leading.set_leader(false);
-            tracing::error!(reason = %lost, "lost the leader Lease: stopping");
-            std::process::exit(1);
-        });
-    } else {
-        metrics.set_leader(true);
-    }
+/// Waits to lead; `false` when shut down first. Once leading, a task keeps the Lease and
+/// ends the process when it is lost, so this replica never acts beside a new leader (its
+/// restart makes it a standby).
+async fn lead(client: &kube::Client, args: &Args, identity: &str, metrics: &Arc<Metrics>) -> bool {
+    let election = Election {
+        api: Api::namespaced(client.clone(), &args.lease_namespace),
+        name: args.lease_name.clone(),
+        identity: identity.to_string(),
+        duration: Duration::from_secs(args.lease_duration_seconds),
+    };
+    tracing::info!(identity = %identity, lease = %args.lease_name, "waiting to lead");
+    let Some(leadership) = election.acquire(kinesis_processor::shutdown_signal()).await else {
+        return false;
+    };
+    metrics.set_leader(true);
+    tracing::info!(identity = %identity, "leading");
+    let leading = metrics.clone();
+    tokio::spawn(async move {
+        let lost = leadership.keep().await;
+        leading.set_leader(false);
+        tracing::error!(reason = %lost, "lost the leader Lease: stopping");
+        std::process::exit(1);
+    });
+    true
+}
 
+/// The reconciler's context from the flags.
+fn context(
+    args: &Args,
+    client: kube::Client,
+    metrics: Arc<Metrics>,
+    identity: String,
+    cluster_name: String,
+) -> anyhow::Result<Context> {
     let network_policy_from = match args.worker_network_policy_from.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(json) => {
@@ -291,8 +338,8 @@ async fn main() -> anyhow::Result<()> {
         pull_policy: args.worker_image_pull_policy.clone(),
         default_region: args.region.clone(),
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
+    Ok(Context::new(
+        client,
         settings,
         Duration::from_secs(args.resync_seconds.max(1)),
         metrics,
@@ -316,10 +363,13 @@ async fn main() -> anyhow::Result<()> {
             sts_endpoint: args.sts_endpoint.clone(),
             max_clients: args.max_aws_clients,
         },
-    ));
-    if args.aws_identity == IdentityMode::NamespaceRole {
-        follow_role_map(&client, &args.lease_namespace, &args.namespace_roles, &ctx).await;
-    }
+    ))
+}
+
+/// Reconciles until shut down: on what the user (or an HPA through /scale) changed, never
+/// on the operator's own status writes (`desired_state`), on a reshard, and on changes to
+/// the Deployments it owns; at most 8 at once.
+async fn run_controller(args: &Args, client: &kube::Client, ctx: Arc<Context>) {
     let (apps, deployments): (Api<KinesisApplication>, Api<Deployment>) =
         match &args.watch_namespace {
             Some(ns) => (
@@ -328,8 +378,6 @@ async fn main() -> anyhow::Result<()> {
             ),
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
-    // Reconciles follow what the user (or an HPA through /scale) changed, never the
-    // operator's own status writes (`desired_state`); at most 8 run at once.
     let (reader, writer) = reflector::store();
     let (resharded, reshard_triggers) = futures::channel::mpsc::unbounded();
     if args.shard_poll_seconds > 0 {
@@ -378,6 +426,4 @@ async fn main() -> anyhow::Result<()> {
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move { kinesis_operator::controller::log_run_result(&res) })
         .await;
-    tracing::info!("stopped");
-    Ok(())
 }

@@ -216,7 +216,12 @@ pub fn validate(app: &KinesisApplication) -> Vec<Invalid> {
                 "initialTimestamp is only used with initialPosition AT_TIMESTAMP: set that, or remove initialTimestamp",
             ))
         }
-        _ => {}
+        (Some(InitialPosition::AtTimestamp), Some(t)) => {
+            if let Err(e) = kinesis_spec::settings::utc_timestamp(t) {
+                out.push(invalid("spec.initialTimestamp", e.to_string()));
+            }
+        }
+        (_, None) => {}
     }
     let delivery = &spec.delivery;
     match &delivery.on_failure_destination {

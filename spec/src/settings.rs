@@ -18,6 +18,34 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// An `initialTimestamp` that is not an RFC 3339 time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{given}` is not an RFC 3339 time with an offset (e.g. 2026-11-26T00:00:00Z or 2026-11-26T02:00:00+02:00): {why}"
+)]
+pub struct BadTimestamp {
+    /// What was given.
+    pub given: String,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+/// `initialTimestamp` as the worker reads it: the same instant in UTC (`…Z`), whatever
+/// offset it was written with.
+///
+/// # Errors
+/// [`BadTimestamp`]: not RFC 3339, no offset, or a date that does not exist.
+pub fn utc_timestamp(given: &str) -> Result<String, BadTimestamp> {
+    given
+        .trim()
+        .parse::<jiff::Timestamp>()
+        .map(|t| t.to_string())
+        .map_err(|e| BadTimestamp {
+            given: given.to_string(),
+            why: e.to_string(),
+        })
+}
+
 /// The names of the worker's environment variables.
 pub mod env {
     /// The stream's name or ARN.
@@ -402,6 +430,25 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_timestamp_with_any_offset_is_the_same_instant_in_utc() {
+        for (given, utc) in [
+            ("2026-11-26T00:00:00Z", "2026-11-26T00:00:00Z"),
+            ("2026-11-26T02:30:00+02:00", "2026-11-26T00:30:00Z"),
+            ("2026-11-25T19:00:00.5-05:00", "2026-11-26T00:00:00.5Z"),
+        ] {
+            assert_eq!(utc_timestamp(given).as_deref(), Ok(utc), "{given}");
+        }
+        for bad in [
+            "2026-13-01T00:00:00Z",
+            "2026-11-26T00:00:00",
+            "yesterday",
+            "",
+        ] {
+            assert!(utc_timestamp(bad).is_err(), "{bad}");
+        }
+    }
 
     fn minimal() -> WorkerSettings {
         WorkerSettings {

@@ -222,6 +222,51 @@ fn what_the_operator_renders_the_worker_reads() -> Result<()> {
     Ok(())
 }
 
+/// The resource accepts an `initialTimestamp` with an offset (RFC 3339 allows one): the
+/// worker gets the same instant, in UTC, and starts.
+#[test]
+fn an_initial_timestamp_with_an_offset_reaches_the_worker_as_the_same_instant() -> Result<()> {
+    let app: KinesisApplication = serde_json::from_value(json!({
+        "apiVersion": "kinesis-operator.io/v1alpha1",
+        "kind": "KinesisApplication",
+        "metadata": {"name": "counter", "namespace": "shop", "uid": "0000-1111"},
+        "spec": {
+            "stream": {"name": "Pageviews", "region": "us-east-1"},
+            "initialPosition": "AT_TIMESTAMP",
+            "initialTimestamp": "2026-11-26T02:30:00.250+02:00",
+            "processor": {"port": 50051},
+            "template": {"spec": {"containers": [{"name": "app", "image": "pageview-counter:dev"}]}}
+        }
+    }))?;
+    let operator = OperatorSettings {
+        image: "localhost/kinesis-worker:dev".into(),
+        pull_policy: None,
+        default_region: None,
+        network_policy_from: None,
+    };
+    let d = deployment::deployment(&app, 1, &operator, None);
+    let worker = d
+        .spec
+        .template
+        .spec
+        .into_iter()
+        .flat_map(|p| p.containers)
+        .find(|c| c.name == WORKER_CONTAINER)
+        .ok_or("no worker container")?;
+    let vars: Vec<(String, String)> = worker
+        .env
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e.name, e.value?)))
+        .collect();
+    let read = worker_reads(&vars)?;
+    assert_eq!(
+        read.initial_timestamp.as_deref(),
+        Some("2026-11-26T00:30:00.25Z")
+    );
+    Ok(())
+}
+
 /// `app` reading by polling with no delivery policy, from a socket.
 fn polling(mut app: KinesisApplication) -> Result<KinesisApplication> {
     app.spec.consumer = serde_json::from_value(json!({}))?;

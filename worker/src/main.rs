@@ -331,11 +331,13 @@ fn parse_timestamp(s: &str) -> Result<i64, String> {
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);
     }
-    DateTime::from_str(s, DateTimeFormat::DateTime)
+    // Any offset: read as the same instant in UTC, the one form the SDK's parser takes.
+    kinesis_spec::settings::utc_timestamp(s)
         .ok()
+        .and_then(|utc| DateTime::from_str(&utc, DateTimeFormat::DateTime).ok())
         .and_then(|t| t.to_millis().ok())
         .ok_or_else(|| {
-            format!("`{s}` is neither RFC 3339 (2026-11-26T00:00:00Z) nor epoch milliseconds")
+            format!("`{s}` is neither RFC 3339 (2026-11-26T00:00:00Z, or with an offset) nor epoch milliseconds")
         })
 }
 
@@ -517,16 +519,7 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
         ("stream", &args.leases.stream),
     ]);
     let counter = metrics.aws_counter();
-    if args.on_failure_destination.is_none()
-        && (args.max_attempts > 0 || args.max_record_age_seconds > 0)
-    {
-        anyhow::bail!(
-            "--max-attempts and --max-record-age-seconds pass records over, which needs somewhere to keep them: set --on-failure-destination (an SQS queue or Kinesis stream ARN), or leave both unset to retry forever"
-        );
-    }
-    if let Some(arn) = &args.on_failure_destination {
-        kinesis_worker::pipeline::destination::Target::parse(arn)?;
-    }
+    check_failure_policy(&args)?;
     let filters = parse_filters(args.filters.as_deref())?;
     let app_address: Address = args.app_address.parse()?;
     let app = App::new(&app_address, metrics.clone())?;
@@ -555,97 +548,17 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
     tracing::info!(admin = %args.admin_address, local = %args.local_admin_address, app = %app_address, "admin port listening");
 
     // Take no lease before the app answers: another worker may serve the shards meanwhile.
-    let mut waited = 0u64;
-    loop {
-        if app.is_ready().await {
-            break;
-        }
-        if waited.is_multiple_of(10) {
-            tracing::info!(app = %app_address, "waiting for the app to answer its gRPC health check (grpc.health.v1)");
-        }
-        waited += 1;
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = kinesis_processor::shutdown_signal() => { admin.stop().await; return Ok(()); }
-        }
+    if !wait_for_app(&app, &app_address).await {
+        admin.stop().await;
+        return Ok(());
     }
 
-    let mut pipeline_config = PipelineConfig::new(
-        stream.clone(),
-        lease_args.application.clone(),
-        worker_id.clone(),
-    );
-    pipeline_config.reader.max_records = args.max_records;
-    pipeline_config.reader.page_bytes = args.max_page_kib as usize * 1024;
-    let format = match args.get_records_client {
-        GetRecordsClient::Cbor => Some(WireFormat::Cbor),
-        GetRecordsClient::Json => Some(WireFormat::Json),
-        GetRecordsClient::Sdk => None,
-    };
-    if let Some(format) = format {
-        match settings.get_records_client(&sdk, format, Some(counter.clone())) {
-            Ok(client) => pipeline_config.reader.get_records = Some(client),
-            // Reading works through the SDK: said, and not a reason to stop.
-            Err(e @ kinesis_worker::records::wire::client::SetupError::UnsupportedEndpoint) => {
-                tracing::warn!(error = %e, "reading through the SDK's GetRecords instead");
-            }
-            Err(e) => {
-                return Err(anyhow::Error::new(e)
-                    .context("setting up the GetRecords client (--get-records-client)"));
-            }
-        }
-    }
-    pipeline_config.reader.initial_timestamp_ms = lease_args.initial_timestamp;
-    pipeline_config.idle_time = Duration::from_millis(args.idle_time_ms);
-    pipeline_config.read_pace.bytes_per_second =
-        (args.read_kb_per_second > 0).then(|| args.read_kb_per_second * 1_000);
-    pipeline_config.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
-    pipeline_config.app_call_timeout = Duration::from_millis(args.app_call_timeout_ms);
-    pipeline_config.clock = clock;
-    pipeline_config.max_attempts = (args.max_attempts > 0).then_some(args.max_attempts);
-    pipeline_config.bisect_on_error = args.bisect_on_error;
-    pipeline_config.max_record_age =
-        (args.max_record_age_seconds > 0).then(|| Duration::from_secs(args.max_record_age_seconds));
-    if let Some(arn) = &args.on_failure_destination {
-        let destination = kinesis_worker::pipeline::destination::Destination::connect(
-            arn,
-            &sdk,
-            args.sqs_endpoint.as_deref(),
-            settings.kinesis_endpoint.as_deref(),
-        )
-        .await
-        .context("connecting to the on-failure destination (--on-failure-destination)")?;
-        tracing::info!(destination = %arn, max_attempts = args.max_attempts, max_record_age_seconds = args.max_record_age_seconds, "on-failure destination ready");
-        pipeline_config.destination = Some(std::sync::Arc::new(destination));
-    }
-    pipeline_config.report_batch_item_failures = args.report_batch_item_failures;
+    let mut pipeline_config = pipeline_config(&args, stream.clone(), worker_id.clone(), &config);
+    pipeline_config.reader.get_records = get_records_client(settings, &sdk, &args, &counter)?;
     pipeline_config.filters = filters;
-    pipeline_config.batch_size = args.batch_size.map(|n| n as usize);
-    pipeline_config.batching_window = Duration::from_millis(args.batching_window_ms);
-    pipeline_config.parallelization = args.parallelization_factor as usize;
-    pipeline_config.max_buffered_kib = args.max_buffered_mib.saturating_mul(1024);
-    pipeline_config.shutdown_call_timeout = config.handoff_timeout / 2;
-    pipeline_config.lag = config.lag.clone();
-    if args.consumer_mode == ConsumerMode::EnhancedFanOut {
-        let arn = match &args.consumer_arn {
-            // Registered once by the operator: RegisterStreamConsumer allows 5 calls per
-            // second per account, far fewer than a rollout of pods would make.
-            Some(arn) => kinesis_worker::records::fanout::wait_consumer_active(&kinesis, arn)
-                .await
-                .with_context(|| format!("waiting for the fan-out consumer `{arn}`"))?,
-            None => {
-                let name = args
-                    .consumer_name
-                    .clone()
-                    .unwrap_or_else(|| lease_args.application.clone());
-                kinesis_worker::records::fanout::register_consumer(&kinesis, &stream, &name)
-                    .await
-                    .with_context(|| format!("registering the fan-out consumer `{name}`"))?
-            }
-        };
-        tracing::info!(consumer = %arn, "reading by enhanced fan-out");
-        pipeline_config.fan_out_consumer = Some(arn);
-    }
+    pipeline_config.clock = clock;
+    pipeline_config.destination = destination(settings, &sdk, &args).await?;
+    pipeline_config.fan_out_consumer = fan_out_consumer(&kinesis, &stream, &args).await?;
 
     tracing::info!(worker = %worker_id, table = %lease_args.application, stream = %stream, app = %app_address, "worker starting");
     let (events_tx, events) = mpsc::channel(1024);
@@ -670,6 +583,147 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
     // Answers in flight (the app's preStop waiting on /drained) finish before the exit.
     admin.stop().await;
     Ok(())
+}
+
+/// `--max-attempts` and `--max-record-age-seconds` need a destination, and it must be one
+/// the worker can send to.
+fn check_failure_policy(args: &RunArgs) -> anyhow::Result<()> {
+    if args.on_failure_destination.is_none()
+        && (args.max_attempts > 0 || args.max_record_age_seconds > 0)
+    {
+        anyhow::bail!(
+            "--max-attempts and --max-record-age-seconds pass records over, which needs somewhere to keep them: set --on-failure-destination (an SQS queue or Kinesis stream ARN), or leave both unset to retry forever"
+        );
+    }
+    if let Some(arn) = &args.on_failure_destination {
+        kinesis_worker::pipeline::destination::Target::parse(arn)?;
+    }
+    Ok(())
+}
+
+/// Waits until the app answers its health check; `false` when shut down first.
+async fn wait_for_app(app: &App, app_address: &Address) -> bool {
+    let mut waited = 0u64;
+    loop {
+        if app.is_ready().await {
+            return true;
+        }
+        if waited.is_multiple_of(10) {
+            tracing::info!(app = %app_address, "waiting for the app to answer its gRPC health check (grpc.health.v1)");
+        }
+        waited += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = kinesis_processor::shutdown_signal() => return false,
+        }
+    }
+}
+
+/// The pipeline's settings from the flags (what needs no connection).
+fn pipeline_config(
+    args: &RunArgs,
+    stream: StreamRef,
+    worker_id: String,
+    config: &CoordinatorConfig,
+) -> PipelineConfig {
+    let lease_args = &args.leases;
+    let mut pipeline_config =
+        PipelineConfig::new(stream, lease_args.application.clone(), worker_id);
+    pipeline_config.reader.max_records = args.max_records;
+    pipeline_config.reader.page_bytes = args.max_page_kib as usize * 1024;
+    pipeline_config.reader.initial_timestamp_ms = lease_args.initial_timestamp;
+    pipeline_config.idle_time = Duration::from_millis(args.idle_time_ms);
+    pipeline_config.read_pace.bytes_per_second =
+        (args.read_kb_per_second > 0).then(|| args.read_kb_per_second * 1_000);
+    pipeline_config.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
+    pipeline_config.app_call_timeout = Duration::from_millis(args.app_call_timeout_ms);
+    pipeline_config.max_attempts = (args.max_attempts > 0).then_some(args.max_attempts);
+    pipeline_config.bisect_on_error = args.bisect_on_error;
+    pipeline_config.max_record_age =
+        (args.max_record_age_seconds > 0).then(|| Duration::from_secs(args.max_record_age_seconds));
+    pipeline_config.report_batch_item_failures = args.report_batch_item_failures;
+    pipeline_config.batch_size = args.batch_size.map(|n| n as usize);
+    pipeline_config.batching_window = Duration::from_millis(args.batching_window_ms);
+    pipeline_config.parallelization = args.parallelization_factor as usize;
+    pipeline_config.max_buffered_kib = args.max_buffered_mib.saturating_mul(1024);
+    pipeline_config.shutdown_call_timeout = config.handoff_timeout / 2;
+    pipeline_config.lag = config.lag.clone();
+    pipeline_config
+}
+
+/// Our own GetRecords client (`--get-records-client`), or `None` to read through the SDK.
+fn get_records_client(
+    settings: &AwsSettings,
+    sdk: &aws_config::SdkConfig,
+    args: &RunArgs,
+    counter: &kinesis_worker::metrics::AwsCallCounter,
+) -> anyhow::Result<Option<std::sync::Arc<kinesis_worker::records::wire::client::WireClient>>> {
+    let format = match args.get_records_client {
+        GetRecordsClient::Cbor => WireFormat::Cbor,
+        GetRecordsClient::Json => WireFormat::Json,
+        GetRecordsClient::Sdk => return Ok(None),
+    };
+    match settings.get_records_client(sdk, format, Some(counter.clone())) {
+        Ok(client) => Ok(Some(client)),
+        // Reading works through the SDK: said, and not a reason to stop.
+        Err(e @ kinesis_worker::records::wire::client::SetupError::UnsupportedEndpoint) => {
+            tracing::warn!(error = %e, "reading through the SDK's GetRecords instead");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::Error::new(e)
+            .context("setting up the GetRecords client (--get-records-client)")),
+    }
+}
+
+/// The on-failure destination (`--on-failure-destination`), connected.
+async fn destination(
+    settings: &AwsSettings,
+    sdk: &aws_config::SdkConfig,
+    args: &RunArgs,
+) -> anyhow::Result<Option<std::sync::Arc<kinesis_worker::pipeline::destination::Destination>>> {
+    let Some(arn) = &args.on_failure_destination else {
+        return Ok(None);
+    };
+    let destination = kinesis_worker::pipeline::destination::Destination::connect(
+        arn,
+        sdk,
+        args.sqs_endpoint.as_deref(),
+        settings.kinesis_endpoint.as_deref(),
+    )
+    .await
+    .context("connecting to the on-failure destination (--on-failure-destination)")?;
+    tracing::info!(destination = %arn, max_attempts = args.max_attempts, max_record_age_seconds = args.max_record_age_seconds, "on-failure destination ready");
+    Ok(Some(std::sync::Arc::new(destination)))
+}
+
+/// The fan-out consumer's ARN with `--consumer-mode enhanced-fan-out`: the operator's
+/// (`--consumer-arn`), once active, or one this worker registers.
+async fn fan_out_consumer(
+    kinesis: &aws_sdk_kinesis::Client,
+    stream: &StreamRef,
+    args: &RunArgs,
+) -> anyhow::Result<Option<String>> {
+    if args.consumer_mode != ConsumerMode::EnhancedFanOut {
+        return Ok(None);
+    }
+    let arn = match &args.consumer_arn {
+        // Registered once by the operator: RegisterStreamConsumer allows 5 calls per
+        // second per account, far fewer than a rollout of pods would make.
+        Some(arn) => kinesis_worker::records::fanout::wait_consumer_active(kinesis, arn)
+            .await
+            .with_context(|| format!("waiting for the fan-out consumer `{arn}`"))?,
+        None => {
+            let name = args
+                .consumer_name
+                .clone()
+                .unwrap_or_else(|| args.leases.application.clone());
+            kinesis_worker::records::fanout::register_consumer(kinesis, stream, &name)
+                .await
+                .with_context(|| format!("registering the fan-out consumer `{name}`"))?
+        }
+    };
+    tracing::info!(consumer = %arn, "reading by enhanced fan-out");
+    Ok(Some(arn))
 }
 
 async fn status(settings: &AwsSettings, application: &str, stream: &str) -> anyhow::Result<String> {

@@ -115,6 +115,12 @@ fn every_cross_field_rule_names_the_field_and_the_fix() {
             "only used with initialPosition AT_TIMESTAMP",
         ),
         (
+            // The schema's pattern lets a 13th month through; the worker would not start.
+            json!({"initialPosition": "AT_TIMESTAMP", "initialTimestamp": "2026-13-26T00:00:00Z"}),
+            "spec.initialTimestamp:",
+            "is not an RFC 3339 time",
+        ),
+        (
             json!({"scaling": {"shardsPerWorker": 0}}),
             "spec.scaling.shardsPerWorker:",
             "at least one shard",

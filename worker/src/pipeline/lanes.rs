@@ -8,7 +8,7 @@
 //! # Guarantees
 //! - All records of one partition key go to one lane, in shard order, and a batch's lanes
 //!   all finish before the next batch starts: per-key order holds (unit test
-//!   `keys_keep_their_lane`; `pipeline_delivery::parallel_lanes_…`).
+//!   `keys_keep_their_lane`; `pipeline_delivery::batching::parallel_lanes_…`).
 //! - [`Watermark::mark`] never passes a record its lane has not confirmed, and never moves
 //!   back: the checkpoint is the last record before the first unconfirmed one, in shard
 //!   order, or, after a lane's `up_to`, that record (proptest

@@ -35,7 +35,7 @@
 //! - A polled shard's GetRecords calls start at least `read_pace.min_interval` apart and
 //!   each waits until the page before it is paid for at `read_pace.bytes_per_second`, so a
 //!   shard catching up stays within Kinesis's read limits instead of being refused
-//!   ([`pace`]; test: `pipeline_delivery::a_shard_catching_up_is_read_no_faster…`).
+//!   ([`pace`]; test: `pipeline_delivery::delivery::a_shard_catching_up_is_read_no_faster…`).
 
 mod app;
 pub mod destination;

@@ -8,6 +8,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
 use super::super::PipelineConfig;
+use super::super::pace::ReadPace;
 use super::ledger::Ledger;
 use crate::backoff::Backoff;
 use crate::metrics::{Metrics, ShardLabels};
@@ -98,13 +99,7 @@ pub(super) async fn read_ahead(
         })
         .clone();
     let mut errors = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-    // The last call's start and when the next may start: Kinesis's 5 calls and 2 MB a
-    // second per shard (`pace`); fan-out pushes at its own pace.
-    let mut started = Instant::now();
-    let mut next_call = started;
-    // Bytes of the last call's page handed out so far (a page of KPL aggregates comes in
-    // parts: only the call is paced, by the whole page).
-    let mut page_read: u64 = 0;
+    let mut pace = CallPace::new(Instant::now());
     loop {
         // While delivery retries, read no further ahead.
         if stalled.wait_for(|s| !*s).await.is_err() {
@@ -112,19 +107,14 @@ pub(super) async fn read_ahead(
         }
         let from_page = reader.has_pending();
         if !reader.pushes() && !from_page {
-            // The metric counts only the wait the byte limit adds to the call limit's.
-            let floor = (started + config.read_pace.min_interval).max(Instant::now());
-            if next_call > floor {
-                metrics
-                    .read_paced_seconds
-                    .inc_by((next_call - floor).as_secs_f64());
+            let (at, paced) = pace.wait(&config.read_pace, Instant::now());
+            if !paced.is_zero() {
+                metrics.read_paced_seconds.inc_by(paced.as_secs_f64());
             }
-            tokio::time::sleep_until(next_call).await;
+            tokio::time::sleep_until(at).await;
         }
         if !from_page {
-            started = Instant::now();
-            next_call = started + config.read_pace.min_interval;
-            page_read = 0;
+            pace.call_started(&config.read_pace, Instant::now());
         }
         match reader.next_batch().await {
             Ok(Batch::Records {
@@ -133,8 +123,7 @@ pub(super) async fn read_ahead(
             }) => {
                 errors.reset();
                 let (kib, read) = page_cost(&records, config.max_buffered_kib);
-                page_read = page_read.saturating_add(read);
-                next_call = started + config.read_pace.gap(page_read);
+                pace.read(&config.read_pace, read);
                 let behind = millis_behind_latest.unwrap_or(0);
                 gauge.set(behind);
                 config.lag.set(&shard, behind);
@@ -192,6 +181,53 @@ pub(super) async fn read_ahead(
     }
 }
 
+/// When a polled shard's next GetRecords call may start: Kinesis's 5 calls and 2 MB a second
+/// per shard ([`ReadPace`]); fan-out pushes at its own pace. Pure: the read loop tells it
+/// when a call started and what its page read, and asks when the next may start.
+#[derive(Debug, Clone, Copy)]
+struct CallPace {
+    /// The last call's start.
+    started: Instant,
+    /// When the next call may start.
+    next_call: Instant,
+    /// Bytes of the last call's page handed out so far (a page of KPL aggregates comes in
+    /// parts: only the call is paced, by the whole page).
+    page_read: u64,
+}
+
+impl CallPace {
+    fn new(now: Instant) -> Self {
+        Self {
+            started: now,
+            next_call: now,
+            page_read: 0,
+        }
+    }
+
+    /// When the next call may start, and how much of the wait from `now` the byte limit
+    /// adds to the call limit's (the `read_paced_seconds` metric counts only that).
+    fn wait(&self, pace: &ReadPace, now: Instant) -> (Instant, Duration) {
+        let floor = (self.started + pace.min_interval).max(now);
+        (
+            self.next_call,
+            self.next_call.saturating_duration_since(floor),
+        )
+    }
+
+    /// A call starts at `now`.
+    fn call_started(&mut self, pace: &ReadPace, now: Instant) {
+        self.started = now;
+        self.next_call = now + pace.min_interval;
+        self.page_read = 0;
+    }
+
+    /// `bytes` more of the current call's page were handed out.
+    fn read(&mut self, pace: &ReadPace, bytes: u64) {
+        self.page_read = self.page_read.saturating_add(bytes);
+        self.next_call = self.started + pace.gap(self.page_read);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +243,40 @@ mod tests {
             approximate_arrival_ms: None,
             aggregated: false,
         }
+    }
+
+    #[test]
+    fn calls_are_paced_by_the_call_limit_and_by_the_bytes_of_their_page() {
+        let pace = ReadPace {
+            min_interval: Duration::from_millis(200),
+            bytes_per_second: Some(2_000_000),
+        };
+        let t0 = Instant::now();
+        let mut p = CallPace::new(t0);
+        assert_eq!(
+            p.wait(&pace, t0),
+            (t0, Duration::ZERO),
+            "the first call at once"
+        );
+        p.call_started(&pace, t0);
+        // A small page: only the call limit.
+        p.read(&pace, 1_000);
+        let (at, paced) = p.wait(&pace, t0);
+        assert_eq!(at, t0 + pace.gap(1_000));
+        assert_eq!(paced, at.saturating_duration_since(t0 + pace.min_interval));
+        // A page of 4 MB handed out in two parts: 2 s, of which the byte limit adds 1.8 s.
+        p.call_started(&pace, t0);
+        p.read(&pace, 2_000_000);
+        p.read(&pace, 2_000_000);
+        let (at, paced) = p.wait(&pace, t0);
+        assert_eq!(at, t0 + Duration::from_secs(2));
+        assert_eq!(paced, Duration::from_millis(1_800));
+        // Asked late: only what is left counts.
+        let (_, paced) = p.wait(&pace, t0 + Duration::from_millis(1_500));
+        assert_eq!(paced, Duration::from_millis(500));
+        // A new call forgets the last page.
+        p.call_started(&pace, t0 + Duration::from_secs(2));
+        assert_eq!(p.page_read, 0);
     }
 
     #[test]
