@@ -112,20 +112,10 @@ async fn the_readme_s_crd_install_command_works() -> Result<()> {
         size > 256 * 1024,
         "{size} bytes: the reason for --server-side"
     );
-    let kubectl = |args: &[&str]| -> Result<std::process::Output> {
-        Ok(std::process::Command::new(&env.kubectl)
-            .env("KUBECONFIG", &env.kubeconfig)
-            .args(args)
-            .output()?)
-    };
+    let kubectl = |args: &[&str]| kinesis_operator_tests::cluster::kubectl(&env, args);
     let file = file.to_string_lossy();
-    let out = kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &file])?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = kubectl(&[
+    kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &file])?;
+    kubectl(&[
         "wait",
         "--for",
         "condition=established",
@@ -133,13 +123,7 @@ async fn the_readme_s_crd_install_command_works() -> Result<()> {
         "60s",
         "crd/kinesisapplications.kinesis-operator.io",
     ])?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = kubectl(&["explain", "kinesisapplication"])?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = kubectl(&["explain", "kinesisapplication"])?;
     assert!(
         text.contains("A Kinesis consumer application"),
         "kubectl explain shows the resource's description: {text}"

@@ -631,10 +631,7 @@ async fn another_pod_cannot_drain_a_worker_and_fan_out_consumers_are_the_operato
         .map(|c| c.restart_count)
         .sum();
     assert_eq!(restarts, 0);
-    let more = produce(&env, &stream, 100)?;
-    for (k, v) in more {
-        *expected.entry(k).or_insert(0) += v;
-    }
+    kinesis_operator_tests::cluster::add_counts(&mut expected, produce(&env, &stream, 100)?);
     until_counts(&env, &counts, &expected, &op.log_tail()).await?;
 
     // Deleting: the operator's consumer goes, the foreign one stays.
