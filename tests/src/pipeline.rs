@@ -304,7 +304,7 @@ impl Pipeline {
             cmd.env(k, v);
         }
         let level = if self.test_timings {
-            "info,kinesis_worker=debug"
+            "info,kinesis_worker=debug,kinesis_lease=debug"
         } else {
             "info"
         };
