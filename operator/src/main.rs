@@ -303,7 +303,7 @@ async fn lead(client: &kube::Client, args: &Args, identity: &str, metrics: &Arc<
         duration: Duration::from_secs(args.lease_duration_seconds),
     };
     tracing::info!(identity = %identity, lease = %args.lease_name, "waiting to lead");
-    let Some(leadership) = election.acquire(kinesis_processor::shutdown_signal()).await else {
+    let Some(leadership) = election.acquire(shutdown_signal()).await else {
         return false;
     };
     metrics.set_leader(true);
@@ -422,8 +422,26 @@ async fn run_controller(args: &Args, client: &kube::Client, ctx: Arc<Context>) {
             deployments,
             watcher::Config::default().labels("app.kubernetes.io/managed-by=kinesis-operator"),
         )
-        .graceful_shutdown_on(kinesis_processor::shutdown_signal())
+        .graceful_shutdown_on(shutdown_signal())
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move { kinesis_operator::controller::log_run_result(&res) })
         .await;
+}
+
+/// SIGTERM (what Kubernetes sends) or Ctrl-C. The operator's own copy of the worker's
+/// (`kinesis_processor::shutdown_signal`): the app contract's crate, and gRPC with it, stays
+/// out of the operator.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -448,6 +448,125 @@ async fn one_of_two_operators_leads_and_the_other_takes_over() -> Result<()> {
     Ok(())
 }
 
+/// Leader election does not trust another node's clock: a leader whose clock is ten minutes
+/// behind (every renewTime it writes is ten minutes old) keeps the Lease for as long as it
+/// renews, and the operator takes over only once it stops.
+#[tokio::test]
+async fn a_live_leader_whose_clock_is_behind_keeps_the_lease() -> Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    use kinesis_operator_tests::cluster::operator_with;
+
+    const NAME: &str = "kinesis-operator-leader";
+    let env = TestEnv::require();
+    let (client, ns) = crd_and_namespace(&env, "skew").await?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let behind = || MicroTime(Timestamp::now() - SignedDuration::from_secs(600));
+    leases
+        .create(
+            &PostParams::default(),
+            &Lease {
+                metadata: ObjectMeta {
+                    name: Some(NAME.into()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some("skewed-leader".into()),
+                    lease_duration_seconds: Some(4),
+                    acquire_time: Some(behind()),
+                    renew_time: Some(behind()),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            },
+        )
+        .await?;
+    // The skewed leader renews every second, as a live one does.
+    let renewals = Arc::new(AtomicU32::new(0));
+    let renewer = tokio::spawn({
+        let (leases, renewals) = (leases.clone(), renewals.clone());
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Ok(mut lease) = leases.get(NAME).await else {
+                    continue;
+                };
+                if lease
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.holder_identity.as_deref())
+                    != Some("skewed-leader")
+                {
+                    return;
+                }
+                if let Some(spec) = lease.spec.as_mut() {
+                    spec.renew_time = Some(behind());
+                }
+                if leases
+                    .replace(NAME, &PostParams::default(), &lease)
+                    .await
+                    .is_ok()
+                {
+                    renewals.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    let op = operator_with(&env, &ns, 3, "op-skew", &["--lease-duration-seconds", "4"])?;
+    // Five lease durations of renewals: the operator stays a standby throughout (its
+    // metric is read every poll; the Lease keeps its holder).
+    let watched = wait_for(
+        "20 renewals by the skewed leader",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            let leading = metric(&op, "kinesis_operator_leader").await;
+            let holder = leases
+                .get(NAME)
+                .await
+                .ok()
+                .and_then(|l| l.spec?.holder_identity);
+            Some((leading, holder, renewals.load(Ordering::SeqCst))).filter(
+                |(leading, holder, n)| {
+                    leading == &Some(1.0) || holder.as_deref() != Some("skewed-leader") || *n >= 20
+                },
+            )
+        },
+    )
+    .await?;
+    let (leading, holder, _) = watched;
+    assert!(
+        leading == Some(0.0) && holder.as_deref() == Some("skewed-leader"),
+        "the operator took a live leader's Lease, or reports no standby (leader metric {leading:?}, holder {holder:?}):\n{}",
+        op.log_tail()
+    );
+    // The skewed leader stops: the operator takes over once the Lease stops changing.
+    renewer.abort();
+    let stopped = std::time::Instant::now();
+    wait_for(
+        "the operator leads",
+        Duration::from_secs(60),
+        POLL,
+        || async { (metric(&op, "kinesis_operator_leader").await? == 1.0).then_some(()) },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    let spec = leases.get(NAME).await?.spec.unwrap_or_default();
+    assert_ne!(spec.holder_identity.as_deref(), Some("skewed-leader"));
+    assert_eq!(spec.lease_transitions, Some(1));
+    eprintln!(
+        "took over {:?} after the skewed leader stopped renewing (lease 4 s)",
+        stopped.elapsed()
+    );
+    drop(op);
+    delete_namespace(&client, &ns).await?;
+    Ok(())
+}
+
 /// The scale subresource as HPA and KEDA use it: with `spec.replicas` unset it reports the
 /// sized count (and the current replicas and selector); `kubectl scale` takes over the count
 /// and the operator leaves it; an `autoscaling/v2beta2` HorizontalPodAutoscaler reads and
