@@ -126,6 +126,87 @@ fn kinds(docs: &[serde_json::Value]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What users of KEDA's and cert-manager's charts expect to set: the names
+/// (`nameOverride`, `fullnameOverride`), extra pod labels, the pod's and the container's
+/// security contexts (restricted by default, with no fixed `runAsUser` for OpenShift's SCC to
+/// refuse), a PriorityClass and topology spread constraints.
+#[tokio::test]
+async fn the_chart_takes_the_usual_overrides_and_fixes_no_uid() -> Result<()> {
+    let env = TestEnv::require();
+    let deployment = |docs: &[serde_json::Value]| -> Result<serde_json::Value> {
+        docs.iter()
+            .find(|d| d["kind"] == "Deployment")
+            .cloned()
+            .ok_or_else(|| "no Deployment".into())
+    };
+    // Defaults: restricted, and the uid is the image's (65532), not the chart's.
+    let d = deployment(&render(&env, &[])?)?;
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert!(
+        pod["securityContext"]["runAsUser"].is_null(),
+        "{}",
+        pod["securityContext"]
+    );
+    let c = &pod["containers"][0]["securityContext"];
+    assert!(c["runAsUser"].is_null(), "{c}");
+    assert_eq!(c["readOnlyRootFilesystem"], true);
+    assert!(pod["priorityClassName"].is_null());
+    // Overrides.
+    let docs = render(
+        &env,
+        &[
+            "fullnameOverride=kop",
+            "podLabels.team=payments",
+            "podSecurityContext.runAsUser=1000710000",
+            "podSecurityContext.runAsNonRoot=true",
+            "securityContext.readOnlyRootFilesystem=false",
+            "priorityClassName=system-cluster-critical",
+            "topologySpreadConstraints[0].maxSkew=1",
+            "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+            "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+        ],
+    )?;
+    let d = deployment(&docs)?;
+    assert_eq!(d["metadata"]["name"], "kop");
+    let pod = &d["spec"]["template"];
+    assert_eq!(pod["metadata"]["labels"]["team"], "payments");
+    assert!(
+        d["spec"]["selector"]["matchLabels"]["team"].is_null(),
+        "extra labels stay out of the immutable selector"
+    );
+    assert_eq!(pod["spec"]["securityContext"]["runAsUser"], 1000710000);
+    assert_eq!(
+        pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
+        false
+    );
+    assert_eq!(pod["spec"]["priorityClassName"], "system-cluster-critical");
+    assert_eq!(pod["spec"]["topologySpreadConstraints"][0]["maxSkew"], 1);
+    // Every object the chart names after itself takes the override.
+    let names = kinds(&docs);
+    for kind in [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "PodDisruptionBudget",
+    ] {
+        assert!(
+            names.iter().any(|(k, n)| k == kind && n == "kop"),
+            "{kind} kop in {names:?}"
+        );
+    }
+    assert!(names.contains(&("Service".into(), "kop-metrics".into())));
+    // nameOverride: RELEASE-NAME, and the name label.
+    let docs = render(&env, &["nameOverride=kinesis"])?;
+    let d = deployment(&docs)?;
+    assert_eq!(d["metadata"]["name"], "ko-kinesis");
+    assert_eq!(
+        d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        "kinesis"
+    );
+    Ok(())
+}
+
 /// `worker.networkPolicy.enabled`: the operator is told the peers and may manage
 /// NetworkPolicies (and only then).
 #[tokio::test]
