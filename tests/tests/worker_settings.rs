@@ -42,6 +42,29 @@ fn worker_reads(vars: &[(String, String)]) -> Result<WorkerSettings> {
     })
 }
 
+/// The variables with a value in the worker container of the Deployment the operator makes
+/// for `app` (the worker id comes from the pod's name).
+fn rendered_by_operator(
+    app: &KinesisApplication,
+    operator: &OperatorSettings,
+    consumer_arn: Option<&str>,
+) -> Result<Vec<(String, String)>> {
+    let worker = deployment::deployment(app, 1, operator, consumer_arn)
+        .spec
+        .template
+        .spec
+        .into_iter()
+        .flat_map(|p| p.containers)
+        .find(|c| c.name == WORKER_CONTAINER)
+        .ok_or("no worker container")?;
+    Ok(worker
+        .env
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e.name, e.value?)))
+        .collect())
+}
+
 fn rendered(settings: &WorkerSettings) -> Vec<(String, String)> {
     settings
         .to_env()
@@ -200,22 +223,7 @@ fn what_the_operator_renders_the_worker_reads() -> Result<()> {
     };
     let arn = "arn:aws:kinesis:us-east-1:123456789012:stream/Pageviews/consumer/counter:1";
     for (app, arn) in [(app.clone(), Some(arn)), (polling(app)?, None)] {
-        let d = deployment::deployment(&app, 1, &operator, arn);
-        let worker = d
-            .spec
-            .template
-            .spec
-            .into_iter()
-            .flat_map(|p| p.containers)
-            .find(|c| c.name == WORKER_CONTAINER)
-            .ok_or("no worker container")?;
-        // The variables with a value; the worker id comes from the pod's name.
-        let vars: Vec<(String, String)> = worker
-            .env
-            .into_iter()
-            .flatten()
-            .filter_map(|e| Some((e.name, e.value?)))
-            .collect();
+        let vars = rendered_by_operator(&app, &operator, arn)?;
         let expected = deployment::worker_settings(&app, &operator, arn).effective();
         assert_eq!(worker_reads(&vars)?, expected);
     }
@@ -244,22 +252,7 @@ fn an_initial_timestamp_with_an_offset_reaches_the_worker_as_the_same_instant() 
         default_region: None,
         network_policy_from: None,
     };
-    let d = deployment::deployment(&app, 1, &operator, None);
-    let worker = d
-        .spec
-        .template
-        .spec
-        .into_iter()
-        .flat_map(|p| p.containers)
-        .find(|c| c.name == WORKER_CONTAINER)
-        .ok_or("no worker container")?;
-    let vars: Vec<(String, String)> = worker
-        .env
-        .into_iter()
-        .flatten()
-        .filter_map(|e| Some((e.name, e.value?)))
-        .collect();
-    let read = worker_reads(&vars)?;
+    let read = worker_reads(&rendered_by_operator(&app, &operator, None)?)?;
     assert_eq!(
         read.initial_timestamp.as_deref(),
         Some("2026-11-26T00:30:00.25Z")
