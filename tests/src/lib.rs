@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub mod accounting;
 pub mod chaos;
 pub mod cluster;
 pub mod faults;
@@ -87,6 +88,10 @@ pub struct TestEnv {
     /// environment brought up by an older `env up`).
     #[serde(default)]
     pub moto_server: Option<PathBuf>,
+    /// amazon_kclpy's unpacked sdist (its package and `samples/`), for PYTHONPATH (`None` in
+    /// an environment brought up by an older `env up`).
+    #[serde(default)]
+    pub kclpy: Option<PathBuf>,
 }
 
 /// The environment file: `$KINESIS_OPERATOR_ENV_FILE`, else `env.json` in the environment

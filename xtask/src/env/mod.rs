@@ -112,6 +112,7 @@ pub fn install_all(paths: &Paths) -> Result<()> {
     install::kinesis_mock(paths)?;
     install::moto(paths)?;
     install::python_examples(paths)?;
+    install::kclpy(paths)?;
     install::helm(paths)
 }
 
@@ -362,6 +363,8 @@ pub fn up(paths: &Paths) -> Result<()> {
         "python": paths.python_examples_venv().join("bin/python"),
         // A test that needs its own moto (e.g. with IAM enforcement on) starts this one.
         "moto_server": paths.moto_venv().join("bin/moto_server"),
+        // amazon_kclpy's package and samples, for PYTHONPATH.
+        "kclpy": paths.kclpy(),
     });
     write_atomic(&paths.env_file(), serde_json::to_vec_pretty(&env)?)?;
     step(format!(

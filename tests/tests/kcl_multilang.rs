@@ -1,0 +1,258 @@
+//! KCL MultiLang apps, unchanged: amazon-kclpy's own sample app (from its PyPI sdist, not a
+//! line changed) behind `kinesis-bridge multilang`, fed by `kinesis-worker run` from
+//! kinesis-mock, with its leases and checkpoints in moto's DynamoDB.
+//!
+//! The sample prints `Record (Partition Key: K, Sequence Number: S, …` to stderr for each
+//! record; the bridge logs its children's stderr, and the test accounts for every record put
+//! from that log: none lost, each key in order, every duplicate explained by a fault.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Command;
+use std::time::Duration;
+
+use kinesis_operator_tests::accounting::account;
+use kinesis_operator_tests::fleet::{DEADLINE, POLL};
+use kinesis_operator_tests::pipeline::{Pipeline, until_socket};
+use kinesis_operator_tests::process::{Proc, binary};
+use kinesis_operator_tests::wait_for;
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+/// A record put: its key, index, sequence number and shard.
+struct Put {
+    key: String,
+    index: usize,
+    seq: String,
+    shard: String,
+}
+
+/// Puts `n` records per key (`key-K:i`, i from `from`) for `keys` keys, round-robin.
+async fn put(p: &Pipeline, keys: usize, from: usize, n: usize) -> Result<Vec<Put>> {
+    let kinesis = p.env.kinesis().await;
+    let entries: Vec<(String, usize)> = (from..from + n)
+        .flat_map(|i| (0..keys).map(move |k| (format!("key-{k}"), i)))
+        .collect();
+    let mut out = Vec::new();
+    for batch in entries.chunks(100) {
+        let mut req = kinesis.put_records().stream_name(&p.stream);
+        for (key, i) in batch {
+            req = req.records(
+                aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                    .partition_key(key)
+                    .data(aws_sdk_kinesis::primitives::Blob::new(format!("{key}:{i}")))
+                    .build()?,
+            );
+        }
+        let resp = req.send().await?;
+        for ((key, i), r) in batch.iter().zip(resp.records()) {
+            let (Some(seq), Some(shard)) = (r.sequence_number(), r.shard_id()) else {
+                return Err(format!("put of {key}:{i} failed: {:?}", r.error_message()).into());
+            };
+            out.push(Put {
+                key: key.clone(),
+                index: *i,
+                seq: seq.to_string(),
+                shard: shard.to_string(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The sequence numbers the sample app printed, in the order it printed them.
+fn printed_sequence_numbers(log: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = log;
+    while let Some(at) = rest.find("Sequence Number: ") {
+        rest = &rest[at + "Sequence Number: ".len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        out.push(digits);
+    }
+    out
+}
+
+/// `(shard, pid)` of each child the bridge started, in order.
+fn children(log: &str) -> Vec<(String, u32)> {
+    log.lines()
+        .filter(|l| l.contains("started the app's process"))
+        .filter_map(|l| {
+            let field = |name: &str| {
+                let at = l.find(&format!("{name}="))? + name.len() + 1;
+                Some(l[at..].split_whitespace().next()?.to_string())
+            };
+            Some((
+                field("shard")?,
+                field("pid")?.trim_end_matches(':').parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The third field is the state; a zombie has exited.
+    stat.split_whitespace()
+        .nth(2)
+        .is_some_and(|state| state != "Z")
+}
+
+async fn until_printed(bridge: &Proc, n: usize) -> Result<()> {
+    wait_for(
+        &format!("{n} records printed by the sample app"),
+        DEADLINE,
+        POLL,
+        || async {
+            let seen: std::collections::HashSet<String> =
+                printed_sequence_numbers(&bridge.log_text())
+                    .into_iter()
+                    .collect();
+            (seen.len() >= n).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", bridge.log_tail()).into())
+}
+
+#[tokio::test]
+async fn the_kclpy_sample_app_gets_every_record_in_order_through_a_crash_and_a_hang() -> Result<()>
+{
+    let p = Pipeline::new(2).await?;
+    let kclpy = p
+        .env
+        .kclpy
+        .clone()
+        .ok_or("env.json names no amazon_kclpy: run `cargo xtask env up`")?;
+    let socket = p.dir.join("bridge.sock");
+    let address = format!("unix://{}", socket.display());
+    let mut cmd = Command::new(binary("kinesis-bridge")?);
+    // The sample writes its log without newlines: unbuffered, each record's line reaches
+    // the bridge's log when it is written (buffered, a killed child's last lines would be
+    // lost with it and look like lost records).
+    cmd.env("PYTHONPATH", &kclpy)
+        .env("PYTHONUNBUFFERED", "1")
+        .env("LOG_LEVEL", "info")
+        .args([
+            "multilang",
+            "--address",
+            &address,
+            "--timeout-seconds",
+            "3",
+            "--",
+        ])
+        .arg(&p.env.python)
+        .arg(kclpy.join("samples/sample_kclpy_app.py"));
+    let bridge = Proc::spawn(cmd, p.dir.join("bridge.log"))?;
+    until_socket(&socket)
+        .await
+        .map_err(|e| format!("{e}: {}", bridge.log_tail()))?;
+    let worker = p.worker("w1", &address, &[])?;
+
+    let keys = 6;
+    let mut puts = put(&p, keys, 0, 20).await?;
+    until_printed(&bridge, puts.len()).await?;
+
+    // A crash: one shard's child killed between batches. Its next batch fails, the worker
+    // retries it, and the bridge starts a new child at the last checkpoint.
+    let started = children(&bridge.log_text());
+    assert_eq!(started.len(), 2, "one child per shard: {started:?}");
+    let (crashed_shard, crashed) = started[0].clone();
+    Command::new("kill")
+        .args(["-KILL", &crashed.to_string()])
+        .status()?;
+    puts.extend(put(&p, keys, 20, 20).await?);
+    until_printed(&bridge, puts.len()).await?;
+
+    // A hang: the other child stopped (SIGSTOP). Its next batch gets no status within the
+    // bridge's 3 s timeout: the child is killed and only that shard's call fails.
+    let (hung_shard, hung) = started[1].clone();
+    Command::new("kill")
+        .args(["-STOP", &hung.to_string()])
+        .status()?;
+    puts.extend(put(&p, keys, 40, 20).await?);
+    until_printed(&bridge, puts.len()).await?;
+
+    let log = bridge.log_text();
+    let all = children(&log);
+    assert!(
+        all.iter()
+            .any(|(s, pid)| *s == crashed_shard && *pid != crashed)
+            && all.iter().any(|(s, pid)| *s == hung_shard && *pid != hung),
+        "a new child for each failed shard: {all:?}"
+    );
+    assert!(
+        !alive(crashed) && !alive(hung),
+        "the failed children are gone"
+    );
+    assert!(
+        log.contains("exited") && log.contains("did not finish processRecords within 3s"),
+        "the crash and the hang are named in the bridge's log:\n{}",
+        bridge.log_tail()
+    );
+
+    // Every record accounted for, per key in order.
+    let by_seq: HashMap<&str, &Put> = puts.iter().map(|r| (r.seq.as_str(), r)).collect();
+    let deliveries: Vec<(String, usize)> = printed_sequence_numbers(&log)
+        .iter()
+        .filter_map(|s| by_seq.get(s.as_str()).map(|r| (r.key.clone(), r.index)))
+        .collect();
+    let key_names: Vec<String> = (0..keys).map(|k| format!("key-{k}")).collect();
+    let accounting = account(&deliveries, &key_names, 60);
+    assert!(accounting.holds(), "{accounting:?}");
+    // The faults hit children between batches: no batch was half-processed, so nothing may
+    // come twice.
+    assert_eq!(accounting.duplicates, 0, "{accounting:?}");
+
+    // A graceful stop: shutdownRequested to each child, whose checkpoint() the worker writes
+    // before it lets the leases go. Each shard's checkpoint is its last record.
+    let code = worker.stop(Duration::from_secs(30)).await?;
+    assert_eq!(code, Some(0));
+    let mut last: BTreeMap<&str, &str> = BTreeMap::new();
+    for r in &puts {
+        last.insert(&r.shard, &r.seq);
+    }
+    let table = p
+        .env
+        .dynamodb()
+        .await
+        .scan()
+        .table_name(&p.app)
+        .send()
+        .await?;
+    let checkpoints: BTreeMap<String, String> = table
+        .items()
+        .iter()
+        .filter_map(|i| {
+            Some((
+                i.get("leaseKey")?.as_s().ok()?.clone(),
+                i.get("checkpoint")?.as_s().ok()?.clone(),
+            ))
+        })
+        .collect();
+    for (shard, seq) in &last {
+        assert_eq!(
+            checkpoints.get(*shard).map(String::as_str),
+            Some(*seq),
+            "shard {shard}: {checkpoints:?}"
+        );
+    }
+    assert!(
+        bridge
+            .log_text()
+            .contains("Shutdown has been requested, checkpointing."),
+        "the sample's shutdown_requested ran"
+    );
+    // The bridge outlives the worker and stops on its own SIGTERM, leaving no child.
+    let pids: Vec<u32> = children(&bridge.log_text()).iter().map(|c| c.1).collect();
+    bridge.signal("TERM");
+    let mut bridge = bridge;
+    wait_for("the bridge to exit", Duration::from_secs(20), POLL, || {
+        let exited = bridge.exited();
+        async move { exited.map(drop) }
+    })
+    .await?;
+    assert!(
+        pids.iter().all(|pid| !alive(*pid)),
+        "no child left: {pids:?}"
+    );
+    p.cleanup().await
+}
