@@ -12,5 +12,5 @@
 //! Both are record processors like any app: the worker's leases, reading, retries, bisection,
 //! destinations and checkpoints apply unchanged.
 
-// pub mod lambda;
+pub mod lambda;
 pub mod multilang;

@@ -281,6 +281,38 @@ pub struct ProcessorSpec {
     /// (default: the first container of the template).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// What the app container speaks (docs/MIGRATING.md): `grpc` (the default: it serves
+    /// the record-processor contract, docs/PROCESSOR.md); `kcl-multilang` (an unchanged KCL
+    /// MultiLangDaemon app: `command` runs once per shard behind the kinesis-bridge, which the
+    /// operator places in the app container); `lambda` (an unchanged Lambda function image or
+    /// runtime interface client: the worker serves the Lambda Runtime API on the pod's
+    /// loopback and the operator sets AWS_LAMBDA_RUNTIME_API in the app container).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<AppProtocol>,
+    /// With `kcl-multilang`: the app's command line, KCL's `executableName` split into words
+    /// (e.g. `[python3, sample_kclpy_app.py]`). It replaces the container's command; the
+    /// container's `args` follow it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// With `lambda`: the function's handler (`_HANDLER`, e.g. `app.handler`), when the
+    /// image does not name it itself (a Lambda base image takes it from its CMD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler: Option<String>,
+}
+
+/// What the app container speaks.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum AppProtocol {
+    /// The record-processor gRPC contract.
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// KCL's MultiLangDaemon protocol, one child process per shard.
+    #[serde(rename = "kcl-multilang")]
+    KclMultilang,
+    /// The Lambda Runtime API, each batch a Kinesis event.
+    #[serde(rename = "lambda")]
+    Lambda,
 }
 
 /// The injected worker container.

@@ -27,7 +27,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kinesis_spec::settings as contract;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{ConsumerMode, InitialPosition, KinesisApplication, labels};
+use crate::crd::{AppProtocol, ConsumerMode, InitialPosition, KinesisApplication, labels};
 use crate::validate::{SOCKET_VOLUME, WORKER_CONTAINER, application_name, arn_region};
 
 /// The worker's admin port (metrics, probes, drain).
@@ -189,6 +189,11 @@ pub fn worker_settings(
         bisect_on_error: d.bisect_batch_on_error == Some(true),
         report_batch_item_failures: d.report_batch_item_failures == Some(true),
         filters: filter_patterns(&d.filters),
+        lambda_runtime_api: (protocol::protocol(app) == AppProtocol::Lambda)
+            .then(|| protocol::LAMBDA_RUNTIME_API.parse().ok())
+            .flatten(),
+        lambda_function_arn: (protocol::protocol(app) == AppProtocol::Lambda)
+            .then(|| protocol::function_arn(app, region(app, settings).as_deref())),
     }
 }
 
@@ -361,6 +366,19 @@ pub fn deployment(
             });
         }
     }
+    let worker_image = spec
+        .worker
+        .image
+        .clone()
+        .unwrap_or_else(|| settings.image.clone());
+    protocol::apply(
+        app,
+        &mut pod,
+        processor_container.as_deref(),
+        &worker_image,
+        settings.pull_policy.as_ref(),
+        region(app, settings).as_deref(),
+    );
     if socket_dir.is_some() {
         pod.volumes.get_or_insert_with(Vec::new).push(Volume {
             name: SOCKET_VOLUME.into(),
@@ -370,12 +388,7 @@ pub fn deployment(
     }
     let worker = Container {
         name: WORKER_CONTAINER.into(),
-        image: Some(
-            spec.worker
-                .image
-                .clone()
-                .unwrap_or_else(|| settings.image.clone()),
-        ),
+        image: Some(worker_image),
         image_pull_policy: settings.pull_policy.clone(),
         args: Some(vec!["run".into()]),
         env: Some(worker_env(app, settings, consumer_arn)),
@@ -461,6 +474,8 @@ pub fn deployment(
         status: None,
     }
 }
+
+pub mod protocol;
 
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,39 @@ use crate::crd::{InitialPosition, KinesisApplication};
 
 /// Name of the container the operator injects.
 pub const WORKER_CONTAINER: &str = "kinesis-worker";
+/// `spec.processor.protocol` and the fields that go with it.
+fn protocol(processor: &crate::crd::ProcessorSpec) -> Vec<Invalid> {
+    use crate::crd::AppProtocol;
+    let mut out = Vec::new();
+    let protocol = processor.protocol.unwrap_or_default();
+    let command = processor.command.as_deref().unwrap_or_default();
+    match protocol {
+        AppProtocol::KclMultilang => {
+            if command.iter().all(|w| w.trim().is_empty()) {
+                out.push(invalid(
+                    "spec.processor.command",
+                    "protocol kcl-multilang needs the app's command line, KCL's executableName as a list: e.g. [python3, sample_kclpy_app.py]",
+                ));
+            }
+        }
+        AppProtocol::Grpc | AppProtocol::Lambda => {
+            if !command.is_empty() {
+                out.push(invalid(
+                    "spec.processor.command",
+                    "only protocol kcl-multilang runs a command: set protocol: kcl-multilang, or put the command in the container",
+                ));
+            }
+        }
+    }
+    if processor.handler.is_some() && protocol != AppProtocol::Lambda {
+        out.push(invalid(
+            "spec.processor.handler",
+            "only protocol lambda has a handler: set protocol: lambda, or remove it",
+        ));
+    }
+    out
+}
+
 /// Name of the volume holding the processor socket.
 pub const SOCKET_VOLUME: &str = "kinesis-processor";
 
@@ -298,6 +331,7 @@ pub fn validate(app: &KinesisApplication) -> Vec<Invalid> {
             ),
         ));
     }
+    out.extend(protocol(&spec.processor));
     if spec.processor.socket.is_some() && spec.processor.port.is_some() {
         out.push(invalid(
             "spec.processor",
@@ -311,6 +345,18 @@ pub fn validate(app: &KinesisApplication) -> Vec<Invalid> {
         .and_then(|p| p.volumes.as_ref())
         .map(Vec::as_slice)
         .unwrap_or_default();
+    if let Some(v) = volumes
+        .iter()
+        .find(|v| v.name == crate::deployment::protocol::BRIDGE_VOLUME)
+    {
+        out.push(invalid(
+            "spec.template.spec.volumes",
+            format!(
+                "a volume is named `{}`, the operator's bridge volume: rename it",
+                v.name
+            ),
+        ));
+    }
     if volumes.iter().any(|v| v.name == SOCKET_VOLUME) {
         out.push(invalid(
             "spec.template.spec.volumes",

@@ -105,6 +105,10 @@ pub mod env {
     pub const REPORT_BATCH_ITEM_FAILURES: &str = "REPORT_BATCH_ITEM_FAILURES";
     /// The record filters.
     pub const FILTERS: &str = "FILTERS";
+    /// Where the worker serves the Lambda Runtime API (`spec.processor.protocol: lambda`).
+    pub const LAMBDA_RUNTIME_API: &str = "LAMBDA_RUNTIME_API";
+    /// The function ARN handlers are told they run as (`Lambda-Runtime-Invoked-Function-Arn`).
+    pub const LAMBDA_FUNCTION_ARN: &str = "LAMBDA_FUNCTION_ARN";
 
     /// Every variable [`super::WorkerSettings::to_env`] renders, in its order (all of them
     /// when every setting is set): every name above but [`WORKER_ID`].
@@ -136,6 +140,8 @@ pub mod env {
         BISECT_ON_ERROR,
         REPORT_BATCH_ITEM_FAILURES,
         FILTERS,
+        LAMBDA_RUNTIME_API,
+        LAMBDA_FUNCTION_ARN,
     ];
 }
 
@@ -305,6 +311,12 @@ pub struct WorkerSettings {
     /// Record filters: EventBridge-style patterns ([`crate::filter`]), rendered as one JSON
     /// array ([`env::FILTERS`]).
     pub filters: Option<Vec<Value>>,
+    /// Serve the Lambda Runtime API here and deliver each batch as a Lambda invocation
+    /// (`spec.processor.protocol: lambda`); unset: the app serves the gRPC contract
+    /// ([`env::LAMBDA_RUNTIME_API`]).
+    pub lambda_runtime_api: Option<SocketAddr>,
+    /// The function ARN the handler is told it runs as ([`env::LAMBDA_FUNCTION_ARN`]).
+    pub lambda_function_arn: Option<String>,
 }
 
 impl WorkerSettings {
@@ -342,6 +354,8 @@ impl WorkerSettings {
             bisect_on_error,
             report_batch_item_failures,
             filters,
+            lambda_runtime_api,
+            lambda_function_arn,
         } = self;
         let number = |n: &Option<i64>| n.map(|n| n.to_string());
         let flag = |on: bool| on.then(|| "true".to_string());
@@ -389,6 +403,11 @@ impl WorkerSettings {
                     .as_ref()
                     .map(|f| Value::Array(f.clone()).to_string()),
             ),
+            (
+                env::LAMBDA_RUNTIME_API,
+                lambda_runtime_api.map(|a| a.to_string()),
+            ),
+            (env::LAMBDA_FUNCTION_ARN, lambda_function_arn.clone()),
         ];
         out.extend(
             optional
@@ -479,6 +498,8 @@ mod tests {
             bisect_on_error: false,
             report_batch_item_failures: false,
             filters: None,
+            lambda_runtime_api: None,
+            lambda_function_arn: None,
         }
     }
 

@@ -109,6 +109,8 @@ fn full() -> WorkerSettings {
             json!({"data": {"type": ["click"]}}),
             json!({"partitionKey": [{"prefix": "vip-"}]}),
         ]),
+        lambda_runtime_api: Some(SocketAddr::from(([127, 0, 0, 1], 9001))),
+        lambda_function_arn: Some("arn:aws:lambda:us-east-1:123456789012:function:counter".into()),
     }
 }
 
@@ -142,6 +144,8 @@ fn minimal() -> WorkerSettings {
         bisect_on_error: false,
         report_batch_item_failures: false,
         filters: None,
+        lambda_runtime_api: None,
+        lambda_function_arn: None,
     }
 }
 

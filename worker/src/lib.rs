@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod aws;
+pub mod import;
 pub mod metrics;
 pub mod pipeline;
 pub mod preflight;

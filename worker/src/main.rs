@@ -40,6 +40,22 @@ struct Cli {
     command: Command,
 }
 
+/// What `import` reads.
+#[derive(Subcommand, Debug)]
+enum ImportFrom {
+    /// A KCL MultiLangDaemon `.properties` file: the same applicationName, so the same lease
+    /// table and its checkpoints.
+    KclProperties {
+        /// The properties file.
+        file: std::path::PathBuf,
+    },
+    /// The JSON of `aws lambda get-event-source-mapping --uuid …`.
+    LambdaEsm {
+        /// The JSON file (`-` for stdin).
+        file: std::path::PathBuf,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Check that Kinesis and DynamoDB answer with these settings; exit 1 if either does not.
@@ -73,6 +89,11 @@ enum Command {
         #[arg(long, env = var::STREAM)]
         stream: String,
     },
+    /// Print the KinesisApplication for an existing consumer's configuration
+    /// (docs/MIGRATING.md): the manifest on stdout, every setting that has no equivalent on
+    /// stderr.
+    #[command(subcommand)]
+    Import(ImportFrom),
     /// Ask the worker running beside this command to hand every lease over and exit
     /// (`POST /drain` on its local admin port); answers once it has drained.
     Drain {
@@ -184,6 +205,15 @@ struct RunArgs {
     /// (docs/PROCESSOR.md "Filters").
     #[arg(long, env = var::FILTERS)]
     filters: Option<String>,
+    /// Serve the Lambda Runtime API (2018-06-01) here and deliver each batch to a Lambda
+    /// handler as a Kinesis event (spec.processor.protocol: lambda); the app container's
+    /// AWS_LAMBDA_RUNTIME_API names the same address. The worker then serves the record
+    /// processor on --app-address itself.
+    #[arg(long, env = var::LAMBDA_RUNTIME_API)]
+    lambda_runtime_api: Option<std::net::SocketAddr>,
+    /// With --lambda-runtime-api: the function ARN the handler is told it runs as.
+    #[arg(long, env = var::LAMBDA_FUNCTION_ARN)]
+    lambda_function_arn: Option<String>,
     /// Most records in one ProcessRecords call (1-10000); default: a GetRecords page.
     #[arg(long, env = var::BATCH_SIZE, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch_size: Option<u32>,
@@ -494,7 +524,84 @@ fn settings_of(aws: &AwsSettings, args: &RunArgs) -> anyhow::Result<contract::Wo
         bisect_on_error: args.bisect_on_error,
         report_batch_item_failures: args.report_batch_item_failures,
         filters,
+        lambda_runtime_api: args.lambda_runtime_api,
+        lambda_function_arn: args.lambda_function_arn.clone(),
     })
+}
+
+/// With `--lambda-runtime-api`: starts the Lambda adapter ([`kinesis_bridge::lambda`]), which
+/// serves the record processor on `app_address` and the Runtime API for the app container.
+/// The receiver gets its error if it stops.
+fn start_lambda(
+    aws: &AwsSettings,
+    args: &RunArgs,
+    app_address: &Address,
+) -> Option<tokio::sync::oneshot::Receiver<anyhow::Error>> {
+    let runtime_api = args.lambda_runtime_api?;
+    let region = aws
+        .region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .unwrap_or_default();
+    let function_arn = args.lambda_function_arn.clone().unwrap_or_else(|| {
+        format!(
+            "arn:aws:lambda:{region}:000000000000:function:{}",
+            args.leases.application
+        )
+    });
+    let config = kinesis_bridge::lambda::LambdaConfig {
+        runtime_api,
+        event_source_arn: event_source_arn(&args.leases.stream, &region, &function_arn),
+        function_arn,
+        region,
+        // IRSA's role, when the pod has one: what Lambda reports as the identity it
+        // invokes with.
+        invoke_identity_arn: std::env::var("AWS_ROLE_ARN").unwrap_or_default(),
+        invocation_timeout: Duration::from_millis(args.app_call_timeout_ms),
+    };
+    let (failed, on_failure) = tokio::sync::oneshot::channel();
+    let address = app_address.clone();
+    tokio::spawn(async move {
+        tracing::info!(runtime_api = %config.runtime_api, app = %address, "serving the Lambda Runtime API");
+        // The adapter lives as long as the worker: it stops with the process, after the
+        // last hand-over.
+        let result = kinesis_bridge::lambda::run(config, &address, std::future::pending()).await;
+        let e = match result {
+            Ok(()) => anyhow::anyhow!("the Lambda adapter stopped"),
+            Err(e) => anyhow::Error::new(e),
+        };
+        tracing::error!(error = %e, "the Lambda adapter stopped");
+        let _ = failed.send(e);
+    });
+    Some(on_failure)
+}
+
+/// The stream's ARN as Lambda's event names it: the stream as given when it is an ARN,
+/// else built from its name, the region and the function's account.
+fn event_source_arn(stream: &str, region: &str, function_arn: &str) -> String {
+    if stream.starts_with("arn:") {
+        return stream.to_string();
+    }
+    let account = function_arn.split(':').nth(4).unwrap_or("000000000000");
+    format!("arn:aws:kinesis:{region}:{account}:stream/{stream}")
+}
+
+/// `import`: reads the file, prints the manifest and reports what was not imported.
+fn import(from: &ImportFrom) -> anyhow::Result<()> {
+    let read = |file: &std::path::Path| -> anyhow::Result<String> {
+        if file.as_os_str() == "-" {
+            return std::io::read_to_string(std::io::stdin()).context("reading stdin");
+        }
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
+    };
+    let imported = match from {
+        ImportFrom::KclProperties { file } => kinesis_worker::import::kcl_properties(&read(file)?),
+        ImportFrom::LambdaEsm { file } => kinesis_worker::import::lambda_esm(&read(file)?),
+    }?;
+    let yaml = imported.to_yaml()?;
+    println!("{}", yaml.trim_end());
+    eprint!("{}", imported.report());
+    Ok(())
 }
 
 /// `run --print-settings`: prints [`settings_of`] as JSON; starts nothing.
@@ -522,6 +629,7 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
     check_failure_policy(&args)?;
     let filters = parse_filters(args.filters.as_deref())?;
     let app_address: Address = args.app_address.parse()?;
+    let lambda_failed = start_lambda(settings, &args, &app_address);
     let app = App::new(&app_address, metrics.clone())?;
     let (drain, drained) = Drain::new();
     let sdk = settings.sdk_config().await;
@@ -548,7 +656,17 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
     tracing::info!(admin = %args.admin_address, local = %args.local_admin_address, app = %app_address, "admin port listening");
 
     // Take no lease before the app answers: another worker may serve the shards meanwhile.
-    if !wait_for_app(&app, &app_address).await {
+    let app_ready = match lambda_failed {
+        Some(failed) => tokio::select! {
+            ready = wait_for_app(&app, &app_address) => ready,
+            Ok(e) = failed => {
+                admin.stop().await;
+                return Err(e);
+            }
+        },
+        None => wait_for_app(&app, &app_address).await,
+    };
+    if !app_ready {
         admin.stop().await;
         return Ok(());
     }
@@ -831,6 +949,13 @@ async fn run(malloc: kinesis_processor::malloc::Tuning) -> ExitCode {
                 println!("{answer}");
                 ExitCode::SUCCESS
             }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Import(from) => match import(&from) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE

@@ -18,6 +18,45 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("pageview-counter", "localhost/pageview-counter:dev"),
 ];
 
+/// Where the worker's image carries the static kinesis-bridge (the operator's
+/// `deployment::protocol::BRIDGE_IN_IMAGE`).
+const BRIDGE_IN_IMAGE: &str = "/kinesis-bridge";
+
+/// The target the static bridge is built for.
+const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Builds `kinesis-bridge` as one static executable (glibc linked in: `crt-static`), so it
+/// runs in any Linux app image, whatever its C library. Its own target folder, so the
+/// flags never invalidate the workspace's build. Returns its path.
+pub fn static_bridge(release: bool) -> Result<PathBuf> {
+    step("building kinesis-bridge as a static executable");
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("static");
+    let mut build = cargo();
+    build
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("CARGO_TARGET_DIR", &dir)
+        .args([
+            "build",
+            "-p",
+            "kinesis-bridge",
+            "--bin",
+            "kinesis-bridge",
+            "--target",
+            STATIC_TARGET,
+        ]);
+    if release {
+        build.arg("--release");
+    }
+    run(&mut build)?;
+    Ok(dir
+        .join(STATIC_TARGET)
+        .join(if release { "release" } else { "debug" })
+        .join("kinesis-bridge"))
+}
+
 /// Debian's CA bundle (package ca-certificates), copied into every program image.
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -63,6 +102,13 @@ pub fn images(paths: &Paths, release: bool) -> Result<()> {
         .join(if release { "release" } else { "debug" });
     let work = paths.cache.join("image-build");
     std::fs::create_dir_all(&work)?;
+    let bridge = static_bridge(release)?;
+    let bridge_stripped = work.join("kinesis-bridge.stripped");
+    run(Command::new("strip")
+        .arg("-o")
+        .arg(&bridge_stripped)
+        .arg(&bridge))
+    .context("stripping kinesis-bridge")?;
     for (program, reference) in PROGRAMS {
         let stripped = work.join(format!("{program}.stripped"));
         run(Command::new("strip")
@@ -70,14 +116,19 @@ pub fn images(paths: &Paths, release: bool) -> Result<()> {
             .arg(&stripped)
             .arg(target.join(program)))
         .with_context(|| format!("stripping {program}"))?;
+        let mut files = vec![
+            (stripped.clone(), format!("/usr/local/bin/{program}")),
+            // The trust store for TLS to AWS (the SDK loads the platform's roots).
+            (PathBuf::from(CA_BUNDLE), CA_BUNDLE.to_string()),
+        ];
+        if *program == "kinesis-worker" {
+            // The operator's init container copies it into kcl-multilang app containers.
+            files.push((bridge_stripped.clone(), BRIDGE_IN_IMAGE.to_string()));
+        }
         build_and_import(
             &Image {
                 reference,
-                files: vec![
-                    (stripped.clone(), format!("/usr/local/bin/{program}")),
-                    // The trust store for TLS to AWS (the SDK loads the platform's roots).
-                    (PathBuf::from(CA_BUNDLE), CA_BUNDLE.to_string()),
-                ],
+                files,
                 entrypoint: &format!("/usr/local/bin/{program}"),
                 user: NONROOT,
                 with_libraries: true,
@@ -87,5 +138,6 @@ pub fn images(paths: &Paths, release: bool) -> Result<()> {
         )?;
         std::fs::remove_file(&stripped)?;
     }
+    std::fs::remove_file(&bridge_stripped)?;
     Ok(())
 }

@@ -455,3 +455,112 @@ fn polling_renders_no_consumer_and_the_user_s_env_wins() {
         .count();
     assert_eq!(log_formats, 1, "replaced, not doubled");
 }
+
+#[test]
+fn kcl_multilang_runs_the_users_command_behind_the_bridge_copied_in_by_an_init_container() {
+    let a = app(json!({
+        "processor": {"protocol": "kcl-multilang", "command": ["python3", "sample_kclpy_app.py"]},
+        "template": {"spec": {"containers": [
+            {"name": "app", "image": "python:3.11-slim", "args": ["--verbose"]}
+        ]}}
+    }));
+    let p = pod(&deployment(&a, 1, &settings(), None));
+    let app_c = &p.containers[0];
+    assert_eq!(
+        app_c.command.clone().unwrap_or_default(),
+        [
+            "/opt/kinesis-bridge/kinesis-bridge",
+            "multilang",
+            "--",
+            "python3",
+            "sample_kclpy_app.py"
+        ]
+    );
+    assert_eq!(
+        app_c.args,
+        Some(vec!["--verbose".to_string()]),
+        "the container's args follow"
+    );
+    assert_eq!(
+        app_c.image.as_deref(),
+        Some("python:3.11-slim"),
+        "the image is the user's"
+    );
+    let mounts = app_c.volume_mounts.clone().unwrap_or_default();
+    assert!(
+        mounts.iter().any(|m| m.name == "kinesis-bridge"
+            && m.mount_path == "/opt/kinesis-bridge"
+            && m.read_only == Some(true)),
+        "{mounts:?}"
+    );
+    let init = p.init_containers.clone().unwrap_or_default();
+    assert_eq!(init.len(), 1);
+    assert_eq!(
+        init[0].image.as_deref(),
+        Some("localhost/kinesis-worker:dev")
+    );
+    assert_eq!(
+        init[0].command.clone().unwrap_or_default(),
+        ["/kinesis-bridge", "install", "/opt/kinesis-bridge"]
+    );
+    assert!(
+        p.volumes
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .any(|v| v.name == "kinesis-bridge" && v.empty_dir.is_some())
+    );
+    // The worker is unchanged: the bridge serves the gRPC contract on the socket.
+    let worker = env_of(&p.containers[1]);
+    assert!(!worker.contains_key("LAMBDA_RUNTIME_API"));
+}
+
+#[test]
+fn lambda_points_the_function_at_the_workers_runtime_api() {
+    let a = app(json!({
+        "stream": {"arn": "arn:aws:kinesis:us-east-2:123456789012:stream/Pageviews"},
+        "processor": {"protocol": "lambda", "handler": "app.handler"},
+        "template": {"spec": {"containers": [{"name": "app", "image": "my-function:1",
+            "resources": {"limits": {"memory": "512Mi"}},
+            "env": [{"name": "AWS_LAMBDA_FUNCTION_NAME", "value": "mine"}]}]}}
+    }));
+    let p = pod(&deployment(&a, 1, &settings(), None));
+    let app_env = env_of(&p.containers[0]);
+    assert_eq!(
+        app_env.get("AWS_LAMBDA_RUNTIME_API").map(String::as_str),
+        Some("127.0.0.1:9001")
+    );
+    assert_eq!(
+        app_env.get("_HANDLER").map(String::as_str),
+        Some("app.handler")
+    );
+    assert_eq!(
+        app_env
+            .get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+            .map(String::as_str),
+        Some("512")
+    );
+    assert_eq!(
+        app_env.get("AWS_REGION").map(String::as_str),
+        Some("us-east-2")
+    );
+    assert_eq!(
+        app_env.get("AWS_LAMBDA_FUNCTION_NAME").map(String::as_str),
+        Some("mine"),
+        "what the user set wins"
+    );
+    assert_eq!(
+        p.containers[0].command, None,
+        "the image starts as it does on Lambda"
+    );
+    assert!(p.init_containers.is_none());
+    let worker = env_of(&p.containers[1]);
+    assert_eq!(
+        worker.get("LAMBDA_RUNTIME_API").map(String::as_str),
+        Some("127.0.0.1:9001")
+    );
+    assert_eq!(
+        worker.get("LAMBDA_FUNCTION_ARN").map(String::as_str),
+        Some("arn:aws:lambda:us-east-2:123456789012:function:counter")
+    );
+}

@@ -313,3 +313,49 @@ fn an_application_name_outside_the_namespace_needs_the_administrator() {
     }
     assert_eq!(application_name_refused(&legacy, &none), None);
 }
+
+#[test]
+fn each_protocol_asks_for_its_own_fields() {
+    assert_eq!(
+        validate(&app(json!({"processor": {"protocol": "kcl-multilang",
+            "command": ["python3", "sample_kclpy_app.py"]}}))),
+        vec![]
+    );
+    assert_eq!(
+        validate(&app(
+            json!({"processor": {"protocol": "lambda", "handler": "app.handler"}})
+        )),
+        vec![]
+    );
+    assert!(
+        one(&app(json!({"processor": {"protocol": "kcl-multilang"}}))).starts_with(
+            "spec.processor.command: protocol kcl-multilang needs the app's command line"
+        )
+    );
+    assert!(
+        one(&app(
+            json!({"processor": {"protocol": "kcl-multilang", "command": [" "]}})
+        ))
+        .starts_with("spec.processor.command:")
+    );
+    assert!(
+        one(&app(
+            json!({"processor": {"command": ["python3", "app.py"]}})
+        ))
+        .contains("only protocol kcl-multilang runs a command")
+    );
+    assert!(
+        one(&app(
+            json!({"processor": {"protocol": "grpc", "handler": "app.handler"}})
+        ))
+        .contains("only protocol lambda has a handler")
+    );
+    let mut clash = app(json!({"processor": {"protocol": "kcl-multilang", "command": ["x"]}}));
+    if let Some(pod) = clash.spec.template.spec.as_mut() {
+        pod.volumes = Some(vec![k8s_openapi::api::core::v1::Volume {
+            name: "kinesis-bridge".into(),
+            ..Default::default()
+        }]);
+    }
+    assert!(one(&clash).contains("the operator's bridge volume"));
+}
