@@ -1278,6 +1278,16 @@ impl LeaseTable {
             .client
             .update_table()
             .table_name(&self.name)
+            // The table's own key too: DynamoDB merges the definitions, but an emulator that
+            // replaces them (moto) would otherwise lose the key's type, and every later
+            // worker would refuse the table.
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(attr::LEASE_KEY)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .map_err(invalid)?,
+            )
             .attribute_definitions(
                 AttributeDefinition::builder()
                     .attribute_name(attr::LEASE_OWNER)

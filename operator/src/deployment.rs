@@ -17,7 +17,7 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
     HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSpec, PodTemplateSpec,
     Probe, ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
@@ -433,7 +433,29 @@ pub fn deployment(
         }),
         ..Default::default()
     };
-    pod.containers.push(worker);
+    if protocol::protocol(app) == AppProtocol::Lambda {
+        // A Lambda runtime client exits when the Runtime API does not answer its first
+        // `next`: the worker goes first, and the kubelet starts the app only once the
+        // worker's postStart hook has seen the Runtime API listen (as Lambda has it up before
+        // the runtime starts).
+        let mut worker = worker;
+        worker.lifecycle = Some(Lifecycle {
+            post_start: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec![
+                        "/usr/local/bin/kinesis-worker".into(),
+                        "wait-listening".into(),
+                        protocol::LAMBDA_RUNTIME_API.into(),
+                    ]),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        pod.containers.insert(0, worker);
+    } else {
+        pod.containers.push(worker);
+    }
     pod.termination_grace_period_seconds = Some(grace_period(app));
     if spec
         .aws

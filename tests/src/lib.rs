@@ -92,6 +92,10 @@ pub struct TestEnv {
     /// an environment brought up by an older `env up`).
     #[serde(default)]
     pub kclpy: Option<PathBuf>,
+    /// The `node_modules` folder holding npm's aws-kcl, for NODE_PATH (`None` in an
+    /// environment brought up by an older `env up`).
+    #[serde(default)]
+    pub aws_kcl: Option<PathBuf>,
 }
 
 /// The environment file: `$KINESIS_OPERATOR_ENV_FILE`, else `env.json` in the environment

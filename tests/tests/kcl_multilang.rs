@@ -1,6 +1,7 @@
 //! KCL MultiLang apps, unchanged: amazon-kclpy's own sample app (from its PyPI sdist, not a
-//! line changed) behind `kinesis-bridge multilang`, fed by `kinesis-worker run` from
-//! kinesis-mock, with its leases and checkpoints in moto's DynamoDB.
+//! line changed) and a Node.js consumer on npm's aws-kcl, each behind `kinesis-bridge
+//! multilang`, fed by `kinesis-worker run` from kinesis-mock, with leases and checkpoints in
+//! moto's DynamoDB.
 //!
 //! The sample prints `Record (Partition Key: K, Sequence Number: S, …` to stderr for each
 //! record; the bridge logs its children's stderr, and the test accounts for every record put
@@ -253,6 +254,97 @@ async fn the_kclpy_sample_app_gets_every_record_in_order_through_a_crash_and_a_h
     assert!(
         pids.iter().all(|pid| !alive(*pid)),
         "no child left: {pids:?}"
+    );
+    p.cleanup().await
+}
+
+/// `leaseKey → checkpoint` of the pipeline's lease table.
+async fn checkpoints(p: &Pipeline) -> Result<BTreeMap<String, String>> {
+    let table = p
+        .env
+        .dynamodb()
+        .await
+        .scan()
+        .table_name(&p.app)
+        .send()
+        .await?;
+    Ok(table
+        .items()
+        .iter()
+        .filter_map(|i| {
+            Some((
+                i.get("leaseKey")?.as_s().ok()?.clone(),
+                i.get("checkpoint")?.as_s().ok()?.clone(),
+            ))
+        })
+        .collect())
+}
+
+/// npm's aws-kcl (2.3.2, pure JavaScript, installed unchanged) with a consumer written against
+/// its public API the way the upstream sample is (tests/kcl/sample_kcl_app.js). It logs on
+/// stdout, the protocol's own channel: those lines are skipped, every record arrives in key
+/// order, and its per-batch checkpoints reach the table.
+#[tokio::test]
+async fn the_aws_kcl_node_consumer_gets_every_record_in_order_and_its_stdout_logs_are_skipped()
+-> Result<()> {
+    let p = Pipeline::new(2).await?;
+    let node_path = p
+        .env
+        .aws_kcl
+        .clone()
+        .ok_or("env.json names no aws-kcl: run `cargo xtask env up`")?;
+    let socket = p.dir.join("bridge.sock");
+    let address = format!("unix://{}", socket.display());
+    let app = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kcl/sample_kcl_app.js");
+    let mut cmd = Command::new(binary("kinesis-bridge")?);
+    cmd.env("NODE_PATH", &node_path)
+        .env("LOG_LEVEL", "info")
+        .args(["multilang", "--address", &address, "--", "node"])
+        .arg(&app);
+    let bridge = Proc::spawn(cmd, p.dir.join("bridge.log"))?;
+    until_socket(&socket)
+        .await
+        .map_err(|e| format!("{e}: {}", bridge.log_tail()))?;
+    let worker = p.worker("w1", &address, &[])?;
+    let keys = 6;
+    let puts = put(&p, keys, 0, 30).await?;
+    until_printed(&bridge, puts.len()).await?;
+
+    let log = bridge.log_text();
+    assert!(
+        log.contains("not a protocol message, skipped") && log.contains("initialize shardId-"),
+        "the consumer's own stdout lines are logged and skipped:\n{}",
+        bridge.log_tail()
+    );
+    let by_seq: HashMap<&str, &Put> = puts.iter().map(|r| (r.seq.as_str(), r)).collect();
+    let deliveries: Vec<(String, usize)> = printed_sequence_numbers(&log)
+        .iter()
+        .filter_map(|s| by_seq.get(s.as_str()).map(|r| (r.key.clone(), r.index)))
+        .collect();
+    let key_names: Vec<String> = (0..keys).map(|k| format!("key-{k}")).collect();
+    let accounting = account(&deliveries, &key_names, 30);
+    assert!(accounting.holds(), "{accounting:?}");
+    assert_eq!(accounting.duplicates, 0, "{accounting:?}");
+
+    // Each batch's checkpoint (the consumer names its last sequence number) is written at
+    // the next flush; a graceful stop writes the rest.
+    let code = worker.stop(Duration::from_secs(30)).await?;
+    assert_eq!(code, Some(0));
+    let mut last: BTreeMap<&str, &str> = BTreeMap::new();
+    for r in &puts {
+        last.insert(&r.shard, &r.seq);
+    }
+    let cps = checkpoints(&p).await?;
+    for (shard, seq) in &last {
+        assert_eq!(
+            cps.get(*shard).map(String::as_str),
+            Some(*seq),
+            "shard {shard}: {cps:?}"
+        );
+    }
+    assert!(
+        bridge.log_text().contains("shutdown requested shardId-"),
+        "the consumer's shutdownRequested ran"
     );
     p.cleanup().await
 }

@@ -83,6 +83,40 @@ async fn open_creates_the_table_once_and_refuses_a_foreign_schema() -> Result<()
     Ok(())
 }
 
+/// A table KCL created (its key only, no owner index) gets the owner index from the first
+/// worker, and every worker after it still opens it: adding the index must not lose the
+/// table's own key definition (moto replaces the definitions on UpdateTable).
+#[tokio::test]
+async fn a_kcl_table_keeps_its_key_when_the_owner_index_is_added() -> Result<()> {
+    let env = TestEnv::require();
+    let client = env.dynamodb().await;
+    let name = unique_name("kcl-made");
+    client
+        .create_table()
+        .table_name(&name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("leaseKey")
+                .attribute_type(ScalarAttributeType::S)
+                .build()?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("leaseKey")
+                .key_type(KeyType::Hash)
+                .build()?,
+        )
+        .send()
+        .await?;
+    let first = LeaseTable::open(client.clone(), &name, false).await?;
+    first.ensure_owner_index().await?;
+    let second = LeaseTable::open(client.clone(), &name, false).await;
+    assert!(second.is_ok(), "{:?}", second.err().map(|e| e.to_string()));
+    let _ = client.delete_table().table_name(&name).send().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn creating_a_lease_is_idempotent() -> Result<()> {
     let (t, _) = table().await?;

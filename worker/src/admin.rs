@@ -146,6 +146,18 @@ async fn drained(State(s): State<AdminState>) -> (StatusCode, &'static str) {
     )
 }
 
+/// `/drained` under any number of leading slashes; anything else is not found.
+async fn kubelet_drained(
+    State(s): State<AdminState>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> (StatusCode, &'static str) {
+    if method == axum::http::Method::GET && uri.path().trim_start_matches('/') == "drained" {
+        return drained(State(s)).await;
+    }
+    (StatusCode::NOT_FOUND, "not found\n")
+}
+
 async fn drain(State(s): State<AdminState>) -> &'static str {
     s.drain.request_and_wait().await;
     "drained: every lease handed over or released\n"
@@ -242,6 +254,10 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/drained", get(drained))
+        // The kubelet of Kubernetes 1.20 asks a preStop HTTP hook for "/" + its path, so
+        // `//drained`: a 404 there would end the hook at once and stop the app before the
+        // hand-over.
+        .fallback(kubelet_drained)
         .with_state(state.clone());
     let private = Router::new().route("/drain", post(drain)).with_state(state);
     let (stop, stopped) = watch::channel(false);

@@ -94,6 +94,16 @@ enum Command {
     /// stderr.
     #[command(subcommand)]
     Import(ImportFrom),
+    /// Wait until something listens on ADDRESS (TCP), then exit 0; exit 1 after --timeout
+    /// seconds. The postStart hook of a `lambda` application's worker container: the kubelet
+    /// starts the function's container only once the Runtime API is up.
+    WaitListening {
+        /// `host:port`, e.g. 127.0.0.1:9001.
+        address: std::net::SocketAddr,
+        /// Seconds to wait at most.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// Ask the worker running beside this command to hand every lease over and exit
     /// (`POST /drain` on its local admin port); answers once it has drained.
     Drain {
@@ -954,6 +964,19 @@ async fn run(malloc: kinesis_processor::malloc::Tuning) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::WaitListening { address, timeout } => {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+            loop {
+                if tokio::net::TcpStream::connect(address).await.is_ok() {
+                    return ExitCode::SUCCESS;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    eprintln!("error: nothing listens on {address} after {timeout} s");
+                    return ExitCode::FAILURE;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         Command::Import(from) => match import(&from) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

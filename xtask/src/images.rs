@@ -29,7 +29,7 @@ pub struct Image<'a> {
 }
 
 /// Shared libraries (and the loader) a dynamically linked program needs, from `ldd`.
-fn libraries(program: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn libraries(program: &Path) -> Result<Vec<PathBuf>> {
     let text = output(Command::new("ldd").arg(program))?;
     if text.contains("statically linked") || text.contains("not a dynamic executable") {
         return Ok(Vec::new());

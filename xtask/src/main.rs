@@ -12,6 +12,7 @@ mod images;
 mod install;
 mod paths;
 mod programs;
+mod python_image;
 mod sh;
 mod test;
 
@@ -51,7 +52,8 @@ fn real_main() -> Result<()> {
         ["env", "up"] => env::up(&paths),
         ["env", "down"] => env::down(&paths),
         ["env", "status"] => env::status(&paths),
-        ["images", rest @ ..] => programs::images(&paths, rest.contains(&"--release")),
+        ["images", rest @ ..] => programs::images(&paths, rest.contains(&"--release"))
+            .and_then(|()| programs::test_images(&paths)),
         ["test", rest @ ..] => test::test(&paths, rest.contains(&"--keep-env")),
         ["help" | "-h" | "--help"] | [] => {
             println!("{USAGE}");

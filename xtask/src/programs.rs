@@ -18,6 +18,12 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("pageview-counter", "localhost/pageview-counter:dev"),
 ];
 
+/// The images only tests use (not the demo's): the Python consumers' app image.
+pub fn test_images(paths: &Paths) -> Result<()> {
+    let socket = env::containerd_socket(paths)?;
+    crate::python_image::build(paths, &socket)
+}
+
 /// Where the worker's image carries the static kinesis-bridge (the operator's
 /// `deployment::protocol::BRIDGE_IN_IMAGE`).
 const BRIDGE_IN_IMAGE: &str = "/kinesis-bridge";

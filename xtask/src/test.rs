@@ -19,6 +19,7 @@ pub fn test(paths: &Paths, keep_env: bool) -> Result<()> {
     let result = (|| {
         env::up(paths)?;
         images(paths, false)?;
+        crate::programs::test_images(paths)?;
         step("cargo clippy");
         run(cargo().args([
             "clippy",

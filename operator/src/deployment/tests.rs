@@ -525,7 +525,7 @@ fn lambda_points_the_function_at_the_workers_runtime_api() {
             "env": [{"name": "AWS_LAMBDA_FUNCTION_NAME", "value": "mine"}]}]}}
     }));
     let p = pod(&deployment(&a, 1, &settings(), None));
-    let app_env = env_of(&p.containers[0]);
+    let app_env = env_of(&p.containers[1]);
     assert_eq!(
         app_env.get("AWS_LAMBDA_RUNTIME_API").map(String::as_str),
         Some("127.0.0.1:9001")
@@ -549,12 +549,31 @@ fn lambda_points_the_function_at_the_workers_runtime_api() {
         Some("mine"),
         "what the user set wins"
     );
+    // The worker first, held by its postStart hook until the Runtime API listens: the
+    // kubelet starts the function only then.
+    assert_eq!(p.containers[0].name, "kinesis-worker");
+    let post_start = p.containers[0]
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.post_start.as_ref())
+        .and_then(|h| h.exec.as_ref())
+        .and_then(|e| e.command.clone())
+        .unwrap_or_default();
     assert_eq!(
-        p.containers[0].command, None,
+        post_start,
+        [
+            "/usr/local/bin/kinesis-worker",
+            "wait-listening",
+            "127.0.0.1:9001"
+        ]
+    );
+    assert_eq!(p.containers[1].name, "app");
+    assert_eq!(
+        p.containers[1].command, None,
         "the image starts as it does on Lambda"
     );
     assert!(p.init_containers.is_none());
-    let worker = env_of(&p.containers[1]);
+    let worker = env_of(&p.containers[0]);
     assert_eq!(
         worker.get("LAMBDA_RUNTIME_API").map(String::as_str),
         Some("127.0.0.1:9001")

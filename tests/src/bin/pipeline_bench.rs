@@ -15,7 +15,13 @@
 //! `sdk,cbor,json`), `--latency-records N` (default 300); `--callgrind DIR`: instead, one read
 //! of `--records` 100-byte records per client by a worker under valgrind's callgrind (from
 //! the synthetic endpoint with `--synthetic`).
-//! `--only throughput|synthetic|memory|latency|lanes` runs one part. `synthetic`: the same
+//! `--only throughput|synthetic|memory|latency|lanes|protocols` runs one part. `protocols`:
+//! the synthetic endpoint's 8 shards of `--per-shard N` 100-byte records (default 25000) read
+//! once per app protocol: gRPC to the do-nothing `record-app`, KCL MultiLang through
+//! `kinesis-bridge` to a do-nothing kclpy app (`tests/kcl/nothing_kclpy_app.py`), and Lambda
+//! through the worker's Runtime API to a do-nothing handler under awslambdaric
+//! (`tests/lambda/nothing_handler.py`); the CPU of the worker, the bridge and the app
+//! processes per million records. `synthetic`: the same
 //! reads from `tests/src/synthetic.rs` (8 shards of `--per-shard N` records, default 100000,
 //! a quarter of that for 1 KB; `--indefinite` for indefinite-length CBOR; `--app python` for
 //! the Python example instead of the do-nothing Rust app; `--size 100|1024` for one size;
@@ -27,7 +33,7 @@ use std::time::{Duration, Instant};
 use kinesis_operator_tests::pipeline::{
     App, Pipeline, Worker, http_get, metric, received, until_socket,
 };
-use kinesis_operator_tests::process::Proc;
+use kinesis_operator_tests::process::{Proc, binary};
 use kinesis_operator_tests::synthetic::{Config as SyntheticConfig, Shape, SyntheticKinesis};
 use kinesis_operator_tests::wait_for;
 
@@ -175,6 +181,183 @@ async fn synthetic(
     drop(app);
     drop(server);
     p.cleanup().await
+}
+
+/// The processes of one protocol's app side, and the worker flags it needs.
+struct Side {
+    /// Long-lived processes (record-app; the bridge; the handler's runtime client).
+    procs: Vec<Proc>,
+    /// The address the worker delivers to.
+    address: String,
+    /// The bridge's process, whose log names its children.
+    bridge: Option<usize>,
+}
+
+/// The pids of the children the bridge's log names.
+fn bridge_children(bridge: &Proc) -> Vec<u32> {
+    bridge
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("started the app's process"))
+        .filter_map(|l| l.rsplit("pid=").next()?.trim().parse().ok())
+        .collect()
+}
+
+/// CPU seconds of `pids`, those that are gone counting 0.
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|p| cpu_seconds(*p).ok()).sum()
+}
+
+/// One read of the synthetic endpoint per app protocol (`--only protocols`).
+async fn protocols(per_shard: u64) -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for protocol in ["grpc", "kcl-multilang", "lambda"] {
+        let mut p = Pipeline::new(1).await?;
+        p.test_timings = false;
+        let server = SyntheticKinesis::start(SyntheticConfig {
+            shards: 8,
+            per_shard,
+            record_size: 100,
+            page: 10_000,
+            shape: Shape::Definite,
+            keys: 1000,
+        })
+        .await?;
+        server.set_open(false);
+        let socket = p.dir.join("app.sock");
+        let address = format!("unix://{}", socket.display());
+        let runtime_api = format!(
+            "127.0.0.1:{}",
+            std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port()
+        );
+        let mut extra = vec![
+            "--kinesis-endpoint",
+            server.endpoint.as_str(),
+            "--read-kb-per-second",
+            "0",
+            "--get-records-client",
+            "cbor",
+        ];
+        let mut side = match protocol {
+            "grpc" => {
+                let app = p.app_with("nothing", false, &[]).await?;
+                Side {
+                    address: app.address.clone(),
+                    procs: vec![app.proc],
+                    bridge: None,
+                }
+            }
+            "kcl-multilang" => {
+                let kclpy = p
+                    .env
+                    .kclpy
+                    .clone()
+                    .ok_or("env.json names no amazon_kclpy")?;
+                let mut cmd = std::process::Command::new(binary("kinesis-bridge")?);
+                cmd.env("PYTHONPATH", &kclpy)
+                    .args(["multilang", "--address", &address, "--"])
+                    .arg(&p.env.python)
+                    .arg(root.join("kcl/nothing_kclpy_app.py"));
+                let bridge = Proc::spawn(cmd, p.dir.join("bridge.log"))?;
+                until_socket(&socket).await?;
+                Side {
+                    procs: vec![bridge],
+                    address: address.clone(),
+                    bridge: Some(0),
+                }
+            }
+            _ => {
+                extra.extend(["--lambda-runtime-api", runtime_api.as_str()]);
+                Side {
+                    procs: Vec::new(),
+                    address: address.clone(),
+                    bridge: None,
+                }
+            }
+        };
+        let w = p.worker_for(
+            &kinesis_operator_tests::unique_name("bench"),
+            "bench",
+            &side.address,
+            &extra,
+        )?;
+        if protocol == "lambda" {
+            until_socket(&socket).await?;
+            let mut cmd = std::process::Command::new(&p.env.python);
+            cmd.current_dir(root.join("lambda"))
+                .env("AWS_LAMBDA_RUNTIME_API", &runtime_api)
+                .args(["-m", "awslambdaric", "nothing_handler.handle"]);
+            side.procs
+                .push(Proc::spawn(cmd, p.dir.join("handler.log"))?);
+        }
+        wait_for(
+            "8 leases",
+            Duration::from_secs(120),
+            Duration::from_millis(20),
+            || async { (leases(&w).await >= 8.0).then_some(()) },
+        )
+        .await?;
+        let children = match side.bridge {
+            Some(i) => {
+                let bridge = &side.procs[i];
+                wait_for(
+                    "8 children",
+                    Duration::from_secs(60),
+                    Duration::from_millis(20),
+                    || {
+                        let n = bridge_children(bridge).len();
+                        async move { (n >= 8).then_some(()) }
+                    },
+                )
+                .await?;
+                bridge_children(bridge)
+            }
+            None => Vec::new(),
+        };
+        let app_pids: Vec<u32> = side.procs.iter().map(Proc::pid).collect();
+        let pid = w.proc.pid();
+        let n = (per_shard * 8) as f64;
+        let (cpu0, app0, kids0, t0) = (
+            cpu_seconds(pid)?,
+            cpu_of(&app_pids),
+            cpu_of(&children),
+            Instant::now(),
+        );
+        server.set_open(true);
+        wait_for(
+            "all records",
+            Duration::from_secs(900),
+            Duration::from_millis(50),
+            || async { (delivered(&w).await >= n).then_some(()) },
+        )
+        .await?;
+        let wall = t0.elapsed().as_secs_f64();
+        let (worker, app, kids) = (
+            cpu_seconds(pid)? - cpu0,
+            cpu_of(&app_pids) - app0,
+            cpu_of(&children) - kids0,
+        );
+        let per_m = |cpu: f64| cpu / n * 1e6;
+        let (bridge_cpu, app_cpu) = match protocol {
+            "kcl-multilang" => (app, kids),
+            _ => (0.0, app),
+        };
+        println!(
+            "protocol {protocol:>13}: {n:.0} records of 100 B in {wall:.2} s = {:.0} records/s; CPU per million records: worker {:.2} s, bridge {:.2} s, app {:.2} s, all {:.2} s",
+            n / wall,
+            per_m(worker),
+            per_m(bridge_cpu),
+            per_m(app_cpu),
+            per_m(worker + bridge_cpu + app_cpu),
+        );
+        drop(w);
+        drop(side);
+        drop(server);
+        p.cleanup().await?;
+    }
+    Ok(())
 }
 
 /// The app the synthetic reads deliver to (`--app rust|python`).
@@ -616,6 +799,9 @@ async fn main() -> Result<()> {
     }
     if run("latency") {
         latency(get("--latency-records", 300)).await?;
+    }
+    if run("protocols") {
+        protocols(get("--per-shard", 25_000) as u64).await?;
     }
     if run("lanes") {
         lanes(get("--lanes-records", 2_000)).await?;

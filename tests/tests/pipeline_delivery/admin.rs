@@ -50,17 +50,21 @@ async fn an_unready_app_holds_the_worker_back_and_drain_hands_everything_over() 
         2,
         "still owned"
     );
-    // The app's preStop hook waits on /drained, which starts nothing by itself...
-    let waiting = {
+    // The app's preStop hook waits on /drained, which starts nothing by itself. The kubelet
+    // of Kubernetes 1.20 asks for `//drained` (it joins "/" and the hook's path); that waits
+    // too, instead of a 404 that would let the app stop before the hand-over.
+    let wait_on = |path: &'static str| {
         let admin = w.admin.clone();
-        tokio::spawn(async move {
-            http_get(&admin, "/drained")
-                .await
-                .map_err(|e| e.to_string())
-        })
+        tokio::spawn(async move { http_get(&admin, path).await.map_err(|e| e.to_string()) })
     };
+    let waiting = wait_on("/drained");
+    let waiting_kubelet = wait_on("//drained");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "/drained waits for a drain");
+    assert!(
+        !waiting_kubelet.is_finished(),
+        "//drained (the kubelet's path) waits for a drain"
+    );
     assert_eq!(
         owners(&p).await?.values().flatten().count(),
         2,
@@ -79,6 +83,11 @@ async fn an_unready_app_holds_the_worker_back_and_drain_hands_everything_over() 
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("drained"));
     let (status, body) = waiting.await??;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "drained: every lease handed over or released\n")
+    );
+    let (status, body) = waiting_kubelet.await??;
     assert_eq!(
         (status, body.as_str()),
         (200, "drained: every lease handed over or released\n")

@@ -113,6 +113,7 @@ pub fn install_all(paths: &Paths) -> Result<()> {
     install::moto(paths)?;
     install::python_examples(paths)?;
     install::kclpy(paths)?;
+    install::aws_kcl(paths)?;
     install::helm(paths)
 }
 
@@ -365,6 +366,8 @@ pub fn up(paths: &Paths) -> Result<()> {
         "moto_server": paths.moto_venv().join("bin/moto_server"),
         // amazon_kclpy's package and samples, for PYTHONPATH.
         "kclpy": paths.kclpy(),
+        // aws-kcl's node_modules, for NODE_PATH.
+        "aws_kcl": paths.aws_kcl(),
     });
     write_atomic(&paths.env_file(), serde_json::to_vec_pretty(&env)?)?;
     step(format!(

@@ -1,0 +1,578 @@
+//! Consumers people already have, in pods on the test cluster through the operator, unchanged:
+//! amazon-kclpy's own sample app (`spec.processor.protocol: kcl-multilang`, behind the
+//! kinesis-bridge the operator copies into the app container) and a Lambda handler under the
+//! real runtime interface client (`protocol: lambda`, `python -m awslambdaric`), both in
+//! `localhost/python-consumers:dev` (a CPython with the libraries from PyPI, no bridge).
+//!
+//! Each run: records put, a reshard 2 → 4 while records keep coming, a rolling restart in the
+//! middle, more records; every record accounted for from the app containers' logs (followed
+//! with `kubectl logs -f` from each pod's start, so a replaced pod's last lines are kept):
+//! none lost, each key in order across pods, duplicates only where a failure explains them;
+//! and the checkpoints in the lease table. The kclpy run starts from a lease table written as
+//! KCL writes it, and no record at or before its checkpoints comes again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+use kinesis_operator::crd::KinesisApplication;
+use kinesis_operator_tests::accounting::account;
+use kinesis_operator_tests::cluster::{delete_all, delete_namespace};
+use kinesis_operator_tests::fixtures::{OperatorTest, until_replicas};
+use kinesis_operator_tests::{TestEnv, unique_name, wait_for};
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+const POLL: Duration = Duration::from_millis(500);
+const DEADLINE: Duration = Duration::from_secs(180);
+const IMAGE: &str = "localhost/python-consumers:dev";
+
+/// Follows the `app` container's log of every pod of a namespace into one file per pod.
+struct Logs {
+    dir: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Logs {
+    fn follow(env: &TestEnv, ns: &str, dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (kubectl, kubeconfig) = (env.kubectl.clone(), env.kubeconfig.clone());
+        let (ns, out) = (ns.to_string(), dir.to_path_buf());
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut following: HashMap<String, Child> = HashMap::new();
+            let kube = |args: &[&str]| {
+                let mut c = Command::new(&kubectl);
+                c.arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .args(["-n", &ns])
+                    .args(args);
+                c
+            };
+            while !flag.load(Ordering::Relaxed) {
+                let pods = kube(&["get", "pods", "-o", "jsonpath={.items[*].metadata.name}"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                for pod in pods.split_whitespace() {
+                    // The app's log is what the test counts; the worker's is kept to explain
+                    // a failure.
+                    for (container, suffix) in [("app", "log"), ("kinesis-worker", "worker")] {
+                        let id = format!("{pod}.{suffix}");
+                        let file = out.join(&id);
+                        // A follower that ended with nothing written (the container had not
+                        // started) is started again.
+                        let retry = following.get_mut(&id).is_some_and(|c| {
+                            matches!(c.try_wait(), Ok(Some(_)))
+                                && std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) == 0
+                        });
+                        if following.contains_key(&id) && !retry {
+                            continue;
+                        }
+                        let Ok(sink) = std::fs::File::create(&file) else {
+                            continue;
+                        };
+                        if let Ok(child) = kube(&[
+                            "logs",
+                            "-f",
+                            "--timestamps",
+                            "-c",
+                            container,
+                            "--pod-running-timeout=120s",
+                            pod,
+                        ])
+                        .stdout(sink)
+                        .stderr(Stdio::null())
+                        .spawn()
+                        {
+                            following.insert(id, child);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            for (_, mut child) in following {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        });
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Every line of every pod, ordered by the time the container runtime stamped on it
+    /// (one node, one clock), without the stamp.
+    fn lines(&self) -> Vec<String> {
+        let mut stamped: Vec<(String, usize, String)> = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        for entry in entries.flatten() {
+            if entry.path().extension().is_none_or(|e| e != "log") {
+                continue;
+            }
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            for (n, line) in text.lines().enumerate() {
+                if let Some((stamp, rest)) = line.split_once(' ') {
+                    stamped.push((sortable(stamp), n, rest.to_string()));
+                }
+            }
+        }
+        stamped.sort();
+        stamped.into_iter().map(|(_, _, l)| l).collect()
+    }
+}
+
+impl Drop for Logs {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An RFC 3339 stamp with its fraction padded to nanoseconds, so stamps sort as text.
+fn sortable(stamp: &str) -> String {
+    let stamp = stamp.trim_end_matches('Z');
+    let (secs, frac) = stamp.split_once('.').unwrap_or((stamp, ""));
+    format!("{secs}.{frac:0<9}")
+}
+
+/// A record put: `key-K:i`, its sequence number and shard.
+#[derive(Clone, Debug)]
+struct Put {
+    key: String,
+    index: usize,
+    seq: String,
+    shard: String,
+}
+
+async fn put(env: &TestEnv, stream: &str, keys: usize, from: usize, n: usize) -> Result<Vec<Put>> {
+    let kinesis = env.kinesis().await;
+    let entries: Vec<(String, usize)> = (from..from + n)
+        .flat_map(|i| (0..keys).map(move |k| (format!("key-{k}"), i)))
+        .collect();
+    let mut out = Vec::new();
+    for batch in entries.chunks(50) {
+        let mut req = kinesis.put_records().stream_name(stream);
+        for (key, i) in batch {
+            req = req.records(
+                aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                    .partition_key(key)
+                    .data(aws_sdk_kinesis::primitives::Blob::new(format!("{key}:{i}")))
+                    .build()?,
+            );
+        }
+        let resp = req.send().await?;
+        for ((key, i), r) in batch.iter().zip(resp.records()) {
+            let (Some(seq), Some(shard)) = (r.sequence_number(), r.shard_id()) else {
+                return Err(format!("put of {key}:{i} failed").into());
+            };
+            out.push(Put {
+                key: key.clone(),
+                index: *i,
+                seq: seq.into(),
+                shard: shard.into(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The KinesisApplication `name` reading `stream` with `processor` and the app container
+/// `app` (image, command, env), lease table `table`.
+fn application(
+    env: &TestEnv,
+    name: &str,
+    stream: &str,
+    table: &str,
+    processor: Value,
+    app: Value,
+) -> Result<KinesisApplication> {
+    let creds = json!([
+        {"name": "AWS_ACCESS_KEY_ID", "value": "test"},
+        {"name": "AWS_SECRET_ACCESS_KEY", "value": "test"},
+    ]);
+    let mut container = json!({"name": "app", "image": IMAGE, "imagePullPolicy": "Never"});
+    if let (Some(c), Some(extra)) = (container.as_object_mut(), app.as_object()) {
+        c.extend(extra.clone());
+    }
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "kinesis-operator.io/v1alpha1",
+        "kind": "KinesisApplication",
+        "metadata": {"name": name},
+        "spec": {
+            "stream": {"name": stream, "region": env.region, "endpoint": env.kinesis_endpoint,
+                       "dynamoDbEndpoint": env.dynamodb_endpoint},
+            "applicationName": table,
+            "leaseTable": {"deletionPolicy": "Delete"},
+            "consumer": {"idleTimeBetweenReadsMs": 100, "checkpointIntervalMs": 1000},
+            "processor": processor,
+            "worker": {"env": creds},
+            "template": {"spec": {"terminationGracePeriodSeconds": 30, "containers": [container]}}
+        }
+    }))?)
+}
+
+/// Restarts every pod through the Deployment (as `kubectl rollout restart` does).
+async fn rolling_restart(t: &OperatorTest, name: &str) -> Result<()> {
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {
+        "kinesis-operator.io/restarted": unique_name("at")}}}}});
+    t.apps
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Waits until the Deployment's pods are all of its newest template and ready.
+async fn until_rolled_out(t: &OperatorTest, name: &str) -> Result<()> {
+    wait_for(&format!("rollout of {name}"), DEADLINE, POLL, || async {
+        let d = t.deployments.get_opt(name).await.ok()??;
+        let want = d.spec.replicas?;
+        let s = d.status?;
+        let done = s.observed_generation >= d.metadata.generation
+            && s.updated_replicas == Some(want)
+            && s.ready_replicas == Some(want)
+            && s.replicas == Some(want);
+        done.then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+async fn reshard(env: &TestEnv, stream: &str, to: i32) -> Result<()> {
+    env.kinesis()
+        .await
+        .update_shard_count()
+        .stream_name(stream)
+        .target_shard_count(to)
+        .scaling_type(aws_sdk_kinesis::types::ScalingType::UniformScaling)
+        .send()
+        .await?;
+    Ok(())
+}
+
+/// `leaseKey → checkpoint` of the lease table.
+async fn checkpoints(env: &TestEnv, table: &str) -> Result<BTreeMap<String, String>> {
+    let out = env.dynamodb().await.scan().table_name(table).send().await?;
+    Ok(out
+        .items()
+        .iter()
+        .filter_map(|i| {
+            Some((
+                i.get("leaseKey")?.as_s().ok()?.clone(),
+                i.get("checkpoint")?.as_s().ok()?.clone(),
+            ))
+        })
+        .collect())
+}
+
+/// The highest sequence number put to each shard.
+fn last_per_shard(puts: &[Put]) -> BTreeMap<String, String> {
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    for p in puts {
+        let e = last.entry(p.shard.clone()).or_default();
+        if (p.seq.len(), p.seq.as_str()) > (e.len(), e.as_str()) {
+            *e = p.seq.clone();
+        }
+    }
+    last
+}
+
+/// Turns the ordered log lines into the records processed and the unexplained duplicates.
+type Processed = fn(&[String], &HashMap<String, Put>) -> (Vec<(String, usize)>, usize);
+
+/// The scenario both protocols go through; `processed` turns the ordered log lines into the
+/// records the app processed, in order, and the duplicates no failure explains.
+async fn scenario(
+    t: &OperatorTest,
+    name: &str,
+    table: &str,
+    logs: &Logs,
+    processed: Processed,
+    already: &[Put],
+) -> Result<()> {
+    let keys = 6;
+    // The records of this run come after the ones put before it (their indexes follow).
+    let start = already.iter().map(|p| p.index + 1).max().unwrap_or(0);
+    let key_names: Vec<String> = (0..keys).map(|k| format!("key-{k}")).collect();
+    let mut puts: Vec<Put> = Vec::new();
+    let until_all = |puts: Vec<Put>| async move {
+        let by_seq: HashMap<String, Put> =
+            puts.iter().map(|p| (p.seq.clone(), p.clone())).collect();
+        let per_key = puts.iter().map(|p| p.index + 1).max().unwrap_or(0);
+        wait_for(
+            &format!("{} records processed", puts.len()),
+            DEADLINE,
+            POLL,
+            || {
+                let (done, _) = processed(&logs.lines(), &by_seq);
+                let seen: HashSet<(String, usize)> = done.into_iter().collect();
+                let all = puts
+                    .iter()
+                    .all(|p| seen.contains(&(p.key.clone(), p.index)));
+                async move { all.then_some(()) }
+            },
+        )
+        .await
+        .map_err(|e| format!("{e}\n{}", t.op.log_tail()))?;
+        Ok::<usize, Box<dyn std::error::Error>>(per_key)
+    };
+
+    puts.extend(put(&t.env, &t.stream, keys, start, 10).await?);
+    until_all(puts.clone()).await?;
+
+    // A reshard 2 → 4 while records keep coming: parents are finished before children start.
+    reshard(&t.env, &t.stream, 4).await?;
+    puts.extend(put(&t.env, &t.stream, keys, start + 10, 10).await?);
+    t.env.wait_stream_active(&t.stream).await?;
+    until_replicas(&t.deployments, name, 4, true).await?;
+    puts.extend(put(&t.env, &t.stream, keys, start + 20, 10).await?);
+    until_all(puts.clone()).await?;
+
+    // A rolling restart with records coming: every lease handed over gracefully.
+    rolling_restart(t, name).await?;
+    puts.extend(put(&t.env, &t.stream, keys, start + 30, 10).await?);
+    until_rolled_out(t, name).await?;
+    puts.extend(put(&t.env, &t.stream, keys, start + 40, 10).await?);
+    let per_key = until_all(puts.clone()).await?;
+
+    // Once more, with nothing coming: the graceful hand-overs checkpoint each shard's last
+    // record; the parents are finished.
+    rolling_restart(t, name).await?;
+    until_rolled_out(t, name).await?;
+    // The parents (shards 0 and 1) are finished: SHARD_END, or already deleted once their
+    // children started (as KCL's cleanup does); every other shard is at its last record.
+    let last = last_per_shard(&puts);
+    let parents = ["shardId-000000000000", "shardId-000000000001"];
+    let settled = |cps: &BTreeMap<String, String>| {
+        last.iter().all(|(shard, seq)| {
+            let cp = cps.get(shard).map(String::as_str);
+            if parents.contains(&shard.as_str()) {
+                cp.is_none() || cp == Some("SHARD_END")
+            } else {
+                cp == Some(seq.as_str())
+            }
+        })
+    };
+    let cps = wait_for(
+        "each shard checkpointed at its last record",
+        DEADLINE,
+        POLL,
+        || async {
+            let cps = checkpoints(&t.env, table).await.ok()?;
+            settled(&cps).then_some(())
+        },
+    )
+    .await;
+    if let Err(e) = cps {
+        let now = checkpoints(&t.env, table).await?;
+        return Err(format!("{e}: {now:?}, last records {last:?}").into());
+    }
+
+    // Every record accounted for: none of those put before the adopted checkpoints, each of
+    // this run's (counted from `start`).
+    let mut by_seq: HashMap<String, Put> =
+        puts.iter().map(|p| (p.seq.clone(), p.clone())).collect();
+    for p in already {
+        by_seq.insert(p.seq.clone(), p.clone());
+    }
+    let (done, unexplained) = processed(&logs.lines(), &by_seq);
+    let old: Vec<&(String, usize)> = done.iter().filter(|(_, i)| *i < start).collect();
+    assert!(
+        old.is_empty(),
+        "records at or before the adopted checkpoints came again: {old:?}"
+    );
+    let done: Vec<(String, usize)> = done.into_iter().map(|(k, i)| (k, i - start)).collect();
+    let accounting = account(&done, &key_names, per_key - start);
+    eprintln!(
+        "{name}: {} records, {accounting:?}, {unexplained} unexplained duplicates",
+        puts.len()
+    );
+    assert!(accounting.holds(), "{accounting:?}");
+    assert_eq!(unexplained, 0, "every duplicate explained by a failure");
+    Ok(())
+}
+
+/// kclpy's sample prints `Sequence Number: S` for each record it processes.
+fn kclpy_processed(
+    lines: &[String],
+    by_seq: &HashMap<String, Put>,
+) -> (Vec<(String, usize)>, usize) {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut dups = 0;
+    for line in lines {
+        let mut rest = line.as_str();
+        while let Some(at) = rest.find("Sequence Number: ") {
+            rest = &rest[at + "Sequence Number: ".len()..];
+            let seq: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            if let Some(p) = by_seq.get(&seq) {
+                if !seen.insert(seq.clone()) {
+                    dups += 1;
+                }
+                out.push((p.key.clone(), p.index));
+            }
+        }
+    }
+    (out, dups)
+}
+
+/// The handler prints one JSON line per invocation: what it received and where it failed.
+fn lambda_processed(
+    lines: &[String],
+    by_seq: &HashMap<String, Put>,
+) -> (Vec<(String, usize)>, usize) {
+    let mut out = Vec::new();
+    let mut explained: HashMap<String, bool> = HashMap::new();
+    let mut received_before: HashSet<String> = HashSet::new();
+    let mut unexplained = 0;
+    for line in lines {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let Some(received) = v["received"].as_array() else {
+            continue;
+        };
+        let seqs: Vec<String> = received
+            .iter()
+            .filter_map(|r| r["seq"].as_str().map(String::from))
+            .collect();
+        let fail_at = if !v["raised"].is_null() {
+            Some(0)
+        } else {
+            v["failed_from"]
+                .as_str()
+                .and_then(|f| seqs.iter().position(|s| s == f))
+        };
+        for (pos, seq) in seqs.iter().enumerate() {
+            if !received_before.insert(seq.clone()) && !explained.get(seq).copied().unwrap_or(false)
+            {
+                unexplained += 1;
+            }
+            explained.insert(seq.clone(), fail_at.is_some_and(|f| pos >= f));
+            if fail_at.is_none_or(|f| pos < f)
+                && let Some(p) = by_seq.get(seq)
+            {
+                out.push((p.key.clone(), p.index));
+            }
+        }
+    }
+    (out, unexplained)
+}
+
+#[tokio::test]
+async fn a_kclpy_sample_app_in_pods_adopts_a_kcl_table_and_reads_through_a_reshard_and_a_rollout()
+-> Result<()> {
+    let t = OperatorTest::with_stream("kclpy", "kclpy", 2, 3).await?;
+    t.env.require_image("python-consumers")?;
+    let table = unique_name("kclpy");
+    // Records KCL already processed, and the table it left: one lease per shard, checkpointed
+    // at the last of them, owned by a KCL worker that is gone.
+    let already = put(&t.env, &t.stream, 6, 0, 5).await?;
+    let ddb = t.env.dynamodb().await;
+    ddb.create_table()
+        .table_name(&table)
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("leaseKey")
+                .key_type(KeyType::Hash)
+                .build()?,
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("leaseKey")
+                .attribute_type(ScalarAttributeType::S)
+                .build()?,
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await?;
+    for (shard, seq) in last_per_shard(&already) {
+        ddb.put_item()
+            .table_name(&table)
+            .item("leaseKey", AttributeValue::S(shard))
+            .item("leaseOwner", AttributeValue::S("kcl-worker-gone".into()))
+            .item("leaseCounter", AttributeValue::N("42".into()))
+            .item("checkpoint", AttributeValue::S(seq))
+            .item("checkpointSubSequenceNumber", AttributeValue::N("0".into()))
+            .item(
+                "ownerSwitchesSinceCheckpoint",
+                AttributeValue::N("0".into()),
+            )
+            .send()
+            .await?;
+    }
+    let logs = Logs::follow(
+        &t.env,
+        &t.ns,
+        &std::env::temp_dir().join(unique_name("kclpy-logs")),
+    )?;
+    let app = application(
+        &t.env,
+        "kclpy",
+        &t.stream,
+        &table,
+        json!({"protocol": "kcl-multilang",
+               "command": ["/usr/local/bin/python3", "/app/sample_kclpy_app.py"]}),
+        json!({"env": [{"name": "PYTHONUNBUFFERED", "value": "1"}]}),
+    )?;
+    t.apps.create(&PostParams::default(), &app).await?;
+    until_replicas(&t.deployments, "kclpy", 2, true)
+        .await
+        .map_err(|e| format!("{e}\n{}", t.op.log_tail()))?;
+    let result = scenario(&t, "kclpy", &table, &logs, kclpy_processed, &already).await;
+    drop(logs);
+    delete_all(&t.apps).await?;
+    delete_namespace(&t.client, &t.ns).await?;
+    t.env.remove(Some(&t.stream), &[&table]).await;
+    result
+}
+
+#[tokio::test]
+async fn a_lambda_handler_in_pods_reads_through_a_reshard_and_a_rollout() -> Result<()> {
+    let t = OperatorTest::with_stream("lambda", "lambda", 2, 3).await?;
+    t.env.require_image("python-consumers")?;
+    let table = unique_name("lambda");
+    let logs = Logs::follow(
+        &t.env,
+        &t.ns,
+        &std::env::temp_dir().join(unique_name("lambda-logs")),
+    )?;
+    let app = application(
+        &t.env,
+        "handler",
+        &t.stream,
+        &table,
+        json!({"protocol": "lambda", "handler": "kinesis_handler.handle"}),
+        json!({"workingDir": "/app", "args": ["-m", "awslambdaric", "kinesis_handler.handle"]}),
+    )?;
+    let mut app = app;
+    app.spec.delivery.report_batch_item_failures = Some(true);
+    app.spec.delivery.batch_size = Some(20);
+    t.apps.create(&PostParams::default(), &app).await?;
+    until_replicas(&t.deployments, "handler", 2, true)
+        .await
+        .map_err(|e| format!("{e}\n{}", t.op.log_tail()))?;
+    let result = scenario(&t, "handler", &table, &logs, lambda_processed, &[]).await;
+    drop(logs);
+    delete_all(&t.apps).await?;
+    delete_namespace(&t.client, &t.ns).await?;
+    t.env.remove(Some(&t.stream), &[&table]).await;
+    result
+}
