@@ -41,6 +41,11 @@ enum Command {
         /// worker's --app-call-timeout-ms (300 s by default).
         #[arg(long, env = "KCL_TIMEOUT_SECONDS", default_value_t = 240)]
         timeout_seconds: u64,
+        /// MiB of records kept per shard that the app acknowledged but has not checkpointed:
+        /// a process that replaces a failed one gets them again (an app may buffer until it
+        /// checkpoints). Beyond it, new batches wait until the app checkpoints.
+        #[arg(long, env = "KCL_MAX_RETAINED_MIB", default_value_t = 256)]
+        max_retained_mib: usize,
         /// The app's command: KCL's `executableName`, e.g. `python3 sample_kclpy_app.py`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -62,12 +67,18 @@ fn main() -> Result<()> {
         Command::Multilang {
             address,
             timeout_seconds,
+            max_retained_mib,
             command,
         } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(multilang(address, timeout_seconds, command))
+            runtime.block_on(multilang(
+                address,
+                timeout_seconds,
+                max_retained_mib,
+                command,
+            ))
         }
     }
 }
@@ -84,10 +95,16 @@ fn install(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-async fn multilang(address: Address, timeout_seconds: u64, command: Vec<String>) -> Result<()> {
+async fn multilang(
+    address: Address,
+    timeout_seconds: u64,
+    max_retained_mib: usize,
+    command: Vec<String>,
+) -> Result<()> {
     let bridge = MultiLang::new(Config {
         command: command.clone(),
         timeout: Duration::from_secs(timeout_seconds.max(1)),
+        max_retained_bytes: max_retained_mib.saturating_mul(1 << 20),
     });
     tracing::info!(%address, command = %command.join(" "), "serving KCL MultiLang app");
     // SIGTERM reaches the app container after its preStop hook waited for the worker to hand

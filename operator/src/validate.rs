@@ -332,6 +332,14 @@ pub fn validate(app: &KinesisApplication) -> Vec<Invalid> {
         ));
     }
     out.extend(protocol(&spec.processor));
+    if spec.processor.protocol == Some(crate::crd::AppProtocol::KclMultilang)
+        && spec.delivery.parallelization_factor.is_some_and(|f| f > 1)
+    {
+        out.push(invalid(
+            "spec.delivery.parallelizationFactor",
+            "protocol kcl-multilang runs one process per shard, which takes one batch at a time: remove parallelizationFactor or set it to 1",
+        ));
+    }
     if spec.processor.socket.is_some() && spec.processor.port.is_some() {
         out.push(invalid(
             "spec.processor",

@@ -568,6 +568,7 @@ fn start_lambda(
         // invokes with.
         invoke_identity_arn: std::env::var("AWS_ROLE_ARN").unwrap_or_default(),
         invocation_timeout: Duration::from_millis(args.app_call_timeout_ms),
+        report_batch_item_failures: args.report_batch_item_failures,
     };
     let (failed, on_failure) = tokio::sync::oneshot::channel();
     let address = app_address.clone();

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::event;
-use super::queue::{Dispatcher, Reply};
+use super::queue::{Completion, Dispatcher, Reply};
 
 /// Lambda's limit on a synchronous response (and so on every body the runtime posts).
 pub(crate) const MAX_BODY: usize = 6 * 1024 * 1024;
@@ -121,10 +121,16 @@ fn invalid_request_id(id: &str) -> Response {
 
 /// Answers invocation `id` with `reply`: 202, or 400 when it is not in flight.
 fn finish(api: &Api, id: &str, reply: Reply) -> Response {
-    if api.dispatcher.complete(id, reply) {
-        accepted()
-    } else {
-        invalid_request_id(id)
+    match api.dispatcher.complete(id, reply) {
+        Completion::Delivered => accepted(),
+        Completion::Late => {
+            tracing::warn!(
+                request = id,
+                "an answer came after its invocation was given up on (deadline, lease lost or hand-over): dropped; the records are delivered again"
+            );
+            accepted()
+        }
+        Completion::Unknown => invalid_request_id(id),
     }
 }
 
@@ -146,10 +152,11 @@ async fn response(
             } else {
                 format!("Runtime.InvalidResponse: the response could not be read: {rejection}")
             };
-            if api.dispatcher.complete(&id, Reply::Error(message.clone())) {
-                error_response(status, "InvalidResponse", &message)
-            } else {
-                invalid_request_id(&id)
+            match api.dispatcher.complete(&id, Reply::Error(message.clone())) {
+                Completion::Unknown => invalid_request_id(&id),
+                Completion::Delivered | Completion::Late => {
+                    error_response(status, "InvalidResponse", &message)
+                }
             }
         }
     }
@@ -266,19 +273,21 @@ mod tests {
             })
         };
 
-        let deadline = super::super::now_ms() + 60_000;
+        let timeout = std::time::Duration::from_secs(60);
         let invoker = {
             let d = dispatcher.clone();
-            tokio::spawn(async move { d.invoke(br#"{"Records":[]}"#.to_vec(), deadline).await })
+            tokio::spawn(async move { d.invoke(br#"{"Records":[]}"#.to_vec(), timeout).await })
         };
         let next = http(addr, "GET", "/2018-06-01/runtime/invocation/next", "").await?;
         assert_eq!(next.status, 200);
         assert_eq!(next.body, r#"{"Records":[]}"#);
         assert_eq!(next.header("content-type"), Some("application/json"));
-        assert_eq!(
-            next.header("lambda-runtime-deadline-ms"),
-            Some(deadline.to_string().as_str())
-        );
+        let deadline: i64 = next
+            .header("lambda-runtime-deadline-ms")
+            .ok_or("no deadline")?
+            .parse()?;
+        let left = deadline - super::super::now_ms();
+        assert!((50_000..=60_000).contains(&left), "{left}");
         assert_eq!(
             next.header("lambda-runtime-invoked-function-arn"),
             Some("arn:aws:lambda:us-east-1:123456789012:function:consumer")
@@ -326,7 +335,7 @@ mod tests {
         // A handler that raises.
         let invoker = {
             let d = dispatcher.clone();
-            tokio::spawn(async move { d.invoke(b"{}".to_vec(), deadline).await })
+            tokio::spawn(async move { d.invoke(b"{}".to_vec(), timeout).await })
         };
         let next = http(addr, "GET", "/2018-06-01/runtime/invocation/next", "").await?;
         let id = next

@@ -48,6 +48,9 @@ pub struct LambdaConfig {
     /// How long an invocation may take when its call carries no lease deadline
     /// ([`kinesis_processor::LEASE_VALID_UNTIL`]); with one, the sooner of the two.
     pub invocation_timeout: Duration,
+    /// Read the handler's `batchItemFailures` (Lambda's `ReportBatchItemFailures`); off,
+    /// any answer is a success, as Lambda ignores a partial response it was not asked for.
+    pub report_batch_item_failures: bool,
 }
 
 /// Why [`run`] stopped with an error.
@@ -82,13 +85,6 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-/// An invocation's deadline (epoch ms): `now_ms` + `timeout`, or the lease's validity if it
-/// ends sooner.
-fn deadline_ms(now_ms: i64, lease_valid_until_ms: Option<i64>, timeout: Duration) -> i64 {
-    let by_timeout = now_ms.saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX));
-    lease_valid_until_ms.map_or(by_timeout, |lease| lease.min(by_timeout))
 }
 
 /// The [`kinesis_processor::LEASE_VALID_UNTIL`] of a call, if it carries a valid one.
@@ -138,6 +134,7 @@ struct LambdaProcessor {
     dispatcher: Arc<Dispatcher>,
     source: EventSource,
     invocation_timeout: Duration,
+    report_batch_item_failures: bool,
     /// For error messages: where the runtime client should be polling.
     runtime_api: SocketAddr,
 }
@@ -152,6 +149,7 @@ impl LambdaProcessor {
                 config.invoke_identity_arn.clone(),
             ),
             invocation_timeout: config.invocation_timeout,
+            report_batch_item_failures: config.report_batch_item_failures,
             runtime_api: config.runtime_api,
         }
     }
@@ -204,18 +202,26 @@ impl RecordProcessor for LambdaProcessor {
                 failed_from: None,
             }));
         }
-        let started = now_ms();
-        let deadline = deadline_ms(started, lease, self.invocation_timeout);
+        // The handler's timeout runs from when a runtime takes the invocation; the lease's
+        // validity (a snapshot, renewed by heartbeats) is no deadline for it: the worker
+        // cancels the call itself when the lease is really lost, and the app's server refuses
+        // a call that arrives after it (`refuse_after_lease`).
+        let _ = lease;
+        let timeout_ms = i64::try_from(self.invocation_timeout.as_millis()).unwrap_or(i64::MAX);
         let body = event::kinesis_event_bytes(&request.shard_id, &request.records, &self.source);
         let reply = self
             .dispatcher
-            .invoke(body, deadline)
+            .invoke(body, self.invocation_timeout)
             .await
-            .map_err(|e| self.unanswered(e, &request.shard_id, deadline - started))?;
+            .map_err(|e| self.unanswered(e, &request.shard_id, timeout_ms))?;
         match reply {
             Reply::Response(answer) => {
-                records_response(event::outcome(&answer, &request.records), &request.records)
-                    .map(Response::new)
+                let outcome = if self.report_batch_item_failures {
+                    event::outcome(&answer, &request.records)
+                } else {
+                    Outcome::Success
+                };
+                records_response(outcome, &request.records).map(Response::new)
             }
             Reply::Error(message) => Err(Status::unknown(format!(
                 "the Lambda handler failed on a batch of {} records of {}: {message}",
@@ -259,9 +265,12 @@ impl RecordProcessor for LambdaProcessor {
 ///   `GET …/invocation/next` (several runtime clients, or a runtime with concurrent polls,
 ///   each get different invocations; calls of different shards run concurrently). An idle
 ///   call (no records) invokes nothing.
-/// - An invocation waits for its answer until its deadline (`Lambda-Runtime-Deadline-Ms`):
-///   the call's lease validity, or `invocation_timeout`, whichever is sooner. Then the call
-///   fails with `DEADLINE_EXCEEDED` and a late answer gets 400.
+/// - An invocation's deadline (`Lambda-Runtime-Deadline-Ms`) is `invocation_timeout` from
+///   the moment a runtime takes it (time queued behind other shards' invocations does not
+///   count; the worker's own call timeout bounds the whole call). Past it the call fails with
+///   `DEADLINE_EXCEEDED`, and a late answer is accepted (202) and dropped: a 4xx would make
+///   the runtime client exit.
+/// - `batchItemFailures` are read only with `report_batch_item_failures`, as in Lambda.
 /// - On `shutdown`, the record processor stops first (its calls in progress finish); then
 ///   the runtime's pending long polls are answered (500: the runtime should exit) and the
 ///   Runtime API stops.
@@ -355,6 +364,7 @@ mod tests {
             region: "us-east-1".into(),
             invoke_identity_arn: "arn:aws:iam::123456789012:role/r".into(),
             invocation_timeout: timeout,
+            report_batch_item_failures: true,
         };
         let processor = Arc::new(LambdaProcessor::new(&config, dispatcher.clone()));
         (dispatcher, processor)
@@ -367,15 +377,6 @@ mod tests {
             attempt: 1,
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn deadlines() {
-        let minute = Duration::from_secs(60);
-        assert_eq!(deadline_ms(1_000, None, minute), 61_000);
-        assert_eq!(deadline_ms(1_000, Some(5_000), minute), 5_000);
-        assert_eq!(deadline_ms(1_000, Some(90_000), minute), 61_000);
-        assert_eq!(deadline_ms(1_000, None, Duration::MAX), i64::MAX);
     }
 
     #[test]
@@ -429,8 +430,13 @@ mod tests {
         let invocation = tokio::time::timeout(SOON, dispatcher.next())
             .await?
             .ok_or("closed")?;
-        // The lease ends before the invocation timeout: it is the deadline.
-        assert_eq!(invocation.deadline_ms, lease_until);
+        // The lease's validity (a snapshot the heartbeats renew) is no deadline for the
+        // handler: its timeout runs from the take.
+        let left = invocation.deadline_ms - now_ms();
+        assert!(
+            invocation.deadline_ms > lease_until && (50_000..=60_000).contains(&left),
+            "{left}"
+        );
         let event: serde_json::Value = serde_json::from_slice(&invocation.body)?;
         let ids: Vec<&str> = event["Records"]
             .as_array()
@@ -449,10 +455,13 @@ mod tests {
         );
         let answer =
             br#"{"batchItemFailures":[{"itemIdentifier":"101"},{"itemIdentifier":"100"}]}"#;
-        assert!(dispatcher.complete(
-            &invocation.id,
-            Reply::Response(axum::body::Bytes::from_static(answer))
-        ));
+        assert_eq!(
+            dispatcher.complete(
+                &invocation.id,
+                Reply::Response(axum::body::Bytes::from_static(answer))
+            ),
+            queue::Completion::Delivered
+        );
         let response = tokio::time::timeout(SOON, call).await???.into_inner();
         assert_eq!(response.failed_from, Some(records[1].position()));
         assert_eq!(
@@ -483,10 +492,13 @@ mod tests {
             let invocation = tokio::time::timeout(SOON, dispatcher.next())
                 .await?
                 .ok_or("closed")?;
-            // No lease deadline: now + the invocation timeout.
+            // The take + the invocation timeout.
             let left = invocation.deadline_ms - now_ms();
             assert!((50_000..=60_000).contains(&left), "{left}");
-            assert!(dispatcher.complete(&invocation.id, answer));
+            assert_eq!(
+                dispatcher.complete(&invocation.id, answer),
+                queue::Completion::Delivered
+            );
             let result = tokio::time::timeout(SOON, call).await??;
             if expect_ok {
                 let response = result?.into_inner();
@@ -498,6 +510,44 @@ mod tests {
                 assert!(status.message().ends_with("ValueError: bad"), "{status:?}");
             }
         }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn without_report_batch_item_failures_a_partial_answer_is_a_success() -> TestResult {
+        let dispatcher = Arc::new(Dispatcher::new());
+        let config = LambdaConfig {
+            runtime_api: SocketAddr::from(([127, 0, 0, 1], 9001)),
+            function_arn: String::new(),
+            event_source_arn: String::new(),
+            region: String::new(),
+            invoke_identity_arn: String::new(),
+            invocation_timeout: Duration::from_secs(60),
+            report_batch_item_failures: false,
+        };
+        let processor = Arc::new(LambdaProcessor::new(&config, dispatcher.clone()));
+        let call = {
+            let processor = processor.clone();
+            tokio::spawn(async move {
+                processor
+                    .process_records(Request::new(batch_request(vec![
+                        record("1", 0),
+                        record("2", 0),
+                    ])))
+                    .await
+            })
+        };
+        let invocation = tokio::time::timeout(SOON, dispatcher.next())
+            .await?
+            .ok_or("closed")?;
+        let answer = br#"{"batchItemFailures":[{"itemIdentifier":"2"}]}"#;
+        dispatcher.complete(
+            &invocation.id,
+            Reply::Response(axum::body::Bytes::from_static(answer)),
+        );
+        let response = tokio::time::timeout(SOON, call).await???.into_inner();
+        assert_eq!(response.failed_from, None);
+        assert_eq!(response.checkpoint, Some(v1::Checkpoint::all_delivered()));
         Ok(())
     }
 
@@ -517,27 +567,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_a_runtime_the_call_exceeds_its_deadline() -> TestResult {
+    async fn without_a_runtime_the_call_waits_and_leaves_nothing_when_given_up() -> TestResult {
         let (dispatcher, processor) = adapter(Duration::from_millis(50));
-        let status = tokio::time::timeout(
-            SOON,
+        // Queued, the handler's timeout has not started: the call waits for a runtime until
+        // the worker gives up on it (its own call timeout, here 300 ms).
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(300),
             processor.process_records(Request::new(batch_request(vec![record("1", 0)]))),
         )
-        .await?
-        .err()
-        .ok_or("succeeded without a runtime")?;
-        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
-        assert!(
-            status
-                .message()
-                .contains("no runtime client asked for the next invocation"),
-            "{status:?}"
-        );
-        assert!(
-            status
-                .message()
-                .contains("AWS_LAMBDA_RUNTIME_API=127.0.0.1:9001")
-        );
+        .await;
+        assert!(gave_up.is_err(), "{gave_up:?}");
         assert_eq!((dispatcher.queued(), dispatcher.in_flight()), (0, 0));
         Ok(())
     }
@@ -567,7 +606,10 @@ mod tests {
                 .contains("no runtime client answered in time")
         );
         assert!(status.message().contains(&invocation.id));
-        assert!(!dispatcher.complete(&invocation.id, Reply::Error("late".into())));
+        assert_eq!(
+            dispatcher.complete(&invocation.id, Reply::Error("late".into())),
+            queue::Completion::Late
+        );
         Ok(())
     }
 
@@ -601,6 +643,7 @@ mod tests {
             region: String::new(),
             invoke_identity_arn: String::new(),
             invocation_timeout: Duration::from_secs(1),
+            report_batch_item_failures: false,
         };
         let processor: kinesis_processor::Address = "127.0.0.1:1".parse()?;
         let error = tokio::time::timeout(SOON, run(config, &processor, std::future::pending()))

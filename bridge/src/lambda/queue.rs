@@ -53,14 +53,34 @@ pub(crate) enum InvokeError {
 struct Queued {
     invocation: Invocation,
     reply: oneshot::Sender<Reply>,
+    /// How long the handler may take once a runtime takes it.
+    timeout: Duration,
+}
+
+/// Late answers remembered, at most.
+const WITHDRAWN_KEPT: usize = 4096;
+
+/// What became of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Completion {
+    /// It reached the waiting call.
+    Delivered,
+    /// Its invocation was given up on (deadline, lease lost, hand-over): dropped.
+    Late,
+    /// No such invocation was ever taken.
+    Unknown,
 }
 
 #[derive(Default)]
 struct State {
     /// Invocations no runtime client took yet, oldest first.
     queue: VecDeque<Queued>,
-    /// Invocations a runtime client took, by request id.
-    in_flight: HashMap<String, oneshot::Sender<Reply>>,
+    /// Invocations a runtime client took, by request id: who waits for the answer, and the
+    /// deadline set when taken.
+    in_flight: HashMap<String, (oneshot::Sender<Reply>, i64)>,
+    /// The last invocations given up on after a runtime took them: a late answer to one is
+    /// accepted and dropped (a 4xx would make awslambdaric exit).
+    withdrawn: VecDeque<String>,
     closed: bool,
     /// The last `POST …/init/error`, for the error of an invocation nobody took.
     init_error: Option<String>,
@@ -115,13 +135,14 @@ impl Dispatcher {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues an invocation with `body` and waits for its answer until `deadline_ms` (epoch
-    /// ms). Whatever happens, the invocation is gone from the queue and the in-flight map when
-    /// this returns (or is dropped).
+    /// Queues an invocation of `body` and waits for its answer. The handler's `timeout`
+    /// runs from the moment a runtime takes it (`next`), as Lambda's does: time spent queued
+    /// behind other shards' invocations (one runtime process handles one at a time) does not
+    /// count; the caller's own deadline (the worker's call timeout) bounds the whole wait.
     pub(crate) async fn invoke(
         &self,
         body: Vec<u8>,
-        deadline_ms: i64,
+        timeout: Duration,
     ) -> Result<Reply, InvokeError> {
         let id = event::request_id();
         let (reply, mut answer) = oneshot::channel();
@@ -134,10 +155,11 @@ impl Dispatcher {
                 invocation: Invocation {
                     id: id.clone(),
                     body,
-                    deadline_ms,
+                    deadline_ms: 0,
                     trace_id: event::trace_id(),
                 },
                 reply,
+                timeout,
             });
         }
         self.ready.notify_one();
@@ -145,20 +167,29 @@ impl Dispatcher {
             dispatcher: self,
             id: &id,
         };
-        let wait = Duration::from_millis(
-            u64::try_from(deadline_ms.saturating_sub(super::now_ms())).unwrap_or(0),
-        );
-        let answered = tokio::time::timeout(wait, &mut answer).await;
-        match answered {
-            Ok(Ok(reply)) => Ok(reply),
-            // The sender was dropped without an answer: only `close` does that.
-            Ok(Err(_)) => Err(InvokeError::Closed),
-            Err(_elapsed) => match self.withdraw(&id) {
-                Some(Stage::Queued) => Err(InvokeError::NeverTaken),
-                Some(Stage::InFlight) => Err(InvokeError::NoAnswer { id: id.clone() }),
-                // Answered (or closed) just as the deadline passed.
-                None => answer.try_recv().map_err(|_| InvokeError::Closed),
-            },
+        loop {
+            // Until a runtime takes it, look again every second for its deadline.
+            let deadline = self.lock().in_flight.get(&id).map(|(_, d)| *d);
+            let wait = match deadline {
+                Some(d) => Duration::from_millis(
+                    u64::try_from(d.saturating_sub(super::now_ms())).unwrap_or(0),
+                ),
+                None => Duration::from_secs(1),
+            };
+            match tokio::time::timeout(wait, &mut answer).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                // The sender was dropped without an answer: only `close` does that.
+                Ok(Err(_)) => return Err(InvokeError::Closed),
+                Err(_elapsed) if deadline.is_none() => {}
+                Err(_elapsed) => {
+                    return match self.withdraw(&id) {
+                        Some(Stage::Queued) => Err(InvokeError::NeverTaken),
+                        Some(Stage::InFlight) => Err(InvokeError::NoAnswer { id: id.clone() }),
+                        // Answered (or closed) just as the deadline passed.
+                        None => answer.try_recv().map_err(|_| InvokeError::Closed),
+                    };
+                }
+            }
         }
     }
 
@@ -176,12 +207,21 @@ impl Dispatcher {
                 if state.closed {
                     return None;
                 }
-                while let Some(Queued { invocation, reply }) = state.queue.pop_front() {
+                while let Some(Queued {
+                    mut invocation,
+                    reply,
+                    timeout,
+                }) = state.queue.pop_front()
+                {
                     // Its ProcessRecords call is gone (cancelled): nobody waits for it.
                     if reply.is_closed() {
                         continue;
                     }
-                    state.in_flight.insert(invocation.id.clone(), reply);
+                    invocation.deadline_ms = super::now_ms()
+                        .saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX));
+                    state
+                        .in_flight
+                        .insert(invocation.id.clone(), (reply, invocation.deadline_ms));
                     return Some(invocation);
                 }
             }
@@ -189,14 +229,28 @@ impl Dispatcher {
         }
     }
 
-    /// Answers the in-flight invocation `id`. False when no invocation `id` is in flight
-    /// (unknown, already answered, or withdrawn at its deadline).
-    pub(crate) fn complete(&self, id: &str, reply: Reply) -> bool {
-        let sender = self.lock().in_flight.remove(id);
-        sender.is_some_and(|s| s.send(reply).is_ok())
+    /// Answers invocation `id`: delivered to its call, late (it was given up on; the answer
+    /// is dropped), or unknown.
+    pub(crate) fn complete(&self, id: &str, reply: Reply) -> Completion {
+        let (sender, late) = {
+            let mut state = self.lock();
+            let sender = state.in_flight.remove(id);
+            let late = sender.is_none() && state.withdrawn.iter().any(|w| w == id);
+            (sender, late)
+        };
+        match sender {
+            Some((s, _)) => match s.send(reply) {
+                Ok(()) => Completion::Delivered,
+                // Its call went away as the answer came.
+                Err(_) => Completion::Late,
+            },
+            None if late => Completion::Late,
+            None => Completion::Unknown,
+        }
     }
 
-    /// Removes invocation `id` from the queue or the in-flight map.
+    /// Removes invocation `id` from the queue or the in-flight map (remembering a taken one,
+    /// so its late answer is dropped quietly).
     fn withdraw(&self, id: &str) -> Option<Stage> {
         let mut state = self.lock();
         let queued = state.queue.iter().position(|q| q.invocation.id == id);
@@ -204,7 +258,14 @@ impl Dispatcher {
             state.queue.remove(at);
             return Some(Stage::Queued);
         }
-        state.in_flight.remove(id).map(|_| Stage::InFlight)
+        let taken = state.in_flight.remove(id).map(|_| Stage::InFlight);
+        if taken.is_some() {
+            if state.withdrawn.len() >= WITHDRAWN_KEPT {
+                state.withdrawn.pop_front();
+            }
+            state.withdrawn.push_back(id.to_string());
+        }
+        taken
     }
 
     /// Records the function's init error (`POST …/init/error`).
@@ -267,26 +328,43 @@ mod tests {
     #[tokio::test]
     async fn an_invocation_goes_to_a_runtime_and_back() -> TestResult {
         let d = Arc::new(Dispatcher::new());
-        let deadline = super::super::now_ms() + 60_000;
         let invoker = {
             let d = d.clone();
-            tokio::spawn(async move { d.invoke(b"{\"Records\":[]}".to_vec(), deadline).await })
+            tokio::spawn(async move {
+                d.invoke(b"{\"Records\":[]}".to_vec(), Duration::from_secs(60))
+                    .await
+            })
         };
         let invocation = tokio::time::timeout(SOON, d.next())
             .await?
             .ok_or("closed")?;
+        let taken = super::super::now_ms();
         assert_eq!(invocation.body, b"{\"Records\":[]}");
-        assert_eq!(invocation.deadline_ms, deadline);
+        assert!(
+            (taken - 1_000..=taken + 60_000).contains(&invocation.deadline_ms)
+                && invocation.deadline_ms > taken + 50_000,
+            "the deadline runs from the take: {} vs {taken}",
+            invocation.deadline_ms
+        );
         assert!(invocation.trace_id.starts_with("Root=1-"));
         assert_eq!((d.queued(), d.in_flight()), (0, 1));
-        assert!(!d.complete("not-an-id", Reply::Error("x".into())));
-        assert!(d.complete(&invocation.id, Reply::Response(Bytes::from_static(b"null"))));
+        assert_eq!(
+            d.complete("not-an-id", Reply::Error("x".into())),
+            Completion::Unknown
+        );
+        assert_eq!(
+            d.complete(&invocation.id, Reply::Response(Bytes::from_static(b"null"))),
+            Completion::Delivered
+        );
         match tokio::time::timeout(SOON, invoker).await?? {
             Ok(Reply::Response(body)) => assert_eq!(&body[..], b"null"),
             other => return Err(format!("unexpected {other:?}").into()),
         }
         // Answered once: a second answer is refused.
-        assert!(!d.complete(&invocation.id, Reply::Error("again".into())));
+        assert_eq!(
+            d.complete(&invocation.id, Reply::Error("again".into())),
+            Completion::Unknown
+        );
         assert_eq!((d.queued(), d.in_flight()), (0, 0));
         Ok(())
     }
@@ -302,19 +380,21 @@ mod tests {
             })
             .collect();
         tokio::task::yield_now().await;
-        let deadline = super::super::now_ms() + 60_000;
         let invokers: Vec<_> = [b"a", b"b"]
             .into_iter()
             .map(|body| {
                 let d = d.clone();
-                tokio::spawn(async move { d.invoke(body.to_vec(), deadline).await })
+                tokio::spawn(async move { d.invoke(body.to_vec(), Duration::from_secs(60)).await })
             })
             .collect();
         let mut bodies = Vec::new();
         for taker in takers {
             let invocation = tokio::time::timeout(SOON, taker).await??.ok_or("closed")?;
             bodies.push(invocation.body.clone());
-            assert!(d.complete(&invocation.id, Reply::Error("handled".into())));
+            assert_eq!(
+                d.complete(&invocation.id, Reply::Error("handled".into())),
+                Completion::Delivered
+            );
         }
         bodies.sort();
         assert_eq!(bodies, [b"a".to_vec(), b"b".to_vec()]);
@@ -329,24 +409,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_invocation_nobody_takes_is_withdrawn_at_its_deadline() -> TestResult {
-        let d = Dispatcher::new();
-        let started = std::time::Instant::now();
-        let result = d.invoke(b"{}".to_vec(), super::super::now_ms() + 50).await;
-        assert_eq!(result.err(), Some(InvokeError::NeverTaken));
-        assert!(started.elapsed() >= Duration::from_millis(40));
-        assert_eq!((d.queued(), d.in_flight()), (0, 0));
+    async fn time_queued_behind_other_invocations_does_not_count() -> TestResult {
+        let d = Arc::new(Dispatcher::new());
+        let invoker = {
+            let d = d.clone();
+            tokio::spawn(async move { d.invoke(b"{}".to_vec(), Duration::from_millis(300)).await })
+        };
+        // Queued three times as long as its timeout: a runtime busy with another shard.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(
+            !invoker.is_finished(),
+            "a queued invocation has not timed out"
+        );
+        let invocation = tokio::time::timeout(SOON, d.next())
+            .await?
+            .ok_or("closed")?;
+        assert_eq!(
+            d.complete(&invocation.id, Reply::Response(Bytes::from_static(b"{}"))),
+            Completion::Delivered
+        );
+        assert!(matches!(
+            tokio::time::timeout(SOON, invoker).await??,
+            Ok(Reply::Response(_))
+        ));
         Ok(())
     }
 
     #[tokio::test]
-    async fn an_invocation_taken_but_not_answered_times_out_and_a_late_answer_is_refused()
+    async fn an_invocation_taken_but_not_answered_times_out_and_a_late_answer_is_dropped_quietly()
     -> TestResult {
         let d = Arc::new(Dispatcher::new());
         let invoker = {
             let d = d.clone();
-            let deadline = super::super::now_ms() + 100;
-            tokio::spawn(async move { d.invoke(b"{}".to_vec(), deadline).await })
+            tokio::spawn(async move { d.invoke(b"{}".to_vec(), Duration::from_millis(100)).await })
         };
         let invocation = tokio::time::timeout(SOON, d.next())
             .await?
@@ -358,7 +453,11 @@ mod tests {
                 id: invocation.id.clone()
             })
         );
-        assert!(!d.complete(&invocation.id, Reply::Response(Bytes::new())));
+        // A 4xx would make awslambdaric exit: the late answer is accepted and dropped.
+        assert_eq!(
+            d.complete(&invocation.id, Reply::Response(Bytes::new())),
+            Completion::Late
+        );
         assert_eq!((d.queued(), d.in_flight()), (0, 0));
         Ok(())
     }
@@ -366,11 +465,10 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_call_leaves_nothing_behind() -> TestResult {
         let d = Dispatcher::new();
-        let deadline = super::super::now_ms() + 60_000;
         // The call gives up (like a cancelled gRPC call) while its invocation is queued.
         let gave_up = tokio::time::timeout(
             Duration::from_millis(20),
-            d.invoke(b"{}".to_vec(), deadline),
+            d.invoke(b"{}".to_vec(), Duration::from_secs(60)),
         )
         .await;
         assert!(gave_up.is_err());
@@ -389,9 +487,7 @@ mod tests {
         d.close();
         assert!(tokio::time::timeout(SOON, taker).await??.is_none());
         tokio::time::timeout(SOON, d.closed()).await?;
-        let result = d
-            .invoke(b"{}".to_vec(), super::super::now_ms() + 60_000)
-            .await;
+        let result = d.invoke(b"{}".to_vec(), Duration::from_secs(60)).await;
         assert_eq!(result.err(), Some(InvokeError::Closed));
         assert!(d.next().await.is_none());
         Ok(())

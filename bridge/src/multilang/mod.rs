@@ -42,18 +42,61 @@ pub struct Config {
     pub command: Vec<String>,
     /// How long a child may take for one action before it counts as hung.
     pub timeout: Duration,
+    /// The most record bytes kept per shard for a replacement child (what the app
+    /// acknowledged but has not checkpointed); beyond it new batches are refused until the
+    /// app checkpoints.
+    pub max_retained_bytes: usize,
 }
 
 /// One shard's child and where it stands.
 #[derive(Default)]
 struct Shard {
+    /// The child between calls. During a call it is taken out, so a call the worker gives up
+    /// on (its future dropped) kills it (`kill_on_drop`) instead of leaving it mid-exchange.
     child: Option<Child>,
-    /// The position the shard started at (for a new child after a failure).
+    /// The position the shard started at.
     start: Option<v1::StartingPosition>,
+    /// Checkpoint and last delivered record, as of the last call that succeeded.
     cursor: Cursor,
-    /// A call was under way when its future was dropped (the worker gave up on it): the
-    /// child is mid-exchange and must be replaced.
-    in_call: bool,
+    /// The batches the child acknowledged since the last checkpoint it asked for: a child
+    /// that replaces a failed one gets them again first, as KCL's daemon would start over from
+    /// the checkpoint (an app may buffer records until it checkpoints).
+    retained: Vec<Batch>,
+}
+
+/// A batch kept for a replacement child.
+struct Batch {
+    records: Vec<v1::Record>,
+    millis_behind_latest: i64,
+}
+
+impl Shard {
+    fn retained_bytes(&self) -> usize {
+        self.retained
+            .iter()
+            .flat_map(|b| &b.records)
+            .map(|r| r.data.len() + r.partition_key.len() + r.sequence_number.len())
+            .sum()
+    }
+
+    /// Drops what the accepted checkpoint covers from the retained batches.
+    fn checkpointed(&mut self, accepted: &Accepted) {
+        match accepted {
+            Accepted::AllDelivered | Accepted::ShardEnd => self.retained.clear(),
+            Accepted::UpTo(at) => {
+                for batch in &mut self.retained {
+                    batch.records.retain(|r| {
+                        checkpoint::compare(
+                            &Position::new(r.sequence_number.clone(), r.sub_sequence_number),
+                            at,
+                        ) == std::cmp::Ordering::Greater
+                    });
+                }
+                self.retained.retain(|b| !b.records.is_empty());
+            }
+            Accepted::Nothing => {}
+        }
+    }
 }
 
 /// The bridge: a [`RecordProcessor`] whose shards are child processes.
@@ -77,9 +120,13 @@ impl MultiLang {
         shards.entry(id.to_string()).or_default().clone()
     }
 
-    fn forget(&self, id: &str) {
+    /// Removes the shard's entry if it is still `this` one (a new `Initialize` may have
+    /// replaced it meanwhile).
+    fn forget(&self, id: &str, this: &Arc<tokio::sync::Mutex<Shard>>) {
         let mut shards = self.shards.lock().unwrap_or_else(PoisonError::into_inner);
-        shards.remove(id);
+        if shards.get(id).is_some_and(|s| Arc::ptr_eq(s, this)) {
+            shards.remove(id);
+        }
     }
 
     /// The shards with a child now.
@@ -104,42 +151,25 @@ impl MultiLang {
         }
     }
 
-    /// Runs `action` on the shard's child (starting one from the last checkpoint first when
-    /// there is none), judging its checkpoint requests in `phase`. On failure the child is
-    /// killed and the call fails; the worker retries it.
-    async fn call(
+    /// One exchange with `child`, its checkpoint requests judged against a copy of
+    /// `cursor`; the copy and what was accepted on success.
+    async fn exchange(
         &self,
         shard_id: &str,
-        state: &mut Shard,
+        child: &mut Child,
+        cursor: &Cursor,
         action: Action,
         line: &[u8],
         phase: Phase,
-    ) -> Result<Option<Accepted>, Status> {
-        if state.in_call
-            && let Some(child) = state.child.take()
-        {
-            tracing::warn!(
-                shard = shard_id,
-                pid = child.pid(),
-                "the worker gave up on the app's last call: replacing its process"
-            );
-            child.kill().await;
-        }
-        if state.child.is_none() && action != Action::Initialize {
-            self.start(shard_id, state).await?;
-        }
-        let Some(child) = state.child.as_mut() else {
-            return Err(Status::internal("no process for the shard"));
-        };
+    ) -> Result<(Cursor, Option<Accepted>), ChildError> {
+        let mut cursor = cursor.clone();
         let mut accepted = None;
-        let cursor = &mut state.cursor;
-        state.in_call = true;
-        let result = child
+        child
             .call(
                 action,
                 line,
                 self.config.timeout,
-                |seq, sub| match checkpoint::judge(cursor, phase, seq, sub) {
+                |seq, sub| match checkpoint::judge(&mut cursor, phase, seq, sub) {
                     Ok(a) => {
                         if a != Accepted::Nothing {
                             accepted = Some(a);
@@ -158,25 +188,19 @@ impl MultiLang {
                     }
                 },
             )
-            .await;
-        state.in_call = false;
-        match result {
-            Ok(()) => Ok(accepted),
-            Err(e) => {
-                if let Some(child) = state.child.take() {
-                    tracing::warn!(shard = shard_id, pid = child.pid(), error = %e, "the app's process failed: stopped; the worker retries the call");
-                    child.kill().await;
-                }
-                Err(failed(shard_id, &e))
-            }
-        }
+            .await?;
+        Ok((cursor, accepted))
     }
 
-    /// Starts a child for the shard and initializes it at the last checkpoint.
-    async fn start(&self, shard_id: &str, state: &mut Shard) -> Result<(), Status> {
-        let child =
-            Child::spawn(&self.config.command, shard_id).map_err(|e| failed(shard_id, &e))?;
-        state.child = Some(child);
+    /// A new child for the shard: started, initialized at the last checkpoint, and given
+    /// again every batch acknowledged since (see [`Shard::retained`]); with the checkpoint it
+    /// asked for during that replay, if any.
+    async fn replacement(
+        &self,
+        shard_id: &str,
+        state: &mut Shard,
+    ) -> Result<(Child, Option<Accepted>), ChildError> {
+        let mut child = Child::spawn(&self.config.command, shard_id)?;
         let start = match &state.cursor.checkpoint {
             Some(p) if p.sequence_number.bytes().all(|b| b.is_ascii_digit()) => {
                 Some(v1::StartingPosition {
@@ -189,24 +213,100 @@ impl MultiLang {
             _ => state.start.clone(),
         };
         let line = message::initialize(shard_id, start.as_ref());
-        let Some(child) = state.child.as_mut() else {
-            return Err(Status::internal("no process for the shard"));
+        let fresh = Cursor {
+            checkpoint: state.cursor.checkpoint.clone(),
+            last_delivered: None,
         };
-        if let Err(e) = child
-            .call(
-                Action::Initialize,
-                &line,
-                self.config.timeout,
-                |seq, sub| message::checkpoint_reply(seq, sub, Some("InvalidStateException")),
-            )
+        self.exchange(
+            shard_id,
+            &mut child,
+            &fresh,
+            Action::Initialize,
+            &line,
+            Phase::Processing,
+        )
+        .await?;
+        if state.retained.is_empty() {
+            return Ok((child, None));
+        }
+        tracing::info!(
+            shard = shard_id,
+            batches = state.retained.len(),
+            "giving the new process the batches acknowledged since the last checkpoint"
+        );
+        let mut accepted = None;
+        let mut i = 0;
+        while let Some(batch) = state.retained.get(i) {
+            let line = message::process_records(&batch.records, batch.millis_behind_latest);
+            // The child may checkpoint only what it has been given so far.
+            let cursor = Cursor {
+                checkpoint: state.cursor.checkpoint.clone(),
+                last_delivered: batch
+                    .records
+                    .last()
+                    .map(|r| Position::new(r.sequence_number.clone(), r.sub_sequence_number)),
+            };
+            let (cursor, got) = self
+                .exchange(
+                    shard_id,
+                    &mut child,
+                    &cursor,
+                    Action::ProcessRecords,
+                    &line,
+                    Phase::Processing,
+                )
+                .await?;
+            state.cursor.checkpoint = cursor.checkpoint;
+            i += 1;
+            if let Some(a) = got {
+                let before = state.retained.len();
+                state.checkpointed(&a);
+                // What the checkpoint covered is gone from the front.
+                i = i.saturating_sub(before - state.retained.len());
+                accepted = Some(a);
+            }
+        }
+        Ok((child, accepted))
+    }
+
+    /// Runs `action` on the shard's child (a replacement first when there is none), judging
+    /// its checkpoint requests in `phase`. On failure the child is killed and the call
+    /// fails; the worker retries it.
+    async fn call(
+        &self,
+        shard_id: &str,
+        state: &mut Shard,
+        action: Action,
+        line: &[u8],
+        phase: Phase,
+    ) -> Result<Option<Accepted>, Status> {
+        let (mut child, replayed) = match state.child.take() {
+            Some(child) => (child, None),
+            None => self
+                .replacement(shard_id, state)
+                .await
+                .map_err(|e| self.failed(shard_id, None, &e))?,
+        };
+        match self
+            .exchange(shard_id, &mut child, &state.cursor, action, line, phase)
             .await
         {
-            if let Some(child) = state.child.take() {
-                child.kill().await;
+            Ok((cursor, accepted)) => {
+                state.cursor = cursor;
+                state.child = Some(child);
+                Ok(accepted.or(replayed))
             }
-            return Err(failed(shard_id, &e));
+            Err(e) => {
+                let pid = child.pid();
+                child.kill().await;
+                Err(self.failed(shard_id, pid, &e))
+            }
         }
-        Ok(())
+    }
+
+    fn failed(&self, shard_id: &str, pid: Option<u32>, e: &ChildError) -> Status {
+        tracing::warn!(shard = shard_id, pid, error = %e, "the app's process failed: stopped; the worker retries the call");
+        failed(shard_id, e)
     }
 
     /// Sends a shard's last action and ends its child.
@@ -220,7 +320,7 @@ impl MultiLang {
         let mut state = shard.lock().await;
         if state.child.is_none() && action == Action::LeaseLost {
             // Nothing runs for the shard: nothing to tell.
-            self.forget(shard_id);
+            self.forget(shard_id, &shard);
             return Ok(None);
         }
         let result = self
@@ -237,8 +337,7 @@ impl MultiLang {
             if let Some(child) = state.child.take() {
                 child.finish(EXIT_GRACE).await;
             }
-            drop(state);
-            self.forget(shard_id);
+            self.forget(shard_id, &shard);
         }
         result
     }
@@ -293,7 +392,11 @@ impl RecordProcessor for MultiLang {
             },
             ..Shard::default()
         };
-        self.start(&req.shard_id, &mut state).await?;
+        let (child, _) = self
+            .replacement(&req.shard_id, &mut state)
+            .await
+            .map_err(|e| self.failed(&req.shard_id, None, &e))?;
+        state.child = Some(child);
         Ok(Response::new(v1::InitializeResponse {}))
     }
 
@@ -307,13 +410,18 @@ impl RecordProcessor for MultiLang {
         };
         let shard = self.shard(&req.shard_id);
         let mut state = shard.lock().await;
-        let before = state.cursor.clone();
-        state.cursor.last_delivered = Some(Position::new(
-            last.sequence_number.clone(),
-            last.sub_sequence_number,
-        ));
+        if state.retained_bytes() > self.config.max_retained_bytes {
+            return Err(Status::resource_exhausted(format!(
+                "shard {}: the app has not checkpointed for more than {} MiB of records, which the bridge keeps to give a replacement process (--max-retained-mib): checkpoint more often",
+                req.shard_id,
+                self.config.max_retained_bytes >> 20
+            )));
+        }
+        let delivered = Position::new(last.sequence_number.clone(), last.sub_sequence_number);
         let line = message::process_records(&req.records, req.millis_behind_latest);
-        match self
+        // The child sees the batch's records as delivered while it processes them.
+        let before = state.cursor.last_delivered.replace(delivered);
+        let result = self
             .call(
                 &req.shard_id,
                 &mut state,
@@ -321,16 +429,25 @@ impl RecordProcessor for MultiLang {
                 &line,
                 Phase::Processing,
             )
-            .await
-        {
-            Ok(accepted) => Ok(Response::new(v1::ProcessRecordsResponse {
-                checkpoint: to_checkpoint(accepted),
-                failed_from: None,
-            })),
+            .await;
+        match result {
+            Ok(accepted) => {
+                state.retained.push(Batch {
+                    records: req.records,
+                    millis_behind_latest: req.millis_behind_latest,
+                });
+                if let Some(a) = &accepted {
+                    state.checkpointed(a);
+                }
+                Ok(Response::new(v1::ProcessRecordsResponse {
+                    checkpoint: to_checkpoint(accepted),
+                    failed_from: None,
+                }))
+            }
             Err(status) => {
-                // The batch was not acknowledged: its records will come again, and a new
-                // child starts at the last checkpoint of a call that succeeded.
-                state.cursor = before;
+                // Not acknowledged: the worker retries the batch, and a replacement child
+                // starts at the last checkpoint with the batches acknowledged since.
+                state.cursor.last_delivered = before;
                 Err(status)
             }
         }

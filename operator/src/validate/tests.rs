@@ -350,6 +350,15 @@ fn each_protocol_asks_for_its_own_fields() {
         ))
         .contains("only protocol lambda has a handler")
     );
+    assert!(
+        one(&app(
+            json!({"processor": {"protocol": "kcl-multilang", "command": ["x"]},
+            "delivery": {"parallelizationFactor": 2}})
+        ))
+        .starts_with(
+            "spec.delivery.parallelizationFactor: protocol kcl-multilang runs one process per shard"
+        )
+    );
     let mut clash = app(json!({"processor": {"protocol": "kcl-multilang", "command": ["x"]}}));
     if let Some(pod) = clash.spec.template.spec.as_mut() {
         pod.volumes = Some(vec![k8s_openapi::api::core::v1::Volume {
