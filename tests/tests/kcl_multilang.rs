@@ -432,12 +432,22 @@ async fn a_replacement_child_starts_over_from_the_checkpoint_so_a_buffering_app_
         .status()?;
     puts.extend(put(&p, 4, 4, 2).await?);
 
-    // A graceful stop flushes what the (replacement) child holds.
-    wait_for("a replacement child", DEADLINE, POLL, || {
-        let n = children(&bridge.log_text()).len();
-        async move { (n >= 2).then_some(()) }
+    // Every record acknowledged (the last ones by the replacement child), then a graceful
+    // stop flushes what that child holds.
+    let all = puts.len() as f64;
+    wait_for("every record acknowledged", DEADLINE, POLL, || async {
+        let (_, page) = kinesis_operator_tests::pipeline::http_get(&worker.admin, "/metrics")
+            .await
+            .ok()?;
+        (kinesis_operator_tests::pipeline::metric(&page, "kinesis_worker_records_delivered_total")
+            >= all)
+            .then_some(())
     })
     .await?;
+    assert!(
+        children(&bridge.log_text()).len() >= 2,
+        "a replacement child"
+    );
     let code = worker.stop(Duration::from_secs(30)).await?;
     assert_eq!(code, Some(0));
     let seen: std::collections::HashSet<String> = processed()
