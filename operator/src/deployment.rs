@@ -298,6 +298,27 @@ fn default_memory_limit_mib(shards_per_worker: i32) -> i64 {
     (64 + 10 * shards).clamp(128, 4096)
 }
 
+/// The security context of the containers the operator adds (the worker, the bridge's
+/// installer): Pod Security "restricted", as the unprivileged user of our images.
+pub(crate) fn restricted() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        // Pod Security "restricted" asks for it on every container.
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Seconds a pod may take to stop: the worker's drain (hand-over timeout, final
 /// checkpoints) with margin, or the template's own if longer.
 pub fn grace_period(app: &KinesisApplication) -> i64 {
@@ -415,22 +436,7 @@ pub fn deployment(
                 .unwrap_or_else(|| default_resources(spec.scaling.shards_per_worker)),
         ),
         volume_mounts: mount.clone().map(|m| vec![m]),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(65532),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            // Pod Security "restricted" asks for it on every container.
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(restricted()),
         ..Default::default()
     };
     if protocol::protocol(app) == AppProtocol::Lambda {

@@ -18,6 +18,7 @@ pub mod iam;
 pub mod pipeline;
 pub mod process;
 pub mod reading;
+pub mod records;
 pub mod synthetic;
 
 use aws_config::{BehaviorVersion, Region};

@@ -26,6 +26,7 @@ use kinesis_operator::crd::KinesisApplication;
 use kinesis_operator_tests::accounting::account;
 use kinesis_operator_tests::cluster::{delete_all, delete_namespace};
 use kinesis_operator_tests::fixtures::{OperatorTest, until_replicas};
+use kinesis_operator_tests::records::{Put, checkpoints, last_per_shard, put};
 use kinesis_operator_tests::{TestEnv, unique_name, wait_for};
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -153,47 +154,6 @@ fn sortable(stamp: &str) -> String {
     format!("{secs}.{frac:0<9}")
 }
 
-/// A record put: `key-K:i`, its sequence number and shard.
-#[derive(Clone, Debug)]
-struct Put {
-    key: String,
-    index: usize,
-    seq: String,
-    shard: String,
-}
-
-async fn put(env: &TestEnv, stream: &str, keys: usize, from: usize, n: usize) -> Result<Vec<Put>> {
-    let kinesis = env.kinesis().await;
-    let entries: Vec<(String, usize)> = (from..from + n)
-        .flat_map(|i| (0..keys).map(move |k| (format!("key-{k}"), i)))
-        .collect();
-    let mut out = Vec::new();
-    for batch in entries.chunks(50) {
-        let mut req = kinesis.put_records().stream_name(stream);
-        for (key, i) in batch {
-            req = req.records(
-                aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
-                    .partition_key(key)
-                    .data(aws_sdk_kinesis::primitives::Blob::new(format!("{key}:{i}")))
-                    .build()?,
-            );
-        }
-        let resp = req.send().await?;
-        for ((key, i), r) in batch.iter().zip(resp.records()) {
-            let (Some(seq), Some(shard)) = (r.sequence_number(), r.shard_id()) else {
-                return Err(format!("put of {key}:{i} failed").into());
-            };
-            out.push(Put {
-                key: key.clone(),
-                index: *i,
-                seq: seq.into(),
-                shard: shard.into(),
-            });
-        }
-    }
-    Ok(out)
-}
-
 /// The KinesisApplication `name` reading `stream` with `processor` and the app container
 /// `app` (image, command, env), lease table `table`.
 fn application(
@@ -265,33 +225,6 @@ async fn reshard(env: &TestEnv, stream: &str, to: i32) -> Result<()> {
         .send()
         .await?;
     Ok(())
-}
-
-/// `leaseKey → checkpoint` of the lease table.
-async fn checkpoints(env: &TestEnv, table: &str) -> Result<BTreeMap<String, String>> {
-    let out = env.dynamodb().await.scan().table_name(table).send().await?;
-    Ok(out
-        .items()
-        .iter()
-        .filter_map(|i| {
-            Some((
-                i.get("leaseKey")?.as_s().ok()?.clone(),
-                i.get("checkpoint")?.as_s().ok()?.clone(),
-            ))
-        })
-        .collect())
-}
-
-/// The highest sequence number put to each shard.
-fn last_per_shard(puts: &[Put]) -> BTreeMap<String, String> {
-    let mut last: BTreeMap<String, String> = BTreeMap::new();
-    for p in puts {
-        let e = last.entry(p.shard.clone()).or_default();
-        if (p.seq.len(), p.seq.as_str()) > (e.len(), e.as_str()) {
-            *e = p.seq.clone();
-        }
-    }
-    last
 }
 
 /// Turns the ordered log lines into the records processed and the unexplained duplicates.

@@ -7,7 +7,7 @@
 //! record; the bridge logs its children's stderr, and the test accounts for every record put
 //! from that log: none lost, each key in order, every duplicate explained by a fault.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,50 +15,10 @@ use kinesis_operator_tests::accounting::account;
 use kinesis_operator_tests::fleet::{DEADLINE, POLL};
 use kinesis_operator_tests::pipeline::{Pipeline, until_socket};
 use kinesis_operator_tests::process::{Proc, binary};
+use kinesis_operator_tests::records::{Put, checkpoints, last_per_shard, put};
 use kinesis_operator_tests::wait_for;
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
-
-/// A record put: its key, index, sequence number and shard.
-struct Put {
-    key: String,
-    index: usize,
-    seq: String,
-    shard: String,
-}
-
-/// Puts `n` records per key (`key-K:i`, i from `from`) for `keys` keys, round-robin.
-async fn put(p: &Pipeline, keys: usize, from: usize, n: usize) -> Result<Vec<Put>> {
-    let kinesis = p.env.kinesis().await;
-    let entries: Vec<(String, usize)> = (from..from + n)
-        .flat_map(|i| (0..keys).map(move |k| (format!("key-{k}"), i)))
-        .collect();
-    let mut out = Vec::new();
-    for batch in entries.chunks(100) {
-        let mut req = kinesis.put_records().stream_name(&p.stream);
-        for (key, i) in batch {
-            req = req.records(
-                aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
-                    .partition_key(key)
-                    .data(aws_sdk_kinesis::primitives::Blob::new(format!("{key}:{i}")))
-                    .build()?,
-            );
-        }
-        let resp = req.send().await?;
-        for ((key, i), r) in batch.iter().zip(resp.records()) {
-            let (Some(seq), Some(shard)) = (r.sequence_number(), r.shard_id()) else {
-                return Err(format!("put of {key}:{i} failed: {:?}", r.error_message()).into());
-            };
-            out.push(Put {
-                key: key.clone(),
-                index: *i,
-                seq: seq.to_string(),
-                shard: shard.to_string(),
-            });
-        }
-    }
-    Ok(out)
-}
 
 /// The sequence numbers the sample app printed, in the order it printed them.
 fn printed_sequence_numbers(log: &str) -> Vec<String> {
@@ -149,7 +109,7 @@ async fn the_kclpy_sample_app_gets_every_record_in_order_through_a_crash_and_a_h
     let worker = p.worker("w1", &address, &[])?;
 
     let keys = 6;
-    let mut puts = put(&p, keys, 0, 20).await?;
+    let mut puts = put(&p.env, &p.stream, keys, 0, 20).await?;
     until_printed(&bridge, puts.len()).await?;
 
     // A crash: one shard's child killed between batches. Its next batch fails, the worker
@@ -160,7 +120,7 @@ async fn the_kclpy_sample_app_gets_every_record_in_order_through_a_crash_and_a_h
     Command::new("kill")
         .args(["-KILL", &crashed.to_string()])
         .status()?;
-    puts.extend(put(&p, keys, 20, 20).await?);
+    puts.extend(put(&p.env, &p.stream, keys, 20, 20).await?);
     until_printed(&bridge, puts.len()).await?;
 
     // A hang: the other child stopped (SIGSTOP). Its next batch gets no status within the
@@ -169,7 +129,7 @@ async fn the_kclpy_sample_app_gets_every_record_in_order_through_a_crash_and_a_h
     Command::new("kill")
         .args(["-STOP", &hung.to_string()])
         .status()?;
-    puts.extend(put(&p, keys, 40, 20).await?);
+    puts.extend(put(&p.env, &p.stream, keys, 40, 20).await?);
     until_printed(&bridge, puts.len()).await?;
 
     let log = bridge.log_text();
@@ -222,32 +182,11 @@ async fn the_kclpy_sample_app_gets_every_record_in_order_through_a_crash_and_a_h
     // before it lets the leases go. Each shard's checkpoint is its last record.
     let code = worker.stop(Duration::from_secs(30)).await?;
     assert_eq!(code, Some(0));
-    let mut last: BTreeMap<&str, &str> = BTreeMap::new();
-    for r in &puts {
-        last.insert(&r.shard, &r.seq);
-    }
-    let table = p
-        .env
-        .dynamodb()
-        .await
-        .scan()
-        .table_name(&p.app)
-        .send()
-        .await?;
-    let checkpoints: BTreeMap<String, String> = table
-        .items()
-        .iter()
-        .filter_map(|i| {
-            Some((
-                i.get("leaseKey")?.as_s().ok()?.clone(),
-                i.get("checkpoint")?.as_s().ok()?.clone(),
-            ))
-        })
-        .collect();
-    for (shard, seq) in &last {
+    let checkpoints = checkpoints(&p.env, &p.app).await?;
+    for (shard, seq) in &last_per_shard(&puts) {
         assert_eq!(
-            checkpoints.get(*shard).map(String::as_str),
-            Some(*seq),
+            checkpoints.get(shard),
+            Some(seq),
             "shard {shard}: {checkpoints:?}"
         );
     }
@@ -271,28 +210,6 @@ async fn the_kclpy_sample_app_gets_every_record_in_order_through_a_crash_and_a_h
         "no child left: {pids:?}"
     );
     p.cleanup().await
-}
-
-/// `leaseKey → checkpoint` of the pipeline's lease table.
-async fn checkpoints(p: &Pipeline) -> Result<BTreeMap<String, String>> {
-    let table = p
-        .env
-        .dynamodb()
-        .await
-        .scan()
-        .table_name(&p.app)
-        .send()
-        .await?;
-    Ok(table
-        .items()
-        .iter()
-        .filter_map(|i| {
-            Some((
-                i.get("leaseKey")?.as_s().ok()?.clone(),
-                i.get("checkpoint")?.as_s().ok()?.clone(),
-            ))
-        })
-        .collect())
 }
 
 /// npm's aws-kcl (2.3.2, pure JavaScript, installed unchanged) with a consumer written against
@@ -322,7 +239,7 @@ async fn the_aws_kcl_node_consumer_gets_every_record_in_order_and_its_stdout_log
         .map_err(|e| format!("{e}: {}", bridge.log_tail()))?;
     let worker = p.worker("w1", &address, &[])?;
     let keys = 6;
-    let puts = put(&p, keys, 0, 30).await?;
+    let puts = put(&p.env, &p.stream, keys, 0, 30).await?;
     until_printed(&bridge, puts.len()).await?;
 
     let log = bridge.log_text();
@@ -345,17 +262,9 @@ async fn the_aws_kcl_node_consumer_gets_every_record_in_order_and_its_stdout_log
     // the next flush; a graceful stop writes the rest.
     let code = worker.stop(Duration::from_secs(30)).await?;
     assert_eq!(code, Some(0));
-    let mut last: BTreeMap<&str, &str> = BTreeMap::new();
-    for r in &puts {
-        last.insert(&r.shard, &r.seq);
-    }
-    let cps = checkpoints(&p).await?;
-    for (shard, seq) in &last {
-        assert_eq!(
-            cps.get(*shard).map(String::as_str),
-            Some(*seq),
-            "shard {shard}: {cps:?}"
-        );
+    let cps = checkpoints(&p.env, &p.app).await?;
+    for (shard, seq) in &last_per_shard(&puts) {
+        assert_eq!(cps.get(shard), Some(seq), "shard {shard}: {cps:?}");
     }
     assert!(
         bridge.log_text().contains("shutdown requested shardId-"),
@@ -397,7 +306,7 @@ async fn a_replacement_child_starts_over_from_the_checkpoint_so_a_buffering_app_
     // 4 batches of 4: the app wrote the first 3 and checkpointed; the 4th is buffered.
     let mut puts = Vec::new();
     for i in 0..4 {
-        puts.extend(put(&p, 4, i, 1).await?);
+        puts.extend(put(&p.env, &p.stream, 4, i, 1).await?);
         let want = puts.len();
         wait_for(
             "the worker to deliver the batch",
@@ -430,7 +339,7 @@ async fn a_replacement_child_starts_over_from_the_checkpoint_so_a_buffering_app_
     Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()?;
-    puts.extend(put(&p, 4, 4, 2).await?);
+    puts.extend(put(&p.env, &p.stream, 4, 4, 2).await?);
 
     // Every record acknowledged (the last ones by the replacement child), then a graceful
     // stop flushes what that child holds.

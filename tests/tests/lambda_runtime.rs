@@ -8,7 +8,7 @@
 //! and every record delivered twice explained by a failure of an earlier invocation at or
 //! before it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use kinesis_operator_tests::accounting::account;
 use kinesis_operator_tests::fleet::{DEADLINE, POLL};
 use kinesis_operator_tests::pipeline::{Pipeline, until_socket};
 use kinesis_operator_tests::process::Proc;
+use kinesis_operator_tests::records::{Put, checkpoints, last_per_shard, put};
 use kinesis_operator_tests::wait_for;
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
@@ -51,35 +52,6 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-/// Puts `n` records per key, `key-K:i`; returns (data → (sequence number, shard)).
-async fn put(p: &Pipeline, keys: usize, n: usize) -> Result<HashMap<String, (String, String)>> {
-    let kinesis = p.env.kinesis().await;
-    let mut out = HashMap::new();
-    let entries: Vec<String> = (0..n)
-        .flat_map(|i| (0..keys).map(move |k| format!("key-{k}:{i}")))
-        .collect();
-    for batch in entries.chunks(100) {
-        let mut req = kinesis.put_records().stream_name(&p.stream);
-        for data in batch {
-            let key = data.split(':').next().unwrap_or_default();
-            req = req.records(
-                aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
-                    .partition_key(key)
-                    .data(aws_sdk_kinesis::primitives::Blob::new(data.as_bytes()))
-                    .build()?,
-            );
-        }
-        let resp = req.send().await?;
-        for (data, r) in batch.iter().zip(resp.records()) {
-            let (Some(seq), Some(shard)) = (r.sequence_number(), r.shard_id()) else {
-                return Err(format!("put of {data} failed").into());
-            };
-            out.insert(data.clone(), (seq.to_string(), shard.to_string()));
-        }
-    }
-    Ok(out)
 }
 
 #[tokio::test]
@@ -119,11 +91,9 @@ async fn an_unchanged_handler_under_awslambdaric_gets_every_record_through_parti
     let handler = Proc::spawn(cmd, p.dir.join("handler.log"))?;
 
     let (keys, per_key) = (4, 40);
-    let puts = put(&p, keys, per_key).await?;
-    let by_seq: HashMap<&str, &str> = puts
-        .iter()
-        .map(|(data, (seq, _))| (seq.as_str(), data.as_str()))
-        .collect();
+    let puts = put(&p.env, &p.stream, keys, 0, per_key).await?;
+    let data_of = |r: &Put| format!("{}:{}", r.key, r.index);
+    let by_seq: HashMap<&str, String> = puts.iter().map(|r| (r.seq.as_str(), data_of(r))).collect();
     let all_seen = || {
         let processed: std::collections::HashSet<String> = invocations(&handler)
             .iter()
@@ -136,7 +106,7 @@ async fn an_unchanged_handler_under_awslambdaric_gets_every_record_through_parti
                 i.received[..end].iter().map(|r| r.data.clone())
             })
             .collect();
-        puts.keys().all(|d| processed.contains(d))
+        puts.iter().all(|r| processed.contains(&data_of(r)))
     };
     wait_for(
         "every record processed by the handler",
@@ -163,7 +133,7 @@ async fn an_unchanged_handler_under_awslambdaric_gets_every_record_through_parti
         assert!(i.remaining_ms > 0, "a deadline in the future: {i:?}");
         assert!(!i.request.is_empty());
         for r in &i.received {
-            assert_eq!(by_seq.get(r.seq.as_str()), Some(&r.data.as_str()), "{r:?}");
+            assert_eq!(by_seq.get(r.seq.as_str()), Some(&r.data), "{r:?}");
         }
     }
     assert!(
@@ -220,36 +190,11 @@ async fn an_unchanged_handler_under_awslambdaric_gets_every_record_through_parti
     // A graceful stop checkpoints each shard at its last record.
     let code = worker.stop(Duration::from_secs(30)).await?;
     assert_eq!(code, Some(0));
-    // The last record of each shard: the highest sequence number put to it.
-    let mut last: BTreeMap<&str, &str> = BTreeMap::new();
-    for (seq, shard) in puts.values() {
-        let entry = last.entry(shard.as_str()).or_insert(seq.as_str());
-        if (seq.len(), seq.as_str()) > (entry.len(), *entry) {
-            *entry = seq.as_str();
-        }
-    }
-    let table = p
-        .env
-        .dynamodb()
-        .await
-        .scan()
-        .table_name(&p.app)
-        .send()
-        .await?;
-    let checkpoints: BTreeMap<String, String> = table
-        .items()
-        .iter()
-        .filter_map(|i| {
-            Some((
-                i.get("leaseKey")?.as_s().ok()?.clone(),
-                i.get("checkpoint")?.as_s().ok()?.clone(),
-            ))
-        })
-        .collect();
-    for (shard, seq) in &last {
+    let checkpoints = checkpoints(&p.env, &p.app).await?;
+    for (shard, seq) in &last_per_shard(&puts) {
         assert_eq!(
-            checkpoints.get(*shard).map(String::as_str),
-            Some(*seq),
+            checkpoints.get(shard),
+            Some(seq),
             "shard {shard}: {checkpoints:?}"
         );
     }
