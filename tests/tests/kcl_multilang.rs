@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use kinesis_operator_tests::accounting::account;
 use kinesis_operator_tests::fleet::{DEADLINE, POLL};
-use kinesis_operator_tests::pipeline::{Pipeline, until_socket};
+use kinesis_operator_tests::pipeline::{Pipeline, until_metric, until_socket};
 use kinesis_operator_tests::process::{Proc, binary};
 use kinesis_operator_tests::records::{Put, checkpoints, last_per_shard, put};
 use kinesis_operator_tests::wait_for;
@@ -74,6 +74,45 @@ async fn until_printed(bridge: &Proc, n: usize) -> Result<()> {
     .map_err(|e| format!("{e}\n{}", bridge.log_tail()).into())
 }
 
+/// Starts `kinesis-bridge multilang` on a socket of `p`'s folder with `env`, its `flags`,
+/// running `command`; waits for its socket. The bridge and the address it serves.
+async fn start_bridge(
+    p: &Pipeline,
+    env: &[(&str, &std::ffi::OsStr)],
+    flags: &[&str],
+    command: &[&std::ffi::OsStr],
+) -> Result<(Proc, String)> {
+    let socket = p.dir.join("bridge.sock");
+    let address = format!("unix://{}", socket.display());
+    let mut cmd = Command::new(binary("kinesis-bridge")?);
+    cmd.envs(env.iter().copied())
+        .env("LOG_LEVEL", "info")
+        .args(["multilang", "--address", &address])
+        .args(flags)
+        .arg("--")
+        .args(command);
+    let bridge = Proc::spawn(cmd, p.dir.join("bridge.log"))?;
+    until_socket(&socket)
+        .await
+        .map_err(|e| format!("{e}: {}", bridge.log_tail()))?;
+    Ok((bridge, address))
+}
+
+/// Waits until the worker acknowledged at least `n` records.
+async fn until_acknowledged(
+    worker: &kinesis_operator_tests::pipeline::Worker,
+    n: usize,
+) -> Result<()> {
+    until_metric(
+        &worker.admin,
+        &format!("{n} records acknowledged"),
+        "kinesis_worker_records_delivered_total",
+        n as f64,
+    )
+    .await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_kclpy_sample_app_gets_every_record_in_order_through_a_crash_and_a_hang() -> Result<()>
 {
@@ -83,29 +122,20 @@ async fn the_kclpy_sample_app_gets_every_record_in_order_through_a_crash_and_a_h
         .kclpy
         .clone()
         .ok_or("env.json names no amazon_kclpy: run `cargo xtask env up`")?;
-    let socket = p.dir.join("bridge.sock");
-    let address = format!("unix://{}", socket.display());
-    let mut cmd = Command::new(binary("kinesis-bridge")?);
     // The sample writes its log without newlines: unbuffered, each record's line reaches
     // the bridge's log when it is written (buffered, a killed child's last lines would be
     // lost with it and look like lost records).
-    cmd.env("PYTHONPATH", &kclpy)
-        .env("PYTHONUNBUFFERED", "1")
-        .env("LOG_LEVEL", "info")
-        .args([
-            "multilang",
-            "--address",
-            &address,
-            "--timeout-seconds",
-            "3",
-            "--",
-        ])
-        .arg(&p.env.python)
-        .arg(kclpy.join("samples/sample_kclpy_app.py"));
-    let bridge = Proc::spawn(cmd, p.dir.join("bridge.log"))?;
-    until_socket(&socket)
-        .await
-        .map_err(|e| format!("{e}: {}", bridge.log_tail()))?;
+    let sample = kclpy.join("samples/sample_kclpy_app.py");
+    let (bridge, address) = start_bridge(
+        &p,
+        &[
+            ("PYTHONPATH", kclpy.as_os_str()),
+            ("PYTHONUNBUFFERED", "1".as_ref()),
+        ],
+        &["--timeout-seconds", "3"],
+        &[p.env.python.as_os_str(), sample.as_os_str()],
+    )
+    .await?;
     let worker = p.worker("w1", &address, &[])?;
 
     let keys = 6;
@@ -225,18 +255,14 @@ async fn the_aws_kcl_node_consumer_gets_every_record_in_order_and_its_stdout_log
         .aws_kcl
         .clone()
         .ok_or("env.json names no aws-kcl: run `cargo xtask env up`")?;
-    let socket = p.dir.join("bridge.sock");
-    let address = format!("unix://{}", socket.display());
     let app = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kcl/sample_kcl_app.js");
-    let mut cmd = Command::new(binary("kinesis-bridge")?);
-    cmd.env("NODE_PATH", &node_path)
-        .env("LOG_LEVEL", "info")
-        .args(["multilang", "--address", &address, "--", "node"])
-        .arg(&app);
-    let bridge = Proc::spawn(cmd, p.dir.join("bridge.log"))?;
-    until_socket(&socket)
-        .await
-        .map_err(|e| format!("{e}: {}", bridge.log_tail()))?;
+    let (bridge, address) = start_bridge(
+        &p,
+        &[("NODE_PATH", node_path.as_os_str())],
+        &[],
+        &["node".as_ref(), app.as_os_str()],
+    )
+    .await?;
     let worker = p.worker("w1", &address, &[])?;
     let keys = 6;
     let puts = put(&p.env, &p.stream, keys, 0, 30).await?;
@@ -286,20 +312,15 @@ async fn a_replacement_child_starts_over_from_the_checkpoint_so_a_buffering_app_
         .kclpy
         .clone()
         .ok_or("env.json names no amazon_kclpy: run `cargo xtask env up`")?;
-    let socket = p.dir.join("bridge.sock");
-    let address = format!("unix://{}", socket.display());
     let out = p.dir.join("processed.txt");
     let app = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kcl/buffering_kclpy_app.py");
-    let mut cmd = Command::new(binary("kinesis-bridge")?);
-    cmd.env("PYTHONPATH", &kclpy)
-        .env("OUT", &out)
-        .args(["multilang", "--address", &address, "--"])
-        .arg(&p.env.python)
-        .arg(&app);
-    let bridge = Proc::spawn(cmd, p.dir.join("bridge.log"))?;
-    until_socket(&socket)
-        .await
-        .map_err(|e| format!("{e}: {}", bridge.log_tail()))?;
+    let (bridge, address) = start_bridge(
+        &p,
+        &[("PYTHONPATH", kclpy.as_os_str()), ("OUT", out.as_os_str())],
+        &[],
+        &[p.env.python.as_os_str(), app.as_os_str()],
+    )
+    .await?;
     let worker = p.worker("w1", &address, &["--batch-size", "4"])?;
     let processed = || std::fs::read_to_string(&out).unwrap_or_default();
 
@@ -307,24 +328,7 @@ async fn a_replacement_child_starts_over_from_the_checkpoint_so_a_buffering_app_
     let mut puts = Vec::new();
     for i in 0..4 {
         puts.extend(put(&p.env, &p.stream, 4, i, 1).await?);
-        let want = puts.len();
-        wait_for(
-            "the worker to deliver the batch",
-            DEADLINE,
-            POLL,
-            || async {
-                let (_, page) =
-                    kinesis_operator_tests::pipeline::http_get(&worker.admin, "/metrics")
-                        .await
-                        .ok()?;
-                (kinesis_operator_tests::pipeline::metric(
-                    &page,
-                    "kinesis_worker_records_delivered_total",
-                ) >= want as f64)
-                    .then_some(())
-            },
-        )
-        .await?;
+        until_acknowledged(&worker, puts.len()).await?;
     }
     assert_eq!(
         processed().lines().count(),
@@ -343,16 +347,7 @@ async fn a_replacement_child_starts_over_from_the_checkpoint_so_a_buffering_app_
 
     // Every record acknowledged (the last ones by the replacement child), then a graceful
     // stop flushes what that child holds.
-    let all = puts.len() as f64;
-    wait_for("every record acknowledged", DEADLINE, POLL, || async {
-        let (_, page) = kinesis_operator_tests::pipeline::http_get(&worker.admin, "/metrics")
-            .await
-            .ok()?;
-        (kinesis_operator_tests::pipeline::metric(&page, "kinesis_worker_records_delivered_total")
-            >= all)
-            .then_some(())
-    })
-    .await?;
+    until_acknowledged(&worker, puts.len()).await?;
     assert!(
         children(&bridge.log_text()).len() >= 2,
         "a replacement child"

@@ -45,8 +45,8 @@ pub struct LambdaConfig {
     pub region: String,
     /// `invokeIdentityArn` of each event record.
     pub invoke_identity_arn: String,
-    /// How long an invocation may take when its call carries no lease deadline
-    /// ([`kinesis_processor::LEASE_VALID_UNTIL`]); with one, the sooner of the two.
+    /// How long the handler may take for one invocation, from the moment a runtime client
+    /// takes it (`Lambda-Runtime-Deadline-Ms`).
     pub invocation_timeout: Duration,
     /// Read the handler's `batchItemFailures` (Lambda's `ReportBatchItemFailures`); off,
     /// any answer is a success, as Lambda ignores a partial response it was not asked for.
@@ -85,14 +85,6 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-/// The [`kinesis_processor::LEASE_VALID_UNTIL`] of a call, if it carries a valid one.
-fn lease_valid_until(metadata: &tonic::metadata::MetadataMap) -> Option<i64> {
-    metadata
-        .get(kinesis_processor::LEASE_VALID_UNTIL)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
 }
 
 /// The answer to a `ProcessRecords` call whose handler returned `outcome`.
@@ -192,7 +184,6 @@ impl RecordProcessor for LambdaProcessor {
         &self,
         request: Request<v1::ProcessRecordsRequest>,
     ) -> Result<Response<v1::ProcessRecordsResponse>, Status> {
-        let lease = lease_valid_until(request.metadata());
         let request = request.into_inner();
         if request.records.is_empty() {
             // The idle call: Lambda never invokes without records, and every invocation that
@@ -206,7 +197,6 @@ impl RecordProcessor for LambdaProcessor {
         // validity (a snapshot, renewed by heartbeats) is no deadline for it: the worker
         // cancels the call itself when the lease is really lost, and the app's server refuses
         // a call that arrives after it (`refuse_after_lease`).
-        let _ = lease;
         let timeout_ms = i64::try_from(self.invocation_timeout.as_millis()).unwrap_or(i64::MAX);
         let body = event::kinesis_event_bytes(&request.shard_id, &request.records, &self.source);
         let reply = self
@@ -567,16 +557,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_a_runtime_the_call_waits_and_leaves_nothing_when_given_up() -> TestResult {
+    async fn without_a_runtime_the_call_exceeds_its_deadline() -> TestResult {
         let (dispatcher, processor) = adapter(Duration::from_millis(50));
-        // Queued, the handler's timeout has not started: the call waits for a runtime until
-        // the worker gives up on it (its own call timeout, here 300 ms).
-        let gave_up = tokio::time::timeout(
-            Duration::from_millis(300),
+        let status = tokio::time::timeout(
+            SOON,
             processor.process_records(Request::new(batch_request(vec![record("1", 0)]))),
         )
-        .await;
-        assert!(gave_up.is_err(), "{gave_up:?}");
+        .await?
+        .err()
+        .ok_or("succeeded without a runtime")?;
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert!(
+            status
+                .message()
+                .contains("no runtime client asked for the next invocation"),
+            "{status:?}"
+        );
+        assert!(
+            status
+                .message()
+                .contains("AWS_LAMBDA_RUNTIME_API=127.0.0.1:9001")
+        );
         assert_eq!((dispatcher.queued(), dispatcher.in_flight()), (0, 0));
         Ok(())
     }

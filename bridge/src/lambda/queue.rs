@@ -81,6 +81,8 @@ struct State {
     /// The last invocations given up on after a runtime took them: a late answer to one is
     /// accepted and dropped (a 4xx would make awslambdaric exit).
     withdrawn: VecDeque<String>,
+    /// When a runtime client last asked for an invocation or answered one.
+    runtime_seen: Option<std::time::Instant>,
     closed: bool,
     /// The last `POST …/init/error`, for the error of an invocation nobody took.
     init_error: Option<String>,
@@ -167,9 +169,24 @@ impl Dispatcher {
             dispatcher: self,
             id: &id,
         };
+        let queued_at = std::time::Instant::now();
         loop {
             // Until a runtime takes it, look again every second for its deadline.
-            let deadline = self.lock().in_flight.get(&id).map(|(_, d)| *d);
+            let (deadline, no_runtime) = {
+                let state = self.lock();
+                let absent = |since: std::time::Instant| since.elapsed() >= timeout;
+                (
+                    state.in_flight.get(&id).map(|(_, d)| *d),
+                    // Queued for the whole timeout while no runtime asked for anything nor
+                    // worked on anything: there is no runtime (a busy one does not count).
+                    absent(queued_at)
+                        && state.in_flight.is_empty()
+                        && state.runtime_seen.is_none_or(absent),
+                )
+            };
+            if deadline.is_none() && no_runtime && self.withdraw(&id) == Some(Stage::Queued) {
+                return Err(InvokeError::NeverTaken);
+            }
             let wait = match deadline {
                 Some(d) => Duration::from_millis(
                     u64::try_from(d.saturating_sub(super::now_ms())).unwrap_or(0),
@@ -204,6 +221,7 @@ impl Dispatcher {
             notified.as_mut().enable();
             {
                 let mut state = self.lock();
+                state.runtime_seen = Some(std::time::Instant::now());
                 if state.closed {
                     return None;
                 }
@@ -234,6 +252,7 @@ impl Dispatcher {
     pub(crate) fn complete(&self, id: &str, reply: Reply) -> Completion {
         let (sender, late) = {
             let mut state = self.lock();
+            state.runtime_seen = Some(std::time::Instant::now());
             let sender = state.in_flight.remove(id);
             let late = sender.is_none() && state.withdrawn.iter().any(|w| w == id);
             (sender, late)
@@ -411,27 +430,53 @@ mod tests {
     #[tokio::test]
     async fn time_queued_behind_other_invocations_does_not_count() -> TestResult {
         let d = Arc::new(Dispatcher::new());
-        let invoker = {
+        let invoke = |body: &'static [u8], timeout: Duration| {
             let d = d.clone();
-            tokio::spawn(async move { d.invoke(b"{}".to_vec(), Duration::from_millis(300)).await })
+            tokio::spawn(async move { d.invoke(body.to_vec(), timeout).await })
         };
-        // Queued three times as long as its timeout: a runtime busy with another shard.
+        // The one runtime works on a slow invocation of another shard...
+        let slow = invoke(b"slow", Duration::from_secs(5));
+        let busy = tokio::time::timeout(SOON, d.next())
+            .await?
+            .ok_or("closed")?;
+        // ...while this one waits three times as long as its own timeout.
+        let queued = invoke(b"queued", Duration::from_millis(300));
         tokio::time::sleep(Duration::from_millis(900)).await;
         assert!(
-            !invoker.is_finished(),
+            !queued.is_finished(),
             "a queued invocation has not timed out"
         );
+        assert_eq!(
+            d.complete(&busy.id, Reply::Response(Bytes::from_static(b"{}"))),
+            Completion::Delivered
+        );
+        assert!(matches!(
+            tokio::time::timeout(SOON, slow).await??,
+            Ok(Reply::Response(_))
+        ));
         let invocation = tokio::time::timeout(SOON, d.next())
             .await?
             .ok_or("closed")?;
+        assert_eq!(invocation.body, b"queued");
         assert_eq!(
             d.complete(&invocation.id, Reply::Response(Bytes::from_static(b"{}"))),
             Completion::Delivered
         );
         assert!(matches!(
-            tokio::time::timeout(SOON, invoker).await??,
+            tokio::time::timeout(SOON, queued).await??,
             Ok(Reply::Response(_))
         ));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn with_no_runtime_at_all_a_queued_invocation_fails_after_its_timeout() -> TestResult {
+        let d = Dispatcher::new();
+        let started = std::time::Instant::now();
+        let result = d.invoke(b"{}".to_vec(), Duration::from_millis(50)).await;
+        assert_eq!(result.err(), Some(InvokeError::NeverTaken));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert_eq!((d.queued(), d.in_flight()), (0, 0));
         Ok(())
     }
 

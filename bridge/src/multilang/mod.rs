@@ -62,6 +62,8 @@ struct Shard {
     /// that replaces a failed one gets them again first, as KCL's daemon would start over from
     /// the checkpoint (an app may buffer records until it checkpoints).
     retained: Vec<Batch>,
+    /// Record bytes in `retained`, kept as it changes (the bound is checked on every call).
+    retained_bytes: usize,
 }
 
 /// A batch kept for a replacement child.
@@ -71,12 +73,17 @@ struct Batch {
 }
 
 impl Shard {
-    fn retained_bytes(&self) -> usize {
-        self.retained
+    fn bytes(records: &[v1::Record]) -> usize {
+        records
             .iter()
-            .flat_map(|b| &b.records)
             .map(|r| r.data.len() + r.partition_key.len() + r.sequence_number.len())
             .sum()
+    }
+
+    /// Keeps an acknowledged batch for a replacement child.
+    fn retain(&mut self, batch: Batch) {
+        self.retained_bytes += Self::bytes(&batch.records);
+        self.retained.push(batch);
     }
 
     /// Drops what the accepted checkpoint covers from the retained batches.
@@ -96,6 +103,7 @@ impl Shard {
             }
             Accepted::Nothing => {}
         }
+        self.retained_bytes = self.retained.iter().map(|b| Self::bytes(&b.records)).sum();
     }
 }
 
@@ -127,14 +135,6 @@ impl MultiLang {
         if shards.get(id).is_some_and(|s| Arc::ptr_eq(s, this)) {
             shards.remove(id);
         }
-    }
-
-    /// The shards with a child now.
-    pub fn shard_count(&self) -> usize {
-        self.shards
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
     }
 
     /// Ends every child (stdin closed, then killed after a grace period): on the bridge's
@@ -410,7 +410,7 @@ impl RecordProcessor for MultiLang {
         };
         let shard = self.shard(&req.shard_id);
         let mut state = shard.lock().await;
-        if state.retained_bytes() > self.config.max_retained_bytes {
+        if state.retained_bytes > self.config.max_retained_bytes {
             return Err(Status::resource_exhausted(format!(
                 "shard {}: the app has not checkpointed for more than {} MiB of records, which the bridge keeps to give a replacement process (--max-retained-mib): checkpoint more often",
                 req.shard_id,
@@ -432,7 +432,7 @@ impl RecordProcessor for MultiLang {
             .await;
         match result {
             Ok(accepted) => {
-                state.retained.push(Batch {
+                state.retain(Batch {
                     records: req.records,
                     millis_behind_latest: req.millis_behind_latest,
                 });
