@@ -12,5 +12,6 @@
 //! Both are record processors like any app: the worker's leases, reading, retries, bisection,
 //! destinations and checkpoints apply unchanged.
 
+mod json;
 pub mod lambda;
 pub mod multilang;

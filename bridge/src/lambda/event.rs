@@ -8,6 +8,8 @@ use std::collections::HashSet;
 use kinesis_processor::v1;
 use serde_json::{Value, json};
 
+use crate::json::push_escaped;
+
 /// The fields every record of a Kinesis event repeats: where the records come from and who
 /// invokes the function.
 #[derive(Debug, Clone)]
@@ -164,38 +166,6 @@ pub fn kinesis_event_bytes(
     }
     buf.extend_from_slice(b"]}");
     buf
-}
-
-/// Appends the contents of a JSON string for `s` (without the quotes), escaped as serde_json
-/// escapes: `"` and `\`, the short escapes, and `\u00XX` for other control characters.
-fn push_escaped(buf: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let short: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => {
-                buf.extend_from_slice(&bytes[start..i]);
-                buf.extend_from_slice(b"\\u00");
-                buf.push(HEX[usize::from(b >> 4)]);
-                buf.push(HEX[usize::from(b & 0xf)]);
-                start = i + 1;
-                continue;
-            }
-            _ => continue,
-        };
-        buf.extend_from_slice(&bytes[start..i]);
-        buf.extend_from_slice(short);
-        start = i + 1;
-    }
-    buf.extend_from_slice(&bytes[start..]);
 }
 
 /// What the handler's return value means for the batch (Lambda's partial batch response).

@@ -4,6 +4,8 @@
 use kinesis_processor::v1;
 use serde::{Deserialize, Serialize};
 
+use crate::json::push_escaped;
+
 /// What a child is asked to do: the `action` of each message to it, which its `status`
 /// message names in `responseFor` when it is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,25 +42,6 @@ struct InitializeMessage<'a> {
     shard_id: &'a str,
     sequence_number: &'a str,
     sub_sequence_number: u64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct RecordMessage<'a> {
-    action: &'static str,
-    data: String,
-    partition_key: &'a str,
-    sequence_number: &'a str,
-    sub_sequence_number: u64,
-    approximate_arrival_timestamp: i64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ProcessRecordsMessage<'a> {
-    action: &'static str,
-    millis_behind_latest: i64,
-    records: Vec<RecordMessage<'a>>,
 }
 
 #[derive(Serialize)]
@@ -104,23 +87,61 @@ pub fn initialize(shard_id: &str, start: Option<&v1::StartingPosition>) -> Vec<u
 /// The `processRecords` line: each record with `"action":"record"`, its data in standard
 /// base64, and its arrival time as integer milliseconds (what KCL's `JsonFriendlyRecord`
 /// writes).
+///
+/// # Guarantees
+/// - One line of UTF-8 JSON (the only newline is the last byte) that parses to the same
+///   value as serde_json would write for the message: `action`, `millisBehindLatest`, then
+///   `records`, each with `action`, `data`, `partitionKey`, `sequenceNumber`,
+///   `subSequenceNumber`, `approximateArrivalTimestamp`, in batch order.
+/// - Built in one pass into one buffer sized up front, the base64 written straight into it
+///   (no string per record, no escaping of what cannot need it): this is the per-batch hot
+///   path.
 pub fn process_records(records: &[v1::Record], millis_behind_latest: i64) -> Vec<u8> {
-    let records = records
-        .iter()
-        .map(|r| RecordMessage {
-            action: "record",
-            data: base64_simd::STANDARD.encode_to_string(&r.data),
-            partition_key: &r.partition_key,
-            sequence_number: &r.sequence_number,
-            sub_sequence_number: r.sub_sequence_number,
-            approximate_arrival_timestamp: r.approximate_arrival_timestamp_ms,
-        })
-        .collect();
-    line(&ProcessRecordsMessage {
-        action: Action::ProcessRecords.name(),
-        millis_behind_latest,
-        records,
-    })
+    const HEAD: &[u8] = br#"{"action":"record","data":""#;
+    const KEY: &[u8] = br#"","partitionKey":""#;
+    const SEQUENCE: &[u8] = br#"","sequenceNumber":""#;
+    const SUB: &[u8] = br#"","subSequenceNumber":"#;
+    const ARRIVAL: &[u8] = br#","approximateArrivalTimestamp":"#;
+    const FIXED: usize = HEAD.len() + KEY.len() + SEQUENCE.len() + SUB.len() + ARRIVAL.len();
+    // Escaping may grow a key; the estimate covers the usual case in one allocation.
+    let size = 64
+        + records
+            .iter()
+            .map(|r| {
+                FIXED
+                    + 48
+                    + base64_simd::STANDARD.encoded_length(r.data.len())
+                    + r.partition_key.len()
+                    + r.sequence_number.len()
+            })
+            .sum::<usize>();
+    let mut buf = Vec::with_capacity(size);
+    let mut numbers = itoa::Buffer::new();
+    buf.extend_from_slice(br#"{"action":"processRecords","millisBehindLatest":"#);
+    buf.extend_from_slice(numbers.format(millis_behind_latest).as_bytes());
+    buf.extend_from_slice(br#","records":["#);
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        buf.extend_from_slice(HEAD);
+        base64_simd::STANDARD.encode_append(&r.data, &mut buf);
+        buf.extend_from_slice(KEY);
+        push_escaped(&mut buf, &r.partition_key);
+        buf.extend_from_slice(SEQUENCE);
+        push_escaped(&mut buf, &r.sequence_number);
+        buf.extend_from_slice(SUB);
+        buf.extend_from_slice(numbers.format(r.sub_sequence_number).as_bytes());
+        buf.extend_from_slice(ARRIVAL);
+        buf.extend_from_slice(
+            numbers
+                .format(r.approximate_arrival_timestamp_ms)
+                .as_bytes(),
+        );
+        buf.push(b'}');
+    }
+    buf.extend_from_slice(b"]}\n");
+    buf
 }
 
 /// The line of an action that carries no fields (`leaseLost`, `shardEnded`,
@@ -237,6 +258,26 @@ mod tests {
 
     type Result = std::result::Result<(), Box<dyn std::error::Error>>;
 
+    /// The message as serde_json writes it: the reference for the hand-written line.
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct RecordMessage<'a> {
+        action: &'static str,
+        data: String,
+        partition_key: &'a str,
+        sequence_number: &'a str,
+        sub_sequence_number: u64,
+        approximate_arrival_timestamp: i64,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ProcessRecordsMessage<'a> {
+        action: &'static str,
+        millis_behind_latest: i64,
+        records: Vec<RecordMessage<'a>>,
+    }
+
     fn json(line: &[u8]) -> std::result::Result<serde_json::Value, Box<dyn std::error::Error>> {
         assert_eq!(line.last(), Some(&b'\n'), "one message per line");
         assert_eq!(
@@ -293,6 +334,59 @@ mod tests {
                 "subSequenceNumber":2,"approximateArrivalTimestamp":1_545_084_650_987_i64}]})
         );
         Ok(())
+    }
+
+    /// The reference line: serde_json over the message structs.
+    fn by_serde(records: &[v1::Record], millis_behind_latest: i64) -> Vec<u8> {
+        let records = records
+            .iter()
+            .map(|r| RecordMessage {
+                action: "record",
+                data: base64_simd::STANDARD.encode_to_string(&r.data),
+                partition_key: &r.partition_key,
+                sequence_number: &r.sequence_number,
+                sub_sequence_number: r.sub_sequence_number,
+                approximate_arrival_timestamp: r.approximate_arrival_timestamp_ms,
+            })
+            .collect();
+        line(&ProcessRecordsMessage {
+            action: Action::ProcessRecords.name(),
+            millis_behind_latest,
+            records,
+        })
+    }
+
+    proptest::proptest! {
+        /// The hand-written line is byte for byte what serde_json writes, whatever the keys
+        /// (control characters, quotes, non-ASCII), data, and numbers (negative included).
+        #[test]
+        fn the_records_line_is_what_serde_writes(
+            batch in proptest::collection::vec(
+                (
+                    proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+                    "\\PC{0,8}|[\"\\\\\\x00-\\x1f]{0,4}",
+                    "[0-9]{1,60}",
+                    proptest::num::u64::ANY,
+                    proptest::num::i64::ANY,
+                ),
+                0..6,
+            ),
+            behind in proptest::num::i64::ANY,
+        ) {
+            let records: Vec<v1::Record> = batch
+                .into_iter()
+                .map(|(data, key, seq, sub, at)| v1::Record {
+                    data: data.into(),
+                    partition_key: key,
+                    sequence_number: seq,
+                    sub_sequence_number: sub,
+                    approximate_arrival_timestamp_ms: at,
+                    ..Default::default()
+                })
+                .collect();
+            let (mine, reference) = (process_records(&records, behind), by_serde(&records, behind));
+            proptest::prop_assert_eq!(String::from_utf8_lossy(&mine), String::from_utf8_lossy(&reference));
+        }
     }
 
     #[test]

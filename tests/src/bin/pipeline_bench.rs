@@ -6,13 +6,16 @@
 //!   and 1 KB records (records put first, then read as fast as the worker and kinesis-mock
 //!   go), for each GetRecords client (`--clients sdk,cbor,json`);
 //! - the worker's RSS holding 64 shard leases, idle and after a record through every shard;
-//! - put → app latency (p50/p99) at the tip with the default idle time.
+//! - put → app latency (p50/p99) at the tip with the default idle time, per app protocol.
 //!
 //! Run: `cargo xtask env up && cargo run --release -p kinesis-operator-tests --bin pipeline_bench`
 //! Options: `--records N` (put once per size, default 20000: kinesis-mock takes ~3 ms per
 //! record to put; `--records-1k N` for the 1 KB records, default the same), `--passes N`
 //! (reads of them, default 5), `--clients LIST` (default
-//! `sdk,cbor,json`), `--latency-records N` (default 300); `--callgrind DIR`: instead, one read
+//! `sdk,cbor,json`), `--latency-records N` (default 300) for each of `--latency-protocols LIST`
+//! (default `grpc,kcl-multilang,lambda`: record-app, the bridge with the do-nothing kclpy app,
+//! the Runtime API with the do-nothing handler; the Python apps write their receive times
+//! when `LATENCY_OUT` is set); `--callgrind DIR`: instead, one read
 //! of `--records` 100-byte records per client by a worker under valgrind's callgrind (from
 //! the synthetic endpoint with `--synthetic`).
 //! `--only throughput|synthetic|memory|latency|lanes|protocols` runs one part. `protocols`:
@@ -191,6 +194,8 @@ struct Side {
     address: String,
     /// The bridge's process, whose log names its children.
     bridge: Option<usize>,
+    /// Where the app writes what it received (the latency part).
+    out: Option<std::path::PathBuf>,
 }
 
 /// The pids of the children the bridge's log names.
@@ -208,9 +213,98 @@ fn cpu_of(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|p| cpu_seconds(*p).ok()).sum()
 }
 
+/// A free port on 127.0.0.1 for the worker's Runtime API.
+fn runtime_api_address() -> Result<String> {
+    Ok(format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port()
+    ))
+}
+
+/// The app side of `protocol` before the worker starts: record-app (`grpc`; with an output
+/// file when `out` is given, for the receive times), the bridge running the do-nothing kclpy
+/// app (`kcl-multilang`), or nothing yet (`lambda`: the worker serves the Runtime API, and
+/// [`start_handler`] starts the runtime client once it listens). The worker flags it needs
+/// are added to `extra`. With `out`, the Python apps append their receive times there.
+async fn protocol_side(
+    p: &Pipeline,
+    protocol: &str,
+    runtime_api: &str,
+    out: Option<&std::path::Path>,
+    extra: &mut Vec<String>,
+) -> Result<Side> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let socket = p.dir.join("app.sock");
+    let address = format!("unix://{}", socket.display());
+    Ok(match protocol {
+        "grpc" => {
+            let app = match out {
+                Some(_) => p.app("latency", &[]).await?,
+                None => p.app_with("nothing", false, &[]).await?,
+            };
+            Side {
+                address: app.address.clone(),
+                procs: vec![app.proc],
+                bridge: None,
+                out: out.map(|_| app.out),
+            }
+        }
+        "kcl-multilang" => {
+            let kclpy = p
+                .env
+                .kclpy
+                .clone()
+                .ok_or("env.json names no amazon_kclpy")?;
+            let mut cmd = std::process::Command::new(binary("kinesis-bridge")?);
+            cmd.env("PYTHONPATH", &kclpy)
+                .args(["multilang", "--address", &address, "--"])
+                .arg(&p.env.python)
+                .arg(root.join("kcl/nothing_kclpy_app.py"));
+            if let Some(out) = out {
+                cmd.env("LATENCY_OUT", out);
+            }
+            let bridge = Proc::spawn(cmd, p.dir.join("bridge.log"))?;
+            until_socket(&socket).await?;
+            Side {
+                procs: vec![bridge],
+                address,
+                bridge: Some(0),
+                out: out.map(std::path::Path::to_path_buf),
+            }
+        }
+        _ => {
+            extra.extend(["--lambda-runtime-api".to_string(), runtime_api.to_string()]);
+            Side {
+                procs: Vec::new(),
+                address,
+                bridge: None,
+                out: out.map(std::path::Path::to_path_buf),
+            }
+        }
+    })
+}
+
+/// For `lambda`, once the worker listens: `python -m awslambdaric nothing_handler.handle`
+/// against its Runtime API.
+async fn start_handler(p: &Pipeline, side: &mut Side, runtime_api: &str) -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    until_socket(&p.dir.join("app.sock")).await?;
+    let mut cmd = std::process::Command::new(&p.env.python);
+    cmd.current_dir(root.join("lambda"))
+        .env("AWS_LAMBDA_RUNTIME_API", runtime_api)
+        .args(["-m", "awslambdaric", "nothing_handler.handle"]);
+    if let Some(out) = &side.out {
+        cmd.env("LATENCY_OUT", out);
+    }
+    side.procs
+        .push(Proc::spawn(cmd, p.dir.join("handler.log"))?);
+    Ok(())
+}
+
 /// One read of the synthetic endpoint per app protocol (`--only protocols`).
 async fn protocols(per_shard: u64) -> Result<()> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     for protocol in ["grpc", "kcl-multilang", "lambda"] {
         let mut p = Pipeline::new(1).await?;
         p.test_timings = false;
@@ -224,59 +318,19 @@ async fn protocols(per_shard: u64) -> Result<()> {
         })
         .await?;
         server.set_open(false);
-        let socket = p.dir.join("app.sock");
-        let address = format!("unix://{}", socket.display());
-        let runtime_api = format!(
-            "127.0.0.1:{}",
-            std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port()
-        );
-        let mut extra = vec![
+        let runtime_api = runtime_api_address()?;
+        let mut extra: Vec<String> = [
             "--kinesis-endpoint",
             server.endpoint.as_str(),
             "--read-kb-per-second",
             "0",
             "--get-records-client",
             "cbor",
-        ];
-        let mut side = match protocol {
-            "grpc" => {
-                let app = p.app_with("nothing", false, &[]).await?;
-                Side {
-                    address: app.address.clone(),
-                    procs: vec![app.proc],
-                    bridge: None,
-                }
-            }
-            "kcl-multilang" => {
-                let kclpy = p
-                    .env
-                    .kclpy
-                    .clone()
-                    .ok_or("env.json names no amazon_kclpy")?;
-                let mut cmd = std::process::Command::new(binary("kinesis-bridge")?);
-                cmd.env("PYTHONPATH", &kclpy)
-                    .args(["multilang", "--address", &address, "--"])
-                    .arg(&p.env.python)
-                    .arg(root.join("kcl/nothing_kclpy_app.py"));
-                let bridge = Proc::spawn(cmd, p.dir.join("bridge.log"))?;
-                until_socket(&socket).await?;
-                Side {
-                    procs: vec![bridge],
-                    address: address.clone(),
-                    bridge: Some(0),
-                }
-            }
-            _ => {
-                extra.extend(["--lambda-runtime-api", runtime_api.as_str()]);
-                Side {
-                    procs: Vec::new(),
-                    address: address.clone(),
-                    bridge: None,
-                }
-            }
-        };
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut side = protocol_side(&p, protocol, &runtime_api, None, &mut extra).await?;
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let w = p.worker_for(
             &kinesis_operator_tests::unique_name("bench"),
             "bench",
@@ -284,13 +338,7 @@ async fn protocols(per_shard: u64) -> Result<()> {
             &extra,
         )?;
         if protocol == "lambda" {
-            until_socket(&socket).await?;
-            let mut cmd = std::process::Command::new(&p.env.python);
-            cmd.current_dir(root.join("lambda"))
-                .env("AWS_LAMBDA_RUNTIME_API", &runtime_api)
-                .args(["-m", "awslambdaric", "nothing_handler.handle"]);
-            side.procs
-                .push(Proc::spawn(cmd, p.dir.join("handler.log"))?);
+            start_handler(&p, &mut side, &runtime_api).await?;
         }
         wait_for(
             "8 leases",
@@ -604,70 +652,100 @@ async fn memory_at_64_shards() -> Result<()> {
     p.cleanup().await
 }
 
-async fn latency(n: usize) -> Result<()> {
-    let mut p = Pipeline::new(4).await?;
-    p.test_timings = false;
-    let app = p.app("a", &[]).await?;
-    let w = p.worker("bench", &app.address, &[])?;
-    wait_for(
-        "4 leases",
-        Duration::from_secs(120),
-        Duration::from_millis(100),
-        || async { (leases(&w).await >= 4.0).then_some(()) },
-    )
-    .await?;
-    // Let every shard reach the tip: one record through each first.
-    p.put_sequence(8, 0, 1).await?;
-    wait_for(
-        "warm-up",
-        Duration::from_secs(60),
-        Duration::from_millis(50),
-        || async { (delivered(&w).await >= 8.0).then_some(()) },
-    )
-    .await?;
-    let kinesis = p.env.kinesis().await;
-    for i in 0..n {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos();
-        p.put(
-            &kinesis,
-            &format!("lat-{i}"),
-            format!("lat:{now}").as_bytes(),
+async fn latency(n: usize, protocols: &[String]) -> Result<()> {
+    for protocol in protocols {
+        let mut p = Pipeline::new(4).await?;
+        p.test_timings = false;
+        let runtime_api = runtime_api_address()?;
+        let out = p.dir.join("latency.txt");
+        let mut extra = Vec::new();
+        let mut side = protocol_side(&p, protocol, &runtime_api, Some(&out), &mut extra).await?;
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let w = p.worker_for(
+            &kinesis_operator_tests::unique_name("bench"),
+            "bench",
+            &side.address,
+            &extra,
+        )?;
+        if protocol == "lambda" {
+            start_handler(&p, &mut side, &runtime_api).await?;
+        }
+        wait_for(
+            "4 leases",
+            Duration::from_secs(120),
+            Duration::from_millis(100),
+            || async { (leases(&w).await >= 4.0).then_some(()) },
         )
         .await?;
-        // Spread over time so reads happen at the tip, not in bulk.
-        tokio::time::sleep(Duration::from_millis(37)).await;
+        // Let every shard reach the tip: one record through each first.
+        p.put_sequence(8, 0, 1).await?;
+        wait_for(
+            "warm-up",
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || async { (delivered(&w).await >= 8.0).then_some(()) },
+        )
+        .await?;
+        let kinesis = p.env.kinesis().await;
+        for i in 0..n {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos();
+            p.put(
+                &kinesis,
+                &format!("lat-{i}"),
+                format!("lat:{now}").as_bytes(),
+            )
+            .await?;
+            // Spread over time so reads happen at the tip, not in bulk.
+            tokio::time::sleep(Duration::from_millis(37)).await;
+        }
+        wait_for(
+            "latency records",
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || async { (delivered(&w).await >= (n + 8) as f64).then_some(()) },
+        )
+        .await?;
+        // record-app writes its own output file; the Python apps write to `out`.
+        let written = side.out.clone().unwrap_or(out);
+        let mut lat = match protocol.as_str() {
+            "grpc" => received(&[written.as_path()])
+                .iter()
+                .filter_map(|r| {
+                    let put: u128 = r.data.strip_prefix("lat:")?.parse().ok()?;
+                    Some((r.recv_ns().saturating_sub(put)) as f64 / 1e6)
+                })
+                .collect(),
+            // The Python apps write `<put ns> <receive ns>` lines; each batch is acknowledged
+            // after its lines are written, so all are there once the worker counts them.
+            _ => std::fs::read_to_string(&written)?
+                .lines()
+                .filter_map(|l| {
+                    let (put, recv) = l.split_once(' ')?;
+                    let (put, recv): (u128, u128) = (put.parse().ok()?, recv.parse().ok()?);
+                    Some(recv.saturating_sub(put) as f64 / 1e6)
+                })
+                .collect::<Vec<f64>>(),
+        };
+        lat.sort_by(f64::total_cmp);
+        let q = |f: f64| {
+            lat.get(((lat.len() as f64 - 1.0) * f).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "latency put -> app at the tip, {protocol:>13} ({} records, idle time 250 ms, 4 shards): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            lat.len(),
+            q(0.5),
+            q(0.99),
+            q(1.0)
+        );
+        drop(w);
+        drop(side);
+        p.cleanup().await?;
     }
-    wait_for(
-        "latency records",
-        Duration::from_secs(60),
-        Duration::from_millis(50),
-        || async { (delivered(&w).await >= (n + 8) as f64).then_some(()) },
-    )
-    .await?;
-    let mut lat: Vec<f64> = received(&[app.out.as_path()])
-        .iter()
-        .filter_map(|r| {
-            let put: u128 = r.data.strip_prefix("lat:")?.parse().ok()?;
-            Some((r.recv_ns().saturating_sub(put)) as f64 / 1e6)
-        })
-        .collect();
-    lat.sort_by(f64::total_cmp);
-    let q = |f: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * f).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    println!(
-        "latency put -> app at the tip ({} records, idle time 250 ms, 4 shards): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-        lat.len(),
-        q(0.5),
-        q(0.99),
-        q(1.0)
-    );
-    drop(w);
-    p.cleanup().await
+    Ok(())
 }
 
 /// Parallel lanes against a slow app: one shard holding `n` records of 1,000 keys, an app
@@ -798,7 +876,15 @@ async fn main() -> Result<()> {
         memory_at_64_shards().await?;
     }
     if run("latency") {
-        latency(get("--latency-records", 300)).await?;
+        let protocols: Vec<String> = args
+            .iter()
+            .position(|a| a == "--latency-protocols")
+            .and_then(|i| args.get(i + 1))
+            .map_or("grpc,kcl-multilang,lambda", String::as_str)
+            .split(',')
+            .map(String::from)
+            .collect();
+        latency(get("--latency-records", 300), &protocols).await?;
     }
     if run("protocols") {
         protocols(get("--per-shard", 25_000) as u64).await?;
