@@ -1,8 +1,9 @@
 //! Consumers people already have, in pods on the test cluster through the operator, unchanged:
-//! amazon-kclpy's own sample app (`spec.processor.protocol: kcl-multilang`, behind the
-//! kinesis-bridge the operator copies into the app container) and a Lambda handler under the
-//! real runtime interface client (`protocol: lambda`, `python -m awslambdaric`), both in
-//! `localhost/python-consumers:dev` (a CPython with the libraries from PyPI, no bridge).
+//! amazon-kclpy's own sample app and an aws-kcl (npm) Node consumer
+//! (`spec.processor.protocol: kcl-multilang`, behind the kinesis-bridge the operator copies
+//! into the app container), and a Lambda handler under the real runtime interface client
+//! (`protocol: lambda`, `python -m awslambdaric`), all in `localhost/consumers:dev` (a
+//! CPython and a Node.js with the libraries from PyPI and npm, no bridge).
 //!
 //! Each run: records put, a reshard 2 → 4 while records keep coming, a rolling restart in the
 //! middle, more records; every record accounted for from the app containers' logs (followed
@@ -35,7 +36,7 @@ type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
 const POLL: Duration = Duration::from_millis(500);
 const DEADLINE: Duration = Duration::from_secs(180);
-const IMAGE: &str = "localhost/python-consumers:dev";
+const IMAGE: &str = "localhost/consumers:dev";
 
 /// Follows the `app` container's log of every pod of a namespace into one file per pod.
 struct Logs {
@@ -342,7 +343,8 @@ async fn scenario(
     Ok(())
 }
 
-/// kclpy's sample prints `Sequence Number: S` for each record it processes.
+/// kclpy's sample prints `Sequence Number: S` for each record it processes (so does the
+/// aws-kcl consumer, on stdout, which the bridge logs).
 fn kclpy_processed(
     lines: &[String],
     by_seq: &HashMap<String, Put>,
@@ -413,7 +415,7 @@ fn lambda_processed(
 async fn a_kclpy_sample_app_in_pods_adopts_a_kcl_table_and_reads_through_a_reshard_and_a_rollout()
 -> Result<()> {
     let t = OperatorTest::with_stream("kclpy", "kclpy", 2, 3).await?;
-    t.env.require_image("python-consumers")?;
+    t.env.require_image("consumers")?;
     let table = unique_name("kclpy");
     // Records KCL already processed, and the table it left: one lease per shard, checkpointed
     // at the last of them, owned by a KCL worker that is gone.
@@ -480,7 +482,7 @@ async fn a_kclpy_sample_app_in_pods_adopts_a_kcl_table_and_reads_through_a_resha
 #[tokio::test]
 async fn a_lambda_handler_in_pods_reads_through_a_reshard_and_a_rollout() -> Result<()> {
     let t = OperatorTest::with_stream("lambda", "lambda", 2, 3).await?;
-    t.env.require_image("python-consumers")?;
+    t.env.require_image("consumers")?;
     let table = unique_name("lambda");
     let logs = Logs::follow(
         &t.env,
@@ -503,6 +505,39 @@ async fn a_lambda_handler_in_pods_reads_through_a_reshard_and_a_rollout() -> Res
         .await
         .map_err(|e| format!("{e}\n{}", t.op.log_tail()))?;
     let result = scenario(&t, "handler", &table, &logs, lambda_processed, &[]).await;
+    drop(logs);
+    delete_all(&t.apps).await?;
+    delete_namespace(&t.client, &t.ns).await?;
+    t.env.remove(Some(&t.stream), &[&table]).await;
+    result
+}
+
+#[tokio::test]
+async fn an_aws_kcl_node_app_in_pods_reads_through_a_reshard_and_a_rollout() -> Result<()> {
+    let t = OperatorTest::with_stream("nodekcl", "nodekcl", 2, 3).await?;
+    t.env.require_image("consumers")?;
+    let table = unique_name("nodekcl");
+    let logs = Logs::follow(
+        &t.env,
+        &t.ns,
+        &std::env::temp_dir().join(unique_name("nodekcl-logs")),
+    )?;
+    // The consumer logs each record with console.log, on stdout (the protocol's channel):
+    // the bridge logs those lines and skips them, which is where the accounting reads them.
+    let app = application(
+        &t.env,
+        "nodekcl",
+        &t.stream,
+        &table,
+        json!({"protocol": "kcl-multilang",
+               "command": ["/usr/local/bin/node", "/app/sample_kcl_app.js"]}),
+        json!({}),
+    )?;
+    t.apps.create(&PostParams::default(), &app).await?;
+    until_replicas(&t.deployments, "nodekcl", 2, true)
+        .await
+        .map_err(|e| format!("{e}\n{}", t.op.log_tail()))?;
+    let result = scenario(&t, "nodekcl", &table, &logs, kclpy_processed, &[]).await;
     drop(logs);
     delete_all(&t.apps).await?;
     delete_namespace(&t.client, &t.ns).await?;

@@ -6,13 +6,13 @@
 //! - `test`: brings the environment up, builds the images, runs every check and test.
 //! - `demo`: the whole system on this machine (README's first command).
 
+mod consumers_image;
 mod demo;
 mod env;
 mod images;
 mod install;
 mod paths;
 mod programs;
-mod python_image;
 mod sh;
 mod test;
 

@@ -18,10 +18,10 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("pageview-counter", "localhost/pageview-counter:dev"),
 ];
 
-/// The images only tests use (not the demo's): the Python consumers' app image.
+/// The images only tests use (not the demo's): the consumers' app image (Python and Node).
 pub fn test_images(paths: &Paths) -> Result<()> {
     let socket = env::containerd_socket(paths)?;
-    crate::python_image::build(paths, &socket)
+    crate::consumers_image::build(paths, &socket)
 }
 
 /// Where the worker's image carries the static kinesis-bridge (the operator's

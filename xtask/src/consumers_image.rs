@@ -1,10 +1,12 @@
-//! `localhost/python-consumers:dev`: the app image of the kcl-multilang and lambda cluster
-//! tests. It holds a CPython (this machine's: the binary, libpython and the standard library,
-//! without its tests and GUI parts) and the consumers' libraries as users install them from
-//! PyPI (amazon_kclpy's package, awslambdaric with its dependencies), plus their unchanged
-//! programs in `/app`: amazon-kclpy's own `sample_kclpy_app.py` and the test's Lambda
-//! handler (`tests/lambda/kinesis_handler.py`). It has no kinesis-bridge: the operator puts
-//! that in, as it does for any user's image.
+//! `localhost/consumers:dev`: the app image of the kcl-multilang and lambda cluster tests. It
+//! holds a CPython (this machine's: the binary, libpython and the standard library, without
+//! its tests and GUI parts) and this machine's Node.js, and the consumers' libraries as users
+//! install them from their registries (amazon_kclpy's package and awslambdaric with its
+//! dependencies from PyPI, aws-kcl's `node_modules` from npm), plus their unchanged programs
+//! in `/app`: amazon-kclpy's own `sample_kclpy_app.py`, the aws-kcl consumer written the way
+//! its upstream sample is (`tests/kcl/sample_kcl_app.js`), and the test's Lambda handler
+//! (`tests/lambda/kinesis_handler.py`). It has no kinesis-bridge: the operator puts that in,
+//! as it does for any user's image.
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +17,7 @@ use crate::paths::Paths;
 use crate::programs::workspace_root;
 
 /// The image's reference on the node.
-pub const REFERENCE: &str = "localhost/python-consumers:dev";
+pub const REFERENCE: &str = "localhost/consumers:dev";
 
 /// Parts of the standard library a consumer never imports (and its bytecode caches).
 const SKIPPED: &[&str] = &[
@@ -72,6 +74,16 @@ fn add(files: &mut Vec<(PathBuf, String)>, src: &Path, dest: &str) -> Result<()>
     Ok(())
 }
 
+/// `program` in a folder of `PATH`.
+fn on_path(program: &str) -> Result<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .with_context(|| format!("`{program}` is not on PATH (Node.js runs the aws-kcl consumer; npm installed aws-kcl)"))
+}
+
 /// Builds the image and imports it into the node's containerd at `socket`.
 pub fn build(paths: &Paths, socket: &Path) -> Result<()> {
     let venv = paths.python_examples_venv();
@@ -110,11 +122,20 @@ pub fn build(paths: &Paths, socket: &Path) -> Result<()> {
         &workspace_root().join("tests/lambda/kinesis_handler.py"),
         "/app/kinesis_handler.py",
     )?;
+    let node = std::fs::canonicalize(on_path("node")?)?;
+    files.push((node.clone(), "/usr/local/bin/node".into()));
+    add(&mut files, &paths.aws_kcl(), "/app/node_modules")?;
+    add(
+        &mut files,
+        &workspace_root().join("tests/kcl/sample_kcl_app.js"),
+        "/app/sample_kcl_app.js",
+    )?;
 
-    // The shared libraries of python and of every extension module. libpython lives in
+    // The shared libraries of python, node and of every extension module. libpython lives in
     // python's own prefix here: it goes where the loader looks by default.
     let mut libs: Vec<(PathBuf, String)> = Vec::new();
-    let programs: Vec<PathBuf> = std::iter::once(python.clone())
+    let programs: Vec<PathBuf> = [python.clone(), node]
+        .into_iter()
         .chain(
             files
                 .iter()
@@ -144,7 +165,7 @@ pub fn build(paths: &Paths, socket: &Path) -> Result<()> {
             user: NONROOT,
             with_libraries: false,
         },
-        &paths.cache.join("image-build/python-consumers"),
+        &paths.cache.join("image-build/consumers"),
         socket,
     )
 }
