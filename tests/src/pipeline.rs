@@ -460,6 +460,19 @@ pub async fn until_socket(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Waits until something accepts TCP connections on `address` (`host:port`): the worker's
+/// Lambda Runtime API, for instance.
+pub async fn until_listening(address: &str) -> Result<()> {
+    wait_for(
+        &format!("a listener on {address}"),
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || async { tokio::net::TcpStream::connect(address).await.ok().map(drop) },
+    )
+    .await?;
+    Ok(())
+}
+
 /// Every record in the apps' output files (not their [`Ack`] and [`AppEvent`] lines), merged in
 /// the order the apps received them (receive time, then file order).
 pub fn received(outs: &[&Path]) -> Vec<Received> {

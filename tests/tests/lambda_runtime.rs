@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use kinesis_operator_tests::accounting::account;
 use kinesis_operator_tests::fleet::{DEADLINE, POLL};
-use kinesis_operator_tests::pipeline::{Pipeline, until_socket};
+use kinesis_operator_tests::pipeline::{Pipeline, until_listening};
 use kinesis_operator_tests::process::Proc;
 use kinesis_operator_tests::records::{Put, checkpoints, last_per_shard, put};
 use kinesis_operator_tests::wait_for;
@@ -76,7 +76,9 @@ async fn an_unchanged_handler_under_awslambdaric_gets_every_record_through_parti
             "25",
         ],
     )?;
-    until_socket(&socket)
+    // The worker calls the adapter in its own process: nothing listens on the app's
+    // address, the Runtime API is what the handler waits for.
+    until_listening(&runtime_api)
         .await
         .map_err(|e| format!("{e}: {}", worker.proc.log_tail()))?;
 

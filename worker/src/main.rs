@@ -217,8 +217,8 @@ struct RunArgs {
     filters: Option<String>,
     /// Serve the Lambda Runtime API (2018-06-01) here and deliver each batch to a Lambda
     /// handler as a Kinesis event (spec.processor.protocol: lambda); the app container's
-    /// AWS_LAMBDA_RUNTIME_API names the same address. The worker then serves the record
-    /// processor on --app-address itself.
+    /// AWS_LAMBDA_RUNTIME_API names the same address. The worker then calls the adapter in
+    /// its own process; --app-address is not used.
     #[arg(long, env = var::LAMBDA_RUNTIME_API)]
     lambda_runtime_api: Option<std::net::SocketAddr>,
     /// With --lambda-runtime-api: the function ARN the handler is told it runs as.
@@ -539,15 +539,25 @@ fn settings_of(aws: &AwsSettings, args: &RunArgs) -> anyhow::Result<contract::Wo
     })
 }
 
-/// With `--lambda-runtime-api`: starts the Lambda adapter ([`kinesis_bridge::lambda`]), which
-/// serves the record processor on `app_address` and the Runtime API for the app container.
-/// The receiver gets its error if it stops.
-fn start_lambda(
+/// With `--lambda-runtime-api`: starts the Lambda adapter ([`kinesis_bridge::lambda`]) in
+/// this process: the Runtime API for the app container, and the record processor the
+/// pipeline calls directly (no gRPC hop). The receiver gets the Runtime API's error if it
+/// stops.
+///
+/// # Errors
+/// The Runtime API's address cannot be bound, or the function ARN is no valid header.
+async fn start_lambda(
     aws: &AwsSettings,
     args: &RunArgs,
-    app_address: &Address,
-) -> Option<tokio::sync::oneshot::Receiver<anyhow::Error>> {
-    let runtime_api = args.lambda_runtime_api?;
+) -> anyhow::Result<
+    Option<(
+        kinesis_worker::pipeline::LocalProcessor,
+        tokio::sync::oneshot::Receiver<anyhow::Error>,
+    )>,
+> {
+    let Some(runtime_api) = args.lambda_runtime_api else {
+        return Ok(None);
+    };
     let region = aws
         .region
         .clone()
@@ -570,21 +580,19 @@ fn start_lambda(
         invocation_timeout: Duration::from_millis(args.app_call_timeout_ms),
         report_batch_item_failures: args.report_batch_item_failures,
     };
+    let (processor, api) = kinesis_bridge::lambda::start(&config).await?;
     let (failed, on_failure) = tokio::sync::oneshot::channel();
-    let address = app_address.clone();
     tokio::spawn(async move {
-        tracing::info!(runtime_api = %config.runtime_api, app = %address, "serving the Lambda Runtime API");
-        // The adapter lives as long as the worker: it stops with the process, after the
+        // The Runtime API lives as long as the worker: it stops with the process, after the
         // last hand-over.
-        let result = kinesis_bridge::lambda::run(config, &address, std::future::pending()).await;
-        let e = match result {
-            Ok(()) => anyhow::anyhow!("the Lambda adapter stopped"),
+        let e = match api.serve().await {
+            Ok(()) => anyhow::anyhow!("the Lambda Runtime API stopped"),
             Err(e) => anyhow::Error::new(e),
         };
-        tracing::error!(error = %e, "the Lambda adapter stopped");
+        tracing::error!(error = %e, "the Lambda Runtime API stopped");
         let _ = failed.send(e);
     });
-    Some(on_failure)
+    Ok(Some((std::sync::Arc::new(processor), on_failure)))
 }
 
 /// The stream's ARN as Lambda's event names it: the stream as given when it is an ARN,
@@ -640,8 +648,13 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
     check_failure_policy(&args)?;
     let filters = parse_filters(args.filters.as_deref())?;
     let app_address: Address = args.app_address.parse()?;
-    let lambda_failed = start_lambda(settings, &args, &app_address);
-    let app = App::new(&app_address, metrics.clone())?;
+    let (app, lambda_failed) = match start_lambda(settings, &args).await? {
+        Some((processor, failed)) => (
+            App::local(&app_address, processor, metrics.clone()),
+            Some(failed),
+        ),
+        None => (App::new(&app_address, metrics.clone())?, None),
+    };
     let (drain, drained) = Drain::new();
     let sdk = settings.sdk_config().await;
     let lease_args = &args.leases;

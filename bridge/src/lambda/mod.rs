@@ -1,10 +1,10 @@
 //! A Lambda handler as a record processor.
 //!
-//! [`run`] serves two things in the worker's process: the Lambda Runtime API (2018-06-01) on
-//! the pod's loopback, where the app container's runtime interface client (AWS's base images
-//! with `AWS_LAMBDA_RUNTIME_API` set, `python -m awslambdaric module.handler`, a custom
-//! runtime) long-polls for invocations; and the record-processor contract on the address the
-//! worker delivers to. Each `ProcessRecords` call with records becomes one invocation whose
+//! [`start`] gives two things the worker runs in its own process: the Lambda Runtime API
+//! (2018-06-01) on the pod's loopback, where the app container's runtime interface client
+//! (AWS's base images with `AWS_LAMBDA_RUNTIME_API` set, `python -m awslambdaric
+//! module.handler`, a custom runtime) long-polls for invocations; and the record processor
+//! the worker calls directly ([`run`] serves it on an address instead). Each `ProcessRecords` call with records becomes one invocation whose
 //! event is exactly Lambda's Kinesis event ([`event::kinesis_event_bytes`]); the handler's
 //! return value is read as Lambda reads a partial batch response ([`event::outcome`]).
 //!
@@ -121,8 +121,8 @@ fn records_response(
     }
 }
 
-/// The record processor whose every batch is a Lambda invocation.
-struct LambdaProcessor {
+/// The record processor whose every batch is a Lambda invocation (see [`start`]).
+pub struct LambdaProcessor {
     dispatcher: Arc<Dispatcher>,
     source: EventSource,
     invocation_timeout: Duration,
@@ -246,8 +246,46 @@ impl RecordProcessor for LambdaProcessor {
     }
 }
 
-/// Serves the Lambda Runtime API on `config.runtime_api` and the record processor on
-/// `processor` until `shutdown` completes.
+/// The Lambda Runtime API's server, started by [`start`]: it runs until
+/// [`RuntimeApi::close`] (or the end of the process).
+pub struct RuntimeApi {
+    dispatcher: Arc<Dispatcher>,
+    server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>,
+}
+
+impl RuntimeApi {
+    /// Answers the runtime's pending long polls (500: the runtime should exit) and lets the
+    /// server stop; call it once no `ProcessRecords` call is in progress any more.
+    pub fn close(&self) {
+        self.dispatcher.close();
+    }
+
+    /// Serves the Runtime API until [`Self::close`].
+    ///
+    /// # Errors
+    /// [`LambdaError::Http`] when the server fails, or stops without being closed.
+    pub async fn serve(self) -> Result<(), LambdaError> {
+        let closed = self.dispatcher.clone();
+        let stopped = self.server.await;
+        if closed.is_closed() {
+            stopped.map_err(LambdaError::Http)
+        } else {
+            Err(LambdaError::Http(stopped.err().unwrap_or_else(|| {
+                std::io::Error::other("the Runtime API server stopped on its own")
+            })))
+        }
+    }
+
+    /// A handle that closes it (for whoever serves it elsewhere).
+    fn closer(&self) -> Arc<Dispatcher> {
+        self.dispatcher.clone()
+    }
+}
+
+/// Binds the Lambda Runtime API on `config.runtime_api` and returns the record processor
+/// whose calls become its invocations, and the server to run. The worker calls the
+/// processor in-process (`kinesis-worker run --lambda-runtime-api`): no gRPC hop; [`run`]
+/// serves it on an address instead.
 ///
 /// # Guarantees
 /// - The Runtime API's address is bound before anything else: a taken port fails at once.
@@ -265,16 +303,12 @@ impl RecordProcessor for LambdaProcessor {
 ///   the runtime's pending long polls are answered (500: the runtime should exit) and the
 ///   Runtime API stops.
 ///
+/// - The Runtime API's address is bound before anything else: a taken port fails at once.
+///
 /// # Errors
 /// [`LambdaError::Bind`] when the Runtime API's address cannot be bound;
-/// [`LambdaError::FunctionArn`] for an ARN that is no valid header value;
-/// [`LambdaError::Serve`] when the record processor cannot be served on `processor`;
-/// [`LambdaError::Http`] when the Runtime API's server fails.
-pub async fn run(
-    config: LambdaConfig,
-    processor: &kinesis_processor::Address,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), LambdaError> {
+/// [`LambdaError::FunctionArn`] for an ARN that is no valid header value.
+pub async fn start(config: &LambdaConfig) -> Result<(LambdaProcessor, RuntimeApi), LambdaError> {
     let function_arn = axum::http::HeaderValue::from_str(&config.function_arn)
         .map_err(|_| LambdaError::FunctionArn(config.function_arn.clone()))?;
     let listener = tokio::net::TcpListener::bind(config.runtime_api)
@@ -292,36 +326,58 @@ pub async fn run(
         let dispatcher = dispatcher.clone();
         async move { dispatcher.closed().await }
     };
-    let http = axum::serve(listener, app)
+    let server = axum::serve(listener, app)
         .with_graceful_shutdown(http_stopped)
         .into_future();
-    let mut http = std::pin::pin!(http);
     tracing::info!(
         runtime_api = %config.runtime_api,
-        processor = %processor,
         function = %config.function_arn,
         "serving the Lambda Runtime API"
     );
-    let grpc = kinesis_processor::serve(
-        processor,
-        LambdaProcessor::new(&config, dispatcher.clone()),
-        shutdown,
-    );
+    Ok((
+        LambdaProcessor::new(config, dispatcher.clone()),
+        RuntimeApi {
+            dispatcher,
+            server: Box::pin(server),
+        },
+    ))
+}
+
+/// Serves the Lambda Runtime API on `config.runtime_api` and the record processor on
+/// `processor` until `shutdown` completes (the adapter as a gRPC app of its own; see
+/// [`start`] for the same in-process).
+///
+/// # Guarantees
+/// Those of [`start`], and: on `shutdown`, the record processor stops first (its calls in
+/// progress finish); then the runtime's pending long polls are answered (500: the runtime
+/// should exit) and the Runtime API stops.
+///
+/// # Errors
+/// Those of [`start`]; [`LambdaError::Serve`] when the record processor cannot be served on
+/// `processor`; [`LambdaError::Http`] when the Runtime API's server fails.
+pub async fn run(
+    config: LambdaConfig,
+    processor: &kinesis_processor::Address,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), LambdaError> {
+    let (lambda, api) = start(&config).await?;
+    let closer = api.closer();
+    let http = api.serve();
+    let mut http = std::pin::pin!(http);
+    let grpc = kinesis_processor::serve(processor, lambda, shutdown);
     let grpc = std::pin::pin!(grpc);
     tokio::select! {
         served = grpc => {
             // No call is in progress any more: release the runtime's long polls, which lets
             // the HTTP server's graceful shutdown finish.
-            dispatcher.close();
+            closer.close();
             let stopped = http.await;
             served?;
-            stopped.map_err(LambdaError::Http)
+            stopped
         }
         stopped = &mut http => {
-            dispatcher.close();
-            Err(LambdaError::Http(stopped.err().unwrap_or_else(|| {
-                std::io::Error::other("the Runtime API server stopped on its own")
-            })))
+            closer.close();
+            stopped
         }
     }
 }

@@ -313,6 +313,11 @@ impl Dispatcher {
         self.closed.send_replace(true);
     }
 
+    /// Was [`Dispatcher::close`] called?
+    pub(crate) fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
     /// Completes once [`Dispatcher::close`] was called.
     pub(crate) async fn closed(&self) {
         let mut closed = self.closed.subscribe();

@@ -22,7 +22,8 @@
 //! the synthetic endpoint's 8 shards of `--per-shard N` 100-byte records (default 25000) read
 //! once per app protocol: gRPC to the do-nothing `record-app`, KCL MultiLang through
 //! `kinesis-bridge` to a do-nothing kclpy app (`tests/kcl/nothing_kclpy_app.py`), and Lambda
-//! through the worker's Runtime API to a do-nothing handler under awslambdaric
+//! through the worker's Runtime API (the adapter called in the worker's process) to a
+//! do-nothing handler under awslambdaric
 //! (`tests/lambda/nothing_handler.py`); the CPU of the worker, the bridge and the app
 //! processes per million records. `synthetic`: the same
 //! reads from `tests/src/synthetic.rs` (8 shards of `--per-shard N` records, default 100000,
@@ -34,7 +35,7 @@
 use std::time::{Duration, Instant};
 
 use kinesis_operator_tests::pipeline::{
-    App, Pipeline, Worker, http_get, metric, received, until_socket,
+    App, Pipeline, Worker, http_get, metric, received, until_listening, until_socket,
 };
 use kinesis_operator_tests::process::{Proc, binary};
 use kinesis_operator_tests::synthetic::{Config as SyntheticConfig, Shape, SyntheticKinesis};
@@ -290,7 +291,7 @@ async fn protocol_side(
 /// against its Runtime API.
 async fn start_handler(p: &Pipeline, side: &mut Side, runtime_api: &str) -> Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    until_socket(&p.dir.join("app.sock")).await?;
+    until_listening(runtime_api).await?;
     let mut cmd = std::process::Command::new(&p.env.python);
     cmd.current_dir(root.join("lambda"))
         .env("AWS_LAMBDA_RUNTIME_API", runtime_api)

@@ -11,6 +11,7 @@ use kinesis_processor::tonic_health::pb::health_check_response::ServingStatus;
 use kinesis_processor::tonic_health::pb::health_client::HealthClient;
 use kinesis_processor::v1;
 use kinesis_processor::v1::record_processor_client::RecordProcessorClient;
+use kinesis_processor::v1::record_processor_server::RecordProcessor;
 
 use crate::metrics::{CallLabels, Metrics};
 
@@ -112,6 +113,26 @@ impl BatchRequest {
         put_int(6, p.lease_counter, buf);
     }
 
+    /// The request as a message, for attempt `attempt`: what the encoded bytes decode to,
+    /// for an app called in-process.
+    pub fn to_request(&self, attempt: u32) -> v1::ProcessRecordsRequest {
+        let p = &*self.parts;
+        v1::ProcessRecordsRequest {
+            shard_id: p.shard_id.clone(),
+            records: p
+                .records
+                .get(p.range.clone())
+                .unwrap_or(&[])
+                .iter()
+                .map(to_proto)
+                .collect(),
+            millis_behind_latest: p.millis_behind_latest,
+            attempt,
+            lease_owner: p.lease_owner.clone(),
+            lease_counter: p.lease_counter,
+        }
+    }
+
     /// The encoded size (without the attempt field).
     pub fn len(&self) -> usize {
         self.parts.len
@@ -123,16 +144,16 @@ impl BatchRequest {
     }
 }
 
-/// A record as the contract's message (what [`BatchRequest::from_records`] encodes).
-#[cfg(test)]
-fn to_proto(r: UserRecord) -> v1::Record {
+/// A record as the contract's message (what [`BatchRequest::from_records`] encodes; the data
+/// is shared, not copied).
+fn to_proto(r: &UserRecord) -> v1::Record {
     v1::Record {
-        data: r.data,
+        data: r.data.clone(),
         partition_key: r.partition_key.to_string(),
         sequence_number: r.sequence_number.to_string(),
         sub_sequence_number: r.sub_sequence_number,
         approximate_arrival_timestamp_ms: r.approximate_arrival_ms.unwrap_or(0),
-        explicit_hash_key: r.explicit_hash_key.unwrap_or_default(),
+        explicit_hash_key: r.explicit_hash_key.clone().unwrap_or_default(),
         aggregated: r.aggregated,
     }
 }
@@ -264,13 +285,38 @@ impl Codec for BatchCodec {
 /// Largest message the worker sends or accepts (a 10 MB GetRecords page fits).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// The app's record processor served in the worker's own process (the Lambda adapter).
+pub type LocalProcessor = Arc<dyn RecordProcessor>;
+
+/// How the worker reaches the app.
+// One per worker, cloned only when a shard starts: the size of the gRPC variant is no cost.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+enum Transport {
+    /// The contract over gRPC (a Unix socket or TCP).
+    Grpc {
+        processor: RecordProcessorClient<Channel>,
+        channel: Channel,
+        health: HealthClient<Channel>,
+    },
+    /// A record processor in this process: called directly, nothing encoded.
+    Local(LocalProcessor),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Grpc { .. } => f.write_str("Grpc"),
+            Self::Local(_) => f.write_str("Local"),
+        }
+    }
+}
+
 /// A connection to the app's record processor.
 #[derive(Debug, Clone)]
 pub struct App {
     address: Address,
-    processor: RecordProcessorClient<Channel>,
-    channel: Channel,
-    health: HealthClient<Channel>,
+    transport: Transport,
     metrics: Arc<Metrics>,
 }
 
@@ -283,13 +329,26 @@ impl App {
         let channel = kinesis_processor::connect(address)?;
         Ok(Self {
             address: address.clone(),
-            processor: RecordProcessorClient::new(channel.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            channel: channel.clone(),
-            health: HealthClient::new(channel),
+            transport: Transport::Grpc {
+                processor: RecordProcessorClient::new(channel.clone())
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                channel: channel.clone(),
+                health: HealthClient::new(channel),
+            },
             metrics,
         })
+    }
+
+    /// A record processor in the worker's own process (`address` only names it in logs):
+    /// every call goes straight to it, timed and counted as a remote one, and a batch whose
+    /// lease validity passed is refused as the contract's server refuses it.
+    pub fn local(address: &Address, processor: LocalProcessor, metrics: Arc<Metrics>) -> Self {
+        Self {
+            address: address.clone(),
+            transport: Transport::Local(processor),
+            metrics,
+        }
     }
 
     /// Where the app is.
@@ -297,18 +356,24 @@ impl App {
         &self.address
     }
 
-    /// Does the app answer its health check with SERVING? Updates `app_ready`.
+    /// Does the app answer its health check with SERVING? Updates `app_ready`. A local
+    /// processor is always ready.
     pub async fn is_ready(&self) -> bool {
         self.metrics.app_health_checks.inc();
-        let mut health = self.health.clone();
-        let ready = matches!(
-            tokio::time::timeout(
-                std::time::Duration::from_secs(2),
-                health.check(HealthCheckRequest { service: String::new() }),
-            )
-            .await,
-            Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
-        );
+        let ready = match &self.transport {
+            Transport::Grpc { health, .. } => {
+                let mut health = health.clone();
+                matches!(
+                    tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        health.check(HealthCheckRequest { service: String::new() }),
+                    )
+                    .await,
+                    Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
+                )
+            }
+            Transport::Local(_) => true,
+        };
         self.metrics.app_ready.set(i64::from(ready));
         ready
     }
@@ -338,8 +403,13 @@ impl App {
     /// # Errors
     /// The app's error or the transport's.
     pub async fn initialize(&self, req: v1::InitializeRequest) -> Result<(), Status> {
-        let mut c = self.processor.clone();
-        self.timed("Initialize", c.initialize(req)).await.map(drop)
+        let call = async {
+            match &self.transport {
+                Transport::Grpc { processor, .. } => processor.clone().initialize(req).await,
+                Transport::Local(p) => p.initialize(tonic::Request::new(req)).await,
+            }
+        };
+        self.timed("Initialize", call).await.map(drop)
     }
 
     /// `ProcessRecords`.
@@ -350,12 +420,17 @@ impl App {
         &self,
         req: v1::ProcessRecordsRequest,
     ) -> Result<v1::ProcessRecordsResponse, Status> {
-        let mut c = self.processor.clone();
-        self.timed("ProcessRecords", c.process_records(req)).await
+        let call = async {
+            match &self.transport {
+                Transport::Grpc { processor, .. } => processor.clone().process_records(req).await,
+                Transport::Local(p) => p.process_records(tonic::Request::new(req)).await,
+            }
+        };
+        self.timed("ProcessRecords", call).await
     }
 
     /// `ProcessRecords` with `batch` as attempt `attempt`: each attempt encodes the records
-    /// straight into tonic's buffer.
+    /// straight into tonic's buffer (a local processor gets the request as a message).
     ///
     /// # Errors
     /// The app's error or the transport's.
@@ -368,7 +443,32 @@ impl App {
         attempt: u32,
         valid_until_ms: Option<i64>,
     ) -> Result<v1::ProcessRecordsResponse, Status> {
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone())
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        if let Some(until) = valid_until_ms
+            && let Ok(value) = until.to_string().parse()
+        {
+            metadata.insert(kinesis_processor::LEASE_VALID_UNTIL, value);
+        }
+        let channel = match &self.transport {
+            Transport::Grpc { channel, .. } => channel.clone(),
+            Transport::Local(p) => {
+                let call = async {
+                    // What the contract's server checks before the app sees the call.
+                    let checked = kinesis_processor::refuse_after_lease(
+                        tonic::Request::from_parts(metadata, tonic::Extensions::default(), ()),
+                    )?;
+                    let (metadata, extensions, ()) = checked.into_parts();
+                    p.process_records(tonic::Request::from_parts(
+                        metadata,
+                        extensions,
+                        batch.to_request(attempt),
+                    ))
+                    .await
+                };
+                return self.timed("ProcessRecords", call).await;
+            }
+        };
+        let mut grpc = tonic::client::Grpc::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let call = async {
@@ -377,13 +477,7 @@ impl App {
             })?;
             let path = http::uri::PathAndQuery::from_static(PROCESS_RECORDS);
             let mut request = tonic::Request::new((batch.clone(), attempt));
-            if let Some(until) = valid_until_ms
-                && let Ok(value) = until.to_string().parse()
-            {
-                request
-                    .metadata_mut()
-                    .insert(kinesis_processor::LEASE_VALID_UNTIL, value);
-            }
+            *request.metadata_mut() = metadata;
             grpc.unary(request, path, BatchCodec { size: batch.len() })
                 .await
         };
@@ -395,11 +489,16 @@ impl App {
     /// # Errors
     /// The app's error or the transport's.
     pub async fn lease_lost(&self, shard_id: &str) -> Result<(), Status> {
-        let mut c = self.processor.clone();
         let req = v1::LeaseLostRequest {
             shard_id: shard_id.into(),
         };
-        self.timed("LeaseLost", c.lease_lost(req)).await.map(drop)
+        let call = async {
+            match &self.transport {
+                Transport::Grpc { processor, .. } => processor.clone().lease_lost(req).await,
+                Transport::Local(p) => p.lease_lost(tonic::Request::new(req)).await,
+            }
+        };
+        self.timed("LeaseLost", call).await.map(drop)
     }
 
     /// `ShardEnded`.
@@ -407,8 +506,13 @@ impl App {
     /// # Errors
     /// The app's error or the transport's.
     pub async fn shard_ended(&self, req: v1::ShardEndedRequest) -> Result<(), Status> {
-        let mut c = self.processor.clone();
-        self.timed("ShardEnded", c.shard_ended(req)).await.map(drop)
+        let call = async {
+            match &self.transport {
+                Transport::Grpc { processor, .. } => processor.clone().shard_ended(req).await,
+                Transport::Local(p) => p.shard_ended(tonic::Request::new(req)).await,
+            }
+        };
+        self.timed("ShardEnded", call).await.map(drop)
     }
 
     /// `ShutdownRequested`.
@@ -419,9 +523,15 @@ impl App {
         &self,
         req: v1::ShutdownRequestedRequest,
     ) -> Result<v1::ShutdownRequestedResponse, Status> {
-        let mut c = self.processor.clone();
-        self.timed("ShutdownRequested", c.shutdown_requested(req))
-            .await
+        let call = async {
+            match &self.transport {
+                Transport::Grpc { processor, .. } => {
+                    processor.clone().shutdown_requested(req).await
+                }
+                Transport::Local(p) => p.shutdown_requested(tonic::Request::new(req)).await,
+            }
+        };
+        self.timed("ShutdownRequested", call).await
     }
 }
 
@@ -472,7 +582,7 @@ mod tests {
             prop_assert_eq!(bytes.len(), ours.len());
             let prost = v1::ProcessRecordsRequest {
                 shard_id: shard,
-                records: records.into_iter().map(to_proto).collect(),
+                records: records.iter().map(to_proto).collect(),
                 millis_behind_latest: behind,
                 attempt: 0,
                 lease_owner: owner,
@@ -502,7 +612,7 @@ mod tests {
             BatchRequest::from_records("shardId-000000000001", all.clone(), 1..4, 42, "w1", 7);
         let want = v1::ProcessRecordsRequest {
             shard_id: "shardId-000000000001".into(),
-            records: records[1..4].iter().cloned().map(to_proto).collect(),
+            records: records[1..4].iter().map(to_proto).collect(),
             millis_behind_latest: 42,
             attempt: 0,
             lease_owner: "w1".into(),
@@ -512,6 +622,11 @@ mod tests {
             let mut wire = Vec::new();
             write_attempt(&batch, attempt, &mut wire);
             let got = v1::ProcessRecordsRequest::decode(&wire[..])?;
+            assert_eq!(
+                batch.to_request(attempt),
+                got,
+                "in-process, the same request"
+            );
             assert_eq!(
                 got,
                 v1::ProcessRecordsRequest {
@@ -529,6 +644,97 @@ mod tests {
             v1::ProcessRecordsRequest::decode(&wire[..])?.records,
             Vec::<v1::Record>::new()
         );
+        assert_eq!(empty.to_request(0).records, Vec::<v1::Record>::new());
         Ok(())
+    }
+
+    /// An in-process processor that keeps what it was asked.
+    #[derive(Default)]
+    struct Recording(std::sync::Mutex<Vec<v1::ProcessRecordsRequest>>);
+
+    #[tonic::async_trait]
+    impl RecordProcessor for Recording {
+        async fn initialize(
+            &self,
+            _: tonic::Request<v1::InitializeRequest>,
+        ) -> Result<tonic::Response<v1::InitializeResponse>, Status> {
+            Ok(tonic::Response::new(v1::InitializeResponse {}))
+        }
+        async fn process_records(
+            &self,
+            request: tonic::Request<v1::ProcessRecordsRequest>,
+        ) -> Result<tonic::Response<v1::ProcessRecordsResponse>, Status> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(request.into_inner());
+            Ok(tonic::Response::new(v1::ProcessRecordsResponse::default()))
+        }
+        async fn lease_lost(
+            &self,
+            _: tonic::Request<v1::LeaseLostRequest>,
+        ) -> Result<tonic::Response<v1::LeaseLostResponse>, Status> {
+            Ok(tonic::Response::new(v1::LeaseLostResponse {}))
+        }
+        async fn shard_ended(
+            &self,
+            _: tonic::Request<v1::ShardEndedRequest>,
+        ) -> Result<tonic::Response<v1::ShardEndedResponse>, Status> {
+            Ok(tonic::Response::new(v1::ShardEndedResponse {}))
+        }
+        async fn shutdown_requested(
+            &self,
+            _: tonic::Request<v1::ShutdownRequestedRequest>,
+        ) -> Result<tonic::Response<v1::ShutdownRequestedResponse>, Status> {
+            Ok(tonic::Response::new(v1::ShutdownRequestedResponse::default()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_local_processor_gets_the_batch_as_a_message_and_nothing_after_the_lease()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let recording = Arc::new(Recording::default());
+        let metrics = Metrics::labelled(&[]);
+        let app = App::local(
+            &"unix:///unused.sock".parse()?,
+            recording.clone(),
+            metrics.clone(),
+        );
+        assert!(app.is_ready().await, "an in-process processor is ready");
+        let records: Vec<UserRecord> = (0..3)
+            .map(|i| UserRecord {
+                data: Bytes::from(format!("record-{i}")),
+                partition_key: format!("k{i}").into(),
+                explicit_hash_key: None,
+                sequence_number: format!("4959{i}").into(),
+                sub_sequence_number: 0,
+                approximate_arrival_ms: Some(1_700_000_000_000 + i),
+                aggregated: false,
+            })
+            .collect();
+        let batch = BatchRequest::from_records("s-1", Arc::new(records), 0..3, 5, "w1", 9);
+        let later = chrono_now_ms() + 60_000;
+        app.process_encoded(&batch, 2, Some(later)).await?;
+        let earlier = chrono_now_ms() - 1;
+        let refused = app.process_encoded(&batch, 3, Some(earlier)).await;
+        assert_eq!(
+            refused.map_err(|s| s.code()).err(),
+            Some(tonic::Code::FailedPrecondition),
+            "a call past the lease's validity is refused, as the contract's server refuses it"
+        );
+        let got = recording
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        assert_eq!(got, vec![batch.to_request(2)], "only the call within the lease");
+        assert_eq!(got[0].records.len(), 3);
+        Ok(())
+    }
+
+    fn chrono_now_ms() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
     }
 }

@@ -51,7 +51,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-pub use app::App;
+pub use app::{App, LocalProcessor};
 use kinesis_processor::v1::shutdown_requested_request::Reason;
 /// Record filters: [`kinesis_spec::filter`], which the operator also checks specs with.
 pub use kinesis_spec::filter;
