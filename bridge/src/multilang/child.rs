@@ -53,11 +53,34 @@ pub struct Child {
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
     pid: Option<u32>,
+    /// The child's process group: whatever it started (a shell's command, a worker pool) is
+    /// killed with it.
+    _group: Group,
+}
+
+/// A process group, killed (SIGKILL) when dropped: after the child exited or was killed,
+/// nothing it started outlives it. (The group's id is not reused while any member lives.)
+struct Group(Option<nix::unistd::Pid>);
+
+impl Group {
+    fn kill(&self) {
+        if let Some(pgid) = self.0 {
+            // ESRCH (the group is empty) is the usual case after a clean exit.
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 impl Child {
-    /// Starts `command` with piped stdin/stdout/stderr, its stderr logged under `shard_id`.
-    /// The process is killed if the `Child` is dropped.
+    /// Starts `command` in a process group of its own with piped stdin/stdout/stderr, its
+    /// stderr logged under `shard_id`. The process and its group are killed when the `Child`
+    /// is dropped or killed, and what is left of the group once it finished.
     ///
     /// # Errors
     /// [`ChildError::Spawn`].
@@ -75,6 +98,8 @@ impl Child {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
+            // Its own process group, so that killing it kills what it started too.
+            .process_group(0)
             .spawn()
             .map_err(spawn_error)?;
         let missing = || spawn_error(std::io::Error::other("no pipe to the child"));
@@ -89,6 +114,10 @@ impl Child {
             stdin,
             stdout: BufReader::new(stdout).lines(),
             pid,
+            _group: Group(
+                pid.and_then(|p| i32::try_from(p).ok())
+                    .map(nix::unistd::Pid::from_raw),
+            ),
         })
     }
 
@@ -194,8 +223,10 @@ impl Child {
         }
     }
 
-    /// Kills the child at once (it hung, crashed or broke the protocol).
+    /// Kills the child and its process group at once (it hung, crashed or broke the
+    /// protocol).
     pub async fn kill(mut self) {
+        self._group.kill();
         let _ = self.process.kill().await;
     }
 }
@@ -248,5 +279,59 @@ fn describe(status: Option<ExitStatus>) -> String {
     match status {
         Some(s) => s.to_string(),
         None => "still running with its pipes closed".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Is `pid` alive (not gone, not a zombie)?
+    fn alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')))
+            .unwrap_or(false)
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what}: not within 5 s");
+    }
+
+    #[tokio::test]
+    async fn what_a_killed_child_started_dies_with_it() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!("bridge-group-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let pid_file = dir.join("grandchild");
+        // A shell that starts a long sleep in the background (as a wrapper script would start
+        // the app), writes its pid, and waits for input.
+        let script = format!("sleep 300 & echo $! > {}; cat", pid_file.display());
+        for end in ["kill", "drop"] {
+            let _ = std::fs::remove_file(&pid_file);
+            let child = Child::spawn(&["sh".into(), "-c".into(), script.clone()], "shard-1")?;
+            until("the grandchild's pid", || pid_file.exists()).await;
+            until("the pid written", || {
+                std::fs::read_to_string(&pid_file).is_ok_and(|s| s.trim().parse::<i32>().is_ok())
+            })
+            .await;
+            let grandchild: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+            assert!(alive(grandchild), "{end}: the grandchild runs");
+            match end {
+                "kill" => child.kill().await,
+                _ => drop(child),
+            }
+            until(&format!("{end}: the grandchild gone"), || {
+                !alive(grandchild)
+            })
+            .await;
+        }
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
     }
 }

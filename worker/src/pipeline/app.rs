@@ -686,7 +686,9 @@ mod tests {
             &self,
             _: tonic::Request<v1::ShutdownRequestedRequest>,
         ) -> Result<tonic::Response<v1::ShutdownRequestedResponse>, Status> {
-            Ok(tonic::Response::new(v1::ShutdownRequestedResponse::default()))
+            Ok(tonic::Response::new(
+                v1::ShutdownRequestedResponse::default(),
+            ))
         }
     }
 
@@ -727,7 +729,11 @@ mod tests {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        assert_eq!(got, vec![batch.to_request(2)], "only the call within the lease");
+        assert_eq!(
+            got,
+            vec![batch.to_request(2)],
+            "only the call within the lease"
+        );
         assert_eq!(got[0].records.len(), 3);
         Ok(())
     }
