@@ -189,7 +189,9 @@ pub struct ConsumerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub max_records: Option<i32>,
-    /// Sleep between reads of a shard at its tip, in milliseconds (default 250).
+    /// The wait between reads of a shard at its tip while records come, in milliseconds
+    /// (default 500; an idle or throttled shard backs off to 1 s): every application polling
+    /// the stream shares a shard's 5 reads a second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 60000))]
     pub idle_time_between_reads_ms: Option<i64>,

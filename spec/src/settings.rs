@@ -158,8 +158,8 @@ pub mod defaults {
     pub const CONSUMER_MODE: ConsumerMode = ConsumerMode::Polling;
     /// Records per GetRecords call.
     pub const MAX_RECORDS: i64 = 10_000;
-    /// Sleep between reads of a shard at its tip (milliseconds).
-    pub const IDLE_TIME_MS: i64 = 250;
+    /// The wait between reads of a shard at its tip while records come (milliseconds).
+    pub const IDLE_TIME_MS: i64 = 500;
     /// How long a silent worker is alive (milliseconds).
     pub const FAILOVER_TIME_MS: i64 = 10_000;
     /// Least time between two checkpoint writes of a shard (milliseconds).

@@ -73,7 +73,52 @@ struct Counters {
     seen: AtomicU64,
     /// Delayed requests whose delay is over (each then goes on upstream).
     delays_done: AtomicU64,
+    /// GetRecords calls refused by the read limit.
+    reads_throttled: AtomicU64,
 }
+
+/// Kinesis's read limit of a shard, enforced on every GetRecords through the proxy (put one
+/// single-shard stream behind it, and the proxy's limit is that shard's): at most `calls`
+/// calls started, and at most `bytes` answered, in any second; a call past either is
+/// answered `ProvisionedThroughputExceededException`, as Kinesis does.
+#[derive(Debug, Default)]
+struct ReadLimit {
+    calls: usize,
+    bytes: u64,
+    /// The calls of the last second: when each started and the bytes of its answer.
+    window: std::collections::VecDeque<(std::time::Instant, u64, u64)>,
+    next_id: u64,
+}
+
+impl ReadLimit {
+    /// Admits a call now (its id), or refuses it.
+    fn admit(&mut self, now: std::time::Instant) -> Option<u64> {
+        while self
+            .window
+            .front()
+            .is_some_and(|(t, _, _)| now.duration_since(*t) >= std::time::Duration::from_secs(1))
+        {
+            self.window.pop_front();
+        }
+        let bytes: u64 = self.window.iter().map(|(_, _, b)| b).sum();
+        if self.window.len() >= self.calls || bytes >= self.bytes {
+            return None;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.window.push_back((now, id, 0));
+        Some(id)
+    }
+
+    /// The answer of call `id` was `bytes` long.
+    fn answered(&mut self, id: u64, bytes: u64) {
+        if let Some(entry) = self.window.iter_mut().find(|(_, i, _)| *i == id) {
+            entry.2 = bytes;
+        }
+    }
+}
+
+type Limit = Arc<Mutex<Option<ReadLimit>>>;
 
 /// A running proxy; stops when dropped.
 pub struct FaultProxy {
@@ -83,6 +128,7 @@ pub struct FaultProxy {
     next_rule: AtomicU64,
     mode: Arc<AtomicU8>,
     counters: Arc<Counters>,
+    limit: Limit,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -120,13 +166,15 @@ impl FaultProxy {
         let mode = Arc::new(AtomicU8::new(Mode::Pass as u8));
         let counters = Arc::new(Counters::default());
         let rules: Rules = Arc::default();
+        let limit: Limit = Arc::default();
         let upstream = upstream.to_string();
-        let (m, c, r) = (mode.clone(), counters.clone(), rules.clone());
+        let (m, c, r, l) = (mode.clone(), counters.clone(), rules.clone(), limit.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (m, c, upstream, r) = (m.clone(), c.clone(), upstream.clone(), r.clone());
+                let (m, c, upstream, r, l) =
+                    (m.clone(), c.clone(), upstream.clone(), r.clone(), l.clone());
                 tokio::spawn(async move {
-                    let _ = serve(client, &upstream, &m, &c, &r).await;
+                    let _ = serve(client, &upstream, &m, &c, &r, &l).await;
                 });
             }
         });
@@ -136,6 +184,7 @@ impl FaultProxy {
             next_rule: AtomicU64::new(0),
             mode,
             counters,
+            limit,
             task,
         })
     }
@@ -169,6 +218,23 @@ impl FaultProxy {
     /// Requests forwarded so far.
     pub fn forwarded(&self) -> u64 {
         self.counters.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// Enforces Kinesis's read limit of one shard on every GetRecords through the proxy:
+    /// `calls` a second and `bytes` a second (5 and 2,000,000 in Kinesis); see [`ReadLimit`].
+    pub fn limit_reads(&self, calls: usize, bytes: u64) {
+        if let Ok(mut limit) = self.limit.lock() {
+            *limit = Some(ReadLimit {
+                calls,
+                bytes,
+                ..ReadLimit::default()
+            });
+        }
+    }
+
+    /// GetRecords calls refused by [`FaultProxy::limit_reads`] so far.
+    pub fn reads_throttled(&self) -> u64 {
+        self.counters.reads_throttled.load(Ordering::SeqCst)
     }
 
     /// Delayed requests whose delay is over (each then goes on upstream).
@@ -219,6 +285,7 @@ async fn serve(
     mode: &AtomicU8,
     counters: &Counters,
     rules: &Rules,
+    limit: &Limit,
 ) -> std::io::Result<()> {
     let (injected, forwarded, seen) = (&counters.injected, &counters.forwarded, &counters.seen);
     let Some(request) = read_request(&mut client).await? else {
@@ -269,6 +336,26 @@ async fn serve(
             }
         }
     }
+    // The shard's read limit, for GetRecords: `Some(None)` refused, `Some(Some(id))` admitted.
+    let decision = if text.contains("x-amz-target: kinesis_20131202.getrecords") {
+        limit
+            .lock()
+            .ok()
+            .and_then(|mut guard| guard.as_mut().map(|l| l.admit(std::time::Instant::now())))
+    } else {
+        None
+    };
+    let admitted = match decision {
+        Some(None) => {
+            counters.reads_throttled.fetch_add(1, Ordering::SeqCst);
+            client
+                .write_all(fault_reply(&text, false).as_bytes())
+                .await?;
+            return client.shutdown().await;
+        }
+        Some(Some(id)) => Some(id),
+        None => None,
+    };
     let n = seen.fetch_add(1, Ordering::SeqCst);
     let m = mode.load(Ordering::SeqCst);
     let fail = !delayed
@@ -302,6 +389,54 @@ async fn serve(
     let mut up = TcpStream::connect(upstream).await?;
     up.write_all(&rewritten).await?;
     // Streamed as it comes: a SubscribeToShard answer is an event stream that lasts minutes.
-    tokio::io::copy(&mut up, &mut client).await?;
+    let bytes = tokio::io::copy(&mut up, &mut client).await?;
+    if let Some(id) = admitted
+        && let Ok(mut guard) = limit.lock()
+        && let Some(limit) = guard.as_mut()
+    {
+        limit.answered(id, bytes);
+    }
     client.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReadLimit;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_read_limit_refuses_the_sixth_call_and_the_bytes_past_two_mb_in_a_second() {
+        let t0 = Instant::now();
+        let mut limit = ReadLimit {
+            calls: 5,
+            bytes: 2_000_000,
+            ..ReadLimit::default()
+        };
+        for i in 0..5 {
+            assert!(limit.admit(t0 + Duration::from_millis(i * 100)).is_some());
+        }
+        assert_eq!(
+            limit.admit(t0 + Duration::from_millis(900)),
+            None,
+            "a sixth call in a second"
+        );
+        assert!(
+            limit.admit(t0 + Duration::from_millis(1_000)).is_some(),
+            "the first call is a second old"
+        );
+        // A big answer holds the shard back until it is a second old.
+        let mut limit = ReadLimit {
+            calls: 5,
+            bytes: 2_000_000,
+            ..ReadLimit::default()
+        };
+        let id = limit.admit(t0).unwrap_or(u64::MAX);
+        limit.answered(id, 2_500_000);
+        assert_eq!(
+            limit.admit(t0 + Duration::from_millis(500)),
+            None,
+            "over 2 MB in the second"
+        );
+        assert!(limit.admit(t0 + Duration::from_millis(1_001)).is_some());
+    }
 }

@@ -26,6 +26,8 @@ const TEST_TIMINGS: &[&str] = &[
     "500",
     "--idle-time-ms",
     "100",
+    "--idle-time-max-ms",
+    "250",
     "--checkpoint-interval-ms",
     "1000",
 ];

@@ -170,9 +170,14 @@ struct RunArgs {
     /// 0: no limit but the 5 calls a second.
     #[arg(long, env = "READ_KB_PER_SECOND", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     read_kb_per_second: u64,
-    /// Sleep between reads of a shard at its tip (milliseconds).
-    #[arg(long, env = var::IDLE_TIME_MS, default_value_t = 250)]
+    /// The wait between reads of a shard at its tip while records come (milliseconds): every
+    /// application polling the stream shares a shard's 5 calls a second.
+    #[arg(long, env = var::IDLE_TIME_MS, default_value_t = 500)]
     idle_time_ms: u64,
+    /// The longest wait between reads of a shard at its tip (milliseconds): an idle shard
+    /// backs off to it, and so does one whose reads were throttled.
+    #[arg(long, env = "IDLE_TIME_MAX_MS", default_value_t = 1_000)]
+    idle_time_max_ms: u64,
     /// At most one checkpoint write per shard per this interval (milliseconds); flushed on
     /// hand-over and shutdown anyway.
     #[arg(long, env = var::CHECKPOINT_INTERVAL_MS, default_value_t = 5_000)]
@@ -775,6 +780,7 @@ fn pipeline_config(
     pipeline_config.reader.page_bytes = args.max_page_kib as usize * 1024;
     pipeline_config.reader.initial_timestamp_ms = lease_args.initial_timestamp;
     pipeline_config.idle_time = Duration::from_millis(args.idle_time_ms);
+    pipeline_config.idle_time_max = Duration::from_millis(args.idle_time_max_ms);
     pipeline_config.read_pace.bytes_per_second =
         (args.read_kb_per_second > 0).then(|| args.read_kb_per_second * 1_000);
     pipeline_config.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);

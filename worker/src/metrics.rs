@@ -90,6 +90,9 @@ pub struct Metrics {
     /// Seconds shards waited before a GetRecords call for the per-shard byte limit
     /// (`--read-kb-per-second`), beyond the 5-calls-a-second spacing.
     pub read_paced_seconds: Counter<f64, AtomicU64>,
+    /// GetRecords calls refused for a read limit (`ProvisionedThroughputExceededException`
+    /// and the like), retried: apart from `aws_errors`, where a 400 is also access denied.
+    pub read_throttled: Counter,
     /// App call latency by RPC.
     pub app_call_seconds: Family<CallLabels, Histogram>,
     /// Failed app calls by RPC.
@@ -147,6 +150,7 @@ impl Metrics {
             records_per_call: Histogram::new([1.0, 10.0, 100.0, 500.0, 1_000.0, 5_000.0, 10_000.0]),
             shards_expired: Counter::default(),
             read_paced_seconds: Counter::default(),
+            read_throttled: Counter::default(),
             app_call_seconds: Family::new_with_constructor(|| Histogram::new(app_buckets())),
             app_call_errors: Family::default(),
             app_ready: Gauge::default(),
@@ -244,6 +248,11 @@ impl Metrics {
             "read_paced_seconds",
             "Seconds shards waited before a GetRecords call to stay within the shard read limit (--read-kb-per-second), beyond the 5-calls-a-second spacing",
             m.read_paced_seconds.clone(),
+        );
+        r.register(
+            "read_throttled",
+            "GetRecords calls refused for a read limit (the shard's 5 calls or 2 MB a second, shared by every application reading it), retried with backoff",
+            m.read_throttled.clone(),
         );
         r.register(
             "app_call_duration_seconds",

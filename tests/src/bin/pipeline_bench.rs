@@ -18,7 +18,11 @@
 //! when `LATENCY_OUT` is set); `--callgrind DIR`: instead, one read
 //! of `--records` 100-byte records per client by a worker under valgrind's callgrind (from
 //! the synthetic endpoint with `--synthetic`).
-//! `--only throughput|synthetic|memory|latency|lanes|protocols` runs one part. `protocols`:
+//! `--only throughput|synthetic|memory|latency|lanes|protocols|shared-tip` runs one part.
+//! `shared-tip`: two applications at the tip of a one-shard stream through a proxy enforcing
+//! Kinesis's read limit of a shard (5 calls, 2 MB a second), `--latency-records` records put
+//! one every 37 ms: each app's put → app latency and the reads refused (`--worker-binary
+//! PATH` for another build of the worker, `--worker-args "…"`). `protocols`:
 //! the synthetic endpoint's 8 shards of `--per-shard N` 100-byte records (default 25000) read
 //! once per app protocol: gRPC to the do-nothing `record-app`, KCL MultiLang through
 //! `kinesis-bridge` to a do-nothing kclpy app (`tests/kcl/nothing_kclpy_app.py`), and Lambda
@@ -736,7 +740,7 @@ async fn latency(n: usize, protocols: &[String]) -> Result<()> {
                 .unwrap_or(f64::NAN)
         };
         println!(
-            "latency put -> app at the tip, {protocol:>13} ({} records, idle time 250 ms, 4 shards): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            "latency put -> app at the tip, {protocol:>13} ({} records, the default waits at the tip, 4 shards): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
             lat.len(),
             q(0.5),
             q(0.99),
@@ -747,6 +751,139 @@ async fn latency(n: usize, protocols: &[String]) -> Result<()> {
         p.cleanup().await?;
     }
     Ok(())
+}
+
+/// Two applications polling one shard at its tip through a proxy that enforces Kinesis's
+/// read limit of a shard (5 calls and 2 MB a second; the stream has one shard, so the
+/// proxy's limit is that shard's): `n` records put one every 37 ms, each app's put → app
+/// latency and the calls the proxy refused (`--only shared-tip`). `--worker-binary PATH`
+/// runs another build of the worker (the one before a change), `--worker-args "…"` adds
+/// flags to both workers.
+async fn shared_tip(n: usize, worker_binary: Option<&str>, worker_args: &str) -> Result<()> {
+    let mut p = Pipeline::new(1).await?;
+    p.test_timings = false;
+    if let Some(binary) = worker_binary {
+        // The wrapper gets the current worker's path first: run `binary` instead.
+        p.worker_wrapper = ["sh", "-c", "shift; exec \"$0\" \"$@\""]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(std::iter::once(binary.to_string()))
+            .collect();
+    }
+    let upstream = p
+        .env
+        .kinesis_endpoint
+        .trim_start_matches("http://")
+        .to_string();
+    let proxy = kinesis_operator_tests::faults::FaultProxy::start(&upstream).await?;
+    proxy.limit_reads(5, 2_000_000);
+    let mut extra = vec!["--kinesis-endpoint", proxy.endpoint.as_str()];
+    extra.extend(worker_args.split_whitespace());
+    let apps = [p.app("a", &[]).await?, p.app("b", &[]).await?];
+    let workers = [
+        p.worker_for(
+            &kinesis_operator_tests::unique_name("tip-a"),
+            "wa",
+            &apps[0].address,
+            &extra,
+        )?,
+        p.worker_for(
+            &kinesis_operator_tests::unique_name("tip-b"),
+            "wb",
+            &apps[1].address,
+            &extra,
+        )?,
+    ];
+    for w in &workers {
+        wait_for(
+            "the lease",
+            Duration::from_secs(120),
+            Duration::from_millis(100),
+            || async { (leases(w).await >= 1.0).then_some(()) },
+        )
+        .await?;
+    }
+    p.put_sequence(2, 0, 1).await?;
+    for w in &workers {
+        wait_for(
+            "warm-up",
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || async { (delivered(w).await >= 2.0).then_some(()) },
+        )
+        .await?;
+    }
+    // Both at the tip: from here on, every refusal is one at the tip.
+    let refused_before = proxy.reads_throttled();
+    let throttled_before = [
+        worker_metric(&workers[0], "kinesis_worker_read_throttled_total").await,
+        worker_metric(&workers[1], "kinesis_worker_read_throttled_total").await,
+    ];
+    let started = Instant::now();
+    let kinesis = p.env.kinesis().await;
+    for i in 0..n {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos();
+        p.put(
+            &kinesis,
+            &format!("tip-{i}"),
+            format!("lat:{now}").as_bytes(),
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(37)).await;
+    }
+    for w in &workers {
+        wait_for(
+            "every record",
+            Duration::from_secs(120),
+            Duration::from_millis(50),
+            || async { (delivered(w).await >= (n + 2) as f64).then_some(()) },
+        )
+        .await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let refused = proxy.reads_throttled() - refused_before;
+    println!(
+        "two applications at the tip of one shard, {n} records over {secs:.1} s, reads limited to 5 calls and 2 MB a second: {refused} GetRecords refused ({:.2} a second), {} forwarded in all",
+        refused as f64 / secs,
+        proxy.forwarded()
+    );
+    for (i, (app, w)) in apps.iter().zip(&workers).enumerate() {
+        let mut lat: Vec<f64> = received(&[app.out.as_path()])
+            .iter()
+            .filter_map(|r| {
+                let put: u128 = r.data.strip_prefix("lat:")?.parse().ok()?;
+                Some((r.recv_ns().saturating_sub(put)) as f64 / 1e6)
+            })
+            .collect();
+        lat.sort_by(f64::total_cmp);
+        let q = |f: f64| {
+            lat.get(((lat.len() as f64 - 1.0) * f).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        let throttled =
+            worker_metric(w, "kinesis_worker_read_throttled_total").await - throttled_before[i];
+        println!(
+            "  app {}: {} records, put -> app p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; its worker counted {throttled:.0} throttled reads",
+            ["a", "b"][i],
+            lat.len(),
+            q(0.5),
+            q(0.99),
+            q(1.0)
+        );
+    }
+    drop(workers);
+    p.cleanup().await
+}
+
+/// A worker's metric (0 when it cannot be read).
+async fn worker_metric(w: &Worker, name: &str) -> f64 {
+    match http_get(&w.admin, "/metrics").await {
+        Ok((200, page)) => metric(&page, name),
+        _ => 0.0,
+    }
 }
 
 /// Parallel lanes against a slow app: one shard holding `n` records of 1,000 keys, an app
@@ -889,6 +1026,19 @@ async fn main() -> Result<()> {
     }
     if run("protocols") {
         protocols(get("--per-shard", 25_000) as u64).await?;
+    }
+    if run("shared-tip") {
+        let binary = args
+            .iter()
+            .position(|a| a == "--worker-binary")
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str);
+        let worker_args = args
+            .iter()
+            .position(|a| a == "--worker-args")
+            .and_then(|i| args.get(i + 1))
+            .map_or("", String::as_str);
+        shared_tip(get("--latency-records", 300), binary, worker_args).await?;
     }
     if run("lanes") {
         lanes(get("--lanes-records", 2_000)).await?;

@@ -1,6 +1,7 @@
 //! Delivery itself: every record in key order to the apps, through restarts, graceful stops,
 //! hand-overs, a failing and a crashing app, throttling and server errors; checkpoints the app
-//! may not ask for; the fencing token; a LATEST lease that moves; the shard read limit.
+//! may not ask for; the fencing token; a LATEST lease that moves; the shard read limit, and
+//! two applications sharing a shard at its tip.
 
 use std::time::Duration;
 
@@ -301,5 +302,83 @@ async fn a_shard_catching_up_is_read_no_faster_than_its_read_limit() -> Result<(
         "the wait for the read limit is counted"
     );
     w.stop(DEADLINE).await?;
+    p.cleanup().await
+}
+
+/// Two applications polling one shard at its tip share its 5 reads a second (issue 30): a
+/// proxy refuses GetRecords past Kinesis's limit of a shard (5 calls, 2 MB a second: the
+/// stream has one shard), and with the production waits at the tip (`--idle-time-ms 500`
+/// while records come, backing off to `--idle-time-max-ms 1000` when idle) neither
+/// application is refused while records come one every 50 ms, nor while the shard is idle;
+/// both get every record in key order. (Seen failing with the worker before the change: a
+/// page with records was followed by no wait but the 5-a-second spacing, so two applications
+/// made up to 10 calls a second and were refused several times a second.)
+#[tokio::test]
+async fn two_applications_at_the_tip_of_a_shard_are_not_throttled() -> Result<()> {
+    let p = Pipeline::new(1).await?;
+    let upstream = p.env.kinesis_endpoint.trim_start_matches("http://");
+    let proxy = kinesis_operator_tests::faults::FaultProxy::start(upstream).await?;
+    proxy.limit_reads(5, 2_000_000);
+    let tip = [
+        "--kinesis-endpoint",
+        proxy.endpoint.as_str(),
+        "--idle-time-ms",
+        "500",
+        "--idle-time-max-ms",
+        "1000",
+    ];
+    let apps = [p.app("a", &[]).await?, p.app("b", &[]).await?];
+    let workers = [
+        p.worker_for(&format!("{}-a", p.app), "wa", &apps[0].address, &tip)?,
+        p.worker_for(&format!("{}-b", p.app), "wb", &apps[1].address, &tip)?,
+    ];
+    // Both reading at the tip, idle: from here on every refusal counts.
+    let (keys, per_key) = (4, 25);
+    p.put_sequence(keys, 0, 1).await?;
+    for app in &apps {
+        until_received(&[app.out.as_path()], keys).await?;
+    }
+    let refused_idle = proxy.reads_throttled();
+    let kinesis = p.env.kinesis().await;
+    for i in 1..=per_key {
+        for k in 0..keys {
+            let key = format!("key-{k}");
+            p.put(&kinesis, &key, format!("{key}:{i}").as_bytes())
+                .await?;
+            // The traffic's shape (a record every 50 ms), not a wait for anything.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for app in &apps {
+        let got = until_received(&[app.out.as_path()], keys * (1 + per_key)).await?;
+        // Index 0 of each key came first; the rest follow per key.
+        check_sequence(&got, keys, per_key + 1).map_err(|e| {
+            format!(
+                "{e}: {}",
+                workers
+                    .iter()
+                    .map(|w| w.proc.log_tail())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?;
+    }
+    let refused = proxy.reads_throttled();
+    eprintln!(
+        "refused: {refused_idle} before the records (idle at the tip), {} while they came; {} calls forwarded",
+        refused - refused_idle,
+        proxy.forwarded()
+    );
+    assert_eq!(
+        refused, 0,
+        "GetRecords refused for the shard's read limit at the tip ({refused_idle} while idle)"
+    );
+    for w in &workers {
+        let (_, page) = http_get(&w.admin, "/metrics").await?;
+        assert_eq!(metric(&page, "kinesis_worker_read_throttled_total"), 0.0);
+    }
+    for w in workers {
+        w.stop(DEADLINE).await?;
+    }
     p.cleanup().await
 }

@@ -81,8 +81,12 @@ pub struct PipelineConfig {
     pub fan_out_consumer: Option<String>,
     /// Where each shard's lag is published (the coordinator's heartbeat carries it).
     pub lag: LagBoard,
-    /// Sleep between reads when a shard is at its tip.
+    /// The wait between reads of a shard at its tip while records come
+    /// ([`pace::TipPolling`]).
     pub idle_time: Duration,
+    /// The longest wait between reads of a shard at its tip: an idle or throttled shard backs
+    /// off from `idle_time` to this ([`pace::TipPolling`]).
+    pub idle_time_max: Duration,
     /// How a shard's GetRecords calls are spaced: Kinesis's 5 calls and 2 MB a second per
     /// shard ([`pace`]).
     pub read_pace: pace::ReadPace,
@@ -144,7 +148,8 @@ impl PipelineConfig {
             reader: ReaderConfig::default(),
             fan_out_consumer: None,
             lag: LagBoard::default(),
-            idle_time: Duration::from_millis(250),
+            idle_time: Duration::from_millis(500),
+            idle_time_max: Duration::from_millis(1000),
             read_pace: pace::ReadPace::default(),
             checkpoint_interval: Duration::from_secs(5),
             max_attempts: None,

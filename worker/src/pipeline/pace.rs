@@ -56,6 +56,65 @@ impl ReadPace {
     }
 }
 
+/// How often a polled shard is read once it is at the tip (`millis_behind_latest` 0): every
+/// polling application of the stream shares the shard's 5 calls a second, so one at the tip
+/// must leave room for the others.
+///
+/// - While records come, a page at the tip is followed by `base` before the next call (500 ms
+///   by default: two applications at the tip make 4 calls a second between them).
+/// - Each empty page at the tip stretches the wait by half, up to `max` (1 s by default; KCL
+///   waits 1.5 s, always): an idle shard costs one call a second per application.
+/// - A throttled call doubles the wait (up to `max`); it then shrinks by an eighth a page
+///   back to `base`: an application that shares the shard with more readers than the
+///   defaults allow settles at a pace that is not refused.
+/// - A page behind the tip is followed by no wait (only [`ReadPace`]'s), and the wait
+///   shrinks back as above.
+///
+/// # Guarantees
+/// The wait after a page at the tip is always within `[base, max]` (`max` below `base` counts
+/// as `base`); behind the tip it is zero. Pure: the read loop tells it what each page was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TipPolling {
+    /// The wait after a page at the tip while records come.
+    pub base: Duration,
+    /// The longest wait (an idle shard, or one throttled).
+    pub max: Duration,
+    /// The wait the next page at the tip gets.
+    wait: Duration,
+}
+
+impl TipPolling {
+    /// A policy waiting `base` while records come and up to `max`.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max: max.max(base),
+            wait: base,
+        }
+    }
+
+    /// A call was refused for the shard's read limit.
+    pub fn throttled(&mut self) {
+        self.wait = (self.wait * 2).clamp(self.base, self.max);
+    }
+
+    /// The page just read: how long to wait before the next call.
+    pub fn after_page(&mut self, at_tip: bool, had_records: bool) -> Duration {
+        let recovered = (self.wait - self.wait / 8).max(self.base);
+        if !at_tip {
+            self.wait = recovered;
+            return Duration::ZERO;
+        }
+        let now = if had_records {
+            recovered
+        } else {
+            (self.wait + self.wait / 2).min(self.max)
+        };
+        self.wait = now;
+        now.clamp(self.base, self.max)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +179,74 @@ mod tests {
                         / 1_000_000_000;
                     prop_assert!(read <= allowed + 1, "{read} bytes in {window:?} at {rate} B/s");
                     prop_assert!(window >= pace.min_interval * u32::try_from(j - i).unwrap_or(u32::MAX));
+                }
+            }
+        }
+    }
+
+    fn tip() -> TipPolling {
+        TipPolling::new(Duration::from_millis(500), Duration::from_millis(1000))
+    }
+
+    #[test]
+    fn while_records_come_at_the_tip_the_wait_is_the_base() {
+        let mut t = tip();
+        for _ in 0..10 {
+            assert_eq!(t.after_page(true, true), Duration::from_millis(500));
+        }
+    }
+
+    #[test]
+    fn an_idle_shard_backs_off_to_the_max_and_comes_back_when_records_do() {
+        let mut t = tip();
+        let waits: Vec<u128> = (0..5)
+            .map(|_| t.after_page(true, false).as_millis())
+            .collect();
+        assert_eq!(waits, vec![750, 1000, 1000, 1000, 1000]);
+        // Records again: back towards the base, an eighth a page.
+        let back: Vec<u128> = (0..8)
+            .map(|_| t.after_page(true, true).as_millis())
+            .collect();
+        assert_eq!(back.first(), Some(&875));
+        assert_eq!(back.last(), Some(&500));
+        assert!(back.windows(2).all(|w| w[0] >= w[1]), "{back:?}");
+    }
+
+    #[test]
+    fn a_throttle_doubles_the_wait_and_behind_the_tip_nothing_waits() {
+        let mut t = tip();
+        t.throttled();
+        assert_eq!(t.after_page(true, true), Duration::from_millis(875));
+        let mut t = tip();
+        t.throttled();
+        t.throttled();
+        t.throttled();
+        assert_eq!(
+            t.after_page(false, true),
+            Duration::ZERO,
+            "catching up: no wait"
+        );
+        assert!(t.after_page(true, true) <= Duration::from_millis(1000));
+    }
+
+    proptest::proptest! {
+        /// Whatever happens, a wait at the tip stays within [base, max] and none behind it.
+        #[test]
+        fn waits_stay_within_bounds(
+            base in 1u64..2_000,
+            extra in 0u64..5_000,
+            events in proptest::collection::vec((0u8..3, proptest::bool::ANY), 0..200),
+        ) {
+            let (base, max) = (Duration::from_millis(base), Duration::from_millis(base + extra));
+            let mut t = TipPolling::new(base, max);
+            for (kind, records) in events {
+                match kind {
+                    0 => t.throttled(),
+                    1 => {
+                        let w = t.after_page(true, records);
+                        proptest::prop_assert!(w >= base && w <= max, "{w:?}");
+                    }
+                    _ => proptest::prop_assert_eq!(t.after_page(false, records), Duration::ZERO),
                 }
             }
         }

@@ -35,6 +35,14 @@ impl ShardSource {
         }
     }
 
+    /// Reads refused for a read limit (and retried) so far; fan-out has no such limit.
+    pub fn throttles(&self) -> u64 {
+        match self {
+            Self::Polling(r) => r.throttles(),
+            Self::FanOut(_) => 0,
+        }
+    }
+
     /// Does the stream push records (no polling pace to keep)?
     pub fn pushes(&self) -> bool {
         matches!(self, Self::FanOut(_))

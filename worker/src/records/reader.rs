@@ -232,8 +232,23 @@ enum Fetch {
     Expired,
     /// Retrying cannot fix it.
     Permanent(ReadError),
-    /// Throttled, transient, unreadable: back off and call again.
+    /// Refused for the shard's read limit: back off and call again.
+    Throttled(String),
+    /// Transient, unreadable: back off and call again.
     Retry(String),
+}
+
+/// Error codes Kinesis answers when a read is over a limit (the shard's 5 calls or 2 MB a
+/// second, the account's, or KMS's): counted apart from other failures, because a
+/// 400 is also what access denied looks like.
+pub(crate) fn is_throttle(code: &str) -> bool {
+    matches!(
+        code,
+        "ProvisionedThroughputExceededException"
+            | "LimitExceededException"
+            | "KMSThrottlingException"
+            | "ThrottlingException"
+    )
 }
 
 /// The error of a Kinesis call that retrying cannot fix (stream or shard not found, access
@@ -292,6 +307,8 @@ pub struct ShardReader {
     /// behind the tip that page was.
     pending: Expander,
     pending_behind: Option<i64>,
+    /// GetRecords calls refused for a read limit so far.
+    throttles: u64,
 }
 
 /// The `Limit` of the next GetRecords call: as many records of `record_bytes` (the last
@@ -338,6 +355,7 @@ impl ShardReader {
             record_bytes: None,
             pending: Expander::default(),
             pending_behind: None,
+            throttles: 0,
         }
     }
 
@@ -440,6 +458,11 @@ impl ShardReader {
         }
     }
 
+    /// GetRecords calls refused for a read limit (and retried) so far.
+    pub fn throttles(&self) -> u64 {
+        self.throttles
+    }
+
     /// Is part of the last page still to be handed out (no call for the next batch)?
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
@@ -475,6 +498,12 @@ impl ShardReader {
                     continue;
                 }
                 Err(Fetch::Permanent(e)) => return Err(e),
+                Err(Fetch::Throttled(detail)) => {
+                    self.throttles += 1;
+                    tracing::info!(shard = %self.shard_id, error = %detail, "GetRecords throttled (the shard's read limit, shared by every application reading it); backing off");
+                    self.backoff().await;
+                    continue;
+                }
                 Err(Fetch::Retry(detail)) => {
                     tracing::warn!(shard = %self.shard_id, error = %detail, "GetRecords failed; backing off");
                     self.backoff().await;
@@ -529,6 +558,7 @@ impl ShardReader {
                 Err(e) => {
                     return Err(match e.code() {
                         Some("ExpiredIteratorException") => Fetch::Expired,
+                        Some(code) if is_throttle(code) => Fetch::Throttled(e.to_string()),
                         Some(code) => {
                             match permanent_code(&self.stream, &self.shard_id, code, e.to_string())
                             {
@@ -568,7 +598,14 @@ impl ShardReader {
                 if let Some(err) = permanent_error(&self.stream, &self.shard_id, &e) {
                     return Err(Fetch::Permanent(err));
                 }
-                Err(Fetch::Retry(DisplayErrorContext(&e).to_string()))
+                let detail = DisplayErrorContext(&e).to_string();
+                if e.as_service_error()
+                    .and_then(|s| aws_sdk_kinesis::error::ProvideErrorMetadata::code(s))
+                    .is_some_and(is_throttle)
+                {
+                    return Err(Fetch::Throttled(detail));
+                }
+                Err(Fetch::Retry(detail))
             }
         }
     }

@@ -8,7 +8,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
 use super::super::PipelineConfig;
-use super::super::pace::ReadPace;
+use super::super::pace::{ReadPace, TipPolling};
 use super::ledger::Ledger;
 use crate::backoff::Backoff;
 use crate::metrics::{Metrics, ShardLabels};
@@ -100,6 +100,10 @@ pub(super) async fn read_ahead(
         .clone();
     let mut errors = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let mut pace = CallPace::new(Instant::now());
+    let mut tip = TipPolling::new(config.idle_time, config.idle_time_max);
+    let mut throttles = reader.throttles();
+    // The wait before the next call, once the page of the last call is all handed out.
+    let mut tip_wait = Duration::ZERO;
     loop {
         // While delivery retries, read no further ahead.
         if stalled.wait_for(|s| !*s).await.is_err() {
@@ -122,15 +126,25 @@ pub(super) async fn read_ahead(
                 millis_behind_latest,
             }) => {
                 errors.reset();
+                let now_throttles = reader.throttles();
+                for _ in throttles..now_throttles {
+                    metrics.read_throttled.inc();
+                    tip.throttled();
+                }
+                throttles = now_throttles;
                 let (kib, read) = page_cost(&records, config.max_buffered_kib);
                 pace.read(&config.read_pace, read);
                 let behind = millis_behind_latest.unwrap_or(0);
                 gauge.set(behind);
                 config.lag.set(&shard, behind);
+                // At the tip the next call waits, so that the shard's 5 calls a second stay
+                // shared with the other applications reading it ([`TipPolling`]); a page
+                // still being handed out in parts makes no call.
+                if !reader.pushes() && !from_page {
+                    tip_wait = tip.after_page(behind == 0, !records.is_empty());
+                }
                 if records.is_empty() {
-                    if behind == 0 && !reader.pushes() {
-                        tokio::time::sleep(config.idle_time).await;
-                    }
+                    tokio::time::sleep(std::mem::take(&mut tip_wait)).await;
                     continue;
                 }
                 let ticket = ledger.ticket();
@@ -151,6 +165,9 @@ pub(super) async fn read_ahead(
                 };
                 if tx.send(item).await.is_err() {
                     return;
+                }
+                if !reader.has_pending() {
+                    tokio::time::sleep(std::mem::take(&mut tip_wait)).await;
                 }
             }
             Ok(Batch::ShardEnd { child_shard_ids }) => {
