@@ -163,7 +163,7 @@ pub mod defaults {
     /// How long a silent worker is alive (milliseconds).
     pub const FAILOVER_TIME_MS: i64 = 10_000;
     /// Least time between two checkpoint writes of a shard (milliseconds).
-    pub const CHECKPOINT_INTERVAL_MS: i64 = 5_000;
+    pub const CHECKPOINT_INTERVAL_MS: i64 = 60_000;
     /// Failed deliveries before the on-failure destination: 0, retry forever.
     pub const MAX_ATTEMPTS: i64 = 0;
     /// Age past which records go to the on-failure destination: 0, no limit.

@@ -151,7 +151,7 @@ impl PipelineConfig {
             idle_time: Duration::from_millis(500),
             idle_time_max: Duration::from_millis(1000),
             read_pace: pace::ReadPace::default(),
-            checkpoint_interval: Duration::from_secs(5),
+            checkpoint_interval: Duration::from_secs(60),
             max_attempts: None,
             destination: None,
             bisect_on_error: false,
