@@ -201,8 +201,9 @@ pub struct ConsumerSpec {
     #[schemars(range(min = 1000, max = 600000))]
     pub failover_time_ms: Option<i64>,
     /// At most one checkpoint write per shard per this interval, in milliseconds (default
-    /// 60000); every hand-over, release and shutdown writes the last one anyway, so only a
-    /// crashed worker's successor reads again what was processed since.
+    /// 60000); every hand-over, release and shutdown writes the last one anyway, so only the
+    /// successor of a crashed worker (or of a lease lost to failover) reads again what was
+    /// processed since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600000))]
     pub checkpoint_interval_ms: Option<i64>,

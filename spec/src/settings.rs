@@ -278,7 +278,8 @@ pub struct WorkerSettings {
     pub consumer_arn: Option<String>,
     /// Records per GetRecords call, 1-10000 ([`env::MAX_RECORDS`]).
     pub max_records: Option<i64>,
-    /// Sleep between reads of a shard at its tip, milliseconds ([`env::IDLE_TIME_MS`]).
+    /// The wait between reads of a shard at its tip while records come, milliseconds
+    /// ([`env::IDLE_TIME_MS`]).
     pub idle_time_ms: Option<i64>,
     /// A worker silent this long is dead, milliseconds ([`env::FAILOVER_TIME_MS`]).
     pub failover_time_ms: Option<i64>,

@@ -180,7 +180,8 @@ struct RunArgs {
     idle_time_max_ms: u64,
     /// At most one checkpoint write per shard per this interval (milliseconds; KCL's sample
     /// apps checkpoint every 60 s); flushed on every hand-over, lease release, shard end and
-    /// shutdown anyway, so only a crash redelivers what was acknowledged since.
+    /// shutdown anyway, so only a crash (or a lease lost to failover) redelivers what was
+    /// acknowledged since.
     #[arg(long, env = var::CHECKPOINT_INTERVAL_MS, default_value_t = 60_000)]
     checkpoint_interval_ms: u64,
     /// The longest the app may take to answer one call (Initialize, ProcessRecords,
@@ -558,6 +559,7 @@ async fn start_lambda(
 ) -> anyhow::Result<
     Option<(
         kinesis_worker::pipeline::LocalProcessor,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
         tokio::sync::oneshot::Receiver<anyhow::Error>,
     )>,
 > {
@@ -588,17 +590,22 @@ async fn start_lambda(
     };
     let (processor, api) = kinesis_bridge::lambda::start(&config).await?;
     let (failed, on_failure) = tokio::sync::oneshot::channel();
+    let alive = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let serving = alive.clone();
     tokio::spawn(async move {
         // The Runtime API lives as long as the worker: it stops with the process, after the
-        // last hand-over.
-        let e = match api.serve().await {
+        // last hand-over. If it stops before, the app is no longer ready (the pod leaves
+        // the Service, /readyz fails) and the failure is logged.
+        let result = api.serve().await;
+        serving.store(false, std::sync::atomic::Ordering::SeqCst);
+        let e = match result {
             Ok(()) => anyhow::anyhow!("the Lambda Runtime API stopped"),
             Err(e) => anyhow::Error::new(e),
         };
         tracing::error!(error = %e, "the Lambda Runtime API stopped");
         let _ = failed.send(e);
     });
-    Ok(Some((std::sync::Arc::new(processor), on_failure)))
+    Ok(Some((std::sync::Arc::new(processor), alive, on_failure)))
 }
 
 /// The stream's ARN as Lambda's event names it: the stream as given when it is an ARN,
@@ -655,8 +662,8 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
     let filters = parse_filters(args.filters.as_deref())?;
     let app_address: Address = args.app_address.parse()?;
     let (app, lambda_failed) = match start_lambda(settings, &args).await? {
-        Some((processor, failed)) => (
-            App::local(&app_address, processor, metrics.clone()),
+        Some((processor, alive, failed)) => (
+            App::local(&app_address, processor, alive, metrics.clone()),
             Some(failed),
         ),
         None => (App::new(&app_address, metrics.clone())?, None),

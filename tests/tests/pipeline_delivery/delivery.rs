@@ -158,6 +158,13 @@ async fn throttling_and_server_errors_lose_nothing_and_crash_nothing() -> Result
     dynamodb_proxy.set(Mode::ThrottleHalf);
     p.put_sequence(8, 0, 10).await?;
     until_received(&[app.out.as_path()], 80).await?;
+    // Kinesis's throttling answer (ProvisionedThroughputExceededException) on GetRecords is
+    // counted as a throttled read, apart from other errors.
+    wait_for("throttled reads counted", DEADLINE, POLL, || async {
+        let (s, page) = http_get(&w.admin, "/metrics").await.ok()?;
+        (s == 200 && metric(&page, "kinesis_worker_read_throttled_total") >= 1.0).then_some(())
+    })
+    .await?;
     kinesis_proxy.set(Mode::ServerErrorHalf);
     dynamodb_proxy.set(Mode::ServerErrorHalf);
     p.put_sequence(8, 10, 10).await?;

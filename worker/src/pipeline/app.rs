@@ -299,15 +299,16 @@ enum Transport {
         channel: Channel,
         health: HealthClient<Channel>,
     },
-    /// A record processor in this process: called directly, nothing encoded.
-    Local(LocalProcessor),
+    /// A record processor in this process: called directly, nothing encoded; ready while
+    /// the flag holds (what serves it for the app container is up).
+    Local(LocalProcessor, Arc<std::sync::atomic::AtomicBool>),
 }
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Grpc { .. } => f.write_str("Grpc"),
-            Self::Local(_) => f.write_str("Local"),
+            Self::Local(..) => f.write_str("Local"),
         }
     }
 }
@@ -342,11 +343,17 @@ impl App {
 
     /// A record processor in the worker's own process (`address` only names it in logs):
     /// every call goes straight to it, timed and counted as a remote one, and a batch whose
-    /// lease validity passed is refused as the contract's server refuses it.
-    pub fn local(address: &Address, processor: LocalProcessor, metrics: Arc<Metrics>) -> Self {
+    /// lease validity passed is refused as the contract's server refuses it. It is ready
+    /// while `alive` holds (for the Lambda adapter: while its Runtime API serves).
+    pub fn local(
+        address: &Address,
+        processor: LocalProcessor,
+        alive: Arc<std::sync::atomic::AtomicBool>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             address: address.clone(),
-            transport: Transport::Local(processor),
+            transport: Transport::Local(processor, alive),
             metrics,
         }
     }
@@ -357,7 +364,7 @@ impl App {
     }
 
     /// Does the app answer its health check with SERVING? Updates `app_ready`. A local
-    /// processor is always ready.
+    /// processor is ready while its flag holds.
     pub async fn is_ready(&self) -> bool {
         self.metrics.app_health_checks.inc();
         let ready = match &self.transport {
@@ -372,7 +379,7 @@ impl App {
                     Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
                 )
             }
-            Transport::Local(_) => true,
+            Transport::Local(_, alive) => alive.load(std::sync::atomic::Ordering::SeqCst),
         };
         self.metrics.app_ready.set(i64::from(ready));
         ready
@@ -406,7 +413,7 @@ impl App {
         let call = async {
             match &self.transport {
                 Transport::Grpc { processor, .. } => processor.clone().initialize(req).await,
-                Transport::Local(p) => p.initialize(tonic::Request::new(req)).await,
+                Transport::Local(p, _) => p.initialize(tonic::Request::new(req)).await,
             }
         };
         self.timed("Initialize", call).await.map(drop)
@@ -423,7 +430,7 @@ impl App {
         let call = async {
             match &self.transport {
                 Transport::Grpc { processor, .. } => processor.clone().process_records(req).await,
-                Transport::Local(p) => p.process_records(tonic::Request::new(req)).await,
+                Transport::Local(p, _) => p.process_records(tonic::Request::new(req)).await,
             }
         };
         self.timed("ProcessRecords", call).await
@@ -451,7 +458,7 @@ impl App {
         }
         let channel = match &self.transport {
             Transport::Grpc { channel, .. } => channel.clone(),
-            Transport::Local(p) => {
+            Transport::Local(p, _) => {
                 let call = async {
                     // What the contract's server checks before the app sees the call.
                     let checked = kinesis_processor::refuse_after_lease(
@@ -495,7 +502,7 @@ impl App {
         let call = async {
             match &self.transport {
                 Transport::Grpc { processor, .. } => processor.clone().lease_lost(req).await,
-                Transport::Local(p) => p.lease_lost(tonic::Request::new(req)).await,
+                Transport::Local(p, _) => p.lease_lost(tonic::Request::new(req)).await,
             }
         };
         self.timed("LeaseLost", call).await.map(drop)
@@ -509,7 +516,7 @@ impl App {
         let call = async {
             match &self.transport {
                 Transport::Grpc { processor, .. } => processor.clone().shard_ended(req).await,
-                Transport::Local(p) => p.shard_ended(tonic::Request::new(req)).await,
+                Transport::Local(p, _) => p.shard_ended(tonic::Request::new(req)).await,
             }
         };
         self.timed("ShardEnded", call).await.map(drop)
@@ -528,7 +535,7 @@ impl App {
                 Transport::Grpc { processor, .. } => {
                     processor.clone().shutdown_requested(req).await
                 }
-                Transport::Local(p) => p.shutdown_requested(tonic::Request::new(req)).await,
+                Transport::Local(p, _) => p.shutdown_requested(tonic::Request::new(req)).await,
             }
         };
         self.timed("ShutdownRequested", call).await
@@ -697,12 +704,17 @@ mod tests {
     -> Result<(), Box<dyn std::error::Error>> {
         let recording = Arc::new(Recording::default());
         let metrics = Metrics::labelled(&[]);
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let app = App::local(
             &"unix:///unused.sock".parse()?,
             recording.clone(),
+            alive.clone(),
             metrics.clone(),
         );
         assert!(app.is_ready().await, "an in-process processor is ready");
+        alive.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(!app.is_ready().await, "not once what serves it stopped");
+        alive.store(true, std::sync::atomic::Ordering::SeqCst);
         let records: Vec<UserRecord> = (0..3)
             .map(|i| UserRecord {
                 data: Bytes::from(format!("record-{i}")),

@@ -210,6 +210,8 @@ impl Pipeline {
         coordinator: CoordinatorHandle,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let mut config = config;
+        config.reader.throttled = Some(metrics.read_throttled.clone());
         let budget = Arc::new(Semaphore::new(config.max_buffered_kib as usize));
         let shard_view =
             ShardCache::new(kinesis.clone(), config.stream.clone(), SHARD_VIEW_MAX_AGE);

@@ -62,26 +62,32 @@ impl ReadPace {
 ///
 /// - While records come, a page at the tip is followed by `base` before the next call (500 ms
 ///   by default: two applications at the tip make 4 calls a second between them).
-/// - Each empty page at the tip stretches the wait by half, up to `max` (1 s by default; KCL
-///   waits 1.5 s, always): an idle shard costs one call a second per application.
-/// - A throttled call doubles the wait (up to `max`); it then shrinks by an eighth a page
-///   back to `base`: an application that shares the shard with more readers than the
-///   defaults allow settles at a pace that is not refused.
-/// - A page behind the tip is followed by no wait (only [`ReadPace`]'s), and the wait
-///   shrinks back as above.
+/// - Each empty page at the tip stretches that wait by half (from at least [`TIP_FLOOR`]), up
+///   to `max` (1 s by default; KCL waits 1.5 s, always): an idle shard costs one call a second
+///   per application. The first page with records brings it back to `base` at once.
+/// - A throttled call doubles a separate floor under the wait (from at least [`TIP_FLOOR`], up
+///   to `max`), which then shrinks by an eighth a page: an application that shares the shard
+///   with more readers than the defaults allow settles at a pace that is not refused.
+/// - A page behind the tip is followed by no wait (only [`ReadPace`]'s).
 ///
 /// # Guarantees
 /// The wait after a page at the tip is always within `[base, max]` (`max` below `base` counts
-/// as `base`); behind the tip it is zero. Pure: the read loop tells it what each page was.
+/// as `base`), and `base` itself while records come and nothing was throttled for a while;
+/// behind the tip it is zero. Pure: the read loop tells it what each page was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TipPolling {
     /// The wait after a page at the tip while records come.
     pub base: Duration,
     /// The longest wait (an idle shard, or one throttled).
     pub max: Duration,
-    /// The wait the next page at the tip gets.
-    wait: Duration,
+    /// The wait grown by empty pages at the tip (`base` while records come).
+    idle: Duration,
+    /// The floor raised by throttles (zero when none lately).
+    throttle: Duration,
 }
+
+/// The least a wait grows from (a `base` of 0 still backs off).
+pub const TIP_FLOOR: Duration = Duration::from_millis(100);
 
 impl TipPolling {
     /// A policy waiting `base` while records come and up to `max`.
@@ -89,29 +95,33 @@ impl TipPolling {
         Self {
             base,
             max: max.max(base),
-            wait: base,
+            idle: base,
+            throttle: Duration::ZERO,
         }
     }
 
     /// A call was refused for the shard's read limit.
     pub fn throttled(&mut self) {
-        self.wait = (self.wait * 2).clamp(self.base, self.max);
+        self.throttle = (self.throttle.max(self.base).max(TIP_FLOOR) * 2).min(self.max);
     }
 
     /// The page just read: how long to wait before the next call.
     pub fn after_page(&mut self, at_tip: bool, had_records: bool) -> Duration {
-        let recovered = (self.wait - self.wait / 8).max(self.base);
+        let throttle = self.throttle;
+        self.throttle -= self.throttle / 8;
+        if self.throttle < TIP_FLOOR / 2 {
+            self.throttle = Duration::ZERO;
+        }
         if !at_tip {
-            self.wait = recovered;
+            self.idle = self.base;
             return Duration::ZERO;
         }
-        let now = if had_records {
-            recovered
+        self.idle = if had_records {
+            self.base
         } else {
-            (self.wait + self.wait / 2).min(self.max)
+            (self.idle.max(TIP_FLOOR) * 3 / 2).min(self.max)
         };
-        self.wait = now;
-        now.clamp(self.base, self.max)
+        self.idle.max(throttle).clamp(self.base, self.max)
     }
 }
 
@@ -197,36 +207,44 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_shard_backs_off_to_the_max_and_comes_back_when_records_do() {
+    fn an_idle_shard_backs_off_to_the_max_and_records_bring_it_back_at_once() {
         let mut t = tip();
         let waits: Vec<u128> = (0..5)
             .map(|_| t.after_page(true, false).as_millis())
             .collect();
         assert_eq!(waits, vec![750, 1000, 1000, 1000, 1000]);
-        // Records again: back towards the base, an eighth a page.
-        let back: Vec<u128> = (0..8)
-            .map(|_| t.after_page(true, true).as_millis())
+        assert_eq!(t.after_page(true, true), Duration::from_millis(500));
+        // A base of 0 still backs off.
+        let mut t = TipPolling::new(Duration::ZERO, Duration::from_millis(1000));
+        let waits: Vec<u128> = (0..8)
+            .map(|_| t.after_page(true, false).as_millis())
             .collect();
-        assert_eq!(back.first(), Some(&875));
-        assert_eq!(back.last(), Some(&500));
-        assert!(back.windows(2).all(|w| w[0] >= w[1]), "{back:?}");
+        assert_eq!(waits.first(), Some(&150));
+        assert_eq!(waits.last(), Some(&1000));
+        assert_eq!(t.after_page(true, true), Duration::ZERO);
     }
 
     #[test]
-    fn a_throttle_doubles_the_wait_and_behind_the_tip_nothing_waits() {
+    fn a_throttle_raises_the_wait_which_then_shrinks_back_and_behind_the_tip_nothing_waits() {
         let mut t = tip();
         t.throttled();
-        assert_eq!(t.after_page(true, true), Duration::from_millis(875));
+        assert_eq!(t.after_page(true, true), Duration::from_millis(1000));
+        let back: Vec<u128> = (0..12)
+            .map(|_| t.after_page(true, true).as_millis())
+            .collect();
+        assert!(back.windows(2).all(|w| w[0] >= w[1]), "{back:?}");
+        assert_eq!(back.last(), Some(&500));
         let mut t = tip();
-        t.throttled();
-        t.throttled();
         t.throttled();
         assert_eq!(
             t.after_page(false, true),
             Duration::ZERO,
             "catching up: no wait"
         );
-        assert!(t.after_page(true, true) <= Duration::from_millis(1000));
+        assert!(
+            t.after_page(true, true) > Duration::from_millis(500),
+            "still raised"
+        );
     }
 
     proptest::proptest! {

@@ -43,6 +43,14 @@ impl ShardSource {
         }
     }
 
+    /// Was the shard's end read by polling (its last records, then the end, come next)?
+    pub fn ended(&self) -> bool {
+        match self {
+            Self::Polling(r) => r.ended(),
+            Self::FanOut(_) => false,
+        }
+    }
+
     /// Does the stream push records (no polling pace to keep)?
     pub fn pushes(&self) -> bool {
         matches!(self, Self::FanOut(_))

@@ -59,6 +59,9 @@ pub struct ReaderConfig {
     /// GetRecords through our own client (CBOR or JSON, see [`super::wire`]); `None`: through
     /// the SDK. GetShardIterator always goes through the SDK.
     pub get_records: Option<Arc<WireClient>>,
+    /// Counts each GetRecords refused for a read limit, as it happens (the worker's
+    /// `read_throttled`).
+    pub throttled: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 impl Default for ReaderConfig {
@@ -70,6 +73,7 @@ impl Default for ReaderConfig {
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             get_records: None,
+            throttled: None,
         }
     }
 }
@@ -463,6 +467,11 @@ impl ShardReader {
         self.throttles
     }
 
+    /// Has the shard's end been read (the next batch is the end, or records before it)?
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
     /// Is part of the last page still to be handed out (no call for the next batch)?
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
@@ -500,6 +509,9 @@ impl ShardReader {
                 Err(Fetch::Permanent(e)) => return Err(e),
                 Err(Fetch::Throttled(detail)) => {
                     self.throttles += 1;
+                    if let Some(counter) = &self.config.throttled {
+                        counter.inc();
+                    }
                     tracing::info!(shard = %self.shard_id, error = %detail, "GetRecords throttled (the shard's read limit, shared by every application reading it); backing off");
                     self.backoff().await;
                     continue;

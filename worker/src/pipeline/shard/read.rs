@@ -126,9 +126,10 @@ pub(super) async fn read_ahead(
                 millis_behind_latest,
             }) => {
                 errors.reset();
+                // Counted in `read_throttled` by the reader as they happen; here they slow
+                // the shard down at the tip.
                 let now_throttles = reader.throttles();
                 for _ in throttles..now_throttles {
-                    metrics.read_throttled.inc();
                     tip.throttled();
                 }
                 throttles = now_throttles;
@@ -144,7 +145,10 @@ pub(super) async fn read_ahead(
                     tip_wait = tip.after_page(behind == 0, !records.is_empty());
                 }
                 if records.is_empty() {
-                    tokio::time::sleep(std::mem::take(&mut tip_wait)).await;
+                    let wait = std::mem::take(&mut tip_wait);
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
                     continue;
                 }
                 let ticket = ledger.ticket();
@@ -166,8 +170,11 @@ pub(super) async fn read_ahead(
                 if tx.send(item).await.is_err() {
                     return;
                 }
-                if !reader.has_pending() {
-                    tokio::time::sleep(std::mem::take(&mut tip_wait)).await;
+                // Once the page is all handed out; not before the shard's end, which makes
+                // no call and must not hold its children back.
+                let wait = std::mem::take(&mut tip_wait);
+                if !wait.is_zero() && !reader.has_pending() && !reader.ended() {
+                    tokio::time::sleep(wait).await;
                 }
             }
             Ok(Batch::ShardEnd { child_shard_ids }) => {
