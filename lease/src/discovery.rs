@@ -70,9 +70,10 @@ pub enum DiscoveryError {
 
 /// One view of the stream's shards for all readers of a worker: it lists at most once per
 /// `max_age`; callers in between share the last listing, and concurrent callers wait for one
-/// call instead of making one each. With enhanced fan-out, idle shards at the tip ask it
-/// whether they closed: one call per worker per `max_age` (10 s: 500 workers make 50/s,
-/// under Kinesis's 100 ListShards/s per stream), not one per idle shard every 2 s.
+/// call instead of making one each. With enhanced fan-out, shards long at their tip ask it,
+/// as a safety net, whether they closed (one listing per worker per 5 minutes, a page per
+/// 1,000 shards: 500 workers at 10,000 shards make ≈ 17 calls a second, of the 1,000
+/// ListShards a second Kinesis allows per stream), not one per idle shard every 2 s.
 #[derive(Clone)]
 pub struct ShardCache {
     inner: std::sync::Arc<CacheInner>,

@@ -102,6 +102,39 @@ pub struct Context {
     tables: Mutex<HashSet<(AwsKey, Option<Identity>, String)>>,
     /// Open shards of each application as its last healthy reconcile saw them.
     open_shards: Mutex<HashMap<(String, String), i32>>,
+    /// The fan-out consumer each application uses, as last described or registered (see
+    /// [`Context::known_consumer`]).
+    consumers: Mutex<HashMap<(String, String), KnownConsumer>>,
+}
+
+/// How long a fan-out consumer found or registered by a reconcile is taken as it is before
+/// it is described again (DescribeStreamSummary and DescribeStreamConsumer allow 20 calls a
+/// second per account and per stream: 500 fan-out applications reconciled every 5 minutes
+/// made 1.7 of each a second, now one each per application per 10 minutes).
+pub const CONSUMER_RECHECK: Duration = Duration::from_secs(600);
+
+/// What makes an application's fan-out consumer: endpoints, identity, stream, name, and the
+/// object's uid (an object deleted and made again under the same name is another one: it must
+/// not inherit what the operator registered for the first).
+type ConsumerKey = (AwsKey, Option<Identity>, String, String, Option<String>);
+
+/// A fan-out consumer as a reconcile found it: for which stream, table, endpoints and
+/// identity, and when.
+#[derive(Debug, Clone)]
+struct KnownConsumer {
+    /// Everything that, changed, makes it another consumer.
+    key: ConsumerKey,
+    found: claims::Consumer,
+    at: std::time::Instant,
+}
+
+impl KnownConsumer {
+    /// The consumer, if it was found for `key` less than [`CONSUMER_RECHECK`] before `now`
+    /// (pure).
+    fn serves(&self, key: &ConsumerKey, now: std::time::Instant) -> Option<&claims::Consumer> {
+        (self.key == *key && now.saturating_duration_since(self.at) < CONSUMER_RECHECK)
+            .then_some(&self.found)
+    }
 }
 
 /// (region, Kinesis endpoint, DynamoDB endpoint).
@@ -188,6 +221,51 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             tables: Mutex::new(HashSet::new()),
             open_shards: Mutex::new(HashMap::new()),
+            consumers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// What makes `app`'s fan-out consumer (`table` is its name): endpoints, identity,
+    /// stream and name.
+    fn consumer_key(&self, app: &KinesisApplication, table: &str) -> ConsumerKey {
+        (
+            self.aws_key(app),
+            self.identity_of(app).ok(),
+            stream_ref(app).to_string(),
+            table.to_string(),
+            app.uid(),
+        )
+    }
+
+    /// The fan-out consumer of `app` a reconcile found or registered less than
+    /// [`CONSUMER_RECHECK`] ago, for the same stream, name, endpoints and identity; `None`:
+    /// describe it again. A consumer deregistered meanwhile is noticed at the next check
+    /// (its workers' subscriptions fail with ResourceNotFound until then).
+    fn known_consumer(&self, app: &KinesisApplication, table: &str) -> Option<claims::Consumer> {
+        let key = self.consumer_key(app, table);
+        let consumers = self.consumers.lock().ok()?;
+        consumers
+            .get(&Self::key(app))?
+            .serves(&key, std::time::Instant::now())
+            .cloned()
+    }
+
+    /// Records the fan-out consumer a reconcile of `app` found or registered.
+    fn saw_consumer(&self, app: &KinesisApplication, table: &str, found: &claims::Consumer) {
+        let known = KnownConsumer {
+            key: self.consumer_key(app, table),
+            found: found.clone(),
+            at: std::time::Instant::now(),
+        };
+        if let Ok(mut c) = self.consumers.lock() {
+            c.insert(Self::key(app), known);
+        }
+    }
+
+    /// Forgets `app`'s fan-out consumer (it is described again next time).
+    fn forget_consumer(&self, app: &KinesisApplication) {
+        if let Ok(mut c) = self.consumers.lock() {
+            c.remove(&Self::key(app));
         }
     }
 
@@ -248,6 +326,7 @@ impl Context {
         if let Ok(mut m) = self.open_shards.lock() {
             m.remove(&Self::key(app));
         }
+        self.forget_consumer(app);
         self.forget_table(app, &application_name(app));
         // Its assumed-role session (keyed by namespace and name) is of no further use.
         let (ns, name) = Self::key(app);
@@ -277,6 +356,9 @@ impl Context {
         }
         if let Ok(mut f) = self.failures.lock() {
             f.retain(|k, _| keys.contains(k));
+        }
+        if let Ok(mut c) = self.consumers.lock() {
+            c.retain(|k, _| keys.contains(k));
         }
         if let Ok(mut t) = self.tables.lock() {
             t.retain(|(_, _, name)| names.contains(name));
@@ -1246,6 +1328,57 @@ async fn cleanup_table(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_known_consumer_serves_its_own_stream_and_identity_for_ten_minutes_only() {
+        let t0 = std::time::Instant::now();
+        let key: ConsumerKey = (
+            (Some("us-east-1".into()), None, None),
+            Some(Identity::Operator),
+            "orders".into(),
+            "app".into(),
+            Some("uid-1".into()),
+        );
+        let known = KnownConsumer {
+            key: key.clone(),
+            found: claims::Consumer {
+                arn: "arn:aws:kinesis:us-east-1:1:stream/orders/consumer/app:1".into(),
+                registered_by_operator: true,
+            },
+            at: t0,
+        };
+        assert!(known.serves(&key, t0).is_some());
+        assert!(
+            known
+                .serves(&key, t0 + CONSUMER_RECHECK - Duration::from_secs(1))
+                .is_some()
+        );
+        assert!(
+            known.serves(&key, t0 + CONSUMER_RECHECK).is_none(),
+            "described again"
+        );
+        let mut other = key.clone();
+        other.2 = "payments".into();
+        assert!(
+            known.serves(&other, t0).is_none(),
+            "the spec's stream changed"
+        );
+        let mut other = key.clone();
+        other.0 = (None, Some("http://x".into()), None);
+        assert!(known.serves(&other, t0).is_none(), "the endpoints changed");
+        let mut other = key.clone();
+        other.3 = "app2".into();
+        assert!(
+            known.serves(&other, t0).is_none(),
+            "the application name changed"
+        );
+        let mut other = key.clone();
+        other.4 = Some("uid-2".into());
+        assert!(
+            known.serves(&other, t0).is_none(),
+            "an object made again under the same name inherits nothing"
+        );
+    }
 
     #[test]
     fn a_deregistration_is_told_as_done_or_as_already_gone() {

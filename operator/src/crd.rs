@@ -152,6 +152,14 @@ pub struct ScalingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_workers: Option<i32>,
+    /// Workers started ahead of the old ones in a rollout, as a percentage of the workers
+    /// (default 25, Kubernetes's own default; at least one pod). No old pod stops before its
+    /// replacement is ready, and each hands its shards over before it stops: a fleet is
+    /// replaced in about 100 / this waves (500 pods: 4 waves of 125, not 500 one at a time),
+    /// at the cost of this many extra pods' room in the cluster while it rolls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_surge_percent: Option<i32>,
 }
 
 fn one() -> i32 {
@@ -164,6 +172,7 @@ impl Default for ScalingSpec {
             shards_per_worker: 1,
             min_workers: 1,
             max_workers: None,
+            max_surge_percent: None,
         }
     }
 }

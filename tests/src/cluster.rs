@@ -145,9 +145,7 @@ pub fn operator_as(
     extra: &[&str],
     key: (&str, &str),
 ) -> Result<Operator> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = crate::free_port()?;
     // A bench may run another build of the operator (KINESIS_OPERATOR_BIN: a release one).
     let program = match std::env::var_os("KINESIS_OPERATOR_BIN") {
         Some(p) => std::path::PathBuf::from(p),

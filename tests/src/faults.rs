@@ -75,7 +75,12 @@ struct Counters {
     delays_done: AtomicU64,
     /// GetRecords calls refused by the read limit.
     reads_throttled: AtomicU64,
+    /// SubscribeToShard events given the child shards by [`FaultProxy::end_shard`].
+    children_sent: AtomicU64,
 }
+
+/// The shards [`FaultProxy::end_shard`] ended, and the children of each.
+type Ends = Arc<Mutex<std::collections::HashMap<String, Vec<String>>>>;
 
 /// Kinesis's read limit of a shard, enforced on every GetRecords through the proxy (put one
 /// single-shard stream behind it, and the proxy's limit is that shard's): at most `calls`
@@ -129,6 +134,7 @@ pub struct FaultProxy {
     mode: Arc<AtomicU8>,
     counters: Arc<Counters>,
     limit: Limit,
+    ends: Ends,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -167,14 +173,27 @@ impl FaultProxy {
         let counters = Arc::new(Counters::default());
         let rules: Rules = Arc::default();
         let limit: Limit = Arc::default();
+        let ends: Ends = Arc::default();
         let upstream = upstream.to_string();
-        let (m, c, r, l) = (mode.clone(), counters.clone(), rules.clone(), limit.clone());
+        let (m, c, r, l, e) = (
+            mode.clone(),
+            counters.clone(),
+            rules.clone(),
+            limit.clone(),
+            ends.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (m, c, upstream, r, l) =
-                    (m.clone(), c.clone(), upstream.clone(), r.clone(), l.clone());
+                let (m, c, upstream, r, l, e) = (
+                    m.clone(),
+                    c.clone(),
+                    upstream.clone(),
+                    r.clone(),
+                    l.clone(),
+                    e.clone(),
+                );
                 tokio::spawn(async move {
-                    let _ = serve(client, &upstream, &m, &c, &r, &l).await;
+                    let _ = serve(client, &upstream, &m, &c, &r, &l, &e).await;
                 });
             }
         });
@@ -185,8 +204,25 @@ impl FaultProxy {
             mode,
             counters,
             limit,
+            ends,
             task,
         })
+    }
+
+    /// Makes SubscribeToShard on `shard` end as Kinesis ends a closed shard's subscription:
+    /// the first event at the tip (no records, 0 ms behind) carries `children` and no
+    /// continuation sequence number, and the subscription ends after it. kinesis-mock never
+    /// sends the children; call this once the shard is closed (every record put before the
+    /// close is then delivered before the tip is reached).
+    pub fn end_shard(&self, shard: &str, children: &[String]) {
+        if let Ok(mut ends) = self.ends.lock() {
+            ends.insert(shard.to_string(), children.to_vec());
+        }
+    }
+
+    /// Subscription events given their shard's children by [`FaultProxy::end_shard`].
+    pub fn children_sent(&self) -> u64 {
+        self.counters.children_sent.load(Ordering::SeqCst)
     }
 
     /// Switches the mode.
@@ -286,6 +322,7 @@ async fn serve(
     counters: &Counters,
     rules: &Rules,
     limit: &Limit,
+    ends: &Ends,
 ) -> std::io::Result<()> {
     let (injected, forwarded, seen) = (&counters.injected, &counters.forwarded, &counters.seen);
     let Some(request) = read_request(&mut client).await? else {
@@ -388,7 +425,18 @@ async fn serve(
     rewritten.extend_from_slice(&request[head_len.min(request.len())..]);
     let mut up = TcpStream::connect(upstream).await?;
     up.write_all(&rewritten).await?;
-    // Streamed as it comes: a SubscribeToShard answer is an event stream that lasts minutes.
+    if head
+        .to_ascii_lowercase()
+        .contains("x-amz-target: kinesis_20131202.subscribetoshard")
+    {
+        let body = &request[head_len.min(request.len())..];
+        let shard = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("ShardId")?.as_str().map(String::from))
+            .unwrap_or_default();
+        return subscription::relay(up, client, &shard, ends, &counters.children_sent).await;
+    }
+    // Streamed as it comes.
     let bytes = tokio::io::copy(&mut up, &mut client).await?;
     if let Some(id) = admitted
         && let Ok(mut guard) = limit.lock()
@@ -399,9 +447,249 @@ async fn serve(
     client.shutdown().await
 }
 
+/// SubscribeToShard's answer relayed event by event, so that a shard ended by
+/// [`FaultProxy::end_shard`] ends as Kinesis ends it.
+mod subscription {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use aws_smithy_types::event_stream::{HeaderValue, Message};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::Ends;
+
+    /// The body of an HTTP/1.1 answer as it comes, chunked or not.
+    struct Body {
+        up: TcpStream,
+        raw: Vec<u8>,
+        chunked: bool,
+        /// Bytes of the current chunk still to come.
+        left: usize,
+        done: bool,
+    }
+
+    impl Body {
+        async fn fill(&mut self) -> std::io::Result<bool> {
+            let mut chunk = [0u8; 16384];
+            let n = self.up.read(&mut chunk).await?;
+            self.raw.extend_from_slice(&chunk[..n]);
+            Ok(n > 0)
+        }
+
+        /// Appends the next body bytes to `out`; `false` at the body's end.
+        async fn next(&mut self, out: &mut Vec<u8>) -> std::io::Result<bool> {
+            if self.done {
+                return Ok(false);
+            }
+            if !self.chunked {
+                if self.raw.is_empty() && !self.fill().await? {
+                    return Ok(false);
+                }
+                out.append(&mut self.raw);
+                return Ok(true);
+            }
+            loop {
+                if self.left > 0 {
+                    if self.raw.is_empty() && !self.fill().await? {
+                        return Ok(false);
+                    }
+                    let n = self.left.min(self.raw.len());
+                    out.extend(self.raw.drain(..n));
+                    self.left -= n;
+                    return Ok(true);
+                }
+                // A chunk's size line (after the previous chunk's CRLF).
+                let Some(end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                    if !self.fill().await? {
+                        return Ok(false);
+                    }
+                    continue;
+                };
+                let line = String::from_utf8_lossy(&self.raw[..end]).trim().to_string();
+                self.raw.drain(..end + 2);
+                if line.is_empty() {
+                    continue;
+                }
+                let size =
+                    usize::from_str_radix(line.split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+                if size == 0 {
+                    self.done = true;
+                    return Ok(false);
+                }
+                self.left = size;
+            }
+        }
+    }
+
+    /// The event with `children` and no continuation, if `message` is an event at the tip
+    /// (no records, 0 ms behind) of a shard that is to end.
+    pub(super) fn ended(message: &Message, children: &[String], parent: &str) -> Option<Message> {
+        let event = message.headers().iter().any(|h| {
+            h.name().as_str() == ":event-type"
+                && matches!(h.value(), HeaderValue::String(s) if s.as_str() == "SubscribeToShardEvent")
+        });
+        if !event {
+            return None;
+        }
+        let mut payload: serde_json::Value = serde_json::from_slice(message.payload()).ok()?;
+        let at_tip = payload.get("Records")?.as_array()?.is_empty()
+            && payload.get("MillisBehindLatest")?.as_i64()? == 0;
+        if !at_tip {
+            return None;
+        }
+        let object = payload.as_object_mut()?;
+        object.remove("ContinuationSequenceNumber");
+        object.insert(
+            "ChildShards".into(),
+            children
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "ShardId": c,
+                        "ParentShards": [parent],
+                        "HashKeyRange": {"StartingHashKey": "0",
+                            "EndingHashKey": "340282366920938463463374607431768211455"},
+                    })
+                })
+                .collect(),
+        );
+        let payload = serde_json::to_vec(&payload).ok()?;
+        Some(Message::new_from_parts(message.headers().to_vec(), payload))
+    }
+
+    /// Relays the answer from `up` to `client`, frame by frame; after an event given
+    /// `shard`'s children, the subscription ends.
+    pub(super) async fn relay(
+        mut up: TcpStream,
+        mut client: TcpStream,
+        shard: &str,
+        ends: &Ends,
+        sent: &AtomicU64,
+    ) -> std::io::Result<()> {
+        // The head, passed on with the body delimited by the connection's close.
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 16384];
+        let head_end = loop {
+            if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            let n = up.read(&mut chunk).await?;
+            if n == 0 {
+                client.write_all(&raw).await?;
+                return client.shutdown().await;
+            }
+            raw.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+        let lower = head.to_ascii_lowercase();
+        if !lower.starts_with("http/1.1 200") {
+            client.write_all(&raw).await?;
+            tokio::io::copy(&mut up, &mut client).await?;
+            return client.shutdown().await;
+        }
+        let chunked = lower.contains("transfer-encoding: chunked");
+        let mut out_head = String::new();
+        for line in head.split("\r\n").filter(|l| !l.is_empty()) {
+            let l = line.to_ascii_lowercase();
+            if !l.starts_with("transfer-encoding:") && !l.starts_with("content-length:") {
+                out_head.push_str(line);
+                out_head.push_str("\r\n");
+            }
+        }
+        out_head.push_str("\r\n");
+        client.write_all(out_head.as_bytes()).await?;
+        let mut body = Body {
+            raw: raw.split_off(head_end),
+            up,
+            chunked,
+            left: 0,
+            done: false,
+        };
+        let mut frames = Vec::new();
+        loop {
+            // Every whole frame buffered.
+            while frames.len() >= 4 {
+                let len = u32::from_be_bytes([frames[0], frames[1], frames[2], frames[3]]) as usize;
+                if len < 16 {
+                    // No event stream: pass the rest on as it comes.
+                    client.write_all(&frames).await?;
+                    frames.clear();
+                    while body.next(&mut frames).await? {
+                        client.write_all(&frames).await?;
+                        frames.clear();
+                    }
+                    return client.shutdown().await;
+                }
+                if frames.len() < len {
+                    break;
+                }
+                let frame: Vec<u8> = frames.drain(..len).collect();
+                let children = ends.lock().ok().and_then(|e| e.get(shard).cloned());
+                let rewritten = children.and_then(|children| {
+                    let message =
+                        aws_smithy_eventstream::frame::read_message_from(&frame[..]).ok()?;
+                    ended(&message, &children, shard)
+                });
+                if let Some(message) = rewritten {
+                    let mut bytes = Vec::new();
+                    if aws_smithy_eventstream::frame::write_message_to(&message, &mut bytes).is_ok()
+                    {
+                        client.write_all(&bytes).await?;
+                        sent.fetch_add(1, Ordering::SeqCst);
+                        // As Kinesis: the subscription of an ended shard ends.
+                        return client.shutdown().await;
+                    }
+                }
+                client.write_all(&frame).await?;
+            }
+            if !body.next(&mut frames).await? {
+                client.write_all(&frames).await?;
+                return client.shutdown().await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::ReadLimit;
+
+    #[test]
+    fn only_an_event_at_the_tip_of_an_ended_shard_gets_its_children() {
+        use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+        let event = |payload: serde_json::Value| {
+            Message::new(serde_json::to_vec(&payload).unwrap_or_default())
+                .add_header(Header::new(
+                    ":message-type",
+                    HeaderValue::String("event".into()),
+                ))
+                .add_header(Header::new(
+                    ":event-type",
+                    HeaderValue::String("SubscribeToShardEvent".into()),
+                ))
+        };
+        let children = vec!["shardId-000000000001".to_string()];
+        let tip = event(serde_json::json!({"Records": [], "MillisBehindLatest": 0,
+            "ContinuationSequenceNumber": "49"}));
+        let ended = super::subscription::ended(&tip, &children, "shardId-000000000000");
+        let payload: serde_json::Value = ended
+            .map(|m| serde_json::from_slice(m.payload()).unwrap_or_default())
+            .unwrap_or_default();
+        assert_eq!(payload["ChildShards"][0]["ShardId"], "shardId-000000000001");
+        assert_eq!(
+            payload["ChildShards"][0]["ParentShards"][0],
+            "shardId-000000000000"
+        );
+        assert!(
+            payload.get("ContinuationSequenceNumber").is_none(),
+            "{payload}"
+        );
+        let with_records = event(serde_json::json!({"Records": [{"SequenceNumber": "1"}],
+            "MillisBehindLatest": 0, "ContinuationSequenceNumber": "49"}));
+        assert!(super::subscription::ended(&with_records, &children, "p").is_none());
+        let behind = event(serde_json::json!({"Records": [], "MillisBehindLatest": 5}));
+        assert!(super::subscription::ended(&behind, &children, "p").is_none());
+    }
     use std::time::{Duration, Instant};
 
     #[test]

@@ -97,9 +97,7 @@ impl IamMoto {
             .moto_server
             .clone()
             .ok_or("env.json names no moto_server: run `cargo xtask env up` again")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = crate::free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let logs = crate::env_file()
             .parent()

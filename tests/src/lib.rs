@@ -425,6 +425,47 @@ impl TestEnv {
     }
 }
 
+/// A loopback port free now, for a process the test starts (which binds it itself): taken
+/// below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, 32768–60999 by
+/// default), where the local ends of outgoing connections never land. A port from `bind(0)`
+/// is an ephemeral one: released, it could be taken by a connection some other test opens
+/// before the process binds it (seen: a worker's admin port "already in use"). Ports are
+/// handed out in turn from a per-process start, each checked free by a bind.
+///
+/// # Errors
+/// No port of the range is free (falls back to an ephemeral port only if binding 0 works).
+pub fn free_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low >= LOW + SPAN {
+        // Start where another test binary (run one after the other) is unlikely to be.
+        let _ = NEXT.compare_exchange(
+            u32::MAX,
+            std::process::id().wrapping_mul(7_919) % SPAN,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        for _ in 0..SPAN {
+            let port = LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+            let Ok(port) = u16::try_from(port) else {
+                continue;
+            };
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// A name no other test run uses: `prefix-<hex>`, valid for streams, tables and
 /// Kubernetes objects.
 pub fn unique_name(prefix: &str) -> String {
@@ -515,5 +556,17 @@ mod tests {
     fn host_port_strips_scheme_and_path() {
         assert_eq!(host_port("http://10.250.0.1:4567"), "10.250.0.1:4567");
         assert_eq!(host_port("http://10.250.0.1:4567/x"), "10.250.0.1:4567");
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    #[test]
+    fn free_ports_are_below_the_ephemeral_range_and_never_handed_out_twice() {
+        let ports: Vec<u16> = (0..50).filter_map(|_| super::free_port().ok()).collect();
+        assert_eq!(ports.len(), 50);
+        let unique: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(unique.len(), 50, "{ports:?}");
+        assert!(ports.iter().all(|p| (20_000..32_000).contains(p)), "{ports:?}");
     }
 }

@@ -49,9 +49,7 @@ fn invocations(handler: &Proc) -> Vec<Invocation> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(kinesis_operator_tests::free_port()?)
 }
 
 #[tokio::test]

@@ -1444,6 +1444,88 @@ async fn many_applications_on_one_stream_cost_it_one_shard_listing_a_round() -> 
     Ok(())
 }
 
+/// Issue 30: a fan-out application's stream and consumer are described when it is first
+/// reconciled, then taken as found for 10 minutes, not described on every reconcile
+/// (DescribeStreamSummary allows 20 calls a second per account, DescribeStreamConsumer 20 per
+/// stream: 500 applications reconciled every 5 minutes made 1.7 of each a second). The
+/// operator reconciles every second here; the calls are counted from its metrics.
+#[tokio::test]
+async fn a_fan_out_application_is_not_described_again_on_every_reconcile() -> Result<()> {
+    let env = TestEnv::require();
+    let client = env.kube().await?;
+    install_crd(&client).await?;
+    let ns = namespace(&client, "describe").await?;
+    let stream = unique_name("described");
+    env.create_stream(&stream, 1).await?;
+    let op = operator_with(&env, &ns, 1, "operator", &[])?;
+    let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
+    let efo = json!({"replicas": 0, "consumer": {"mode": "EnhancedFanOut"}});
+    apps.create(
+        &PostParams::default(),
+        &app("efo", &env, &stream, "unused", efo)?,
+    )
+    .await?;
+    wait_for(
+        "the consumer registered",
+        Duration::from_secs(90),
+        POLL,
+        || async { apps.get("efo").await.ok()?.status?.consumer.map(|_| ()) },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    let describes = || async {
+        Ok::<f64, Box<dyn std::error::Error>>(
+            operator_metric(
+                &op,
+                "kinesis_operator_aws_calls_total",
+                "DescribeStreamConsumer",
+            )
+            .await?
+                + operator_metric(
+                    &op,
+                    "kinesis_operator_aws_calls_total",
+                    "DescribeStreamSummary",
+                )
+                .await?,
+        )
+    };
+    let (before, reconciles0) = (
+        describes().await?,
+        operator_metric(&op, "kinesis_operator_reconciles_total", "").await?,
+    );
+    wait_for(
+        "ten more reconciles",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            let r = operator_metric(&op, "kinesis_operator_reconciles_total", "")
+                .await
+                .ok()?;
+            (r >= reconciles0 + 10.0).then_some(())
+        },
+    )
+    .await?;
+    let (after, reconciles1) = (
+        describes().await?,
+        operator_metric(&op, "kinesis_operator_reconciles_total", "").await?,
+    );
+    let (calls, reconciles) = (after - before, reconciles1 - reconciles0);
+    eprintln!("{reconciles} reconciles of a fan-out application: {calls} Describe calls");
+    assert!(
+        calls == 0.0,
+        "{calls} DescribeStreamSummary/DescribeStreamConsumer calls in {reconciles} reconciles\n{}",
+        op.log_tail()
+    );
+    // The consumer is still the one the workers are given.
+    let consumer = apps.get("efo").await?.status.and_then(|s| s.consumer);
+    assert!(consumer.is_some_and(|c| c.registered_by_operator));
+    delete_all(&apps).await?;
+    drop(op);
+    delete_namespace(&client, &ns).await?;
+    env.remove(Some(&stream), &[]).await;
+    Ok(())
+}
+
 /// Attack 4: the tenant's worker role can write its lease table, and the operator scans every
 /// application's table every resync. 36 MB of 300 KB `pendingCheckpointState` on lease items,
 /// and 200 KB child-shard lists: the operator's peak memory grows by far less than that (only the

@@ -178,6 +178,12 @@ struct RunArgs {
     /// backs off to it, and so does one whose reads were throttled.
     #[arg(long, env = "IDLE_TIME_MAX_MS", default_value_t = 1_000)]
     idle_time_max_ms: u64,
+    /// Enhanced fan-out: how often a shard at its tip may ask the worker's shared ListShards
+    /// view whether it closed (milliseconds). Kinesis ends a shard's subscription with its
+    /// child shards; this is only the net for an end that never came (and for emulators
+    /// that send none, such as kinesis-mock): one listing per worker per interval.
+    #[arg(long, env = "FAN_OUT_END_CHECK_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    fan_out_end_check_ms: u64,
     /// At most one checkpoint write per shard per this interval (milliseconds; KCL's sample
     /// apps checkpoint every 60 s); flushed on every hand-over, lease release, shard end and
     /// shutdown anyway, so only a crash (or a lease lost to failover) redelivers what was
@@ -789,6 +795,7 @@ fn pipeline_config(
     pipeline_config.reader.initial_timestamp_ms = lease_args.initial_timestamp;
     pipeline_config.idle_time = Duration::from_millis(args.idle_time_ms);
     pipeline_config.idle_time_max = Duration::from_millis(args.idle_time_max_ms);
+    pipeline_config.reader.fan_out_end_check = Duration::from_millis(args.fan_out_end_check_ms);
     pipeline_config.read_pace.bytes_per_second =
         (args.read_kb_per_second > 0).then(|| args.read_kb_per_second * 1_000);
     pipeline_config.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
@@ -864,10 +871,12 @@ async fn fan_out_consumer(
     }
     let arn = match &args.consumer_arn {
         // Registered once by the operator: RegisterStreamConsumer allows 5 calls per
-        // second per account, far fewer than a rollout of pods would make.
-        Some(arn) => kinesis_worker::records::fanout::wait_consumer_active(kinesis, arn)
-            .await
-            .with_context(|| format!("waiting for the fan-out consumer `{arn}`"))?,
+        // second per account, far fewer than a rollout of pods would make. Not described
+        // either (DescribeStreamConsumer allows 20 a second per stream: a rollout of 500 pods
+        // would queue behind it): a consumer still CREATING refuses SubscribeToShard with
+        // ResourceInUse, which each shard retries with its back-off; one deregistered makes
+        // the shard fail with Kinesis's ResourceNotFound.
+        Some(arn) => arn.clone(),
         None => {
             let name = args
                 .consumer_name

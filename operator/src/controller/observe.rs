@@ -121,7 +121,11 @@ pub(super) async fn observe(
     // 2. The stream.
     let shards = list_shards(&aws.kinesis, &stream_ref(app))
         .await
-        .map_err(|e| stream_problem(&e, &names))?;
+        .map_err(|e| {
+            // A stream gone (or recreated: its consumers are new ones) is described again.
+            ctx.forget_consumer(app);
+            stream_problem(&e, &names)
+        })?;
     set_condition(
         &mut status.conditions,
         "StreamReady",
@@ -196,22 +200,37 @@ async fn fan_out_consumer(
     claim: &Claim,
     status: &mut KinesisApplicationStatus,
 ) -> Result<String, Stop> {
-    let consumer = match stream_arn_of(app, &aws.kinesis).await {
-        Ok(None) => Err(stream_gone(names)),
-        Ok(Some(arn)) => {
-            claims::ensure_consumer(
-                &aws.kinesis,
-                &aws.dynamodb,
-                &names.table,
-                claim,
-                &arn,
-                &names.table,
-            )
-            .await
+    // Described (DescribeStreamSummary, DescribeStreamConsumer) only every
+    // `CONSUMER_RECHECK`, not on every reconcile.
+    let consumer = match ctx.known_consumer(app, &names.table) {
+        Some(found) => Ok(found),
+        None => {
+            let described = match stream_arn_of(app, &aws.kinesis).await {
+                Ok(None) => Err(stream_gone(names)),
+                Ok(Some(arn)) => {
+                    claims::ensure_consumer(
+                        &aws.kinesis,
+                        &aws.dynamodb,
+                        &names.table,
+                        claim,
+                        &arn,
+                        &names.table,
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            // Dated by this description: a consumer taken from memory does not renew it.
+            if let Ok(found) = &described {
+                ctx.saw_consumer(app, &names.table, found);
+            }
+            described
         }
-        Err(e) => Err(e),
     };
-    let found = consumer.map_err(|detail| consumer_problem(&detail, names))?;
+    let found = consumer.map_err(|detail| {
+        ctx.forget_consumer(app);
+        consumer_problem(&detail, names)
+    })?;
     let (record, write_now) = consumer_record(status.consumer.as_ref(), &names.table, &found);
     status.consumer = Some(record);
     if write_now {

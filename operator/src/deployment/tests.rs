@@ -583,3 +583,29 @@ fn lambda_points_the_function_at_the_workers_runtime_api() {
         Some("arn:aws:lambda:us-east-2:123456789012:function:counter")
     );
 }
+
+#[test]
+fn a_rollout_starts_a_quarter_of_the_fleet_at_a_time_and_stops_none_before() {
+    let strategy = |spec: serde_json::Value| {
+        deployment(&app(spec), 500, &settings(), None)
+            .spec
+            .strategy
+            .and_then(|s| s.rolling_update)
+            .map(|r| (r.max_surge, r.max_unavailable))
+    };
+    assert_eq!(
+        strategy(json!({})),
+        Some((
+            Some(IntOrString::String("25%".into())),
+            Some(IntOrString::Int(0))
+        )),
+        "Kubernetes's default surge, none unavailable"
+    );
+    assert_eq!(
+        strategy(json!({"scaling": {"maxSurgePercent": 100}})),
+        Some((
+            Some(IntOrString::String("100%".into())),
+            Some(IntOrString::Int(0))
+        ))
+    );
+}

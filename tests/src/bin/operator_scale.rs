@@ -10,7 +10,13 @@
 //! Run: `cargo xtask env up && cargo build -p kinesis-operator && cargo run -p
 //! kinesis-operator-tests --bin operator_scale -- --applications 500`
 //! Options: `--applications N --streams N --shards N --resync-seconds N
-//! --shard-poll-seconds N --steady-secs N`.
+//! --shard-poll-seconds N --steady-secs N --leases N`.
+//!
+//! `--leases N` (issue 30): once every application is reconciled, its lease table is filled
+//! with N lease items as a worker fleet writes them (owner, counter, a checkpoint, hash
+//! range, parents, ≈ 300 bytes each), so the operator's memory is measured against tables of
+//! a 10,000-shard stream (or one in the middle of a reshard) while the stream itself stays
+//! small (kinesis-mock is slow on large streams).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -33,6 +39,7 @@ struct Opts {
     resync: u64,
     shard_poll: u64,
     steady_secs: u64,
+    leases: usize,
 }
 
 fn opts() -> Result<Opts> {
@@ -43,6 +50,7 @@ fn opts() -> Result<Opts> {
         resync: 30,
         shard_poll: 5,
         steady_secs: 180,
+        leases: 0,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -57,6 +65,7 @@ fn opts() -> Result<Opts> {
             "--resync-seconds" => o.resync = v.parse()?,
             "--shard-poll-seconds" => o.shard_poll = v.parse()?,
             "--steady-secs" => o.steady_secs = v.parse()?,
+            "--leases" => o.leases = v.parse()?,
             other => return Err(format!("unknown option {other}").into()),
         }
         i += 2;
@@ -96,6 +105,63 @@ async fn counters(op: &Operator, prefix: &str) -> Result<BTreeMap<String, f64>> 
             Some((n.to_string(), v.parse().ok()?))
         })
         .collect())
+}
+
+/// Writes `n` lease items into `table`, 25 per BatchWriteItem, as a fleet of 500 workers
+/// would hold them.
+async fn fill(env: &TestEnv, table: &str, n: usize) -> Result<()> {
+    use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+    let dynamodb = env.dynamodb().await;
+    let s = |v: String| AttributeValue::S(v);
+    let items: Vec<WriteRequest> = (0..n)
+        .map(|i| {
+            let item = PutRequest::builder()
+                .item("leaseKey", s(format!("shardId-{i:012}")))
+                .item(
+                    "leaseOwner",
+                    s(format!("worker-{:03}-7c49bdfcdb-qfkpg", i % 500)),
+                )
+                .item("leaseCounter", AttributeValue::N((1000 + i).to_string()))
+                .item(
+                    "checkpoint",
+                    s(format!("4965{:052}", i as u64 * 7_919_000_000_017)),
+                )
+                .item("checkpointSubSequenceNumber", AttributeValue::N("0".into()))
+                .item(
+                    "ownerSwitchesSinceCheckpoint",
+                    AttributeValue::N("0".into()),
+                )
+                .item(
+                    "parentShardIds",
+                    AttributeValue::Ss(vec![format!("shardId-{:012}", n + i / 2)]),
+                )
+                .item(
+                    "startingHashKey",
+                    s(format!("{:039}", i as u128 * 34_028_236_692_093)),
+                )
+                .item(
+                    "endingHashKey",
+                    s(format!("{:039}", (i as u128 + 1) * 34_028_236_692_093)),
+                )
+                .build()?;
+            Ok(WriteRequest::builder().put_request(item).build())
+        })
+        .collect::<Result<_>>()?;
+    for chunk in items.chunks(25) {
+        let mut pending = Some(chunk.to_vec());
+        while let Some(batch) = pending.take().filter(|b| !b.is_empty()) {
+            let out = dynamodb
+                .batch_write_item()
+                .request_items(table, batch)
+                .send()
+                .await?;
+            pending = out.unprocessed_items.and_then(|mut m| m.remove(table));
+            if pending.as_ref().is_some_and(|p| !p.is_empty()) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn app(i: usize, env: &TestEnv, stream: &str, run: &str) -> Result<KinesisApplication> {
@@ -178,6 +244,17 @@ async fn main() -> Result<()> {
         "{settled} applications reconciled after {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    if o.leases > 0 {
+        let filling = Instant::now();
+        for i in 0..o.applications {
+            fill(&env, &format!("{run}-{i:04}"), o.leases).await?;
+        }
+        println!(
+            "{} lease items written into each table in {:.1} s",
+            o.leases,
+            filling.elapsed().as_secs_f64()
+        );
+    }
     // Let the first resync pass (the creation's burst is not steady state).
     tokio::time::sleep(Duration::from_secs(o.resync + o.resync / 10 + 2)).await;
 

@@ -222,9 +222,7 @@ fn cpu_of(pids: &[u32]) -> f64 {
 fn runtime_api_address() -> Result<String> {
     Ok(format!(
         "127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port()
+        kinesis_operator_tests::free_port()?
     ))
 }
 

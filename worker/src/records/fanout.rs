@@ -9,11 +9,14 @@
 //! (the event's continuation sequence number).
 //!
 //! The end of a shard is known from the subscription itself (an event with child shards, as
-//! Kinesis sends at the end). Where none comes (kinesis-mock never sends one), a shard that
-//! ListShards shows closed while the subscription is at its tip is *not* taken as ended: the
-//! rest is read by polling (GetRecords) from the position reached, until Kinesis says the
-//! shard has no more records (no next iterator). A record put just before the close, after
-//! the subscription's last (empty) event, is so delivered, not skipped by a guessed end.
+//! Kinesis sends at the end): no listing. Only as a safety net for an end that never comes
+//! (kinesis-mock never sends the children), a shard that has sat at its tip for
+//! [`ReaderConfig::fan_out_end_check`] asks the worker's shared ListShards view whether it
+//! closed (one listing per worker per that interval, whatever the number of shards). A shard
+//! the view shows closed is *not* taken as ended: the rest is read by polling (GetRecords)
+//! from the position reached, until Kinesis says the shard has no more records (no next
+//! iterator). A record put just before the close, after the subscription's last (empty)
+//! event, is so delivered, not skipped by a guessed end.
 
 use std::time::{Duration, Instant};
 
@@ -93,25 +96,6 @@ pub async fn register_consumer(
     .await
 }
 
-/// Waits until the registered consumer `consumer_arn` is ACTIVE (registered by someone else:
-/// the operator); returns its ARN.
-///
-/// # Errors
-/// [`ReadError::Kinesis`] when it cannot be described (deregistered, access denied:
-/// `kinesis:DescribeStreamConsumer`) or is not ACTIVE within two minutes.
-pub async fn wait_consumer_active(
-    client: &Client,
-    consumer_arn: &str,
-) -> Result<String, ReadError> {
-    let stream = StreamRef::Arn(
-        consumer_arn
-            .split_once("/consumer/")
-            .map_or(consumer_arn, |(s, _)| s)
-            .to_string(),
-    );
-    wait_active(client, &stream, |r| r.consumer_arn(consumer_arn)).await
-}
-
 async fn wait_active(
     client: &Client,
     stream: &StreamRef,
@@ -156,6 +140,9 @@ pub struct FanOutReader {
     at_tip: bool,
     /// The worker's shared view of the stream's shards (is this one closed?).
     shards: ShardCache,
+    /// When this reader last asked that view (or began): see
+    /// [`ReaderConfig::fan_out_end_check`].
+    end_checked: Instant,
     ended: bool,
     children: Vec<String>,
     backoff: Backoff,
@@ -203,6 +190,7 @@ impl FanOutReader {
             subscription: None,
             at_tip: false,
             shards,
+            end_checked: Instant::now(),
             ended,
             children: Vec::new(),
             backoff,
@@ -301,11 +289,23 @@ impl FanOutReader {
         }
     }
 
-    /// Is the shard closed (the worker's shared ListShards view)?
+    /// Is the shard closed? Asks the worker's shared ListShards view at most once per
+    /// [`ReaderConfig::fan_out_end_check`] (a listing made within that interval, by any reader
+    /// of the worker, answers); `false` in between.
     async fn closed(&mut self) -> bool {
-        let Ok(shards) = self.shards.get().await else {
+        let every = self.config.fan_out_end_check;
+        if self.end_checked.elapsed() < every {
+            return false;
+        }
+        // A failed listing is tried again at the next event, not an interval later.
+        let Ok(shards) = self
+            .shards
+            .listed_after(Instant::now().checked_sub(every))
+            .await
+        else {
             return false;
         };
+        self.end_checked = Instant::now();
         shards
             .iter()
             .find(|s| s.shard_id == self.shard_id)
