@@ -513,6 +513,7 @@ impl LeaseTable {
                     .scan()
                     .table_name(&this.name)
                     .consistent_read(consistent)
+                    .set_limit(bounds.page_items)
                     .set_exclusive_start_key(start);
                 if let Some(attributes) = bounds.attributes {
                     let names: Vec<String> =

@@ -923,6 +923,12 @@ pub const STATUS_SCAN: ScanBounds = ScanBounds {
     max_item_bytes: 128 * 1024,
     max_total_bytes: 8 * 1024 * 1024,
     max_pages: 64,
+    // ≈ 300 KB a page of projected leases: each page well inside the client's 3 s attempt
+    // timeout (a 1 MB page of a 10,000-shard table took longer than that from moto, and the
+    // status scan failed on every reconcile). The 8 MiB above is reached first: about
+    // 25,000 leases (a 10,000-shard stream's 30,000 in the middle of a doubling are not
+    // all read: no owners or lag in the status until the parents are cleaned up).
+    page_items: Some(1_000),
 };
 
 /// Reads the Deployment (and, with `aws.roleArn`, the ServiceAccount) `app` would apply and

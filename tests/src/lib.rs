@@ -567,6 +567,9 @@ mod port_tests {
         assert_eq!(ports.len(), 50);
         let unique: std::collections::HashSet<u16> = ports.iter().copied().collect();
         assert_eq!(unique.len(), 50, "{ports:?}");
-        assert!(ports.iter().all(|p| (20_000..32_000).contains(p)), "{ports:?}");
+        assert!(
+            ports.iter().all(|p| (20_000..32_000).contains(p)),
+            "{ports:?}"
+        );
     }
 }

@@ -24,6 +24,10 @@ pub struct ScanBounds {
     pub max_total_bytes: usize,
     /// Stop after this many pages.
     pub max_pages: usize,
+    /// Items a page holds at most (Scan's `Limit`); `None`: as many as fit in DynamoDB's
+    /// 1 MB. Smaller pages cost the same read units (billed by size), take one request more
+    /// per page, and each answers sooner (a page is one attempt under the client's timeout).
+    pub page_items: Option<i32>,
 }
 
 impl ScanBounds {
@@ -33,6 +37,7 @@ impl ScanBounds {
         max_item_bytes: usize::MAX,
         max_total_bytes: usize::MAX,
         max_pages: usize::MAX,
+        page_items: None,
     };
 }
 

@@ -10,6 +10,7 @@ fn a_bounded_scan_skips_oversized_items_and_stops_at_its_total() {
         max_item_bytes: 100,
         max_total_bytes: 250,
         max_pages: 2,
+        page_items: None,
     };
     let mut r = ScanReport::default();
     assert_eq!(r.admit(100, &b), Admit::Keep);
