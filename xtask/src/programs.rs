@@ -36,10 +36,7 @@ const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// flags never invalidate the workspace's build. Returns its path.
 pub fn static_bridge(release: bool) -> Result<PathBuf> {
     step("building kinesis-bridge as a static executable");
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
-        .join("static");
+    let dir = target_dir().join("static");
     let mut build = cargo();
     build
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
@@ -65,6 +62,15 @@ pub fn static_bridge(release: bool) -> Result<PathBuf> {
 
 /// Debian's CA bundle (package ca-certificates), copied into every program image.
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The target folder cargo builds into (`CARGO_TARGET_DIR`, relative to the workspace root
+/// as cargo takes it when run from there, or `target`).
+pub fn target_dir() -> PathBuf {
+    let root = workspace_root();
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(|d| root.join(d))
+        .unwrap_or_else(|| root.join("target"))
+}
 
 /// The workspace's root folder.
 pub fn workspace_root() -> PathBuf {
@@ -102,10 +108,7 @@ pub fn images(paths: &Paths, release: bool) -> Result<()> {
         build.arg("--release");
     }
     run(&mut build)?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
-        .join(if release { "release" } else { "debug" });
+    let target = target_dir().join(if release { "release" } else { "debug" });
     let work = paths.cache.join("image-build");
     std::fs::create_dir_all(&work)?;
     let bridge = static_bridge(release)?;

@@ -6,55 +6,55 @@ use anyhow::{Context, Result};
 
 use crate::env;
 use crate::paths::Paths;
-use crate::programs::{cargo, images, workspace_root};
+use crate::programs::{cargo, images, target_dir, workspace_root};
 use crate::sh::{output, run, step};
 
-/// Prints the free space where the build and the environment's cache write (a CI machine's
+/// Prints the free space where the build writes and the target folder's size (a CI machine's
 /// disk is shared and may be nearly full: a failure for want of space should be explained by
 /// the log itself). Never fails the run.
 fn disk(when: &str) {
-    let target = target_dir();
-    let mut df = std::process::Command::new("df");
-    df.args(["-h", "--output=avail,size,target"])
-        .arg(workspace_root());
-    let free = output(&mut df).unwrap_or_else(|e| format!("(df failed: {e:#})"));
-    let mut fields = free.lines().nth(1).unwrap_or("").split_whitespace();
-    let (avail, size) = (fields.next().unwrap_or("?"), fields.next().unwrap_or("?"));
-    let used = dir_bytes(&target) as f64 / f64::from(1u32 << 30);
+    let gb = |b: u64| b as f64 / f64::from(1u32 << 30);
+    let free = free_bytes().map_or("?".into(), |f| format!("{:.1} GB", gb(f)));
+    let used = gb(dir_bytes(&target_dir()));
     step(format!(
-        "disk {when}: {avail} free of {size}; the target folder holds {used:.1} GB"
+        "disk {when}: {free} free; the target folder holds {used:.1} GB"
     ));
 }
 
-/// A dev-profile target folder larger than this is built again from nothing: cargo never
-/// deletes what it built before (each change of a workspace crate or a dependency leaves its
-/// old test binaries, ≈ 100 MB each, and incremental caches), so a target folder kept between
-/// runs grows without bound (69 GB was seen on a development machine) until the disk is full.
-/// A fresh build of everything `cargo xtask test` builds takes ≈ 8.3 GB (2026-12-06).
+/// A target folder larger than this is built again from nothing: cargo never deletes what it
+/// built before (each change of a workspace crate or a dependency leaves its old test
+/// binaries, ≈ 100 MB each, and incremental caches), so a target folder kept between runs
+/// grows without bound (69 GB was seen on a development machine) until the disk is full. A
+/// fresh build of everything `cargo xtask test` builds takes ≈ 8.3 GB (2026-12-06).
 const TARGET_PRUNE_BYTES: u64 = 24 << 30;
 
 /// Below this much free space, a target folder holding more than a fresh build needs is
 /// pruned too (the disk is shared: what is stale in it may be what the build needs).
 const LOW_FREE_BYTES: u64 = 10 << 30;
 
-/// Removes the target folder when it has outgrown [`TARGET_PRUNE_BYTES`]: the build starts
-/// again from nothing.
+/// Why a target folder of `size` bytes, with `free` bytes left on its disk, is to be removed
+/// before the build; `None`: kept (pure).
+fn prune_reason(size: u64, free: Option<u64>) -> Option<&'static str> {
+    if size > TARGET_PRUNE_BYTES {
+        Some("mostly old builds")
+    } else if size > LOW_FREE_BYTES && free.is_some_and(|f| f < LOW_FREE_BYTES) {
+        Some("and the disk is nearly full")
+    } else {
+        None
+    }
+}
+
+/// Removes the target folder when [`prune_reason`] says so: the build starts again from
+/// nothing.
 fn prune_target() -> Result<()> {
     let target = target_dir();
     let size = dir_bytes(&target);
-    let free = free_bytes();
-    let low = free.is_some_and(|f| f < LOW_FREE_BYTES) && size > LOW_FREE_BYTES;
-    if size <= TARGET_PRUNE_BYTES && !low {
+    let Some(reason) = prune_reason(size, free_bytes()) else {
         return Ok(());
-    }
+    };
     step(format!(
-        "the target folder holds {:.1} GB ({}): removing it, everything is built again",
+        "the target folder holds {:.1} GB ({reason}): removing it, everything is built again",
         size as f64 / f64::from(1u32 << 30),
-        if low {
-            "and the disk is nearly full"
-        } else {
-            "mostly old builds"
-        }
     ));
     std::fs::remove_dir_all(&target).with_context(|| format!("removing {}", target.display()))
 }
@@ -64,15 +64,6 @@ fn free_bytes() -> Option<u64> {
     let mut df = std::process::Command::new("df");
     df.args(["-B1", "--output=avail"]).arg(workspace_root());
     output(&mut df).ok()?.lines().nth(1)?.trim().parse().ok()
-}
-
-/// The target folder cargo builds into (`CARGO_TARGET_DIR` relative to the workspace root,
-/// as cargo takes it when run from there).
-fn target_dir() -> std::path::PathBuf {
-    let root = workspace_root();
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(|d| root.join(d))
-        .unwrap_or_else(|| root.join("target"))
 }
 
 /// The bytes of the files under `dir`, each file once however many hard links it has (cargo
@@ -146,4 +137,28 @@ pub fn test(paths: &Paths, keep_env: bool) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LOW_FREE_BYTES, TARGET_PRUNE_BYTES, prune_reason};
+
+    #[test]
+    fn an_outgrown_target_folder_or_a_full_disk_prunes_a_fresh_build_never() {
+        const GB: u64 = 1 << 30;
+        // A fresh build's size, on a roomy or a nearly full disk: kept.
+        assert_eq!(prune_reason(8 * GB, Some(70 * GB)), None);
+        assert_eq!(prune_reason(8 * GB, Some(GB)), None);
+        assert_eq!(prune_reason(8 * GB, None), None);
+        // Old builds piled up: removed whatever the disk.
+        assert!(prune_reason(TARGET_PRUNE_BYTES + 1, Some(70 * GB)).is_some());
+        assert!(prune_reason(TARGET_PRUNE_BYTES + 1, None).is_some());
+        // More than a build needs on a nearly full disk: removed; unknown free space: kept.
+        assert!(prune_reason(LOW_FREE_BYTES + 1, Some(LOW_FREE_BYTES - 1)).is_some());
+        assert_eq!(
+            prune_reason(LOW_FREE_BYTES + 1, Some(LOW_FREE_BYTES + 1)),
+            None
+        );
+        assert_eq!(prune_reason(LOW_FREE_BYTES + 1, None), None);
+    }
 }
