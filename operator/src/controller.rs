@@ -108,9 +108,10 @@ pub struct Context {
 }
 
 /// How long a fan-out consumer found or registered by a reconcile is taken as it is before
-/// it is described again (DescribeStreamSummary and DescribeStreamConsumer allow 20 calls a
-/// second per account and per stream: 500 fan-out applications reconciled every 5 minutes
-/// made 1.7 of each a second, now one each per application per 10 minutes).
+/// it is described again (DescribeStreamSummary allows 20 calls a second per account,
+/// DescribeStreamConsumer 20 per stream: 500 fan-out applications, reconciled 17.6 times a
+/// second as measured, made 17.6 of each a second; now 0.83, one per application per 10
+/// minutes).
 pub const CONSUMER_RECHECK: Duration = Duration::from_secs(600);
 
 /// What makes an application's fan-out consumer: endpoints, identity, stream, name, and the

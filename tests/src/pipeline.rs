@@ -214,10 +214,6 @@ impl App {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(crate::free_port()?)
-}
-
 impl Pipeline {
     /// Creates a stream with `shards` shards.
     ///
@@ -294,8 +290,8 @@ impl Pipeline {
         app_address: &str,
         extra: &[&str],
     ) -> Result<Worker> {
-        let admin = format!("127.0.0.1:{}", free_port()?);
-        let local = format!("127.0.0.1:{}", free_port()?);
+        let admin = format!("127.0.0.1:{}", crate::free_port()?);
+        let local = format!("127.0.0.1:{}", crate::free_port()?);
         let mut cmd = match self.worker_wrapper.split_first() {
             None => Command::new(binary("kinesis-worker")?),
             Some((program, args)) => {

@@ -48,15 +48,11 @@ fn invocations(handler: &Proc) -> Vec<Invocation> {
         .collect()
 }
 
-fn free_port() -> Result<u16> {
-    Ok(kinesis_operator_tests::free_port()?)
-}
-
 #[tokio::test]
 async fn an_unchanged_handler_under_awslambdaric_gets_every_record_through_partial_failures_and_errors()
 -> Result<()> {
     let p = Pipeline::new(2).await?;
-    let port = free_port()?;
+    let port = kinesis_operator_tests::free_port()?;
     let runtime_api = format!("127.0.0.1:{port}");
     let socket = p.dir.join("lambda.sock");
     let address = format!("unix://{}", socket.display());

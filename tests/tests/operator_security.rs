@@ -981,6 +981,31 @@ async fn an_object_of_the_same_name_that_is_not_the_applications_is_never_taken_
     Ok(())
 }
 
+/// Creates the fan-out application `efo` (no pods) on `stream` and waits until the operator
+/// has registered its consumer.
+async fn fan_out_app(
+    apps: &Api<KinesisApplication>,
+    env: &TestEnv,
+    stream: &str,
+    op: &Operator,
+) -> Result<()> {
+    let efo = json!({"replicas": 0, "consumer": {"mode": "EnhancedFanOut"}});
+    apps.create(
+        &PostParams::default(),
+        &app("efo", env, stream, "unused", efo)?,
+    )
+    .await?;
+    wait_for(
+        "the consumer registered",
+        Duration::from_secs(90),
+        POLL,
+        || async { apps.get("efo").await.ok()?.status?.consumer.map(|_| ()) },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    Ok(())
+}
+
 /// Issue 27, attack 5: a finalizer that never finishes. A fan-out application whose stream
 /// was deleted: the consumer went with the stream, so deleting the application must not wait
 /// on DescribeStreamSummary for ever — it is gone within a minute, with a `ConsumerGone`
@@ -996,20 +1021,7 @@ async fn a_fan_out_application_whose_stream_is_gone_can_still_be_deleted() -> Re
     env.create_stream(&stream, 1).await?;
     let op = operator_with(&env, &ns, 3, "operator", &[])?;
     let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
-    let efo = json!({"replicas": 0, "consumer": {"mode": "EnhancedFanOut"}});
-    apps.create(
-        &PostParams::default(),
-        &app("efo", &env, &stream, "unused", efo)?,
-    )
-    .await?;
-    wait_for(
-        "the consumer registered",
-        Duration::from_secs(90),
-        POLL,
-        || async { apps.get("efo").await.ok()?.status?.consumer.map(|_| ()) },
-    )
-    .await
-    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    fan_out_app(&apps, &env, &stream, &op).await?;
     env.remove(Some(&stream), &[]).await;
     wait_for(
         "the stream deleted",
@@ -1459,20 +1471,7 @@ async fn a_fan_out_application_is_not_described_again_on_every_reconcile() -> Re
     env.create_stream(&stream, 1).await?;
     let op = operator_with(&env, &ns, 1, "operator", &[])?;
     let apps: Api<KinesisApplication> = Api::namespaced(client.clone(), &ns);
-    let efo = json!({"replicas": 0, "consumer": {"mode": "EnhancedFanOut"}});
-    apps.create(
-        &PostParams::default(),
-        &app("efo", &env, &stream, "unused", efo)?,
-    )
-    .await?;
-    wait_for(
-        "the consumer registered",
-        Duration::from_secs(90),
-        POLL,
-        || async { apps.get("efo").await.ok()?.status?.consumer.map(|_| ()) },
-    )
-    .await
-    .map_err(|e| format!("{e}\n{}", op.log_tail()))?;
+    fan_out_app(&apps, &env, &stream, &op).await?;
     let describes = || async {
         Ok::<f64, Box<dyn std::error::Error>>(
             operator_metric(

@@ -1,5 +1,5 @@
-//! Enhanced fan-out: delivery across a split, merges of quiet shards, one shared ListShards
-//! view for idle shards.
+//! Enhanced fan-out: delivery across a split, a shard ended by its subscription's children,
+//! merges of quiet shards, idle shards that do not list the stream.
 
 use kinesis_operator_tests::fleet::{DEADLINE, POLL};
 use kinesis_operator_tests::pipeline::{
@@ -213,7 +213,7 @@ async fn fan_out_merges_of_quiet_shards_lose_no_record_put_just_before_the_close
 /// metrics (issue 13's shared view: one per 10 s, 2–3 here; before it, ≈ 8 × 12 / 2 = 48;
 /// now none, one allowed for the worker's own shard sync).
 #[tokio::test]
-async fn idle_fan_out_shards_share_one_list_shards_view() -> Result<()> {
+async fn idle_fan_out_shards_do_not_list_the_stream() -> Result<()> {
     let mut p = Pipeline::new(8).await?;
     p.test_timings = false;
     let app = p.app("a", &[]).await?;
