@@ -27,6 +27,7 @@ pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
     kind = "KinesisApplication",
     plural = "kinesisapplications",
     shortname = "kapp",
+    category = "kinesis",
     namespaced,
     status = "KinesisApplicationStatus",
     doc = "A Kinesis consumer application: the operator runs it as a Deployment of pods, each the app container(s) of spec.template plus an injected kinesis-worker that holds the shard leases (DynamoDB), reads the shards of spec.stream and delivers their records to the app over gRPC; sized to the stream's open shards.",
@@ -36,10 +37,12 @@ pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
     printcolumn = r#"{"name":"Workers","type":"string","jsonPath":".status.workers.summary"}"#,
     printcolumn = r#"{"name":"Lag","type":"string","jsonPath":".status.maxLag"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Paused","type":"string","jsonPath":".status.conditions[?(@.type==\"Paused\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Application","type":"string","priority":1,"jsonPath":".status.applicationName"}"#,
     printcolumn = r#"{"name":"Draining","type":"integer","priority":1,"jsonPath":".status.shards.draining"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KinesisApplicationSpec {
@@ -67,6 +70,13 @@ pub struct KinesisApplicationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub replicas: Option<i32>,
+    /// Pause delivery fleet-wide: the worker Deployment goes to 0 pods, each worker flushing
+    /// its checkpoints and releasing its leases on the way out (a graceful hand-over to
+    /// nobody); the object, the lease table and every checkpoint stay. `false` (or removed)
+    /// resumes from the checkpoints. `kubectl patch kapp NAME --type merge -p
+    /// '{"spec":{"paused":true}}'`. Wins over replicas and the scale subresource.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
     /// How many workers the shard count calls for.
     #[serde(default)]
     pub scaling: ScalingSpec,

@@ -145,11 +145,16 @@ pub fn size(
         .as_ref()
         .and_then(|a| a.get(SIZED_ANNOTATION))
         .and_then(|v| v.parse::<i32>().ok());
+    let mut replicas = replicas(app.spec.replicas, sized, for_shards);
+    // Paused: no pod, whoever set the count (spec.replicas keeps it for the resume).
+    if app.spec.paused {
+        replicas.desired = 0;
+    }
     Sizing {
         open,
         draining,
         total: shards.len() as i32,
-        replicas: replicas(app.spec.replicas, sized, for_shards),
+        replicas,
     }
 }
 
@@ -204,6 +209,41 @@ fn stalled_message(stalled: &[&str]) -> String {
     )
 }
 
+/// Whether `conditions` hold `type_` with `status`.
+fn condition_is(conditions: &[Condition], type_: &str, status: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == status)
+}
+
+/// The `Paused` condition's reason and message: `paused` by the spec with `stopping` worker
+/// pods left and `leased` shards still owned, or delivering.
+pub fn pause_state(paused: bool, stopping: i32, leased: usize) -> (&'static str, String) {
+    match (paused, stopping) {
+        (false, _) => (
+            "Delivering",
+            "delivering; set spec.paused to true to pause".into(),
+        ),
+        (true, 0) => (
+            "Paused",
+            format!(
+                "paused by spec.paused: no worker runs, checkpoints kept, {}; set spec.paused to false to resume",
+                if leased == 0 {
+                    "every lease released".to_string()
+                } else {
+                    format!("{leased} lease(s) not released (they expire after the failover time)")
+                }
+            ),
+        ),
+        (true, n) => (
+            "Pausing",
+            format!(
+                "pausing: {n} worker pod(s) flushing their checkpoints and releasing their leases"
+            ),
+        ),
+    }
+}
+
 /// The status of a healthy reconcile (stream and table reachable, Deployment applied) and
 /// the Events for what changed since `previous`. `status` carries what the reads already set
 /// (stream, application name, consumer, the StreamReady and LeaseTableReady conditions).
@@ -238,7 +278,11 @@ pub fn healthy_status(
         .collect();
     status.shard_status = report.listed;
     status.shard_status_omitted = (report.omitted > 0).then_some(report.omitted as i32);
-    status.max_lag = report.max_lag_ms.map(human_lag);
+    // Paused: no worker measures the lag; a last figure would read as current.
+    status.max_lag = report
+        .max_lag_ms
+        .filter(|_| !app.spec.paused)
+        .map(human_lag);
     let owned = report.leased;
     status.shards = Some(ShardCounts {
         open,
@@ -263,19 +307,35 @@ pub fn healthy_status(
     if previous_workers != Some(desired) {
         status.last_scale_time = Some(now());
     }
-    let progressing = ready < desired;
+    let paused = app.spec.paused;
+    let was_paused = condition_is(&previous.conditions, "Paused", "True");
+    // Pods left while paused: each is flushing its checkpoints and releasing its leases.
+    let stopping = applied.replicas;
+    let progressing = ready < desired || (paused && stopping > 0);
     set_condition(
         &mut status.conditions,
         "Progressing",
         progressing,
-        if progressing {
-            "WorkersStarting"
-        } else {
-            "WorkersReady"
+        match (paused, progressing) {
+            (true, true) => "Pausing",
+            (true, false) => "Paused",
+            (false, true) => "WorkersStarting",
+            (false, false) => "WorkersReady",
         },
         format!("{ready} of {desired} workers ready"),
         generation,
     );
+    if paused || status.conditions.iter().any(|c| c.type_ == "Paused") {
+        let (reason, message) = pause_state(paused, stopping, owned);
+        set_condition(
+            &mut status.conditions,
+            "Paused",
+            paused,
+            reason,
+            message,
+            generation,
+        );
+    }
     // Never an empty message: the API server (1.20) turns "" into null in a merge patch and
     // then rejects it as not a string.
     set_condition(
@@ -286,22 +346,34 @@ pub fn healthy_status(
         "stream and lease table reachable",
         generation,
     );
-    let all_ready = ready >= desired && desired > 0;
-    set_condition(
-        &mut status.conditions,
-        "Ready",
-        all_ready,
-        if all_ready {
-            "WorkersReady"
-        } else {
-            "WorkersStarting"
-        },
-        format!(
-            "{ready}/{desired} workers ready, {owned} of {} shards leased, {open} open",
-            open + draining
-        ),
-        generation,
-    );
+    let leased = format!("{owned} of {} shards leased, {open} open", open + draining);
+    if paused {
+        // Ready once the fleet is down: the state the spec asks for (as KEDA's paused
+        // ScaledObjects stay Ready), so a pause pages nobody.
+        let (reason, message) = pause_state(true, stopping, owned);
+        set_condition(
+            &mut status.conditions,
+            "Ready",
+            stopping == 0,
+            reason,
+            format!("{message}; {leased}"),
+            generation,
+        );
+    } else {
+        let all_ready = ready >= desired && desired > 0;
+        set_condition(
+            &mut status.conditions,
+            "Ready",
+            all_ready,
+            if all_ready {
+                "WorkersReady"
+            } else {
+                "WorkersStarting"
+            },
+            format!("{ready}/{desired} workers ready, {leased}"),
+            generation,
+        );
+    }
 
     let was_stalled = previous
         .conditions
@@ -337,7 +409,20 @@ pub fn healthy_status(
             warning: false,
         });
     }
-    if let Some(before) = previous_workers
+    if paused != was_paused {
+        notes.push(Note {
+            reason: if paused { "Paused" } else { "Resumed" },
+            text: if paused {
+                format!(
+                    "delivery paused: workers {} → 0, each flushing its checkpoints and releasing its leases",
+                    previous_workers.unwrap_or(0)
+                )
+            } else {
+                format!("delivery resumed from the checkpoints: workers 0 → {desired}")
+            },
+            warning: false,
+        });
+    } else if let Some(before) = previous_workers
         && before != desired
     {
         notes.push(Note {
@@ -352,7 +437,7 @@ pub fn healthy_status(
     Report {
         status,
         notes,
-        max_lag_ms: report.max_lag_ms,
+        max_lag_ms: report.max_lag_ms.filter(|_| !app.spec.paused),
     }
 }
 

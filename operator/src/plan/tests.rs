@@ -395,3 +395,124 @@ fn an_event_is_not_repeated_for_a_condition_already_reported() {
     assert!(!already_reported(&c, "Ready", "StreamNotFound", "bad"));
     assert!(!already_reported(&c, "StreamReady", "InvalidSpec", "bad"));
 }
+
+/// `spec.paused`: 0 workers whatever `spec.replicas` or the shards say (the sized count is
+/// still written for the resume); Pausing while pods are left, then Paused and Ready; one
+/// Paused Event and one Resumed Event, no Scaled Event for either; the Paused condition
+/// turns False on the resume and stays there.
+#[test]
+fn a_pause_stops_every_worker_and_reports_pausing_paused_and_resumed() {
+    let shards = vec![shard("s0", false), shard("s1", false)];
+    let snapshot = TableSnapshot {
+        leases: vec![
+            owned("s0", "w1", Checkpoint::TrimHorizon),
+            Lease::new("s1", Checkpoint::TrimHorizon, Vec::new()),
+        ],
+        heartbeats: Vec::<Heartbeat>::new(),
+    };
+    // Fixed by kubectl scale, and paused: the pause wins.
+    let fixed = app(
+        spec(serde_json::json!({"paused": true, "replicas": 5})),
+        serde_json::json!({}),
+    );
+    assert_eq!(size(&fixed, &shards, None).replicas.desired, 0);
+    let paused = app(
+        spec(serde_json::json!({"paused": true})),
+        serde_json::json!({}),
+    );
+    let sizing = size(&paused, &shards, Some(&snapshot));
+    assert_eq!(sizing.replicas.desired, 0);
+    assert_eq!(
+        sizing.replicas.write_sized,
+        Some(2),
+        "/scale keeps the sized count"
+    );
+    let running = KinesisApplicationStatus {
+        workers: Some(WorkerCounts {
+            desired: 2,
+            ready: 2,
+            replicas: 2,
+            summary: "2/2".into(),
+        }),
+        ..Default::default()
+    };
+    let step = |app: &KinesisApplication, previous: &KinesisApplicationStatus, pods: i32| {
+        let sizing = size(app, &shards, Some(&snapshot));
+        healthy_status(
+            app,
+            previous,
+            previous.clone(),
+            &shards,
+            Some(&snapshot),
+            &sizing,
+            Applied {
+                ready: pods,
+                replicas: pods,
+            },
+        )
+    };
+    let cond = |s: &KinesisApplicationStatus, t: &str| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    // Two pods still shutting down.
+    let pausing = step(&paused, &running, 2);
+    assert_eq!(
+        cond(&pausing.status, "Paused"),
+        Some(("True".into(), "Pausing".into()))
+    );
+    assert_eq!(
+        cond(&pausing.status, "Ready"),
+        Some(("False".into(), "Pausing".into()))
+    );
+    assert_eq!(
+        cond(&pausing.status, "Progressing"),
+        Some(("True".into(), "Pausing".into()))
+    );
+    assert_eq!(
+        pausing.notes.iter().map(|n| n.reason).collect::<Vec<_>>(),
+        vec!["Paused"]
+    );
+    assert!(
+        pausing.notes[0].text.contains("workers 2 → 0"),
+        "{}",
+        pausing.notes[0].text
+    );
+    // Every pod gone: Paused, Ready, and no second Event.
+    let done = step(&paused, &pausing.status, 0);
+    assert_eq!(
+        cond(&done.status, "Paused"),
+        Some(("True".into(), "Paused".into()))
+    );
+    assert_eq!(
+        cond(&done.status, "Ready"),
+        Some(("True".into(), "Paused".into()))
+    );
+    assert!(done.notes.is_empty(), "{:?}", done.notes);
+    assert_eq!(done.status.max_lag, None, "no worker measures the lag");
+    let ready = done
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(ready.contains("1 lease(s) not released"), "{ready}");
+    // Resumed: one Event, Paused False, workers back.
+    let resumed_app = app(spec(serde_json::json!({})), serde_json::json!({}));
+    let resumed = step(&resumed_app, &done.status, 0);
+    assert_eq!(
+        cond(&resumed.status, "Paused"),
+        Some(("False".into(), "Delivering".into()))
+    );
+    assert_eq!(
+        resumed.notes.iter().map(|n| n.reason).collect::<Vec<_>>(),
+        vec!["Resumed"]
+    );
+    assert_eq!(resumed.status.workers.map(|w| w.desired), Some(2));
+    // An application never paused has no Paused condition.
+    let never = step(&resumed_app, &running, 2);
+    assert_eq!(cond(&never.status, "Paused"), None);
+}
