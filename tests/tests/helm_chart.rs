@@ -82,6 +82,18 @@ async fn lint_is_clean_and_bad_values_are_rejected() -> Result<()> {
             "aws.namespaceRoles.team-a=arn:aws:iam::123456789012:user/x",
             "aws.namespaceRoles.team-a: Does not match pattern",
         ),
+        (
+            "podDisruptionBudget.minAvailable=0",
+            "podDisruptionBudget.minAvailable: Must be greater than or equal to 1",
+        ),
+        (
+            "podDisruptionBudget.maxUnavailable=half",
+            "podDisruptionBudget.maxUnavailable: Does not match pattern",
+        ),
+        (
+            "metrics.serviceMonitor.labels.release=1",
+            "metrics.serviceMonitor.labels.release: Invalid type. Expected: string",
+        ),
     ] {
         let out = run(&env, &env.helm, &["template", "x", &chart, "--set", set])?;
         let err = String::from_utf8_lossy(&out.stderr);
@@ -152,10 +164,11 @@ async fn the_chart_takes_the_usual_overrides_and_fixes_no_uid() -> Result<()> {
     assert!(c["runAsUser"].is_null(), "{c}");
     assert_eq!(c["readOnlyRootFilesystem"], true);
     assert!(pod["priorityClassName"].is_null());
-    // Overrides.
+    // Overrides (two replicas: with one there is no PodDisruptionBudget to name).
     let docs = render(
         &env,
         &[
+            "replicaCount=2",
             "fullnameOverride=kop",
             "podLabels.team=payments",
             "podSecurityContext.runAsUser=1000710000",
@@ -203,6 +216,394 @@ async fn the_chart_takes_the_usual_overrides_and_fixes_no_uid() -> Result<()> {
     assert_eq!(
         d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
         "kinesis"
+    );
+    Ok(())
+}
+
+/// The Prometheus Operator objects are rendered whenever enabled, by `helm template` too (no
+/// `--api-versions`: the chart does not ask the cluster for their CRDs, as KEDA's and
+/// cert-manager's charts do not), each labelled `release: RELEASE` for kube-prometheus-stack's
+/// default selectors, plus the extra labels given, which win.
+#[tokio::test]
+async fn the_monitors_render_when_enabled_with_release_and_extra_labels() -> Result<()> {
+    let env = TestEnv::require();
+    let monitors = ["ServiceMonitor", "PodMonitor", "PrometheusRule"];
+    let off = render(&env, &[])?;
+    assert!(
+        !off.iter().any(|d| monitors.iter().any(|m| d["kind"] == *m)),
+        "no monitor unless asked for: {:?}",
+        kinds(&off)
+    );
+    let docs = render(
+        &env,
+        &[
+            "metrics.serviceMonitor.enabled=true",
+            "metrics.podMonitor.enabled=true",
+            "metrics.prometheusRule.enabled=true",
+        ],
+    )?;
+    for kind in monitors {
+        let m = docs
+            .iter()
+            .find(|d| d["kind"] == kind)
+            .ok_or_else(|| format!("no {kind} in {:?}", kinds(&docs)))?;
+        let labels = &m["metadata"]["labels"];
+        assert_eq!(labels["release"], "ko", "{kind}: {labels}");
+        assert_eq!(
+            labels["app.kubernetes.io/instance"], "ko",
+            "{kind}: {labels}"
+        );
+    }
+    // The ServiceMonitor selects the metrics Service.
+    let service = docs
+        .iter()
+        .find(|d| d["kind"] == "Service")
+        .ok_or("no Service")?;
+    let selector = docs
+        .iter()
+        .find(|d| d["kind"] == "ServiceMonitor")
+        .and_then(|d| d["spec"]["selector"]["matchLabels"].as_object().cloned())
+        .unwrap_or_default();
+    assert!(!selector.is_empty(), "the ServiceMonitor has a selector");
+    for (k, v) in &selector {
+        assert_eq!(
+            &service["metadata"]["labels"][k], v,
+            "{k}: the Service's label"
+        );
+    }
+    // Extra labels: kube-prometheus-stack selects on its own release's name.
+    let docs = render(
+        &env,
+        &[
+            "metrics.serviceMonitor.enabled=true",
+            "metrics.serviceMonitor.labels.release=kube-prometheus-stack",
+            "metrics.podMonitor.enabled=true",
+            "metrics.podMonitor.labels.team=observability",
+            "metrics.prometheusRule.enabled=true",
+            "metrics.prometheusRule.labels.role=alert-rules",
+        ],
+    )?;
+    let labels_of = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .map(|d| d["metadata"]["labels"].clone())
+            .unwrap_or_default()
+    };
+    let sm = labels_of("ServiceMonitor");
+    assert_eq!(
+        sm["release"], "kube-prometheus-stack",
+        "the extra label wins: {sm}"
+    );
+    let pm = labels_of("PodMonitor");
+    assert_eq!(pm["release"], "ko", "{pm}");
+    assert_eq!(pm["team"], "observability", "{pm}");
+    let pr = labels_of("PrometheusRule");
+    assert_eq!(pr["release"], "ko", "{pr}");
+    assert_eq!(pr["role"], "alert-rules", "{pr}");
+    // A ServiceMonitor with no Service to scrape is refused, not rendered to select nothing.
+    let err = render(
+        &env,
+        &[
+            "metrics.serviceMonitor.enabled=true",
+            "metrics.service.enabled=false",
+        ],
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(err.contains("needs metrics.service.enabled"), "{err}");
+    Ok(())
+}
+
+/// The PodDisruptionBudget protects something or is not made: none with one replica (a budget
+/// would then block every node drain or protect nothing), `minAvailable: 1` by default with
+/// two, `maxUnavailable` instead when set; a budget that lets no pod, or every pod, be evicted
+/// fails the install.
+#[tokio::test]
+async fn the_pdb_protects_something_or_is_not_made() -> Result<()> {
+    let env = TestEnv::require();
+    let pdb = |docs: &[serde_json::Value]| {
+        docs.iter()
+            .find(|d| d["kind"] == "PodDisruptionBudget")
+            .cloned()
+    };
+    assert!(
+        pdb(&render(&env, &[])?).is_none(),
+        "no PodDisruptionBudget with replicaCount 1"
+    );
+    assert!(
+        pdb(&render(
+            &env,
+            &["replicaCount=2", "podDisruptionBudget.enabled=false"]
+        )?)
+        .is_none()
+    );
+    for (sets, field, value) in [
+        (&["replicaCount=2"][..], "minAvailable", json!(1)),
+        (
+            &["replicaCount=3", "podDisruptionBudget.maxUnavailable=1"][..],
+            "maxUnavailable",
+            json!(1),
+        ),
+        (
+            &["replicaCount=4", "podDisruptionBudget.minAvailable=50%"][..],
+            "minAvailable",
+            json!("50%"),
+        ),
+    ] {
+        let docs = render(&env, sets)?;
+        let p = pdb(&docs).ok_or_else(|| format!("no PodDisruptionBudget with {sets:?}"))?;
+        let d = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment")
+            .ok_or("no Deployment")?;
+        let spec = &p["spec"];
+        assert_eq!(spec[field], value, "{sets:?}: {spec}");
+        let other = if field == "minAvailable" {
+            "maxUnavailable"
+        } else {
+            "minAvailable"
+        };
+        assert!(spec[other].is_null(), "{sets:?}: one of the two: {spec}");
+        assert_eq!(
+            spec["selector"]["matchLabels"], d["spec"]["selector"]["matchLabels"],
+            "{sets:?}: the budget covers the operator's pods"
+        );
+        // It protects: at least one pod stays and at least one may be evicted.
+        let replicas = d["spec"]["replicas"].as_i64().ok_or("no replicas")?;
+        assert!(replicas >= 2, "{sets:?}: {replicas} replicas");
+        if let Some(n) = spec[field].as_i64() {
+            let evictable = if field == "minAvailable" {
+                replicas - n
+            } else {
+                n
+            };
+            assert!(
+                (1..replicas).contains(&evictable),
+                "{sets:?}: {evictable} of {replicas} pods evictable"
+            );
+        }
+    }
+    for (sets, expect) in [
+        (
+            ["replicaCount=2", "podDisruptionBudget.minAvailable=2"],
+            "lets 0 of 2 pods be evicted",
+        ),
+        (
+            ["replicaCount=2", "podDisruptionBudget.maxUnavailable=2"],
+            "lets 2 of 2 pods be evicted",
+        ),
+        (
+            ["replicaCount=3", "podDisruptionBudget.minAvailable=100%"],
+            "lets 0 of 3 pods be evicted",
+        ),
+    ] {
+        let err = render(&env, &sets)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(expect), "{sets:?}: {err}");
+    }
+    Ok(())
+}
+
+/// A folder under the temporary directory, removed when dropped (a failing test too).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `helm package` makes the archive `helm push oci://…` takes (`NAME-VERSION.tgz`), holding
+/// the README, the schema and the CRD and no stray files, with the metadata a published chart
+/// carries; the packaged chart renders and checks its values like the folder.
+#[tokio::test]
+async fn helm_package_makes_a_complete_archive() -> Result<()> {
+    let env = TestEnv::require();
+    let dir = TempDir(std::env::temp_dir().join(unique_name("chartpkg")));
+    std::fs::create_dir_all(&dir.0)?;
+    let chart_dir = chart();
+    let chart_path = chart_dir.to_string_lossy();
+    let dest = dir.0.to_string_lossy();
+    ok(
+        run(
+            &env,
+            &env.helm,
+            &["package", &chart_path, "--destination", &dest],
+        )?,
+        "helm package",
+    )?;
+    let meta: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart_dir.join("Chart.yaml"))?)?;
+    let version = meta["version"].as_str().ok_or("Chart.yaml: no version")?;
+    let tgz = dir.0.join(format!("kinesis-operator-{version}.tgz"));
+    assert!(tgz.is_file(), "{} made", tgz.display());
+    let tgz_path = tgz.to_string_lossy();
+    let listing = ok(
+        Command::new("tar").arg("-tzf").arg(&tgz).output()?,
+        "tar -tzf",
+    )?;
+    let entries: Vec<&str> = listing.lines().collect();
+    for want in [
+        "Chart.yaml",
+        "values.yaml",
+        "values.schema.json",
+        "README.md",
+        "templates/crds.yaml",
+        "files/kinesisapplications.yaml",
+        "files/grafana-dashboard.json",
+    ] {
+        let entry = format!("kinesis-operator/{want}");
+        assert!(entries.contains(&entry.as_str()), "{entry} in {entries:?}");
+    }
+    for e in entries.iter().copied() {
+        let rest = e.strip_prefix("kinesis-operator/").unwrap_or_default();
+        let known = [
+            "Chart.yaml",
+            "values.yaml",
+            "values.schema.json",
+            "README.md",
+            ".helmignore",
+        ]
+        .contains(&rest)
+            || rest.starts_with("templates/")
+            || rest.starts_with("files/");
+        assert!(known, "unexpected {e} in the package: {entries:?}");
+    }
+    // The metadata of a published chart, as `helm show` reads it from the archive.
+    let shown: serde_json::Value = serde_yaml::from_str(&ok(
+        run(&env, &env.helm, &["show", "chart", &tgz_path])?,
+        "helm show chart",
+    )?)?;
+    assert_eq!(shown["apiVersion"], "v2");
+    assert_eq!(shown["type"], "application");
+    for key in [
+        "version",
+        "appVersion",
+        "kubeVersion",
+        "home",
+        "description",
+    ] {
+        assert!(
+            shown[key].as_str().is_some_and(|v| !v.is_empty()),
+            "Chart.yaml {key}: {shown}"
+        );
+    }
+    for key in ["sources", "maintainers", "keywords"] {
+        assert!(
+            shown[key].as_array().is_some_and(|v| !v.is_empty()),
+            "Chart.yaml {key}: {shown}"
+        );
+    }
+    let readme = ok(
+        run(&env, &env.helm, &["show", "readme", &tgz_path])?,
+        "helm show readme",
+    )?;
+    assert!(readme.contains("| `replicaCount` |"), "{readme}");
+    let rendered = ok(
+        run(&env, &env.helm, &["template", "x", &tgz_path])?,
+        "helm template (the package)",
+    )?;
+    assert!(rendered.contains("kind: CustomResourceDefinition"));
+    let out = run(
+        &env,
+        &env.helm,
+        &["template", "x", &tgz_path, "--set", "replicaCount=two"],
+    )?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("replicaCount: Invalid type"),
+        "the packaged schema checks values: {err}"
+    );
+    Ok(())
+}
+
+/// The values a README table lists, walking values.yaml along the schema: a row per value,
+/// descending into the schema's sections (objects with `properties`); a free-form object
+/// (`resources`, `securityContext`, `labels`…) is one row whose default holds its nested keys.
+/// (path, the schema's type, default); a key the schema lacks is an error.
+fn value_rows(
+    values: &serde_json::Value,
+    schema: &serde_json::Value,
+    prefix: &str,
+    out: &mut Vec<(String, String, serde_json::Value)>,
+) -> Result<()> {
+    for (key, value) in values.as_object().into_iter().flatten() {
+        let path = format!("{prefix}{key}");
+        let s = &schema["properties"][key];
+        if s.is_null() {
+            return Err(format!("values.schema.json has no {path}").into());
+        }
+        if s["properties"].is_object() && value.is_object() {
+            value_rows(value, s, &format!("{path}."), out)?;
+        } else {
+            let ty = match &s["type"] {
+                serde_json::Value::Array(types) => types
+                    .iter()
+                    .filter_map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+                t => t.as_str().unwrap_or("?").to_string(),
+            };
+            out.push((path, ty, value.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// The chart's README has a values table with every key of values.yaml (nested ones included),
+/// its type in the schema and its default, and no row for a key values.yaml lacks.
+#[test]
+fn the_readme_lists_every_value_with_its_type_and_default() -> Result<()> {
+    let values: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("values.yaml"))?)?;
+    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        chart().join("values.schema.json"),
+    )?)?;
+    let readme = std::fs::read_to_string(chart().join("README.md"))?;
+    // Rows: | `key` | type | `default as JSON` | description |
+    let mut rows = std::collections::BTreeMap::new();
+    for line in readme.lines() {
+        let Some(row) = line.strip_prefix("| `") else {
+            continue;
+        };
+        let cells: Vec<&str> = row
+            .trim_end_matches('|')
+            .splitn(4, " | ")
+            .map(str::trim)
+            .collect();
+        let &[key, ty, default, description] = cells.as_slice() else {
+            return Err(format!("README.md: a row without 4 cells: {line}").into());
+        };
+        let key = key.trim_end_matches('`');
+        let default: serde_json::Value = serde_json::from_str(default.trim_matches('`'))
+            .map_err(|e| format!("README.md, {key}: default {default}: {e}"))?;
+        assert!(!description.is_empty(), "README.md, {key}: no description");
+        assert!(
+            rows.insert(key.to_string(), (ty.to_string(), default))
+                .is_none(),
+            "README.md lists {key} twice"
+        );
+    }
+    let mut expected = Vec::new();
+    value_rows(&values, &schema, "", &mut expected)?;
+    assert!(expected.len() > 40, "{expected:?}");
+    for (path, ty, default) in &expected {
+        let (row_ty, row_default) = rows
+            .get(path)
+            .ok_or_else(|| format!("README.md: no row for {path}"))?;
+        assert_eq!(row_ty, ty, "README.md, {path}: type");
+        assert_eq!(row_default, default, "README.md, {path}: default");
+    }
+    let stale: Vec<&String> = rows
+        .keys()
+        .filter(|k| !expected.iter().any(|(p, _, _)| p == *k))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "README.md lists values that values.yaml lacks: {stale:?}"
     );
     Ok(())
 }

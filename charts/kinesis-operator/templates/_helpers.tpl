@@ -34,3 +34,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{- /*
+Labels of a Prometheus Operator object (ServiceMonitor, PodMonitor, PrometheusRule): the
+chart's, `release: RELEASE` (kube-prometheus-stack's default selectors match on `release`),
+then the object's extra labels from values, which win (e.g. `release: kube-prometheus-stack`).
+Call with (dict "ctx" $ "extra" .Values.metrics.X.labels).
+*/}}
+{{- define "kinesis-operator.monitorLabels" -}}
+{{- $labels := fromYaml (include "kinesis-operator.labels" .ctx) -}}
+{{- $_ := set $labels "release" .ctx.Release.Name -}}
+{{- toYaml (merge (deepCopy (.extra | default dict)) $labels) -}}
+{{- end -}}
