@@ -299,11 +299,12 @@ fn default_memory_limit_mib(shards_per_worker: i32) -> i64 {
 }
 
 /// The security context of the containers the operator adds (the worker, the bridge's
-/// installer): Pod Security "restricted", as the unprivileged user of our images.
+/// installer): Pod Security "restricted". No fixed uid: the image's numeric user (65532 in
+/// ours) runs it, or the uid a platform assigns (OpenShift's restricted SCC refuses a pod
+/// naming one outside the namespace's range).
 pub(crate) fn restricted() -> SecurityContext {
     SecurityContext {
         run_as_non_root: Some(true),
-        run_as_user: Some(65532),
         read_only_root_filesystem: Some(true),
         allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities {

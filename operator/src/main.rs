@@ -278,7 +278,15 @@ async fn serve_admin(metrics: &Arc<Metrics>, address: std::net::SocketAddr) -> a
             "/metrics",
             get(move || {
                 let m = page.clone();
-                async move { m.encode() }
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -45,7 +47,7 @@ pub struct Metrics {
     open_shards: Family<AppLabels, Gauge>,
     workers_desired: Family<AppLabels, Gauge>,
     workers_ready: Family<AppLabels, Gauge>,
-    lag: Family<AppLabels, Gauge>,
+    lag: Family<AppLabels, Gauge<f64, AtomicU64>>,
     leader: Gauge,
     aws_calls: Family<AwsLabels, Counter>,
     aws_errors: Family<AwsErrorLabels, Counter>,
@@ -103,8 +105,8 @@ impl Metrics {
             m.workers_ready.clone(),
         );
         registry.register(
-            "max_millis_behind_latest",
-            "The largest lag of any shard of each application (ms)",
+            "max_behind_latest_seconds",
+            "The largest lag of any shard of each application (seconds), from the workers' heartbeats",
             m.lag.clone(),
         );
         registry.register(
@@ -175,7 +177,7 @@ impl Metrics {
             .get_or_create(&l)
             .set(i64::from(desired));
         self.workers_ready.get_or_create(&l).set(i64::from(ready));
-        self.lag.get_or_create(&l).set(lag_ms);
+        self.lag.get_or_create(&l).set(lag_ms as f64 / 1000.0);
     }
 
     /// A reconcile that could not finish for a reason outside Kubernetes (AWS: the stream,

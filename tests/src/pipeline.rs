@@ -577,6 +577,15 @@ pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
 /// # Errors
 /// The connection failed or the answer is not HTTP.
 pub async fn http_request(addr: &str, method: &str, path: &str) -> Result<(u16, String)> {
+    let (status, _, body) = http_exchange(addr, method, path).await?;
+    Ok((status, body))
+}
+
+/// `METHOD path` on `addr` (HTTP/1.1, no body): status, the header block and the body.
+///
+/// # Errors
+/// The connection failed or the answer is not HTTP.
+pub async fn http_exchange(addr: &str, method: &str, path: &str) -> Result<(u16, String, String)> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(
         format!(
@@ -593,11 +602,8 @@ pub async fn http_request(addr: &str, method: &str, path: &str) -> Result<(u16, 
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("not HTTP: {text:.100}"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
+    Ok((status, head.to_string(), body.to_string()))
 }
 
 /// The sum of every sample in a `/metrics` page whose line contains `label` (e.g.

@@ -458,7 +458,7 @@ async fn helm_package_makes_a_complete_archive() -> Result<()> {
         let entry = format!("kinesis-operator/{want}");
         assert!(entries.contains(&entry.as_str()), "{entry} in {entries:?}");
     }
-    for e in entries.iter().copied() {
+    for &e in &entries {
         let rest = e.strip_prefix("kinesis-operator/").unwrap_or_default();
         let known = [
             "Chart.yaml",
@@ -1208,7 +1208,7 @@ async fn every_metric_the_dashboard_and_the_alerts_name_exists() -> Result<()> {
                         .and_then(|v| v.parse::<f64>().ok())
                         .is_some_and(|v| v >= 1.0)
                 });
-            (s == 200 && holds && page.contains("kinesis_worker_millis_behind_latest{"))
+            (s == 200 && holds && page.contains("kinesis_worker_behind_latest_seconds{"))
                 .then_some(page)
         },
     )

@@ -165,8 +165,20 @@ async fn an_application_counts_end_to_end_and_follows_resharding() -> Result<()>
             .filter(|l| !l.starts_with('#') && l.contains(&format!("namespace=\"{ns}\"")))
             .count()
     };
-    let (_, page) = kinesis_operator_tests::pipeline::http_get(&op.admin, "/metrics").await?;
+    let (_, head, page) =
+        kinesis_operator_tests::pipeline::http_exchange(&op.admin, "GET", "/metrics").await?;
     assert!(series(&page) >= 4, "per-application series: {page}");
+    // Base units and the OpenMetrics format, as Prometheus expects them.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(
+        page.contains("kinesis_operator_max_behind_latest_seconds{"),
+        "{page}"
+    );
+    assert!(page.trim_end().ends_with("# EOF"), "{page}");
     delete_all(&apps).await?;
     let (_, page) = kinesis_operator_tests::pipeline::http_get(&op.admin, "/metrics").await?;
     assert_eq!(

@@ -100,7 +100,7 @@ pub struct Metrics {
     /// 1 while the app answers its health check.
     pub app_ready: Gauge,
     /// How far behind the tip each held shard's last read was.
-    pub millis_behind_latest: Family<ShardLabels, Gauge>,
+    pub millis_behind_latest: Family<ShardLabels, Gauge<f64, AtomicU64>>,
     /// Leases held.
     pub leases_held: Gauge,
     /// Lease events seen by the record pipeline.
@@ -180,7 +180,7 @@ impl Metrics {
             m.records_delivered.clone(),
         );
         r.register(
-            "bytes_delivered",
+            "delivered_bytes",
             "Bytes of record data delivered to the app",
             m.bytes_delivered.clone(),
         );
@@ -270,8 +270,8 @@ impl Metrics {
             m.app_ready.clone(),
         );
         r.register(
-            "millis_behind_latest",
-            "How far behind the tip of the shard the last read was (milliseconds)",
+            "behind_latest_seconds",
+            "How far behind the tip of the shard the last read was (seconds; Kinesis' MillisBehindLatest / 1000)",
             m.millis_behind_latest.clone(),
         );
         r.register("leases_held", "Shard leases held", m.leases_held.clone());

@@ -136,7 +136,7 @@ pub(super) async fn read_ahead(
                 let (kib, read) = page_cost(&records, config.max_buffered_kib);
                 pace.read(&config.read_pace, read);
                 let behind = millis_behind_latest.unwrap_or(0);
-                gauge.set(behind);
+                gauge.set(behind as f64 / 1000.0);
                 config.lag.set(&shard, behind);
                 // At the tip the next call waits, so that the shard's 5 calls a second stay
                 // shared with the other applications reading it ([`TipPolling`]); a page
