@@ -228,6 +228,64 @@ pub async fn list_shards(
     Ok(shards)
 }
 
+/// The first record of `shard` that arrived at or after `to_ms` (epoch milliseconds), or
+/// `None` when there is none (the shard holds nothing since then, or ended before it): one
+/// GetShardIterator (`AT_TIMESTAMP`) and GetRecords of one record, repeated past empty pages
+/// (Kinesis may answer empty before records further on) up to `max_pages`, stopping at the
+/// tip (`MillisBehindLatest` 0) or the shard's end.
+///
+/// # Errors
+/// A failed call, or `max_pages` empty pages short of the tip (said in the message).
+pub async fn first_since(
+    client: &Client,
+    stream: &StreamRef,
+    shard: &str,
+    to_ms: i64,
+    max_pages: usize,
+) -> Result<Option<super::checkpoint::SequenceNumber>, String> {
+    let at = aws_sdk_kinesis::primitives::DateTime::from_millis(to_ms);
+    let req = client
+        .get_shard_iterator()
+        .shard_id(shard)
+        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::AtTimestamp)
+        .timestamp(at);
+    let req = match stream {
+        StreamRef::Name(n) => req.stream_name(n),
+        StreamRef::Arn(a) => req.stream_arn(a),
+    };
+    let out = req
+        .send()
+        .await
+        .map_err(|e| format!("GetShardIterator on {shard}: {}", DisplayErrorContext(&e)))?;
+    let mut iterator = out.shard_iterator().map(str::to_string);
+    for _ in 0..max_pages {
+        let Some(it) = iterator.take() else {
+            return Ok(None);
+        };
+        let req = client.get_records().shard_iterator(it).limit(1);
+        let req = match stream {
+            StreamRef::Arn(a) => req.stream_arn(a),
+            StreamRef::Name(_) => req,
+        };
+        let page = req
+            .send()
+            .await
+            .map_err(|e| format!("GetRecords on {shard}: {}", DisplayErrorContext(&e)))?;
+        if let Some(r) = page.records().first() {
+            return super::checkpoint::SequenceNumber::parse(r.sequence_number())
+                .map(Some)
+                .map_err(|e| format!("{shard}: {e}"));
+        }
+        if page.millis_behind_latest() == Some(0) {
+            return Ok(None);
+        }
+        iterator = page.next_shard_iterator().map(str::to_string);
+    }
+    Err(format!(
+        "{shard}: {max_pages} empty pages after the time without reaching the tip"
+    ))
+}
+
 /// The leases to create for shards that have none yet.
 ///
 /// # Guarantees

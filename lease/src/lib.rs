@@ -10,6 +10,7 @@
 //! - [`balance`]: which leases to take or ask for, and which hand-overs to grant.
 //! - [`handoff`]: following hand-over requests: over, or taken after the owner's grant timed out.
 //! - [`cleanup`]: which finished leases and dead workers' heartbeats can be deleted.
+//! - [`rewind`]: which checkpoints go back, and to what, to deliver again from a time.
 //! - [`coordinator`]: the loop that runs it all and tells the record pipeline what it owns.
 //! - [`discovery`]: the stream's shards become leases.
 //! - [`table`]: the DynamoDB I/O, every ownership-dependent write fenced by the counter.
@@ -28,6 +29,7 @@ pub mod discovery;
 pub mod handoff;
 pub mod liveness;
 pub mod model;
+pub mod rewind;
 pub mod table;
 
 pub mod aws;

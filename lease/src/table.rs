@@ -622,6 +622,46 @@ impl LeaseTable {
         }
     }
 
+    /// Writes a lease of a rewind ([`crate::rewind::Rewrite`]): the whole item replaced (no
+    /// owner, no pending checkpoint, no hand-over, no children until the shard ends again),
+    /// with `AT_TIMESTAMP`'s time in `koStartTimestamp`, if the item is still as scanned
+    /// (counter `seen`, or no item when `seen` is `None`). Returns whether it wrote.
+    ///
+    /// # Errors
+    /// [`LeaseError::Dynamo`].
+    pub async fn rewrite_lease(
+        &self,
+        lease: &Lease,
+        seen: Option<u64>,
+    ) -> Result<bool, LeaseError> {
+        let mut item = codec::new_lease_item(lease);
+        if let Some(ts) = lease.start_timestamp_ms {
+            item.insert(
+                attr::START_TIMESTAMP.to_string(),
+                AttributeValue::N(ts.to_string()),
+            );
+        }
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.name)
+            .set_item(Some(item))
+            .expression_attribute_names("#k", attr::LEASE_KEY);
+        let put = match seen {
+            Some(c) => put
+                .condition_expression("attribute_exists(#k) AND #c = :seen")
+                .expression_attribute_names("#c", attr::LEASE_COUNTER)
+                .expression_attribute_values(":seen", n(c)),
+            None => put.condition_expression("attribute_not_exists(#k)"),
+        };
+        self.counters.write(0, 0);
+        match put.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(self.dynamo("PutItem", e)),
+        }
+    }
+
     /// Takes `lease` for `worker` if it is still as scanned (same counter): the owner is
     /// set, the counter and `ownerSwitchesSinceCheckpoint` go up by one, any hand-over
     /// request is cleared.

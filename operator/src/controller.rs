@@ -36,6 +36,7 @@ use crate::validate::{
 };
 
 mod observe;
+mod rewind;
 
 use observe::{Problem, Stop, observe};
 
@@ -849,12 +850,34 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
         let problem = Problem::new("Ready", "NameConflict", message);
         return degrade(ctx, app, status, problem).await;
     }
+    // A rewind asked for: the workers stop, the checkpoints move back, the workers start.
+    if let Some(want) = rewind::pending(app) {
+        let input = rewind::Inputs {
+            aws: &observed.aws,
+            table: &observed.table,
+            stream: stream_ref(app),
+            shards: &observed.shards,
+            consumer_arn: observed.consumer_arn.as_deref(),
+        };
+        if let rewind::Step::Hold(action) = rewind::step(app, ctx, want, input, &mut status).await?
+        {
+            return Ok(action);
+        }
+    }
     let sizing = plan::size(app, &observed.shards, observed.snapshot.as_ref());
     let desired = sizing.replicas.desired;
     if sizing.replicas.write_sized.is_some() || sizing.replicas.released {
         write_replicas(ctx, app, sizing.replicas).await?;
     }
-    let applied = apply_workers(app, ctx, desired, observed.consumer_arn.as_deref()).await?;
+    let mut applied = apply_workers(app, ctx, desired, observed.consumer_arn.as_deref()).await?;
+    if app.spec.paused {
+        // A Deployment stops counting a pod once it terminates; it is still flushing its
+        // checkpoints and releasing its leases: Paused only once it is gone.
+        let pods = rewind::worker_pods(ctx, app).await?;
+        applied.replicas = applied
+            .replicas
+            .max(i32::try_from(pods).unwrap_or(i32::MAX));
+    }
 
     // 5. Status, and Events for what changed.
     let report = plan::healthy_status(

@@ -77,6 +77,13 @@ pub struct KinesisApplicationSpec {
     /// '{"spec":{"paused":true}}'`. Wins over replicas and the scale subresource.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+    /// Deliver again every record that arrived at or after a time (after a bug fix): the
+    /// operator stops the workers (as a pause does), moves the checkpoints back to that time
+    /// (a shard closed since gets its lease back, its children wait for it again), records
+    /// it in status.rewind and an Event, and starts the workers. Done once per toTimestamp;
+    /// refused, with the reason, for a time in the future or beyond the stream's retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind: Option<RewindSpec>,
     /// How many workers the shard count calls for.
     #[serde(default)]
     pub scaling: ScalingSpec,
@@ -102,6 +109,18 @@ pub struct KinesisApplicationSpec {
     /// AWS access.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws: Option<AwsSpec>,
+}
+
+/// A rewind: where to deliver again from.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RewindSpec {
+    /// The time (RFC 3339): every record that arrived at or after it is delivered again.
+    /// Another value asks for another rewind.
+    #[schemars(regex(
+        pattern = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
+    ))]
+    pub to_timestamp: String,
 }
 
 /// The stream: by name (with region) or by ARN.
@@ -423,6 +442,9 @@ pub struct KinesisApplicationStatus {
     /// Shards not listed in shardStatus (see `kinesis-worker status` for every shard).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard_status_omitted: Option<i32>,
+    /// The last rewind asked for (spec.rewind) and what became of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind: Option<RewindStatus>,
     /// The largest lag of any shard, e.g. "1.2s".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lag: Option<String>,
@@ -434,6 +456,25 @@ pub struct KinesisApplicationStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// What became of a rewind.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RewindStatus {
+    /// The spec.rewind.toTimestamp this is about.
+    pub to_timestamp: String,
+    /// Stopping (the workers stop before any checkpoint moves), Rewound, or Refused.
+    pub phase: String,
+    /// What was done, or why not.
+    pub message: String,
+    /// Shards moved back to the time (with their descendants). Written as null while
+    /// stopping, so a merge patch clears an earlier rewind's.
+    #[serde(default)]
+    pub shards_rewound: Option<i32>,
+    /// When the checkpoints were rewritten (RFC 3339).
+    #[serde(default)]
+    pub finished_at: Option<String>,
 }
 
 /// The enhanced fan-out consumer of an application.

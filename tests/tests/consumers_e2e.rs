@@ -23,13 +23,15 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType,
 };
+use k8s_openapi::api::events::v1::Event;
 use kinesis_operator::crd::KinesisApplication;
 use kinesis_operator_tests::accounting::account;
 use kinesis_operator_tests::cluster::{delete_all, delete_namespace};
 use kinesis_operator_tests::fixtures::{OperatorTest, until_replicas};
 use kinesis_operator_tests::records::{Put, checkpoints, last_per_shard, put};
 use kinesis_operator_tests::{TestEnv, unique_name, wait_for};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
@@ -543,4 +545,231 @@ async fn an_aws_kcl_node_app_in_pods_reads_through_a_reshard_and_a_rollout() -> 
     delete_namespace(&t.client, &t.ns).await?;
     t.env.remove(Some(&t.stream), &[&table]).await;
     result
+}
+
+/// Waits until the Lambda handler's `logs` show every record of `puts` processed.
+async fn until_seen(t: &OperatorTest, logs: &Logs, puts: &[Put]) -> Result<()> {
+    let by_seq: HashMap<String, Put> = puts.iter().map(|p| (p.seq.clone(), p.clone())).collect();
+    wait_for(
+        &format!("{} records processed", puts.len()),
+        DEADLINE,
+        POLL,
+        || {
+            let (done, _) = lambda_processed(&logs.lines(), &by_seq);
+            let seen: HashSet<(String, usize)> = done.into_iter().collect();
+            let all = puts
+                .iter()
+                .all(|p| seen.contains(&(p.key.clone(), p.index)));
+            async move { all.then_some(()) }
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", t.op.log_tail()))?;
+    Ok(())
+}
+
+/// Every record of the stream with its arrival time (epoch ms), read from each shard's start.
+async fn arrivals(env: &TestEnv, stream: &str) -> Result<HashMap<String, i64>> {
+    let kinesis = env.kinesis().await;
+    let listed = kinesis.list_shards().stream_name(stream).send().await?;
+    let mut out = HashMap::new();
+    for shard in listed.shards().iter().map(|s| s.shard_id().to_string()) {
+        let mut it = kinesis
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(&shard)
+            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+            .send()
+            .await?
+            .shard_iterator()
+            .map(str::to_string);
+        while let Some(i) = it.take() {
+            let page = kinesis.get_records().shard_iterator(i).send().await?;
+            for r in page.records() {
+                let at = r
+                    .approximate_arrival_timestamp()
+                    .and_then(|t| t.to_millis().ok())
+                    .ok_or("a record without its arrival time")?;
+                out.insert(r.sequence_number().to_string(), at);
+            }
+            if page.records().is_empty() && page.millis_behind_latest() == Some(0) {
+                break;
+            }
+            it = page.next_shard_iterator().map(str::to_string);
+        }
+    }
+    Ok(out)
+}
+
+/// Issue 31, item 2: `spec.rewind.toTimestamp` after a bug fix, with a reshard 2 → 4 between
+/// that time and now. The operator stops the workers, moves the checkpoints back (the closed
+/// parents get their leases back, their children wait for them again) and starts the
+/// workers: every record that arrived at or after the time is delivered again (lost = 0),
+/// in per-key order across the reshard (parents before children), and none from before it.
+/// status.rewind and the Rewinding/Rewound Events say what was done; a time beyond the
+/// stream's retention is refused with the reason and stops nothing.
+#[tokio::test]
+async fn a_rewind_to_a_time_before_a_reshard_delivers_everything_since_again_in_order() -> Result<()>
+{
+    use kinesis_operator::crd::RewindSpec;
+    let t = OperatorTest::with_stream("rewind", "rewind", 2, 3).await?;
+    t.env.require_image("consumers")?;
+    let table = unique_name("rewind");
+    let first_logs = Logs::follow(
+        &t.env,
+        &t.ns,
+        &std::env::temp_dir().join(unique_name("rewind-logs")),
+    )?;
+    let mut app = application(
+        &t.env,
+        "handler",
+        &t.stream,
+        &table,
+        json!({"protocol": "lambda", "handler": "kinesis_handler.handle"}),
+        json!({"workingDir": "/app", "args": ["-m", "awslambdaric", "kinesis_handler.handle"]}),
+    )?;
+    // The handler fails some records once (reported as partial batch failures).
+    app.spec.delivery.report_batch_item_failures = Some(true);
+    app.spec.delivery.batch_size = Some(20);
+    t.apps.create(&PostParams::default(), &app).await?;
+    until_replicas(&t.deployments, "handler", 2, true)
+        .await
+        .map_err(|e| format!("{e}\n{}", t.op.log_tail()))?;
+    let keys = 6;
+    let key_names: Vec<String> = (0..keys).map(|k| format!("key-{k}")).collect();
+    // Before the time.
+    let before = put(&t.env, &t.stream, keys, 0, 5).await?;
+    until_seen(&t, &first_logs, &before).await?;
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    };
+    // The time: later than every record put so far, earlier than every one put next (one
+    // clock: kinesis-mock stamps arrivals on this machine).
+    let to_ms = now_ms() + 2;
+    wait_for("the clock past the time", DEADLINE, POLL, || async {
+        (now_ms() > to_ms).then_some(())
+    })
+    .await?;
+    let mut since = put(&t.env, &t.stream, keys, 5, 5).await?;
+    reshard(&t.env, &t.stream, 4).await?;
+    since.extend(put(&t.env, &t.stream, keys, 10, 5).await?);
+    t.env.wait_stream_active(&t.stream).await?;
+    until_replicas(&t.deployments, "handler", 4, true).await?;
+    since.extend(put(&t.env, &t.stream, keys, 15, 5).await?);
+    until_seen(&t, &first_logs, &since).await?;
+    // The oracle from the stream itself: which records arrived at or after the time.
+    let arrived = arrivals(&t.env, &t.stream).await?;
+    for p in &before {
+        assert!(
+            arrived.get(&p.seq).is_some_and(|at| *at < to_ms),
+            "{p:?} before the time"
+        );
+    }
+    for p in &since {
+        assert!(
+            arrived.get(&p.seq).is_some_and(|at| *at >= to_ms),
+            "{p:?} after the time"
+        );
+    }
+    drop(first_logs);
+    // A parent's lease is deleted once its children all started (as KCL's cleanup does; a
+    // child no key hashes to never starts, so not always both): the rewind must make it
+    // again, or its records since the time would be skipped.
+    let parents = ["shardId-000000000000", "shardId-000000000001"];
+    wait_for("a parent's lease deleted", DEADLINE, POLL, || async {
+        let cps = checkpoints(&t.env, &table).await.ok()?;
+        parents.iter().any(|p| !cps.contains_key(*p)).then_some(())
+    })
+    .await?;
+
+    let to = k8s_openapi::jiff::Timestamp::from_millisecond(to_ms)?.to_string();
+    let patch = json!({"spec": {"rewind": {"toTimestamp": to}}});
+    t.apps
+        .patch("handler", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let rewound = wait_for("status.rewind Rewound", DEADLINE, POLL, || async {
+        let r = t.apps.get("handler").await.ok()?.status?.rewind?;
+        (r.to_timestamp == to && r.phase == "Rewound").then_some(r)
+    })
+    .await
+    .map_err(|e| format!("{e}\n{}", t.op.log_tail()))?;
+    eprintln!("rewind: {}", rewound.message);
+    // Both parents (closed since the time) and the four children.
+    assert_eq!(rewound.shards_rewound, Some(6), "{rewound:?}");
+    let made_again: usize = rewound
+        .message
+        .split_once(" lease(s) made again")
+        .and_then(|(head, _)| head.rsplit('(').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        made_again >= 1,
+        "a deleted parent's lease made again: {rewound:?}"
+    );
+    let replay_logs = Logs::follow(
+        &t.env,
+        &t.ns,
+        &std::env::temp_dir().join(unique_name("rewind-replay")),
+    )?;
+    until_replicas(&t.deployments, "handler", 4, true).await?;
+    until_seen(&t, &replay_logs, &since).await?;
+
+    let mut by_seq: HashMap<String, Put> =
+        since.iter().map(|p| (p.seq.clone(), p.clone())).collect();
+    for p in &before {
+        by_seq.insert(p.seq.clone(), p.clone());
+    }
+    let (done, unexplained) = lambda_processed(&replay_logs.lines(), &by_seq);
+    let early: Vec<&(String, usize)> = done.iter().filter(|(_, i)| *i < 5).collect();
+    assert!(
+        early.is_empty(),
+        "records from before the time came again: {early:?}"
+    );
+    let replayed: Vec<(String, usize)> = done.into_iter().map(|(k, i)| (k, i - 5)).collect();
+    let accounting = account(&replayed, &key_names, 15);
+    eprintln!(
+        "replay of {} records since the time: {accounting:?}, {unexplained} unexplained duplicates",
+        since.len()
+    );
+    assert!(accounting.holds(), "{accounting:?}");
+    assert_eq!(unexplained, 0);
+    drop(replay_logs);
+
+    let events: Api<Event> = Api::namespaced(t.client.clone(), &t.ns);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for r in ["Rewinding", "Rewound"] {
+        assert!(reasons.iter().any(|x| x == r), "{r} in {reasons:?}");
+    }
+
+    // Beyond the retention (24 h): refused, and the workers keep running.
+    let old =
+        k8s_openapi::jiff::Timestamp::from_millisecond(now_ms() - 48 * 3_600_000)?.to_string();
+    let mut spec = t.apps.get("handler").await?.spec;
+    spec.rewind = Some(RewindSpec {
+        to_timestamp: old.clone(),
+    });
+    let patch = json!({"spec": {"rewind": spec.rewind}});
+    t.apps
+        .patch("handler", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let refused = wait_for("status.rewind Refused", DEADLINE, POLL, || async {
+        let r = t.apps.get("handler").await.ok()?.status?.rewind?;
+        (r.to_timestamp == old && r.phase == "Refused").then_some(r)
+    })
+    .await?;
+    assert!(refused.message.contains("retention"), "{refused:?}");
+    let d = t.deployments.get("handler").await?;
+    assert_eq!(d.spec.replicas, Some(4), "a refused rewind stops nothing");
+    delete_all(&t.apps).await?;
+    delete_namespace(&t.client, &t.ns).await?;
+    t.env.remove(Some(&t.stream), &[&table]).await;
+    Ok(())
 }

@@ -745,6 +745,7 @@ async fn the_rendered_chart_is_least_privilege_and_restricted() -> Result<()> {
             "get serviceaccounts",
             "list deployments",
             "list kinesisapplications",
+            "list pods",
             "patch deployments",
             "patch events",
             "patch kinesisapplications",

@@ -27,6 +27,10 @@ pub(super) struct Observed {
     pub(super) snapshot: Option<TableSnapshot>,
     /// The fan-out consumer's ARN, in fan-out mode.
     pub(super) consumer_arn: Option<String>,
+    /// The AWS clients of this application.
+    pub(super) aws: AwsClients,
+    /// Its lease table, claimed by this object.
+    pub(super) table: LeaseTable,
 }
 
 /// A stream or table that cannot be used: the condition it fails, its reason and message.
@@ -164,6 +168,8 @@ pub(super) async fn observe(
         shards,
         snapshot,
         consumer_arn,
+        aws,
+        table,
     })
 }
 

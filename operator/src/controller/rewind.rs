@@ -1,0 +1,367 @@
+//! A rewind (`spec.rewind`): stop the workers, move the checkpoints back to a time, start the
+//! workers again. The decisions are pure ([`pending`], [`check_time`], and
+//! [`kinesis_lease::rewind::plan`] for what each lease becomes); [`step`] reads, calls them
+//! and writes, one reconcile at a time.
+//!
+//! # Guarantees
+//! - No checkpoint moves while a worker pod of the application exists: the Deployment is
+//!   held at 0 replicas and the leases are rewritten only once the pods are gone (counted by
+//!   their labels, terminating ones included — a Deployment stops counting a pod once it is
+//!   terminating, while it is still flushing its checkpoints and releasing its leases).
+//! - Only the application's own lease table is written (the one [`super::observe`] just
+//!   claimed for this object), with the identity every other call for the object uses.
+//! - Done once per `toTimestamp`: `status.rewind` records it (or why it was refused), so a
+//!   spec applied again by GitOps does not rewind again. A rewind interrupted (the operator
+//!   restarted, a write refused) is planned again from the table as it then is.
+//!
+//! Cost: ListShards as every reconcile; DescribeStreamSummary once; per shard that has
+//! progress (or a deleted finished lease) one GetShardIterator and usually one GetRecords of
+//! one record, 16 at a time (10,000 shards: ≈ 20,000 calls, well inside each shard's 5 a
+//! second); one consistent Scan; one conditional PutItem per lease moved back.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kinesis_lease::discovery::{ShardInfo, StreamRef, first_since};
+use kinesis_lease::rewind::{RewindPlan, Rewrite, plan};
+use kinesis_lease::table::LeaseTable;
+use kube::api::ListParams;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+
+use super::{AwsClients, Context, Error, apply_workers, event, patch_status, stream_ref};
+use crate::crd::{KinesisApplication, KinesisApplicationStatus, RewindSpec, RewindStatus, labels};
+use crate::plan::{now, set_condition};
+
+/// `status.rewind.phase` while the workers stop.
+pub(super) const STOPPING: &str = "Stopping";
+/// `status.rewind.phase` once the checkpoints were moved back.
+pub(super) const REWOUND: &str = "Rewound";
+/// `status.rewind.phase` for a time that cannot be rewound to.
+pub(super) const REFUSED: &str = "Refused";
+
+/// Calls on the stream (probes) and the table (writes) at once, per application.
+const CONCURRENCY: usize = 16;
+
+/// The rewind `app` asks for and has not had: `spec.rewind`, unless `status.rewind` says that
+/// very time was rewound to or refused.
+pub(super) fn pending(app: &KinesisApplication) -> Option<&RewindSpec> {
+    let want = app.spec.rewind.as_ref()?;
+    let had = app.status.as_ref().and_then(|s| s.rewind.as_ref());
+    match had {
+        Some(h) if h.to_timestamp == want.to_timestamp && h.phase != STOPPING => None,
+        _ => Some(want),
+    }
+}
+
+/// The time to rewind to, in epoch milliseconds, or why it is refused: not a time, in the
+/// future, or older than the stream keeps records (`retention_hours`).
+pub(super) fn check_time(to: &str, now_ms: i64, retention_hours: i64) -> Result<i64, String> {
+    let ts: Timestamp = to.parse().map_err(|e| {
+        format!("spec.rewind.toTimestamp {to:?} is not an RFC 3339 time ({e}); e.g. 2026-01-31T09:00:00Z")
+    })?;
+    let ms = ts.as_millisecond();
+    if ms > now_ms {
+        return Err(format!(
+            "spec.rewind.toTimestamp {to} is in the future: give the time of the first record to deliver again"
+        ));
+    }
+    let oldest = now_ms - retention_hours * 3_600_000;
+    if ms < oldest {
+        let oldest = Timestamp::from_millisecond(oldest)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        return Err(format!(
+            "spec.rewind.toTimestamp {to} is beyond the stream's retention ({retention_hours} h): records that old are gone; give a time after {oldest}"
+        ));
+    }
+    Ok(ms)
+}
+
+/// What the reconcile does after a rewind step.
+pub(super) enum Step {
+    /// The status is written; come back after this (the workers are stopping, or a call
+    /// failed).
+    Hold(Action),
+    /// Done or refused (the status says which): go on as usual, workers back.
+    Go,
+}
+
+/// The worker pods of `app` that exist, terminating ones included.
+///
+/// # Errors
+/// The API server failed.
+pub(super) async fn worker_pods(ctx: &Context, app: &KinesisApplication) -> Result<usize, Error> {
+    let selector = labels(&app.name_any())
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+    Ok(pods
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .len())
+}
+
+/// What a stream and table read for the rewind gave.
+pub(super) struct Inputs<'a> {
+    /// The application's AWS clients.
+    pub(super) aws: &'a AwsClients,
+    /// Its lease table (claimed by this object in this reconcile).
+    pub(super) table: &'a LeaseTable,
+    /// The stream.
+    pub(super) stream: StreamRef,
+    /// The stream's shards.
+    pub(super) shards: &'a [ShardInfo],
+    /// The fan-out consumer, for the Deployment held at 0.
+    pub(super) consumer_arn: Option<&'a str>,
+}
+
+/// One step of the rewind `want` of `app`; records it in `status` (written here when it
+/// holds the reconcile).
+///
+/// # Errors
+/// The API server failed.
+pub(super) async fn step(
+    app: &KinesisApplication,
+    ctx: &Context,
+    want: &RewindSpec,
+    input: Inputs<'_>,
+    status: &mut KinesisApplicationStatus,
+) -> Result<Step, Error> {
+    let to = want.to_timestamp.clone();
+    let generation = app.metadata.generation;
+    let was_stopping = status
+        .rewind
+        .as_ref()
+        .is_some_and(|r| r.to_timestamp == to && r.phase == STOPPING);
+    let retention = match retention_hours(input.aws, app).await {
+        Ok(h) => h,
+        Err(e) => {
+            return hold(
+                ctx,
+                app,
+                status,
+                &to,
+                format!("reading the stream's retention failed ({e}); retried"),
+                Duration::from_secs(10),
+            )
+            .await;
+        }
+    };
+    let to_ms = match check_time(&to, Timestamp::now().as_millisecond(), retention) {
+        Ok(ms) => ms,
+        Err(message) => {
+            status.rewind = Some(RewindStatus {
+                to_timestamp: to,
+                phase: REFUSED.into(),
+                message: message.clone(),
+                shards_rewound: None,
+                finished_at: None,
+            });
+            event(ctx, app, EventType::Warning, "RewindRefused", message).await;
+            return Ok(Step::Go);
+        }
+    };
+    // The fleet stops first, and stays stopped until every pod is gone.
+    apply_workers(app, ctx, 0, input.consumer_arn).await?;
+    let pods = worker_pods(ctx, app).await?;
+    if pods > 0 {
+        if !was_stopping {
+            event(
+                ctx,
+                app,
+                EventType::Normal,
+                "Rewinding",
+                format!("rewinding to {to}: stopping {pods} worker pod(s) first"),
+            )
+            .await;
+        }
+        set_condition(
+            &mut status.conditions,
+            "Progressing",
+            true,
+            "Rewinding",
+            format!("rewinding to {to}: {pods} worker pod(s) still stopping"),
+            generation,
+        );
+        return hold(
+            ctx,
+            app,
+            status,
+            &to,
+            format!("{pods} worker pod(s) stopping (each writes its last checkpoints and releases its leases); no checkpoint moves before they are gone"),
+            Duration::from_secs(2),
+        )
+        .await;
+    }
+    let done = match rewrite(input, to_ms).await {
+        Ok(p) => p,
+        Err(e) => {
+            return hold(
+                ctx,
+                app,
+                status,
+                &to,
+                format!("{e}; retried"),
+                Duration::from_secs(10),
+            )
+            .await;
+        }
+    };
+    let message = format!(
+        "{} shard(s) back to {to} ({} lease(s) made again, {} finished parent(s) kept finished), {} left as they were (nothing since then, or not processed that far)",
+        done.rewound.len(),
+        done.recreated,
+        done.finished_parents,
+        done.untouched
+    );
+    status.rewind = Some(RewindStatus {
+        to_timestamp: to,
+        phase: REWOUND.into(),
+        message: message.clone(),
+        shards_rewound: Some(i32::try_from(done.rewound.len()).unwrap_or(i32::MAX)),
+        finished_at: Some(now()),
+    });
+    event(
+        ctx,
+        app,
+        EventType::Normal,
+        "Rewound",
+        format!("{message}; starting the workers"),
+    )
+    .await;
+    Ok(Step::Go)
+}
+
+/// Records a rewind still stopping (or retrying) with `message`, writes the status and
+/// holds the reconcile for `after`.
+async fn hold(
+    ctx: &Context,
+    app: &KinesisApplication,
+    status: &mut KinesisApplicationStatus,
+    to: &str,
+    message: String,
+    after: Duration,
+) -> Result<Step, Error> {
+    status.rewind = Some(RewindStatus {
+        to_timestamp: to.to_string(),
+        phase: STOPPING.into(),
+        message,
+        shards_rewound: None,
+        finished_at: None,
+    });
+    patch_status(ctx, app, status).await?;
+    Ok(Step::Hold(Action::requeue(after)))
+}
+
+/// The stream's retention in hours (DescribeStreamSummary).
+async fn retention_hours(aws: &AwsClients, app: &KinesisApplication) -> Result<i64, String> {
+    let req = aws.kinesis.describe_stream_summary();
+    let req = match stream_ref(app) {
+        StreamRef::Name(n) => req.stream_name(n),
+        StreamRef::Arn(a) => req.stream_arn(a),
+    };
+    let out = req
+        .send()
+        .await
+        .map_err(|e| aws_sdk_kinesis::error::DisplayErrorContext(&e).to_string())?;
+    out.stream_description_summary()
+        .map(|s| i64::from(s.retention_period_hours()))
+        .ok_or_else(|| "DescribeStreamSummary answered without a summary".to_string())
+}
+
+/// Reads the table and the stream, plans, and writes the plan: finished parents' `SHARD_END`
+/// leases first (so that nothing ever finds a rewound child without them), then the rest.
+async fn rewrite(input: Inputs<'_>, to_ms: i64) -> Result<RewindPlan, String> {
+    let snapshot = input
+        .table
+        .scan_with(true)
+        .await
+        .map_err(|e| format!("scanning the lease table failed ({e})"))?;
+    // Owned values in the futures: the reconcile's future must be Send for any lifetime.
+    let probe: Vec<String> = kinesis_lease::rewind::to_probe(input.shards, &snapshot.leases)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let firsts: HashMap<String, Option<kinesis_lease::checkpoint::SequenceNumber>> =
+        stream::iter(probe)
+            .map(|shard: String| {
+                let kinesis = input.aws.kinesis.clone();
+                let stream = input.stream.clone();
+                async move {
+                    first_since(&kinesis, &stream, &shard, to_ms, 20)
+                        .await
+                        .map(|first| (shard, first))
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await
+            .map_err(|e| format!("reading the stream at the time failed ({e})"))?;
+    let done = plan(input.shards, &firsts, &snapshot.leases, to_ms);
+    let (first, rest): (Vec<Rewrite>, Vec<Rewrite>) =
+        done.rewrites.iter().cloned().partition(|r| {
+            r.seen.is_none()
+                && r.lease.checkpoint == kinesis_lease::checkpoint::Checkpoint::ShardEnd
+        });
+    for batch in [first, rest] {
+        stream::iter(batch)
+            .map(|r: Rewrite| {
+                let table = input.table.clone();
+                async move {
+                    match table.rewrite_lease(&r.lease, r.seen).await {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err(format!(
+                            "the lease of {} changed during the rewind (a worker still running against this table?)",
+                            r.lease.shard_id
+                        )),
+                        Err(e) => Err(format!(
+                            "writing the lease of {} failed ({e})",
+                            r.lease.shard_id
+                        )),
+                    }
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    #[test]
+    fn a_time_in_the_future_or_beyond_retention_is_refused_with_the_fix() {
+        let iso = |ms: i64| {
+            Timestamp::from_millisecond(ms)
+                .map(|t| t.to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(check_time(&iso(NOW - 60_000), NOW, 24), Ok(NOW - 60_000));
+        let refused = |to: &str, hours: i64| check_time(to, NOW, hours).err().unwrap_or_default();
+        let future = refused(&iso(NOW + 1_000), 24);
+        assert!(future.contains("in the future"), "{future}");
+        let old = refused(&iso(NOW - 25 * 3_600_000), 24);
+        assert!(
+            old.contains("beyond the stream's retention (24 h)"),
+            "{old}"
+        );
+        assert!(old.contains("give a time after"), "{old}");
+        // A week's retention keeps it.
+        assert!(check_time(&iso(NOW - 25 * 3_600_000), NOW, 168).is_ok());
+        let bad = refused("yesterday", 24);
+        assert!(bad.contains("not an RFC 3339 time"), "{bad}");
+    }
+}
