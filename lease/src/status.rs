@@ -111,6 +111,116 @@ pub fn human_lag(ms: i64) -> String {
     }
 }
 
+/// One shard as the worker's admin port serves it (`GET /status`, JSON) and `kubectl kinesis
+/// status` reads it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardLine {
+    /// The shard id.
+    pub shard_id: String,
+    /// `processing`, `unowned`, `draining` or `finished`.
+    pub state: String,
+    /// The worker holding its lease.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Its checkpoint, as KCL writes it.
+    #[serde(default)]
+    pub checkpoint: Option<String>,
+    /// Milliseconds behind the tip, as its owner last read.
+    #[serde(default)]
+    pub lag_ms: Option<i64>,
+    /// Its delivery waits for the on-failure destination.
+    #[serde(default)]
+    pub stalled: bool,
+}
+
+/// The views as [`ShardLine`]s.
+pub fn lines(views: &[ShardView]) -> Vec<ShardLine> {
+    views
+        .iter()
+        .map(|v| ShardLine {
+            shard_id: v.shard_id.clone(),
+            state: v.state.to_string(),
+            owner: v.owner.clone(),
+            checkpoint: v.checkpoint.as_ref().map(ToString::to_string),
+            lag_ms: v.lag_ms,
+            stalled: v.stalled,
+        })
+        .collect()
+}
+
+/// A bar of `width` cells for `value` out of `max` (eighths of a cell: `▏` … `█`); empty for
+/// 0 or no maximum.
+pub fn bar(value: i64, max: i64, width: usize) -> String {
+    if max <= 0 || value <= 0 {
+        return String::new();
+    }
+    const EIGHTHS: [char; 8] = ['▏', '▎', '▍', '▌', '▋', '▊', '▉', '█'];
+    let eighths = (value.min(max) as u128 * width as u128 * 8).div_ceil(max as u128) as usize;
+    let mut out = "█".repeat(eighths / 8);
+    if !eighths.is_multiple_of(8) {
+        out.push(EIGHTHS[eighths % 8 - 1]);
+    }
+    out
+}
+
+/// `kubectl kinesis status`'s table: one line per shard, aligned, with the lag as a bar of up
+/// to `width` cells scaled to the largest lag, and a summary line.
+pub fn render_lines(lines: &[ShardLine], width: usize) -> String {
+    let max = lines.iter().filter_map(|l| l.lag_ms).max().unwrap_or(0);
+    let rows: Vec<[String; 6]> = lines
+        .iter()
+        .map(|l| {
+            [
+                l.shard_id.clone(),
+                if l.stalled {
+                    format!("{} (destination failing)", l.state)
+                } else {
+                    l.state.clone()
+                },
+                l.owner.clone().unwrap_or_else(|| "-".into()),
+                l.checkpoint.clone().unwrap_or_else(|| "-".into()),
+                l.lag_ms.map_or_else(|| "-".into(), human_lag),
+                l.lag_ms.map(|ms| bar(ms, max, width)).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let header = ["SHARD", "STATE", "OWNER", "CHECKPOINT", "LAG", ""].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| {
+                let pad = w.saturating_sub(c.chars().count());
+                format!("{c}{}", " ".repeat(pad))
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    let count = |s: &str| lines.iter().filter(|l| l.state == s).count();
+    let owners: std::collections::BTreeSet<&str> =
+        lines.iter().filter_map(|l| l.owner.as_deref()).collect();
+    out.push_str(&format!(
+        "{} shards: {} processing, {} unowned, {} draining, {} finished; {} workers; max lag {}\n",
+        lines.len(),
+        count("processing"),
+        count("unowned"),
+        count("draining"),
+        count("finished"),
+        owners.len(),
+        human_lag(max)
+    ));
+    out
+}
+
 /// The table `kinesis-worker status` prints: one line per shard, aligned.
 pub fn render(views: &[ShardView]) -> String {
     let rows: Vec<[String; 5]> = views
@@ -154,6 +264,46 @@ pub fn render(views: &[ShardView]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lag_bars_scale_to_the_largest_lag_in_eighths() {
+        assert_eq!(bar(0, 100, 10), "");
+        assert_eq!(bar(100, 100, 10), "██████████");
+        assert_eq!(bar(50, 100, 10), "█████");
+        assert_eq!(bar(1, 100, 10), "▏", "anything above 0 shows");
+        assert_eq!(bar(55, 100, 10), "█████▌");
+        assert_eq!(bar(500, 100, 4), "████", "never wider than the width");
+        let l = |id: &str, owner: Option<&str>, lag: Option<i64>| ShardLine {
+            shard_id: id.into(),
+            state: if owner.is_some() {
+                "processing"
+            } else {
+                "unowned"
+            }
+            .into(),
+            owner: owner.map(String::from),
+            checkpoint: Some("TRIM_HORIZON".into()),
+            lag_ms: lag,
+            stalled: false,
+        };
+        let text = render_lines(
+            &[
+                l("shardId-0", Some("w1"), Some(2_000)),
+                l("shardId-1", Some("w2"), Some(500)),
+                l("shardId-2", None, None),
+            ],
+            8,
+        );
+        let rows: Vec<&str> = text.lines().collect();
+        assert!(rows[0].starts_with("SHARD"), "{text}");
+        assert!(rows[1].ends_with("2.0s   ████████"), "{text}");
+        assert!(rows[2].ends_with("500ms  ██"), "{text}");
+        assert!(rows[3].ends_with('-'), "{text}");
+        assert_eq!(
+            rows[4],
+            "3 shards: 2 processing, 1 unowned, 0 draining, 0 finished; 2 workers; max lag 2.0s"
+        );
+    }
     use crate::model::{Heartbeat, Lease};
 
     fn shard(id: &str, closed: bool) -> ShardInfo {

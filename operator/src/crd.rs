@@ -445,8 +445,9 @@ pub struct KinesisApplicationStatus {
     /// The last rewind asked for (spec.rewind) and what became of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewind: Option<RewindStatus>,
-    /// The largest lag of any shard, e.g. "1.2s".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The largest lag of any shard, e.g. "1.2s"; none while no worker reports one (paused).
+    /// Written as null then, so a merge patch clears the last figure.
+    #[serde(default)]
     pub max_lag: Option<String>,
     /// When the worker count last changed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -911,7 +911,34 @@ async fn a_reshard_resizes_the_workers_before_the_next_resync() -> Result<()> {
     Ok(())
 }
 
-/// Issue 31, item 1: `spec.paused`, set with the documented `kubectl patch` while pageviews
+/// `kubectl kinesis ARGS` against the test cluster, the plugin found on the PATH as kubectl
+/// finds it: its stdout.
+fn kubectl_kinesis(env: &TestEnv, args: &[&str]) -> Result<String> {
+    let plugin = kinesis_operator_tests::process::binary("kubectl-kinesis")?;
+    let dir = plugin.parent().ok_or("the plugin's folder")?;
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new(&env.kubectl)
+        .env("KUBECONFIG", &env.kubeconfig)
+        .env("PATH", path)
+        .arg("kinesis")
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "kubectl kinesis {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Issue 31, items 1 and 5: `spec.paused`, set with `kubectl kinesis pause` while pageviews
 /// are being put, stops the fleet gracefully: every pod gone, every lease released by its
 /// owner (no owner left, no heartbeat left: nothing waits for an expiry), `kubectl get kapp`
 /// shows PAUSED True and Ready (reason Paused), one Paused Event. Records put while paused
@@ -951,20 +978,26 @@ async fn a_pause_releases_every_lease_and_a_resume_counts_exactly() -> Result<()
             },
         )
     };
+    // Every shard through the cluster: `kubectl kinesis status` (the plugin) reads a worker's
+    // /status through the API server's pod proxy.
+    let status = kubectl_kinesis(&t.env, &["status", "counter", "-n", &t.ns])?;
+    eprintln!("{status}");
+    for shard in ["shardId-000000000000", "shardId-000000000001"] {
+        let row = status
+            .lines()
+            .find(|l| l.starts_with(shard))
+            .ok_or(format!("{shard} in {status}"))?;
+        assert!(
+            row.contains("processing") && row.contains("counter-"),
+            "{row}"
+        );
+    }
+    assert!(status.contains("2 shards: 2 processing"), "{status}");
+    assert!(!status.contains("no worker runs"), "{status}");
     let pause = |on: bool| {
-        kubectl(
+        kubectl_kinesis(
             &t.env,
-            &[
-                "patch",
-                "kapp",
-                "counter",
-                "-n",
-                &t.ns,
-                "--type",
-                "merge",
-                "-p",
-                &format!(r#"{{"spec":{{"paused":{on}}}}}"#),
-            ],
+            &[if on { "pause" } else { "resume" }, "counter", "-n", &t.ns],
         )
     };
     pause(true)?;
@@ -1032,22 +1065,20 @@ async fn a_pause_releases_every_lease_and_a_resume_counts_exactly() -> Result<()
     );
     let table_text = kubectl(&t.env, &["get", "kapp", "counter", "-n", &t.ns])?;
     eprintln!("{table_text}");
+    // Columns by their header's position: an empty cell (LAG while paused) has no word.
     let mut lines = table_text.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    let row: Vec<&str> = lines
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    let col = header
-        .iter()
-        .position(|h| *h == "PAUSED")
-        .ok_or(table_text.clone())?;
-    assert_eq!(row.get(col), Some(&"True"), "{table_text}");
+    let header = lines.next().unwrap_or_default();
+    let row = lines.next().unwrap_or_default();
+    let col = header.find("PAUSED").ok_or(table_text.clone())?;
+    let cell = row.get(col..).unwrap_or_default().split_whitespace().next();
+    assert_eq!(cell, Some("True"), "{table_text}");
+    assert!(
+        status.max_lag.is_none(),
+        "no lag while no worker measures it: {status:?}"
+    );
+    let status = kubectl_kinesis(&t.env, &["status", "counter", "-n", &t.ns])?;
+    assert!(status.contains("no worker runs"), "{status}");
+    assert!(status.contains("Paused: True (Paused"), "{status}");
     // A paused object's records wait in the stream.
     add(&mut expected, produce(&t.env, &t.stream, 100)?);
 

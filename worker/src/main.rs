@@ -693,6 +693,10 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
         Some(table.clone()),
         Some(app.clone()),
         drain.clone(),
+        Some(admin::StatusSource {
+            kinesis: kinesis.clone(),
+            stream: stream.clone(),
+        }),
     )
     .await
     .context("starting the admin port")?;
