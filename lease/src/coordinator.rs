@@ -131,6 +131,9 @@ pub struct LagBoard(Arc<std::sync::Mutex<Board>>);
 #[derive(Debug, Default)]
 struct Board {
     lag: std::collections::BTreeMap<String, i64>,
+    /// Records the app is working on: the age of the oldest (ms) when the call started, and
+    /// when that was.
+    delivering: std::collections::BTreeMap<String, (i64, std::time::Instant)>,
     stalled: std::collections::BTreeSet<String>,
 }
 
@@ -139,6 +142,26 @@ impl LagBoard {
     pub fn set(&self, shard: &str, millis: i64) {
         if let Ok(mut m) = self.0.lock() {
             m.lag.insert(shard.to_string(), millis);
+        }
+    }
+
+    /// The app was just given records of `shard`, the oldest `age_ms` old (Kinesis's now
+    /// minus its arrival): until [`LagBoard::delivered`], the shard's lag is at least that
+    /// age plus the time since. A read at the tip can be minutes ahead of what the app works
+    /// on (the read-ahead buffer, a slow app): this is the lag the app sees.
+    pub fn delivering(&self, shard: &str, age_ms: i64) {
+        if let Ok(mut m) = self.0.lock() {
+            m.delivering.insert(
+                shard.to_string(),
+                (age_ms.max(0), std::time::Instant::now()),
+            );
+        }
+    }
+
+    /// The app answered the call of [`LagBoard::delivering`].
+    pub fn delivered(&self, shard: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.delivering.remove(shard);
         }
     }
 
@@ -157,13 +180,28 @@ impl LagBoard {
     pub fn remove(&self, shard: &str) {
         if let Ok(mut m) = self.0.lock() {
             m.lag.remove(shard);
+            m.delivering.remove(shard);
             m.stalled.remove(shard);
         }
     }
 
-    /// Every shard's lag.
+    /// Every shard's lag: the read's, or the age of what the app works on if larger.
     pub fn snapshot(&self) -> std::collections::BTreeMap<String, i64> {
-        self.0.lock().map(|m| m.lag.clone()).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|m| {
+                let mut lag = m.lag.clone();
+                for (shard, (age, since)) in &m.delivering {
+                    if let Some(l) = lag.get_mut(shard) {
+                        let now = age.saturating_add(
+                            i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX),
+                        );
+                        *l = (*l).max(now);
+                    }
+                }
+                lag
+            })
+            .unwrap_or_default()
     }
 
     /// The shards waiting for the on-failure destination.
@@ -895,6 +933,29 @@ impl Coordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A read at the tip while the app works on old records: the lag is their age (and
+    /// grows while the call lasts), until the app answers.
+    #[test]
+    fn the_lag_is_the_age_of_what_the_app_works_on_while_it_works() {
+        let board = LagBoard::default();
+        board.set("s", 0);
+        board.delivering("s", 42_000);
+        let lag = board.snapshot().get("s").copied().unwrap_or(0);
+        assert!((42_000..43_000).contains(&lag), "{lag}");
+        board.set("s", 50_000);
+        assert!(
+            board.snapshot().get("s").is_some_and(|l| *l >= 50_000),
+            "the larger of the two"
+        );
+        board.set("s", 0);
+        board.delivered("s");
+        assert_eq!(board.snapshot().get("s"), Some(&0));
+        // A shard not read here any more is not reported.
+        board.remove("s");
+        board.delivering("s", 5);
+        assert_eq!(board.snapshot().get("s"), None);
+    }
 
     #[test]
     fn workers_of_another_mode_are_named_and_older_heartbeats_are_not() {

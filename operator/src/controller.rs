@@ -865,6 +865,9 @@ async fn apply(app: &KinesisApplication, ctx: &Context) -> Result<Action, Error>
         }
     }
     let sizing = plan::size(app, &observed.shards, observed.snapshot.as_ref());
+    if let Some(lag) = sizing.lag {
+        tracing::debug!(application = %name, ?lag, scanned = observed.snapshot.is_some(), "sized by the lag");
+    }
     let desired = sizing.replicas.desired;
     if sizing.replicas.write_sized.is_some() || sizing.replicas.released {
         write_replicas(ctx, app, sizing.replicas).await?;

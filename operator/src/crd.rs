@@ -189,6 +189,32 @@ pub struct ScalingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub max_surge_percent: Option<i32>,
+    /// Shards (default): workers follow the open shards as above. Lag: between
+    /// max(minWorkers, ceil(open / shardsPerWorker)) (shards packed, for cost) and
+    /// min(maxWorkers, open shards) (one per shard), following the lag: doubled when the
+    /// largest lag is above targetLagSeconds (at most every 30 s), halved once it stayed
+    /// under half the target for scaleDownStabilizationSeconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ScalingMode>,
+    /// With mode Lag: the largest lag to keep under (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub target_lag_seconds: Option<i32>,
+    /// With mode Lag: how long the lag must stay under half the target before workers are
+    /// removed (default 300): no flapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub scale_down_stabilization_seconds: Option<i32>,
+}
+
+/// What the worker count follows.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ScalingMode {
+    /// The open shard count.
+    #[default]
+    Shards,
+    /// The lag, between packed and one worker per shard.
+    Lag,
 }
 
 fn one() -> i32 {
@@ -202,6 +228,9 @@ impl Default for ScalingSpec {
             min_workers: 1,
             max_workers: None,
             max_surge_percent: None,
+            mode: None,
+            target_lag_seconds: None,
+            scale_down_stabilization_seconds: None,
         }
     }
 }
@@ -449,6 +478,10 @@ pub struct KinesisApplicationStatus {
     /// Written as null then, so a merge patch clears the last figure.
     #[serde(default)]
     pub max_lag: Option<String>,
+    /// With scaling.mode Lag: since when the largest lag has stayed under half the target
+    /// (RFC 3339); null while it is not.
+    #[serde(default)]
+    pub lag_low_since: Option<String>,
     /// When the worker count last changed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<String>,

@@ -14,11 +14,14 @@ use kinesis_lease::model::{Lease, TableSnapshot};
 use kinesis_lease::status::human_lag;
 
 use crate::crd::{
-    Condition, KinesisApplication, KinesisApplicationSpec, KinesisApplicationStatus, ShardCounts,
-    WorkerCounts, labels,
+    Condition, KinesisApplication, KinesisApplicationSpec, KinesisApplicationStatus, ScalingMode,
+    ShardCounts, WorkerCounts, labels,
 };
 use crate::report::{SHARD_STATUS_LIMIT, shard_report};
-use crate::sizing::{Replicas, SIZED_ANNOTATION, desired_workers, replicas};
+use crate::sizing::{
+    LagInputs, LagMove, LagScaling, Replicas, SIZED_ANNOTATION, desired_workers, lag_workers,
+    replicas,
+};
 
 /// The current time as the status writes it (RFC 3339).
 pub fn now() -> String {
@@ -108,14 +111,36 @@ pub struct Sizing {
     pub total: i32,
     /// The worker count and what to write for it.
     pub replicas: Replicas,
+    /// With `scaling.mode: Lag`: the lag decision.
+    pub lag: Option<LagScaling>,
+}
+
+/// An RFC 3339 time of the status as epoch seconds.
+fn epoch_s(t: Option<&String>) -> Option<i64> {
+    t?.parse::<Timestamp>().ok().map(|t| t.as_second())
+}
+
+/// Epoch seconds as the status writes times.
+fn rfc3339(s: i64) -> Option<String> {
+    Timestamp::from_second(s).ok().map(|t| t.to_string())
 }
 
 /// Sizes the workers of `app` to `shards` (`snapshot` tells which closed shards are still
-/// draining; without it none are counted).
+/// draining, and the owners' lag; without it none are counted), as of now.
 pub fn size(
     app: &KinesisApplication,
     shards: &[ShardInfo],
     snapshot: Option<&TableSnapshot>,
+) -> Sizing {
+    size_at(app, shards, snapshot, Timestamp::now().as_second())
+}
+
+/// [`size`] at `now_s` (epoch seconds).
+pub fn size_at(
+    app: &KinesisApplication,
+    shards: &[ShardInfo],
+    snapshot: Option<&TableSnapshot>,
+    now_s: i64,
 ) -> Sizing {
     let open = shards.iter().filter(|s| !s.closed).count() as i32;
     let leases: HashMap<&str, &Lease> = snapshot
@@ -132,13 +157,37 @@ pub fn size(
                 .is_some_and(|l| l.checkpoint != Checkpoint::ShardEnd)
         })
         .count() as i32;
-    let for_shards = desired_workers(
+    let packed = desired_workers(
         &KinesisApplicationSpec {
             replicas: None,
             ..app.spec.clone()
         },
         open,
     );
+    let scaling = &app.spec.scaling;
+    let lag = (scaling.mode == Some(ScalingMode::Lag)).then(|| {
+        let previous = app.status.as_ref();
+        lag_workers(&LagInputs {
+            current: previous
+                .and_then(|s| s.workers.as_ref())
+                .map(|w| w.desired)
+                .filter(|d| *d > 0),
+            packed,
+            spread: scaling.max_workers.map_or(open, |m| open.min(m.max(1))),
+            max_lag_ms: snapshot
+                .map(|snap| kinesis_lease::status::shard_views(shards, snap))
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.lag_ms)
+                .max(),
+            target_ms: i64::from(scaling.target_lag_seconds.unwrap_or(60)) * 1000,
+            stabilization_s: i64::from(scaling.scale_down_stabilization_seconds.unwrap_or(300)),
+            now_s,
+            last_scale_s: epoch_s(previous.and_then(|s| s.last_scale_time.as_ref())),
+            low_since_s: epoch_s(previous.and_then(|s| s.lag_low_since.as_ref())),
+        })
+    });
+    let for_shards = lag.map_or(packed, |l| l.desired);
     let sized = app
         .metadata
         .annotations
@@ -155,6 +204,7 @@ pub fn size(
         draining,
         total: shards.len() as i32,
         replicas,
+        lag,
     }
 }
 
@@ -263,7 +313,9 @@ pub fn healthy_status(
         draining,
         total,
         replicas,
+        lag,
     } = *sizing;
+    status.lag_low_since = lag.and_then(|l| l.low_since_s).and_then(rfc3339);
     let desired = replicas.desired;
     let Applied { ready, .. } = applied;
     // Lag only from each shard's current owner (a dead owner's heartbeat may linger).
@@ -425,12 +477,28 @@ pub fn healthy_status(
     } else if let Some(before) = previous_workers
         && before != desired
     {
-        notes.push(Note {
-            reason: "Scaled",
-            text: format!(
-                "workers {before} → {desired} ({open} open shards, shardsPerWorker {})",
+        let why = match lag.and_then(|l| l.moved) {
+            Some(LagMove::Up(ms)) => format!(
+                "lag {} above the {} s target",
+                human_lag(ms),
+                app.spec.scaling.target_lag_seconds.unwrap_or(60)
+            ),
+            Some(LagMove::Down) => format!(
+                "lag under half the {} s target for {} s",
+                app.spec.scaling.target_lag_seconds.unwrap_or(60),
+                app.spec
+                    .scaling
+                    .scale_down_stabilization_seconds
+                    .unwrap_or(300)
+            ),
+            None => format!(
+                "{open} open shards, shardsPerWorker {}",
                 app.spec.scaling.shards_per_worker
             ),
+        };
+        notes.push(Note {
+            reason: "Scaled",
+            text: format!("workers {before} → {desired} ({why})"),
             warning: false,
         });
     }

@@ -19,6 +19,105 @@ pub fn desired_workers(spec: &KinesisApplicationSpec, open_shards: i32) -> i32 {
     clamped.min(open_shards.max(1))
 }
 
+/// With `scaling.mode: Lag`, workers are added at most this often: the new ones take leases
+/// and drain the backlog before the lag can show whether more are needed.
+pub const SCALE_UP_EVERY_S: i64 = 30;
+
+/// What a lag-following size reads (times in epoch seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LagInputs {
+    /// The workers wanted now (the last decision), if any.
+    pub current: Option<i32>,
+    /// The fewest: max(minWorkers, ceil(open / shardsPerWorker)).
+    pub packed: i32,
+    /// The most: min(maxWorkers, open shards).
+    pub spread: i32,
+    /// The largest lag the owners report.
+    pub max_lag_ms: Option<i64>,
+    /// `targetLagSeconds` in ms.
+    pub target_ms: i64,
+    /// `scaleDownStabilizationSeconds`.
+    pub stabilization_s: i64,
+    /// Now.
+    pub now_s: i64,
+    /// When the count last changed.
+    pub last_scale_s: Option<i64>,
+    /// Since when the lag has stayed under half the target.
+    pub low_since_s: Option<i64>,
+}
+
+/// Why a lag-following size moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LagMove {
+    /// The lag (ms) was above the target.
+    Up(i64),
+    /// The lag stayed under half the target for the stabilization window.
+    Down,
+}
+
+/// A lag-following size: the workers, the low-lag start to remember, and why it moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LagScaling {
+    /// The workers.
+    pub desired: i32,
+    /// Since when the lag has stayed under half the target (to write back).
+    pub low_since_s: Option<i64>,
+    /// Why it moved, if it did.
+    pub moved: Option<LagMove>,
+}
+
+/// Follows the lag between packed and spread (pure).
+///
+/// # Guarantees
+/// - Up: doubled (at least one more, at most `spread`) when the largest lag is above the
+///   target, at most every [`SCALE_UP_EVERY_S`].
+/// - Down: halved (at least `packed`) only once the lag stayed at or under half the target for
+///   the whole stabilization window, which then starts again: no flapping between the two
+///   (the band between half the target and the target moves nothing and resets the window).
+/// - An unknown lag (no owner reports one, e.g. while leases move) moves nothing and keeps
+///   the window.
+pub fn lag_workers(i: &LagInputs) -> LagScaling {
+    let hi = i.spread.max(1);
+    let lo = i.packed.clamp(1, hi);
+    let current = i.current.unwrap_or(lo).clamp(lo, hi);
+    let stay = |low_since_s| LagScaling {
+        desired: current,
+        low_since_s,
+        moved: None,
+    };
+    match i.max_lag_ms {
+        Some(lag) if lag > i.target_ms => {
+            let cooled = i
+                .last_scale_s
+                .is_none_or(|t| i.now_s - t >= SCALE_UP_EVERY_S);
+            let up = current.saturating_mul(2).max(current + 1).min(hi);
+            if cooled && up > current {
+                LagScaling {
+                    desired: up,
+                    low_since_s: None,
+                    moved: Some(LagMove::Up(lag)),
+                }
+            } else {
+                stay(None)
+            }
+        }
+        Some(lag) if lag.saturating_mul(2) <= i.target_ms => {
+            let since = i.low_since_s.unwrap_or(i.now_s);
+            if i.now_s - since >= i.stabilization_s && current > lo {
+                LagScaling {
+                    desired: (current / 2 + current % 2).max(lo),
+                    low_since_s: Some(i.now_s),
+                    moved: Some(LagMove::Down),
+                }
+            } else {
+                stay(Some(since))
+            }
+        }
+        Some(_) => stay(None),
+        None => stay(i.low_since_s),
+    }
+}
+
 /// The annotation recording the `spec.replicas` the operator itself wrote (sized to the
 /// shards): while `spec.replicas` still equals it, the object is sized by the operator.
 pub const SIZED_ANNOTATION: &str = "kinesis-operator.io/sized-replicas";
@@ -65,6 +164,71 @@ pub fn replicas(spec_replicas: Option<i32>, sized: Option<i32>, for_shards: i32)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A burst, then quiet: 1 → 2 → 4 at most every 30 s while the lag is above the target,
+    /// nothing in the band, back down by halves once the lag stayed low for the window.
+    #[test]
+    fn the_lag_doubles_the_workers_and_a_quiet_window_halves_them() {
+        let at = |now_s, current, lag: Option<i64>, last, since| LagInputs {
+            current: Some(current),
+            packed: 1,
+            spread: 4,
+            max_lag_ms: lag,
+            target_ms: 10_000,
+            stabilization_s: 60,
+            now_s,
+            last_scale_s: last,
+            low_since_s: since,
+        };
+        let up = lag_workers(&at(100, 1, Some(30_000), Some(0), None));
+        assert_eq!((up.desired, up.moved), (2, Some(LagMove::Up(30_000))));
+        // Within 30 s of that: wait for the new worker to show.
+        assert_eq!(
+            lag_workers(&at(110, 2, Some(30_000), Some(100), None)).desired,
+            2
+        );
+        assert_eq!(
+            lag_workers(&at(130, 2, Some(30_000), Some(100), None)).desired,
+            4
+        );
+        // Never past one per shard.
+        assert_eq!(
+            lag_workers(&at(200, 4, Some(99_000), Some(130), None)).moved,
+            None
+        );
+        // In the band (5-10 s): nothing moves and the quiet window starts over.
+        let band = lag_workers(&at(300, 4, Some(7_000), Some(130), Some(250)));
+        assert_eq!((band.desired, band.low_since_s), (4, None));
+        // Low: the window starts, and only a full window halves.
+        let low = lag_workers(&at(310, 4, Some(1_000), Some(130), None));
+        assert_eq!((low.desired, low.low_since_s), (4, Some(310)));
+        assert_eq!(
+            lag_workers(&at(369, 4, Some(1_000), Some(130), Some(310))).desired,
+            4
+        );
+        let down = lag_workers(&at(370, 4, Some(1_000), Some(130), Some(310)));
+        assert_eq!(
+            (down.desired, down.moved, down.low_since_s),
+            (2, Some(LagMove::Down), Some(370))
+        );
+        assert_eq!(
+            lag_workers(&at(430, 2, Some(0), Some(370), Some(370))).desired,
+            1
+        );
+        // Never under packed; an unknown lag keeps the window.
+        assert_eq!(
+            lag_workers(&at(999, 1, Some(0), Some(430), Some(430))).moved,
+            None
+        );
+        let unknown = lag_workers(&at(500, 2, None, Some(430), Some(431)));
+        assert_eq!((unknown.desired, unknown.low_since_s), (2, Some(431)));
+        // No decision yet: packed.
+        let first = LagInputs {
+            current: None,
+            ..at(0, 0, None, None, None)
+        };
+        assert_eq!(lag_workers(&first).desired, 1);
+    }
 
     #[test]
     fn any_shards_per_worker_sizes_without_overflow() {

@@ -1115,3 +1115,136 @@ async fn a_pause_releases_every_lease_and_a_resume_counts_exactly() -> Result<()
     t.env.remove(Some(&t.stream), &[&table]).await;
     Ok(())
 }
+
+/// Issue 31, item 3: `scaling.mode: Lag`. Four shards packed on one pod (shardsPerWorker 4),
+/// an app that processes 100 records a second per pod, then a burst of 4,000 pageviews: the
+/// lag passes the 5 s target, the operator adds pods (up to one per shard), the lag falls back
+/// under the target, and once it stayed low for the 15 s window the fleet is halved back to
+/// one pod, through graceful hand-overs: the counts are exact (0 lost, 0 twice). The worker
+/// count only rises then only falls (no flapping), and each move has its Scaled Event.
+#[tokio::test]
+async fn lag_scaling_spreads_a_burst_and_packs_again_when_quiet() -> Result<()> {
+    use kinesis_operator::crd::ScalingMode;
+    let t = OperatorTest::with_stream("lagscale", "lagscale", 4, 3).await?;
+    let table = unique_name("counts");
+    let mut app = application("counter", &t.env, &t.stream, &table)?;
+    app.spec.scaling.shards_per_worker = 4;
+    app.spec.scaling.min_workers = 1;
+    app.spec.scaling.mode = Some(ScalingMode::Lag);
+    app.spec.scaling.target_lag_seconds = Some(5);
+    app.spec.scaling.scale_down_stabilization_seconds = Some(15);
+    if let Some(spec) = app.spec.template.spec.as_mut()
+        && let Some(c) = spec.containers.first_mut()
+    {
+        c.env
+            .get_or_insert_with(Vec::new)
+            .push(serde_json::from_value(
+                json!({"name": "RECORD_COST_US", "value": "10000"}),
+            )?);
+    }
+    t.apps.create(&PostParams::default(), &app).await?;
+    until_replicas(&t.deployments, "counter", 1, true)
+        .await
+        .map_err(|e| format!("{e}\n{}", t.op.log_tail()))?;
+    let mut expected = produce(&t.env, &t.stream, 100)?;
+    until_counts(&t.env, &table, &expected, &t.op.log_tail()).await?;
+
+    let burst = std::time::Instant::now();
+    add(&mut expected, produce(&t.env, &t.stream, 4000)?);
+    let history = std::sync::Mutex::new(Vec::<i32>::new());
+    let record = |d: &k8s_openapi::api::apps::v1::Deployment| {
+        let n = d.spec.replicas.unwrap_or(0);
+        if let Ok(mut h) = history.lock()
+            && h.last() != Some(&n)
+        {
+            h.push(n);
+        }
+    };
+    // Spread: more than one pod while the backlog lasts.
+    wait_for(
+        "more workers for the lag",
+        Duration::from_secs(180),
+        POLL,
+        || async {
+            let d = t.deployments.get("counter").await.ok()?;
+            record(&d);
+            (d.spec.replicas? > 1).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", t.op.log_tail()))?;
+    // Drained: every record counted, and the lag reported back under the target.
+    until_counts(&t.env, &table, &expected, &t.op.log_tail()).await?;
+    let drained = burst.elapsed();
+    wait_for(
+        "the lag under the target",
+        Duration::from_secs(120),
+        POLL,
+        || async {
+            let d = t.deployments.get("counter").await.ok()?;
+            record(&d);
+            let s = t.apps.get("counter").await.ok()?.status?;
+            let lags: Vec<i64> = s
+                .shard_status
+                .iter()
+                .filter_map(|x| x.millis_behind_latest)
+                .collect();
+            (!lags.is_empty() && lags.iter().all(|l| *l < 5_000)).then_some(())
+        },
+    )
+    .await?;
+    let under = burst.elapsed();
+    // Quiet: packed again on one pod.
+    wait_for(
+        "one worker again",
+        Duration::from_secs(240),
+        POLL,
+        || async {
+            let d = t.deployments.get("counter").await.ok()?;
+            record(&d);
+            let s = d.status.as_ref()?;
+            (d.spec.replicas? == 1 && s.replicas == Some(1) && s.ready_replicas == Some(1))
+                .then_some(())
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", t.op.log_tail()))?;
+    let packed = burst.elapsed();
+    // Nothing lost or counted twice through the scale-out and the scale-in.
+    add(&mut expected, produce(&t.env, &t.stream, 100)?);
+    until_counts(&t.env, &table, &expected, &t.op.log_tail()).await?;
+    let history = history.lock().map(|h| h.clone()).unwrap_or_default();
+    let top = history.iter().position(|n| Some(n) == history.iter().max());
+    let rising = top.map_or(&history[..], |i| &history[..=i]);
+    let falling = top.map_or(&history[..], |i| &history[i..]);
+    assert!(
+        rising.windows(2).all(|w| w[0] < w[1]) && falling.windows(2).all(|w| w[0] > w[1]),
+        "workers only rise, then only fall: {history:?}"
+    );
+    let events: Api<Event> = Api::namespaced(t.client.clone(), &t.ns);
+    let scaled: Vec<String> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Scaled"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        scaled.iter().any(|n| n.contains("above the 5 s target"))
+            && scaled
+                .iter()
+                .any(|n| n.contains("under half the 5 s target for 15 s")),
+        "{scaled:?}"
+    );
+    eprintln!(
+        "lag scaling: workers {history:?}; 4,000 records drained in {:.0} s, lag under 5 s at {:.0} s, one pod again at {:.0} s; counts exact; {scaled:?}",
+        drained.as_secs_f64(),
+        under.as_secs_f64(),
+        packed.as_secs_f64()
+    );
+    delete_all(&t.apps).await?;
+    delete_namespace(&t.client, &t.ns).await?;
+    t.env.remove(Some(&t.stream), &[&table]).await;
+    Ok(())
+}

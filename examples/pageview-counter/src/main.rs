@@ -37,6 +37,11 @@ struct Args {
     /// DynamoDB endpoint override (local servers).
     #[arg(long, env = "DYNAMODB_ENDPOINT")]
     dynamodb_endpoint: Option<String>,
+    /// Simulated work per record, in microseconds (load tests): one batch at a time per
+    /// process, as a CPU-bound app, so a pod processes at most 1,000,000 / this records a
+    /// second whatever shards it holds. 0 (default): none.
+    #[arg(long, env = "RECORD_COST_US", default_value_t = 0)]
+    record_cost_us: u64,
 }
 
 /// Counts of one shard not yet written.
@@ -84,6 +89,9 @@ struct Inner {
     table: String,
     flush_interval: Duration,
     shards: std::sync::Mutex<HashMap<String, Arc<Mutex<ShardCounts>>>>,
+    /// `--record-cost-us`, and the process's one "CPU" it is spent on.
+    record_cost: Duration,
+    cpu: Mutex<()>,
 }
 
 #[derive(serde::Deserialize)]
@@ -176,6 +184,11 @@ impl v1::record_processor_server::RecordProcessor for Counter {
         r: Request<v1::ProcessRecordsRequest>,
     ) -> Result<Response<v1::ProcessRecordsResponse>, Status> {
         let r = r.into_inner();
+        if !self.record_cost.is_zero() {
+            let _cpu = self.cpu.lock().await;
+            let n = u32::try_from(r.records.len()).unwrap_or(u32::MAX);
+            tokio::time::sleep(self.record_cost.saturating_mul(n)).await;
+        }
         let shard = self.shard(&r.shard_id);
         let mut s = shard.lock().await;
         for rec in &r.records {
@@ -320,6 +333,8 @@ async fn run() -> anyhow::Result<()> {
             table: args.table.clone(),
             flush_interval: Duration::from_millis(args.flush_interval_ms),
             shards: std::sync::Mutex::new(HashMap::new()),
+            record_cost: Duration::from_micros(args.record_cost_us),
+            cpu: Mutex::new(()),
         }),
     };
     // Counts reach the table on time even when a shard goes quiet; the checkpoint follows

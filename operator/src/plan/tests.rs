@@ -516,3 +516,110 @@ fn a_pause_stops_every_worker_and_reports_pausing_paused_and_resumed() {
     let never = step(&resumed_app, &running, 2);
     assert_eq!(cond(&never.status, "Paused"), None);
 }
+
+/// `scaling.mode: Lag` from the object as the operator reads it: the owners' heartbeat lag
+/// above the target doubles the workers (Scaled Event naming the lag); the low-lag start is
+/// written back and a quiet window halves them again.
+#[test]
+fn lag_mode_sizes_from_the_owners_lag_and_the_last_decision() {
+    let shards = vec![
+        shard("s0", false),
+        shard("s1", false),
+        shard("s2", false),
+        shard("s3", false),
+    ];
+    let snapshot = |lag: i64| TableSnapshot {
+        leases: ["s0", "s1", "s2", "s3"]
+            .iter()
+            .map(|s| owned(s, "w1", Checkpoint::TrimHorizon))
+            .collect(),
+        heartbeats: vec![Heartbeat {
+            worker_id: "w1".into(),
+            counter: 1,
+            draining: false,
+            lag: [("s2".to_string(), lag)].into_iter().collect(),
+            coordination: None,
+            stalled: Default::default(),
+        }],
+    };
+    let mut a = app(
+        spec(
+            serde_json::json!({"scaling": {"mode": "Lag", "shardsPerWorker": 4,
+            "targetLagSeconds": 5, "scaleDownStabilizationSeconds": 15}}),
+        ),
+        serde_json::json!({}),
+    );
+    let previous = KinesisApplicationStatus {
+        workers: Some(WorkerCounts {
+            desired: 1,
+            ready: 1,
+            replicas: 1,
+            summary: "1/1".into(),
+        }),
+        last_scale_time: Some("2026-12-06T22:50:08.43869Z".into()),
+        ..Default::default()
+    };
+    a.status = Some(previous.clone());
+    let t0 = "2026-12-06T22:51:00Z"
+        .parse::<Timestamp>()
+        .map(|t| t.as_second())
+        .unwrap_or(0);
+    let up = size_at(&a, &shards, Some(&snapshot(8_000)), t0);
+    assert_eq!(up.replicas.desired, 2, "{up:?}");
+    let report = healthy_status(
+        &a,
+        &previous,
+        previous.clone(),
+        &shards,
+        Some(&snapshot(8_000)),
+        &up,
+        Applied {
+            ready: 1,
+            replicas: 1,
+        },
+    );
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.reason == "Scaled"
+                && n.text == "workers 1 → 2 (lag 8.0s above the 5 s target)"),
+        "{:?}",
+        report.notes
+    );
+    // Quiet: the window starts, and 15 s later the workers are halved.
+    let mut quiet = report.status.clone();
+    quiet.last_scale_time = Some("2026-12-06T22:51:00Z".into());
+    a.status = Some(quiet.clone());
+    let start = size_at(&a, &shards, Some(&snapshot(100)), t0 + 10);
+    assert_eq!(start.replicas.desired, 2);
+    let started = healthy_status(
+        &a,
+        &quiet,
+        quiet.clone(),
+        &shards,
+        Some(&snapshot(100)),
+        &start,
+        Applied {
+            ready: 2,
+            replicas: 2,
+        },
+    );
+    assert_eq!(
+        started.status.lag_low_since.as_deref(),
+        Some("2026-12-06T22:51:10Z")
+    );
+    a.status = Some(started.status.clone());
+    assert_eq!(
+        size_at(&a, &shards, Some(&snapshot(100)), t0 + 24)
+            .replicas
+            .desired,
+        2
+    );
+    assert_eq!(
+        size_at(&a, &shards, Some(&snapshot(100)), t0 + 25)
+            .replicas
+            .desired,
+        1
+    );
+}

@@ -394,6 +394,18 @@ impl ShardTask {
             d.fencing.1,
         );
         self.metrics.records_per_call.observe(count as f64);
+        // The lag while the app works on these: the age of the oldest.
+        let _working = call.records[seg.start..seg.end]
+            .iter()
+            .filter_map(|r| r.approximate_arrival_ms)
+            .min()
+            .map(|at| {
+                Working::start(
+                    &self.config.lag,
+                    d.shard.clone(),
+                    self.config.clock.now_ms() - at,
+                )
+            });
         loop {
             let answer = match self.call_app(d, &batch, seg.failures + 1, control).await {
                 Ok(answer) => answer,
@@ -665,4 +677,23 @@ impl ShardTask {
 /// Record data bytes of `records`.
 fn data_bytes(records: &[UserRecord]) -> u64 {
     records.iter().map(|r| r.data.len() as u64).sum()
+}
+
+/// A call the app works on, in the lag board until it is answered (or abandoned).
+struct Working<'a> {
+    board: &'a crate::lease::coordinator::LagBoard,
+    shard: String,
+}
+
+impl<'a> Working<'a> {
+    fn start(board: &'a crate::lease::coordinator::LagBoard, shard: String, age_ms: i64) -> Self {
+        board.delivering(&shard, age_ms);
+        Self { board, shard }
+    }
+}
+
+impl Drop for Working<'_> {
+    fn drop(&mut self) {
+        self.board.delivered(&self.shard);
+    }
 }
