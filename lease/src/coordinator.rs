@@ -131,9 +131,9 @@ pub struct LagBoard(Arc<std::sync::Mutex<Board>>);
 #[derive(Debug, Default)]
 struct Board {
     lag: std::collections::BTreeMap<String, i64>,
-    /// Records the app is working on: the age of the oldest (ms) when the call started, and
-    /// when that was.
-    delivering: std::collections::BTreeMap<String, (i64, std::time::Instant)>,
+    /// Records the app is working on: the age of the oldest (ms) when its call started, when
+    /// that was, and the calls in flight (lanes run several at once).
+    delivering: std::collections::BTreeMap<String, (i64, std::time::Instant, usize)>,
     stalled: std::collections::BTreeSet<String>,
 }
 
@@ -151,17 +151,24 @@ impl LagBoard {
     /// on (the read-ahead buffer, a slow app): this is the lag the app sees.
     pub fn delivering(&self, shard: &str, age_ms: i64) {
         if let Ok(mut m) = self.0.lock() {
-            m.delivering.insert(
-                shard.to_string(),
-                (age_ms.max(0), std::time::Instant::now()),
-            );
+            // The oldest call in flight sets the lag: a later one holds younger records.
+            m.delivering
+                .entry(shard.to_string())
+                .and_modify(|(_, _, calls)| *calls += 1)
+                .or_insert((age_ms.max(0), std::time::Instant::now(), 1));
         }
     }
 
-    /// The app answered the call of [`LagBoard::delivering`].
+    /// The app answered a call of [`LagBoard::delivering`] (the last of the shard's calls in
+    /// flight ends its entry; the oldest start stays until then, erring towards more lag).
     pub fn delivered(&self, shard: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.delivering.remove(shard);
+        if let Ok(mut m) = self.0.lock()
+            && let Some((_, _, calls)) = m.delivering.get_mut(shard)
+        {
+            *calls = calls.saturating_sub(1);
+            if *calls == 0 {
+                m.delivering.remove(shard);
+            }
         }
     }
 
@@ -191,7 +198,7 @@ impl LagBoard {
             .lock()
             .map(|m| {
                 let mut lag = m.lag.clone();
-                for (shard, (age, since)) in &m.delivering {
+                for (shard, (age, since, _)) in &m.delivering {
                     if let Some(l) = lag.get_mut(shard) {
                         let now = age.saturating_add(
                             i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX),
@@ -948,7 +955,14 @@ mod tests {
             board.snapshot().get("s").is_some_and(|l| *l >= 50_000),
             "the larger of the two"
         );
+        // Two lanes in flight: the lag holds until both answered.
+        board.delivering("s", 1_000);
         board.set("s", 0);
+        board.delivered("s");
+        assert!(
+            board.snapshot().get("s").is_some_and(|l| *l >= 42_000),
+            "one call left"
+        );
         board.delivered("s");
         assert_eq!(board.snapshot().get("s"), Some(&0));
         // A shard not read here any more is not reported.

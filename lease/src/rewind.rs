@@ -33,6 +33,10 @@ pub struct Rewrite {
     pub lease: Lease,
     /// The counter scanned (the write's condition), or `None`: there was no item.
     pub seen: Option<u64>,
+    /// Its generation in the lineage (0: no parent among the stream's shards): every
+    /// rewrite of a lower depth lands before any of a higher one, so a rewind interrupted
+    /// between two writes never leaves a rewound child without its parent's lease.
+    pub depth: usize,
 }
 
 /// What a rewind does.
@@ -62,7 +66,9 @@ fn processed_past(lease: Option<&Lease>, first: Option<&SequenceNumber>, to_ms: 
     match &lease.checkpoint {
         Checkpoint::ShardEnd => true,
         Checkpoint::Sequence { sequence, .. } => sequence >= first,
-        Checkpoint::AtTimestamp => lease.start_timestamp_ms.is_some_and(|ts| ts > to_ms),
+        // At the time itself: a rewind to it that was interrupted; planned again (the same
+        // write), so its descendants and deleted parents are too.
+        Checkpoint::AtTimestamp => lease.start_timestamp_ms.is_some_and(|ts| ts >= to_ms),
         Checkpoint::TrimHorizon | Checkpoint::Latest => false,
     }
 }
@@ -95,9 +101,14 @@ pub fn plan(
 ) -> RewindPlan {
     let by_id: HashMap<&str, &Lease> = leases.iter().map(|l| (l.shard_id.as_str(), l)).collect();
     let existing: HashSet<&str> = by_id.keys().copied().collect();
+    // Started: progress recorded, or moved back to this very time by an interrupted rewind
+    // (it had progress before): their deleted parents stay finished.
     let started: HashSet<&str> = leases
         .iter()
-        .filter(|l| l.checkpoint.is_progress())
+        .filter(|l| {
+            l.checkpoint.is_progress()
+                || (l.checkpoint == Checkpoint::AtTimestamp && l.start_timestamp_ms == Some(to_ms))
+        })
         .map(|l| l.shard_id.as_str())
         .collect();
     // Deleted leases of finished shards count as finished ones.
@@ -145,7 +156,7 @@ pub fn plan(
     );
     let info: HashMap<&str, &ShardInfo> = shards.iter().map(|s| (s.shard_id.as_str(), s)).collect();
     let mut tombstoned: HashSet<String> = HashSet::new();
-    for wave in order {
+    for (depth, wave) in order.into_iter().enumerate() {
         for l in wave {
             let id = l.shard_id.as_str();
             let Some(shard) = info.get(id) else { continue };
@@ -162,7 +173,11 @@ pub fn plan(
                     let mut lease = Lease::new(p, Checkpoint::ShardEnd, parents);
                     lease.hash_range = info.get(p.as_str()).map(|s| s.hash_range.clone());
                     plan.finished_parents += 1;
-                    plan.rewrites.push(Rewrite { lease, seen: None });
+                    plan.rewrites.push(Rewrite {
+                        lease,
+                        seen: None,
+                        depth: depth.saturating_sub(1),
+                    });
                 }
             }
             let seen = by_id.get(id).map(|l| l.counter);
@@ -173,7 +188,7 @@ pub fn plan(
             lease.start_timestamp_ms = Some(to_ms);
             lease.hash_range = Some(shard.hash_range.clone());
             lease.counter = seen.map_or(0, |c| c + 1);
-            plan.rewrites.push(Rewrite { lease, seen });
+            plan.rewrites.push(Rewrite { lease, seen, depth });
         }
     }
     plan.rewound = rewound;
@@ -301,6 +316,44 @@ mod tests {
         );
         assert_eq!(plan.untouched, 3);
         assert_eq!(plan.recreated, 0);
+    }
+
+    /// A rewind interrupted after its children's writes and before the deleted parent's: the
+    /// next plan, from the table as it then is, still makes the parent again (and writes the
+    /// children again, the same), so nothing is left unblocked; parents have a lower depth.
+    #[test]
+    fn an_interrupted_rewind_is_planned_again_to_the_same_end() {
+        let shards = vec![
+            shard("p", &[], true),
+            shard("c1", &["p"], false),
+            shard("c2", &["p"], false),
+        ];
+        let leases = vec![at("c1", &["p"], cp(50)), at("c2", &["p"], cp(60))];
+        let first = firsts(&[("p", Some(20)), ("c1", Some(40)), ("c2", Some(45))]);
+        let whole = plan(&shards, &first, &leases, T);
+        let depth = |p: &RewindPlan, id: &str| {
+            p.rewrites
+                .iter()
+                .find(|r| r.lease.shard_id == id)
+                .map(|r| r.depth)
+        };
+        assert!(depth(&whole, "p") < depth(&whole, "c1"), "{whole:?}");
+        // Only the children's writes landed.
+        let after: Vec<Lease> = whole
+            .rewrites
+            .iter()
+            .filter(|r| r.lease.shard_id != "p")
+            .map(|r| r.lease.clone())
+            .collect();
+        let again = plan(&shards, &first, &after, T);
+        assert_eq!(again.rewound, whole.rewound, "{again:?}");
+        assert_eq!(again.recreated, 1, "p made again");
+        let c1 = again.rewrites.iter().find(|r| r.lease.shard_id == "c1");
+        assert_eq!(
+            c1.map(|r| r.seen),
+            Some(Some(8)),
+            "fenced on the interrupted write"
+        );
     }
 
     /// An `AT_TIMESTAMP` start after the time goes back to it; one before it stays.

@@ -74,8 +74,9 @@ pub struct LagScaling {
 /// - Down: halved (at least `packed`) only once the lag stayed at or under half the target for
 ///   the whole stabilization window, which then starts again: no flapping between the two
 ///   (the band between half the target and the target moves nothing and resets the window).
-/// - An unknown lag (no owner reports one, e.g. while leases move) moves nothing and keeps
-///   the window.
+/// - An unknown lag (no owner reports one, e.g. while leases move or pods crash) moves
+///   nothing and starts the window again: the workers are halved only after a whole window of
+///   lag seen low.
 pub fn lag_workers(i: &LagInputs) -> LagScaling {
     let hi = i.spread.max(1);
     let lo = i.packed.clamp(1, hi);
@@ -113,8 +114,7 @@ pub fn lag_workers(i: &LagInputs) -> LagScaling {
                 stay(Some(since))
             }
         }
-        Some(_) => stay(None),
-        None => stay(i.low_since_s),
+        Some(_) | None => stay(None),
     }
 }
 
@@ -215,13 +215,13 @@ mod tests {
             lag_workers(&at(430, 2, Some(0), Some(370), Some(370))).desired,
             1
         );
-        // Never under packed; an unknown lag keeps the window.
+        // Never under packed; an unknown lag starts the window again.
         assert_eq!(
             lag_workers(&at(999, 1, Some(0), Some(430), Some(430))).moved,
             None
         );
         let unknown = lag_workers(&at(500, 2, None, Some(430), Some(431)));
-        assert_eq!((unknown.desired, unknown.low_since_s), (2, Some(431)));
+        assert_eq!((unknown.desired, unknown.low_since_s), (2, None));
         // No decision yet: packed.
         let first = LagInputs {
             current: None,

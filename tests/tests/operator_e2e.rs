@@ -923,6 +923,7 @@ fn kubectl_kinesis(env: &TestEnv, args: &[&str]) -> Result<String> {
     );
     let out = std::process::Command::new(&env.kubectl)
         .env("KUBECONFIG", &env.kubeconfig)
+        .env("KUBECTL", &env.kubectl)
         .env("PATH", path)
         .arg("kinesis")
         .args(args)
@@ -978,8 +979,8 @@ async fn a_pause_releases_every_lease_and_a_resume_counts_exactly() -> Result<()
             },
         )
     };
-    // Every shard through the cluster: `kubectl kinesis status` (the plugin) reads a worker's
-    // /status through the API server's pod proxy.
+    // Every shard through the cluster: `kubectl kinesis status` (the plugin) runs
+    // `kinesis-worker status --json` in a worker container with `kubectl exec`.
     let status = kubectl_kinesis(&t.env, &["status", "counter", "-n", &t.ns])?;
     eprintln!("{status}");
     for shard in ["shardId-000000000000", "shardId-000000000001"] {

@@ -1,10 +1,7 @@
 //! The worker's two HTTP listeners.
 //!
 //! - The **admin port** (`--admin-address`, `0.0.0.0:8080` by default): `/metrics`, `/healthz`,
-//!   `/readyz`, `/drained` and `/status` (every shard of the application: state, owner,
-//!   checkpoint, lag, as JSON [`crate::status::ShardLine`]s; `kubectl kinesis status` reads it
-//!   through the API server's pod proxy; one ListShards and one Scan per [`STATUS_FOR`] at
-//!   most, however many ask). Nothing on it changes what the worker does: `/drained` only
+//!   `/readyz` and `/drained`. Nothing on it changes what the worker does: `/drained` only
 //!   *waits* for a drain that something else started, so a request from another pod cannot
 //!   stop consumption. A flood from another pod stays cheap: `/readyz` answers from one
 //!   health check of the app a second at most, and at most [`DRAINED_WAITERS`] `/drained`
@@ -81,67 +78,6 @@ struct AdminState {
     /// `/drained` long-polls at most [`DRAINED_WAITERS`] at once (the kubelet's preStop hook
     /// needs one); more are refused at once.
     waiters: Arc<tokio::sync::Semaphore>,
-    /// Where `/status` reads the stream.
-    status: Option<StatusSource>,
-    /// `/status`'s last answer and when it was made.
-    status_cache: Arc<tokio::sync::Mutex<Option<(std::time::Instant, String)>>>,
-}
-
-/// The stream `/status` lists (the lease table is the admin port's).
-#[derive(Clone, Debug)]
-pub struct StatusSource {
-    /// The worker's Kinesis client.
-    pub kinesis: aws_sdk_kinesis::Client,
-    /// The stream.
-    pub stream: crate::lease::discovery::StreamRef,
-}
-
-/// How long one `/status` answer serves.
-pub const STATUS_FOR: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// `GET /status`: every shard as JSON lines of [`crate::status::ShardLine`], from an answer
-/// at most [`STATUS_FOR`] old (one read at a time; concurrent callers share it).
-async fn status_page(
-    State(s): State<AdminState>,
-) -> (StatusCode, [(header::HeaderName, &'static str); 1], String) {
-    let json = [(header::CONTENT_TYPE, "application/json")];
-    let (Some(source), Some(table)) = (&s.status, &s.table) else {
-        return (
-            StatusCode::NOT_FOUND,
-            json,
-            "{\"error\":\"no lease table\"}".into(),
-        );
-    };
-    let mut last = s.status_cache.lock().await;
-    if let Some((at, body)) = &*last
-        && at.elapsed() < STATUS_FOR
-    {
-        return (StatusCode::OK, json, body.clone());
-    }
-    let shards = match crate::lease::discovery::list_shards(&source.kinesis, &source.stream).await {
-        Ok(s) => s,
-        Err(e) => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                json,
-                serde_json::json!({"error": e.to_string()}).to_string(),
-            );
-        }
-    };
-    let snapshot = match table.scan().await {
-        Ok(s) => s,
-        Err(e) => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                json,
-                serde_json::json!({"error": e.to_string()}).to_string(),
-            );
-        }
-    };
-    let views = crate::status::shard_views(&shards, &snapshot);
-    let body = serde_json::json!({ "shards": crate::status::lines(&views) }).to_string();
-    *last = Some((std::time::Instant::now(), body.clone()));
-    (StatusCode::OK, json, body)
 }
 
 /// How long one health answer of the app serves `/readyz`.
@@ -301,7 +237,6 @@ pub async fn serve(
     table: Option<LeaseTable>,
     app: Option<App>,
     drain_switch: Drain,
-    status: Option<StatusSource>,
 ) -> Result<Admin, AdminError> {
     if !local.ip().is_loopback() {
         return Err(AdminError::NotLoopback(local));
@@ -313,15 +248,12 @@ pub async fn serve(
         drain: drain_switch,
         ready: Arc::default(),
         waiters: Arc::new(tokio::sync::Semaphore::new(DRAINED_WAITERS)),
-        status,
-        status_cache: Arc::default(),
     };
     let public = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/drained", get(drained))
-        .route("/status", get(status_page))
         // The kubelet of Kubernetes 1.20 asks a preStop HTTP hook for "/" + its path, so
         // `//drained`: a 404 there would end the hook at once and stop the app before the
         // hand-over.

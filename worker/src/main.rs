@@ -88,6 +88,11 @@ enum Command {
         /// Stream name, or its ARN.
         #[arg(long, env = var::STREAM)]
         stream: String,
+        /// One JSON object, `{"shards": [{"shardId", "state", "owner", "checkpoint",
+        /// "lagMs", "stalled"}]}`, instead of the table (`kubectl kinesis status` reads it
+        /// with `kubectl exec` in a worker container).
+        #[arg(long)]
+        json: bool,
     },
     /// Print the KinesisApplication for an existing consumer's configuration
     /// (docs/MIGRATING.md): the manifest on stdout, every setting that has no equivalent on
@@ -693,10 +698,6 @@ async fn run_worker(settings: &AwsSettings, args: RunArgs) -> anyhow::Result<()>
         Some(table.clone()),
         Some(app.clone()),
         drain.clone(),
-        Some(admin::StatusSource {
-            kinesis: kinesis.clone(),
-            stream: stream.clone(),
-        }),
     )
     .await
     .context("starting the admin port")?;
@@ -895,7 +896,12 @@ async fn fan_out_consumer(
     Ok(Some(arn))
 }
 
-async fn status(settings: &AwsSettings, application: &str, stream: &str) -> anyhow::Result<String> {
+async fn status(
+    settings: &AwsSettings,
+    application: &str,
+    stream: &str,
+    json: bool,
+) -> anyhow::Result<String> {
     let sdk = settings.sdk_config().await;
     let table = LeaseTable::open(settings.dynamodb(&sdk), application, false)
         .await
@@ -906,6 +912,10 @@ async fn status(settings: &AwsSettings, application: &str, stream: &str) -> anyh
         .with_context(|| format!("listing the shards of `{stream}`"))?;
     let snapshot = table.scan().await?;
     let views = kinesis_worker::status::shard_views(&shards, &snapshot);
+    if json {
+        let lines = kinesis_worker::status::lines(&views);
+        return Ok(format!("{}\n", serde_json::json!({ "shards": lines })));
+    }
     let mut out = kinesis_worker::status::render(&views);
     let count =
         |st: kinesis_worker::status::ShardState| views.iter().filter(|v| v.state == st).count();
@@ -985,7 +995,8 @@ async fn run(malloc: kinesis_processor::malloc::Tuning) -> ExitCode {
         Command::Status {
             application,
             stream,
-        } => match status(&settings, &application, &stream).await {
+            json,
+        } => match status(&settings, &application, &stream, json).await {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS

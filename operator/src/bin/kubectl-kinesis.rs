@@ -9,17 +9,19 @@
 //! kubectl kinesis rewind NAME --to TIME [-n NS]     spec.rewind.toTimestamp = TIME (RFC 3339)
 //! ```
 //!
-//! `status` reads the application's object, then every shard from a running worker pod's
-//! admin port (`/status`) through the API server's pod proxy (the caller needs `get` on
-//! `pods/proxy` in the namespace, as `kubectl port-forward` needs its own); with no worker
-//! running (paused) it shows the operator's `status.shardStatus` (at most 20 shards).
+//! `status` reads the application's object, then every shard by running `kinesis-worker
+//! status --json` in a running worker container with `kubectl exec` (the caller needs
+//! `create` on `pods/exec` in the namespace; the worker reads with the pod's own AWS
+//! identity, and no port of the pod serves it to other pods); with no worker running
+//! (paused) it shows the operator's `status.shardStatus` (at most 20 shards). kubectl is
+//! `$KUBECTL`, else `kubectl` on the PATH.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use k8s_openapi::api::core::v1::Pod;
 use kinesis_lease::status::{ShardLine, render_lines};
 use kinesis_operator::crd::{KinesisApplication, labels};
-use kinesis_operator::deployment::ADMIN_PORT;
+use kinesis_operator::validate::WORKER_CONTAINER;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -197,8 +199,8 @@ fn from_object(app: &KinesisApplication) -> Vec<ShardLine> {
         .collect()
 }
 
-/// Every shard from a running worker pod's `/status`, through the API server's pod proxy;
-/// `None` when no worker pod runs.
+/// Every shard from `kinesis-worker status --json` in a running worker container (`kubectl
+/// exec`); `None` when no worker pod runs.
 async fn worker_status(client: &Client, ns: &str, name: &str) -> Result<Option<Vec<ShardLine>>> {
     let selector = labels(name)
         .iter()
@@ -219,17 +221,29 @@ async fn worker_status(client: &Client, ns: &str, name: &str) -> Result<Option<V
     let Some(pod) = running else {
         return Ok(None);
     };
-    let path = format!(
-        "/api/v1/namespaces/{ns}/pods/{}:{ADMIN_PORT}/proxy/status",
-        pod.name_any()
-    );
-    let req = http::Request::get(&path)
-        .body(Vec::new())
-        .context("the proxy request")?;
-    let text = client
-        .request_text(req)
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let out = tokio::process::Command::new(&kubectl)
+        .args([
+            "exec",
+            "-n",
+            ns,
+            &pod.name_any(),
+            "-c",
+            WORKER_CONTAINER,
+            "--",
+        ])
+        .args(["kinesis-worker", "status", "--json"])
+        .output()
         .await
-        .with_context(|| format!("GET {path}"))?;
+        .with_context(|| format!("running {kubectl}"))?;
+    if !out.status.success() {
+        bail!(
+            "kubectl exec {} -c {WORKER_CONTAINER} -- kinesis-worker status: {}",
+            pod.name_any(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
     #[derive(serde::Deserialize)]
     struct Page {
         shards: Vec<ShardLine>,

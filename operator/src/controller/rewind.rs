@@ -102,11 +102,11 @@ pub(super) async fn worker_pods(ctx: &Context, app: &KinesisApplication) -> Resu
         .collect::<Vec<_>>()
         .join(",");
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
-    Ok(pods
-        .list_metadata(&ListParams::default().labels(&selector))
-        .await?
-        .items
-        .len())
+    // A Failed (evicted) or Succeeded pod runs nothing, and may stay until it is collected.
+    let running = ListParams::default()
+        .labels(&selector)
+        .fields("status.phase!=Failed,status.phase!=Succeeded");
+    Ok(pods.list_metadata(&running).await?.items.len())
 }
 
 /// What a stream and table read for the rewind gave.
@@ -144,15 +144,8 @@ pub(super) async fn step(
     let retention = match retention_hours(input.aws, app).await {
         Ok(h) => h,
         Err(e) => {
-            return hold(
-                ctx,
-                app,
-                status,
-                &to,
-                format!("reading the stream's retention failed ({e}); retried"),
-                Duration::from_secs(10),
-            )
-            .await;
+            let message = format!("reading the stream's retention failed ({e}); retried");
+            return failing(ctx, app, status, &to, message).await;
         }
     };
     let to_ms = match check_time(&to, Timestamp::now().as_millisecond(), retention) {
@@ -203,16 +196,19 @@ pub(super) async fn step(
     }
     let done = match rewrite(input, to_ms).await {
         Ok(p) => p,
-        Err(e) => {
-            return hold(
-                ctx,
-                app,
-                status,
-                &to,
-                format!("{e}; retried"),
-                Duration::from_secs(10),
-            )
-            .await;
+        Err(Failed::Retry(e)) => {
+            return failing(ctx, app, status, &to, format!("{e}; retried")).await;
+        }
+        Err(Failed::Refuse(message)) => {
+            status.rewind = Some(RewindStatus {
+                to_timestamp: to,
+                phase: REFUSED.into(),
+                message: message.clone(),
+                shards_rewound: None,
+                finished_at: None,
+            });
+            event(ctx, app, EventType::Warning, "RewindRefused", message).await;
+            return Ok(Step::Go);
         }
     };
     let message = format!(
@@ -229,6 +225,9 @@ pub(super) async fn step(
         shards_rewound: Some(i32::try_from(done.rewound.len()).unwrap_or(i32::MAX)),
         finished_at: Some(now()),
     });
+    // Recorded before the workers start: a reconcile that fails after this does not rewind
+    // again.
+    patch_status(ctx, app, status).await?;
     event(
         ctx,
         app,
@@ -238,6 +237,44 @@ pub(super) async fn step(
     )
     .await;
     Ok(Step::Go)
+}
+
+/// A rewind step that failed: kept Stopping (the workers held at 0) and retried in 10 s; a
+/// Warning Event `RewindFailing` when the reason is a new one (AccessDenied, throttling…),
+/// so a rewind that cannot finish is seen (remove spec.rewind to start the workers again
+/// with nothing moved).
+async fn failing(
+    ctx: &Context,
+    app: &KinesisApplication,
+    status: &mut KinesisApplicationStatus,
+    to: &str,
+    message: String,
+) -> Result<Step, Error> {
+    let said = status
+        .rewind
+        .as_ref()
+        .is_some_and(|r| r.to_timestamp == to && r.message == message);
+    if !said {
+        event(
+            ctx,
+            app,
+            EventType::Warning,
+            "RewindFailing",
+            format!(
+                "{message}; the workers stay stopped until it succeeds or spec.rewind is removed"
+            ),
+        )
+        .await;
+    }
+    hold(ctx, app, status, to, message, Duration::from_secs(10)).await
+}
+
+/// Why a rewrite did not happen.
+enum Failed {
+    /// A call failed or a lease changed: try again.
+    Retry(String),
+    /// It cannot be done as the table is: refused.
+    Refuse(String),
 }
 
 /// Records a rewind still stopping (or retrying) with `message`, writes the status and
@@ -279,12 +316,20 @@ async fn retention_hours(aws: &AwsClients, app: &KinesisApplication) -> Result<i
 
 /// Reads the table and the stream, plans, and writes the plan: finished parents' `SHARD_END`
 /// leases first (so that nothing ever finds a rewound child without them), then the rest.
-async fn rewrite(input: Inputs<'_>, to_ms: i64) -> Result<RewindPlan, String> {
-    let snapshot = input
+async fn rewrite(input: Inputs<'_>, to_ms: i64) -> Result<RewindPlan, Failed> {
+    // Consistent (the workers' last checkpoints, written as they stopped), and bounded as
+    // the status scan is (a tenant's worker role can fill its own table with junk).
+    let (snapshot, report) = input
         .table
-        .scan_with(true)
+        .scan_bounded(true, &super::STATUS_SCAN)
         .await
-        .map_err(|e| format!("scanning the lease table failed ({e})"))?;
+        .map_err(|e| Failed::Retry(format!("scanning the lease table failed ({e})")))?;
+    if report.truncated || report.oversized > 0 {
+        return Err(Failed::Refuse(format!(
+            "the lease table holds more than the operator reads for a rewind ({} pages, {} bytes read, {} items over 128 KB): refused, nothing moved",
+            report.pages, report.bytes, report.oversized
+        )));
+    }
     // Owned values in the futures: the reconcile's future must be Send for any lifetime.
     let probe: Vec<String> = kinesis_lease::rewind::to_probe(input.shards, &snapshot.leases)
         .into_iter()
@@ -304,28 +349,31 @@ async fn rewrite(input: Inputs<'_>, to_ms: i64) -> Result<RewindPlan, String> {
             .buffer_unordered(CONCURRENCY)
             .try_collect()
             .await
-            .map_err(|e| format!("reading the stream at the time failed ({e})"))?;
+            .map_err(|e| Failed::Retry(format!("reading the stream at the time failed ({e})")))?;
     let done = plan(input.shards, &firsts, &snapshot.leases, to_ms);
-    let (first, rest): (Vec<Rewrite>, Vec<Rewrite>) =
-        done.rewrites.iter().cloned().partition(|r| {
-            r.seen.is_none()
-                && r.lease.checkpoint == kinesis_lease::checkpoint::Checkpoint::ShardEnd
-        });
-    for batch in [first, rest] {
+    // Parents before children: each depth lands before the next starts.
+    let deepest = done.rewrites.iter().map(|r| r.depth).max().unwrap_or(0);
+    for depth in 0..=deepest {
+        let batch: Vec<Rewrite> = done
+            .rewrites
+            .iter()
+            .filter(|r| r.depth == depth)
+            .cloned()
+            .collect();
         stream::iter(batch)
             .map(|r: Rewrite| {
                 let table = input.table.clone();
                 async move {
                     match table.rewrite_lease(&r.lease, r.seen).await {
                         Ok(true) => Ok(()),
-                        Ok(false) => Err(format!(
+                        Ok(false) => Err(Failed::Retry(format!(
                             "the lease of {} changed during the rewind (a worker still running against this table?)",
                             r.lease.shard_id
-                        )),
-                        Err(e) => Err(format!(
+                        ))),
+                        Err(e) => Err(Failed::Retry(format!(
                             "writing the lease of {} failed ({e})",
                             r.lease.shard_id
-                        )),
+                        ))),
                     }
                 }
             })
