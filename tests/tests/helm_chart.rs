@@ -967,7 +967,12 @@ async fn the_chart_runs_the_operator_under_its_own_rbac_upgrades_and_keeps_the_c
         "no",
         "the operator may not read Secrets"
     );
-    assert_eq!(can("list", "pods", Some(&ns))?, "no");
+    // Pods are only listed (a pause and a rewind wait until the worker pods are gone): not
+    // read one by one, not exec'd into, not deleted.
+    assert_eq!(can("list", "pods", Some(&ns))?, "yes");
+    assert_eq!(can("get", "pods", Some(&ns))?, "no");
+    assert_eq!(can("delete", "pods", Some(&ns))?, "no");
+    assert_eq!(can("create", "pods/exec", Some(&ns))?, "no");
     assert_eq!(can("patch", "deployments.apps", Some(&ns))?, "yes");
     assert_eq!(
         can(
