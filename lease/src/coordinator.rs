@@ -52,8 +52,10 @@ mod handles;
 mod heartbeat;
 mod peer;
 
+pub use assigned::ACT_CONCURRENCY;
 use handles::LeaseHandle;
 pub use handles::ShardLease;
+pub use heartbeat::FAST_BEATS;
 use heartbeat::{Beater, SelfLiveness};
 
 /// Settings of the coordinator.
@@ -359,6 +361,8 @@ struct Role {
     /// A finished lease has children without a lease yet: list the shards soon.
     need_sync: bool,
     last_sync: Option<Instant>,
+    /// The assigner's scan: in how many parallel segments (from the last scan's size).
+    scan_segments: u32,
 }
 
 /// How long an owner gives its record processor to finish a granted hand-over (the batch in

@@ -29,6 +29,8 @@ pub fn lease_key(shard: &str) -> String {
 #[derive(Debug, Default, Clone)]
 pub struct Observer {
     seen: HashMap<String, (u64, Instant, bool)>,
+    /// Scans observed whole ([`Observer::observe_scan`]).
+    scans: u64,
 }
 
 impl Observer {
@@ -79,9 +81,22 @@ impl Observer {
 
     /// Records one scan's liveness evidence (heartbeat counters, and lease counters for
     /// owners without a heartbeat item) as seen at `now`, and forgets keys that are gone.
+    ///
+    /// A heartbeat item that was not in this observer's previous scan and is in this one was
+    /// written in between: that counts as a change, a proof of life (a joining worker is a
+    /// receiver after one scan instead of two, the second of which may come after its
+    /// quick first beats). Not on the first scan, when every item is new to the observer:
+    /// a new assigner must still see each worker's heartbeat change.
     pub fn observe_scan(&mut self, snapshot: &TableSnapshot, now: Instant) {
+        let watching = self.scans > 0;
+        self.scans += 1;
         for hb in &snapshot.heartbeats {
-            self.observe(&heartbeat_key(&hb.worker_id), hb.counter, now);
+            let key = heartbeat_key(&hb.worker_id);
+            if watching && !self.seen.contains_key(&key) {
+                self.seen.insert(key, (hb.counter, now, true));
+            } else {
+                self.observe(&key, hb.counter, now);
+            }
         }
         for l in &snapshot.leases {
             self.observe(&lease_key(&l.shard_id), l.counter, now);
@@ -374,5 +389,40 @@ mod tests {
         // Only the live are judged.
         let (counted, receivers) = proven_alive(&scan(2), &o, &set(&["w2"]), "me", proof, at(0));
         assert_eq!((counted, receivers), (set(&["w2"]), set(&["w2"])));
+    }
+
+    #[test]
+    fn a_heartbeat_item_new_since_the_last_scan_is_a_proof_of_life_but_not_on_the_first_scan() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut o = Observer::new();
+        // A watch of the old assigner (not a scan) does not make the next scan a later one.
+        o.observe(&heartbeat_key("old"), 7, at(0));
+        let first = TableSnapshot {
+            leases: Vec::new(),
+            heartbeats: vec![beat("w1", 5, false)],
+        };
+        o.observe_scan(&first, at(0));
+        assert!(
+            !o.has_changed(&heartbeat_key("w1")),
+            "first sight on a first scan"
+        );
+        let second = TableSnapshot {
+            leases: Vec::new(),
+            heartbeats: vec![beat("w1", 5, false), beat("w2", 1, false)],
+        };
+        o.observe_scan(&second, at(1_000));
+        assert!(
+            o.has_changed(&heartbeat_key("w2")),
+            "written since the last scan"
+        );
+        assert!(!o.has_changed(&heartbeat_key("w1")), "unchanged");
+        // Its clock starts at that sight: stale only a failover time later.
+        assert!(!o.is_stale(&heartbeat_key("w2"), at(11_000), FAILOVER));
+        assert!(o.is_stale(&heartbeat_key("w2"), at(11_001), FAILOVER));
+        let live = set(&["me", "w1", "w2"]);
+        let proof = proof_time(Duration::from_secs(3), Duration::from_secs(1));
+        let (_, receivers) = proven_alive(&second, &o, &live, "me", proof, at(1_000));
+        assert_eq!(receivers, set(&["me", "w2"]));
     }
 }

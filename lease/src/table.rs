@@ -25,7 +25,7 @@ mod paging;
 mod tests;
 
 pub use codec::{bounded_key, item_size};
-pub use paging::{Admit, ScanBounds, ScanReport};
+pub use paging::{Admit, MAX_SCAN_SEGMENTS, ScanBounds, ScanReport, scan_segments};
 
 use codec::{Entry, Item, grant_value, n, s};
 use paging::{Decoded, Page, read_pages};
@@ -502,6 +502,49 @@ impl LeaseTable {
         consistent: bool,
         bounds: &ScanBounds,
     ) -> Result<(TableSnapshot, ScanReport), LeaseError> {
+        self.scan_segment(consistent, bounds, None).await
+    }
+
+    /// [`LeaseTable::scan_with`] as DynamoDB's parallel scan: `segments` scans at once, each
+    /// over its own part of the keys, merged (segment by segment). The same items and read
+    /// units as one scan, in about the time of one segment's pages instead of every page one
+    /// after another: at 10,000 leases (≈ 3.5 MB, 4 pages) ≈ 1 page's time
+    /// (`failover_sim`). Use [`scan_segments`] for how many.
+    ///
+    /// # Errors
+    /// As [`LeaseTable::scan_with`]: any segment failing fails the scan.
+    pub async fn scan_parallel(
+        &self,
+        consistent: bool,
+        segments: u32,
+    ) -> Result<(TableSnapshot, ScanReport), LeaseError> {
+        if segments <= 1 {
+            return self.scan_bounded(consistent, &ScanBounds::UNBOUNDED).await;
+        }
+        let total = i32::try_from(segments).unwrap_or(i32::MAX);
+        let scans = (0..total)
+            .map(|s| self.scan_segment(consistent, &ScanBounds::UNBOUNDED, Some((s, total))));
+        let mut snapshot = TableSnapshot::default();
+        let mut report = ScanReport::default();
+        for part in futures_util::future::join_all(scans).await {
+            let (s, r) = part?;
+            snapshot.leases.extend(s.leases);
+            snapshot.heartbeats.extend(s.heartbeats);
+            report.pages += r.pages;
+            report.bytes += r.bytes;
+            report.oversized += r.oversized;
+            report.truncated |= r.truncated;
+        }
+        Ok((snapshot, report))
+    }
+
+    /// One scan, of the whole table or of `segment` (its number, of how many).
+    async fn scan_segment(
+        &self,
+        consistent: bool,
+        bounds: &ScanBounds,
+        segment: Option<(i32, i32)>,
+    ) -> Result<(TableSnapshot, ScanReport), LeaseError> {
         let mut report = ScanReport::default();
         let this = self;
         let paged = read_pages(
@@ -514,6 +557,8 @@ impl LeaseTable {
                     .table_name(&this.name)
                     .consistent_read(consistent)
                     .set_limit(bounds.page_items)
+                    .set_segment(segment.map(|(s, _)| s))
+                    .set_total_segments(segment.map(|(_, n)| n))
                     .set_exclusive_start_key(start);
                 if let Some(attributes) = bounds.attributes {
                     let names: Vec<String> =

@@ -267,13 +267,24 @@ pub struct ConsumerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1000, max = 600000))]
     pub failover_time_ms: Option<i64>,
-    /// At most one checkpoint write per shard per this interval, in milliseconds (default
-    /// 60000); every hand-over, release and shutdown writes the last one anyway, so only the
-    /// successor of a crashed worker (or of a lease lost to failover) reads again what was
-    /// processed since.
+    /// A shard's acknowledged records are checkpointed at least this often, in milliseconds
+    /// (default 600000, 10 minutes), and sooner once `checkpointMaxRecords` records or
+    /// `checkpointMaxBytes` bytes were delivered since the last write; every hand-over,
+    /// release, shard end and shutdown writes the last one anyway, so only the successor of
+    /// a crashed worker (or of a lease lost to failover) reads again what was processed since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600000))]
     pub checkpoint_interval_ms: Option<i64>,
+    /// Records delivered since a shard's last checkpoint write that make the next one due
+    /// (default 60000: a minute of a shard at its write limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub checkpoint_max_records: Option<i64>,
+    /// Record bytes delivered since a shard's last checkpoint write that make the next one
+    /// due (default 60000000: a minute of a shard at its write limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub checkpoint_max_bytes: Option<i64>,
     /// Send a batch to `spec.delivery.onFailureDestination` after this many failed
     /// deliveries (needs it); unset retries forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]

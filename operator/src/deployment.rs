@@ -178,6 +178,8 @@ pub fn worker_settings(
         idle_time_ms: c.idle_time_between_reads_ms,
         failover_time_ms: c.failover_time_ms,
         checkpoint_interval_ms: c.checkpoint_interval_ms,
+        checkpoint_max_records: c.checkpoint_max_records,
+        checkpoint_max_bytes: c.checkpoint_max_bytes,
         max_attempts: c.max_attempts.map(i64::from),
         max_record_age_seconds: d.maximum_record_age_seconds,
         batch_size: d.batch_size.map(i64::from),

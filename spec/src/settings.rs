@@ -87,6 +87,10 @@ pub mod env {
     pub const FAILOVER_TIME_MS: &str = "FAILOVER_TIME_MS";
     /// Least time between two checkpoint writes of a shard.
     pub const CHECKPOINT_INTERVAL_MS: &str = "CHECKPOINT_INTERVAL_MS";
+    /// Records delivered since a shard's last checkpoint write that make the next one due.
+    pub const CHECKPOINT_MAX_RECORDS: &str = "CHECKPOINT_MAX_RECORDS";
+    /// Record bytes delivered since a shard's last checkpoint write that make the next one due.
+    pub const CHECKPOINT_MAX_BYTES: &str = "CHECKPOINT_MAX_BYTES";
     /// Failed deliveries before the on-failure destination.
     pub const MAX_ATTEMPTS: &str = "MAX_ATTEMPTS";
     /// Age past which records go to the on-failure destination.
@@ -131,6 +135,8 @@ pub mod env {
         IDLE_TIME_MS,
         FAILOVER_TIME_MS,
         CHECKPOINT_INTERVAL_MS,
+        CHECKPOINT_MAX_RECORDS,
+        CHECKPOINT_MAX_BYTES,
         MAX_ATTEMPTS,
         MAX_RECORD_AGE_SECONDS,
         BATCH_SIZE,
@@ -162,8 +168,15 @@ pub mod defaults {
     pub const IDLE_TIME_MS: i64 = 500;
     /// How long a silent worker is alive (milliseconds).
     pub const FAILOVER_TIME_MS: i64 = 10_000;
-    /// Least time between two checkpoint writes of a shard (milliseconds).
-    pub const CHECKPOINT_INTERVAL_MS: i64 = 60_000;
+    /// Longest time between two checkpoint writes of a shard with acknowledged records
+    /// (milliseconds): 10 minutes.
+    pub const CHECKPOINT_INTERVAL_MS: i64 = 600_000;
+    /// Records delivered since a shard's last checkpoint write that make the next one due:
+    /// what a shard takes in a minute at its write limit (1,000 records a second).
+    pub const CHECKPOINT_MAX_RECORDS: i64 = 60_000;
+    /// Record bytes delivered since a shard's last checkpoint write that make the next one
+    /// due: what a shard takes in a minute at its write limit (1 MB a second).
+    pub const CHECKPOINT_MAX_BYTES: i64 = 60_000_000;
     /// Failed deliveries before the on-failure destination: 0, retry forever.
     pub const MAX_ATTEMPTS: i64 = 0;
     /// Age past which records go to the on-failure destination: 0, no limit.
@@ -283,9 +296,15 @@ pub struct WorkerSettings {
     pub idle_time_ms: Option<i64>,
     /// A worker silent this long is dead, milliseconds ([`env::FAILOVER_TIME_MS`]).
     pub failover_time_ms: Option<i64>,
-    /// At most one checkpoint write per shard per this interval, milliseconds
+    /// A shard's acknowledged records are checkpointed at least this often, milliseconds
     /// ([`env::CHECKPOINT_INTERVAL_MS`]).
     pub checkpoint_interval_ms: Option<i64>,
+    /// ... or once this many records were delivered since the last write
+    /// ([`env::CHECKPOINT_MAX_RECORDS`]).
+    pub checkpoint_max_records: Option<i64>,
+    /// ... or once this many record bytes were delivered since the last write
+    /// ([`env::CHECKPOINT_MAX_BYTES`]).
+    pub checkpoint_max_bytes: Option<i64>,
     /// Failed deliveries before a batch goes to the on-failure destination; 0 retries
     /// forever ([`env::MAX_ATTEMPTS`]).
     pub max_attempts: Option<i64>,
@@ -346,6 +365,8 @@ impl WorkerSettings {
             idle_time_ms,
             failover_time_ms,
             checkpoint_interval_ms,
+            checkpoint_max_records,
+            checkpoint_max_bytes,
             max_attempts,
             max_record_age_seconds,
             batch_size,
@@ -387,6 +408,8 @@ impl WorkerSettings {
             (env::IDLE_TIME_MS, number(idle_time_ms)),
             (env::FAILOVER_TIME_MS, number(failover_time_ms)),
             (env::CHECKPOINT_INTERVAL_MS, number(checkpoint_interval_ms)),
+            (env::CHECKPOINT_MAX_RECORDS, number(checkpoint_max_records)),
+            (env::CHECKPOINT_MAX_BYTES, number(checkpoint_max_bytes)),
             (env::MAX_ATTEMPTS, number(max_attempts)),
             (env::MAX_RECORD_AGE_SECONDS, number(max_record_age_seconds)),
             (env::BATCH_SIZE, number(batch_size)),
@@ -430,6 +453,12 @@ impl WorkerSettings {
             checkpoint_interval_ms: self
                 .checkpoint_interval_ms
                 .or(Some(defaults::CHECKPOINT_INTERVAL_MS)),
+            checkpoint_max_records: self
+                .checkpoint_max_records
+                .or(Some(defaults::CHECKPOINT_MAX_RECORDS)),
+            checkpoint_max_bytes: self
+                .checkpoint_max_bytes
+                .or(Some(defaults::CHECKPOINT_MAX_BYTES)),
             max_attempts: self.max_attempts.or(Some(defaults::MAX_ATTEMPTS)),
             max_record_age_seconds: self
                 .max_record_age_seconds
@@ -490,6 +519,8 @@ mod tests {
             idle_time_ms: None,
             failover_time_ms: None,
             checkpoint_interval_ms: None,
+            checkpoint_max_records: None,
+            checkpoint_max_bytes: None,
             max_attempts: None,
             max_record_age_seconds: None,
             batch_size: None,

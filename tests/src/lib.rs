@@ -15,6 +15,7 @@ pub mod faults;
 pub mod fixtures;
 pub mod fleet;
 pub mod iam;
+pub mod lease_model;
 pub mod pipeline;
 pub mod process;
 pub mod reading;

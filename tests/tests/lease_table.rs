@@ -659,3 +659,52 @@ async fn a_stale_grant_never_counts_for_a_later_request() -> Result<()> {
     assert!(matches!(err, LeaseError::LeaseLost { .. }), "{err}");
     Ok(())
 }
+
+/// Issue 30, item 4: the assigner's parallel scan reads every item once. 60 leases and
+/// 5 heartbeats scanned in 1, 4 and 16 segments (more segments than some have items): the
+/// same leases and heartbeats as one scan, none twice, and the read units' bytes the same.
+#[tokio::test]
+async fn a_parallel_scan_reads_every_item_once_whatever_the_segments() -> Result<()> {
+    let (t, _) = table().await?;
+    for i in 0..60 {
+        t.create_lease(&Lease::new(
+            format!("shardId-{i:012}"),
+            Checkpoint::TrimHorizon,
+            Vec::new(),
+        ))
+        .await?;
+    }
+    for w in 0..5 {
+        t.heartbeat(&Heartbeat {
+            worker_id: format!("pod-{w}"),
+            counter: 1,
+            draining: false,
+            lag: Default::default(),
+            coordination: Some("assigner".into()),
+            stalled: Default::default(),
+        })
+        .await?;
+    }
+    let keys = |s: &kinesis_worker::lease::model::TableSnapshot| {
+        let mut l: Vec<String> = s.leases.iter().map(|l| l.shard_id.clone()).collect();
+        let mut h: Vec<String> = s.heartbeats.iter().map(|h| h.worker_id.clone()).collect();
+        l.sort();
+        h.sort();
+        (l, h)
+    };
+    let (one, one_report) = t.scan_parallel(true, 1).await?;
+    assert_eq!(one.leases.len(), 60);
+    assert_eq!(one.heartbeats.len(), 5);
+    for segments in [4, 16] {
+        let (many, report) = t.scan_parallel(true, segments).await?;
+        assert_eq!(
+            many.leases.len(),
+            60,
+            "{segments} segments: a lease twice or missing"
+        );
+        assert_eq!(many.heartbeats.len(), 5, "{segments} segments");
+        assert_eq!(keys(&many), keys(&one), "{segments} segments");
+        assert_eq!(report.bytes, one_report.bytes, "{segments} segments");
+    }
+    Ok(())
+}

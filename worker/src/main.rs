@@ -17,7 +17,7 @@ use kinesis_worker::lease::coordinator::{
 use kinesis_worker::lease::discovery::StreamRef;
 use kinesis_worker::lease::table::LeaseTable;
 use kinesis_worker::metrics::Metrics;
-use kinesis_worker::pipeline::{App, Pipeline, PipelineConfig};
+use kinesis_worker::pipeline::{App, CheckpointPolicy, Pipeline, PipelineConfig};
 use kinesis_worker::preflight;
 use kinesis_worker::records::wire::WireFormat;
 use std::sync::atomic::Ordering;
@@ -189,12 +189,20 @@ struct RunArgs {
     /// that send none, such as kinesis-mock): one listing per worker per interval.
     #[arg(long, env = "FAN_OUT_END_CHECK_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     fan_out_end_check_ms: u64,
-    /// At most one checkpoint write per shard per this interval (milliseconds; KCL's sample
-    /// apps checkpoint every 60 s); flushed on every hand-over, lease release, shard end and
-    /// shutdown anyway, so only a crash (or a lease lost to failover) redelivers what was
-    /// acknowledged since.
-    #[arg(long, env = var::CHECKPOINT_INTERVAL_MS, default_value_t = 60_000)]
+    /// A shard's acknowledged records are checkpointed at least this often (milliseconds),
+    /// and sooner once `--checkpoint-max-records` records or `--checkpoint-max-bytes` bytes
+    /// were delivered since its last write; flushed on every hand-over, lease release, shard
+    /// end and shutdown anyway, so only a crash (or a lease lost to failover) redelivers what
+    /// was acknowledged since: at most a minute of a shard at its write limits, and at most
+    /// this interval.
+    #[arg(long, env = var::CHECKPOINT_INTERVAL_MS, default_value_t = 600_000)]
     checkpoint_interval_ms: u64,
+    /// Records delivered since a shard's last checkpoint write that make the next one due.
+    #[arg(long, env = var::CHECKPOINT_MAX_RECORDS, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_max_records: u64,
+    /// Record bytes delivered since a shard's last checkpoint write that make the next one due.
+    #[arg(long, env = var::CHECKPOINT_MAX_BYTES, default_value_t = 60_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_max_bytes: u64,
     /// The longest the app may take to answer one call (Initialize, ProcessRecords,
     /// ShardEnded; milliseconds). A call past it is cancelled and counts as a failed
     /// attempt (retried, then the failure policy), so a hung app holds its shard for at
@@ -540,6 +548,14 @@ fn settings_of(aws: &AwsSettings, args: &RunArgs) -> anyhow::Result<contract::Wo
             var::CHECKPOINT_INTERVAL_MS,
             args.checkpoint_interval_ms,
         )?),
+        checkpoint_max_records: Some(number(
+            var::CHECKPOINT_MAX_RECORDS,
+            args.checkpoint_max_records,
+        )?),
+        checkpoint_max_bytes: Some(number(
+            var::CHECKPOINT_MAX_BYTES,
+            args.checkpoint_max_bytes,
+        )?),
         max_attempts: Some(i64::from(args.max_attempts)),
         max_record_age_seconds: Some(number(
             var::MAX_RECORD_AGE_SECONDS,
@@ -803,7 +819,11 @@ fn pipeline_config(
     pipeline_config.reader.fan_out_end_check = Duration::from_millis(args.fan_out_end_check_ms);
     pipeline_config.read_pace.bytes_per_second =
         (args.read_kb_per_second > 0).then(|| args.read_kb_per_second * 1_000);
-    pipeline_config.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
+    pipeline_config.checkpoint = CheckpointPolicy {
+        interval: Duration::from_millis(args.checkpoint_interval_ms),
+        max_records: args.checkpoint_max_records,
+        max_bytes: args.checkpoint_max_bytes,
+    };
     pipeline_config.app_call_timeout = Duration::from_millis(args.app_call_timeout_ms);
     pipeline_config.max_attempts = (args.max_attempts > 0).then_some(args.max_attempts);
     pipeline_config.bisect_on_error = args.bisect_on_error;

@@ -127,7 +127,7 @@ impl Beater {
 
 /// A worker's first heartbeats come this many (minus one) half scan intervals apart, before
 /// the regular interval: three extra writes per start.
-const FAST_BEATS: u64 = 4;
+pub const FAST_BEATS: u64 = 4;
 
 #[cfg(test)]
 mod tests {

@@ -199,6 +199,20 @@ pub(super) fn first_report(reported: &Mutex<HashSet<String>>, key: &str) -> bool
         .unwrap_or(true)
 }
 
+/// Most segments of a parallel scan.
+pub const MAX_SCAN_SEGMENTS: u32 = 16;
+
+/// How many segments to scan a table of `bytes` in (as the last scan found it): one per
+/// 1 MB page it takes, so each segment is about one page, at least 1 and at most
+/// [`MAX_SCAN_SEGMENTS`]. Costs nothing: the same items are read, the read units are the
+/// same (rounded up to 4 KB per segment's page, not per page of one scan).
+pub fn scan_segments(bytes: usize) -> u32 {
+    let pages = bytes.div_ceil(1 << 20);
+    u32::try_from(pages)
+        .unwrap_or(MAX_SCAN_SEGMENTS)
+        .clamp(1, MAX_SCAN_SEGMENTS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,5 +404,14 @@ mod tests {
         assert!(first_report(&reported, "k1"));
         assert!(!first_report(&reported, "k1"));
         assert!(first_report(&reported, "k2"));
+    }
+
+    #[test]
+    fn a_table_is_scanned_in_a_segment_per_page_it_takes() {
+        assert_eq!(scan_segments(0), 1);
+        assert_eq!(scan_segments(900_000), 1);
+        // 10,000 leases of ≈ 330 B and 500 heartbeats: 4 pages.
+        assert_eq!(scan_segments(3_600_000), 4);
+        assert_eq!(scan_segments(100 << 20), MAX_SCAN_SEGMENTS);
     }
 }

@@ -24,13 +24,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::AttributeValue;
+use kinesis_operator_tests::lease_model::{MONTH, RRU_PRICE, Shapes, Units, WRU_PRICE, cost};
 use kinesis_worker::lease::assign::{self, AssignerSettings, HeldState, OwnedLease, Watch};
 use kinesis_worker::lease::checkpoint::Checkpoint;
 use kinesis_worker::lease::handoff;
 use kinesis_worker::lease::liveness::{Observer, heartbeat_key};
 use kinesis_worker::lease::model::{Heartbeat, Lease, TableSnapshot};
-use kinesis_worker::lease::table::item_size;
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
@@ -38,11 +37,6 @@ type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 const FAILOVER: f64 = 10.0;
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_MOVES: usize = 16;
-/// On-demand prices, us-east-1: dollars per million read / write request units.
-const RRU_PRICE: f64 = 0.125;
-const WRU_PRICE: f64 = 0.625;
-const MONTH: f64 = 30.0 * 24.0 * 3600.0;
-
 struct Opts {
     shards: usize,
     workers: usize,
@@ -80,106 +74,6 @@ fn opts() -> Result<Opts> {
         }
     }
     Ok(o)
-}
-
-/// Request units, counted as DynamoDB bills them.
-#[derive(Default, Clone, Copy)]
-struct Units {
-    /// Read units × 2 (an eventually consistent read of ≤ 4 KB is 1).
-    read_half: u64,
-    write: u64,
-    index: u64,
-}
-
-impl Units {
-    fn read(&mut self, bytes: usize, consistent: bool) {
-        let u = bytes.div_ceil(4096).max(1) as u64;
-        self.read_half += if consistent { 2 * u } else { u };
-    }
-    fn write(&mut self, bytes: usize, index: u64) {
-        self.write += bytes.div_ceil(1024).max(1) as u64;
-        self.index += index;
-    }
-    fn minus(self, o: Units) -> Units {
-        Units {
-            read_half: self.read_half - o.read_half,
-            write: self.write - o.write,
-            index: self.index - o.index,
-        }
-    }
-}
-
-/// Item shapes as the worker writes them.
-struct Shapes {
-    bench: bool,
-}
-
-impl Shapes {
-    fn worker_id(&self, i: usize) -> String {
-        if self.bench {
-            format!("w{i}")
-        } else {
-            // A Deployment's pod name.
-            format!("kinesis-worker-7d9f8c6b5-{i:05}")
-        }
-    }
-
-    fn lease_item(&self, l: &Lease) -> usize {
-        let s = |v: &str| AttributeValue::S(v.to_string());
-        let n = |v: u64| AttributeValue::N(v.to_string());
-        let mut item: HashMap<String, AttributeValue> = HashMap::new();
-        item.insert("leaseKey".into(), s(&l.shard_id));
-        item.insert("leaseCounter".into(), n(l.counter));
-        let cp = if self.bench {
-            "TRIM_HORIZON".to_string()
-        } else {
-            // A sequence number: 56 digits.
-            "4959".to_string() + &"0".repeat(52)
-        };
-        item.insert("checkpoint".into(), s(&cp));
-        item.insert("checkpointSubSequenceNumber".into(), n(0));
-        item.insert("ownerSwitchesSinceCheckpoint".into(), n(1));
-        item.insert("startingHashKey".into(), s(&"1".repeat(38)));
-        item.insert("endingHashKey".into(), s(&"2".repeat(38)));
-        if let Some(o) = &l.owner {
-            item.insert("leaseOwner".into(), s(o));
-        }
-        if let Some(h) = &l.handoff_to {
-            item.insert("koHandoffTo".into(), s(h));
-        }
-        if l.assigned {
-            item.insert("koAssigned".into(), AttributeValue::Bool(true));
-        }
-        item_size(&item)
-    }
-
-    fn index_entry(&self, l: &Lease) -> usize {
-        let owner = l.owner.as_deref().unwrap_or("");
-        "leaseKey".len()
-            + l.shard_id.len()
-            + "leaseOwner".len()
-            + owner.len()
-            + "leaseCounter".len()
-            + 4
-            + l.handoff_to
-                .as_ref()
-                .map_or(0, |h| "koHandoffTo".len() + h.len())
-    }
-
-    fn heartbeat_item(&self, worker: &str, shards: usize) -> usize {
-        "leaseKey".len()
-            + "kinesis-operator:worker:".len()
-            + worker.len()
-            + "koWorkerId".len()
-            + worker.len()
-            + "koHeartbeat".len()
-            + 8
-            + "koDraining".len()
-            + 1
-            + "koLag".len()
-            // lease_bench has no record pipeline, so no lag to report.
-            + if self.bench { 0 } else { shards * ("shardId-000000000000".len() + 8) }
-    }
 }
 
 struct Worker {
@@ -543,12 +437,6 @@ impl Sim {
         }
         Ok(self.t - t0)
     }
-}
-
-fn cost(u: Units, secs: f64) -> (f64, f64, f64) {
-    let rru = u.read_half as f64 / 2.0 / secs;
-    let wru = (u.write + u.index) as f64 / secs;
-    (rru, wru, (rru * RRU_PRICE + wru * WRU_PRICE) * MONTH / 1e6)
 }
 
 fn main() -> Result<()> {

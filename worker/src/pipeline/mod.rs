@@ -20,9 +20,10 @@
 //!   [`policy`]).
 //! - Nothing beyond what the app acknowledged and asked to checkpoint is checkpointed
 //!   (the one rule: [`progress`]);
-//!   checkpoint writes are coalesced to one per shard per `checkpoint_interval` and flushed
-//!   before a lease is handed over or released. A restart therefore redelivers at most what
-//!   was acknowledged since the last write, never less than everything unacknowledged.
+//!   checkpoint writes are coalesced ([`CheckpointPolicy`]: due after its interval, or after
+//!   so many records or bytes) and flushed before a lease is handed over or released. A
+//!   restart therefore redelivers at most what was acknowledged since the last write, never
+//!   less than everything unacknowledged.
 //! - Records are delivered only while [`ShardLease::is_valid`] holds: a worker that lost its
 //!   lease (or cannot confirm its own heartbeat) stops before anyone else may take over.
 //! - Every app call has a deadline (`app_call_timeout`; `shutdown_call_timeout` for
@@ -90,8 +91,9 @@ pub struct PipelineConfig {
     /// How a shard's GetRecords calls are spaced: Kinesis's 5 calls and 2 MB a second per
     /// shard ([`pace`]).
     pub read_pace: pace::ReadPace,
-    /// At most one checkpoint write per shard per this interval.
-    pub checkpoint_interval: Duration,
+    /// When a shard's checkpoint write is due (besides hand-overs, releases, shard ends and
+    /// shutdowns, which always write).
+    pub checkpoint: CheckpointPolicy,
     /// Hand a batch to `destination` after this many failed deliveries; `None` (or no
     /// destination): retry forever, skipping nothing.
     pub max_attempts: Option<u32>,
@@ -134,6 +136,47 @@ pub struct PipelineConfig {
     pub clock: crate::clock::KinesisClock,
 }
 
+/// When a shard's acknowledged records are written as its checkpoint: one `UpdateItem` of
+/// the lease item (a DynamoDB write unit) per write, so the policy is the bill.
+///
+/// # Guarantees
+/// A write is due once `interval` has passed since the last one, or once `max_records`
+/// records or `max_bytes` record bytes were delivered since: what a crash (or a lease lost
+/// to failover) can make the next owner deliver again is bounded by all three. With the
+/// defaults (10 minutes, 60,000 records, 60 MB: a minute of a shard at its write limits) a
+/// shard at its limits writes once a minute, as KCL's sample apps do, and a shard at a
+/// tenth of them once every 10 minutes: the cost follows the traffic. Hand-overs,
+/// releases, shard ends and shutdowns write whatever is acknowledged, due or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    /// Longest time between two writes of a shard with acknowledged records.
+    pub interval: Duration,
+    /// Records delivered since the last write that make the next one due.
+    pub max_records: u64,
+    /// Record bytes delivered since the last write that make the next one due.
+    pub max_bytes: u64,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(600),
+            max_records: 60_000,
+            max_bytes: 60_000_000,
+        }
+    }
+}
+
+impl CheckpointPolicy {
+    /// Is a write due, `since` after the last one (`None`: none yet, the first is written at
+    /// once) with `records` records of `bytes` bytes delivered since?
+    pub fn due(&self, since: Option<Duration>, records: u64, bytes: u64) -> bool {
+        since.is_none_or(|t| t >= self.interval)
+            || records >= self.max_records
+            || bytes >= self.max_bytes
+    }
+}
+
 impl PipelineConfig {
     /// Defaults for `stream`.
     pub fn new(
@@ -151,7 +194,7 @@ impl PipelineConfig {
             idle_time: Duration::from_millis(500),
             idle_time_max: Duration::from_millis(1000),
             read_pace: pace::ReadPace::default(),
-            checkpoint_interval: Duration::from_secs(60),
+            checkpoint: CheckpointPolicy::default(),
             max_attempts: None,
             destination: None,
             bisect_on_error: false,
@@ -328,5 +371,28 @@ impl Pipeline {
         });
         self.tasks.insert(shard.clone(), handle);
         self.shards.insert(shard, tx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_is_due_by_time_or_by_volume_whichever_comes_first() {
+        let p = CheckpointPolicy::default();
+        let s = Duration::from_secs;
+        // The first write at once.
+        assert!(p.due(None, 0, 0));
+        // A quiet shard: only after the interval.
+        assert!(!p.due(Some(s(599)), 10, 1_000));
+        assert!(p.due(Some(s(600)), 1, 10));
+        // A shard at its write limits (1,000 records, 1 MB a second): after a minute.
+        assert!(!p.due(Some(s(59)), 59_000, 59_000_000));
+        assert!(p.due(Some(s(60)), 60_000, 60_000_000));
+        // Small records: the record bound; large ones: the byte bound.
+        assert!(p.due(Some(s(1)), 60_000, 100));
+        assert!(p.due(Some(s(1)), 10, 60_000_000));
+        assert!(!p.due(Some(s(1)), 59_999, 59_999_999));
     }
 }

@@ -175,6 +175,8 @@ struct Delivery {
     /// checkpoint rule ([`Progress`]).
     progress: Progress,
     last_write: Option<Instant>,
+    /// Records and their bytes delivered since the last checkpoint write.
+    since_write: (u64, u64),
     deferred: Option<Control>,
     /// The lease's fencing token (owner, counter): fixed while this task owns the lease (the
     /// counter changes only with the owner), so it is read once, not per batch.
@@ -201,6 +203,7 @@ impl ShardTask {
             shard: self.lease.shard_id.clone(),
             progress: Progress::new(self.lease.checkpoint.clone()),
             last_write: None,
+            since_write: (0, 0),
             deferred: None,
             fencing: self.lease.fencing_token().await,
             ledger: Arc::new(Ledger::new()),
@@ -234,7 +237,7 @@ impl ShardTask {
             d.ledger.clone(),
         ));
         let _abort = AbortOnDrop(reading);
-        let mut tick = tokio::time::interval(self.config.checkpoint_interval);
+        let mut tick = tokio::time::interval(self.config.checkpoint.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Some(c) = d.deferred.take() {
@@ -319,6 +322,9 @@ impl ShardTask {
         self.gather(d, &mut batch, rx, control).await;
         if d.deferred.is_none() {
             let records = std::mem::take(&mut batch.records);
+            let bytes: usize = records.iter().map(|r| r.data.len()).sum();
+            d.since_write.0 += records.len() as u64;
+            d.since_write.1 += bytes as u64;
             let flow = self
                 .deliver(d, records, batch.millis_behind_latest, control)
                 .await;
@@ -343,7 +349,7 @@ impl ShardTask {
     /// Then the checkpoint is written when it is due.
     async fn on_tick(&self, d: &mut Delivery, control: &mut mpsc::Receiver<Control>) -> Next {
         if d.progress.delivered().is_some()
-            && d.last_call.elapsed() >= self.config.checkpoint_interval
+            && d.last_call.elapsed() >= self.config.checkpoint.interval
             && self.lease.is_valid()
         {
             d.last_call = Instant::now();
@@ -625,9 +631,12 @@ impl ShardTask {
         let Some(p) = d.progress.to_write().cloned() else {
             return Flow::Continue;
         };
+        let (records, bytes) = d.since_write;
         if !now
-            && d.last_write
-                .is_some_and(|t| t.elapsed() < self.config.checkpoint_interval)
+            && !self
+                .config
+                .checkpoint
+                .due(d.last_write.map(|t| t.elapsed()), records, bytes)
         {
             return Flow::Continue;
         }
@@ -636,6 +645,7 @@ impl ShardTask {
                 self.metrics.checkpoints_written.inc();
                 d.progress.written(&p);
                 d.last_write = Some(Instant::now());
+                d.since_write = (0, 0);
                 Flow::Continue
             }
             Err(LeaseError::LeaseLost { .. }) => Flow::Lost,

@@ -198,6 +198,7 @@ impl ShardTask {
                 shard: d.shard.clone(),
                 progress: lanes.lane(&d.progress, i),
                 last_write: None,
+                since_write: (0, 0),
                 deferred: None,
                 fencing: d.fencing.clone(),
                 ledger: d.ledger.clone(),
