@@ -29,9 +29,22 @@ pub fn lease_key(shard: &str) -> String {
 #[derive(Debug, Default, Clone)]
 pub struct Observer {
     seen: HashMap<String, (u64, Instant, bool)>,
-    /// Scans observed whole ([`Observer::observe_scan`]).
-    scans: u64,
+    /// When the last scan was observed whole ([`Observer::observe_scan`]).
+    last_scan: Option<Instant>,
+    /// Heartbeat keys a scan no longer showed (deleted items): their last value, and when
+    /// they went. An eventually consistent read may still return a deleted item for a
+    /// moment; seen again unchanged, it is not new.
+    gone: HashMap<String, (u64, Instant)>,
 }
+
+/// A heartbeat item new since the previous scan is a proof of life only if that scan was
+/// at most this long ago: it was written since, so its worker was alive within this time.
+/// Longer (a worker that was not scanning, e.g. the assigner again after a term as a
+/// follower, or a run of failed scans), the item may be old: a change must be seen.
+pub const FIRST_SIGHT_WITHIN: Duration = Duration::from_secs(5);
+
+/// How long a deleted heartbeat's last value is remembered (see `Observer::gone`).
+const GONE_KEPT: Duration = Duration::from_secs(60);
 
 impl Observer {
     /// An observer that has seen nothing.
@@ -85,14 +98,24 @@ impl Observer {
     /// A heartbeat item that was not in this observer's previous scan and is in this one was
     /// written in between: that counts as a change, a proof of life (a joining worker is a
     /// receiver after one scan instead of two, the second of which may come after its
-    /// quick first beats). Not on the first scan, when every item is new to the observer:
-    /// a new assigner must still see each worker's heartbeat change.
+    /// quick first beats). Only when the previous scan was at most [`FIRST_SIGHT_WITHIN`]
+    /// ago, so never on an observer's first scan (a new assigner must still see each
+    /// worker's heartbeat change), nor after a gap; and not for a deleted item returned
+    /// again unchanged by an eventually consistent read.
     pub fn observe_scan(&mut self, snapshot: &TableSnapshot, now: Instant) {
-        let watching = self.scans > 0;
-        self.scans += 1;
+        let watching = self
+            .last_scan
+            .is_some_and(|t| now.saturating_duration_since(t) <= FIRST_SIGHT_WITHIN);
+        self.last_scan = Some(now);
+        self.gone
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) <= GONE_KEPT);
         for hb in &snapshot.heartbeats {
             let key = heartbeat_key(&hb.worker_id);
-            if watching && !self.seen.contains_key(&key) {
+            let back_unchanged = self
+                .gone
+                .get(&key)
+                .is_some_and(|(counter, _)| *counter == hb.counter);
+            if watching && !back_unchanged && !self.seen.contains_key(&key) {
                 self.seen.insert(key, (hb.counter, now, true));
             } else {
                 self.observe(&key, hb.counter, now);
@@ -107,8 +130,17 @@ impl Observer {
             .map(|h| heartbeat_key(&h.worker_id))
             .chain(snapshot.leases.iter().map(|l| lease_key(&l.shard_id)))
             .collect();
+        for (key, (counter, _, _)) in &self.seen {
+            if !present.contains(key) && snapshot_key_is_heartbeat(key) {
+                self.gone.insert(key.clone(), (*counter, now));
+            }
+        }
         self.retain(|k| present.contains(k));
     }
+}
+
+fn snapshot_key_is_heartbeat(key: &str) -> bool {
+    !key.starts_with("lease:")
 }
 
 /// The live workers (alive and not draining; `me` unless it drains) and every lease's state,
@@ -424,5 +456,41 @@ mod tests {
         let proof = proof_time(Duration::from_secs(3), Duration::from_secs(1));
         let (_, receivers) = proven_alive(&second, &o, &live, "me", proof, at(1_000));
         assert_eq!(receivers, set(&["me", "w2"]));
+
+        // w2's item deleted (its worker died, the cleanup removed it); an eventually
+        // consistent scan returns it again unchanged: not written since, no proof.
+        let mut o2 = o.clone();
+        o2.observe_scan(&first, at(2_000));
+        o2.observe_scan(&second, at(3_000));
+        assert!(
+            !o2.has_changed(&heartbeat_key("w2")),
+            "a deleted item back unchanged"
+        );
+        // Back with a new counter: written since.
+        let third = TableSnapshot {
+            leases: Vec::new(),
+            heartbeats: vec![beat("w1", 5, false), beat("w2", 9, false)],
+        };
+        o2.observe_scan(&first, at(4_000));
+        o2.observe_scan(&third, at(5_000));
+        assert!(
+            o2.has_changed(&heartbeat_key("w2")),
+            "back with a new counter"
+        );
+
+        // A scan after a gap (this worker was not the assigner for a while): an item new to
+        // it may be old, its worker dead: no proof until it changes.
+        let fourth = TableSnapshot {
+            leases: Vec::new(),
+            heartbeats: vec![beat("w1", 5, false), beat("w3", 1, false)],
+        };
+        o.observe_scan(
+            &fourth,
+            at(1_000) + FIRST_SIGHT_WITHIN + Duration::from_millis(1),
+        );
+        assert!(
+            !o.has_changed(&heartbeat_key("w3")),
+            "first sight after a gap"
+        );
     }
 }

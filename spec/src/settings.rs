@@ -85,7 +85,7 @@ pub mod env {
     pub const IDLE_TIME_MS: &str = "IDLE_TIME_MS";
     /// How long a silent worker is alive.
     pub const FAILOVER_TIME_MS: &str = "FAILOVER_TIME_MS";
-    /// Least time between two checkpoint writes of a shard.
+    /// Longest time between two checkpoint writes of a shard with acknowledged records.
     pub const CHECKPOINT_INTERVAL_MS: &str = "CHECKPOINT_INTERVAL_MS";
     /// Records delivered since a shard's last checkpoint write that make the next one due.
     pub const CHECKPOINT_MAX_RECORDS: &str = "CHECKPOINT_MAX_RECORDS";

@@ -237,7 +237,11 @@ impl ShardTask {
             d.ledger.clone(),
         ));
         let _abort = AbortOnDrop(reading);
-        let mut tick = tokio::time::interval(self.config.checkpoint.interval);
+        // A tenth of the interval (at least 100 ms): a shard gone quiet writes its checkpoint
+        // about an interval after its last write, not up to two.
+        let mut tick = tokio::time::interval(
+            (self.config.checkpoint.interval / 10).max(Duration::from_millis(100)),
+        );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Some(c) = d.deferred.take() {
@@ -626,7 +630,7 @@ impl ShardTask {
         }
     }
 
-    /// Writes the wanted checkpoint if the interval has passed (or `now`).
+    /// Writes the wanted checkpoint if a write is due ([`super::CheckpointPolicy::due`]), or `now`.
     async fn flush(&self, d: &mut Delivery, now: bool) -> Flow {
         let Some(p) = d.progress.to_write().cloned() else {
             return Flow::Continue;
@@ -651,8 +655,11 @@ impl ShardTask {
             Err(LeaseError::LeaseLost { .. }) => Flow::Lost,
             Err(e) => {
                 self.metrics.checkpoint_errors.inc();
-                tracing::warn!(shard = %d.shard, error = %e, "checkpoint write failed; retrying at the next interval");
+                tracing::warn!(shard = %d.shard, error = %e, "checkpoint write failed; retrying when the next one is due");
+                // As if written: the next try when another interval passed or another bound's
+                // worth of records came, not at every batch (a throttled table is not hammered).
                 d.last_write = Some(Instant::now());
+                d.since_write = (0, 0);
                 Flow::Continue
             }
         }
