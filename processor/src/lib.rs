@@ -285,6 +285,7 @@ impl v1::Checkpoint {
     pub fn all_delivered() -> Self {
         Self {
             target: Some(v1::checkpoint::Target::AllDelivered(v1::AllDelivered {})),
+            write_now: false,
         }
     }
 
@@ -292,6 +293,16 @@ impl v1::Checkpoint {
     pub fn up_to(position: v1::RecordPosition) -> Self {
         Self {
             target: Some(v1::checkpoint::Target::UpTo(position)),
+            write_now: false,
+        }
+    }
+
+    /// The same checkpoint, written at once rather than when the worker's policy makes a
+    /// write due (one DynamoDB write per answer that asks it).
+    pub fn written_now(self) -> Self {
+        Self {
+            write_now: true,
+            ..self
         }
     }
 }

@@ -534,3 +534,37 @@ async fn a_crash_redelivers_no_more_than_the_checkpoint_volume_bound() -> Result
     eprintln!("delivered again after the crash: {again} (bound {bound})");
     p.cleanup().await
 }
+
+/// Issue 30, item 1: an app may ask for its checkpoint to be written at once
+/// (`Checkpoint::write_now`, what the MultiLang bridge asks for a KCL app's `checkpoint()`),
+/// whatever the policy (here 10 minutes and bounds out of reach). After the first write
+/// (always at once), a second round of records is delivered: with `--checkpoint now` the
+/// lease's checkpoint reaches its last record within seconds. Seen failing with
+/// `--checkpoint all` (the write waits for the policy: the checkpoint stays at round one).
+#[tokio::test]
+async fn a_checkpoint_the_app_asks_to_write_now_is_written_at_once() -> Result<()> {
+    let p = Pipeline::new(1).await?;
+    let a = p.app("a", &["--checkpoint", "now"]).await?;
+    let args = [
+        "--checkpoint-interval-ms",
+        "600000",
+        "--checkpoint-max-records",
+        "1000000",
+        "--checkpoint-max-bytes",
+        "1000000000",
+    ];
+    let _w1 = p.worker("w1", &a.address, &args)?;
+    p.put_sequence(3, 0, 1).await?;
+    until_received(&[a.out.as_path()], 3).await?;
+    p.put_sequence(3, 1, 1).await?;
+    let got = until_received(&[a.out.as_path()], 6).await?;
+    let last = got.last().ok_or("no records")?.seq.clone();
+    wait_for("the second round checkpointed", DEADLINE, POLL, || async {
+        let l = leases(&p).await.ok()?;
+        l.into_iter()
+            .any(|(_, _, c)| matches!(&c, Checkpoint::Sequence { sequence, .. } if sequence.as_str() == last))
+            .then_some(())
+    })
+    .await?;
+    p.cleanup().await
+}

@@ -349,16 +349,19 @@ fn failed(shard_id: &str, e: &ChildError) -> Status {
     ))
 }
 
-/// The contract's checkpoint for what the child asked.
+/// The contract's checkpoint for what the child asked, written at once: a KCL app's
+/// `checkpoint()` was a write (it paced its own calls, e.g. every 60 s in KCL's samples), so
+/// it keeps what a crash may redeliver, and costs what it cost on KCL.
 fn to_checkpoint(accepted: Option<Accepted>) -> Option<v1::Checkpoint> {
-    match accepted? {
-        Accepted::UpTo(p) => Some(v1::Checkpoint::up_to(v1::RecordPosition {
+    let c = match accepted? {
+        Accepted::UpTo(p) => v1::Checkpoint::up_to(v1::RecordPosition {
             sequence_number: p.sequence_number,
             sub_sequence_number: p.sub_sequence_number,
-        })),
-        Accepted::AllDelivered | Accepted::ShardEnd => Some(v1::Checkpoint::all_delivered()),
-        Accepted::Nothing => None,
-    }
+        }),
+        Accepted::AllDelivered | Accepted::ShardEnd => v1::Checkpoint::all_delivered(),
+        Accepted::Nothing => return None,
+    };
+    Some(c.written_now())
 }
 
 #[tonic::async_trait]

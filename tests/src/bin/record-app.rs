@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! record-app --address unix:///tmp/x.sock [--out records.jsonl] [--fail-first N]
-//!            [--crash-at-batch N] [--checkpoint all|none|first|idle] [--slow-lease-lost-ms N]
+//!            [--crash-at-batch N] [--checkpoint all|now|none|first|idle] [--slow-lease-lost-ms N]
 //!            [--fail-shard SHARD] [--delay-ms N] [--poison DATA] [--fail-from DATA]
 //!            [--hang-on-empty] [--hang-on DATA]
 //! ```
@@ -260,6 +260,8 @@ impl v1::record_processor_server::RecordProcessor for RecordApp {
                 .records
                 .is_empty()
                 .then_some(v1::Checkpoint::all_delivered()),
+            // Everything, written at once (`write_now`).
+            "now" => Some(v1::Checkpoint::all_delivered().written_now()),
             _ => Some(v1::Checkpoint::all_delivered()),
         };
         // Answered successfully from here on: the records written above are acknowledged.

@@ -11,7 +11,7 @@ mod read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use decide::{starting_position, wanted_of};
+use decide::{starting_position, wanted_of, write_now_of};
 use kinesis_processor::v1;
 use ledger::Ledger;
 use read::{Item, read_ahead};
@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::PipelineConfig;
 use super::app::App;
 use super::position::Position;
-use super::progress::{LaneProgress, Progress, Wanted};
+use super::progress::{LaneProgress, Progress};
 use crate::backoff::Backoff;
 use crate::lease::checkpoint::{Checkpoint, SequenceNumber};
 use crate::lease::coordinator::{CoordinatorHandle, ShardLease};
@@ -177,6 +177,8 @@ struct Delivery {
     last_write: Option<Instant>,
     /// Records and their bytes delivered since the last checkpoint write.
     since_write: (u64, u64),
+    /// The app asked for its last checkpoint to be written at once.
+    write_now: bool,
     deferred: Option<Control>,
     /// The lease's fencing token (owner, counter): fixed while this task owns the lease (the
     /// counter changes only with the owner), so it is read once, not per batch.
@@ -204,6 +206,7 @@ impl ShardTask {
             progress: Progress::new(self.lease.checkpoint.clone()),
             last_write: None,
             since_write: (0, 0),
+            write_now: false,
             deferred: None,
             fencing: self.lease.fencing_token().await,
             ledger: Arc::new(Ledger::new()),
@@ -596,7 +599,7 @@ impl ShardTask {
             .guard(d, control, timeout, OnShutdown::Finish, call)
             .await
         {
-            Guarded::Done(Ok(resp)) => self.want(d, &wanted_of(resp.checkpoint)),
+            Guarded::Done(Ok(resp)) => self.want(d, resp.checkpoint),
             Guarded::Done(Err(e)) => {
                 tracing::debug!(shard = %d.shard, error = %e.message(), "idle ProcessRecords failed")
             }
@@ -622,9 +625,11 @@ impl ShardTask {
         i64::try_from(now.saturating_add(left).as_millis()).ok()
     }
 
-    /// Records what the app asked to checkpoint (refusing what it may not).
-    fn want(&self, d: &mut Delivery, wanted: &Wanted) {
-        if let Err(refused) = d.progress.want(&d.shard, wanted) {
+    /// Records what the app asked to checkpoint (refusing what it may not), and whether it
+    /// asked for the write at once.
+    fn want(&self, d: &mut Delivery, asked: Option<v1::Checkpoint>) {
+        d.write_now |= write_now_of(&asked);
+        if let Err(refused) = d.progress.want(&d.shard, &wanted_of(asked)) {
             self.metrics.checkpoints_refused.inc();
             tracing::error!(shard = %d.shard, error = %refused, "checkpoint refused");
         }
@@ -637,6 +642,7 @@ impl ShardTask {
         };
         let (records, bytes) = d.since_write;
         if !now
+            && !d.write_now
             && !self
                 .config
                 .checkpoint
@@ -650,6 +656,7 @@ impl ShardTask {
                 d.progress.written(&p);
                 d.last_write = Some(Instant::now());
                 d.since_write = (0, 0);
+                d.write_now = false;
                 Flow::Continue
             }
             Err(LeaseError::LeaseLost { .. }) => Flow::Lost,
@@ -660,6 +667,7 @@ impl ShardTask {
                 // worth of records came, not at every batch (a throttled table is not hammered).
                 d.last_write = Some(Instant::now());
                 d.since_write = (0, 0);
+                d.write_now = false;
                 Flow::Continue
             }
         }
@@ -699,7 +707,7 @@ impl ShardTask {
                 .saturating_sub(FLUSH_RESERVE),
         );
         match tokio::time::timeout(call_timeout, self.app.shutdown_requested(req)).await {
-            Ok(Ok(resp)) => self.want(d, &wanted_of(resp.checkpoint)),
+            Ok(Ok(resp)) => self.want(d, resp.checkpoint),
             Ok(Err(e)) => {
                 tracing::warn!(shard = %d.shard, error = %e.message(), "app ShutdownRequested failed; checkpointing what it acknowledged before")
             }

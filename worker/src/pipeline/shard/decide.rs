@@ -14,6 +14,12 @@ use crate::lease::checkpoint::{Checkpoint, SequenceNumber};
 use crate::records::aggregation::UserRecord;
 
 /// What the app asked to checkpoint in an answer.
+/// Did the app ask for its checkpoint to be written at once (`write_now`, with a target)?
+pub(super) fn write_now_of(c: &Option<v1::Checkpoint>) -> bool {
+    c.as_ref()
+        .is_some_and(|c| c.write_now && c.target.is_some())
+}
+
 pub(super) fn wanted_of(c: Option<v1::Checkpoint>) -> Wanted {
     match c.and_then(|c| c.target) {
         None => Wanted::Nothing,
@@ -340,12 +346,26 @@ mod tests {
     fn answers_name_the_checkpoint_asked_for() {
         assert_eq!(wanted_of(None), Wanted::Nothing);
         assert_eq!(
-            wanted_of(Some(v1::Checkpoint { target: None })),
+            wanted_of(Some(v1::Checkpoint {
+                target: None,
+                write_now: true
+            })),
             Wanted::Nothing
         );
         let up_to = v1::Checkpoint {
             target: Some(v1::checkpoint::Target::UpTo(failed("12", 3))),
+            write_now: false,
         };
+        assert!(!write_now_of(&Some(up_to.clone())));
+        assert!(write_now_of(&Some(up_to.clone().written_now())));
+        assert!(
+            !write_now_of(&Some(v1::Checkpoint {
+                target: None,
+                write_now: true
+            })),
+            "nothing to write"
+        );
+        assert!(!write_now_of(&None));
         assert_eq!(wanted_of(Some(up_to)), Wanted::UpTo("12".into(), 3));
     }
 }

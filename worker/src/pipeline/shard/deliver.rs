@@ -16,7 +16,7 @@ use super::super::lanes::lane_of;
 use super::super::policy::{AfterFailure, Plan, Segment, same_records, stale_front};
 use super::super::position::Position;
 use super::super::progress::LaneProgress;
-use super::decide::{FailedFrom, Positions, chunks, failure_text, halfway, wanted_of};
+use super::decide::{FailedFrom, Positions, chunks, failure_text, halfway};
 use super::{
     Control, Delivery, Flow, Guarded, OnShutdown, ShardTask, position_of, sleep_until_some,
 };
@@ -199,6 +199,7 @@ impl ShardTask {
                 progress: lanes.lane(&d.progress, i),
                 last_write: None,
                 since_write: (0, 0),
+                write_now: false,
                 deferred: None,
                 fencing: d.fencing.clone(),
                 ledger: d.ledger.clone(),
@@ -221,6 +222,7 @@ impl ShardTask {
         for (i, ld, flow) in done {
             lost |= matches!(flow, Flow::Lost);
             d.last_call = d.last_call.max(ld.last_call);
+            d.write_now |= ld.write_now;
             lanes.finish(i, &ld.progress);
         }
         d.progress.merge_lanes(&lanes);
@@ -422,7 +424,7 @@ impl ShardTask {
                         self.metrics.records_delivered.inc_by(count);
                         self.metrics.bytes_delivered.inc_by(bytes);
                         self.metrics.batches_delivered.inc();
-                        self.want(d, &wanted_of(resp.checkpoint));
+                        self.want(d, resp.checkpoint);
                         return Flow::Continue;
                     }
                     Some(failed) => {
@@ -435,7 +437,7 @@ impl ShardTask {
                             let acked = &call.records[seg.start..seg.start + n];
                             self.metrics.records_delivered.inc_by(n as u64);
                             self.metrics.bytes_delivered.inc_by(data_bytes(acked));
-                            self.want(d, &wanted_of(resp.checkpoint));
+                            self.want(d, resp.checkpoint);
                         }
                         Failure {
                             acked: n,
