@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::balance::{self, LeaseState};
-use super::model::{Heartbeat, Lease, TableSnapshot};
+use super::model::{HEARTBEAT_KEY_PREFIX, Heartbeat, Lease, TableSnapshot};
 
 /// The observation key of `worker`'s heartbeat (its item's `leaseKey`).
 pub fn heartbeat_key(worker: &str) -> String {
@@ -131,16 +131,12 @@ impl Observer {
             .chain(snapshot.leases.iter().map(|l| lease_key(&l.shard_id)))
             .collect();
         for (key, (counter, _, _)) in &self.seen {
-            if !present.contains(key) && snapshot_key_is_heartbeat(key) {
+            if !present.contains(key) && key.starts_with(HEARTBEAT_KEY_PREFIX) {
                 self.gone.insert(key.clone(), (*counter, now));
             }
         }
         self.retain(|k| present.contains(k));
     }
-}
-
-fn snapshot_key_is_heartbeat(key: &str) -> bool {
-    !key.starts_with("lease:")
 }
 
 /// The live workers (alive and not draining; `me` unless it drains) and every lease's state,

@@ -33,7 +33,7 @@
 //! Request units are the client-side formulas of `lease_model` (as `lease_sim`), not a
 //! measurement.
 //!
-//! Options: `--shards N --workers N --trials N --seed N --slow F --index-lag S`.
+//! Options: `--shards N --workers N --trials N --seed N --slow F --index-lag S` (`--help`).
 //! Run: `cargo run --release -p kinesis-operator-tests --bin failover_sim -- --shards 10000
 //! --workers 500 --trials 5`.
 
@@ -47,7 +47,7 @@ use kinesis_worker::lease::assign::{
     self, ASSIGNER_REREAD_ROUNDS, AssignerSettings, HeldState, OwnedLease, Watch,
 };
 use kinesis_worker::lease::checkpoint::Checkpoint;
-use kinesis_worker::lease::coordinator::{ACT_CONCURRENCY, FAST_BEATS};
+use kinesis_worker::lease::coordinator::{ACT_CONCURRENCY, CoordinatorConfig, FAST_BEATS};
 use kinesis_worker::lease::handoff;
 use kinesis_worker::lease::liveness::{Observer, heartbeat_key};
 use kinesis_worker::lease::model::{Heartbeat, Lease, TableSnapshot};
@@ -55,10 +55,10 @@ use kinesis_worker::lease::table::scan_segments;
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
+/// The worker's failover time and scan interval (`CoordinatorConfig::new`'s defaults; a
+/// test holds them equal), as seconds for the event clock.
 const FAILOVER: f64 = 10.0;
 const ROUND: f64 = 1.0;
-const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_MOVES: usize = 16;
 /// A Scan page holds at most 1 MB.
 const PAGE: usize = 1 << 20;
 /// How often the scenario's goal is checked (simulated seconds).
@@ -110,40 +110,27 @@ impl Model {
     }
 }
 
+/// `failover_sim`: assigner-mode coordination under a latency model.
+#[derive(clap::Parser)]
 struct Opts {
+    /// Shards (leases).
+    #[arg(long, default_value_t = 1000)]
     shards: usize,
+    /// Workers.
+    #[arg(long, default_value_t = 50)]
     workers: usize,
+    /// Runs of every scenario (seeds `seed`, `seed + 1`, …).
+    #[arg(long, default_value_t = 5)]
     trials: u64,
+    /// The first trial's seed.
+    #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Every DynamoDB latency multiplied by this.
+    #[arg(long, default_value_t = 1.0)]
     slow: f64,
     /// The owner index's largest lag (seconds).
+    #[arg(long, default_value_t = 1.0)]
     index_lag: f64,
-}
-
-fn opts() -> Result<Opts> {
-    let mut o = Opts {
-        shards: 1000,
-        workers: 50,
-        trials: 5,
-        seed: 1,
-        slow: 1.0,
-        index_lag: 1.0,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--shards" => o.shards = value()?.parse()?,
-            "--workers" => o.workers = value()?.parse()?,
-            "--trials" => o.trials = value()?.parse()?,
-            "--seed" => o.seed = value()?.parse()?,
-            "--slow" => o.slow = value()?.parse()?,
-            "--index-lag" => o.index_lag = value()?.parse()?,
-            other => return Err(format!("unknown option {other}").into()),
-        }
-    }
-    Ok(o)
 }
 
 /// The role item as stored.
@@ -633,14 +620,16 @@ impl Sim {
             leases: std::mem::take(&mut w.scan.leases),
             heartbeats: std::mem::take(&mut w.scan.heartbeats),
         };
+        // The worker's defaults, as `coordinator/assigned.rs` passes them.
+        let c = CoordinatorConfig::new(me.clone());
         let settings = AssignerSettings {
             me: &me,
             draining: false,
-            failover_time: Duration::from_secs_f64(FAILOVER),
-            heartbeat_interval: Duration::from_secs_f64(FAILOVER / 3.0),
-            scan_interval: Duration::from_secs_f64(ROUND),
-            handoff_timeout: HANDOFF_TIMEOUT,
-            max_handoffs_per_round: MAX_MOVES,
+            failover_time: c.failover_time,
+            heartbeat_interval: c.heartbeat_interval,
+            scan_interval: c.scan_interval,
+            handoff_timeout: c.handoff_timeout,
+            max_handoffs_per_round: c.max_handoffs_per_round,
         };
         let d = assign::assigner_decision(
             &snapshot,
@@ -973,8 +962,7 @@ impl Sim {
 
     fn trace(&mut self, to: &str, step: usize) {
         let t = self.t;
-        if let Some((id, marks)) = self.traced.as_mut().filter(|(id, _)| id == to) {
-            let _ = id;
+        if let Some((_, marks)) = self.traced.as_mut().filter(|(id, _)| id == to) {
             if step > 0 || marks[0] == 0.0 {
                 marks[step] = t;
             }
@@ -1209,7 +1197,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() -> Result<()> {
-    let o = opts()?;
+    let o = <Opts as clap::Parser>::parse();
     println!(
         "failover sim: {} shards, {} workers, failover {FAILOVER} s, scan every {ROUND} s, DynamoDB latencies ×{}, owner index lag 0–{} s, {} trials",
         o.shards, o.workers, o.slow, o.index_lag, o.trials
@@ -1239,6 +1227,17 @@ fn main() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_timings_are_the_workers_defaults() {
+        let c = CoordinatorConfig::new("w");
+        assert_eq!(Duration::from_secs_f64(FAILOVER), c.failover_time);
+        assert_eq!(Duration::from_secs_f64(ROUND), c.scan_interval);
+        assert_eq!(
+            Duration::from_secs_f64(FAILOVER / 3.0),
+            c.heartbeat_interval
+        );
+    }
 
     #[test]
     fn latencies_follow_their_median_and_99th_percentile() {

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use kinesis_operator_tests::lease_model::{MONTH, RRU_PRICE, Shapes, Units, WRU_PRICE, cost};
 use kinesis_worker::lease::assign::{self, AssignerSettings, HeldState, OwnedLease, Watch};
 use kinesis_worker::lease::checkpoint::Checkpoint;
+use kinesis_worker::lease::coordinator::CoordinatorConfig;
 use kinesis_worker::lease::handoff;
 use kinesis_worker::lease::liveness::{Observer, heartbeat_key};
 use kinesis_worker::lease::model::{Heartbeat, Lease, TableSnapshot};
@@ -35,45 +36,25 @@ type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
 /// Default failover time (seconds); `--failover-secs`.
 const FAILOVER: f64 = 10.0;
-const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_MOVES: usize = 16;
+
+/// `lease_sim`: assigner-mode coordination in whole rounds (the bill).
+#[derive(clap::Parser)]
 struct Opts {
+    /// Shards (leases).
+    #[arg(long, default_value_t = 10_000)]
     shards: usize,
+    /// Workers.
+    #[arg(long, default_value_t = 500)]
     workers: usize,
+    /// Items shaped as `lease_bench` writes them.
+    #[arg(long)]
     bench_items: bool,
     /// Seconds per round (the scan interval).
+    #[arg(long = "round-secs", default_value_t = 1.0)]
     round: f64,
     /// Failover time (seconds); heartbeats every third of it.
+    #[arg(long = "failover-secs", default_value_t = FAILOVER)]
     failover: f64,
-}
-
-fn opts() -> Result<Opts> {
-    let mut o = Opts {
-        shards: 10_000,
-        workers: 500,
-        bench_items: false,
-        round: 1.0,
-        failover: FAILOVER,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "--bench-items" => o.bench_items = true,
-            "--round-secs" => o.round = it.next().ok_or("needs a value")?.parse()?,
-            "--failover-secs" => o.failover = it.next().ok_or("needs a value")?.parse()?,
-            "--shards" | "--workers" => {
-                let v: usize = it.next().ok_or("needs a value")?.parse()?;
-                if flag == "--shards" {
-                    o.shards = v;
-                } else {
-                    o.workers = v;
-                }
-            }
-            other => return Err(format!("unknown option {other}").into()),
-        }
-    }
-    Ok(o)
 }
 
 struct Worker {
@@ -341,14 +322,16 @@ impl Sim {
     /// The assigner's settings, as the worker derives them from its configuration: a scan
     /// every round, a heartbeat every third of the failover time.
     fn settings<'a>(&self, me: &'a str) -> AssignerSettings<'a> {
+        // The hand-over timeout and moves per round: the worker's defaults.
+        let defaults = CoordinatorConfig::new(me);
         AssignerSettings {
             me,
             draining: false,
             failover_time: Duration::from_secs_f64(self.failover),
             heartbeat_interval: Duration::from_secs_f64(self.failover / 3.0),
             scan_interval: Duration::from_secs_f64(self.round),
-            handoff_timeout: HANDOFF_TIMEOUT,
-            max_handoffs_per_round: MAX_MOVES,
+            handoff_timeout: defaults.handoff_timeout,
+            max_handoffs_per_round: defaults.max_handoffs_per_round,
         }
     }
 
@@ -440,7 +423,7 @@ impl Sim {
 }
 
 fn main() -> Result<()> {
-    let o = opts()?;
+    let o = <Opts as clap::Parser>::parse();
     let mut sim = Sim::new(&o);
     println!(
         "lease sim: {} shards, {} workers, failover {} s, {} s rounds, {} items",

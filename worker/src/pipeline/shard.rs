@@ -193,6 +193,15 @@ struct Delivery {
     last_call: Instant,
 }
 
+impl Delivery {
+    /// A checkpoint write was made (or tried): the policy's clock and counts start again.
+    fn write_tried(&mut self) {
+        self.last_write = Some(Instant::now());
+        self.since_write = (0, 0);
+        self.write_now = false;
+    }
+}
+
 impl ShardTask {
     /// Runs until the lease is lost, handed over, released or the shard ended.
     pub(crate) async fn run(self, mut control: mpsc::Receiver<Control>) {
@@ -628,10 +637,13 @@ impl ShardTask {
     /// Records what the app asked to checkpoint (refusing what it may not), and whether it
     /// asked for the write at once.
     fn want(&self, d: &mut Delivery, asked: Option<v1::Checkpoint>) {
-        d.write_now |= write_now_of(&asked);
-        if let Err(refused) = d.progress.want(&d.shard, &wanted_of(asked)) {
-            self.metrics.checkpoints_refused.inc();
-            tracing::error!(shard = %d.shard, error = %refused, "checkpoint refused");
+        let now = write_now_of(&asked);
+        match d.progress.want(&d.shard, &wanted_of(asked)) {
+            Ok(()) => d.write_now |= now,
+            Err(refused) => {
+                self.metrics.checkpoints_refused.inc();
+                tracing::error!(shard = %d.shard, error = %refused, "checkpoint refused");
+            }
         }
     }
 
@@ -654,9 +666,7 @@ impl ShardTask {
             Ok(()) => {
                 self.metrics.checkpoints_written.inc();
                 d.progress.written(&p);
-                d.last_write = Some(Instant::now());
-                d.since_write = (0, 0);
-                d.write_now = false;
+                d.write_tried();
                 Flow::Continue
             }
             Err(LeaseError::LeaseLost { .. }) => Flow::Lost,
@@ -665,9 +675,7 @@ impl ShardTask {
                 tracing::warn!(shard = %d.shard, error = %e, "checkpoint write failed; retrying when the next one is due");
                 // As if written: the next try when another interval passed or another bound's
                 // worth of records came, not at every batch (a throttled table is not hammered).
-                d.last_write = Some(Instant::now());
-                d.since_write = (0, 0);
-                d.write_now = false;
+                d.write_tried();
                 Flow::Continue
             }
         }
