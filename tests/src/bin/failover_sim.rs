@@ -962,10 +962,10 @@ impl Sim {
 
     fn trace(&mut self, to: &str, step: usize) {
         let t = self.t;
-        if let Some((_, marks)) = self.traced.as_mut().filter(|(id, _)| id == to) {
-            if step > 0 || marks[0] == 0.0 {
-                marks[step] = t;
-            }
+        if let Some((_, marks)) = self.traced.as_mut().filter(|(id, _)| id == to)
+            && (step > 0 || marks[0] == 0.0)
+        {
+            marks[step] = t;
         }
     }
 
