@@ -135,13 +135,13 @@ pub enum Fault {
     Split,
     /// Two adjacent shards merged.
     Merge,
-    /// Kinesis throttles every second call for 3 s.
+    /// Kinesis throttles half the calls (a coin each) for 3 s.
     KinesisThrottle,
-    /// Kinesis answers every second call with 500 for 3 s.
+    /// Kinesis answers half the calls (a coin each) with 500 for 3 s.
     KinesisErrors,
-    /// DynamoDB throttles every second call for 3 s.
+    /// DynamoDB throttles half the calls (a coin each) for 3 s.
     DynamoThrottle,
-    /// DynamoDB answers every second call with 500 for 3 s.
+    /// DynamoDB answers half the calls (a coin each) with 500 for 3 s.
     DynamoErrors,
 }
 

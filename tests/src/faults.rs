@@ -16,11 +16,12 @@ use tokio::net::{TcpListener, TcpStream};
 pub enum Mode {
     /// Forward everything.
     Pass = 0,
-    /// Throttle every second request (the SDK's retries get through).
+    /// Throttle each request with probability 1/2, independently (most SDK calls get
+    /// through on a retry).
     ThrottleHalf = 1,
     /// Throttle everything (an outage: calls fail after the SDK's retries).
     ThrottleAll = 2,
-    /// Answer every second request with HTTP 500 InternalFailure.
+    /// Answer each request with HTTP 500 InternalFailure with probability 1/2, independently.
     ServerErrorHalf = 3,
 }
 
@@ -69,8 +70,6 @@ struct Counters {
     injected: AtomicU64,
     /// Requests forwarded.
     forwarded: AtomicU64,
-    /// Requests seen by the mode (every second one fails in the half modes).
-    seen: AtomicU64,
     /// Delayed requests whose delay is over (each then goes on upstream).
     delays_done: AtomicU64,
     /// GetRecords calls refused by the read limit.
@@ -324,7 +323,7 @@ async fn serve(
     limit: &Limit,
     ends: &Ends,
 ) -> std::io::Result<()> {
-    let (injected, forwarded, seen) = (&counters.injected, &counters.forwarded, &counters.seen);
+    let (injected, forwarded) = (&counters.injected, &counters.forwarded);
     let Some(request) = read_request(&mut client).await? else {
         return Ok(());
     };
@@ -393,11 +392,12 @@ async fn serve(
         Some(Some(id)) => Some(id),
         None => None,
     };
-    let n = seen.fetch_add(1, Ordering::SeqCst);
     let m = mode.load(Ordering::SeqCst);
     let fail = !delayed
         && match m {
-            1 | 3 => n.is_multiple_of(2),
+            // A coin per request: a strict alternation (every second request by one
+            // counter) starved whichever caller retried right after another's success.
+            1 | 3 => fastrand::bool(),
             2 => true,
             _ => false,
         };

@@ -160,17 +160,30 @@ async fn throttling_and_server_errors_lose_nothing_and_crash_nothing() -> Result
     until_received(&[app.out.as_path()], 80).await?;
     // Kinesis's throttling answer (ProvisionedThroughputExceededException) on GetRecords is
     // counted as a throttled read, apart from other errors.
+    // The proxies fail each call with probability 1/2: wait until each has refused one.
     wait_for("throttled reads counted", DEADLINE, POLL, || async {
         let (s, page) = http_get(&w.admin, "/metrics").await.ok()?;
-        (s == 200 && metric(&page, "kinesis_worker_read_throttled_total") >= 1.0).then_some(())
+        (s == 200
+            && metric(&page, "kinesis_worker_read_throttled_total") >= 1.0
+            && dynamodb_proxy.injected() >= 1)
+            .then_some(())
     })
     .await?;
+    let throttled = (kinesis_proxy.injected(), dynamodb_proxy.injected());
     kinesis_proxy.set(Mode::ServerErrorHalf);
     dynamodb_proxy.set(Mode::ServerErrorHalf);
     p.put_sequence(8, 10, 10).await?;
-    let got = until_received(&[app.out.as_path()], 160).await?;
+    // A stall here is only explained by the worker's log (which calls failed, which lease
+    // moved): it goes with the failure.
+    let got = until_received(&[app.out.as_path()], 160)
+        .await
+        .map_err(|e| format!("{e}\nworker log:\n{}", w.proc.log_text()))?;
     check_sequence(&got, 8, 20)?;
-    assert!(kinesis_proxy.injected() > 0 && dynamodb_proxy.injected() > 0);
+    wait_for("500s answered to both services", DEADLINE, POLL, || async {
+        (kinesis_proxy.injected() > throttled.0 && dynamodb_proxy.injected() > throttled.1)
+            .then_some(())
+    })
+    .await?;
     assert_eq!(w.proc.exited(), None, "the worker is still running");
     eprintln!(
         "injected: kinesis {} dynamodb {}",

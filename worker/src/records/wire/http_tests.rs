@@ -173,6 +173,7 @@ async fn reader(endpoint: &str) -> Result<ShardReader, Box<dyn std::error::Error
     let config = ReaderConfig {
         backoff_base: Duration::from_millis(5),
         backoff_max: Duration::from_millis(20),
+        error_backoff_max: Duration::from_millis(20),
         get_records: Some(settings.get_records_client(&sdk, WireFormat::Cbor, None)?),
         ..ReaderConfig::default()
     };
