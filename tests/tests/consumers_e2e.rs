@@ -768,6 +768,53 @@ async fn a_rewind_to_a_time_before_a_reshard_delivers_everything_since_again_in_
     assert!(refused.message.contains("retention"), "{refused:?}");
     let d = t.deployments.get("handler").await?;
     assert_eq!(d.spec.replicas, Some(4), "a refused rewind stops nothing");
+
+    // The object deleted (the table kept: Retain) and created again without its status, the
+    // same time in spec.rewind (a restore from a backup, GitOps applying it again): the table
+    // records the rewind, so it is not rewound again.
+    delete_all(&t.apps).await?;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(t.client.clone(), &t.ns);
+    let selector = kinesis_operator::crd::labels("handler")
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    wait_for("the worker pods gone", DEADLINE, POLL, || async {
+        let list = pods.list(&ListParams::default().labels(&selector)).await.ok()?;
+        list.items.is_empty().then_some(())
+    })
+    .await?;
+    let processed: Vec<String> = checkpoints(&t.env, &table)
+        .await?
+        .into_iter()
+        .filter(|(k, v)| k.starts_with("shardId-") && v.bytes().all(|b| b.is_ascii_digit()))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(!processed.is_empty(), "shards processed past the time");
+    let mut again = app.clone();
+    again.spec.rewind = Some(RewindSpec {
+        to_timestamp: to.clone(),
+    });
+    t.apps.create(&PostParams::default(), &again).await?;
+    let second = wait_for("the recreated object's status.rewind", DEADLINE, POLL, || async {
+        let r = t.apps.get("handler").await.ok()?.status?.rewind?;
+        (r.to_timestamp == to && r.phase != "Stopping").then_some(r)
+    })
+    .await
+    .map_err(|e| format!("{e}\n{}", t.op.log_tail()))?;
+    eprintln!("recreated: {}", second.message);
+    assert!(
+        second.phase == "Rewound" && second.message.contains("already rewound"),
+        "the recreated object rewound again: {second:?}"
+    );
+    let after = checkpoints(&t.env, &table).await?;
+    let moved: Vec<&String> = processed
+        .iter()
+        .filter(|k| after.get(*k).is_none_or(|v| v == "AT_TIMESTAMP"))
+        .collect();
+    assert!(moved.is_empty(), "checkpoints moved back again: {moved:?}");
+    until_replicas(&t.deployments, "handler", 4, true).await?;
+
     delete_all(&t.apps).await?;
     delete_namespace(&t.client, &t.ns).await?;
     t.env.remove(Some(&t.stream), &[&table]).await;

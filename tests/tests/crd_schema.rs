@@ -3,9 +3,12 @@
 //! required fields) is rejected by the API server with the field named. Cross-field rules
 //! are the operator's (`operator/src/validate.rs`).
 
+use std::time::Duration;
+
 use kinesis_operator::crd::KinesisApplication;
-use kinesis_operator_tests::TestEnv;
 use kinesis_operator_tests::cluster::{delete_namespace, install_crd, namespace};
+use kinesis_operator_tests::fleet::POLL;
+use kinesis_operator_tests::{TestEnv, wait_for};
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::{Value, json};
@@ -123,10 +126,33 @@ async fn the_readme_s_crd_install_command_works() -> Result<()> {
         "60s",
         "crd/kinesisapplications.kinesis-operator.io",
     ])?;
-    let text = kubectl(&["explain", "kinesisapplication"])?;
-    assert!(
-        text.contains("A Kinesis consumer application"),
-        "kubectl explain shows the resource's description: {text}"
-    );
+    // Established is not yet in discovery and the published schema (both filled in after):
+    // explain is asked until it shows the description, the last answer kept for the failure.
+    let last = std::sync::Mutex::new(String::new());
+    let keep = |text: String| {
+        if let Ok(mut l) = last.lock() {
+            *l = text;
+        }
+    };
+    wait_for(
+        "kubectl explain shows the resource's description",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            match kubectl(&["explain", "kinesisapplication"]) {
+                Ok(text) if text.contains("A Kinesis consumer application") => Some(()),
+                Ok(text) => {
+                    keep(text);
+                    None
+                }
+                Err(e) => {
+                    keep(e.to_string());
+                    None
+                }
+            }
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}; the last answer: {}", last.lock().map(|l| l.clone()).unwrap_or_default()))?;
     Ok(())
 }
