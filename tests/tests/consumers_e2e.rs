@@ -631,6 +631,9 @@ async fn a_rewind_to_a_time_before_a_reshard_delivers_everything_since_again_in_
     // The handler fails some records once (reported as partial batch failures).
     app.spec.delivery.report_batch_item_failures = Some(true);
     app.spec.delivery.batch_size = Some(20);
+    // Kept when the object is deleted (the default), so that it can be created again on it
+    // (below); the test removes it at the end.
+    app.spec.lease_table.deletion_policy = kinesis_operator::crd::DeletionPolicy::Retain;
     t.apps.create(&PostParams::default(), &app).await?;
     until_replicas(&t.deployments, "handler", 2, true)
         .await
