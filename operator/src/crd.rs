@@ -80,8 +80,9 @@ pub struct KinesisApplicationSpec {
     /// Deliver again every record that arrived at or after a time (after a bug fix): the
     /// operator stops the workers (as a pause does), moves the checkpoints back to that time
     /// (a shard closed since gets its lease back, its children wait for it again), records
-    /// it in status.rewind and an Event, and starts the workers. Done once per toTimestamp;
-    /// refused, with the reason, for a time in the future or beyond the stream's retention.
+    /// it in the lease table, status.rewind and an Event, and starts the workers. Done once
+    /// per toTimestamp and table, also for an object recreated without its status; refused,
+    /// with the reason, for a time in the future or beyond the stream's retention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewind: Option<RewindSpec>,
     /// How many workers the shard count calls for.

@@ -11,13 +11,19 @@
 //! - Only the application's own lease table is written (the one [`super::observe`] just
 //!   claimed for this object), with the identity every other call for the object uses.
 //! - Done once per `toTimestamp`: `status.rewind` records it (or why it was refused), so a
-//!   spec applied again by GitOps does not rewind again. A rewind interrupted (the operator
-//!   restarted, a write refused) is planned again from the table as it then is.
+//!   spec applied again by GitOps does not rewind again; and so does the item
+//!   `kinesis-operator:rewind` of the lease table ([`RewindRecord`], written after the last
+//!   lease and before the status), so an object recreated without its status (restored from
+//!   a backup, deleted and applied again by GitOps, moved to another cluster) does not rewind
+//!   its table again either. A rewind interrupted (the operator restarted, a write refused)
+//!   is planned again from the table as it then is.
 //!
 //! Cost: ListShards as every reconcile; DescribeStreamSummary once; per shard that has
 //! progress (or a deleted finished lease) one GetShardIterator and usually one GetRecords of
 //! one record, 16 at a time (10,000 shards: ≈ 20,000 calls, well inside each shard's 5 a
-//! second); one consistent Scan; one conditional PutItem per lease moved back.
+//! second); one consistent Scan; one conditional PutItem per lease moved back; one
+//! consistent GetItem of the record per reconcile while a rewind is pending, one PutItem once
+//! it is done.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -56,6 +62,111 @@ pub(super) fn pending(app: &KinesisApplication) -> Option<&RewindSpec> {
         Some(h) if h.to_timestamp == want.to_timestamp && h.phase != STOPPING => None,
         _ => Some(want),
     }
+}
+
+/// `leaseKey` of the item recording the last rewind done to a lease table.
+pub const RECORD_KEY: &str = "kinesis-operator:rewind";
+
+/// Attributes of the rewind record.
+mod record_attr {
+    /// The time rewound to, epoch milliseconds.
+    pub const TO_MS: &str = "koRewoundToMs";
+    /// The time rewound to, as spec.rewind.toTimestamp gave it.
+    pub const TO: &str = "koRewoundTo";
+    /// When the checkpoints were rewritten (RFC 3339).
+    pub const AT: &str = "koRewoundAt";
+    /// Shards moved back.
+    pub const SHARDS: &str = "koRewoundShards";
+    /// The object that asked (namespace/name, uid).
+    pub const BY: &str = "koRewoundBy";
+}
+
+/// The last rewind done to a lease table, as its item `kinesis-operator:rewind` records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewindRecord {
+    /// The time rewound to, epoch milliseconds.
+    pub to_ms: i64,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Shards moved back.
+    pub shards: i64,
+    /// Who asked.
+    pub by: String,
+}
+
+/// The record item of a rewind to `to` (`to_ms`) done `at`, moving `shards` back, asked by
+/// `by`. It reads as a finished lease to a worker that does not know the key (as the claim
+/// item does), and current workers skip every `kinesis-operator:` key.
+pub fn record_item(
+    to: &str,
+    to_ms: i64,
+    at: &str,
+    shards: usize,
+    by: &str,
+) -> HashMap<String, aws_sdk_dynamodb::types::AttributeValue> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let s = |v: &str| AttributeValue::S(v.to_string());
+    HashMap::from([
+        ("leaseKey".to_string(), s(RECORD_KEY)),
+        ("checkpoint".to_string(), s("SHARD_END")),
+        ("leaseCounter".to_string(), AttributeValue::N("0".into())),
+        (record_attr::TO.to_string(), s(to)),
+        (
+            record_attr::TO_MS.to_string(),
+            AttributeValue::N(to_ms.to_string()),
+        ),
+        (record_attr::AT.to_string(), s(at)),
+        (
+            record_attr::SHARDS.to_string(),
+            AttributeValue::N(shards.to_string()),
+        ),
+        (record_attr::BY.to_string(), s(by)),
+    ])
+}
+
+/// Reads a rewind record; `None` if the item is not one (no time).
+pub fn parse_record(
+    item: &HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
+) -> Option<RewindRecord> {
+    let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+    let number = |k: &str| {
+        item.get(k)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse::<i64>().ok())
+    };
+    Some(RewindRecord {
+        to_ms: number(record_attr::TO_MS)?,
+        at: text(record_attr::AT).unwrap_or_default(),
+        shards: number(record_attr::SHARDS).unwrap_or(0),
+        by: text(record_attr::BY).unwrap_or_default(),
+    })
+}
+
+/// Was the table already rewound to `to_ms` (the same instant, however the time is written)?
+/// Then the record, for the status message.
+pub fn done_before(record: Option<&RewindRecord>, to_ms: i64) -> Option<&RewindRecord> {
+    record.filter(|r| r.to_ms == to_ms)
+}
+
+/// The record of the last rewind of `table` (a consistent read: it was written just before a
+/// status that may be lost).
+async fn read_record(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<Option<RewindRecord>, String> {
+    let key = HashMap::from([(
+        "leaseKey".to_string(),
+        aws_sdk_dynamodb::types::AttributeValue::S(RECORD_KEY.into()),
+    )]);
+    let out = dynamodb
+        .get_item()
+        .table_name(table)
+        .set_key(Some(key))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| crate::message::aws_error(&format!("GetItem {RECORD_KEY}"), &e))?;
+    Ok(out.item.as_ref().and_then(parse_record))
 }
 
 /// The time to rewind to, in epoch milliseconds, or why it is refused: not a time, in the
@@ -162,6 +273,33 @@ pub(super) async fn step(
             return Ok(Step::Go);
         }
     };
+    // Done already to this table (the status of an earlier object, now lost, said so): not
+    // again, and nothing stops.
+    let table_name = input.table.name().to_string();
+    match read_record(&input.aws.dynamodb, &table_name).await {
+        Ok(record) => {
+            if let Some(r) = done_before(record.as_ref(), to_ms) {
+                let message = format!(
+                    "already rewound to {to} at {} ({} shard(s), asked by {}), as the lease table's item `{RECORD_KEY}` records: not again; to deliver again from that time, give a new toTimestamp (e.g. one millisecond later)",
+                    r.at, r.shards, r.by
+                );
+                status.rewind = Some(RewindStatus {
+                    to_timestamp: to,
+                    phase: REWOUND.into(),
+                    message: message.clone(),
+                    shards_rewound: i32::try_from(r.shards).ok(),
+                    finished_at: Some(r.at.clone()),
+                });
+                patch_status(ctx, app, status).await?;
+                event(ctx, app, EventType::Normal, "RewindAlreadyDone", message).await;
+                return Ok(Step::Go);
+            }
+        }
+        Err(e) => {
+            let message = format!("reading the lease table's rewind record failed ({e}); retried");
+            return failing(ctx, app, status, &to, message).await;
+        }
+    }
     // The fleet stops first, and stays stopped until every pod is gone.
     apply_workers(app, ctx, 0, input.consumer_arn).await?;
     let pods = worker_pods(ctx, app).await?;
@@ -194,6 +332,7 @@ pub(super) async fn step(
         )
         .await;
     }
+    let input_dynamodb = input.aws.dynamodb.clone();
     let done = match rewrite(input, to_ms).await {
         Ok(p) => p,
         Err(Failed::Retry(e)) => {
@@ -218,12 +357,32 @@ pub(super) async fn step(
         done.finished_parents,
         done.untouched
     );
+    let finished_at = now();
+    // Recorded in the table before the status: an object that loses its status does not
+    // rewind the table again. A failed write plans the rewind again (the same end).
+    let by = format!(
+        "KinesisApplication {}/{} (uid {})",
+        app.namespace().unwrap_or_default(),
+        app.name_any(),
+        app.uid().unwrap_or_default()
+    );
+    let item = record_item(&to, to_ms, &finished_at, done.rewound.len(), &by);
+    if let Err(e) = input_dynamodb
+        .put_item()
+        .table_name(&table_name)
+        .set_item(Some(item))
+        .send()
+        .await
+    {
+        let e = crate::message::aws_error(&format!("PutItem {RECORD_KEY}"), &e);
+        return failing(ctx, app, status, &to, format!("recording the rewind in the lease table failed ({e}); retried")).await;
+    }
     status.rewind = Some(RewindStatus {
         to_timestamp: to,
         phase: REWOUND.into(),
         message: message.clone(),
         shards_rewound: Some(i32::try_from(done.rewound.len()).unwrap_or(i32::MAX)),
-        finished_at: Some(now()),
+        finished_at: Some(finished_at),
     });
     // Recorded before the workers start: a reconcile that fails after this does not rewind
     // again.
@@ -389,6 +548,43 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_800_000_000_000;
+
+    #[test]
+    fn the_table_s_record_says_a_rewind_to_the_same_instant_was_done() {
+        let to_ms = NOW - 60_000;
+        let item = record_item(
+            "2027-01-15T07:59:00Z",
+            to_ms,
+            "2027-01-15T08:30:00Z",
+            6,
+            "KinesisApplication ns/app (uid u1)",
+        );
+        let record = parse_record(&item);
+        assert_eq!(
+            record,
+            Some(RewindRecord {
+                to_ms,
+                at: "2027-01-15T08:30:00Z".into(),
+                shards: 6,
+                by: "KinesisApplication ns/app (uid u1)".into(),
+            })
+        );
+        // The same instant, whatever its spelling in the spec: done.
+        assert!(done_before(record.as_ref(), to_ms).is_some());
+        // Another time (one millisecond later): a new rewind.
+        assert!(done_before(record.as_ref(), to_ms + 1).is_none());
+        assert!(done_before(None, to_ms).is_none());
+        // Reads as a finished lease to a worker that does not know the key, and is one of ours.
+        assert_eq!(
+            item.get("checkpoint").and_then(|v| v.as_s().ok()).map(String::as_str),
+            Some("SHARD_END")
+        );
+        assert!(RECORD_KEY.starts_with(kinesis_lease::model::RESERVED_KEY_PREFIX));
+        // An item that is not a record (no time) is none.
+        let mut other = item.clone();
+        other.remove("koRewoundToMs");
+        assert_eq!(parse_record(&other), None);
+    }
 
     #[test]
     fn a_time_in_the_future_or_beyond_retention_is_refused_with_the_fix() {
