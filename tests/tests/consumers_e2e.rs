@@ -783,7 +783,10 @@ async fn a_rewind_to_a_time_before_a_reshard_delivers_everything_since_again_in_
         .collect::<Vec<_>>()
         .join(",");
     wait_for("the worker pods gone", DEADLINE, POLL, || async {
-        let list = pods.list(&ListParams::default().labels(&selector)).await.ok()?;
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .ok()?;
         list.items.is_empty().then_some(())
     })
     .await?;
@@ -799,10 +802,15 @@ async fn a_rewind_to_a_time_before_a_reshard_delivers_everything_since_again_in_
         to_timestamp: to.clone(),
     });
     t.apps.create(&PostParams::default(), &again).await?;
-    let second = wait_for("the recreated object's status.rewind", DEADLINE, POLL, || async {
-        let r = t.apps.get("handler").await.ok()?.status?.rewind?;
-        (r.to_timestamp == to && r.phase != "Stopping").then_some(r)
-    })
+    let second = wait_for(
+        "the recreated object's status.rewind",
+        DEADLINE,
+        POLL,
+        || async {
+            let r = t.apps.get("handler").await.ok()?.status?.rewind?;
+            (r.to_timestamp == to && r.phase != "Stopping").then_some(r)
+        },
+    )
     .await
     .map_err(|e| format!("{e}\n{}", t.op.log_tail()))?;
     eprintln!("recreated: {}", second.message);

@@ -153,6 +153,11 @@ async fn the_readme_s_crd_install_command_works() -> Result<()> {
         },
     )
     .await
-    .map_err(|e| format!("{e}; the last answer: {}", last.lock().map(|l| l.clone()).unwrap_or_default()))?;
+    .map_err(|e| {
+        format!(
+            "{e}; the last answer: {}",
+            last.lock().map(|l| l.clone()).unwrap_or_default()
+        )
+    })?;
     Ok(())
 }

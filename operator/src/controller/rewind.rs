@@ -375,7 +375,14 @@ pub(super) async fn step(
         .await
     {
         let e = crate::message::aws_error(&format!("PutItem {RECORD_KEY}"), &e);
-        return failing(ctx, app, status, &to, format!("recording the rewind in the lease table failed ({e}); retried")).await;
+        return failing(
+            ctx,
+            app,
+            status,
+            &to,
+            format!("recording the rewind in the lease table failed ({e}); retried"),
+        )
+        .await;
     }
     status.rewind = Some(RewindStatus {
         to_timestamp: to,
@@ -576,7 +583,9 @@ mod tests {
         assert!(done_before(None, to_ms).is_none());
         // Reads as a finished lease to a worker that does not know the key, and is one of ours.
         assert_eq!(
-            item.get("checkpoint").and_then(|v| v.as_s().ok()).map(String::as_str),
+            item.get("checkpoint")
+                .and_then(|v| v.as_s().ok())
+                .map(String::as_str),
             Some("SHARD_END")
         );
         assert!(RECORD_KEY.starts_with(kinesis_lease::model::RESERVED_KEY_PREFIX));

@@ -37,13 +37,18 @@ async fn every_record_reaches_the_apps_in_key_order_and_a_restart_resumes_from_t
     // The app writes a record down before it answers, and the worker counts a batch when
     // the answer comes: the count reaches 200 just after the last record is seen (and must
     // not pass it: no record twice).
-    let page = wait_for("records_delivered_total of both workers at 200", DEADLINE, POLL, || async {
-        let (s1, page) = http_get(&w1.admin, "/metrics").await.ok()?;
-        let (s2, page2) = http_get(&w2.admin, "/metrics").await.ok()?;
-        let delivered = metric(&page, "kinesis_worker_records_delivered_total")
-            + metric(&page2, "kinesis_worker_records_delivered_total");
-        (s1 == 200 && s2 == 200 && delivered >= 200.0).then_some((page, delivered))
-    })
+    let page = wait_for(
+        "records_delivered_total of both workers at 200",
+        DEADLINE,
+        POLL,
+        || async {
+            let (s1, page) = http_get(&w1.admin, "/metrics").await.ok()?;
+            let (s2, page2) = http_get(&w2.admin, "/metrics").await.ok()?;
+            let delivered = metric(&page, "kinesis_worker_records_delivered_total")
+                + metric(&page2, "kinesis_worker_records_delivered_total");
+            (s1 == 200 && s2 == 200 && delivered >= 200.0).then_some((page, delivered))
+        },
+    )
     .await?;
     let (page, delivered) = page;
     assert_eq!(delivered, 200.0, "records_delivered_total of both workers");
