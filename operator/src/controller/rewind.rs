@@ -124,11 +124,21 @@ pub fn record_item(
     ])
 }
 
-/// Reads a rewind record; `None` if the item is not one (no time).
+/// The most characters of a text attribute of the record taken into a message.
+const RECORD_TEXT_MAX: usize = 200;
+
+/// Reads a rewind record; `None` if the item is not one (no time). Its texts are cut to
+/// [`RECORD_TEXT_MAX`] characters.
 pub fn parse_record(
     item: &HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
 ) -> Option<RewindRecord> {
-    let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+    // The table is writable by the tenant's worker role: what goes on into a status message
+    // and an Event is cut short.
+    let text = |k: &str| {
+        item.get(k)
+            .and_then(|v| v.as_s().ok())
+            .map(|v| v.chars().take(RECORD_TEXT_MAX).collect::<String>())
+    };
     let number = |k: &str| {
         item.get(k)
             .and_then(|v| v.as_n().ok())
@@ -589,6 +599,16 @@ mod tests {
             Some("SHARD_END")
         );
         assert!(RECORD_KEY.starts_with(kinesis_lease::model::RESERVED_KEY_PREFIX));
+        // A text the tenant's role wrote into the table is cut short before any message.
+        let mut long = item.clone();
+        long.insert(
+            "koRewoundBy".into(),
+            aws_sdk_dynamodb::types::AttributeValue::S("x".repeat(300_000)),
+        );
+        assert_eq!(
+            parse_record(&long).map(|r| r.by.chars().count()),
+            Some(RECORD_TEXT_MAX)
+        );
         // An item that is not a record (no time) is none.
         let mut other = item.clone();
         other.remove("koRewoundToMs");
