@@ -119,6 +119,7 @@ mod tests {
             lag: Default::default(),
             coordination: None,
             stalled: Default::default(),
+            failing: Default::default(),
         }
     }
 

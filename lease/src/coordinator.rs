@@ -137,6 +137,7 @@ struct Board {
     /// that was, and the calls in flight (lanes run several at once).
     delivering: std::collections::BTreeMap<String, (i64, std::time::Instant, usize)>,
     stalled: std::collections::BTreeSet<String>,
+    failing: std::collections::BTreeSet<String>,
 }
 
 impl LagBoard {
@@ -185,12 +186,24 @@ impl LagBoard {
         }
     }
 
+    /// Records whether the app keeps failing `shard`'s records ([`Heartbeat::failing`]).
+    pub fn set_failing(&self, shard: &str, failing: bool) {
+        if let Ok(mut m) = self.0.lock() {
+            if failing {
+                m.failing.insert(shard.to_string());
+            } else {
+                m.failing.remove(shard);
+            }
+        }
+    }
+
     /// Forgets `shard` (no longer processed here).
     pub fn remove(&self, shard: &str) {
         if let Ok(mut m) = self.0.lock() {
             m.lag.remove(shard);
             m.delivering.remove(shard);
             m.stalled.remove(shard);
+            m.failing.remove(shard);
         }
     }
 
@@ -216,6 +229,11 @@ impl LagBoard {
     /// The shards waiting for the on-failure destination.
     pub fn stalled(&self) -> std::collections::BTreeSet<String> {
         self.0.lock().map(|m| m.stalled.clone()).unwrap_or_default()
+    }
+
+    /// The shards whose app keeps failing their records.
+    pub fn failing(&self) -> std::collections::BTreeSet<String> {
+        self.0.lock().map(|m| m.failing.clone()).unwrap_or_default()
     }
 }
 
@@ -984,6 +1002,7 @@ mod tests {
             lag: Default::default(),
             coordination: mode.map(String::from),
             stalled: Default::default(),
+            failing: Default::default(),
         };
         let beats = [
             beat("a", Some("assigner")),

@@ -306,6 +306,7 @@ mod tests {
             lag: Default::default(),
             coordination: None,
             stalled: Default::default(),
+            failing: Default::default(),
         }
     }
 

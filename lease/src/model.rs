@@ -53,6 +53,9 @@ pub mod attr {
     /// Ours, on heartbeat items: the shards whose delivery waits for the on-failure
     /// destination (it refuses their records), a string set, absent when none.
     pub const STALLED: &str = "koStalled";
+    /// Ours, on heartbeat items: the shards whose app keeps failing the same records
+    /// ([`super::Heartbeat::failing`]), a string set, absent when none.
+    pub const FAILING: &str = "koFailing";
     /// Where a lease that started at `LATEST` was pinned before its first delivery (epoch
     /// ms, with checkpoint `AT_TIMESTAMP`): the next owner resumes there, not at its own tip.
     pub const START_TIMESTAMP: &str = "koStartTimestamp";
@@ -161,7 +164,17 @@ pub struct Heartbeat {
     /// Shards whose delivery waits for the on-failure destination, which refuses their
     /// records (the operator turns this into the `DeliveryStalled` condition).
     pub stalled: std::collections::BTreeSet<String>,
+    /// Shards whose app failed the same records [`FAILING_AFTER_ATTEMPTS`] times in a row
+    /// (retried, never passed over): the shard does not move, and more workers would not
+    /// help (the operator turns this into `DeliveryStalled` and leaves their lag out of
+    /// lag-following scaling).
+    pub failing: std::collections::BTreeSet<String>,
 }
+
+/// After this many failed attempts in a row at the same records, a shard counts as failing
+/// ([`Heartbeat::failing`]): with the default backoff (100 ms doubling to 10 s, jittered)
+/// about 15–30 s of failures, so one hiccup of the app does not count.
+pub const FAILING_AFTER_ATTEMPTS: u32 = 10;
 
 impl Heartbeat {
     /// The item's `leaseKey`.

@@ -49,6 +49,8 @@ pub struct ShardView {
     pub lag_ms: Option<i64>,
     /// Its owner's delivery waits for the on-failure destination, which refuses its records.
     pub stalled: bool,
+    /// Its owner's app keeps failing its records ([`crate::model::Heartbeat::failing`]).
+    pub failing: bool,
     /// Its state.
     pub state: ShardState,
 }
@@ -82,6 +84,7 @@ pub fn shard_views(shards: &[ShardInfo], snapshot: &TableSnapshot) -> Vec<ShardV
             let beat = owner.as_deref().and_then(|o| heartbeats.get(o));
             let lag_ms = beat.and_then(|h| h.lag.get(&s.shard_id).copied());
             let stalled = beat.is_some_and(|h| h.stalled.contains(&s.shard_id));
+            let failing = beat.is_some_and(|h| h.failing.contains(&s.shard_id));
             let finished = lease.is_some_and(|l| l.checkpoint == Checkpoint::ShardEnd)
                 || cleaned.contains(s.shard_id.as_str());
             let state = match (s.closed, finished, owner.is_some()) {
@@ -96,6 +99,7 @@ pub fn shard_views(shards: &[ShardInfo], snapshot: &TableSnapshot) -> Vec<ShardV
                 checkpoint: lease.map(|l| l.checkpoint.clone()),
                 lag_ms,
                 stalled,
+                failing,
                 state,
             }
         })
@@ -132,6 +136,20 @@ pub struct ShardLine {
     /// Its delivery waits for the on-failure destination.
     #[serde(default)]
     pub stalled: bool,
+    /// Its app keeps failing its records (retried, never passed over).
+    #[serde(default)]
+    pub failing: bool,
+}
+
+/// A shard's state as the tables show it: with why it does not move, if it does not.
+fn state_text(state: &str, stalled: bool, failing: bool) -> String {
+    if stalled {
+        format!("{state} (destination failing)")
+    } else if failing {
+        format!("{state} (app failing)")
+    } else {
+        state.to_string()
+    }
 }
 
 /// The views as [`ShardLine`]s.
@@ -145,6 +163,7 @@ pub fn lines(views: &[ShardView]) -> Vec<ShardLine> {
             checkpoint: v.checkpoint.as_ref().map(ToString::to_string),
             lag_ms: v.lag_ms,
             stalled: v.stalled,
+            failing: v.failing,
         })
         .collect()
 }
@@ -173,11 +192,7 @@ pub fn render_lines(lines: &[ShardLine], width: usize) -> String {
         .map(|l| {
             [
                 l.shard_id.clone(),
-                if l.stalled {
-                    format!("{} (destination failing)", l.state)
-                } else {
-                    l.state.clone()
-                },
+                state_text(&l.state, l.stalled, l.failing),
                 l.owner.clone().unwrap_or_else(|| "-".into()),
                 l.checkpoint.clone().unwrap_or_else(|| "-".into()),
                 l.lag_ms.map_or_else(|| "-".into(), human_lag),
@@ -228,11 +243,7 @@ pub fn render(views: &[ShardView]) -> String {
         .map(|v| {
             [
                 v.shard_id.clone(),
-                if v.stalled {
-                    format!("{} (destination failing)", v.state)
-                } else {
-                    v.state.to_string()
-                },
+                state_text(&v.state.to_string(), v.stalled, v.failing),
                 v.owner.clone().unwrap_or_else(|| "-".into()),
                 v.checkpoint
                     .as_ref()
@@ -285,6 +296,7 @@ mod tests {
             checkpoint: Some("TRIM_HORIZON".into()),
             lag_ms: lag,
             stalled: false,
+            failing: false,
         };
         let text = render_lines(
             &[
@@ -323,6 +335,7 @@ mod tests {
             lag: lag.iter().map(|(s, l)| (s.to_string(), *l)).collect(),
             coordination: None,
             stalled: Default::default(),
+            failing: Default::default(),
         }
     }
 

@@ -174,10 +174,14 @@ pub fn size_at(
                 .filter(|d| *d > 0),
             packed,
             spread: scaling.max_workers.map_or(open, |m| open.min(m.max(1))),
+            // A shard that does not move (its app keeps failing its records, or the
+            // destination refuses them) is left out: more workers would not move it, only
+            // move leases.
             max_lag_ms: snapshot
                 .map(|snap| kinesis_lease::status::shard_views(shards, snap))
                 .into_iter()
                 .flatten()
+                .filter(|v| !v.stalled && !v.failing)
                 .filter_map(|v| v.lag_ms)
                 .max(),
             target_ms: i64::from(scaling.target_lag_seconds.unwrap_or(60)) * 1000,
@@ -259,6 +263,24 @@ fn stalled_message(stalled: &[&str]) -> String {
     )
 }
 
+/// The `DeliveryStalled` message for shards whose app keeps failing their records (at most
+/// five named), and what to check.
+fn failing_message(failing: &[&str]) -> String {
+    let named: Vec<&str> = failing.iter().take(5).copied().collect();
+    let more = failing.len().saturating_sub(named.len());
+    format!(
+        "{} shard(s) do not move: the app failed the same records {} times in a row and the workers retry them, never past them: {}{}; look for the error in the app's log (or the worker's `app ProcessRecords failed`), fix the app or give it spec.delivery.onFailureDestination with maxAttempts to pass poison records over; their lag is left out of lag scaling",
+        failing.len(),
+        kinesis_lease::model::FAILING_AFTER_ATTEMPTS,
+        named.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )
+}
+
 /// Whether `conditions` hold `type_` with `status`.
 fn condition_is(conditions: &[Condition], type_: &str, status: &str) -> bool {
     conditions
@@ -326,6 +348,11 @@ pub fn healthy_status(
     let stalled: Vec<&str> = views
         .iter()
         .filter(|v| v.stalled)
+        .map(|v| v.shard_id.as_str())
+        .collect();
+    let failing: Vec<&str> = views
+        .iter()
+        .filter(|v| v.failing && !v.stalled)
         .map(|v| v.shard_id.as_str())
         .collect();
     status.shard_status = report.listed;
@@ -431,24 +458,35 @@ pub fn healthy_status(
         .conditions
         .iter()
         .any(|c| c.type_ == "DeliveryStalled" && c.status == "True");
+    // The destination first (records were given up and cannot leave), then the app.
+    let (reason, message) = match (stalled.is_empty(), failing.is_empty()) {
+        (true, true) => ("Delivering", stalled_message(&stalled)),
+        (false, true) => ("DestinationFailing", stalled_message(&stalled)),
+        (true, false) => ("AppFailing", failing_message(&failing)),
+        (false, false) => (
+            "DestinationFailing",
+            format!(
+                "{}; also {}",
+                stalled_message(&stalled),
+                failing_message(&failing)
+            ),
+        ),
+    };
+    let stuck = !stalled.is_empty() || !failing.is_empty();
     set_condition(
         &mut status.conditions,
         "DeliveryStalled",
-        !stalled.is_empty(),
-        if stalled.is_empty() {
-            "Delivering"
-        } else {
-            "DestinationFailing"
-        },
-        stalled_message(&stalled),
+        stuck,
+        reason,
+        message.clone(),
         generation,
     );
 
     let mut notes = Vec::new();
-    if !stalled.is_empty() && !was_stalled {
+    if stuck && !was_stalled {
         notes.push(Note {
-            reason: "DestinationFailing",
-            text: stalled_message(&stalled),
+            reason,
+            text: message,
             warning: true,
         });
     }

@@ -89,6 +89,7 @@ mod tests {
             checkpoint: Some(Checkpoint::TrimHorizon),
             lag_ms: lag,
             stalled: false,
+            failing: false,
             state,
         }
     }

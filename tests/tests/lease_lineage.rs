@@ -251,6 +251,7 @@ async fn finished_parents_and_dead_workers_heartbeats_are_removed() -> Result<()
         lag: Default::default(),
         coordination: None,
         stalled: Default::default(),
+        failing: Default::default(),
     })
     .await?;
 

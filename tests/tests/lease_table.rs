@@ -326,6 +326,7 @@ async fn heartbeats_are_items_of_their_own() -> Result<()> {
         lag: Default::default(),
         coordination: None,
         stalled: Default::default(),
+        failing: Default::default(),
     })
     .await?;
     t.heartbeat(&Heartbeat {
@@ -335,6 +336,7 @@ async fn heartbeats_are_items_of_their_own() -> Result<()> {
         lag: [("shardId-000000000001".to_string(), 1500)].into(),
         coordination: Some("peer".into()),
         stalled: ["shardId-000000000001".to_string()].into(),
+        failing: ["shardId-000000000002".to_string()].into(),
     })
     .await?;
     let snap = t.scan().await?;
@@ -348,6 +350,7 @@ async fn heartbeats_are_items_of_their_own() -> Result<()> {
             lag: [("shardId-000000000001".to_string(), 1500)].into(),
             coordination: Some("peer".into()),
             stalled: ["shardId-000000000001".to_string()].into(),
+            failing: ["shardId-000000000002".to_string()].into(),
         }]
     );
     t.remove_heartbeat("pod-a").await?;
@@ -682,6 +685,7 @@ async fn a_parallel_scan_reads_every_item_once_whatever_the_segments() -> Result
             lag: Default::default(),
             coordination: Some("assigner".into()),
             stalled: Default::default(),
+            failing: Default::default(),
         })
         .await?;
     }

@@ -426,6 +426,7 @@ fn beat(worker: &str, counter: u64) -> Heartbeat {
         lag: Default::default(),
         coordination: Some("assigner".into()),
         stalled: Default::default(),
+        failing: Default::default(),
     }
 }
 

@@ -83,6 +83,7 @@ impl Beater {
             lag: self.lag.snapshot(),
             coordination: Some(self.coordination.as_str().to_string()),
             stalled: self.lag.stalled(),
+            failing: self.lag.failing(),
         };
         match tokio::time::timeout(self.timeout, self.table.heartbeat(&beat)).await {
             Ok(Ok(())) => {

@@ -189,12 +189,17 @@ pub(super) fn heartbeat_from_item(key: &str, item: &Item) -> Result<Heartbeat, S
             .get(attr::COORDINATION)
             .and_then(|v| v.as_s().ok())
             .cloned(),
-        stalled: item
-            .get(attr::STALLED)
-            .and_then(|v| v.as_ss().ok())
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default(),
+        stalled: string_set(item, attr::STALLED),
+        failing: string_set(item, attr::FAILING),
     })
+}
+
+/// A string set attribute (absent or not a string set: empty).
+fn string_set(item: &Item, name: &str) -> std::collections::BTreeSet<String> {
+    item.get(name)
+        .and_then(|v| v.as_ss().ok())
+        .map(|s| s.iter().cloned().collect())
+        .unwrap_or_default()
 }
 
 /// A heartbeat's item, as [`super::LeaseTable::heartbeat`] puts it.
@@ -204,11 +209,16 @@ pub(super) fn heartbeat_item(beat: &Heartbeat) -> Item {
         item.insert(attr::COORDINATION.to_string(), s(c));
     }
     // A string set cannot be empty: absent means none.
-    if !beat.stalled.is_empty() {
-        item.insert(
-            attr::STALLED.to_string(),
-            AttributeValue::Ss(beat.stalled.iter().cloned().collect()),
-        );
+    for (name, set) in [
+        (attr::STALLED, &beat.stalled),
+        (attr::FAILING, &beat.failing),
+    ] {
+        if !set.is_empty() {
+            item.insert(
+                name.to_string(),
+                AttributeValue::Ss(set.iter().cloned().collect()),
+            );
+        }
     }
     item.insert(
         attr::LEASE_KEY.to_string(),
@@ -249,11 +259,14 @@ pub(super) fn heartbeat_size(beat: &Heartbeat) -> usize {
             .coordination
             .as_ref()
             .map_or(0, |c| attr::COORDINATION.len() + c.len())
-        + if beat.stalled.is_empty() {
-            0
-        } else {
-            attr::STALLED.len() + beat.stalled.iter().map(String::len).sum::<usize>()
-        }
+        + [
+            (attr::STALLED, &beat.stalled),
+            (attr::FAILING, &beat.failing),
+        ]
+        .iter()
+        .filter(|(_, set)| !set.is_empty())
+        .map(|(name, set)| name.len() + set.iter().map(String::len).sum::<usize>())
+        .sum::<usize>()
 }
 
 /// A new shard's lease item, as [`super::LeaseTable::create_lease`] puts it: key, counter,
@@ -480,6 +493,7 @@ mod tests {
             lag: [("shardId-1".to_string(), 1500_i64)].into_iter().collect(),
             coordination: Some("assigner".into()),
             stalled: ["shardId-2".to_string()].into_iter().collect(),
+            failing: ["shardId-3".to_string()].into_iter().collect(),
         };
         let written = heartbeat_item(&beat);
         let key = lease_key(&written);
@@ -494,10 +508,12 @@ mod tests {
         let quiet = Heartbeat {
             coordination: None,
             stalled: Default::default(),
+            failing: Default::default(),
             ..beat
         };
         let written = heartbeat_item(&quiet);
         assert!(!written.contains_key(attr::STALLED));
+        assert!(!written.contains_key(attr::FAILING));
         assert!(!written.contains_key(attr::COORDINATION));
         assert_eq!(heartbeat_from_item(&key, &written), Ok(quiet));
     }

@@ -195,6 +195,7 @@ fn from_object(app: &KinesisApplication) -> Vec<ShardLine> {
             checkpoint: s.checkpoint.clone(),
             lag_ms: s.millis_behind_latest,
             stalled: false,
+            failing: false,
         })
         .collect()
 }

@@ -215,6 +215,7 @@ fn a_shard_stalled_on_the_destination_sets_delivery_stalled_once() {
         lag: Default::default(),
         coordination: None,
         stalled: stalled.iter().map(|s| s.to_string()).collect(),
+        failing: Default::default(),
     };
     let snapshot = TableSnapshot {
         leases: vec![
@@ -540,6 +541,7 @@ fn lag_mode_sizes_from_the_owners_lag_and_the_last_decision() {
             lag: [("s2".to_string(), lag)].into_iter().collect(),
             coordination: None,
             stalled: Default::default(),
+            failing: Default::default(),
         }],
     };
     let mut a = app(
@@ -622,4 +624,106 @@ fn lag_mode_sizes_from_the_owners_lag_and_the_last_decision() {
             .desired,
         1
     );
+}
+
+/// A shard whose app keeps failing its records (its owner's heartbeat names it failing): the
+/// lag it piles up does not add workers (they would not move it, only move leases), and
+/// `DeliveryStalled` turns True with reason `AppFailing`, one Event when it starts. The same
+/// lag on a shard that moves does scale.
+#[test]
+fn a_shard_whose_app_keeps_failing_is_reported_and_does_not_scale_the_fleet() {
+    let shards = vec![shard("s0", false), shard("s1", false)];
+    let snapshot = |failing: &[&str]| TableSnapshot {
+        leases: ["s0", "s1"]
+            .iter()
+            .map(|s| owned(s, "w1", Checkpoint::TrimHorizon))
+            .collect(),
+        heartbeats: vec![Heartbeat {
+            worker_id: "w1".into(),
+            counter: 1,
+            draining: false,
+            lag: [("s1".to_string(), 600_000)].into_iter().collect(),
+            coordination: None,
+            stalled: Default::default(),
+            failing: failing.iter().map(|s| s.to_string()).collect(),
+        }],
+    };
+    let mut a = app(
+        spec(
+            serde_json::json!({"scaling": {"mode": "Lag", "shardsPerWorker": 2,
+            "targetLagSeconds": 5}}),
+        ),
+        serde_json::json!({}),
+    );
+    let previous = KinesisApplicationStatus {
+        workers: Some(WorkerCounts {
+            desired: 1,
+            ready: 1,
+            replicas: 1,
+            summary: "1/1".into(),
+        }),
+        ..Default::default()
+    };
+    a.status = Some(previous.clone());
+    let now = 1_800_000_000;
+    // Ten minutes behind on a shard that moves: more workers.
+    assert_eq!(
+        size_at(&a, &shards, Some(&snapshot(&[])), now)
+            .replicas
+            .desired,
+        2
+    );
+    // The same lag on a shard whose app fails: none.
+    let failing = snapshot(&["s1"]);
+    let sizing = size_at(&a, &shards, Some(&failing), now);
+    assert_eq!(sizing.replicas.desired, 1, "{sizing:?}");
+    let applied = Applied {
+        ready: 1,
+        replicas: 1,
+    };
+    let first = healthy_status(
+        &a,
+        &previous,
+        previous.clone(),
+        &shards,
+        Some(&failing),
+        &sizing,
+        applied,
+    );
+    let c = first
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "DeliveryStalled")
+        .cloned();
+    let Some(c) = c else {
+        panic!("no DeliveryStalled: {:?}", first.status.conditions);
+    };
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "AppFailing")
+    );
+    assert!(
+        c.message.starts_with("1 shard(s) do not move") && c.message.contains("s1"),
+        "{}",
+        c.message
+    );
+    assert_eq!(
+        first
+            .notes
+            .iter()
+            .filter(|n| n.reason == "AppFailing")
+            .count(),
+        1
+    );
+    let second = healthy_status(
+        &a,
+        &first.status,
+        first.status.clone(),
+        &shards,
+        Some(&failing),
+        &sizing,
+        applied,
+    );
+    assert!(second.notes.iter().all(|n| n.reason != "AppFailing"));
 }

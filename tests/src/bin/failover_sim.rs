@@ -596,6 +596,7 @@ impl Sim {
                         lag: BTreeMap::new(),
                         coordination: Some("assigner".into()),
                         stalled: Default::default(),
+                        failing: Default::default(),
                     });
                 }
             } else if let Some(l) = self.leases.get(&k) {

@@ -157,6 +157,7 @@ impl Sim {
                 lag: BTreeMap::new(),
                 coordination: Some("assigner".into()),
                 stalled: Default::default(),
+                failing: Default::default(),
             })
             .collect()
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kinesis_operator_tests::fleet::{DEADLINE, POLL};
 use kinesis_operator_tests::pipeline::{
-    Pipeline, Received, check_sequence, http_get, metric, until_received,
+    Pipeline, Received, check_sequence, http_get, metric, received, until_received,
 };
 use kinesis_operator_tests::wait_for;
 use kinesis_worker::lease::table::LeaseTable;
@@ -412,5 +412,61 @@ async fn two_applications_at_the_tip_of_a_shard_are_not_throttled() -> Result<()
     for w in workers {
         w.stop(DEADLINE).await?;
     }
+    p.cleanup().await
+}
+
+/// A shard whose app keeps failing the same records (retried forever: no destination) is
+/// named in its worker's heartbeat as failing (`koFailing`: the operator's `DeliveryStalled`
+/// with reason `AppFailing`, and lag scaling leaving it out), the other shard, which moves,
+/// is not; once the app takes the records the shard moves again and is no longer named.
+#[tokio::test]
+async fn a_shard_whose_app_keeps_failing_is_named_in_the_heartbeat_until_it_moves() -> Result<()> {
+    let p = Pipeline::new(2).await?;
+    let mut app = p.app("a", &["--poison", "key-0:3"]).await?;
+    let w = p.worker("w", &app.address, &[])?;
+    until_owned(&p, "w owns both shards", |o| {
+        o.len() == 2 && o.iter().all(|w| w == "w")
+    })
+    .await?;
+    p.put_sequence(8, 0, 5).await?;
+    let table = LeaseTable::open(p.env.dynamodb().await, &p.app, false).await?;
+    let failing = |table: &LeaseTable| {
+        let table = table.clone();
+        async move {
+            let snap = table.scan().await.ok()?;
+            let beat = snap.heartbeats.into_iter().find(|h| h.worker_id == "w")?;
+            Some(beat.failing)
+        }
+    };
+    // Ten failed attempts with the default backoff (100 ms doubling to 10 s, jittered): 43 s
+    // at the most.
+    let named = wait_for(
+        "the poisoned shard named failing",
+        Duration::from_secs(120),
+        POLL,
+        || async { failing(&table).await.filter(|f| !f.is_empty()) },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", w.proc.log_tail()))?;
+    assert_eq!(named.len(), 1, "only the poisoned shard: {named:?}");
+    let got = received(&[app.out.as_path()]);
+    assert!(
+        got.iter()
+            .all(|r| !(named.contains(&r.shard) && r.data == "key-0:3")),
+        "the poison record was never taken"
+    );
+    // The app fixed (restarted without the poison): the shard moves, and is named no more.
+    app.proc.signal("KILL");
+    app = p.app("a", &[]).await?;
+    let got = until_received(&[app.out.as_path()], 40).await?;
+    check_sequence(&got, 8, 5)?;
+    wait_for(
+        "the shard no longer named failing",
+        DEADLINE,
+        POLL,
+        || async { failing(&table).await.filter(|f| f.is_empty()) },
+    )
+    .await?;
+    drop(w);
     p.cleanup().await
 }

@@ -418,6 +418,7 @@ impl ShardTask {
                 Ok(resp) => match resp.failed_from {
                     None => {
                         d.ledger.unstall();
+                        self.config.lag.set_failing(&d.shard, false);
                         tries.backoff.reset();
                         tries.plan.acked();
                         d.progress.acked(last);
@@ -431,6 +432,7 @@ impl ShardTask {
                         self.metrics.partial_batch_failures.inc();
                         let (n, error) = self.partly(d, &failed, call.positions.all(), seg);
                         if n > 0 {
+                            self.config.lag.set_failing(&d.shard, false);
                             if let Some(p) = call.positions.at(seg.start + n - 1) {
                                 d.progress.acked(p);
                             }
@@ -525,6 +527,8 @@ impl ShardTask {
         match after {
             AfterFailure::Destine(given_up) => {
                 d.ledger.unstall();
+                // Passed over (once the destination has them): the shard moves again.
+                self.config.lag.set_failing(&d.shard, false);
                 let first = call
                     .records
                     .get(seg.start)
@@ -557,6 +561,11 @@ impl ShardTask {
             AfterFailure::Retry => {
                 tracing::warn!(shard = %d.shard, error = %error, code = ?code, attempt = attempts, acknowledged = acked, "app ProcessRecords failed; retrying the failed records");
             }
+        }
+        // The same records failed again and again: the shard does not move, whatever the
+        // number of workers (the operator says so, and scales by the lag of the others).
+        if attempts >= kinesis_lease::model::FAILING_AFTER_ATTEMPTS {
+            self.config.lag.set_failing(&d.shard, true);
         }
         let delay = tries.backoff.next_delay();
         if d.deferred.is_some() {
