@@ -137,7 +137,8 @@ struct Board {
     /// that was, and the calls in flight (lanes run several at once).
     delivering: std::collections::BTreeMap<String, (i64, std::time::Instant, usize)>,
     stalled: std::collections::BTreeSet<String>,
-    failing: std::collections::BTreeSet<String>,
+    /// Per shard, the calls (one per lane) whose records keep failing.
+    failing: std::collections::BTreeMap<String, usize>,
 }
 
 impl LagBoard {
@@ -186,12 +187,21 @@ impl LagBoard {
         }
     }
 
-    /// Records whether the app keeps failing `shard`'s records ([`Heartbeat::failing`]).
-    pub fn set_failing(&self, shard: &str, failing: bool) {
+    /// One more call of `shard` whose records the app keeps failing ([`Heartbeat::failing`]
+    /// names the shard while any is); [`LagBoard::failing_end`] when it moves or ends.
+    pub fn failing_start(&self, shard: &str) {
         if let Ok(mut m) = self.0.lock() {
-            if failing {
-                m.failing.insert(shard.to_string());
-            } else {
+            *m.failing.entry(shard.to_string()).or_insert(0) += 1;
+        }
+    }
+
+    /// A call of [`LagBoard::failing_start`] moved again, or ended.
+    pub fn failing_end(&self, shard: &str) {
+        if let Ok(mut m) = self.0.lock()
+            && let Some(n) = m.failing.get_mut(shard)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
                 m.failing.remove(shard);
             }
         }
@@ -233,7 +243,10 @@ impl LagBoard {
 
     /// The shards whose app keeps failing their records.
     pub fn failing(&self) -> std::collections::BTreeSet<String> {
-        self.0.lock().map(|m| m.failing.clone()).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|m| m.failing.keys().cloned().collect())
+            .unwrap_or_default()
     }
 }
 

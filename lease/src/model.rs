@@ -53,7 +53,7 @@ pub mod attr {
     /// Ours, on heartbeat items: the shards whose delivery waits for the on-failure
     /// destination (it refuses their records), a string set, absent when none.
     pub const STALLED: &str = "koStalled";
-    /// Ours, on heartbeat items: the shards whose app keeps failing the same records
+    /// Ours, on heartbeat items: the shards whose app keeps failing their records
     /// ([`super::Heartbeat::failing`]), a string set, absent when none.
     pub const FAILING: &str = "koFailing";
     /// Where a lease that started at `LATEST` was pinned before its first delivery (epoch
@@ -164,14 +164,14 @@ pub struct Heartbeat {
     /// Shards whose delivery waits for the on-failure destination, which refuses their
     /// records (the operator turns this into the `DeliveryStalled` condition).
     pub stalled: std::collections::BTreeSet<String>,
-    /// Shards whose app failed the same records [`FAILING_AFTER_ATTEMPTS`] times in a row
-    /// (retried, never passed over): the shard does not move, and more workers would not
+    /// Shards whose app failed [`FAILING_AFTER_ATTEMPTS`] calls in a row without taking a
+    /// record (one lane is enough): the shard does not move, and more workers would not
     /// help (the operator turns this into `DeliveryStalled` and leaves their lag out of
     /// lag-following scaling).
     pub failing: std::collections::BTreeSet<String>,
 }
 
-/// After this many failed attempts in a row at the same records, a shard counts as failing
+/// After this many failed calls in a row without a record taken, a shard counts as failing
 /// ([`Heartbeat::failing`]): with the default backoff (100 ms doubling to 10 s, jittered)
 /// about 15–30 s of failures, so one hiccup of the app does not count.
 pub const FAILING_AFTER_ATTEMPTS: u32 = 10;

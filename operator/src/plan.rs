@@ -269,7 +269,7 @@ fn failing_message(failing: &[&str]) -> String {
     let named: Vec<&str> = failing.iter().take(5).copied().collect();
     let more = failing.len().saturating_sub(named.len());
     format!(
-        "{} shard(s) do not move: the app failed the same records {} times in a row and the workers retry them, never past them: {}{}; look for the error in the app's log (or the worker's `app ProcessRecords failed`), fix the app or give it spec.delivery.onFailureDestination with maxAttempts to pass poison records over; their lag is left out of lag scaling",
+        "{} shard(s) do not move: the app failed {} calls in a row without taking a record and the workers retry: {}{}; look for the error in the app's log (or the worker's `app ProcessRecords failed`) and fix the app (without spec.delivery.onFailureDestination nothing is ever passed over; with one, maxAttempts decides when); their lag is left out of lag scaling",
         failing.len(),
         kinesis_lease::model::FAILING_AFTER_ATTEMPTS,
         named.join(", "),

@@ -824,17 +824,18 @@ async fn a_rewind_to_a_time_before_a_reshard_delivers_everything_since_again_in_
         .filter(|k| after.get(*k).is_none_or(|v| v == "AT_TIMESTAMP"))
         .collect();
     assert!(moved.is_empty(), "checkpoints moved back again: {moved:?}");
-    let reasons: Vec<String> = events
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect();
-    assert!(
-        reasons.iter().any(|r| r == "RewindAlreadyDone"),
-        "{reasons:?}"
-    );
+    // The Event follows the status.
+    wait_for("Event RewindAlreadyDone", DEADLINE, POLL, || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .any(|e| e.reason.as_deref() == Some("RewindAlreadyDone"))
+            .then_some(())
+    })
+    .await?;
     until_replicas(&t.deployments, "handler", 4, true).await?;
 
     delete_all(&t.apps).await?;

@@ -127,17 +127,20 @@ pub fn record_item(
 /// The most characters of a text attribute of the record taken into a message.
 const RECORD_TEXT_MAX: usize = 200;
 
-/// Reads a rewind record; `None` if the item is not one (no time). Its texts are cut to
-/// [`RECORD_TEXT_MAX`] characters.
+/// Reads a rewind record; `None` if the item is not one (no time). Its texts keep printable
+/// ASCII only, cut to [`RECORD_TEXT_MAX`] characters.
 pub fn parse_record(
     item: &HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
 ) -> Option<RewindRecord> {
     // The table is writable by the tenant's worker role: what goes on into a status message
     // and an Event is cut short.
     let text = |k: &str| {
-        item.get(k)
-            .and_then(|v| v.as_s().ok())
-            .map(|v| v.chars().take(RECORD_TEXT_MAX).collect::<String>())
+        item.get(k).and_then(|v| v.as_s().ok()).map(|v| {
+            v.chars()
+                .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                .take(RECORD_TEXT_MAX)
+                .collect::<String>()
+        })
     };
     let number = |k: &str| {
         item.get(k)
@@ -289,10 +292,19 @@ pub(super) async fn step(
     match read_record(&input.aws.dynamodb, &table_name).await {
         Ok(record) => {
             if let Some(r) = done_before(record.as_ref(), to_ms) {
-                let message = format!(
-                    "already rewound to {to} at {} ({} shard(s), asked by {}), as the lease table's item `{RECORD_KEY}` records: not again; to deliver again from that time, give a new toTimestamp (e.g. one millisecond later)",
-                    r.at, r.shards, r.by
-                );
+                // This very object's rewind, whose status write failed after the record: done.
+                let own = app.uid().is_some_and(|uid| r.by.contains(&uid));
+                let message = crate::message::bounded(&if own {
+                    format!(
+                        "{} shard(s) back to {to} at {} (as the lease table's item `{RECORD_KEY}` records)",
+                        r.shards, r.at
+                    )
+                } else {
+                    format!(
+                        "already rewound to {to} at {} ({} shard(s), asked by {}), as the lease table's item `{RECORD_KEY}` records: not again; to deliver again from that time, give a new toTimestamp (e.g. one millisecond later)",
+                        r.at, r.shards, r.by
+                    )
+                });
                 status.rewind = Some(RewindStatus {
                     to_timestamp: to,
                     phase: REWOUND.into(),
@@ -301,7 +313,8 @@ pub(super) async fn step(
                     finished_at: Some(r.at.clone()),
                 });
                 patch_status(ctx, app, status).await?;
-                event(ctx, app, EventType::Normal, "RewindAlreadyDone", message).await;
+                let reason = if own { "Rewound" } else { "RewindAlreadyDone" };
+                event(ctx, app, EventType::Normal, reason, message).await;
                 return Ok(Step::Go);
             }
         }
@@ -599,16 +612,19 @@ mod tests {
             Some("SHARD_END")
         );
         assert!(RECORD_KEY.starts_with(kinesis_lease::model::RESERVED_KEY_PREFIX));
-        // A text the tenant's role wrote into the table is cut short before any message.
+        // A text the tenant's role wrote into the table is cut short, on one line, in
+        // ASCII (an Event's note is at most 1 KiB) before any message.
         let mut long = item.clone();
         long.insert(
             "koRewoundBy".into(),
-            aws_sdk_dynamodb::types::AttributeValue::S("x".repeat(300_000)),
+            aws_sdk_dynamodb::types::AttributeValue::S(format!(
+                "a\nb\u{1F600}{}",
+                "x".repeat(300_000)
+            )),
         );
-        assert_eq!(
-            parse_record(&long).map(|r| r.by.chars().count()),
-            Some(RECORD_TEXT_MAX)
-        );
+        let by = parse_record(&long).map(|r| r.by).unwrap_or_default();
+        assert_eq!(by.len(), RECORD_TEXT_MAX);
+        assert!(by.starts_with("abx"), "{by:?}");
         // An item that is not a record (no time) is none.
         let mut other = item.clone();
         other.remove("koRewoundToMs");

@@ -181,9 +181,10 @@ async fn throttling_and_server_errors_lose_nothing_and_crash_nothing() -> Result
             .then_some(())
     })
     .await?;
-    let throttled = (kinesis_proxy.injected(), dynamodb_proxy.injected());
     kinesis_proxy.set(Mode::ServerErrorHalf);
     dynamodb_proxy.set(Mode::ServerErrorHalf);
+    // Counted after the switch: what comes next is a 500.
+    let throttled = (kinesis_proxy.injected(), dynamodb_proxy.injected());
     p.put_sequence(8, 10, 10).await?;
     // A stall here is only explained by the worker's log (which calls failed, which lease
     // moved): it goes with the failure.

@@ -21,6 +21,7 @@ use super::{
     Control, Delivery, Flow, Guarded, OnShutdown, ShardTask, position_of, sleep_until_some,
 };
 use crate::backoff::Backoff;
+use crate::lease::model::FAILING_AFTER_ATTEMPTS;
 use crate::metrics::ReasonLabels;
 use crate::records::aggregation::UserRecord;
 
@@ -52,6 +53,56 @@ struct Call {
 struct Attempts {
     plan: Plan,
     backoff: Backoff,
+    /// Failed calls since the last progress (records acknowledged or passed over).
+    stuck: u32,
+    /// The shard named failing while `stuck` is at [`FAILING_AFTER_ATTEMPTS`] or more.
+    mark: FailingMark,
+}
+
+impl Attempts {
+    /// Records acknowledged or passed over: the call moves.
+    fn moved(&mut self) {
+        self.stuck = 0;
+        self.mark.set(false);
+    }
+
+    /// Another failed call without progress.
+    fn failed(&mut self) {
+        self.stuck = self.stuck.saturating_add(1);
+        if self.stuck >= FAILING_AFTER_ATTEMPTS {
+            self.mark.set(true);
+        }
+    }
+}
+
+/// Names its shard failing in the worker's heartbeat while it is on
+/// ([`crate::lease::coordinator::LagBoard::failing_start`]): one per call (a lane each), so one
+/// lane that moves does not hide another that does not. Off when dropped, however the call
+/// ends (delivered, handed over, lost).
+struct FailingMark {
+    lag: crate::lease::coordinator::LagBoard,
+    shard: String,
+    on: bool,
+}
+
+impl FailingMark {
+    fn set(&mut self, on: bool) {
+        if on == self.on {
+            return;
+        }
+        if on {
+            self.lag.failing_start(&self.shard);
+        } else {
+            self.lag.failing_end(&self.shard);
+        }
+        self.on = on;
+    }
+}
+
+impl Drop for FailingMark {
+    fn drop(&mut self) {
+        self.set(false);
+    }
 }
 
 /// A failed attempt at a segment.
@@ -314,6 +365,12 @@ impl ShardTask {
         let mut tries = Attempts {
             plan: Plan::new(chunk.len(), policy),
             backoff: Backoff::new(self.config.retry_base, self.config.retry_max),
+            stuck: 0,
+            mark: FailingMark {
+                lag: self.config.lag.clone(),
+                shard: d.shard.clone(),
+                on: false,
+            },
         };
         let call = Call {
             records: Arc::new(chunk),
@@ -353,7 +410,10 @@ impl ShardTask {
                     )
                     .await
                 {
-                    Flow::Continue => continue,
+                    Flow::Continue => {
+                        tries.moved();
+                        continue;
+                    }
                     flow => return flow,
                 }
             }
@@ -418,7 +478,7 @@ impl ShardTask {
                 Ok(resp) => match resp.failed_from {
                     None => {
                         d.ledger.unstall();
-                        self.config.lag.set_failing(&d.shard, false);
+                        tries.moved();
                         tries.backoff.reset();
                         tries.plan.acked();
                         d.progress.acked(last);
@@ -432,7 +492,7 @@ impl ShardTask {
                         self.metrics.partial_batch_failures.inc();
                         let (n, error) = self.partly(d, &failed, call.positions.all(), seg);
                         if n > 0 {
-                            self.config.lag.set_failing(&d.shard, false);
+                            tries.moved();
                             if let Some(p) = call.positions.at(seg.start + n - 1) {
                                 d.progress.acked(p);
                             }
@@ -527,8 +587,6 @@ impl ShardTask {
         match after {
             AfterFailure::Destine(given_up) => {
                 d.ledger.unstall();
-                // Passed over (once the destination has them): the shard moves again.
-                self.config.lag.set_failing(&d.shard, false);
                 let first = call
                     .records
                     .get(seg.start)
@@ -550,7 +608,11 @@ impl ShardTask {
                     )
                     .await
                 {
-                    Flow::Continue => Ok(None),
+                    Flow::Continue => {
+                        // Passed over: the call moves again.
+                        tries.moved();
+                        Ok(None)
+                    }
                     flow => Err(flow),
                 };
             }
@@ -562,11 +624,9 @@ impl ShardTask {
                 tracing::warn!(shard = %d.shard, error = %error, code = ?code, attempt = attempts, acknowledged = acked, "app ProcessRecords failed; retrying the failed records");
             }
         }
-        // The same records failed again and again: the shard does not move, whatever the
+        // Failed again and again without progress: the shard does not move, whatever the
         // number of workers (the operator says so, and scales by the lag of the others).
-        if attempts >= kinesis_lease::model::FAILING_AFTER_ATTEMPTS {
-            self.config.lag.set_failing(&d.shard, true);
-        }
+        tries.failed();
         let delay = tries.backoff.next_delay();
         if d.deferred.is_some() {
             // Shutting down: the next owner retries these records.
