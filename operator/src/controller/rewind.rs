@@ -77,8 +77,10 @@ mod record_attr {
     pub const AT: &str = "koRewoundAt";
     /// Shards moved back.
     pub const SHARDS: &str = "koRewoundShards";
-    /// The object that asked (namespace/name, uid).
+    /// The object that asked (namespace/name, uid), for people.
     pub const BY: &str = "koRewoundBy";
+    /// Its uid, compared.
+    pub const UID: &str = "koRewoundUid";
 }
 
 /// The last rewind done to a lease table, as its item `kinesis-operator:rewind` records it.
@@ -90,19 +92,18 @@ pub struct RewindRecord {
     pub at: String,
     /// Shards moved back.
     pub shards: i64,
-    /// Who asked.
+    /// Who asked, for people.
     pub by: String,
+    /// The uid of the object that asked.
+    pub uid: String,
 }
 
-/// The record item of a rewind to `to` (`to_ms`) done `at`, moving `shards` back, asked by
-/// `by`. It reads as a finished lease to a worker that does not know the key (as the claim
-/// item does), and current workers skip every `kinesis-operator:` key.
+/// The item recording `r`, a rewind to `to` (as the spec gave it). It reads as a finished
+/// lease to a worker that does not know the key (as the claim item does), and current
+/// workers skip every `kinesis-operator:` key.
 pub fn record_item(
     to: &str,
-    to_ms: i64,
-    at: &str,
-    shards: usize,
-    by: &str,
+    r: &RewindRecord,
 ) -> HashMap<String, aws_sdk_dynamodb::types::AttributeValue> {
     use aws_sdk_dynamodb::types::AttributeValue;
     let s = |v: &str| AttributeValue::S(v.to_string());
@@ -113,15 +114,41 @@ pub fn record_item(
         (record_attr::TO.to_string(), s(to)),
         (
             record_attr::TO_MS.to_string(),
-            AttributeValue::N(to_ms.to_string()),
+            AttributeValue::N(r.to_ms.to_string()),
         ),
-        (record_attr::AT.to_string(), s(at)),
+        (record_attr::AT.to_string(), s(&r.at)),
         (
             record_attr::SHARDS.to_string(),
-            AttributeValue::N(shards.to_string()),
+            AttributeValue::N(r.shards.to_string()),
         ),
-        (record_attr::BY.to_string(), s(by)),
+        (record_attr::BY.to_string(), s(&r.by)),
+        (record_attr::UID.to_string(), s(&r.uid)),
     ])
+}
+
+/// What a rewind to `to` that the table already records becomes: the Event's reason and the
+/// status message. Recorded by this very object (`uid`: its status write failed after the
+/// record), it is this rewind done; by another (a former object of the same name, before a
+/// restore), it is not done again.
+pub fn recorded_outcome(r: &RewindRecord, to: &str, uid: Option<&str>) -> (&'static str, String) {
+    let text = if uid == Some(r.uid.as_str()) {
+        (
+            "Rewound",
+            format!(
+                "{} shard(s) back to {to} at {} (as the lease table's item `{RECORD_KEY}` records)",
+                r.shards, r.at
+            ),
+        )
+    } else {
+        (
+            "RewindAlreadyDone",
+            format!(
+                "already rewound to {to} at {} ({} shard(s), asked by {}), as the lease table's item `{RECORD_KEY}` records: not again; to deliver again from that time, give a new toTimestamp (e.g. one millisecond later)",
+                r.at, r.shards, r.by
+            ),
+        )
+    };
+    (text.0, crate::message::bounded(&text.1))
 }
 
 /// The most characters of a text attribute of the record taken into a message.
@@ -152,6 +179,7 @@ pub fn parse_record(
         at: text(record_attr::AT).unwrap_or_default(),
         shards: number(record_attr::SHARDS).unwrap_or(0),
         by: text(record_attr::BY).unwrap_or_default(),
+        uid: text(record_attr::UID).unwrap_or_default(),
     })
 }
 
@@ -180,6 +208,22 @@ async fn read_record(
         .await
         .map_err(|e| crate::message::aws_error(&format!("GetItem {RECORD_KEY}"), &e))?;
     Ok(out.item.as_ref().and_then(parse_record))
+}
+
+/// Writes the record of the rewind just done (unconditional: the last one wins).
+async fn write_record(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    item: HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
+) -> Result<(), String> {
+    dynamodb
+        .put_item()
+        .table_name(table)
+        .set_item(Some(item))
+        .send()
+        .await
+        .map_err(|e| crate::message::aws_error(&format!("PutItem {RECORD_KEY}"), &e))?;
+    Ok(())
 }
 
 /// The time to rewind to, in epoch milliseconds, or why it is refused: not a time, in the
@@ -292,19 +336,7 @@ pub(super) async fn step(
     match read_record(&input.aws.dynamodb, &table_name).await {
         Ok(record) => {
             if let Some(r) = done_before(record.as_ref(), to_ms) {
-                // This very object's rewind, whose status write failed after the record: done.
-                let own = app.uid().is_some_and(|uid| r.by.contains(&uid));
-                let message = crate::message::bounded(&if own {
-                    format!(
-                        "{} shard(s) back to {to} at {} (as the lease table's item `{RECORD_KEY}` records)",
-                        r.shards, r.at
-                    )
-                } else {
-                    format!(
-                        "already rewound to {to} at {} ({} shard(s), asked by {}), as the lease table's item `{RECORD_KEY}` records: not again; to deliver again from that time, give a new toTimestamp (e.g. one millisecond later)",
-                        r.at, r.shards, r.by
-                    )
-                });
+                let (reason, message) = recorded_outcome(r, &to, app.uid().as_deref());
                 status.rewind = Some(RewindStatus {
                     to_timestamp: to,
                     phase: REWOUND.into(),
@@ -313,7 +345,6 @@ pub(super) async fn step(
                     finished_at: Some(r.at.clone()),
                 });
                 patch_status(ctx, app, status).await?;
-                let reason = if own { "Rewound" } else { "RewindAlreadyDone" };
                 event(ctx, app, EventType::Normal, reason, message).await;
                 return Ok(Step::Go);
             }
@@ -355,7 +386,7 @@ pub(super) async fn step(
         )
         .await;
     }
-    let input_dynamodb = input.aws.dynamodb.clone();
+    let dynamodb = input.aws.dynamodb.clone();
     let done = match rewrite(input, to_ms).await {
         Ok(p) => p,
         Err(Failed::Retry(e)) => {
@@ -383,21 +414,18 @@ pub(super) async fn step(
     let finished_at = now();
     // Recorded in the table before the status: an object that loses its status does not
     // rewind the table again. A failed write plans the rewind again (the same end).
-    let by = format!(
-        "KinesisApplication {}/{} (uid {})",
-        app.namespace().unwrap_or_default(),
-        app.name_any(),
-        app.uid().unwrap_or_default()
-    );
-    let item = record_item(&to, to_ms, &finished_at, done.rewound.len(), &by);
-    if let Err(e) = input_dynamodb
-        .put_item()
-        .table_name(&table_name)
-        .set_item(Some(item))
-        .send()
-        .await
-    {
-        let e = crate::message::aws_error(&format!("PutItem {RECORD_KEY}"), &e);
+    let record = RewindRecord {
+        to_ms,
+        at: finished_at.clone(),
+        shards: i64::try_from(done.rewound.len()).unwrap_or(i64::MAX),
+        by: format!(
+            "KinesisApplication {}/{}",
+            app.namespace().unwrap_or_default(),
+            app.name_any()
+        ),
+        uid: app.uid().unwrap_or_default(),
+    };
+    if let Err(e) = write_record(&dynamodb, &table_name, record_item(&to, &record)).await {
         return failing(
             ctx,
             app,
@@ -582,23 +610,16 @@ mod tests {
     #[test]
     fn the_table_s_record_says_a_rewind_to_the_same_instant_was_done() {
         let to_ms = NOW - 60_000;
-        let item = record_item(
-            "2027-01-15T07:59:00Z",
+        let written = RewindRecord {
             to_ms,
-            "2027-01-15T08:30:00Z",
-            6,
-            "KinesisApplication ns/app (uid u1)",
-        );
+            at: "2027-01-15T08:30:00Z".into(),
+            shards: 6,
+            by: "KinesisApplication ns/app".into(),
+            uid: "u1".into(),
+        };
+        let item = record_item("2027-01-15T07:59:00Z", &written);
         let record = parse_record(&item);
-        assert_eq!(
-            record,
-            Some(RewindRecord {
-                to_ms,
-                at: "2027-01-15T08:30:00Z".into(),
-                shards: 6,
-                by: "KinesisApplication ns/app (uid u1)".into(),
-            })
-        );
+        assert_eq!(record.as_ref(), Some(&written));
         // The same instant, whatever its spelling in the spec: done.
         assert!(done_before(record.as_ref(), to_ms).is_some());
         // Another time (one millisecond later): a new rewind.
@@ -625,6 +646,19 @@ mod tests {
         let by = parse_record(&long).map(|r| r.by).unwrap_or_default();
         assert_eq!(by.len(), RECORD_TEXT_MAX);
         assert!(by.starts_with("abx"), "{by:?}");
+        // Recorded by another object (before a restore): not again. By this very one (its
+        // status write failed after the record): done, as a rewind.
+        let (reason, message) = recorded_outcome(&written, "2027-01-15T07:59:00Z", Some("u2"));
+        assert_eq!(reason, "RewindAlreadyDone");
+        assert!(
+            message.starts_with("already rewound to 2027-01-15T07:59:00Z"),
+            "{message}"
+        );
+        assert!(message.contains("one millisecond later"), "{message}");
+        let (reason, message) = recorded_outcome(&written, "2027-01-15T07:59:00Z", Some("u1"));
+        assert_eq!(reason, "Rewound");
+        assert!(message.starts_with("6 shard(s) back to"), "{message}");
+        assert_eq!(recorded_outcome(&written, "t", None).0, "RewindAlreadyDone");
         // An item that is not a record (no time) is none.
         let mut other = item.clone();
         other.remove("koRewoundToMs");

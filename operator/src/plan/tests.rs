@@ -110,12 +110,7 @@ fn a_healthy_status_reports_counts_conditions_and_what_changed() {
             total: 2,
             leased: 2,
         }),
-        workers: Some(WorkerCounts {
-            desired: 2,
-            ready: 2,
-            replicas: 2,
-            summary: "2/2".into(),
-        }),
+        workers: workers(2),
         ..Default::default()
     };
     let Report { status, notes, .. } = healthy_status(
@@ -208,15 +203,7 @@ fn a_healthy_status_reports_counts_conditions_and_what_changed() {
 fn a_shard_stalled_on_the_destination_sets_delivery_stalled_once() {
     let a = app(spec(serde_json::json!({})), serde_json::json!({}));
     let shards = vec![shard("s0", false), shard("s1", false)];
-    let beat = |w: &str, stalled: &[&str]| Heartbeat {
-        worker_id: w.into(),
-        counter: 1,
-        draining: false,
-        lag: Default::default(),
-        coordination: None,
-        stalled: stalled.iter().map(|s| s.to_string()).collect(),
-        failing: Default::default(),
-    };
+    let beat = |w: &str, stalled: &[&str]| heartbeat(w, &[], stalled, &[]);
     let snapshot = TableSnapshot {
         leases: vec![
             owned("s0", "w1", Checkpoint::TrimHorizon),
@@ -429,12 +416,7 @@ fn a_pause_stops_every_worker_and_reports_pausing_paused_and_resumed() {
         "/scale keeps the sized count"
     );
     let running = KinesisApplicationStatus {
-        workers: Some(WorkerCounts {
-            desired: 2,
-            ready: 2,
-            replicas: 2,
-            summary: "2/2".into(),
-        }),
+        workers: workers(2),
         ..Default::default()
     };
     let step = |app: &KinesisApplication, previous: &KinesisApplicationStatus, pods: i32| {
@@ -534,15 +516,7 @@ fn lag_mode_sizes_from_the_owners_lag_and_the_last_decision() {
             .iter()
             .map(|s| owned(s, "w1", Checkpoint::TrimHorizon))
             .collect(),
-        heartbeats: vec![Heartbeat {
-            worker_id: "w1".into(),
-            counter: 1,
-            draining: false,
-            lag: [("s2".to_string(), lag)].into_iter().collect(),
-            coordination: None,
-            stalled: Default::default(),
-            failing: Default::default(),
-        }],
+        heartbeats: vec![heartbeat("w1", &[("s2", lag)], &[], &[])],
     };
     let mut a = app(
         spec(
@@ -552,12 +526,7 @@ fn lag_mode_sizes_from_the_owners_lag_and_the_last_decision() {
         serde_json::json!({}),
     );
     let previous = KinesisApplicationStatus {
-        workers: Some(WorkerCounts {
-            desired: 1,
-            ready: 1,
-            replicas: 1,
-            summary: "1/1".into(),
-        }),
+        workers: workers(1),
         last_scale_time: Some("2026-12-06T22:50:08.43869Z".into()),
         ..Default::default()
     };
@@ -638,15 +607,7 @@ fn a_shard_whose_app_keeps_failing_is_reported_and_does_not_scale_the_fleet() {
             .iter()
             .map(|s| owned(s, "w1", Checkpoint::TrimHorizon))
             .collect(),
-        heartbeats: vec![Heartbeat {
-            worker_id: "w1".into(),
-            counter: 1,
-            draining: false,
-            lag: [("s1".to_string(), 600_000)].into_iter().collect(),
-            coordination: None,
-            stalled: Default::default(),
-            failing: failing.iter().map(|s| s.to_string()).collect(),
-        }],
+        heartbeats: vec![heartbeat("w1", &[("s1", 600_000)], &[], failing)],
     };
     let mut a = app(
         spec(
@@ -656,12 +617,7 @@ fn a_shard_whose_app_keeps_failing_is_reported_and_does_not_scale_the_fleet() {
         serde_json::json!({}),
     );
     let previous = KinesisApplicationStatus {
-        workers: Some(WorkerCounts {
-            desired: 1,
-            ready: 1,
-            replicas: 1,
-            summary: "1/1".into(),
-        }),
+        workers: workers(1),
         ..Default::default()
     };
     a.status = Some(previous.clone());
@@ -726,4 +682,28 @@ fn a_shard_whose_app_keeps_failing_is_reported_and_does_not_scale_the_fleet() {
         applied,
     );
     assert!(second.notes.iter().all(|n| n.reason != "AppFailing"));
+}
+
+/// `n` workers wanted, ready and running.
+fn workers(n: i32) -> Option<WorkerCounts> {
+    Some(WorkerCounts {
+        desired: n,
+        ready: n,
+        replicas: n,
+        summary: format!("{n}/{n}"),
+    })
+}
+
+/// A heartbeat of `worker` reporting `lag` and naming `stalled` and `failing` shards.
+fn heartbeat(worker: &str, lag: &[(&str, i64)], stalled: &[&str], failing: &[&str]) -> Heartbeat {
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+    Heartbeat {
+        worker_id: worker.into(),
+        counter: 1,
+        draining: false,
+        lag: lag.iter().map(|(s, ms)| (s.to_string(), *ms)).collect(),
+        coordination: None,
+        stalled: set(stalled),
+        failing: set(failing),
+    }
 }

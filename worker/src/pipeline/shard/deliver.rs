@@ -21,6 +21,7 @@ use super::{
     Control, Delivery, Flow, Guarded, OnShutdown, ShardTask, position_of, sleep_until_some,
 };
 use crate::backoff::Backoff;
+use crate::lease::coordinator::LagBoard;
 use crate::lease::model::FAILING_AFTER_ATTEMPTS;
 use crate::metrics::ReasonLabels;
 use crate::records::aggregation::UserRecord;
@@ -55,53 +56,48 @@ struct Attempts {
     backoff: Backoff,
     /// Failed calls since the last progress (records acknowledged or passed over).
     stuck: u32,
-    /// The shard named failing while `stuck` is at [`FAILING_AFTER_ATTEMPTS`] or more.
-    mark: FailingMark,
+    /// The shard named failing, once `stuck` reached [`FAILING_AFTER_ATTEMPTS`].
+    mark: Option<FailingMark>,
 }
 
 impl Attempts {
     /// Records acknowledged or passed over: the call moves.
     fn moved(&mut self) {
         self.stuck = 0;
-        self.mark.set(false);
+        self.mark = None;
     }
 
-    /// Another failed call without progress.
-    fn failed(&mut self) {
+    /// Another failed call of `shard` without progress.
+    fn failed(&mut self, lag: &LagBoard, shard: &str) {
         self.stuck = self.stuck.saturating_add(1);
-        if self.stuck >= FAILING_AFTER_ATTEMPTS {
-            self.mark.set(true);
+        if self.stuck >= FAILING_AFTER_ATTEMPTS && self.mark.is_none() {
+            self.mark = Some(FailingMark::start(lag, shard));
         }
     }
 }
 
-/// Names its shard failing in the worker's heartbeat while it is on
-/// ([`crate::lease::coordinator::LagBoard::failing_start`]): one per call (a lane each), so one
-/// lane that moves does not hide another that does not. Off when dropped, however the call
-/// ends (delivered, handed over, lost).
+/// Names its shard failing in the worker's heartbeat while it lives
+/// ([`LagBoard::failing_start`]): one per call (a lane each), so one lane that moves does not
+/// hide another that does not. Dropped, however the call ends (moved, delivered, handed over,
+/// lost), it names the shard no more.
 struct FailingMark {
-    lag: crate::lease::coordinator::LagBoard,
+    lag: LagBoard,
     shard: String,
-    on: bool,
 }
 
 impl FailingMark {
-    fn set(&mut self, on: bool) {
-        if on == self.on {
-            return;
+    fn start(lag: &LagBoard, shard: &str) -> Self {
+        lag.failing_start(shard);
+        Self {
+            lag: lag.clone(),
+            shard: shard.to_string(),
         }
-        if on {
-            self.lag.failing_start(&self.shard);
-        } else {
-            self.lag.failing_end(&self.shard);
-        }
-        self.on = on;
     }
 }
 
 impl Drop for FailingMark {
     fn drop(&mut self) {
-        self.set(false);
+        self.lag.failing_end(&self.shard);
     }
 }
 
@@ -366,11 +362,7 @@ impl ShardTask {
             plan: Plan::new(chunk.len(), policy),
             backoff: Backoff::new(self.config.retry_base, self.config.retry_max),
             stuck: 0,
-            mark: FailingMark {
-                lag: self.config.lag.clone(),
-                shard: d.shard.clone(),
-                on: false,
-            },
+            mark: None,
         };
         let call = Call {
             records: Arc::new(chunk),
@@ -626,7 +618,7 @@ impl ShardTask {
         }
         // Failed again and again without progress: the shard does not move, whatever the
         // number of workers (the operator says so, and scales by the lag of the others).
-        tries.failed();
+        tries.failed(&self.config.lag, &d.shard);
         let delay = tries.backoff.next_delay();
         if d.deferred.is_some() {
             // Shutting down: the next owner retries these records.
